@@ -1,0 +1,414 @@
+//! The `Command` trait, its registry, and what a command sees while it runs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::errors::{CommandError, RemoteError};
+use crate::events::TaskInfo;
+use crate::host::{ExecOptions, ExecOutput, OutputSink, RemoteHost, Stream, tail_lines};
+use crate::tasklist::Task;
+use crate::validation::{ValidationError, ValidationErrors, did_you_mean};
+
+/// One step on one host.
+///
+/// A command is built from a task by [`initialize`](Command::initialize), which validates the
+/// arguments and does no I/O; every task of a tasklist is initialized before anything runs,
+/// which is what makes a dry run trustworthy. [`execute`](Command::execute) then does the work
+/// against the task's host.
+///
+/// ```
+/// use deployer_core::{Command, CommandError, ExecContext, Outcome, TaskArgs, ValidationErrors};
+/// use serde::Deserialize;
+///
+/// #[derive(Debug, Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Touch {
+///     path: String,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl Command for Touch {
+///     fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+///         args.parse()
+///     }
+///
+///     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+///         let cmd = deployer_core::ShellCommand::new("touch").arg(&self.path);
+///         ctx.run_checked(&cmd.build().map_err(|e| CommandError::failed(e.to_string()))?).await?;
+///         Ok(Outcome::done())
+///     }
+///
+///     fn idempotent(&self) -> bool {
+///         true
+///     }
+/// }
+///
+/// let mut registry = deployer_core::CommandRegistry::new();
+/// registry.register::<Touch>("touch");
+/// ```
+///
+/// # Contract
+///
+/// * `initialize` reports every problem with a path relative to the task (`path`, `files[2]`);
+///   the caller prefixes the task's position.
+/// * `execute` returns `Ok` for success (or a deliberate skip) and `Err` for failure. It may be
+///   called again after a failure when the task has `retries`, and it may be dropped at any
+///   await point (timeout, hard cancellation): it must leave nothing that a retry cannot cope
+///   with.
+#[async_trait]
+pub trait Command: Send + Sync + fmt::Debug + 'static {
+    /// Validates the task's arguments and builds the command. No I/O on hosts.
+    fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors>
+    where
+        Self: Sized;
+
+    /// Does the work.
+    async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError>;
+
+    /// Whether running the command twice has the same effect as running it once. A resumed run
+    /// re-runs an interrupted task only when this is true. Default: false.
+    fn idempotent(&self) -> bool {
+        false
+    }
+}
+
+/// How a successful `execute` ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Set when the command found nothing to do.
+    pub skipped: Option<String>,
+    /// Data the command produced (e.g. versions found), kept in the run report.
+    pub data: Option<Value>,
+}
+
+impl Outcome {
+    /// The work was done.
+    pub fn done() -> Self {
+        Outcome::default()
+    }
+
+    /// There was nothing to do, for `reason`.
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Outcome {
+            skipped: Some(reason.into()),
+            data: None,
+        }
+    }
+
+    /// Attaches data to the outcome.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+/// A task's arguments as a command's `initialize` sees them.
+pub struct TaskArgs<'a> {
+    task: &'a Task,
+}
+
+impl<'a> TaskArgs<'a> {
+    /// Wraps a task.
+    pub fn new(task: &'a Task) -> Self {
+        TaskArgs { task }
+    }
+
+    /// The whole task (host, tag, timeout, arguments).
+    pub fn task(&self) -> &'a Task {
+        self.task
+    }
+
+    /// The raw arguments.
+    pub fn raw(&self) -> &'a serde_json::Map<String, Value> {
+        &self.task.args
+    }
+
+    /// Deserializes the arguments into `T`, with the path of the first mismatch and a
+    /// "did you mean" for misspelt keys when `T` denies unknown fields.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ValidationErrors> {
+        let value = Value::Object(self.task.args.clone());
+        serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = err.inner().to_string();
+            ValidationErrors::from(arg_error(path, &message))
+        })
+    }
+}
+
+fn arg_error(path: String, message: &str) -> ValidationError {
+    // serde's wording: "unknown field `sourc`, expected one of `source`, `destination`"
+    // or "unknown field `x`, expected `y`"; turn it into a hint.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            let mut e = ValidationError::new(
+                join_path(&path, field),
+                format!("unknown argument \"{field}\""),
+            );
+            if !candidates.is_empty() {
+                e = e.expected(format!("one of {}", candidates.join(", ")));
+            } else {
+                e = e.expected("no arguments");
+            }
+            if let Some(s) = did_you_mean(field, candidates.iter().copied()) {
+                e = e.hint(format!("did you mean \"{s}\"?"));
+            }
+            return e;
+        }
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return ValidationError::new(join_path(&path, field), "missing required argument");
+        }
+    }
+    ValidationError::new(path, message.to_string())
+}
+
+fn join_path(base: &str, field: &str) -> String {
+    if base.is_empty() {
+        field.to_string()
+    } else {
+        format!("{base}.{field}")
+    }
+}
+
+impl From<ValidationError> for ValidationErrors {
+    fn from(e: ValidationError) -> Self {
+        let mut errors = ValidationErrors::new();
+        errors.push(e);
+        errors
+    }
+}
+
+type Factory =
+    Arc<dyn Fn(&TaskArgs<'_>) -> Result<Box<dyn Command>, ValidationErrors> + Send + Sync>;
+
+/// Maps command names to constructors.
+///
+/// ```
+/// # use deployer_core::*;
+/// # #[derive(Debug)] struct Noop;
+/// # #[async_trait::async_trait] impl Command for Noop {
+/// #   fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> { Ok(Noop) }
+/// #   async fn execute(&self, _: &ExecContext) -> Result<Outcome, CommandError> { Ok(Outcome::done()) }
+/// # }
+/// let mut registry = CommandRegistry::new();
+/// registry.register::<Noop>("noop");
+/// assert!(registry.contains("noop"));
+/// let err = registry.instantiate(&Task::new("nop")).unwrap_err();
+/// assert!(err.to_string().contains("did you mean \"noop\"?"));
+/// ```
+#[derive(Clone, Default)]
+pub struct CommandRegistry {
+    factories: IndexMap<String, Factory>,
+}
+
+impl CommandRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `C` under `name`, replacing an earlier registration of that name.
+    pub fn register<C: Command>(&mut self, name: impl Into<String>) -> &mut Self {
+        self.factories.insert(
+            name.into(),
+            Arc::new(|args: &TaskArgs<'_>| {
+                C::initialize(args).map(|c| Box::new(c) as Box<dyn Command>)
+            }),
+        );
+        self
+    }
+
+    /// Registers a constructor closure under `name`.
+    pub fn register_fn<F>(&mut self, name: impl Into<String>, factory: F) -> &mut Self
+    where
+        F: Fn(&TaskArgs<'_>) -> Result<Box<dyn Command>, ValidationErrors> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.into(), Arc::new(factory));
+        self
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// Registered names, in registration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Builds the command of `task`; errors have paths relative to the task.
+    pub fn instantiate(&self, task: &Task) -> Result<Box<dyn Command>, ValidationErrors> {
+        match self.factories.get(&task.command) {
+            Some(factory) => factory(&TaskArgs::new(task)),
+            None => {
+                let mut e = ValidationError::new(
+                    "command",
+                    format!("unknown command \"{}\"", task.command),
+                )
+                .expected("a registered command");
+                if let Some(s) = did_you_mean(&task.command, self.names()) {
+                    e = e.hint(format!("did you mean \"{s}\"?"));
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CommandRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+/// What a command sees while it runs: its host, its task, and a way to report output.
+pub struct ExecContext {
+    pub(crate) host: Arc<dyn RemoteHost>,
+    pub(crate) info: TaskInfo,
+    pub(crate) task: Arc<Task>,
+    pub(crate) attempt: u32,
+    pub(crate) output: OutputSink,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl ExecContext {
+    /// A context for running a command outside the executor (tests, generators that query
+    /// hosts). Output lines go to `output`.
+    pub fn new(host: Arc<dyn RemoteHost>, task: Task, output: OutputSink) -> Self {
+        let info = TaskInfo {
+            id: crate::events::TaskId {
+                stage: 0,
+                entry: 0,
+                step: None,
+            },
+            host: task.host_key().to_string(),
+            tag: task.tag.clone(),
+            command: task.command.clone(),
+        };
+        ExecContext {
+            host,
+            info,
+            task: Arc::new(task),
+            attempt: 1,
+            output,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The host the task runs on.
+    pub fn host(&self) -> &Arc<dyn RemoteHost> {
+        &self.host
+    }
+
+    /// The task's position, host key, tag and command name.
+    pub fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    /// The task itself.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Which attempt this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The task's timeout, if any (the executor enforces it; a command may use it to bound
+    /// its own polling).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.task.timeout
+    }
+
+    /// Resolves when the run is being stopped hard; long waits inside a command should select
+    /// on it.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Reports a line of progress (shown as the task's output).
+    pub fn log(&self, line: &str) {
+        (self.output)(Stream::Stdout, line);
+    }
+
+    /// Runs a shell command line on the host with default options, streaming its output as
+    /// task output events.
+    pub async fn run(&self, command: &str) -> Result<ExecOutput, RemoteError> {
+        self.run_with(command, ExecOptions::new()).await
+    }
+
+    /// Runs with the given options; output is streamed unless the options set their own sink.
+    pub async fn run_with(
+        &self,
+        command: &str,
+        mut options: ExecOptions,
+    ) -> Result<ExecOutput, RemoteError> {
+        if options.output.is_none() {
+            options.output = Some(self.output.clone());
+        }
+        self.host.execute(command, &options).await
+    }
+
+    /// Runs a command and turns a non-zero exit into [`CommandError::Failed`] with the exit
+    /// status and the tail of stderr.
+    pub async fn run_checked(&self, command: &str) -> Result<ExecOutput, CommandError> {
+        self.run_checked_with(command, ExecOptions::new()).await
+    }
+
+    /// [`run_checked`](Self::run_checked) with options.
+    pub async fn run_checked_with(
+        &self,
+        command: &str,
+        options: ExecOptions,
+    ) -> Result<ExecOutput, CommandError> {
+        let out = self.run_with(command, options).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(CommandError::Failed {
+                message: format!(
+                    "`{}` {} on {}",
+                    shorten(command, 120),
+                    match out.exit_status {
+                        Some(code) => format!("exited with status {code}"),
+                        None => "was killed by a signal".to_string(),
+                    },
+                    self.host.name()
+                ),
+                exit_status: out.exit_status,
+                stderr: tail_lines(&out.stderr_str(), 20),
+            })
+        }
+    }
+}
+
+impl fmt::Debug for ExecContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecContext")
+            .field("host", &self.host.name())
+            .field("task", &self.info)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(max).collect();
+        format!("{cut}…")
+    }
+}

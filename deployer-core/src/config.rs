@@ -1,0 +1,379 @@
+//! Configuration: a YAML file whose only required key is `platform`, merged with command-line
+//! values.
+
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::errors::ConfigError;
+use crate::validation::did_you_mean;
+
+/// One service of the `service` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The service's name (its key in the `service` section).
+    pub name: String,
+    /// Hostgroup names or host names the service runs on.
+    pub hosts: Vec<String>,
+    /// The port it listens on, if given.
+    pub port: Option<u16>,
+    /// Every key of the service's section, including `hosts` and `port`.
+    pub settings: Map<String, Value>,
+}
+
+/// The typed parts of a config file: deserialized only to check types with line and column.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Typed {
+    platform: Option<String>,
+    #[serde(default)]
+    hostgroup: Option<IndexMap<String, Vec<String>>>,
+    #[serde(default)]
+    service: Option<IndexMap<String, TypedService>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct TypedService {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+/// A deployment configuration: `platform` (which generator plans the deploy), optional
+/// `hostgroup` and `service` sections as in the original deployer, and any other keys a
+/// generator wants, with command-line values layered on top.
+///
+/// ```
+/// use deployer_core::Config;
+///
+/// let yaml = "
+/// platform: test
+/// hostgroup:
+///   frontend: [fe001, fe002]
+///   backend: [be001]
+/// service:
+///   web1-frontend:
+///     hosts: [frontend]
+///     port: 8080
+/// ";
+/// let config = Config::from_yaml_str(yaml, "test.conf").unwrap();
+/// assert_eq!(config.platform(), "test");
+/// assert_eq!(config.service_hosts("web1-frontend").unwrap(), ["fe001", "fe002"]);
+/// assert_eq!(config.service("web1-frontend").unwrap().port, Some(8080));
+///
+/// // Command-line values override the file, dotted keys reach into sections.
+/// let config = config
+///     .with_override("service.web1-frontend.port", 9090.into())
+///     .unwrap();
+/// assert_eq!(config.service("web1-frontend").unwrap().port, Some(9090));
+///
+/// // Mistakes are reported with file, line and column.
+/// let err = Config::from_yaml_str("platform: test\nservice:\n  web:\n    port: http\n", "bad.yaml")
+///     .unwrap_err();
+/// assert!(err.to_string().starts_with("bad.yaml:4:"), "{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    origin: String,
+    platform: String,
+    hostgroups: IndexMap<String, Vec<String>>,
+    services: IndexMap<String, ServiceConfig>,
+    values: Map<String, Value>,
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names it in errors (a file name).
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_str_with(text, origin, std::iter::empty())
+    }
+
+    /// Parses YAML text, then applies `overrides` (command-line values: dotted key, value)
+    /// before checking that `platform` is set.
+    pub fn from_yaml_str_with<I>(
+        text: &str,
+        origin: &str,
+        overrides: I,
+    ) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, Value)>,
+    {
+        let yaml_err = |e: serde_saphyr::Error| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Yaml {
+                origin: origin.to_string(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        };
+        // Pass 1: the typed sections, so type errors carry line and column.
+        let _: Option<Typed> = serde_saphyr::from_str(text).map_err(yaml_err)?;
+        // Pass 2: every key, for generators and overrides.
+        let doc: Option<Value> = serde_saphyr::from_str(text).map_err(yaml_err)?;
+        let mut values = match doc {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                return Err(ConfigError::Yaml {
+                    origin: origin.to_string(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "the config is {}, expected a mapping of keys to values",
+                        crate::validation::json_type(&other)
+                    ),
+                });
+            }
+        };
+        for (key, value) in overrides {
+            set_dotted(&mut values, &key, value)?;
+        }
+        Self::from_values(values, origin)
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Self::load_with(path, std::iter::empty())
+    }
+
+    /// Reads a YAML file and applies command-line `overrides`.
+    pub fn load_with<I>(path: impl AsRef<Path>, overrides: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, Value)>,
+    {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str_with(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Builds a config from already parsed values (e.g. built in code).
+    pub fn from_values(values: Map<String, Value>, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        let platform = match values.get("platform") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            None | Some(Value::Null) => {
+                return Err(ConfigError::MissingPlatform {
+                    origin: origin.to_string(),
+                });
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "platform",
+                    format!("expected a non-empty string, found {other}"),
+                ));
+            }
+        };
+        let hostgroups: IndexMap<String, Vec<String>> = match values.get("hostgroup") {
+            None | Some(Value::Null) => IndexMap::new(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                invalid(
+                    "hostgroup",
+                    format!("expected a mapping of names to host lists: {e}"),
+                )
+            })?,
+        };
+        let mut services = IndexMap::new();
+        match values.get("service") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (name, section) in map {
+                    let key = format!("service.{name}");
+                    let settings = match section {
+                        Value::Object(m) => m.clone(),
+                        Value::Null => Map::new(),
+                        other => {
+                            return Err(invalid(
+                                &key,
+                                format!("expected a mapping, found {other}"),
+                            ));
+                        }
+                    };
+                    let hosts = match settings.get("hosts") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                            invalid(
+                                &format!("{key}.hosts"),
+                                format!("expected a list of names: {e}"),
+                            )
+                        })?,
+                    };
+                    let port = match settings.get("port") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+                            invalid(
+                                &format!("{key}.port"),
+                                format!("expected a port number: {e}"),
+                            )
+                        })?),
+                    };
+                    services.insert(
+                        name.clone(),
+                        ServiceConfig {
+                            name: name.clone(),
+                            hosts,
+                            port,
+                            settings,
+                        },
+                    );
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "service",
+                    format!("expected a mapping, found {other}"),
+                ));
+            }
+        }
+        Ok(Config {
+            origin: origin.to_string(),
+            platform,
+            hostgroups,
+            services,
+            values,
+        })
+    }
+
+    /// Applies one command-line value (dotted key) and re-validates.
+    pub fn with_override(self, key: &str, value: Value) -> Result<Config, ConfigError> {
+        let mut values = self.values;
+        set_dotted(&mut values, key, value)?;
+        Self::from_values(values, &self.origin)
+    }
+
+    /// Where the config came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The platform, which picks the generator.
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    /// Every key of the config.
+    pub fn values(&self) -> &Map<String, Value> {
+        &self.values
+    }
+
+    /// The value at a dotted key (`service.web.port`), if present.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        let mut parts = key.split('.');
+        let mut cur = self.values.get(parts.next()?)?;
+        for part in parts {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur)
+    }
+
+    /// The value at a dotted key as `T`; `Ok(None)` when absent, an error naming the key when
+    /// it has the wrong type.
+    pub fn get_as<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                serde_json::from_value(v.clone())
+                    .map(Some)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// All hostgroups, in file order.
+    pub fn hostgroups(&self) -> &IndexMap<String, Vec<String>> {
+        &self.hostgroups
+    }
+
+    /// The hosts of a hostgroup.
+    pub fn hostgroup(&self, name: &str) -> Result<&[String], ConfigError> {
+        self.hostgroups
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| ConfigError::UnknownHostgroup {
+                name: name.to_string(),
+                hint: did_you_mean(name, self.hostgroups.keys().map(String::as_str))
+                    .map(str::to_string),
+            })
+    }
+
+    /// All services, in file order.
+    pub fn services(&self) -> &IndexMap<String, ServiceConfig> {
+        &self.services
+    }
+
+    /// One service.
+    pub fn service(&self, name: &str) -> Result<&ServiceConfig, ConfigError> {
+        self.services
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownService {
+                name: name.to_string(),
+                hint: did_you_mean(name, self.services.keys().map(String::as_str))
+                    .map(str::to_string),
+            })
+    }
+
+    /// The hosts a service runs on: each entry of its `hosts` that names a hostgroup is
+    /// expanded, any other entry is a host name. Duplicates are dropped, order kept.
+    pub fn service_hosts(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+        let service = self.service(name)?;
+        let mut out = indexmap::IndexSet::new();
+        for entry in &service.hosts {
+            match self.hostgroups.get(entry) {
+                Some(hosts) => out.extend(hosts.iter().cloned()),
+                None => {
+                    out.insert(entry.clone());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+}
+
+fn set_dotted(values: &mut Map<String, Value>, key: &str, value: Value) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Invalid {
+            key: key.to_string(),
+            message: "empty part in dotted key".to_string(),
+        });
+    }
+    let Some((last, parents)) = parts.split_last() else {
+        return Ok(());
+    };
+    let mut cur = values;
+    for (i, part) in parents.iter().enumerate() {
+        let slot = cur
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if slot.is_null() {
+            *slot = Value::Object(Map::new());
+        }
+        cur = match slot {
+            Value::Object(m) => m,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: parts[..=i].join("."),
+                    message: format!("cannot set \"{key}\": this key holds {other}, not a mapping"),
+                });
+            }
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The core of the deployer crate family: the traits every other part plugs into, the tasklist
+//! model and its validation, and the executor that runs a plan stage by stage with bounded
+//! per-host concurrency.
+//!
+//! # Overview
+//!
+//! * A [`Generator`] (code, picked by the config's `platform` from a [`GeneratorRegistry`])
+//!   turns a [`Config`] into a [`Tasklist`]: serial [`Stage`]s of [`TaskEntry`]s, each a
+//!   [`Task`] or a chain of tasks. Tasklists load from and save to JSON, in the format of the
+//!   original Python deployer.
+//! * [`Plan::build`] instantiates every task through a [`CommandRegistry`] — each
+//!   [`Command`]'s `initialize` validates its arguments — and reports every problem at once
+//!   with its path. That is the dry run.
+//! * The [`Executor`] runs a plan: stages in order; within a stage at most `concurrency` entries
+//!   at once and at most `concurrency_per_host` per host, with timeouts, retries, failure
+//!   semantics and cancellation ([`CancelHandle`]). Commands run against a [`RemoteHost`] that
+//!   a [`Connector`] hands out (SSH and local hosts live in `deployer-remote`).
+//! * The executor prints nothing: it emits typed [`Event`]s to [`EventSink`]s. [`TracingSink`]
+//!   and [`LogFormat`] turn them into log lines `time [LEVEL] [component] [host] [tag] message`.
+//!
+//! # Example
+//!
+//! ```
+//! use deployer_core::*;
+//! use deployer_core::fixture::{EventLog, FakeConnector};
+//! use serde::Deserialize;
+//! use std::sync::Arc;
+//!
+//! /// A command with typed arguments.
+//! #[derive(Debug, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Restart {
+//!     service: String,
+//! }
+//!
+//! #[async_trait::async_trait]
+//! impl Command for Restart {
+//!     fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+//!         args.parse()
+//!     }
+//!     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+//!         let cmd = ShellCommand::new("systemctl").arg("restart").arg(&self.service);
+//!         ctx.run_checked(&cmd.build().map_err(|e| CommandError::failed(e.to_string()))?)
+//!             .await?;
+//!         Ok(Outcome::done())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut commands = CommandRegistry::new();
+//! commands.register::<Restart>("restart");
+//!
+//! let tasklist = Tasklist::from_json_str(r#"{"name": "restart web", "stages": [
+//!   {"name": "Restart", "concurrency": 2, "concurrency_per_host": 1, "tasks": [
+//!     {"command": "restart", "remote_host": "fe001", "service": "web"},
+//!     {"command": "restart", "remote_host": "fe002", "service": "web"}
+//!   ]}
+//! ]}"#).unwrap();
+//! let plan = Plan::build(&tasklist, &commands).unwrap(); // the dry run
+//!
+//! let connector = Arc::new(FakeConnector::new());
+//! let report = Executor::new(connector.clone()).run(&plan).await;
+//! assert!(report.succeeded());
+//! assert_eq!(connector.fake("fe001").commands(), ["systemctl restart web"]);
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+mod command;
+mod config;
+mod errors;
+mod events;
+mod executor;
+mod generator;
+mod host;
+mod log;
+mod plan;
+mod shell;
+mod tasklist;
+mod validation;
+
+#[cfg(feature = "test-fixture")]
+pub mod fixture;
+
+pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
+pub use config::{Config, ServiceConfig};
+pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
+pub use events::{
+    ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskId, TaskInfo, TaskOutcome,
+};
+pub use executor::{
+    CancelHandle, Executor, FailedTask, RunError, RunOptions, RunReport, StageReport, TaskCounts,
+    error_chain,
+};
+pub use generator::{Generator, GeneratorContext, GeneratorRegistry};
+pub use host::{
+    Connector, ExecOptions, ExecOutput, HostSpec, OutputSink, PutOptions, RemoteHost, Stream,
+    tail_lines,
+};
+pub use log::{LogFormat, TracingSink};
+pub use plan::Plan;
+pub use shell::{ShellCommand, ShellError, quote};
+pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
+pub use validation::{ValidationError, ValidationErrors, did_you_mean};
+
+/// Re-exported so implementors of the async traits use the same macro version.
+pub use async_trait::async_trait;

@@ -1,0 +1,190 @@
+//! A validated tasklist: every command instantiated, every host key resolved.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::command::{Command, CommandRegistry};
+use crate::events::{TaskId, TaskInfo};
+use crate::host::HostSpec;
+use crate::tasklist::{Task, Tasklist};
+use crate::validation::{ValidationError, ValidationErrors};
+
+/// A tasklist whose every task has been instantiated by its command's `initialize`.
+///
+/// Building a plan *is* the dry run: it touches no host and reports every problem of the
+/// tasklist at once, each with its path. A plan is cheap to clone and is what the
+/// [`Executor`](crate::Executor) runs.
+///
+/// ```
+/// use deployer_core::{CommandRegistry, Plan, Tasklist};
+///
+/// let tasklist = Tasklist::from_json_str(r#"{"name": "t", "stages": [
+///     {"name": "s", "concurrency": 1, "tasks": [{"command": "uplaod", "source": "x"}]}
+/// ]}"#).unwrap();
+/// let errors = Plan::build(&tasklist, &CommandRegistry::new()).unwrap_err();
+/// assert_eq!(errors.iter().next().unwrap().path, "stages[0].tasks[0].command");
+/// ```
+#[derive(Clone)]
+pub struct Plan {
+    pub(crate) tasklist: Arc<Tasklist>,
+    pub(crate) stages: Arc<Vec<PlannedStage>>,
+}
+
+pub(crate) struct PlannedStage {
+    pub(crate) name: String,
+    pub(crate) concurrency: usize,
+    pub(crate) per_host: Option<usize>,
+    /// Host keys of this stage; entries refer to them by index.
+    pub(crate) hosts: Vec<String>,
+    pub(crate) entries: Vec<Arc<PlannedEntry>>,
+    pub(crate) task_count: usize,
+}
+
+pub(crate) struct PlannedEntry {
+    pub(crate) host: usize,
+    pub(crate) steps: Vec<PlannedTask>,
+}
+
+pub(crate) struct PlannedTask {
+    pub(crate) task: Arc<Task>,
+    pub(crate) command: Arc<dyn Command>,
+    pub(crate) info: TaskInfo,
+    pub(crate) spec: HostSpec,
+}
+
+impl Plan {
+    /// Instantiates every task of `tasklist` with `registry`, collecting all problems.
+    pub fn build(
+        tasklist: &Tasklist,
+        registry: &CommandRegistry,
+    ) -> Result<Plan, ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        let mut stages = Vec::with_capacity(tasklist.stages.len());
+        for (si, stage) in tasklist.stages.iter().enumerate() {
+            if stage.name.trim().is_empty() {
+                errors.push(
+                    ValidationError::new(format!("stages[{si}].name"), "stage name is empty")
+                        .expected("a non-empty string"),
+                );
+            }
+            if stage.concurrency == 0 {
+                errors.push(
+                    ValidationError::new(format!("stages[{si}].concurrency"), "must be at least 1")
+                        .expected("an integer ≥ 1"),
+                );
+            }
+            if stage.concurrency_per_host == Some(0) {
+                errors.push(
+                    ValidationError::new(
+                        format!("stages[{si}].concurrency_per_host"),
+                        "must be at least 1",
+                    )
+                    .expected("an integer ≥ 1, or no limit"),
+                );
+            }
+            let mut host_index: HashMap<&str, usize> = HashMap::new();
+            let mut hosts = Vec::new();
+            let mut entries = Vec::with_capacity(stage.tasks.len());
+            let mut task_count = 0;
+            for (ei, entry) in stage.tasks.iter().enumerate() {
+                let is_chain = matches!(entry, crate::TaskEntry::Chain(_));
+                if entry.tasks().is_empty() {
+                    errors.push(
+                        ValidationError::new(format!("stages[{si}].tasks[{ei}]"), "empty chain")
+                            .expected("a list of at least one task object"),
+                    );
+                    continue;
+                }
+                let key = entry.host_key();
+                let host = *host_index.entry(key).or_insert_with(|| {
+                    hosts.push(key.to_string());
+                    hosts.len() - 1
+                });
+                let mut steps = Vec::with_capacity(entry.tasks().len());
+                for (ti, task) in entry.tasks().iter().enumerate() {
+                    let id = TaskId {
+                        stage: si,
+                        entry: ei,
+                        step: is_chain.then_some(ti),
+                    };
+                    match registry.instantiate(task) {
+                        Ok(command) => steps.push(PlannedTask {
+                            task: Arc::new(task.clone()),
+                            command: Arc::from(command),
+                            info: TaskInfo {
+                                id,
+                                host: task.host_key().to_string(),
+                                tag: task.tag.clone(),
+                                command: task.command.clone(),
+                            },
+                            spec: match &task.remote_host {
+                                Some(h) => HostSpec::remote(h.clone(), task.remote_user.clone()),
+                                None => HostSpec::local(),
+                            },
+                        }),
+                        Err(problems) => {
+                            for mut p in problems {
+                                p.path = if p.path.is_empty() {
+                                    id.to_string()
+                                } else {
+                                    format!("{id}.{}", p.path)
+                                };
+                                errors.push(p);
+                            }
+                        }
+                    }
+                }
+                task_count += steps.len();
+                entries.push(Arc::new(PlannedEntry { host, steps }));
+            }
+            stages.push(PlannedStage {
+                name: stage.name.clone(),
+                concurrency: stage.concurrency,
+                per_host: stage.concurrency_per_host,
+                hosts,
+                entries,
+                task_count,
+            });
+        }
+        errors.into_result(Plan {
+            tasklist: Arc::new(tasklist.clone()),
+            stages: Arc::new(stages),
+        })
+    }
+
+    /// The tasklist this plan was built from.
+    pub fn tasklist(&self) -> &Tasklist {
+        &self.tasklist
+    }
+
+    /// How many tasks the plan holds, counting chain steps.
+    pub fn task_count(&self) -> usize {
+        self.stages.iter().map(|s| s.task_count).sum()
+    }
+
+    /// Every task's id and info, in order.
+    pub fn tasks(&self) -> impl Iterator<Item = &TaskInfo> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.entries.iter())
+            .flat_map(|e| e.steps.iter())
+            .map(|t| &t.info)
+    }
+
+    /// Whether the command of task `id` declares itself idempotent; `None` for an unknown id.
+    pub fn is_idempotent(&self, id: TaskId) -> Option<bool> {
+        let entry = self.stages.get(id.stage)?.entries.get(id.entry)?;
+        let step = entry.steps.get(id.step.unwrap_or(0))?;
+        Some(step.command.idempotent())
+    }
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("name", &self.tasklist.name)
+            .field("stages", &self.stages.len())
+            .field("tasks", &self.task_count())
+            .finish()
+    }
+}

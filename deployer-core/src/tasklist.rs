@@ -1,0 +1,697 @@
+//! The tasklist model: stages of tasks, loaded from and saved to JSON.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::errors::TasklistError;
+use crate::validation::{ValidationError, ValidationErrors, did_you_mean, json_type};
+
+/// Keys of a task object that belong to the task rather than to its command.
+pub const RESERVED_TASK_KEYS: [&str; 6] = [
+    "command",
+    "remote_host",
+    "remote_user",
+    "tag",
+    "timeout",
+    "retries",
+];
+
+const STAGE_KEYS: [&str; 4] = ["name", "concurrency", "concurrency_per_host", "tasks"];
+const TASKLIST_KEYS: [&str; 2] = ["name", "stages"];
+
+/// The host key of tasks that name no host: they run on the controller itself.
+pub const LOCAL_HOST: &str = "local";
+
+/// A plan of work: stages that run one after another, each holding tasks that may run
+/// concurrently.
+///
+/// The JSON shape is the one of the original Python deployer and loads unchanged:
+///
+/// ```
+/// use deployer_core::Tasklist;
+///
+/// let json = r#"{
+///   "name": "Deploy web",
+///   "stages": [
+///     {"name": "Upload", "concurrency": 10, "concurrency_per_host": 2, "tasks": [
+///       {"command": "upload", "remote_host": "fe001", "source": "web.tgz", "destination": "/tmp"},
+///       [{"command": "stop_service", "remote_host": "fe001", "service": "web"},
+///        {"command": "start_service", "remote_host": "fe001", "service": "web"}]
+///     ]}
+///   ]
+/// }"#;
+/// let tasklist = Tasklist::from_json_str(json).unwrap();
+/// assert_eq!(tasklist.stages[0].tasks.len(), 2);
+/// assert_eq!(tasklist.task_count(), 3);
+///
+/// // Saving is stable: what was saved loads back equal and saves byte-identical.
+/// let saved = tasklist.to_json_string();
+/// let again = Tasklist::from_json_str(&saved).unwrap();
+/// assert_eq!(again, tasklist);
+/// assert_eq!(again.to_json_string(), saved);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Tasklist {
+    /// A name shown in logs and run records.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Stages, run one after another.
+    pub stages: Vec<Stage>,
+}
+
+/// A set of tasks that may run concurrently, within limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    /// Shown in logs; must not be empty.
+    pub name: String,
+    /// At most this many entries run at once in the stage (at least 1).
+    pub concurrency: usize,
+    /// At most this many entries run at once on one host; unlimited when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_per_host: Option<usize>,
+    /// The entries, started in this order as the limits allow.
+    pub tasks: Vec<TaskEntry>,
+}
+
+/// One entry of a stage: a single task, or a chain of tasks that run in order and hold one slot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TaskEntry {
+    /// A single task.
+    Single(Task),
+    /// Tasks run in order, each only after the previous one succeeded, holding one slot while
+    /// the chain runs. The chain's host (for `concurrency_per_host`) is its first task's host.
+    Chain(Vec<Task>),
+}
+
+impl TaskEntry {
+    /// The tasks of this entry, in order.
+    pub fn tasks(&self) -> &[Task] {
+        match self {
+            TaskEntry::Single(t) => std::slice::from_ref(t),
+            TaskEntry::Chain(ts) => ts,
+        }
+    }
+
+    /// The host key that `concurrency_per_host` counts this entry against.
+    pub fn host_key(&self) -> &str {
+        self.tasks().first().map_or(LOCAL_HOST, Task::host_key)
+    }
+}
+
+impl From<Task> for TaskEntry {
+    fn from(task: Task) -> Self {
+        TaskEntry::Single(task)
+    }
+}
+
+impl From<Vec<Task>> for TaskEntry {
+    fn from(tasks: Vec<Task>) -> Self {
+        TaskEntry::Chain(tasks)
+    }
+}
+
+/// One step on one host: a command name, where it runs, and the command's arguments.
+///
+/// ```
+/// use deployer_core::Task;
+/// use std::time::Duration;
+///
+/// let task = Task::new("execute_command")
+///     .on("fe001")
+///     .user("deploy")
+///     .tag("web")
+///     .timeout(Duration::from_secs(30))
+///     .retries(2)
+///     .arg("command", "systemctl restart web");
+/// assert_eq!(task.host_key(), "fe001");
+/// assert_eq!(task.args["command"], "systemctl restart web");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// The registered command name.
+    pub command: String,
+    /// The host to run on; the controller itself when absent.
+    pub remote_host: Option<String>,
+    /// The user to log in as on `remote_host`.
+    pub remote_user: Option<String>,
+    /// A label shown in logs, usually the service.
+    pub tag: Option<String>,
+    /// How long one attempt may run before it is stopped and counted as failed.
+    pub timeout: Option<Duration>,
+    /// How many times a failed attempt is tried again (0 = once in all).
+    pub retries: Option<u32>,
+    /// The command's own arguments, in the order they were written.
+    pub args: Map<String, Value>,
+}
+
+impl Task {
+    /// A task running `command` on the controller, with no arguments yet.
+    pub fn new(command: impl Into<String>) -> Self {
+        Task {
+            command: command.into(),
+            remote_host: None,
+            remote_user: None,
+            tag: None,
+            timeout: None,
+            retries: None,
+            args: Map::new(),
+        }
+    }
+
+    /// Runs the task on `host`.
+    pub fn on(mut self, host: impl Into<String>) -> Self {
+        self.remote_host = Some(host.into());
+        self
+    }
+
+    /// Logs in as `user`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.remote_user = Some(user.into());
+        self
+    }
+
+    /// Sets the tag shown in logs.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Sets the timeout of one attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how many times a failure is retried.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// Adds a command argument.
+    pub fn arg(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.args.insert(key.into(), value.into());
+        self
+    }
+
+    /// The key that `concurrency_per_host` counts this task against: `remote_host`, else the
+    /// `lb_hostname` argument, else [`LOCAL_HOST`].
+    pub fn host_key(&self) -> &str {
+        if let Some(h) = &self.remote_host {
+            return h;
+        }
+        if let Some(Value::String(h)) = self.args.get("lb_hostname") {
+            return h;
+        }
+        LOCAL_HOST
+    }
+}
+
+impl Serialize for Task {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("command", &self.command)?;
+        if let Some(v) = &self.remote_host {
+            map.serialize_entry("remote_host", v)?;
+        }
+        if let Some(v) = &self.remote_user {
+            map.serialize_entry("remote_user", v)?;
+        }
+        if let Some(v) = &self.tag {
+            map.serialize_entry("tag", v)?;
+        }
+        if let Some(v) = &self.timeout {
+            map.serialize_entry("timeout", &duration_to_json(*v))?;
+        }
+        if let Some(v) = &self.retries {
+            map.serialize_entry("retries", v)?;
+        }
+        for (k, v) in &self.args {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// Seconds as a JSON number: an integer when whole, so `30` stays `30`.
+fn duration_to_json(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        Value::from(d.as_secs())
+    } else {
+        serde_json::Number::from_f64(d.as_secs_f64()).map_or(Value::Null, Value::Number)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tasklist {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Tasklist::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Tasklist {
+    /// An empty tasklist called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Tasklist {
+            name: name.into(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Adds a stage.
+    pub fn stage(mut self, stage: Stage) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Parses a tasklist from JSON text, reporting every structural problem at once.
+    ///
+    /// Syntax errors name line and column; structural problems (missing or mistyped keys,
+    /// `concurrency: 0`, unknown stage keys, a task without `command`) are all collected with
+    /// their path. Command arguments are checked later, by [`Plan::build`](crate::Plan::build).
+    pub fn from_json_str(text: &str) -> Result<Tasklist, TasklistError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| TasklistError::Syntax {
+            origin: "<tasklist>".into(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e.to_string()),
+        })?;
+        Tasklist::from_value(&value).map_err(TasklistError::Invalid)
+    }
+
+    /// Reads and parses a tasklist file; errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Tasklist, TasklistError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| TasklistError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Tasklist::from_json_str(&text).map_err(|e| e.with_origin(path))
+    }
+
+    /// Writes the tasklist as pretty JSON (what [`to_json_string`](Self::to_json_string) gives).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TasklistError> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_json_string()).map_err(|source| TasklistError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The tasklist as pretty-printed JSON ending in a newline.
+    ///
+    /// The output is canonical: loading it and saving again gives the same bytes.
+    pub fn to_json_string(&self) -> String {
+        // Serializing plain data to a String cannot fail.
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Converts an already parsed JSON value, collecting every structural problem.
+    pub fn from_value(value: &Value) -> Result<Tasklist, ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        let Some(obj) = value.as_object() else {
+            errors.push(
+                ValidationError::new("", format!("the tasklist is {}", json_type(value)))
+                    .expected("an object with \"name\" and \"stages\""),
+            );
+            return Err(errors);
+        };
+        unknown_keys(obj, &TASKLIST_KEYS, "", "tasklist", &mut errors);
+        let name = match obj.get("name") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                errors.push(
+                    ValidationError::new("name", format!("found {}", json_type(other)))
+                        .expected("a string"),
+                );
+                String::new()
+            }
+        };
+        let mut stages = Vec::new();
+        match obj.get("stages") {
+            None => {
+                errors.push(ValidationError::new("stages", "missing").expected("a list of stages"))
+            }
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(stage) = parse_stage(item, &format!("stages[{i}]"), &mut errors) {
+                        stages.push(stage);
+                    }
+                }
+            }
+            Some(other) => errors.push(
+                ValidationError::new("stages", format!("found {}", json_type(other)))
+                    .expected("a list of stages"),
+            ),
+        }
+        errors.into_result(Tasklist { name, stages })
+    }
+
+    /// How many tasks the tasklist holds, counting each task of a chain.
+    pub fn task_count(&self) -> usize {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .map(|e| e.tasks().len())
+            .sum()
+    }
+
+    /// The distinct host keys of all tasks, in first-seen order.
+    pub fn hosts(&self) -> Vec<&str> {
+        let mut seen = indexmap::IndexSet::new();
+        for stage in &self.stages {
+            for entry in &stage.tasks {
+                for task in entry.tasks() {
+                    seen.insert(task.host_key());
+                }
+            }
+        }
+        seen.into_iter().collect()
+    }
+}
+
+impl Stage {
+    /// An empty stage with the given concurrency and no per-host limit.
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        Stage {
+            name: name.into(),
+            concurrency,
+            concurrency_per_host: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Sets the per-host limit.
+    pub fn per_host(mut self, limit: usize) -> Self {
+        self.concurrency_per_host = Some(limit);
+        self
+    }
+
+    /// Adds a task or a chain.
+    pub fn task(mut self, entry: impl Into<TaskEntry>) -> Self {
+        self.tasks.push(entry.into());
+        self
+    }
+
+    /// Adds many tasks.
+    pub fn tasks(mut self, entries: impl IntoIterator<Item = impl Into<TaskEntry>>) -> Self {
+        self.tasks.extend(entries.into_iter().map(Into::into));
+        self
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.command, self.host_key())?;
+        if let Some(tag) = &self.tag {
+            write!(f, " [{tag}]")?;
+        }
+        Ok(())
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn unknown_keys(
+    obj: &Map<String, Value>,
+    known: &[&str],
+    path: &str,
+    what: &str,
+    errors: &mut ValidationErrors,
+) {
+    for key in obj.keys() {
+        if !known.contains(&key.as_str()) {
+            let p = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            let mut e = ValidationError::new(p, format!("unknown {what} key \"{key}\""))
+                .expected(format!("one of {}", known.join(", ")));
+            if let Some(s) = did_you_mean(key, known.iter().copied()) {
+                e = e.hint(format!("did you mean \"{s}\"?"));
+            }
+            errors.push(e);
+        }
+    }
+}
+
+fn positive_int(value: &Value, path: String, errors: &mut ValidationErrors) -> Option<usize> {
+    match value.as_u64() {
+        Some(0) => {
+            errors
+                .push(ValidationError::new(path, "must be at least 1").expected("an integer ≥ 1"));
+            None
+        }
+        Some(n) if n <= u32::MAX as u64 => Some(n as usize),
+        _ => {
+            let found = match value {
+                Value::Number(n) => format!("{n}"),
+                other => json_type(other).to_string(),
+            };
+            errors.push(
+                ValidationError::new(path, format!("found {found}"))
+                    .expected(format!("an integer from 1 to {}", u32::MAX)),
+            );
+            None
+        }
+    }
+}
+
+fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<Stage> {
+    let Some(obj) = value.as_object() else {
+        errors.push(
+            ValidationError::new(path, format!("found {}", json_type(value)))
+                .expected("a stage object with name, concurrency and tasks"),
+        );
+        return None;
+    };
+    let before = errors.len();
+    unknown_keys(obj, &STAGE_KEYS, path, "stage", errors);
+    let name = match obj.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            errors.push(
+                ValidationError::new(format!("{path}.name"), "stage name is empty")
+                    .expected("a non-empty string"),
+            );
+            String::new()
+        }
+        None => {
+            errors.push(
+                ValidationError::new(format!("{path}.name"), "missing").expected("a stage name"),
+            );
+            String::new()
+        }
+        Some(other) => {
+            errors.push(
+                ValidationError::new(
+                    format!("{path}.name"),
+                    format!("found {}", json_type(other)),
+                )
+                .expected("a string"),
+            );
+            String::new()
+        }
+    };
+    let concurrency = match obj.get("concurrency") {
+        Some(v) => positive_int(v, format!("{path}.concurrency"), errors),
+        None => {
+            errors.push(
+                ValidationError::new(format!("{path}.concurrency"), "missing")
+                    .expected("an integer ≥ 1"),
+            );
+            None
+        }
+    };
+    let concurrency_per_host = match obj.get("concurrency_per_host") {
+        None | Some(Value::Null) => None,
+        Some(v) => positive_int(v, format!("{path}.concurrency_per_host"), errors),
+    };
+    let mut tasks = Vec::new();
+    match obj.get("tasks") {
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let tpath = format!("{path}.tasks[{i}]");
+                match item {
+                    Value::Array(chain) => {
+                        if chain.is_empty() {
+                            errors.push(
+                                ValidationError::new(tpath, "empty chain")
+                                    .expected("a list of at least one task object"),
+                            );
+                            continue;
+                        }
+                        let mut steps = Vec::new();
+                        for (j, step) in chain.iter().enumerate() {
+                            let spath = format!("{tpath}[{j}]");
+                            if step.is_array() {
+                                errors.push(
+                                    ValidationError::new(spath, "a chain cannot contain a list")
+                                        .expected("a task object"),
+                                );
+                            } else if let Some(t) = parse_task(step, &spath, errors) {
+                                steps.push(t);
+                            }
+                        }
+                        if steps.len() == chain.len() {
+                            tasks.push(TaskEntry::Chain(steps));
+                        }
+                    }
+                    other => {
+                        if let Some(t) = parse_task(other, &tpath, errors) {
+                            tasks.push(TaskEntry::Single(t));
+                        }
+                    }
+                }
+            }
+        }
+        None => errors.push(
+            ValidationError::new(format!("{path}.tasks"), "missing").expected("a list of tasks"),
+        ),
+        Some(other) => errors.push(
+            ValidationError::new(
+                format!("{path}.tasks"),
+                format!("found {}", json_type(other)),
+            )
+            .expected("a list of tasks"),
+        ),
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Stage {
+        name,
+        concurrency: concurrency?,
+        concurrency_per_host,
+        tasks,
+    })
+}
+
+fn opt_string(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    errors: &mut ValidationErrors,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(
+                ValidationError::new(
+                    format!("{path}.{key}"),
+                    format!("found {}", json_type(other)),
+                )
+                .expected("a string"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<Task> {
+    let Some(obj) = value.as_object() else {
+        errors.push(
+            ValidationError::new(path, format!("found {}", json_type(value)))
+                .expected("a task object with \"command\", or a list of task objects"),
+        );
+        return None;
+    };
+    let before = errors.len();
+    let command = match obj.get("command") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) => {
+            errors.push(
+                ValidationError::new(format!("{path}.command"), "command name is empty")
+                    .expected("a registered command name"),
+            );
+            String::new()
+        }
+        None => {
+            errors.push(
+                ValidationError::new(format!("{path}.command"), "missing")
+                    .expected("a registered command name"),
+            );
+            String::new()
+        }
+        Some(other) => {
+            errors.push(
+                ValidationError::new(
+                    format!("{path}.command"),
+                    format!("found {}", json_type(other)),
+                )
+                .expected("a string naming a registered command"),
+            );
+            String::new()
+        }
+    };
+    let remote_host = opt_string(obj, "remote_host", path, errors);
+    if remote_host.as_deref() == Some("") {
+        errors.push(
+            ValidationError::new(format!("{path}.remote_host"), "host name is empty")
+                .expected("a host name, or no remote_host to run on the controller"),
+        );
+    }
+    let remote_user = opt_string(obj, "remote_user", path, errors);
+    let tag = opt_string(obj, "tag", path, errors);
+    let timeout = match obj.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(secs) if secs > 0.0 && secs.is_finite() && secs <= 31_536_000.0 => {
+                Duration::try_from_secs_f64(secs).ok()
+            }
+            _ => {
+                errors.push(
+                    ValidationError::new(format!("{path}.timeout"), format!("found {v}"))
+                        .expected("a number of seconds greater than 0 and at most one year"),
+                );
+                None
+            }
+        },
+    };
+    let retries = match obj.get("retries") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= 1000 => Some(n as u32),
+            _ => {
+                errors.push(
+                    ValidationError::new(format!("{path}.retries"), format!("found {v}"))
+                        .expected("an integer from 0 to 1000"),
+                );
+                None
+            }
+        },
+    };
+    if errors.len() > before {
+        return None;
+    }
+    let args = obj
+        .iter()
+        .filter(|(k, _)| !RESERVED_TASK_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Task {
+        command,
+        remote_host,
+        remote_user,
+        tag,
+        timeout,
+        retries,
+        args,
+    })
+}
