@@ -149,10 +149,13 @@ fn arg_error(path: String, message: &str) -> ValidationError {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((field, tail)) = rest.split_once('`') {
             let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let mut e = ValidationError::new(
-                join_path(&path, field),
-                format!("unknown argument \"{field}\""),
-            );
+            // serde_path_to_error already ends the path with the unknown key.
+            let at = if path == field || path.ends_with(&format!(".{field}")) {
+                path.clone()
+            } else {
+                join_path(&path, field)
+            };
+            let mut e = ValidationError::new(at, format!("unknown argument \"{field}\""));
             if !candidates.is_empty() {
                 e = e.expected(format!("one of {}", candidates.join(", ")));
             } else {

@@ -16,7 +16,8 @@ pub struct ShellError {
 /// ```
 /// use deployer_core::quote;
 /// assert_eq!(quote("plain").unwrap(), "plain");
-/// assert_eq!(quote("it's $(rm -rf /)").unwrap(), r#""it's \$(rm -rf /)""#);
+/// assert_eq!(quote("a b").unwrap(), "'a b'");
+/// assert_eq!(quote("it's $(rm -rf /)").unwrap(), r#""it's "'$(rm -rf /)'"#);
 /// assert!(quote("nul\0byte").is_err());
 /// ```
 pub fn quote(arg: &str) -> Result<Cow<'_, str>, ShellError> {
@@ -118,5 +119,59 @@ impl fmt::Debug for ShellCommand {
             Ok(s) => write!(f, "ShellCommand({s})"),
             Err(e) => write!(f, "ShellCommand(<{e}>)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a real `sh` receives for a quoted argument must be the argument, byte for byte.
+    #[test]
+    fn quoted_arguments_survive_a_real_shell() {
+        let hostile = [
+            "",
+            "plain",
+            "with space",
+            "it's",
+            "\"double\"",
+            "$(touch /tmp/pwned)",
+            "`id`",
+            "a;b&&c||d|e",
+            "$HOME ${PATH} $1 $@",
+            "back\\slash\\",
+            "new\nline\ttab",
+            "glob * ? [a-z]",
+            "~user",
+            "-n",
+            "#comment",
+            "!bang",
+            "ünïcødé ✓",
+            "'\"'\"'",
+            "trailing\\",
+        ];
+        for arg in hostile {
+            let cmd = ShellCommand::new("printf")
+                .arg("%s")
+                .arg(arg)
+                .build()
+                .unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), arg, "through {cmd}");
+        }
+    }
+
+    #[test]
+    fn nul_bytes_are_refused() {
+        let err = ShellCommand::new("echo").arg("a\0b").build().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "argument \"a\\0b\" contains a NUL byte, which a shell cannot pass"
+        );
     }
 }
