@@ -76,11 +76,19 @@ async fn real_main(cli: Cli) -> Result<bool, String> {
     let (generators, commands) = registries();
     let tasklist = match (&cli.config, &cli.tasklist) {
         (_, Some(path)) => {
-            tracing::info!(component = "Tasklist", "Reading task list from {}", path.display());
+            tracing::info!(
+                component = "Tasklist",
+                "Reading task list from {}",
+                path.display()
+            );
             Tasklist::load(path).map_err(|e| e.to_string())?
         }
         (Some(path), None) => {
-            tracing::info!(component = "Config", "Loading configuration from {}", path.display());
+            tracing::info!(
+                component = "Config",
+                "Loading configuration from {}",
+                path.display()
+            );
             let config =
                 Config::load_with(path, overrides(&cli.set)?).map_err(|e| e.to_string())?;
             generators

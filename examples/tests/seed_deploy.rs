@@ -28,7 +28,10 @@ fn runs_the_seed_example_and_logs_in_the_seed_shape() {
         "[DEBUG   ] [Executor       ] [local] [*] out: Executing test command: Hello World / None",
         "[INFO    ] [Executor       ] [*] [*] Run succeeded",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
     }
 }
 
@@ -57,7 +60,10 @@ fn dump_and_save_give_the_same_canonical_tasklist_which_runs_again() {
     assert_eq!(out.status.code(), Some(0));
     let dumped = text(&out.stdout);
     assert_eq!(std::fs::read_to_string(saved).unwrap(), dumped);
-    assert!(dumped.contains("\"message\": \"from the command line\""), "{dumped}");
+    assert!(
+        dumped.contains("\"message\": \"from the command line\""),
+        "{dumped}"
+    );
     let out = seed_deploy(&["--tasklist", saved, "-v"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("from the command line / None"));
@@ -67,7 +73,11 @@ fn dump_and_save_give_the_same_canonical_tasklist_which_runs_again() {
 fn bad_input_exits_2_with_where_and_what() {
     let dir = tempfile::tempdir().unwrap();
     let bad_yaml = dir.path().join("bad.yaml");
-    std::fs::write(&bad_yaml, "platform: test\nservice:\n  web:\n    port: http\n").unwrap();
+    std::fs::write(
+        &bad_yaml,
+        "platform: test\nservice:\n  web:\n    port: http\n",
+    )
+    .unwrap();
     let out = seed_deploy(&["--config", bad_yaml.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -80,7 +90,10 @@ fn bad_input_exits_2_with_where_and_what() {
     std::fs::write(&unknown, "platform: tset\n").unwrap();
     let out = seed_deploy(&["--config", unknown.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown platform \"tset\" (known: test); did you mean \"test\"?"));
+    assert!(
+        text(&out.stderr)
+            .contains("unknown platform \"tset\" (known: test); did you mean \"test\"?")
+    );
 
     let tasklist = dir.path().join("t.json");
     std::fs::write(
@@ -95,7 +108,10 @@ fn bad_input_exits_2_with_where_and_what() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("2 problems found"), "{stderr}");
     assert!(stderr.contains("stages[0].tasks[0].command: unknown command \"test_comand\" (expected a registered command); did you mean \"test_command\"?"), "{stderr}");
-    assert!(stderr.contains("stages[0].tasks[1].mesage: unknown argument \"mesage\""), "{stderr}");
+    assert!(
+        stderr.contains("stages[0].tasks[1].mesage: unknown argument \"mesage\""),
+        "{stderr}"
+    );
     assert!(!text(&out.stdout).contains("Syntax ok"));
 }
 
@@ -113,6 +129,13 @@ fn a_failing_task_exits_1_and_names_it() {
     let out = seed_deploy(&["--tasklist", tasklist.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("Execution failed: run \"t\" failed in stage \"s\": 1 task did not succeed"), "{stderr}");
-    assert!(stderr.contains("stages[0].tasks[0] test_command on fe001 [web]"), "{stderr}");
+    assert!(
+        stderr
+            .contains("Execution failed: run \"t\" failed in stage \"s\": 1 task did not succeed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stages[0].tasks[0] test_command on fe001 [web]"),
+        "{stderr}"
+    );
 }
