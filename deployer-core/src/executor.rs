@@ -78,6 +78,56 @@ pub struct RunOptions {
     /// Tasks already done in an earlier attempt of this run; they are not run again (default:
     /// none). Used to resume a run.
     pub skip: HashSet<TaskId>,
+    /// Hosts removed from the targeted set while the run goes on (default: none); their tasks
+    /// that have not started are not run.
+    pub targets: TargetSet,
+}
+
+/// The hosts removed from a run's targeted set, shared between the executor and whoever
+/// removes them (a control plane reacting to a host leaving the fleet).
+///
+/// ```
+/// let targets = deployer_core::TargetSet::new();
+/// targets.remove("fe002");
+/// assert!(targets.is_removed("fe002"));
+/// assert!(!targets.is_removed("fe001"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TargetSet {
+    removed: Arc<std::sync::RwLock<HashSet<String>>>,
+}
+
+impl TargetSet {
+    /// No host removed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Removes `host`: its tasks that have not started will not run.
+    pub fn remove(&self, host: &str) {
+        self.removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string());
+    }
+
+    /// Whether `host` was removed.
+    pub fn is_removed(&self, host: &str) -> bool {
+        let removed = self.removed.read().unwrap_or_else(|e| e.into_inner());
+        !removed.is_empty() && removed.contains(host)
+    }
+}
+
+/// Records events durably while a run goes on (a run store behind it).
+///
+/// Unlike an [`EventSink`], the executor *awaits* a journal: a task starts only after its
+/// start was recorded, so a resumed run knows which tasks may have run. Output lines are not
+/// journaled.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Records one event. An error on a task's start fails that task without running it;
+    /// errors on other events are logged and the run goes on.
+    async fn record(&self, event: &Event) -> Result<(), crate::BoxError>;
 }
 
 /// A task that did not succeed, with what a person needs to act on it.
@@ -260,6 +310,7 @@ pub struct Executor {
     retry_delay: Duration,
     default_timeout: Option<Duration>,
     max_concurrency: Option<usize>,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl fmt::Debug for Executor {
@@ -282,7 +333,14 @@ impl Executor {
             retry_delay: Duration::from_secs(1),
             default_timeout: None,
             max_concurrency: None,
+            journal: None,
         }
+    }
+
+    /// Records events durably through `journal` (default: none), awaiting each write.
+    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Adds an event sink (default: none).
@@ -321,19 +379,22 @@ impl Executor {
             emitter: Arc::new(Emitter {
                 start: Instant::now(),
                 sinks: self.sinks.clone(),
+                journal: self.journal.clone(),
             }),
             retry_delay: self.retry_delay,
             default_timeout: self.default_timeout,
             hard: options.cancel.hard.clone(),
             skip: options.skip,
+            targets: options.targets,
         });
         let em = &shared.emitter;
         let name = plan.tasklist.name.clone();
-        em.emit(|| EventKind::RunStarted {
+        em.note(|| EventKind::RunStarted {
             name: name.clone(),
             stages: plan.stages.len(),
             tasks: plan.task_count(),
-        });
+        })
+        .await;
         let mut report = RunReport {
             name,
             outcome: RunOutcome::Succeeded,
@@ -348,10 +409,11 @@ impl Executor {
                 if report.outcome == RunOutcome::Succeeded {
                     report.outcome = RunOutcome::Cancelled;
                 }
-                em.emit(|| EventKind::StageSkipped {
+                em.note(|| EventKind::StageSkipped {
                     stage: si,
                     name: stage.name.clone(),
-                });
+                })
+                .await;
                 report.counts.not_run += stage.task_count;
                 report.stages.push(StageReport {
                     name: stage.name.clone(),
@@ -361,13 +423,14 @@ impl Executor {
                 continue;
             }
             let started = Instant::now();
-            em.emit(|| EventKind::StageStarted {
+            em.note(|| EventKind::StageStarted {
                 stage: si,
                 name: stage.name.clone(),
                 tasks: stage.task_count,
                 concurrency: stage.concurrency,
                 concurrency_per_host: stage.per_host,
-            });
+            })
+            .await;
             let limit = match self.max_concurrency {
                 Some(cap) => stage.concurrency.min(cap),
                 None => stage.concurrency,
@@ -376,12 +439,13 @@ impl Executor {
                 .run()
                 .await;
             let duration = started.elapsed();
-            em.emit(|| EventKind::StageFinished {
+            em.note(|| EventKind::StageFinished {
                 stage: si,
                 name: stage.name.clone(),
                 outcome,
                 duration,
-            });
+            })
+            .await;
             report.stages.push(StageReport {
                 name: stage.name.clone(),
                 outcome: Some(outcome),
@@ -393,10 +457,13 @@ impl Executor {
         }
         report.duration = em.start.elapsed();
         let (outcome, duration) = (report.outcome, report.duration);
-        em.emit(|| EventKind::RunFinished { outcome, duration });
+        em.note(|| EventKind::RunFinished { outcome, duration })
+            .await;
         report
     }
 }
+
+const REMOVED_REASON: &str = "its host was removed from the targeted set";
 
 struct Shared {
     connector: Arc<dyn Connector>,
@@ -405,14 +472,17 @@ struct Shared {
     default_timeout: Option<Duration>,
     hard: CancellationToken,
     skip: HashSet<TaskId>,
+    targets: TargetSet,
 }
 
 struct Emitter {
     start: Instant,
     sinks: Vec<Arc<dyn EventSink>>,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Emitter {
+    /// Sends an event to the sinks only (output lines).
     fn emit(&self, kind: impl FnOnce() -> EventKind) {
         if self.sinks.is_empty() {
             return;
@@ -424,6 +494,36 @@ impl Emitter {
         };
         for sink in &self.sinks {
             sink.event(&event);
+        }
+    }
+
+    /// Sends an event to the sinks and awaits the journal.
+    async fn record(&self, kind: impl FnOnce() -> EventKind) -> Result<(), crate::BoxError> {
+        if self.sinks.is_empty() && self.journal.is_none() {
+            return Ok(());
+        }
+        let event = Event {
+            timestamp: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            kind: kind(),
+        };
+        for sink in &self.sinks {
+            sink.event(&event);
+        }
+        match &self.journal {
+            Some(journal) => journal.record(&event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`record`](Self::record), logging a journal failure instead of returning it.
+    async fn note(&self, kind: impl FnOnce() -> EventKind) {
+        if let Err(e) = self.record(kind).await {
+            tracing::warn!(
+                component = "Executor",
+                "cannot record an event in the run journal: {}",
+                error_chain(&*e)
+            );
         }
     }
 }
@@ -504,6 +604,27 @@ impl<'a> JobQueue<'a> {
                     };
                     let h = host as usize;
                     self.pending[h].pop_front();
+                    if self.shared.targets.is_removed(&self.stage.hosts[h]) {
+                        // The host left the targeted set: its entries are not run.
+                        if let Some(&next) = self.pending[h].front() {
+                            self.ready.push(Reverse((next, host)));
+                        }
+                        let entry = self.stage.entries[entry as usize].clone();
+                        for step in &entry.steps {
+                            if self.shared.skip.contains(&step.info.id) {
+                                continue;
+                            }
+                            self.report.counts.not_run += 1;
+                            self.shared
+                                .emitter
+                                .note(|| EventKind::TaskNotRun {
+                                    task: step.info.clone(),
+                                    reason: REMOVED_REASON.to_string(),
+                                })
+                                .await;
+                        }
+                        continue;
+                    }
                     self.running_on[h] += 1;
                     running += 1;
                     if (self.running_on[h] as usize) < self.per_host {
@@ -576,10 +697,13 @@ impl<'a> JobQueue<'a> {
                         continue;
                     }
                     self.report.counts.not_run += 1;
-                    self.shared.emitter.emit(|| EventKind::TaskNotRun {
-                        task: step.info.clone(),
-                        reason: reason.to_string(),
-                    });
+                    self.shared
+                        .emitter
+                        .note(|| EventKind::TaskNotRun {
+                            task: step.info.clone(),
+                            reason: reason.to_string(),
+                        })
+                        .await;
                 }
             }
         }
@@ -602,12 +726,26 @@ async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult
         if shared.skip.contains(&step.info.id) {
             continue;
         }
+        if shared.targets.is_removed(&step.info.host) {
+            result.counts.not_run += 1;
+            shared
+                .emitter
+                .note(|| EventKind::TaskNotRun {
+                    task: step.info.clone(),
+                    reason: REMOVED_REASON.to_string(),
+                })
+                .await;
+            continue;
+        }
         if !result.success {
             result.counts.not_run += 1;
-            shared.emitter.emit(|| EventKind::TaskNotRun {
-                task: step.info.clone(),
-                reason: "an earlier step of its chain failed".to_string(),
-            });
+            shared
+                .emitter
+                .note(|| EventKind::TaskNotRun {
+                    task: step.info.clone(),
+                    reason: "an earlier step of its chain failed".to_string(),
+                })
+                .await;
             continue;
         }
         let (outcome, attempts, data) = run_task(step, &shared).await;
@@ -654,10 +792,36 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
     let mut attempt = 0;
     loop {
         attempt += 1;
-        shared.emitter.emit(|| EventKind::TaskStarted {
-            task: step.info.clone(),
-            attempt,
-        });
+        let recorded = shared
+            .emitter
+            .record(|| EventKind::TaskStarted {
+                task: step.info.clone(),
+                attempt,
+            })
+            .await;
+        if let Err(e) = recorded {
+            // A task whose start could not be recorded must not run: a resumed run would not
+            // know that it might have.
+            let outcome = TaskOutcome::Failed {
+                message: format!(
+                    "not started: cannot record its start in the run journal: {}",
+                    error_chain(&*e)
+                ),
+                exit_status: None,
+                stderr_tail: String::new(),
+            };
+            let duration = started.elapsed();
+            shared
+                .emitter
+                .note(|| EventKind::TaskFinished {
+                    task: step.info.clone(),
+                    outcome: outcome.clone(),
+                    duration,
+                    attempts: attempt,
+                })
+                .await;
+            return (outcome, attempt, None);
+        }
         let work = async {
             let host = match shared.connector.host(&step.spec).await {
                 Ok(h) => h,
@@ -707,12 +871,15 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                     None => TaskOutcome::Succeeded,
                 };
                 let duration = started.elapsed();
-                shared.emitter.emit(|| EventKind::TaskFinished {
-                    task: step.info.clone(),
-                    outcome: task_outcome.clone(),
-                    duration,
-                    attempts: attempt,
-                });
+                shared
+                    .emitter
+                    .note(|| EventKind::TaskFinished {
+                        task: step.info.clone(),
+                        outcome: task_outcome.clone(),
+                        duration,
+                        attempts: attempt,
+                    })
+                    .await;
                 return (task_outcome, attempt, outcome.data);
             }
             Attempt::Failed(outcome) => {
@@ -720,11 +887,14 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                     && !matches!(outcome, TaskOutcome::Cancelled)
                     && !shared.hard.is_cancelled();
                 if retry {
-                    shared.emitter.emit(|| EventKind::TaskRetrying {
-                        task: step.info.clone(),
-                        attempt,
-                        error: outcome.to_string(),
-                    });
+                    shared
+                        .emitter
+                        .note(|| EventKind::TaskRetrying {
+                            task: step.info.clone(),
+                            attempt,
+                            error: outcome.to_string(),
+                        })
+                        .await;
                     if !shared.retry_delay.is_zero() {
                         tokio::select! {
                             _ = shared.hard.cancelled() => {}
@@ -741,12 +911,15 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                     outcome
                 };
                 let duration = started.elapsed();
-                shared.emitter.emit(|| EventKind::TaskFinished {
-                    task: step.info.clone(),
-                    outcome: outcome.clone(),
-                    duration,
-                    attempts: attempt,
-                });
+                shared
+                    .emitter
+                    .note(|| EventKind::TaskFinished {
+                        task: step.info.clone(),
+                        outcome: outcome.clone(),
+                        duration,
+                        attempts: attempt,
+                    })
+                    .await;
                 return (outcome, attempt, None);
             }
         }

@@ -11,6 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::errors::RemoteError;
+
+#[path = "store_contract.rs"]
+pub mod store_contract;
 use crate::events::{Event, EventKind, TaskId, TaskOutcome};
 use crate::host::{Connector, ExecOptions, ExecOutput, HostSpec, PutOptions, RemoteHost, Stream};
 

@@ -75,6 +75,8 @@ mod generator;
 mod host;
 mod log;
 mod plan;
+mod recorder;
+mod runs;
 mod shell;
 mod tasklist;
 mod validation;
@@ -89,8 +91,8 @@ pub use events::{
     ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskId, TaskInfo, TaskOutcome,
 };
 pub use executor::{
-    CancelHandle, Executor, FailedTask, RunError, RunOptions, RunReport, StageReport, TaskCounts,
-    error_chain,
+    CancelHandle, Executor, FailedTask, Journal, RunError, RunOptions, RunReport, StageReport,
+    TargetSet, TaskCounts, error_chain,
 };
 pub use generator::{Generator, GeneratorContext, GeneratorRegistry};
 pub use host::{
@@ -99,6 +101,11 @@ pub use host::{
 };
 pub use log::{LogFormat, TracingSink};
 pub use plan::Plan;
+pub use recorder::{ResumeOptions, Runs, RunsError};
+pub use runs::{
+    HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
+    TaskRecord, TaskState,
+};
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean};

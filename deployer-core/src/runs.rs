@@ -1,0 +1,669 @@
+//! Durable run records: the `RunStore` trait, its records, and an in-memory backend.
+//!
+//! A run record holds a full copy of the tasklist it runs, per-host state (`PENDING` at start,
+//! `ADDED`/`REMOVED` for hosts that join or leave the targeted set while it runs, then
+//! running/done/failed/skipped) and per-task state. Finishing stamps `finish_ts` on the run and
+//! on every host and task record; finished runs older than a TTL are purged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::BoxError;
+use crate::events::{TaskId, TaskInfo};
+use crate::plan::Plan;
+use crate::tasklist::Tasklist;
+
+/// Identifies a run: a UUID (version 7, so ids sort by creation time).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A new, unique id.
+    pub fn new() -> Self {
+        RunId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| RunId(u.to_string()))
+            .map_err(|_| StoreError::InvalidId { id: s.to_string() })
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::Corrupt {
+                        message: format!("unknown {} \"{other}\"", stringify!($name)),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// State of a run as a whole.
+    RunState {
+        /// Created, not started yet.
+        Pending = "PENDING",
+        /// Being driven by a controller (or interrupted, if its lease expired).
+        Running = "RUNNING",
+        /// Every task succeeded.
+        Succeeded = "SUCCEEDED",
+        /// A task failed.
+        Failed = "FAILED",
+        /// Cancelled by a person or a signal.
+        Cancelled = "CANCELLED",
+    }
+}
+
+string_enum! {
+    /// State of one targeted host within a run.
+    HostState {
+        /// Targeted at the start, nothing done yet.
+        Pending = "PENDING",
+        /// Joined the targeted set while the run went on.
+        Added = "ADDED",
+        /// Left the targeted set while the run went on; its pending tasks are skipped.
+        Removed = "REMOVED",
+        /// A task is running on it.
+        Running = "RUNNING",
+        /// All its tasks succeeded.
+        Done = "DONE",
+        /// One of its tasks failed.
+        Failed = "FAILED",
+        /// None of its tasks ran.
+        Skipped = "SKIPPED",
+    }
+}
+
+string_enum! {
+    /// State of one task within a run.
+    TaskState {
+        /// Not started.
+        Pending = "PENDING",
+        /// Started (an attempt is in flight, or the controller died while it was).
+        Running = "RUNNING",
+        /// Succeeded.
+        Succeeded = "SUCCEEDED",
+        /// Its command found nothing to do.
+        Skipped = "SKIPPED",
+        /// Failed on its last attempt.
+        Failed = "FAILED",
+        /// Timed out on its last attempt.
+        TimedOut = "TIMED_OUT",
+        /// Stopped by a hard cancellation.
+        Cancelled = "CANCELLED",
+        /// Never started (stage stopped, chain broken, host removed).
+        NotRun = "NOT_RUN",
+    }
+}
+
+impl TaskState {
+    /// Whether the task is done for good (a resume does not run it again).
+    pub fn is_done(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Skipped)
+    }
+}
+
+impl RunState {
+    /// Whether the run has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+/// What a new run needs: the plan's tasklist (copied into the record), where it came from, and
+/// who started it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Id to create the run under (default: a new one).
+    pub id: RunId,
+    /// The tasklist's name.
+    pub name: String,
+    /// Where the plan came from: `tasklist:deploy.json`, `generator:release`,
+    /// `book:deploy@1.2.0`.
+    pub source: String,
+    /// Who started it (a user name, a CI job).
+    pub started_by: String,
+    /// A full copy of what runs.
+    pub tasklist: Tasklist,
+    /// Every task, each with its host.
+    pub tasks: Vec<TaskInfo>,
+}
+
+impl NewRun {
+    /// A new run of `plan`.
+    pub fn from_plan(
+        plan: &Plan,
+        source: impl Into<String>,
+        started_by: impl Into<String>,
+    ) -> Self {
+        NewRun {
+            id: RunId::new(),
+            name: plan.tasklist().name.clone(),
+            source: source.into(),
+            started_by: started_by.into(),
+            tasklist: plan.tasklist().clone(),
+            tasks: plan.tasks().cloned().collect(),
+        }
+    }
+
+    /// The distinct hosts of its tasks, in first-seen order.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut seen = indexmap::IndexSet::new();
+        for t in &self.tasks {
+            seen.insert(t.host.clone());
+        }
+        seen.into_iter().collect()
+    }
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// Its id.
+    pub id: RunId,
+    /// The tasklist's name.
+    pub name: String,
+    /// Where the plan came from.
+    pub source: String,
+    /// Who started it.
+    pub started_by: String,
+    /// Its state.
+    pub state: RunState,
+    /// The full copy of what runs.
+    pub tasklist: Tasklist,
+    /// When it was created.
+    pub created_ts: SystemTime,
+    /// When a controller first started it.
+    pub started_ts: Option<SystemTime>,
+    /// When it finished.
+    pub finish_ts: Option<SystemTime>,
+    /// The controller driving it, while one holds the lease.
+    pub owner: Option<String>,
+    /// When that controller's lease expires unless renewed.
+    pub lease_expires: Option<SystemTime>,
+}
+
+impl RunRecord {
+    /// Whether a controller holds a live lease at `now`.
+    pub fn is_claimed(&self, now: SystemTime) -> bool {
+        self.owner.is_some() && self.lease_expires.is_some_and(|t| t > now)
+    }
+}
+
+/// The state of one host within a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    /// The host key.
+    pub host: String,
+    /// Its state.
+    pub state: HostState,
+    /// Last change.
+    pub updated_ts: SystemTime,
+    /// Stamped when the run finished.
+    pub finish_ts: Option<SystemTime>,
+}
+
+/// The state of one task within a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Its position.
+    pub id: TaskId,
+    /// Its host key.
+    pub host: String,
+    /// Its tag.
+    pub tag: Option<String>,
+    /// Its command name.
+    pub command: String,
+    /// What durations are averaged under (the command name; books use `book/step`).
+    pub history_key: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// When its first attempt started.
+    pub started_ts: Option<SystemTime>,
+    /// When it ended.
+    pub finished_ts: Option<SystemTime>,
+    /// Time from its first attempt's start to its end.
+    pub duration: Option<Duration>,
+    /// Exit status of the failing process.
+    pub exit_status: Option<i32>,
+    /// Tail of its stderr.
+    pub stderr_tail: Option<String>,
+    /// The error or skip reason.
+    pub error: Option<String>,
+    /// Stamped when the run finished.
+    pub finish_ts: Option<SystemTime>,
+}
+
+impl TaskRecord {
+    /// A pending task record.
+    pub fn pending(info: &TaskInfo) -> Self {
+        TaskRecord {
+            id: info.id,
+            host: info.host.clone(),
+            tag: info.tag.clone(),
+            command: info.command.clone(),
+            history_key: info.command.clone(),
+            state: TaskState::Pending,
+            attempts: 0,
+            started_ts: None,
+            finished_ts: None,
+            duration: None,
+            exit_status: None,
+            stderr_tail: None,
+            error: None,
+            finish_ts: None,
+        }
+    }
+}
+
+/// Failure of a run store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No run with this id.
+    #[error("no run with id {id}")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The text is not a run id.
+    #[error("\"{id}\" is not a run id (expected a UUID)")]
+    InvalidId {
+        /// The text.
+        id: String,
+    },
+    /// Another controller drives this run.
+    #[error("run {id} is being driven by {owner} (lease valid for another {remaining:?})")]
+    LeaseHeld {
+        /// The run.
+        id: RunId,
+        /// The controller holding it.
+        owner: String,
+        /// How long until its lease expires unless renewed.
+        remaining: Duration,
+    },
+    /// This controller no longer holds the lease (it expired and another took it).
+    #[error("run {id}: lease of {owner} was lost")]
+    LeaseLost {
+        /// The run.
+        id: RunId,
+        /// This controller.
+        owner: String,
+    },
+    /// Stored data could not be read back.
+    #[error("corrupt run record: {message}")]
+    Corrupt {
+        /// What is wrong.
+        message: String,
+    },
+    /// The backend failed (connection, SQL, I/O).
+    #[error("run store: {message}")]
+    Backend {
+        /// What was being done.
+        message: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Where runs are kept. Implementations: [`MemoryStore`] (here, for tests and short-lived
+/// tools) and SQLite / PostgreSQL in `deployer-store`.
+///
+/// # Contract
+///
+/// * Every method is atomic: a failure leaves the record as it was.
+/// * Updates to a run's hosts and tasks are accepted only while the run exists; they do not
+///   check the lease (the controller checks it through [`renew`](Self::renew)).
+/// * [`claim`](Self::claim) is the only way two controllers coordinate: it succeeds for the
+///   current owner, for a run nobody holds, or for a run whose lease expired, and for nobody
+///   else — atomically, also across processes sharing a server backend.
+/// * Timestamps are stored with at least microsecond precision.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Creates the run record with every host `PENDING` and every task `PENDING`.
+    async fn create_run(&self, run: NewRun) -> Result<RunRecord, StoreError>;
+
+    /// The run record.
+    async fn run(&self, id: &RunId) -> Result<RunRecord, StoreError>;
+
+    /// Runs, newest first, at most `limit`.
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// The run's host records, in the order hosts were first targeted.
+    async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// The run's task records, in tasklist order.
+    async fn tasks(&self, id: &RunId) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Takes or renews the lease of `owner` on the run for `ttl`; fails with
+    /// [`StoreError::LeaseHeld`] while another owner's lease is live.
+    async fn claim(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Extends `owner`'s lease; fails with [`StoreError::LeaseLost`] if it no longer holds it.
+    async fn renew(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Gives up `owner`'s lease (no error if it holds none).
+    async fn release(&self, id: &RunId, owner: &str) -> Result<(), StoreError>;
+
+    /// Sets the run's state; `RUNNING` also sets `started_ts` the first time.
+    async fn set_run_state(&self, id: &RunId, state: RunState) -> Result<(), StoreError>;
+
+    /// Sets one host's state, adding the host record when it is new.
+    async fn set_host_state(
+        &self,
+        id: &RunId,
+        host: &str,
+        state: HostState,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces one task's record (matched by `task.id`).
+    async fn update_task(&self, id: &RunId, task: &TaskRecord) -> Result<(), StoreError>;
+
+    /// Ends the run in `state`, stamping `finish_ts` on the run and on every host and task
+    /// record, and releasing any lease.
+    async fn finish_run(&self, id: &RunId, state: RunState) -> Result<(), StoreError>;
+
+    /// Deletes finished runs (and their host and task records) whose `finish_ts` is older than
+    /// `before`; returns how many runs were deleted.
+    async fn purge_finished(&self, before: SystemTime) -> Result<usize, StoreError>;
+
+    /// The average duration of successful tasks recorded under `history_key`, over all runs.
+    async fn average_duration(&self, history_key: &str) -> Result<Option<Duration>, StoreError>;
+}
+
+#[derive(Debug, Clone)]
+struct MemRun {
+    record: RunRecord,
+    hosts: Vec<HostRecord>,
+    tasks: BTreeMap<TaskId, TaskRecord>,
+}
+
+/// A [`RunStore`] in memory: for tests and for tools that need no durability.
+///
+/// ```
+/// use deployer_core::*;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let plan = Plan::build(&Tasklist::new("empty"), &CommandRegistry::new()).unwrap();
+/// let run = store.create_run(NewRun::from_plan(&plan, "test", "me")).await.unwrap();
+/// assert_eq!(store.run(&run.id).await.unwrap().state, RunState::Pending);
+/// # });
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    runs: Mutex<HashMap<RunId, MemRun>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_run<T>(
+        &self,
+        id: &RunId,
+        f: impl FnOnce(&mut MemRun) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let run = runs
+            .get_mut(id)
+            .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
+        f(run)
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn create_run(&self, run: NewRun) -> Result<RunRecord, StoreError> {
+        let now = SystemTime::now();
+        let record = RunRecord {
+            id: run.id.clone(),
+            name: run.name.clone(),
+            source: run.source.clone(),
+            started_by: run.started_by.clone(),
+            state: RunState::Pending,
+            tasklist: run.tasklist.clone(),
+            created_ts: now,
+            started_ts: None,
+            finish_ts: None,
+            owner: None,
+            lease_expires: None,
+        };
+        let hosts = run
+            .hosts()
+            .into_iter()
+            .map(|host| HostRecord {
+                host,
+                state: HostState::Pending,
+                updated_ts: now,
+                finish_ts: None,
+            })
+            .collect();
+        let tasks = run
+            .tasks
+            .iter()
+            .map(|t| (t.id, TaskRecord::pending(t)))
+            .collect();
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs.contains_key(&run.id) {
+            return Err(StoreError::Backend {
+                message: format!("run {} already exists", run.id),
+                source: "duplicate id".into(),
+            });
+        }
+        runs.insert(
+            run.id,
+            MemRun {
+                record: record.clone(),
+                hosts,
+                tasks,
+            },
+        );
+        Ok(record)
+    }
+
+    async fn run(&self, id: &RunId) -> Result<RunRecord, StoreError> {
+        self.with_run(id, |r| Ok(r.record.clone()))
+    }
+
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<RunRecord> = runs.values().map(|r| r.record.clone()).collect();
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError> {
+        self.with_run(id, |r| Ok(r.hosts.clone()))
+    }
+
+    async fn tasks(&self, id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
+        self.with_run(id, |r| Ok(r.tasks.values().cloned().collect()))
+    }
+
+    async fn claim(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        self.with_run(id, |r| {
+            if let (Some(holder), Some(expires)) = (&r.record.owner, r.record.lease_expires) {
+                if holder != owner && expires > now {
+                    return Err(StoreError::LeaseHeld {
+                        id: id.clone(),
+                        owner: holder.clone(),
+                        remaining: expires.duration_since(now).unwrap_or_default(),
+                    });
+                }
+            }
+            r.record.owner = Some(owner.to_string());
+            r.record.lease_expires = Some(now + ttl);
+            Ok(())
+        })
+    }
+
+    async fn renew(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        self.with_run(id, |r| {
+            if r.record.owner.as_deref() != Some(owner) {
+                return Err(StoreError::LeaseLost {
+                    id: id.clone(),
+                    owner: owner.to_string(),
+                });
+            }
+            r.record.lease_expires = Some(now + ttl);
+            Ok(())
+        })
+    }
+
+    async fn release(&self, id: &RunId, owner: &str) -> Result<(), StoreError> {
+        self.with_run(id, |r| {
+            if r.record.owner.as_deref() == Some(owner) {
+                r.record.owner = None;
+                r.record.lease_expires = None;
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_run_state(&self, id: &RunId, state: RunState) -> Result<(), StoreError> {
+        self.with_run(id, |r| {
+            r.record.state = state;
+            if state == RunState::Running && r.record.started_ts.is_none() {
+                r.record.started_ts = Some(SystemTime::now());
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_host_state(
+        &self,
+        id: &RunId,
+        host: &str,
+        state: HostState,
+    ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        self.with_run(id, |r| {
+            match r.hosts.iter_mut().find(|h| h.host == host) {
+                Some(h) => {
+                    h.state = state;
+                    h.updated_ts = now;
+                }
+                None => r.hosts.push(HostRecord {
+                    host: host.to_string(),
+                    state,
+                    updated_ts: now,
+                    finish_ts: None,
+                }),
+            }
+            Ok(())
+        })
+    }
+
+    async fn update_task(&self, id: &RunId, task: &TaskRecord) -> Result<(), StoreError> {
+        self.with_run(id, |r| {
+            r.tasks.insert(task.id, task.clone());
+            Ok(())
+        })
+    }
+
+    async fn finish_run(&self, id: &RunId, state: RunState) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        self.with_run(id, |r| {
+            r.record.state = state;
+            r.record.finish_ts = Some(now);
+            r.record.owner = None;
+            r.record.lease_expires = None;
+            for h in &mut r.hosts {
+                h.finish_ts = Some(now);
+            }
+            for t in r.tasks.values_mut() {
+                t.finish_ts = Some(now);
+            }
+            Ok(())
+        })
+    }
+
+    async fn purge_finished(&self, before: SystemTime) -> Result<usize, StoreError> {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let n = runs.len();
+        runs.retain(|_, r| r.record.finish_ts.is_none_or(|t| t >= before));
+        Ok(n - runs.len())
+    }
+
+    async fn average_duration(&self, history_key: &str) -> Result<Option<Duration>, StoreError> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = Duration::ZERO;
+        let mut count = 0u32;
+        for r in runs.values() {
+            for t in r.tasks.values() {
+                if t.history_key == history_key && t.state == TaskState::Succeeded {
+                    if let Some(d) = t.duration {
+                        total += d;
+                        count += 1;
+                    }
+                }
+            }
+        }
+        Ok((count > 0).then(|| total / count))
+    }
+}

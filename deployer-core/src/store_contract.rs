@@ -1,0 +1,354 @@
+//! The behaviour every [`RunStore`] must have, as async checks that panic on a violation.
+//!
+//! A backend crate runs each check against a fresh store of its kind, so all backends are held
+//! to one suite:
+//!
+//! ```
+//! use deployer_core::MemoryStore;
+//! use deployer_core::fixture::store_contract;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! store_contract::create_and_read(&MemoryStore::new()).await;
+//! store_contract::leases(&MemoryStore::new()).await;
+//! # });
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::events::{TaskId, TaskInfo};
+use crate::runs::{
+    HostState, NewRun, RunId, RunState, RunStore, StoreError, TaskRecord, TaskState,
+};
+use crate::tasklist::{Stage, Task, Tasklist};
+
+/// Every check, in order, each against a fresh store from `make`.
+pub async fn all<S, F, Fut>(mut make: F)
+where
+    S: RunStore,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    create_and_read(&make().await).await;
+    task_and_host_updates(&make().await).await;
+    leases(&make().await).await;
+    finish_and_purge(&make().await).await;
+    history(&make().await).await;
+}
+
+fn info(stage: usize, entry: usize, step: Option<usize>, host: &str, command: &str) -> TaskInfo {
+    TaskInfo {
+        id: TaskId { stage, entry, step },
+        host: host.to_string(),
+        tag: Some("web".to_string()),
+        command: command.to_string(),
+    }
+}
+
+/// A run of three tasks on two hosts (one chain), with a tasklist to match.
+pub fn sample_run(name: &str) -> NewRun {
+    let tasklist = Tasklist::new(name)
+        .stage(
+            Stage::new("Upload", 2)
+                .per_host(1)
+                .task(
+                    Task::new("upload")
+                        .on("fe001")
+                        .tag("web")
+                        .arg("source", "a.tgz"),
+                )
+                .task(
+                    Task::new("upload")
+                        .on("fe002")
+                        .tag("web")
+                        .arg("source", "a.tgz"),
+                ),
+        )
+        .stage(Stage::new("Restart", 1).task(vec![
+            Task::new("restart").on("fe001").tag("web"),
+            Task::new("check").on("fe001").tag("web"),
+        ]));
+    NewRun {
+        id: RunId::new(),
+        name: name.to_string(),
+        source: "tasklist:sample.json".to_string(),
+        started_by: "alice".to_string(),
+        tasklist,
+        tasks: vec![
+            info(0, 0, None, "fe001", "upload"),
+            info(0, 1, None, "fe002", "upload"),
+            info(1, 0, Some(0), "fe001", "restart"),
+            info(1, 0, Some(1), "fe001", "check"),
+        ],
+    }
+}
+
+/// A time with whole microseconds, which every backend stores exactly.
+fn micros(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(d.as_micros() as u64)
+}
+
+/// Creating a run stores a full copy of the tasklist, every host and task `PENDING`.
+pub async fn create_and_read(store: &dyn RunStore) {
+    let new = sample_run("create");
+    let created = store.create_run(new.clone()).await.expect("create_run");
+    assert_eq!(created.id, new.id);
+    assert_eq!(created.state, RunState::Pending);
+    let read = store.run(&new.id).await.expect("run");
+    assert_eq!(read.name, "create");
+    assert_eq!(read.source, "tasklist:sample.json");
+    assert_eq!(read.started_by, "alice");
+    assert_eq!(
+        read.tasklist, new.tasklist,
+        "the tasklist is copied in full"
+    );
+    assert_eq!(read.state, RunState::Pending);
+    assert!(read.started_ts.is_none() && read.finish_ts.is_none());
+    assert!(read.owner.is_none());
+    let age = SystemTime::now()
+        .duration_since(read.created_ts)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "created_ts is now");
+
+    let hosts = store.hosts(&new.id).await.expect("hosts");
+    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(names, ["fe001", "fe002"]);
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h.state == HostState::Pending && h.finish_ts.is_none())
+    );
+
+    let tasks = store.tasks(&new.id).await.expect("tasks");
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let expected: Vec<TaskId> = new.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, expected, "tasks come back in tasklist order");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == TaskState::Pending && t.attempts == 0)
+    );
+    assert_eq!(tasks[2].command, "restart");
+    assert_eq!(tasks[2].tag.as_deref(), Some("web"));
+    assert_eq!(tasks[2].history_key, "restart");
+
+    let second = sample_run("second");
+    store.create_run(second.clone()).await.expect("second run");
+    let listed = store.list_runs(10).await.expect("list_runs");
+    let listed: Vec<&RunId> = listed.iter().map(|r| &r.id).collect();
+    assert_eq!(listed, [&second.id, &new.id], "newest first");
+    assert_eq!(store.list_runs(1).await.unwrap().len(), 1);
+
+    let missing = RunId::new();
+    match store.run(&missing).await {
+        Err(StoreError::NotFound { id }) => assert_eq!(id, missing.to_string()),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store.tasks(&missing).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Task records round-trip every field; hosts can change state and join.
+pub async fn task_and_host_updates(store: &dyn RunStore) {
+    let new = sample_run("updates");
+    store.create_run(new.clone()).await.unwrap();
+    let started = micros(SystemTime::now());
+    let mut rec = TaskRecord::pending(&new.tasks[1]);
+    rec.state = TaskState::Failed;
+    rec.attempts = 3;
+    rec.started_ts = Some(started);
+    rec.finished_ts = Some(started + Duration::from_millis(1500));
+    rec.duration = Some(Duration::from_micros(1_500_123));
+    rec.exit_status = Some(2);
+    rec.stderr_tail = Some("tar: unexpected EOF\nline two ✓".to_string());
+    rec.error = Some("`tar -xzf` exited with status 2".to_string());
+    store.update_task(&new.id, &rec).await.unwrap();
+    let tasks = store.tasks(&new.id).await.unwrap();
+    assert_eq!(tasks[1], rec, "every field round-trips");
+    assert_eq!(tasks[0].state, TaskState::Pending, "other tasks untouched");
+
+    store
+        .set_run_state(&new.id, RunState::Running)
+        .await
+        .unwrap();
+    let first = store.run(&new.id).await.unwrap();
+    assert_eq!(first.state, RunState::Running);
+    let started_ts = first.started_ts.expect("RUNNING sets started_ts");
+    store
+        .set_run_state(&new.id, RunState::Running)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run(&new.id).await.unwrap().started_ts,
+        Some(started_ts),
+        "only once"
+    );
+
+    store
+        .set_host_state(&new.id, "fe002", HostState::Failed)
+        .await
+        .unwrap();
+    store
+        .set_host_state(&new.id, "fe003", HostState::Added)
+        .await
+        .unwrap();
+    let hosts = store.hosts(&new.id).await.unwrap();
+    let states: Vec<(&str, HostState)> = hosts.iter().map(|h| (h.host.as_str(), h.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("fe001", HostState::Pending),
+            ("fe002", HostState::Failed),
+            ("fe003", HostState::Added)
+        ]
+    );
+    assert!(matches!(
+        store
+            .set_host_state(&RunId::new(), "x", HostState::Done)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Only one controller holds a run; an expired lease can be taken over.
+pub async fn leases(store: &dyn RunStore) {
+    let new = sample_run("leases");
+    store.create_run(new.clone()).await.unwrap();
+    let id = &new.id;
+    let long = Duration::from_secs(60);
+    store
+        .claim(id, "ctl-a", long)
+        .await
+        .expect("a free run can be claimed");
+    store
+        .claim(id, "ctl-a", long)
+        .await
+        .expect("the owner may claim again");
+    let r = store.run(id).await.unwrap();
+    assert_eq!(r.owner.as_deref(), Some("ctl-a"));
+    assert!(r.is_claimed(SystemTime::now()));
+    match store.claim(id, "ctl-b", long).await {
+        Err(StoreError::LeaseHeld {
+            owner, remaining, ..
+        }) => {
+            assert_eq!(owner, "ctl-a");
+            assert!(remaining > Duration::from_secs(50));
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    assert!(matches!(
+        store.renew(id, "ctl-b", long).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    store
+        .renew(id, "ctl-a", long)
+        .await
+        .expect("the owner renews");
+    store
+        .release(id, "ctl-b")
+        .await
+        .expect("releasing a lease one does not hold is a no-op");
+    assert_eq!(store.run(id).await.unwrap().owner.as_deref(), Some("ctl-a"));
+    store.release(id, "ctl-a").await.unwrap();
+    assert!(store.run(id).await.unwrap().owner.is_none());
+    store
+        .claim(id, "ctl-b", Duration::from_millis(1))
+        .await
+        .expect("released run");
+    // Lease expiry is a matter of time: wait it out.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store
+        .claim(id, "ctl-c", long)
+        .await
+        .expect("an expired lease can be taken over");
+    assert!(matches!(
+        store.renew(id, "ctl-b", long).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.claim(&RunId::new(), "x", long).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Finishing stamps `finish_ts` everywhere; purge removes only old finished runs.
+pub async fn finish_and_purge(store: &dyn RunStore) {
+    let done = sample_run("done");
+    let open = sample_run("open");
+    store.create_run(done.clone()).await.unwrap();
+    store.create_run(open.clone()).await.unwrap();
+    store
+        .claim(&done.id, "ctl", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.finish_run(&done.id, RunState::Failed).await.unwrap();
+    let r = store.run(&done.id).await.unwrap();
+    assert_eq!(r.state, RunState::Failed);
+    let finished = r.finish_ts.expect("finish_ts on the run");
+    assert!(r.owner.is_none(), "finishing releases the lease");
+    let hosts = store.hosts(&done.id).await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.finish_ts.is_some()),
+        "finish_ts on every host"
+    );
+    let tasks = store.tasks(&done.id).await.unwrap();
+    assert!(
+        tasks.iter().all(|t| t.finish_ts.is_some()),
+        "finish_ts on every task"
+    );
+    assert!(
+        store
+            .tasks(&open.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.finish_ts.is_none())
+    );
+
+    let before = finished - Duration::from_secs(1);
+    assert_eq!(
+        store.purge_finished(before).await.unwrap(),
+        0,
+        "not old enough"
+    );
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(store.purge_finished(later).await.unwrap(), 1);
+    assert!(matches!(
+        store.run(&done.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.hosts(&done.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        store.run(&open.id).await.is_ok(),
+        "unfinished runs are never purged"
+    );
+    assert_eq!(store.tasks(&open.id).await.unwrap().len(), 4);
+}
+
+/// The average duration of successful tasks per history key, over all runs.
+pub async fn history(store: &dyn RunStore) {
+    assert_eq!(store.average_duration("restart").await.unwrap(), None);
+    for (secs, state) in [
+        (1, TaskState::Succeeded),
+        (3, TaskState::Succeeded),
+        (100, TaskState::Failed),
+    ] {
+        let new = sample_run("history");
+        store.create_run(new.clone()).await.unwrap();
+        let mut rec = TaskRecord::pending(&new.tasks[2]);
+        rec.state = state;
+        rec.duration = Some(Duration::from_secs(secs));
+        store.update_task(&new.id, &rec).await.unwrap();
+    }
+    assert_eq!(
+        store.average_duration("restart").await.unwrap(),
+        Some(Duration::from_secs(2)),
+        "failed tasks do not count"
+    );
+    assert_eq!(store.average_duration("upload").await.unwrap(), None);
+}
