@@ -16,6 +16,12 @@
 #![deny(missing_docs)]
 
 mod common;
+mod config;
 mod local;
+mod ssh;
+#[cfg(feature = "test-fixture")]
+pub mod testing;
 
+pub use config::{HostConfig, SshConfig, SshConfigError};
 pub use local::{LocalConnector, LocalHost};
+pub use ssh::{HostKeyPolicy, PassphraseCallback, SshHost, SshOptions};

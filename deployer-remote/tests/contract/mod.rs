@@ -302,12 +302,17 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 async fn sha(host: &dyn RemoteHost, path: &str) -> String {
-    let out = ok(
-        host,
-        &ShellCommand::new("sha256sum").arg(path).build().unwrap(),
-    )
-    .await;
-    out.split_whitespace().next().unwrap().to_string()
+    let cmd = ShellCommand::new("sha256sum").arg(path).build().unwrap();
+    let out = host
+        .execute(&cmd, &ExecOptions::new().sudo(true))
+        .await
+        .unwrap();
+    assert!(out.success(), "{cmd}: {}", out.stderr_str());
+    out.stdout_str()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn local_sha(path: &Path) -> String {
