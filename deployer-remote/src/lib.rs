@@ -18,10 +18,12 @@
 mod common;
 mod config;
 mod local;
+mod pool;
 mod ssh;
 #[cfg(feature = "test-fixture")]
 pub mod testing;
 
 pub use config::{HostConfig, SshConfig, SshConfigError};
 pub use local::{LocalConnector, LocalHost};
+pub use pool::SshConnector;
 pub use ssh::{HostKeyPolicy, PassphraseCallback, SshHost, SshOptions};
