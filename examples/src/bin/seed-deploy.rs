@@ -11,9 +11,6 @@
 //!
 //! Exit codes: 0 success, 1 the run failed, 2 bad input.
 
-mod test_command;
-mod test_generator;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +20,7 @@ use deployer_core::{
     CommandRegistry, Config, Executor, GeneratorContext, GeneratorRegistry, LogFormat, Plan,
     Tasklist, TracingSink,
 };
+use deployer_examples::{test_command, test_generator};
 use deployer_remote::LocalConnector;
 
 /// Plan and run a deploy (the seed's example program).

@@ -1,0 +1,344 @@
+//! `deploy`: plan a deploy from a YAML config (or load a saved tasklist), validate every task,
+//! and run it — on this machine or over SSH — showing progress and a per-host summary.
+//!
+//! ```text
+//! deploy --config examples/local.yaml                 # deploy the bundled sample locally
+//! deploy --config deploy.yaml --directory build/      # deploy every artifact in build/
+//! deploy --config deploy.yaml --component web-1.2.tar.gz --hosts fe001,fe002
+//! deploy --config deploy.yaml --dry-run               # validate: "Syntax ok" or every problem
+//! deploy --config deploy.yaml --dump --format dot     # the plan as a Graphviz graph
+//! deploy --tasklist saved.json --output json          # run a saved plan, events as JSON lines
+//! ```
+//!
+//! Exit codes: 0 success, 1 the deploy failed (or was cancelled), 2 bad input.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use deployer_core::{
+    CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext,
+    GeneratorRegistry, LogFormat, Plan, RunOptions, TaskEntry, Tasklist, TracingSink,
+};
+use deployer_examples::release::ReleaseGenerator;
+use deployer_examples::report::{JsonLines, Progress, Summary, to_dot};
+use deployer_examples::{test_command, test_generator};
+use deployer_remote::LocalConnector;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Progress bars on a terminal, log lines otherwise, and a summary table.
+    Text,
+    /// Every event as a JSON object per line on stdout.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DumpFormat {
+    /// The tasklist as JSON (loads back with --tasklist).
+    Json,
+    /// A Graphviz graph of stages, chains and hosts.
+    Dot,
+}
+
+/// Plan and run a deploy.
+#[derive(Debug, Parser)]
+#[command(name = "deploy", version, about, max_term_width = 100)]
+struct Cli {
+    /// YAML config; its `platform` picks the generator.
+    #[arg(long, value_name = "FILE", conflicts_with = "tasklist")]
+    config: Option<PathBuf>,
+    /// Artifact to deploy (a file, or a name in --directory); repeatable.
+    #[arg(long, value_name = "FILE")]
+    component: Vec<String>,
+    /// Directory holding the artifacts to deploy.
+    #[arg(long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Run a saved tasklist (no config needed).
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    tasklist: Option<PathBuf>,
+    /// Validate every task and touch no host: prints "Syntax ok" or every problem.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the tasklist and stop.
+    #[arg(long)]
+    dump: bool,
+    /// Format of --dump.
+    #[arg(long, value_enum, default_value_t = DumpFormat::Json, requires = "dump")]
+    format: DumpFormat,
+    /// Save the tasklist to FILE.
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Only these hosts (comma-separated; repeatable).
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only hosts of these hostgroups (comma-separated; repeatable; needs --config).
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    hostgroups: Vec<String>,
+    /// Deploy to hosts that already run the version, too.
+    #[arg(long)]
+    redeploy: bool,
+    /// Run at most N tasks at once in any stage.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: Option<u32>,
+    /// Set a config value: KEY=VALUE (dotted keys reach into sections; VALUE is JSON or text).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Show each command's output.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show debug logs of the library too.
+    #[arg(short, long)]
+    debug: bool,
+    /// How to report progress.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// A problem with the input: exit 2.
+struct BadInput(String);
+
+impl<E: std::fmt::Display> From<E> for BadInput {
+    fn from(e: E) -> Self {
+        BadInput(e.to_string())
+    }
+}
+
+fn registries() -> (GeneratorRegistry, CommandRegistry) {
+    let mut generators = GeneratorRegistry::new();
+    generators.register("release", ReleaseGenerator);
+    generators.register("test", test_generator::TestGenerator);
+    let mut commands = CommandRegistry::new();
+    deployer_commands::register_all(&mut commands);
+    commands.register::<test_command::TestCommand>("test_command");
+    (generators, commands)
+}
+
+fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadInput> {
+    let mut out = Vec::new();
+    for s in &cli.set {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| BadInput(format!("--set {s}: expected KEY=VALUE")))?;
+        out.push((
+            k.to_string(),
+            serde_json::from_str(v).unwrap_or_else(|_| v.into()),
+        ));
+    }
+    if !cli.component.is_empty() {
+        out.push(("component".into(), cli.component.clone().into()));
+    }
+    if let Some(d) = &cli.directory {
+        out.push(("directory".into(), d.to_string_lossy().into_owned().into()));
+    } else {
+        // A relative `directory` in the config is relative to the config file.
+        if let Some(Value::String(d)) = config_dir_value(cli)? {
+            if Path::new(&d).is_relative() {
+                out.push((
+                    "directory".into(),
+                    config_dir.join(d).to_string_lossy().into_owned().into(),
+                ));
+            }
+        }
+    }
+    if cli.redeploy {
+        out.push(("redeploy".into(), true.into()));
+    }
+    if !cli.hosts.is_empty() {
+        out.push(("only_hosts".into(), cli.hosts.clone().into()));
+    }
+    if !cli.hostgroups.is_empty() {
+        out.push(("only_hostgroups".into(), cli.hostgroups.clone().into()));
+    }
+    Ok(out)
+}
+
+fn config_dir_value(cli: &Cli) -> Result<Option<Value>, BadInput> {
+    let Some(path) = &cli.config else {
+        return Ok(None);
+    };
+    // Read without overrides just to learn `directory`; errors surface in the real load.
+    Ok(
+        Config::load_with(path, [("platform".to_string(), Value::from("_"))])
+            .ok()
+            .and_then(|c| c.get("directory").cloned()),
+    )
+}
+
+/// Keeps only entries whose host is in `hosts`.
+fn filter_hosts(tasklist: &mut Tasklist, hosts: &[String]) {
+    for stage in &mut tasklist.stages {
+        stage
+            .tasks
+            .retain(|e: &TaskEntry| hosts.iter().any(|h| h == e.host_key()));
+    }
+    tasklist.stages.retain(|s| !s.tasks.is_empty());
+}
+
+async fn plan_tasklist(
+    cli: &Cli,
+    connector: Arc<dyn Connector>,
+) -> Result<(Tasklist, Plan), BadInput> {
+    let (generators, commands) = registries();
+    let mut tasklist = match (&cli.config, &cli.tasklist) {
+        (_, Some(path)) => {
+            tracing::info!(
+                component = "Tasklist",
+                "Reading task list from {}",
+                path.display()
+            );
+            let mut t = Tasklist::load(path)?;
+            if !cli.hostgroups.is_empty() {
+                return Err(BadInput("--hostgroups needs --config".into()));
+            }
+            if !cli.hosts.is_empty() {
+                filter_hosts(&mut t, &cli.hosts);
+            }
+            t
+        }
+        (Some(path), None) => {
+            tracing::info!(
+                component = "Config",
+                "Loading configuration from {}",
+                path.display()
+            );
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let config = Config::load_with(path, overrides(cli, &dir)?)?;
+            generators
+                .generate(GeneratorContext::new(config).with_connector(connector))
+                .await?
+        }
+        (None, None) => return Err(BadInput("give --config FILE or --tasklist FILE".into())),
+    };
+    if tasklist.name.is_empty() {
+        tasklist.name = "deploy".into();
+    }
+    let plan = Plan::build(&tasklist, &commands)?;
+    Ok((tasklist, plan))
+}
+
+async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
+    let connector: Arc<dyn Connector> = Arc::new(LocalConnector::new());
+    let (tasklist, plan) = plan_tasklist(&cli, connector.clone()).await?;
+    if let Some(path) = &cli.save {
+        tasklist.save(path)?;
+        tracing::info!(
+            component = "Tasklist",
+            "Saved task list to {}",
+            path.display()
+        );
+    }
+    if cli.dump {
+        match cli.format {
+            DumpFormat::Json => print!("{}", tasklist.to_json_string()),
+            DumpFormat::Dot => print!("{}", to_dot(&tasklist)),
+        }
+        return Ok(true);
+    }
+    if cli.dry_run {
+        println!("Syntax ok");
+        return Ok(true);
+    }
+
+    let mut executor = Executor::new(connector)
+        .max_concurrency(cli.parallel.map(|p| p as usize))
+        .retry_delay(Duration::from_secs(1));
+    let summary = Arc::new(Summary::new());
+    match cli.output {
+        Output::Json => executor = executor.sink(JsonLines),
+        Output::Text => {
+            executor = executor.sink(summary.clone());
+            if progress {
+                executor = executor.sink(Progress::stderr());
+            } else {
+                executor = executor.sink(TracingSink);
+            }
+        }
+    }
+
+    let cancel = CancelHandle::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if cancel.is_cancelled() {
+                    eprintln!("\nstopping running tasks");
+                } else {
+                    eprintln!(
+                        "\ncancelling: no new tasks start, running ones finish (Ctrl-C again to stop them)"
+                    );
+                }
+                cancel.cancel();
+            }
+        });
+    }
+    let report = executor
+        .run_with(
+            &plan,
+            RunOptions {
+                cancel,
+                ..Default::default()
+            },
+        )
+        .await;
+    if cli.output == Output::Text {
+        eprint!("{}", summary.render(&report));
+    }
+    Ok(report.succeeded())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Progress bars only for a person at a terminal; logs otherwise.
+    let progress = cli.output == Output::Text
+        && std::io::stderr().is_terminal()
+        && !cli.verbose
+        && !cli.debug
+        && !cli.dry_run
+        && !cli.dump;
+    let level = if cli.debug || cli.verbose {
+        tracing::Level::DEBUG
+    } else if progress || cli.output == Output::Json {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    };
+    // -v shows our crates' debug lines (command output); -d everyone's.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(if cli.debug {
+            level
+        } else {
+            level.min(tracing::Level::INFO)
+        })
+        .with_target("deployer_core", level)
+        .with_target("deployer_examples", level)
+        .with_target("deploy", level);
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(LogFormat::default())
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(real_main(cli, progress)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(BadInput(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

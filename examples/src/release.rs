@@ -1,0 +1,580 @@
+//! The `release` platform: a generator built from the standard commands.
+//!
+//! For every service that has an artifact to deploy it plans, per host:
+//!
+//! 1. **Prepare** (all hosts at once, as `--parallel` allows): take the deploy lock, create
+//!    `releases/<version>/`, upload the artifact, unpack it, link the shared paths.
+//! 2. **Activate** (rolling, one stage per service): stop, switch `current` atomically, start,
+//!    check health, release the lock. The stage's concurrency is `hosts − min_nodes_up`, so at
+//!    least `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
+//!    finishes — no waiting for a whole batch.
+//! 3. **Clean up**: keep the newest `keep_releases` releases (never the live one).
+//!
+//! Hosts already running the version are skipped unless `redeploy` is set; graphite start and
+//! end markers are sent when `graphite` is configured.
+//!
+//! # Config
+//!
+//! ```yaml
+//! platform: release
+//! deploy_to: /srv            # each service lives in <deploy_to>/<service> (or its own deploy_to)
+//! directory: artifacts       # where artifacts are found (--directory overrides)
+//! user: deploy               # login user (optional)
+//! keep_releases: 5           # default 5
+//! graphite: {host: 127.0.0.1, port: 2003, prefix: deploys}   # optional
+//! hostgroup:
+//!   frontend: [fe001, fe002, fe003]
+//! service:
+//!   web:
+//!     hosts: [frontend]
+//!     min_nodes_up: 2        # default: 1 when the service has several hosts, else 0
+//!     shared_dirs: [log]
+//!     shared_files: [config/app.yml]
+//!     stop: systemctl stop web       # shell commands, optional
+//!     start: systemctl start web
+//!     check: curl -fsS localhost:8080/health   # polled until it succeeds, optional
+//!     check_timeout: 30
+//!     health_url: http://127.0.0.1:8080/health  # http_check on the host, optional
+//! ```
+//!
+//! Artifacts are named `<service>-<version>.<ext>` or `<service>_<version>.<ext>` with `ext`
+//! one of `tar.gz`, `tgz`, `tar`, `zip`, `war`.
+//!
+//! Keys the `deploy` program sets from its flags: `component` (list of artifact files or
+//! names), `directory`, `redeploy`, `only_hosts`, `only_hostgroups`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use deployer_core::{
+    Config, ExecOptions, Generator, GeneratorContext, GeneratorError, ServiceConfig, ShellCommand,
+    Stage, Task, TaskEntry, Tasklist, async_trait,
+};
+use serde_json::{Value, json};
+
+const EXTENSIONS: [&str; 5] = [".tar.gz", ".tgz", ".tar", ".zip", ".war"];
+
+/// The `release` generator. Register it with `generators.register("release", ReleaseGenerator)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReleaseGenerator;
+
+/// One artifact to deploy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    /// The service it belongs to.
+    pub service: String,
+    /// Its version.
+    pub version: String,
+    /// Its path on the controller.
+    pub path: PathBuf,
+}
+
+impl Artifact {
+    /// The file name.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn other(msg: impl Into<String>) -> GeneratorError {
+    GeneratorError::Other(msg.into())
+}
+
+/// Splits `web-1.2.3.tar.gz` into (`web`, `1.2.3`) when `web` is one of `services`.
+pub fn parse_artifact_name<'a>(
+    file_name: &str,
+    services: impl IntoIterator<Item = &'a str>,
+) -> Option<(String, String)> {
+    let stem = EXTENSIONS
+        .iter()
+        .find_map(|ext| file_name.strip_suffix(ext))?;
+    let mut best: Option<(String, String)> = None;
+    for service in services {
+        for sep in ['-', '_'] {
+            if let Some(version) = stem
+                .strip_prefix(service)
+                .and_then(|rest| rest.strip_prefix(sep))
+            {
+                let valid = !version.is_empty()
+                    && version
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+                // The longest matching service name wins (`web-api` over `web`).
+                if valid && best.as_ref().is_none_or(|(s, _)| service.len() > s.len()) {
+                    best = Some((service.to_string(), version.to_string()));
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Finds the artifacts to deploy from the config's `component` and `directory` keys.
+pub fn find_artifacts(config: &Config) -> Result<Vec<Artifact>, GeneratorError> {
+    let services: Vec<&str> = config.services().keys().map(String::as_str).collect();
+    let directory: Option<PathBuf> = config.get_as::<String>("directory")?.map(PathBuf::from);
+    let components: Vec<String> = match config.get("component") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(_) => config
+            .get_as::<Vec<String>>("component")?
+            .unwrap_or_default(),
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    if components.is_empty() {
+        let Some(dir) = &directory else {
+            return Err(other(
+                "nothing to deploy: give --component FILE or --directory DIR (or `directory` in the config)",
+            ));
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            other(format!(
+                "cannot read artifact directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+    } else {
+        for c in &components {
+            let direct = PathBuf::from(c);
+            let path = if direct.is_file() {
+                direct
+            } else if let Some(found) = directory
+                .as_ref()
+                .map(|d| d.join(c))
+                .filter(|p| p.is_file())
+            {
+                found
+            } else {
+                return Err(other(format!(
+                    "component {c:?} is not a file{}",
+                    directory
+                        .as_ref()
+                        .map(|d| format!(" (also looked in {})", d.display()))
+                        .unwrap_or_default()
+                )));
+            };
+            files.push(path);
+        }
+    }
+    let mut artifacts: Vec<Artifact> = Vec::new();
+    for path in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match parse_artifact_name(&name, services.iter().copied()) {
+            Some((service, version)) => {
+                if let Some(prev) = artifacts.iter().find(|a| a.service == service) {
+                    return Err(other(format!(
+                        "two artifacts for service {service}: {} and {name}",
+                        prev.file_name()
+                    )));
+                }
+                let path = std::path::absolute(&path).unwrap_or(path);
+                artifacts.push(Artifact {
+                    service,
+                    version,
+                    path,
+                });
+            }
+            None if !components.is_empty() => {
+                return Err(other(format!(
+                    "component {name:?} does not name a configured service (known: {}); expected <service>-<version>.tar.gz",
+                    services.join(", ")
+                )));
+            }
+            None => {} // other files in the directory are not artifacts
+        }
+    }
+    if artifacts.is_empty() {
+        return Err(other(format!(
+            "no artifact found for any configured service ({}); expected files named <service>-<version>.tar.gz",
+            services.join(", ")
+        )));
+    }
+    Ok(artifacts)
+}
+
+/// How a service is deployed, read from its config section.
+#[derive(Debug, Clone)]
+struct ServicePlan<'a> {
+    name: &'a str,
+    deploy_to: String,
+    hosts: Vec<String>,
+    user: Option<String>,
+    min_nodes_up: Option<usize>,
+    settings: &'a ServiceConfig,
+}
+
+fn setting_str(service: &ServiceConfig, key: &str) -> Result<Option<String>, GeneratorError> {
+    match service.settings.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(GeneratorError::Other(format!(
+            "service.{}.{key}: expected a string, found {other}",
+            service.name
+        ))),
+    }
+}
+
+fn setting_list(service: &ServiceConfig, key: &str) -> Result<Vec<String>, GeneratorError> {
+    match service.settings.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            GeneratorError::Other(format!(
+                "service.{}.{key}: expected a list of strings, found {v}",
+                service.name
+            ))
+        }),
+    }
+}
+
+fn setting_u64(service: &ServiceConfig, key: &str) -> Result<Option<u64>, GeneratorError> {
+    match service.settings.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            GeneratorError::Other(format!(
+                "service.{}.{key}: expected a non-negative integer, found {v}",
+                service.name
+            ))
+        }),
+    }
+}
+
+fn controller_name() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "deployer".to_string());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "controller".to_string());
+    format!("{user}@{host}")
+}
+
+fn join(base: &str, rest: &str) -> String {
+    format!("{}/{rest}", base.trim_end_matches('/'))
+}
+
+/// A task on `host`; the controller itself needs no `remote_host`.
+fn task(command: &str, host: &str, user: &Option<String>, service: &str) -> Task {
+    let mut t = Task::new(command).tag(service);
+    if host != deployer_core::LOCAL_HOST {
+        t = t.on(host);
+        if let Some(u) = user {
+            t = t.user(u.clone());
+        }
+    }
+    t
+}
+
+#[async_trait]
+impl Generator for ReleaseGenerator {
+    async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
+        let config = ctx.config();
+        let artifacts = find_artifacts(config)?;
+        let root = config.get_as::<String>("deploy_to")?;
+        let default_user = config.get_as::<String>("user")?;
+        let keep = config.get_as::<usize>("keep_releases")?.unwrap_or(5);
+        let redeploy = config.get_as::<bool>("redeploy")?.unwrap_or(false);
+        let only_hosts: Option<BTreeSet<String>> = config
+            .get_as::<Vec<String>>("only_hosts")?
+            .map(|v| v.into_iter().collect());
+        let only_groups: Option<Vec<String>> = config.get_as::<Vec<String>>("only_hostgroups")?;
+        let group_hosts: Option<BTreeSet<String>> = match &only_groups {
+            None => None,
+            Some(groups) => {
+                let mut set = BTreeSet::new();
+                for g in groups {
+                    set.extend(config.hostgroup(g)?.iter().cloned());
+                }
+                Some(set)
+            }
+        };
+        let holder = controller_name();
+
+        let mut plans = Vec::new();
+        for artifact in &artifacts {
+            let settings = config.service(&artifact.service)?;
+            let deploy_to = match setting_str(settings, "deploy_to")? {
+                Some(d) => d,
+                None => match &root {
+                    Some(r) => join(r, &artifact.service),
+                    None => {
+                        return Err(other(format!(
+                            "service {}: no deploy_to (set `deploy_to` at the top level or in the service)",
+                            artifact.service
+                        )));
+                    }
+                },
+            };
+            let all_hosts = config.service_hosts(&artifact.service)?;
+            if all_hosts.is_empty() {
+                return Err(other(format!("service {} has no hosts", artifact.service)));
+            }
+            let hosts: Vec<String> = all_hosts
+                .iter()
+                .filter(|h| only_hosts.as_ref().is_none_or(|s| s.contains(*h)))
+                .filter(|h| group_hosts.as_ref().is_none_or(|s| s.contains(*h)))
+                .cloned()
+                .collect();
+            let user = setting_str(settings, "user")?.or_else(|| default_user.clone());
+            let min_nodes_up = setting_u64(settings, "min_nodes_up")?.map(|n| n as usize);
+            plans.push((
+                artifact,
+                ServicePlan {
+                    name: &artifact.service,
+                    deploy_to,
+                    hosts,
+                    user,
+                    min_nodes_up,
+                    settings,
+                },
+                all_hosts.len(),
+            ));
+        }
+
+        // Which hosts already run the version?
+        let mut work = Vec::new();
+        for (artifact, plan, total) in plans {
+            let mut todo = Vec::new();
+            for host in &plan.hosts {
+                if !redeploy {
+                    let live = live_version(ctx, host, &plan.user, &plan.deploy_to).await?;
+                    if live.as_deref() == Some(artifact.version.as_str()) {
+                        tracing::info!(
+                            component = "ReleaseGenerator",
+                            host = host.as_str(),
+                            tag = plan.name,
+                            "already on {}; skipping (use --redeploy to deploy again)",
+                            artifact.version
+                        );
+                        continue;
+                    }
+                }
+                todo.push(host.clone());
+            }
+            if !todo.is_empty() {
+                work.push((artifact, plan, total, todo));
+            }
+        }
+
+        let names: Vec<String> = artifacts
+            .iter()
+            .map(|a| format!("{}-{}", a.service, a.version))
+            .collect();
+        let mut tasklist = Tasklist::new(format!("Deploy {}", names.join(", ")));
+        if work.is_empty() {
+            tracing::info!(
+                component = "ReleaseGenerator",
+                "No services require deployment"
+            );
+            return Ok(tasklist);
+        }
+        let graphite = config.get("graphite").cloned();
+        if let Some(g) = &graphite {
+            tasklist = tasklist.stage(graphite_stage(g, "start", &work)?);
+        }
+
+        // 1. Prepare everything, everywhere.
+        let mut prepare = Stage::new("Prepare releases", 10).per_host(2);
+        for (artifact, plan, _, hosts) in &work {
+            let shared_dirs = setting_list(plan.settings, "shared_dirs")?;
+            let shared_files = setting_list(plan.settings, "shared_files")?;
+            let releases = join(&plan.deploy_to, "releases");
+            let uploaded = join(&releases, &artifact.file_name());
+            for host in hosts {
+                let t = |c: &str| task(c, host, &plan.user, plan.name);
+                let mut chain = vec![
+                    t("release_lock")
+                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("holder", holder.clone()),
+                    t("release_create")
+                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("version", artifact.version.clone()),
+                    t("upload")
+                        .arg("source", artifact.path.to_string_lossy().into_owned())
+                        .arg("destination", format!("{releases}/")),
+                    t("unpack")
+                        .arg("source", uploaded.clone())
+                        .arg("destination", join(&releases, &artifact.version)),
+                    t("removefile").arg("source", uploaded.clone()),
+                ];
+                if !shared_dirs.is_empty() || !shared_files.is_empty() {
+                    chain.push(
+                        t("release_link_shared")
+                            .arg("deploy_to", plan.deploy_to.clone())
+                            .arg("version", artifact.version.clone())
+                            .arg("shared_dirs", json!(shared_dirs))
+                            .arg("shared_files", json!(shared_files)),
+                    );
+                }
+                prepare = prepare.task(chain);
+            }
+        }
+        tasklist = tasklist.stage(prepare);
+
+        // 2. Activate, rolling, service by service.
+        for (artifact, plan, total, hosts) in &work {
+            let min_up = plan.min_nodes_up.unwrap_or(if *total > 1 { 1 } else { 0 });
+            if min_up >= *total {
+                return Err(other(format!(
+                    "service {}: min_nodes_up is {min_up} but the service has only {total} host{}; at least one host must be free to restart",
+                    plan.name,
+                    if *total == 1 { "" } else { "s" }
+                )));
+            }
+            let concurrency = (*total - min_up).min(hosts.len()).max(1);
+            let stop = setting_str(plan.settings, "stop")?;
+            let start = setting_str(plan.settings, "start")?;
+            let check = setting_str(plan.settings, "check")?;
+            let check_timeout = setting_u64(plan.settings, "check_timeout")?.unwrap_or(30);
+            let health_url = setting_str(plan.settings, "health_url")?;
+            let mut stage = Stage::new(
+                format!("Activate {} {}", plan.name, artifact.version),
+                concurrency,
+            )
+            .per_host(1);
+            for host in hosts {
+                let t = |c: &str| task(c, host, &plan.user, plan.name);
+                let mut chain = Vec::new();
+                if let Some(stop) = &stop {
+                    chain.push(t("execute_command").arg("command_line", stop.clone()));
+                }
+                chain.push(
+                    t("release_activate")
+                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("version", artifact.version.clone())
+                        .arg("holder", holder.clone()),
+                );
+                if let Some(start) = &start {
+                    chain.push(t("execute_command").arg("command_line", start.clone()));
+                }
+                if let Some(check) = &check {
+                    chain.push(
+                        t("check_service")
+                            .arg("check_command", check.clone())
+                            .arg("wait_timeout", check_timeout),
+                    );
+                }
+                if let Some(url) = &health_url {
+                    chain.push(t("http_check").arg("url", url.clone()));
+                }
+                chain.push(
+                    t("release_unlock")
+                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("holder", holder.clone()),
+                );
+                stage = stage.task(TaskEntry::Chain(chain));
+            }
+            tasklist = tasklist.stage(stage);
+        }
+
+        // 3. Clean up.
+        let mut cleanup = Stage::new("Clean up old releases", 10).per_host(2);
+        for (_, plan, _, hosts) in &work {
+            for host in hosts {
+                cleanup = cleanup.task(
+                    task("keep_releases", host, &plan.user, plan.name)
+                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("keep", keep),
+                );
+            }
+        }
+        tasklist = tasklist.stage(cleanup);
+        if let Some(g) = &graphite {
+            tasklist = tasklist.stage(graphite_stage(g, "end", &work)?);
+        }
+        Ok(tasklist)
+    }
+}
+
+type Work<'a> = (&'a Artifact, ServicePlan<'a>, usize, Vec<String>);
+
+fn graphite_stage(g: &Value, marker: &str, work: &[Work<'_>]) -> Result<Stage, GeneratorError> {
+    let host = g
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| other("graphite.host: expected a host name"))?;
+    let port = match g.get("port") {
+        None | Some(Value::Null) => 2003,
+        Some(p) => p
+            .as_u64()
+            .filter(|p| (1..=65535).contains(p))
+            .ok_or_else(|| other(format!("graphite.port: expected a port number, found {p}")))?,
+    };
+    let prefix = g.get("prefix").and_then(Value::as_str).unwrap_or("deploys");
+    let mut stage = Stage::new(format!("Graphite {marker} markers"), 10);
+    for (artifact, _, _, _) in work {
+        stage = stage.task(
+            Task::new("send_graphite")
+                .tag(artifact.service.clone())
+                .arg("carbon_host", host)
+                .arg("carbon_port", port)
+                .arg(
+                    "metric_name",
+                    format!("{prefix}.{}.{marker}", artifact.service.replace('.', "_")),
+                )
+                .arg("metric_value", 1)
+                .arg("continue_on_fail", true),
+        );
+    }
+    Ok(stage)
+}
+
+/// The version `current` points to on `host`, if any.
+async fn live_version(
+    ctx: &GeneratorContext,
+    host: &str,
+    user: &Option<String>,
+    deploy_to: &str,
+) -> Result<Option<String>, GeneratorError> {
+    let remote = ctx.host(host, user.as_deref()).await?;
+    let cmd = ShellCommand::new("readlink")
+        .arg("--")
+        .arg(join(deploy_to, "current"))
+        .build()
+        .map_err(|e| other(e.to_string()))?;
+    let out = remote.execute(&cmd, &ExecOptions::new()).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let target = out.stdout_str();
+    let target = target.trim_end();
+    Ok(Path::new(target)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names_split_into_service_and_version() {
+        let services = ["web", "web-api", "worker"];
+        assert_eq!(
+            parse_artifact_name("web-1.2.3.tar.gz", services),
+            Some(("web".into(), "1.2.3".into()))
+        );
+        assert_eq!(
+            parse_artifact_name("web-api-2.0.tgz", services),
+            Some(("web-api".into(), "2.0".into()))
+        );
+        assert_eq!(
+            parse_artifact_name("worker_198604260123.war", services),
+            Some(("worker".into(), "198604260123".into()))
+        );
+        assert_eq!(parse_artifact_name("web-1.2.rar", services), None);
+        assert_eq!(parse_artifact_name("other-1.0.tar.gz", services), None);
+        assert_eq!(parse_artifact_name("web-.tar.gz", services), None);
+        assert_eq!(parse_artifact_name("web-1;rm -rf.tar.gz", services), None);
+    }
+}
