@@ -46,7 +46,7 @@ pub struct LbRequest {
     pub lb_username: Option<String>,
     /// The password (`lb_password`), if any.
     pub lb_password: Option<Secret>,
-    /// How long the backend may take (`lb_timeout`, default 60 s).
+    /// How long the backend may take (`lb_timeout`, else the task's `timeout`, else 60 s).
     pub timeout: Duration,
 }
 
@@ -292,7 +292,7 @@ impl LoadBalancers {
 /// ```
 ///
 /// `lb_hostname` and `lb_service` are required; `lb_username`, `lb_password` (never logged or
-/// shown), `lb_timeout` (seconds, default 60) and `lb_backend` (default: the first backend
+/// shown), `lb_timeout` (seconds; default: the task's `timeout`, else 60) and `lb_backend` (default: the first backend
 /// registered) are optional. Such tasks usually name no `remote_host`: they run on the
 /// controller and count against the load balancer's host for `concurrency_per_host`.
 /// Registered by [`LoadBalancers::register`]; [`register_all`](crate::register_all)
@@ -301,6 +301,7 @@ impl LoadBalancers {
 #[derive(Debug)]
 pub struct LoadBalancerCommand {
     request: LbRequest,
+    lb_timeout: Option<Duration>,
     backend: Arc<dyn LoadBalancerBackend>,
 }
 
@@ -370,10 +371,14 @@ impl LoadBalancerCommand {
             lb_service: a.lb_service,
             lb_username: a.lb_username,
             lb_password: a.lb_password,
-            timeout: a.lb_timeout.unwrap_or(Duration::from_secs(60)),
+            timeout: Duration::from_secs(60),
         };
         match backend {
-            Some(backend) => c.finish(LoadBalancerCommand { request, backend }),
+            Some(backend) => c.finish(LoadBalancerCommand {
+                request,
+                lb_timeout: a.lb_timeout,
+                backend,
+            }),
             None => Err(c.finish(()).err().unwrap_or_default()),
         }
     }
@@ -397,7 +402,9 @@ impl Command for LoadBalancerCommand {
             self.request.lb_service,
             self.request.lb_hostname
         ));
-        self.backend.set_state(ctx, &self.request).await?;
+        let mut request = self.request.clone();
+        request.timeout = crate::util::wait_budget(ctx, self.lb_timeout);
+        self.backend.set_state(ctx, &request).await?;
         Ok(Outcome::done())
     }
 
