@@ -138,11 +138,14 @@ impl Format {
 /// ```
 ///
 /// Idempotent: unpacking again overwrites the same files.
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct Unpack {
     source: String,
     destination: String,
     format: Format,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +153,8 @@ pub struct Unpack {
 struct UnpackArgs {
     source: String,
     destination: String,
+    #[serde(default)]
+    sudo: bool,
 }
 
 impl Unpack {
@@ -197,6 +202,7 @@ impl Command for Unpack {
         }
         c.finish(())?;
         Ok(Unpack {
+            sudo: a.sudo,
             source: a.source,
             destination: a.destination,
             format: format.unwrap_or(Format::Tar),
@@ -211,7 +217,7 @@ impl Command for Unpack {
                 ctx.host().name()
             )));
         }
-        ctx.run_checked(&self.command_line()?).await?;
+        run_as(ctx, self.sudo, &self.command_line()?).await?;
         Ok(Outcome::done())
     }
 
@@ -231,11 +237,14 @@ impl Command for Unpack {
 /// ```
 ///
 /// Idempotent.
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct CreateDirectory {
     source: String,
     clobber: bool,
     mode: Option<u32>,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +255,8 @@ struct CreateDirectoryArgs {
     clobber: bool,
     #[serde(default, deserialize_with = "opt_mode")]
     mode: Option<u32>,
+    #[serde(default)]
+    sudo: bool,
 }
 
 impl CreateDirectory {
@@ -282,6 +293,7 @@ impl Command for CreateDirectory {
             c.path("source", &a.source);
         }
         c.finish(CreateDirectory {
+            sudo: a.sudo,
             source: a.source,
             clobber: a.clobber,
             mode: a.mode,
@@ -289,7 +301,7 @@ impl Command for CreateDirectory {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        ctx.run_checked(&self.command_line()?).await?;
+        run_as(ctx, self.sudo, &self.command_line()?).await?;
         Ok(Outcome::done())
     }
 
@@ -308,12 +320,15 @@ impl Command for CreateDirectory {
 /// {"command": "copyfile", "remote_host": "fe001", "source": "/srv/web/current/config",
 ///  "destination": "/srv/web/releases/1.3/config", "remove_if_exists": true}
 /// ```
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct CopyFile {
     source: String,
     destination: String,
     remove_if_exists: bool,
     continue_if_exists: bool,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +340,8 @@ struct CopyFileArgs {
     remove_if_exists: bool,
     #[serde(default)]
     continue_if_exists: bool,
+    #[serde(default)]
+    sudo: bool,
 }
 
 #[async_trait]
@@ -346,6 +363,7 @@ impl Command for CopyFile {
             );
         }
         c.finish(CopyFile {
+            sudo: a.sudo,
             source: a.source,
             destination: a.destination,
             remove_if_exists: a.remove_if_exists,
@@ -363,7 +381,7 @@ impl Command for CopyFile {
                     .arg("-rf")
                     .arg("--")
                     .arg(&self.destination);
-                ctx.run_checked(&build(&rm)?).await?;
+                run_as(ctx, self.sudo, &build(&rm)?).await?;
             } else if !self.continue_if_exists {
                 return Err(CommandError::failed(format!(
                     "cannot copy {} to {}: the destination already exists on {} (set remove_if_exists or continue_if_exists)",
@@ -378,7 +396,7 @@ impl Command for CopyFile {
             .arg("--")
             .arg(&self.source)
             .arg(&self.destination);
-        ctx.run_checked(&build(&cp)?).await?;
+        run_as(ctx, self.sudo, &build(&cp)?).await?;
         Ok(Outcome::done())
     }
 }
@@ -392,11 +410,14 @@ impl Command for CopyFile {
 /// {"command": "movefile", "remote_host": "fe001", "source": "/srv/web/releases/1.2.tmp",
 ///  "destination": "/srv/web/releases/1.2", "clobber": true}
 /// ```
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct MoveFile {
     source: String,
     destination: String,
     clobber: bool,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +427,8 @@ struct MoveFileArgs {
     destination: String,
     #[serde(default = "yes")]
     clobber: bool,
+    #[serde(default)]
+    sudo: bool,
 }
 
 fn yes() -> bool {
@@ -424,6 +447,7 @@ impl Command for MoveFile {
             c.path("destination", &a.destination);
         }
         c.finish(MoveFile {
+            sudo: a.sudo,
             source: a.source,
             destination: a.destination,
             clobber: a.clobber,
@@ -447,13 +471,13 @@ impl Command for MoveFile {
                 .arg("-rf")
                 .arg("--")
                 .arg(&self.destination);
-            ctx.run_checked(&build(&rm)?).await?;
+            run_as(ctx, self.sudo, &build(&rm)?).await?;
         }
         let mv = ShellCommand::new("mv")
             .arg("--")
             .arg(&self.source)
             .arg(&self.destination);
-        ctx.run_checked(&build(&mv)?).await?;
+        run_as(ctx, self.sudo, &build(&mv)?).await?;
         Ok(Outcome::done())
     }
 }
@@ -467,15 +491,20 @@ impl Command for MoveFile {
 /// ```
 ///
 /// Idempotent.
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct RemoveFile {
     source: String,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RemoveFileArgs {
     source: String,
+    #[serde(default)]
+    sudo: bool,
 }
 
 #[async_trait]
@@ -484,7 +513,10 @@ impl Command for RemoveFile {
         let a: RemoveFileArgs = args.parse()?;
         let mut c = Check::new();
         c.removable("source", &a.source);
-        c.finish(RemoveFile { source: a.source })
+        c.finish(RemoveFile {
+            source: a.source,
+            sudo: a.sudo,
+        })
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
@@ -492,7 +524,7 @@ impl Command for RemoveFile {
             .arg("-rf")
             .arg("--")
             .arg(&self.source);
-        ctx.run_checked(&build(&rm)?).await?;
+        run_as(ctx, self.sudo, &build(&rm)?).await?;
         if ctx.host().file_exists(&self.source).await? {
             return Err(CommandError::failed(format!(
                 "{} still exists on {} after removal",
@@ -506,6 +538,13 @@ impl Command for RemoveFile {
     fn idempotent(&self) -> bool {
         true
     }
+}
+
+/// Runs `line` (through sudo when asked), failing on a non-zero exit.
+async fn run_as(ctx: &ExecContext, sudo: bool, line: &str) -> Result<(), CommandError> {
+    ctx.run_checked_with(line, deployer_core::ExecOptions::new().sudo(sudo))
+        .await?;
+    Ok(())
 }
 
 /// The suffix of temporary names next to a destination (a retry reuses and replaces them).
@@ -524,12 +563,15 @@ pub(crate) const TMP_SUFFIX: &str = ".deployer-tmp";
 /// ```
 ///
 /// Idempotent.
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct WriteFile {
     destination: String,
     contents: String,
     clobber: bool,
     mode: u32,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +583,8 @@ struct WriteFileArgs {
     clobber: bool,
     #[serde(default, deserialize_with = "opt_mode")]
     mode: Option<u32>,
+    #[serde(default)]
+    sudo: bool,
 }
 
 /// `$1` temp file, `$2` mode, `$3` destination; content on stdin.
@@ -574,6 +618,7 @@ impl Command for WriteFile {
             );
         }
         c.finish(WriteFile {
+            sudo: a.sudo,
             destination: a.destination,
             contents: a.contents,
             clobber: a.clobber,
@@ -589,7 +634,9 @@ impl Command for WriteFile {
                 ctx.host().name()
             )));
         }
-        let options = deployer_core::ExecOptions::new().stdin(self.contents.clone().into_bytes());
+        let options = deployer_core::ExecOptions::new()
+            .sudo(self.sudo)
+            .stdin(self.contents.clone().into_bytes());
         ctx.run_checked_with(&self.command_line()?, options).await?;
         Ok(Outcome::done())
     }
@@ -610,10 +657,13 @@ impl Command for WriteFile {
 /// ```
 ///
 /// Idempotent. Needs GNU `mv -T` (Linux).
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct Symlink {
     source: String,
     destination: String,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -621,6 +671,8 @@ pub struct Symlink {
 struct SymlinkArgs {
     source: String,
     destination: String,
+    #[serde(default)]
+    sudo: bool,
 }
 
 impl Symlink {
@@ -676,6 +728,7 @@ impl Command for Symlink {
         c.path("source", &a.source);
         c.path("destination", &a.destination);
         c.finish(Symlink {
+            sudo: a.sudo,
             source: a.source,
             destination: a.destination,
         })
@@ -695,7 +748,7 @@ impl Command for Symlink {
                 ctx.host().name()
             )));
         }
-        ctx.run_checked(&self.switch_line()?).await?;
+        run_as(ctx, self.sudo, &self.switch_line()?).await?;
         Ok(Outcome::done())
     }
 
@@ -717,6 +770,8 @@ impl Command for Symlink {
 /// ```
 ///
 /// Idempotent.
+///
+/// `sudo` (default false) runs the work through non-interactive sudo.
 #[derive(Debug)]
 pub struct Cleanup {
     pub(crate) path: String,
@@ -724,6 +779,7 @@ pub struct Cleanup {
     pub(crate) keep: usize,
     pub(crate) exclude: Option<String>,
     pub(crate) current: Option<String>,
+    pub(crate) sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -737,6 +793,8 @@ struct CleanupArgs {
     exclude: Option<String>,
     #[serde(default)]
     current: Option<String>,
+    #[serde(default)]
+    sudo: bool,
 }
 
 /// One entry of a listed directory.
@@ -819,7 +877,12 @@ impl Cleanup {
     }
 
     pub(crate) async fn run(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        let out = ctx.run_checked(&list_line(&self.path)?).await?;
+        let out = ctx
+            .run_checked_with(
+                &list_line(&self.path)?,
+                deployer_core::ExecOptions::new().sudo(self.sudo),
+            )
+            .await?;
         let entries = parse_list(&out.stdout);
         let current = match &self.current {
             Some(link) => read_link(ctx, link).await?,
@@ -834,7 +897,7 @@ impl Cleanup {
             ctx.log(&format!("removing old version {name}"));
             rm = rm.arg(join(&self.path, name));
         }
-        ctx.run_checked(&build(&rm)?).await?;
+        run_as(ctx, self.sudo, &build(&rm)?).await?;
         Ok(Outcome::done().with_data(serde_json::json!({ "removed": doomed })))
     }
 }
@@ -865,6 +928,7 @@ impl Command for Cleanup {
             keep: a.keepversions,
             exclude: a.exclude.filter(|x| !x.is_empty()),
             current: a.current,
+            sudo: a.sudo,
         })
     }
 

@@ -292,7 +292,8 @@ impl LoadBalancers {
 /// ```
 ///
 /// `lb_hostname` and `lb_service` are required; `lb_username`, `lb_password` (never logged or
-/// shown), `lb_timeout` (seconds; default: the task's `timeout`, else 60) and `lb_backend` (default: the first backend
+/// shown) or `lb_password_env` (the name of an environment variable of the controller holding
+/// the password, read when the task runs, so the tasklist carries no secret), `lb_timeout` (seconds; default: the task's `timeout`, else 60) and `lb_backend` (default: the first backend
 /// registered) are optional. Such tasks usually name no `remote_host`: they run on the
 /// controller and count against the load balancer's host for `concurrency_per_host`.
 /// Registered by [`LoadBalancers::register`]; [`register_all`](crate::register_all)
@@ -301,6 +302,7 @@ impl LoadBalancers {
 #[derive(Debug)]
 pub struct LoadBalancerCommand {
     request: LbRequest,
+    password_env: Option<String>,
     lb_timeout: Option<Duration>,
     backend: Arc<dyn LoadBalancerBackend>,
 }
@@ -314,6 +316,8 @@ struct LbArgs {
     lb_username: Option<String>,
     #[serde(default)]
     lb_password: Option<Secret>,
+    #[serde(default)]
+    lb_password_env: Option<String>,
     #[serde(default, deserialize_with = "opt_secs")]
     lb_timeout: Option<Duration>,
     #[serde(default)]
@@ -343,6 +347,22 @@ impl LoadBalancerCommand {
                 "contains a NUL byte",
                 "a password without NUL bytes",
             );
+        }
+        if let Some(var) = &a.lb_password_env {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                c.fail(
+                    "lb_password_env",
+                    format!("invalid environment variable name {var:?}"),
+                    "a variable name such as \"LB_PASSWORD\"",
+                );
+            }
+            if a.lb_password.is_some() {
+                c.fail(
+                    "lb_password_env",
+                    "cannot be combined with lb_password",
+                    "at most one of lb_password and lb_password_env",
+                );
+            }
         }
         let known: Vec<&str> = set.backends.keys().map(String::as_str).collect();
         let name = a.lb_backend.clone().or_else(|| set.default.clone());
@@ -376,6 +396,7 @@ impl LoadBalancerCommand {
         match backend {
             Some(backend) => c.finish(LoadBalancerCommand {
                 request,
+                password_env: a.lb_password_env,
                 lb_timeout: a.lb_timeout,
                 backend,
             }),
@@ -404,6 +425,15 @@ impl Command for LoadBalancerCommand {
         ));
         let mut request = self.request.clone();
         request.timeout = crate::util::wait_budget(ctx, self.lb_timeout);
+        if let Some(var) = &self.password_env {
+            // Read on the controller when the task runs, so a dry run needs no secrets.
+            let value = std::env::var(var).map_err(|_| {
+                CommandError::failed(format!(
+                    "environment variable {var} (lb_password_env) is not set or not UTF-8 on the controller"
+                ))
+            })?;
+            request.lb_password = Some(Secret::new(value));
+        }
         self.backend.set_state(ctx, &request).await?;
         Ok(Outcome::done())
     }

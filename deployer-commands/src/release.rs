@@ -667,6 +667,7 @@ impl Command for KeepReleases {
                 keep: a.keep,
                 exclude: None,
                 current: Some(layout.current()),
+                sudo: false,
             },
         })
     }

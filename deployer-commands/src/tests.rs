@@ -999,6 +999,19 @@ async fn load_balancer_backends_keep_the_password_off_the_command_line() {
     assert!(!format!("{e} {e:?}").contains("hunter2"));
 }
 
+#[tokio::test]
+async fn a_missing_password_variable_fails_the_task_without_running_anything() {
+    let host = fake();
+    let e = run(&host, r#"{"command": "disable_loadbalancer", "lb_hostname": "lb1", "lb_service": "web", "lb_password_env": "DEPLOYER_TEST_SURELY_UNSET_VARIABLE"}"#).await.unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "environment variable DEPLOYER_TEST_SURELY_UNSET_VARIABLE (lb_password_env) is not set"
+        ),
+        "{e}"
+    );
+    assert!(host.commands().is_empty());
+}
+
 #[test]
 fn curl_config_escapes_credentials() {
     assert_eq!(

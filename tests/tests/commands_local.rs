@@ -506,6 +506,15 @@ async fn load_balancer_backends_get_their_request_and_the_password_privately() {
         .await
         .unwrap();
     assert_eq!(read(Path::new(&record)), "disable web 1 lb1\ns3cret $(x)\n");
+    // the password may come from the controller's environment instead of the tasklist
+    let home = std::env::var("HOME").expect("HOME is set");
+    run_with(&r, e.host.clone(), json!({"command": "enable_loadbalancer", "lb_hostname": "lb1", "lb_service": "web", "lb_password_env": "HOME"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        read(Path::new(&record)),
+        format!("enable web lb1\n{home}\n")
+    );
     run_with(&r, e.host.clone(), json!({"command": "enable_loadbalancer", "lb_hostname": "lb1", "lb_service": "web 1", "lb_username": "ops", "lb_password": "pa\"ss", "lb_backend": "api"}))
         .await
         .unwrap();

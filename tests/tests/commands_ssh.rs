@@ -159,6 +159,47 @@ async fn file_commands_over_ssh() {
 }
 
 #[tokio::test]
+async fn sudo_lets_file_commands_write_where_the_login_user_cannot() {
+    let r = remote().await;
+    let sudo_ok = r
+        .host
+        .execute("sudo -n true", &ExecOptions::new())
+        .await
+        .is_ok_and(|o| o.success());
+    if !sudo_ok {
+        // Only when the harness could set up passwordless sudo (it does when run as root).
+        eprintln!("skipped: no passwordless sudo for the test user");
+        return;
+    }
+    let h = r.host.clone();
+    let owned = tempfile::tempdir().unwrap(); // owned by root (this process), mode 0700
+    let dest = owned.path().join("conf $(x)");
+    let dest_s = dest.to_str().unwrap();
+    let err = run(
+        h.clone(),
+        json!({"command": "writefile", "destination": dest_s, "contents": "x"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("exited with status"), "{err}");
+    run(h.clone(), json!({"command": "writefile", "destination": dest_s, "contents": "as root\n", "sudo": true}))
+        .await
+        .unwrap();
+    assert_eq!(read(&dest), "as root\n");
+    run(h.clone(), json!({"command": "createdirectory", "source": owned.path().join("d 1"), "sudo": true, "mode": "0700"}))
+        .await
+        .unwrap();
+    assert!(owned.path().join("d 1").is_dir());
+    run(
+        h.clone(),
+        json!({"command": "removefile", "source": owned.path().join("d 1"), "sudo": true}),
+    )
+    .await
+    .unwrap();
+    assert!(!owned.path().join("d 1").exists());
+}
+
+#[tokio::test]
 async fn a_release_deploy_over_ssh() {
     let r = remote().await;
     let h = r.host.clone();
