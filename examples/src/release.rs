@@ -17,7 +17,8 @@
 //!
 //! ```yaml
 //! platform: release
-//! deploy_to: /srv            # each service lives in <deploy_to>/<service> (or its own deploy_to)
+//! deploy_to: /srv            # each service lives in <deploy_to>/<service> (or its own deploy_to);
+//!                            # `{host}` in it is replaced by the host's name
 //! directory: artifacts       # where artifacts are found (--directory overrides)
 //! user: deploy               # login user (optional)
 //! keep_releases: 5           # default 5
@@ -30,8 +31,8 @@
 //!     min_nodes_up: 2        # default: 1 when the service has several hosts, else 0
 //!     shared_dirs: [log]
 //!     shared_files: [config/app.yml]
-//!     stop: systemctl stop web       # shell commands, optional
-//!     start: systemctl start web
+//!     stop: systemctl stop web       # shell commands, optional; `{current}` is replaced by
+//!     start: systemctl start web     # <deploy_to>/current
 //!     check: curl -fsS localhost:8080/health   # polled until it succeeds, optional
 //!     check_timeout: 30
 //!     health_url: http://127.0.0.1:8080/health  # http_check on the host, optional
@@ -209,11 +210,20 @@ pub fn find_artifacts(config: &Config) -> Result<Vec<Artifact>, GeneratorError> 
 #[derive(Debug, Clone)]
 struct ServicePlan<'a> {
     name: &'a str,
+    /// May contain `{host}`: see [`ServicePlan::dir`].
     deploy_to: String,
     hosts: Vec<String>,
     user: Option<String>,
     min_nodes_up: Option<usize>,
     settings: &'a ServiceConfig,
+}
+
+impl ServicePlan<'_> {
+    /// The service's directory on `host` (`{host}` replaced), e.g. for several "hosts" that
+    /// share one file system.
+    fn dir(&self, host: &str) -> String {
+        self.deploy_to.replace("{host}", host)
+    }
 }
 
 fn setting_str(service: &ServiceConfig, key: &str) -> Result<Option<String>, GeneratorError> {
@@ -347,7 +357,7 @@ impl Generator for ReleaseGenerator {
             let mut todo = Vec::new();
             for host in &plan.hosts {
                 if !redeploy {
-                    let live = live_version(ctx, host, &plan.user, &plan.deploy_to).await?;
+                    let live = live_version(ctx, host, &plan.user, &plan.dir(host)).await?;
                     if live.as_deref() == Some(artifact.version.as_str()) {
                         tracing::info!(
                             component = "ReleaseGenerator",
@@ -388,16 +398,17 @@ impl Generator for ReleaseGenerator {
         for (artifact, plan, _, hosts) in &work {
             let shared_dirs = setting_list(plan.settings, "shared_dirs")?;
             let shared_files = setting_list(plan.settings, "shared_files")?;
-            let releases = join(&plan.deploy_to, "releases");
-            let uploaded = join(&releases, &artifact.file_name());
             for host in hosts {
+                let deploy_to = plan.dir(host);
+                let releases = join(&deploy_to, "releases");
+                let uploaded = join(&releases, &artifact.file_name());
                 let t = |c: &str| task(c, host, &plan.user, plan.name);
                 let mut chain = vec![
                     t("release_lock")
-                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("deploy_to", plan.dir(host))
                         .arg("holder", holder.clone()),
                     t("release_create")
-                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("deploy_to", plan.dir(host))
                         .arg("version", artifact.version.clone()),
                     t("upload")
                         .arg("source", artifact.path.to_string_lossy().into_owned())
@@ -410,7 +421,7 @@ impl Generator for ReleaseGenerator {
                 if !shared_dirs.is_empty() || !shared_files.is_empty() {
                     chain.push(
                         t("release_link_shared")
-                            .arg("deploy_to", plan.deploy_to.clone())
+                            .arg("deploy_to", plan.dir(host))
                             .arg("version", artifact.version.clone())
                             .arg("shared_dirs", json!(shared_dirs))
                             .arg("shared_files", json!(shared_files)),
@@ -444,23 +455,25 @@ impl Generator for ReleaseGenerator {
             .per_host(1);
             for host in hosts {
                 let t = |c: &str| task(c, host, &plan.user, plan.name);
+                let current = join(&plan.dir(host), "current");
+                let fill = |line: &String| line.replace("{current}", &current);
                 let mut chain = Vec::new();
                 if let Some(stop) = &stop {
-                    chain.push(t("execute_command").arg("command_line", stop.clone()));
+                    chain.push(t("execute_command").arg("command_line", fill(stop)));
                 }
                 chain.push(
                     t("release_activate")
-                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("deploy_to", plan.dir(host))
                         .arg("version", artifact.version.clone())
                         .arg("holder", holder.clone()),
                 );
                 if let Some(start) = &start {
-                    chain.push(t("execute_command").arg("command_line", start.clone()));
+                    chain.push(t("execute_command").arg("command_line", fill(start)));
                 }
                 if let Some(check) = &check {
                     chain.push(
                         t("check_service")
-                            .arg("check_command", check.clone())
+                            .arg("check_command", fill(check))
                             .arg("wait_timeout", check_timeout),
                     );
                 }
@@ -469,7 +482,7 @@ impl Generator for ReleaseGenerator {
                 }
                 chain.push(
                     t("release_unlock")
-                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("deploy_to", plan.dir(host))
                         .arg("holder", holder.clone()),
                 );
                 stage = stage.task(TaskEntry::Chain(chain));
@@ -483,7 +496,7 @@ impl Generator for ReleaseGenerator {
             for host in hosts {
                 cleanup = cleanup.task(
                     task("keep_releases", host, &plan.user, plan.name)
-                        .arg("deploy_to", plan.deploy_to.clone())
+                        .arg("deploy_to", plan.dir(host))
                         .arg("keep", keep),
                 );
             }
@@ -536,7 +549,13 @@ async fn live_version(
     user: &Option<String>,
     deploy_to: &str,
 ) -> Result<Option<String>, GeneratorError> {
-    let remote = ctx.host(host, user.as_deref()).await?;
+    // The controller itself is never logged into.
+    let user = if host == deployer_core::LOCAL_HOST {
+        None
+    } else {
+        user.as_deref()
+    };
+    let remote = ctx.host(host, user).await?;
     let cmd = ShellCommand::new("readlink")
         .arg("--")
         .arg(join(deploy_to, "current"))

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use deployer_core::{
-    CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext,
+    CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext, GeneratorError,
     GeneratorRegistry, LogFormat, Plan, RunOptions, TaskEntry, Tasklist, TracingSink,
 };
 use deployer_examples::release::ReleaseGenerator;
 use deployer_examples::report::{JsonLines, Progress, Summary, to_dot};
 use deployer_examples::{test_command, test_generator};
-use deployer_remote::LocalConnector;
+use deployer_remote::{HostKeyPolicy, SshConfig, SshConnector, SshOptions};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,12 +99,15 @@ struct Cli {
     output: Output,
 }
 
-/// A problem with the input: exit 2.
-struct BadInput(String);
+/// A problem with the input (exit 2), or a failure reaching hosts while planning (exit 1).
+enum BadInput {
+    Input(String),
+    Hosts(String),
+}
 
 impl<E: std::fmt::Display> From<E> for BadInput {
     fn from(e: E) -> Self {
-        BadInput(e.to_string())
+        BadInput::Input(e.to_string())
     }
 }
 
@@ -123,7 +126,7 @@ fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadIn
     for s in &cli.set {
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| BadInput(format!("--set {s}: expected KEY=VALUE")))?;
+            .ok_or_else(|| BadInput::Input(format!("--set {s}: expected KEY=VALUE")))?;
         out.push((
             k.to_string(),
             serde_json::from_str(v).unwrap_or_else(|_| v.into()),
@@ -179,12 +182,101 @@ fn filter_hosts(tasklist: &mut Tasklist, hosts: &[String]) {
     tasklist.stages.retain(|s| !s.tasks.is_empty());
 }
 
+/// Expands a leading `~/` to the home directory.
+fn expand(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// SSH settings from the config's `ssh` section:
+///
+/// ```yaml
+/// ssh:
+///   port: 22
+///   identity_file: ~/.ssh/deploy_ed25519
+///   known_hosts: ~/.ssh/known_hosts
+///   host_key_policy: strict        # strict | accept-new | off
+///   connect_timeout: 10
+///   agent: true
+///   config: ~/.ssh/config          # or false to ignore the user's ssh config
+/// ```
+fn ssh_options(config: Option<&Config>) -> Result<SshOptions, BadInput> {
+    let mut options = SshOptions::new();
+    let Some(config) = config else {
+        return Ok(options);
+    };
+    if let Some(port) = config.get_as::<u16>("ssh.port")? {
+        options = options.port(port);
+    }
+    if let Some(user) = config.get_as::<String>("user")? {
+        options = options.user(user);
+    }
+    if let Some(key) = config.get_as::<String>("ssh.identity_file")? {
+        options = options.identity_file(expand(&key));
+    }
+    if let Some(kh) = config.get_as::<String>("ssh.known_hosts")? {
+        options = options.known_hosts_file(expand(&kh));
+    }
+    if let Some(agent) = config.get_as::<bool>("ssh.agent")? {
+        options = options.agent(agent);
+    }
+    if let Some(secs) = config.get_as::<f64>("ssh.connect_timeout")? {
+        let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+            BadInput::Input(format!(
+                "ssh.connect_timeout: expected seconds, found {secs}"
+            ))
+        })?;
+        options = options.connect_timeout(d);
+    }
+    if let Some(policy) = config.get_as::<String>("ssh.host_key_policy")? {
+        options = options.host_key_policy(match policy.as_str() {
+            "strict" => HostKeyPolicy::Strict,
+            "accept-new" => HostKeyPolicy::AcceptNew,
+            "off" => HostKeyPolicy::Off,
+            other => {
+                return Err(BadInput::Input(format!(
+                    "ssh.host_key_policy: expected strict, accept-new or off, found {other:?}"
+                )));
+            }
+        });
+    }
+    match config.get("ssh.config") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => options = options.ssh_config(SshConfig::new()),
+        Some(Value::String(path)) => {
+            options = options.ssh_config(SshConfig::from_file(&expand(path))?);
+        }
+        Some(other) => {
+            return Err(BadInput::Input(format!(
+                "ssh.config: expected a file or false, found {other}"
+            )));
+        }
+    }
+    Ok(options)
+}
+
+fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
+    let Some(path) = &cli.config else {
+        return Ok(None);
+    };
+    tracing::info!(
+        component = "Config",
+        "Loading configuration from {}",
+        path.display()
+    );
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    Ok(Some(Config::load_with(path, overrides(cli, &dir)?)?))
+}
+
 async fn plan_tasklist(
     cli: &Cli,
+    config: Option<Config>,
     connector: Arc<dyn Connector>,
 ) -> Result<(Tasklist, Plan), BadInput> {
     let (generators, commands) = registries();
-    let mut tasklist = match (&cli.config, &cli.tasklist) {
+    let mut tasklist = match (config, &cli.tasklist) {
         (_, Some(path)) => {
             tracing::info!(
                 component = "Tasklist",
@@ -193,26 +285,25 @@ async fn plan_tasklist(
             );
             let mut t = Tasklist::load(path)?;
             if !cli.hostgroups.is_empty() {
-                return Err(BadInput("--hostgroups needs --config".into()));
+                return Err(BadInput::Input("--hostgroups needs --config".into()));
             }
             if !cli.hosts.is_empty() {
                 filter_hosts(&mut t, &cli.hosts);
             }
             t
         }
-        (Some(path), None) => {
-            tracing::info!(
-                component = "Config",
-                "Loading configuration from {}",
-                path.display()
-            );
-            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let config = Config::load_with(path, overrides(cli, &dir)?)?;
-            generators
-                .generate(GeneratorContext::new(config).with_connector(connector))
-                .await?
+        (Some(config), None) => generators
+            .generate(GeneratorContext::new(config).with_connector(connector))
+            .await
+            .map_err(|e| match e {
+                GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
+                other => BadInput::Input(other.to_string()),
+            })?,
+        (None, None) => {
+            return Err(BadInput::Input(
+                "give --config FILE or --tasklist FILE".into(),
+            ));
         }
-        (None, None) => return Err(BadInput("give --config FILE or --tasklist FILE".into())),
     };
     if tasklist.name.is_empty() {
         tasklist.name = "deploy".into();
@@ -222,8 +313,9 @@ async fn plan_tasklist(
 }
 
 async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
-    let connector: Arc<dyn Connector> = Arc::new(LocalConnector::new());
-    let (tasklist, plan) = plan_tasklist(&cli, connector.clone()).await?;
+    let config = load_config(&cli)?;
+    let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+    let (tasklist, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
     if let Some(path) = &cli.save {
         tasklist.save(path)?;
         tracing::info!(
@@ -336,9 +428,13 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli, progress)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        Err(BadInput(message)) => {
+        Err(BadInput::Input(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
+        }
+        Err(BadInput::Hosts(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
         }
     }
 }
