@@ -637,7 +637,13 @@ impl Command for WriteFile {
         let options = deployer_core::ExecOptions::new()
             .sudo(self.sudo)
             .stdin(self.contents.clone().into_bytes());
-        ctx.run_checked_with(&self.command_line()?, options).await?;
+        ctx.run_checked_with(&self.command_line()?, options)
+            .await
+            .map_err(crate::util::explain(format!(
+                "cannot write {} on {}",
+                self.destination,
+                ctx.host().name()
+            )))?;
         Ok(Outcome::done())
     }
 

@@ -20,7 +20,7 @@ use deployer_core::{
 use serde::Deserialize;
 
 use crate::files::{Cleanup, read_link};
-use crate::util::{Check, build, join};
+use crate::util::{Check, build, explain, join};
 
 /// The paths of the release layout under one `deploy_to` directory.
 ///
@@ -403,7 +403,14 @@ impl Command for ReleaseLinkShared {
         if self.dirs.is_empty() && self.files.is_empty() {
             return Ok(Outcome::skipped("nothing to link"));
         }
-        ctx.run_checked(&self.command_line()?).await?;
+        ctx.run_checked(&self.command_line()?)
+            .await
+            .map_err(explain(format!(
+                "cannot link shared paths into release {} of {} on {}",
+                self.version,
+                self.layout.root(),
+                ctx.host().name()
+            )))?;
         Ok(Outcome::done())
     }
 
@@ -501,7 +508,13 @@ impl Command for ReleaseActivate {
             "activate",
             &self.holder,
         )?)
-        .await?;
+        .await
+        .map_err(explain(format!(
+            "cannot switch {} to release {} on {}",
+            self.layout.current(),
+            &self.version,
+            ctx.host().name()
+        )))?;
         Ok(Outcome::done())
     }
 
@@ -621,7 +634,13 @@ impl Command for Rollback {
             "rollback",
             &self.holder,
         )?)
-        .await?;
+        .await
+        .map_err(explain(format!(
+            "cannot switch {} to release {} on {}",
+            self.layout.current(),
+            &target,
+            ctx.host().name()
+        )))?;
         Ok(Outcome::done().with_data(serde_json::json!({ "version": target })))
     }
 }

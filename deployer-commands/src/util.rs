@@ -14,6 +14,30 @@ pub(crate) fn build(cmd: &ShellCommand) -> Result<String, CommandError> {
     cmd.build().map_err(|e| CommandError::failed(e.to_string()))
 }
 
+/// For commands that run a script: replaces the message of a failed run (which would quote
+/// the script) with `what`, plus the last line of stderr; keeps the exit status and stderr.
+pub(crate) fn explain(what: String) -> impl FnOnce(CommandError) -> CommandError {
+    move |e| match e {
+        CommandError::Failed {
+            exit_status,
+            stderr,
+            ..
+        } => {
+            let detail = stderr
+                .lines()
+                .last()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default();
+            CommandError::Failed {
+                message: format!("{what}{detail}"),
+                exit_status,
+                stderr,
+            }
+        }
+        other => other,
+    }
+}
+
 /// A number of seconds (integer or fraction), for `#[serde(deserialize_with)]`.
 pub(crate) fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match Option::<f64>::deserialize(d)? {

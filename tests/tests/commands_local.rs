@@ -695,6 +695,12 @@ async fn a_release_deploy_with_lock_shared_links_rollback_and_pruning() {
     .await
     .unwrap_err();
     assert!(err.stderr().contains("does not exist"), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "cannot switch {root}/current to release 9.9 on local: release "
+        )),
+        "{err}"
+    );
 
     // keep 2: 1.3 and 1.2 are newest, 1.1 is live and stays
     run(

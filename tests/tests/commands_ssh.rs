@@ -181,7 +181,8 @@ async fn sudo_lets_file_commands_write_where_the_login_user_cannot() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("exited with status"), "{err}");
+    assert!(err.to_string().starts_with("cannot write "), "{err}");
+    assert_eq!(err.exit_status(), Some(1));
     run(h.clone(), json!({"command": "writefile", "destination": dest_s, "contents": "as root\n", "sudo": true}))
         .await
         .unwrap();
