@@ -1,0 +1,44 @@
+//! Durable run stores for `deployer`: [`SqliteStore`] (one file, the embedded default) and
+//! [`PostgresStore`] (a server shared by several controllers), both implementing
+//! [`deployer_core::RunStore`].
+//!
+//! A store keeps each run's record (with a full copy of its tasklist), per-host state and
+//! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`) whose schema is migrated
+//! when the store opens. [`StoreUrl`] and [`open`] pick a backend from a URL, as a CLI's
+//! `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs on top of any
+//! store.
+//!
+//! Timestamps are stored as microseconds since the Unix epoch; leases on PostgreSQL use the
+//! server's clock.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use deployer_core::{CommandRegistry, Plan, RunState, Runs, Tasklist};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let url = format!("sqlite://{}", dir.path().join(".deployer/runs.db").display());
+//! let runs = Runs::new(deployer_store::open(&url).await.unwrap());
+//! let plan = Plan::build(&Tasklist::new("empty"), &CommandRegistry::new()).unwrap();
+//! let id = runs.create(&plan, "tasklist:empty.json", "alice").await.unwrap();
+//! assert_eq!(runs.store().run(&id).await.unwrap().state, RunState::Pending);
+//! # let _: Arc<dyn deployer_core::RunStore> = runs.store().clone();
+//! # });
+//! ```
+
+#![deny(missing_docs)]
+
+#[macro_use]
+mod store_impl;
+
+mod errors;
+mod postgres;
+mod sql;
+mod sqlite;
+mod url;
+
+pub use errors::UrlError;
+pub use postgres::PostgresStore;
+pub use sql::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+pub use url::{DEFAULT_STORE_URL, StoreUrl, open};

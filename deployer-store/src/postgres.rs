@@ -1,0 +1,100 @@
+//! The PostgreSQL store: shared by several controller processes.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deployer_core::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::errors::{backend, migrate};
+use crate::url::redact;
+
+/// A [`RunStore`](deployer_core::RunStore) in a PostgreSQL database, shared by several
+/// controller processes (on several machines).
+///
+/// [`claim`](deployer_core::RunStore::claim) is one conditional `UPDATE`, so exactly one
+/// controller wins a run; lease times come from the server's clock, so controllers' clocks
+/// need not agree. The schema is migrated when the store connects (under PostgreSQL's advisory
+/// lock, so controllers starting together do not race). Cloning is cheap and shares the pool.
+///
+/// ```no_run
+/// use deployer_store::PostgresStore;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = PostgresStore::connect("postgres://deployer:secret@db.internal/deployer")
+///     .await
+///     .unwrap();
+/// // The password never shows in Debug output or error messages.
+/// assert!(!format!("{store:?}").contains("secret"));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    location: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`) with
+    /// a pool of up to 8 connections, and migrates it to the current schema.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        Self::connect_with_pool_size(url, 8).await
+    }
+
+    /// Like [`connect`](Self::connect), with at most `max_connections` connections.
+    pub async fn connect_with_pool_size(
+        url: &str,
+        max_connections: u32,
+    ) -> Result<PostgresStore, StoreError> {
+        let location = redact(url);
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend {
+            message: format!("failed to parse PostgreSQL URL {location}"),
+            // The parser's message may quote the URL: keep only its kind.
+            source: parse_error(&e).into(),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(|e| backend(format!("connect to PostgreSQL at {location}"), e))?;
+        crate::sql::migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| migrate(format!("migrate PostgreSQL database {location}"), e))?;
+        Ok(PostgresStore { pool, location })
+    }
+
+    /// Where the database is: its URL without the password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Closes every connection (waiting for calls in flight); later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(_) => "invalid connection URL".to_string(),
+        other => redact(&other.to_string()),
+    }
+}
+
+impl_run_store!(
+    PostgresStore,
+    db: sqlx::Postgres,
+    begin: "BEGIN",
+    now: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
+    server_clock: true
+);

@@ -1,0 +1,556 @@
+//! The [`RunStore`](deployer_core::RunStore) implementation shared by both backends.
+//!
+//! Written once as a macro, expanded for `SqliteStore` (over a `SqlitePool`) and `PostgresStore`
+//! (over a `PgPool`): the SQL is the same for both (`$n` placeholders, `ON CONFLICT` upserts),
+//! except how a transaction begins and which clock leases use.
+
+/// Implements `RunStore` for `$store`, a struct with a `pool` field.
+///
+/// * `begin`: the statement that opens a write transaction (`BEGIN IMMEDIATE` on SQLite, so a
+///   transaction that reads first never has to upgrade its lock).
+/// * `now`: the SQL expression for "now" in microseconds used by leases: `$4` (bound from this
+///   process's clock) or an expression of the server's clock, when `server_clock` is true (then
+///   nothing is bound to `$4`).
+macro_rules! impl_run_store {
+    ($store:ident, db: $db:ty, begin: $begin:literal, now: $now:literal, server_clock: $server_clock:literal) => {
+        impl $store {
+            /// The schema version the database is at (the highest applied migration).
+            pub async fn schema_version(&self) -> Result<i64, deployer_core::StoreError> {
+                use crate::sql::RowExt as _;
+                let row = sqlx::query(
+                    "SELECT CAST(MAX(version) AS BIGINT) AS version FROM _sqlx_migrations WHERE success",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend("read the schema version", e))?;
+                Ok(row.opt_int("version")?.unwrap_or(0))
+            }
+
+            async fn exists(&self, id: &deployer_core::RunId) -> Result<bool, deployer_core::StoreError> {
+                let row = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("look up run {id}"), e))?;
+                Ok(row.is_some())
+            }
+
+            async fn require(&self, id: &deployer_core::RunId) -> Result<(), deployer_core::StoreError> {
+                if self.exists(id).await? {
+                    Ok(())
+                } else {
+                    Err(deployer_core::StoreError::NotFound { id: id.to_string() })
+                }
+            }
+
+            async fn begin(
+                &self,
+                doing: &str,
+            ) -> Result<sqlx::Transaction<'static, $db>, deployer_core::StoreError> {
+                self.pool
+                    .begin_with($begin)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("begin a transaction to {doing}"), e))
+            }
+
+            /// Reads who holds the lease of `id`: `(owner, lease_expires, now)` in microseconds.
+            async fn lease_holder(
+                &self,
+                id: &deployer_core::RunId,
+            ) -> Result<Option<(Option<String>, Option<i64>, i64)>, deployer_core::StoreError> {
+                use crate::sql::RowExt as _;
+                let sql = concat!(
+                    "SELECT owner, lease_expires, ",
+                    $now,
+                    " AS now FROM runs WHERE id = $1"
+                );
+                let sql = if $server_clock { sql } else {
+                    "SELECT owner, lease_expires, NULL AS now FROM runs WHERE id = $1"
+                };
+                let row = sqlx::query(sql)
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("read the lease of run {id}"), e))?;
+                let Some(row) = row else { return Ok(None) };
+                let now = if $server_clock {
+                    row.int("now")?
+                } else {
+                    crate::sql::now_micros()
+                };
+                Ok(Some((row.opt_text("owner")?, row.opt_int("lease_expires")?, now)))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl deployer_core::RunStore for $store {
+            async fn create_run(
+                &self,
+                run: deployer_core::NewRun,
+            ) -> Result<deployer_core::RunRecord, deployer_core::StoreError> {
+                use crate::errors::backend;
+                use crate::sql::task_key;
+                let now_us = crate::sql::now_micros();
+                let created_ts = crate::sql::time(now_us, "now")?;
+                let id = run.id.clone();
+                let doing = format!("create run {id}");
+                let mut tx = self.begin(&doing).await?;
+                sqlx::query(
+                    "INSERT INTO runs (id, name, source, started_by, state, tasklist, created_ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id.as_str())
+                .bind(run.name.as_str())
+                .bind(run.source.as_str())
+                .bind(run.started_by.as_str())
+                .bind(deployer_core::RunState::Pending.as_str())
+                .bind(run.tasklist.to_json_string())
+                .bind(now_us)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                for (position, host) in run.hosts().into_iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO run_hosts (run_id, host, position, state, updated_ts) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id.as_str())
+                    .bind(host.as_str())
+                    .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                    .bind(deployer_core::HostState::Pending.as_str())
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(format!("{doing}: add host {host}"), e))?;
+                }
+                for info in &run.tasks {
+                    let record = deployer_core::TaskRecord::pending(info);
+                    let (stage, entry, step) = task_key(record.id)?;
+                    sqlx::query(
+                        "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
+                         history_key, state, attempts) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)",
+                    )
+                    .bind(id.as_str())
+                    .bind(stage)
+                    .bind(entry)
+                    .bind(step)
+                    .bind(record.host.as_str())
+                    .bind(record.tag.as_deref())
+                    .bind(record.command.as_str())
+                    .bind(record.history_key.as_str())
+                    .bind(record.state.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(format!("{doing}: add task {}", record.id), e))?;
+                }
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                Ok(deployer_core::RunRecord {
+                    id: run.id,
+                    name: run.name,
+                    source: run.source,
+                    started_by: run.started_by,
+                    state: deployer_core::RunState::Pending,
+                    tasklist: run.tasklist,
+                    created_ts,
+                    started_ts: None,
+                    finish_ts: None,
+                    owner: None,
+                    lease_expires: None,
+                })
+            }
+
+            async fn run(
+                &self,
+                id: &deployer_core::RunId,
+            ) -> Result<deployer_core::RunRecord, deployer_core::StoreError> {
+                let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("read run {id}"), e))?;
+                match row {
+                    Some(row) => crate::sql::run_record(&row),
+                    None => Err(deployer_core::StoreError::NotFound { id: id.to_string() }),
+                }
+            }
+
+            async fn list_runs(
+                &self,
+                limit: usize,
+            ) -> Result<Vec<deployer_core::RunRecord>, deployer_core::StoreError> {
+                // Run ids are UUIDv7: in id order is in creation order.
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend("list runs", e))?;
+                rows.iter().map(crate::sql::run_record).collect()
+            }
+
+            async fn hosts(
+                &self,
+                id: &deployer_core::RunId,
+            ) -> Result<Vec<deployer_core::HostRecord>, deployer_core::StoreError> {
+                let doing = format!("read the hosts of run {id}");
+                let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                let rows = sqlx::query(
+                    "SELECT host, state, updated_ts, finish_ts FROM run_hosts \
+                     WHERE run_id = $1 ORDER BY position, host",
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                rows.iter().map(crate::sql::host_record).collect()
+            }
+
+            async fn tasks(
+                &self,
+                id: &deployer_core::RunId,
+            ) -> Result<Vec<deployer_core::TaskRecord>, deployer_core::StoreError> {
+                let doing = format!("read the tasks of run {id}");
+                let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                let rows = sqlx::query(
+                    "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
+                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts \
+                     FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                rows.iter().map(crate::sql::task_record).collect()
+            }
+
+            async fn claim(
+                &self,
+                id: &deployer_core::RunId,
+                owner: &str,
+                ttl: std::time::Duration,
+            ) -> Result<(), deployer_core::StoreError> {
+                let ttl_us = crate::sql::ttl_micros(ttl);
+                // One conditional UPDATE decides atomically, also across processes; when it
+                // changes nothing, read back why. A lease released or expired in between makes
+                // the read-back inconclusive: try again, a bounded number of times.
+                for _ in 0..5 {
+                    let query = sqlx::query(concat!(
+                        "UPDATE runs SET owner = $2, lease_expires = ",
+                        $now,
+                        " + $3 WHERE id = $1 AND (owner IS NULL OR owner = $2 \
+                         OR lease_expires IS NULL OR lease_expires <= ",
+                        $now,
+                        ")"
+                    ))
+                    .bind(id.as_str())
+                    .bind(owner)
+                    .bind(ttl_us);
+                    let query = if $server_clock { query } else { query.bind(crate::sql::now_micros()) };
+                    let done = query
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| crate::errors::backend(format!("claim run {id} for {owner}"), e))?;
+                    if done.rows_affected() > 0 {
+                        return Ok(());
+                    }
+                    match self.lease_holder(id).await? {
+                        None => return Err(deployer_core::StoreError::NotFound { id: id.to_string() }),
+                        Some((Some(holder), Some(expires), now)) if holder != owner && expires > now => {
+                            let remaining = u64::try_from(expires - now).unwrap_or(0);
+                            return Err(deployer_core::StoreError::LeaseHeld {
+                                id: id.clone(),
+                                owner: holder,
+                                remaining: std::time::Duration::from_micros(remaining),
+                            });
+                        }
+                        Some(_) => continue,
+                    }
+                }
+                Err(deployer_core::StoreError::Backend {
+                    message: format!("failed to claim run {id} for {owner}"),
+                    source: "its lease kept changing hands while claiming".into(),
+                })
+            }
+
+            async fn renew(
+                &self,
+                id: &deployer_core::RunId,
+                owner: &str,
+                ttl: std::time::Duration,
+            ) -> Result<(), deployer_core::StoreError> {
+                let query = sqlx::query(concat!(
+                    "UPDATE runs SET lease_expires = ",
+                    $now,
+                    " + $3 WHERE id = $1 AND owner = $2"
+                ))
+                .bind(id.as_str())
+                .bind(owner)
+                .bind(crate::sql::ttl_micros(ttl));
+                let query = if $server_clock { query } else { query.bind(crate::sql::now_micros()) };
+                let done = query
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("renew the lease of {owner} on run {id}"), e))?;
+                if done.rows_affected() > 0 {
+                    return Ok(());
+                }
+                self.require(id).await?;
+                Err(deployer_core::StoreError::LeaseLost {
+                    id: id.clone(),
+                    owner: owner.to_string(),
+                })
+            }
+
+            async fn release(
+                &self,
+                id: &deployer_core::RunId,
+                owner: &str,
+            ) -> Result<(), deployer_core::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE runs SET owner = NULL, lease_expires = NULL WHERE id = $1 AND owner = $2",
+                )
+                .bind(id.as_str())
+                .bind(owner)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend(format!("release the lease of {owner} on run {id}"), e))?;
+                if done.rows_affected() == 0 {
+                    self.require(id).await?;
+                }
+                Ok(())
+            }
+
+            async fn set_run_state(
+                &self,
+                id: &deployer_core::RunId,
+                state: deployer_core::RunState,
+            ) -> Result<(), deployer_core::StoreError> {
+                let started = (state == deployer_core::RunState::Running).then(crate::sql::now_micros);
+                let done = sqlx::query(
+                    "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3) WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .bind(started)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend(format!("set the state of run {id} to {state}"), e))?;
+                if done.rows_affected() == 0 {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                Ok(())
+            }
+
+            async fn set_host_state(
+                &self,
+                id: &deployer_core::RunId,
+                host: &str,
+                state: deployer_core::HostState,
+            ) -> Result<(), deployer_core::StoreError> {
+                use crate::errors::backend;
+                let doing = format!("set the state of host {host} in run {id} to {state}");
+                let now_us = crate::sql::now_micros();
+                let mut tx = self.begin(&doing).await?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                // A new host goes after every host already targeted.
+                sqlx::query(
+                    "INSERT INTO run_hosts (run_id, host, position, state, updated_ts) \
+                     SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $4 FROM run_hosts \
+                     WHERE run_id = $1 \
+                     ON CONFLICT (run_id, host) DO UPDATE \
+                     SET state = excluded.state, updated_ts = excluded.updated_ts",
+                )
+                .bind(id.as_str())
+                .bind(host)
+                .bind(state.as_str())
+                .bind(now_us)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+            }
+
+            async fn update_task(
+                &self,
+                id: &deployer_core::RunId,
+                task: &deployer_core::TaskRecord,
+            ) -> Result<(), deployer_core::StoreError> {
+                use crate::errors::backend;
+                use crate::sql::{duration_micros, micros};
+                let doing = format!("record task {} of run {id}", task.id);
+                let (stage, entry, step) = crate::sql::task_key(task.id)?;
+                let mut tx = self.begin(&doing).await?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                sqlx::query(
+                    "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
+                     history_key, state, attempts, started_ts, finished_ts, duration_us, \
+                     exit_status, stderr_tail, error, finish_ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                     ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
+                     host = excluded.host, tag = excluded.tag, command = excluded.command, \
+                     history_key = excluded.history_key, state = excluded.state, \
+                     attempts = excluded.attempts, started_ts = excluded.started_ts, \
+                     finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
+                     exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
+                     error = excluded.error, finish_ts = excluded.finish_ts",
+                )
+                .bind(id.as_str())
+                .bind(stage)
+                .bind(entry)
+                .bind(step)
+                .bind(task.host.as_str())
+                .bind(task.tag.as_deref())
+                .bind(task.command.as_str())
+                .bind(task.history_key.as_str())
+                .bind(task.state.as_str())
+                .bind(i64::from(task.attempts))
+                .bind(task.started_ts.map(micros))
+                .bind(task.finished_ts.map(micros))
+                .bind(task.duration.map(duration_micros))
+                .bind(task.exit_status.map(i64::from))
+                .bind(task.stderr_tail.as_deref())
+                .bind(task.error.as_deref())
+                .bind(task.finish_ts.map(micros))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+            }
+
+            async fn finish_run(
+                &self,
+                id: &deployer_core::RunId,
+                state: deployer_core::RunState,
+            ) -> Result<(), deployer_core::StoreError> {
+                use crate::errors::backend;
+                let doing = format!("finish run {id} as {state}");
+                let now_us = crate::sql::now_micros();
+                let mut tx = self.begin(&doing).await?;
+                let done = sqlx::query(
+                    "UPDATE runs SET state = $2, finish_ts = $3, owner = NULL, lease_expires = NULL \
+                     WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .bind(now_us)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                if done.rows_affected() == 0 {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                for sql in [
+                    "UPDATE run_hosts SET finish_ts = $2 WHERE run_id = $1",
+                    "UPDATE run_tasks SET finish_ts = $2 WHERE run_id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(id.as_str())
+                        .bind(now_us)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| backend(doing.as_str(), e))?;
+                }
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+            }
+
+            async fn purge_finished(
+                &self,
+                before: std::time::SystemTime,
+            ) -> Result<usize, deployer_core::StoreError> {
+                use crate::errors::backend;
+                let doing = "purge finished runs";
+                let before_us = crate::sql::micros(before);
+                let mut tx = self.begin(doing).await?;
+                // Explicit deletes rather than relying on the foreign keys' cascade alone.
+                for sql in [
+                    "DELETE FROM run_tasks WHERE run_id IN \
+                     (SELECT id FROM runs WHERE finish_ts IS NOT NULL AND finish_ts < $1)",
+                    "DELETE FROM run_hosts WHERE run_id IN \
+                     (SELECT id FROM runs WHERE finish_ts IS NOT NULL AND finish_ts < $1)",
+                ] {
+                    sqlx::query(sql)
+                        .bind(before_us)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| backend(doing, e))?;
+                }
+                let done = sqlx::query("DELETE FROM runs WHERE finish_ts IS NOT NULL AND finish_ts < $1")
+                    .bind(before_us)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(doing, e))?;
+                tx.commit().await.map_err(|e| backend("commit: purge finished runs", e))?;
+                Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+            }
+
+            async fn average_duration(
+                &self,
+                history_key: &str,
+            ) -> Result<Option<std::time::Duration>, deployer_core::StoreError> {
+                use crate::sql::RowExt as _;
+                let doing = format!("average the durations of {history_key}");
+                let row = sqlx::query(
+                    "SELECT CAST(SUM(duration_us) AS BIGINT) AS total, COUNT(duration_us) AS n \
+                     FROM run_tasks WHERE history_key = $1 AND state = $2 AND duration_us IS NOT NULL",
+                )
+                .bind(history_key)
+                .bind(deployer_core::TaskState::Succeeded.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                let (Some(total), n) = (row.opt_int("total")?, row.int("n")?) else {
+                    return Ok(None);
+                };
+                if n <= 0 || total < 0 {
+                    return Ok(None);
+                }
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                Ok(Some(std::time::Duration::from_micros(total.unsigned_abs()) / n))
+            }
+        }
+    };
+}
+
+/// The columns of `runs` that `sql::run_record` reads.
+macro_rules! run_columns {
+    () => {
+        "id, name, source, started_by, state, tasklist, created_ts, started_ts, finish_ts, owner, \
+         lease_expires"
+    };
+}

@@ -1,0 +1,219 @@
+//! The PostgreSQL store, against a throwaway server: the shared store contract, controllers
+//! racing for a run, lease takeover, migrations, bad data, and resuming a run end to end.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pg::PgServer;
+use deployer_core::fixture::store_contract;
+use deployer_core::*;
+use deployer_store::{PostgresStore, SCHEMA_VERSION};
+
+#[tokio::test]
+async fn postgres_store_meets_the_contract() {
+    let server = PgServer::start().await;
+    store_contract::all(|| {
+        let server = &server;
+        async move {
+            PostgresStore::connect_with_pool_size(&server.database().await, 4)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_controllers_racing_for_a_run_one_wins() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    // Separate pools, as separate controller processes would have.
+    let mut controllers = Vec::new();
+    for _ in 0..8 {
+        controllers.push(
+            PostgresStore::connect_with_pool_size(&url, 2)
+                .await
+                .unwrap(),
+        );
+    }
+    for round in 0..5 {
+        let new = store_contract::sample_run("race");
+        controllers[0].create_run(new.clone()).await.unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(controllers.len()));
+        let mut claims = Vec::new();
+        for (i, store) in controllers.iter().enumerate() {
+            let store = store.clone();
+            let id = new.id.clone();
+            let barrier = barrier.clone();
+            claims.push(tokio::spawn(async move {
+                let owner = format!("ctl-{round}-{i}");
+                barrier.wait().await;
+                let result = store.claim(&id, &owner, Duration::from_secs(60)).await;
+                (owner, result)
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut holders = Vec::new();
+        for claim in claims {
+            match claim.await.unwrap() {
+                (owner, Ok(())) => winners.push(owner),
+                (
+                    _,
+                    Err(StoreError::LeaseHeld {
+                        owner, remaining, ..
+                    }),
+                ) => {
+                    assert!(remaining > Duration::from_secs(50));
+                    holders.push(owner);
+                }
+                (_, Err(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one controller wins: {winners:?}");
+        assert!(
+            holders.iter().all(|h| *h == winners[0]),
+            "losers see the winner"
+        );
+        let run = controllers[3].run(&new.id).await.unwrap();
+        assert_eq!(run.owner.as_deref(), Some(winners[0].as_str()));
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_by_another_controller() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let a = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    let new = store_contract::sample_run("takeover");
+    a.create_run(new.clone()).await.unwrap();
+    a.claim(&new.id, "ctl-a", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.claim(&new.id, "ctl-b", Duration::from_secs(60)).await,
+        Err(StoreError::LeaseHeld { ref owner, .. }) if owner == "ctl-a"
+    ));
+    // ctl-a stops renewing (it died): its lease runs out and ctl-b gets the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.claim(&new.id, "ctl-b", Duration::from_secs(60)).await {
+            Ok(()) => break,
+            Err(StoreError::LeaseHeld { remaining, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;
+            }
+            other => panic!("expected the lease to expire, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        a.renew(&new.id, "ctl-a", Duration::from_secs(60)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        a.run(&new.id).await.unwrap().owner.as_deref(),
+        Some("ctl-b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_applied_once_even_by_controllers_starting_together() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let opens = (0..4).map(|_| PostgresStore::connect_with_pool_size(&url, 1));
+    for store in futures::future::join_all(opens).await {
+        let store = store.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    }
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let new = store_contract::sample_run("reopen");
+    store.create_run(new.clone()).await.unwrap();
+    store.close().await;
+    let again = PostgresStore::connect(&url).await.unwrap();
+    assert_eq!(again.run(&new.id).await.unwrap().name, "reopen");
+    let (applied,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&sqlx::PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(applied, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn bad_stored_data_is_reported_as_corrupt() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let new = store_contract::sample_run("corrupt");
+    store.create_run(new.clone()).await.unwrap();
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    for (sql, read) in [
+        ("UPDATE runs SET state = 'EXPLODED' WHERE id = $1", "run"),
+        (
+            "UPDATE run_hosts SET state = 'GONE' WHERE run_id = $1",
+            "hosts",
+        ),
+        (
+            "UPDATE run_tasks SET state = 'HALF' WHERE run_id = $1",
+            "tasks",
+        ),
+        (
+            "UPDATE run_tasks SET state = 'PENDING', attempts = -1 WHERE run_id = $1",
+            "tasks",
+        ),
+        (
+            "UPDATE runs SET state = 'PENDING', tasklist = '{not json' WHERE id = $1",
+            "run",
+        ),
+    ] {
+        sqlx::query(sql)
+            .bind(new.id.as_str())
+            .execute(&raw)
+            .await
+            .unwrap();
+        let result = match read {
+            "run" => store.run(&new.id).await.map(drop),
+            "hosts" => store.hosts(&new.id).await.map(drop),
+            _ => store.tasks(&new.id).await.map(drop),
+        };
+        match result {
+            Err(StoreError::Corrupt { message }) => assert!(!message.is_empty()),
+            other => panic!("{sql}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_run_resumes_without_repeating_done_tasks() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let first = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let second = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    common::resume_does_not_repeat_done_tasks(first, second).await;
+}
+
+#[tokio::test]
+async fn passwords_stay_out_of_errors_and_debug_output() {
+    let server = PgServer::start().await;
+    let url = format!(
+        "postgres://postgres:sekrit@127.0.0.1:{}/no_such_database",
+        server.port()
+    );
+    let err = PostgresStore::connect(&url).await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(shown.contains("connect to PostgreSQL"), "{shown}");
+    assert!(!shown.contains("sekrit"), "{shown}");
+
+    let good = server
+        .url("postgres")
+        .replace("postgres@", "postgres:sekrit@");
+    let store = deployer_store::open(&good).await.unwrap();
+    assert!(store.list_runs(1).await.unwrap().is_empty());
+    let store = PostgresStore::connect(&good).await.unwrap();
+    assert!(!format!("{store:?}").contains("sekrit"));
+    assert!(store.location().contains("postgres:***@"));
+}

@@ -1,0 +1,188 @@
+//! The SQLite store: the shared store contract, durability across reopen, migrations, bad data,
+//! and resuming a run end to end.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deployer_core::fixture::store_contract;
+use deployer_core::*;
+use deployer_store::{SCHEMA_VERSION, SqliteStore, StoreUrl};
+use sqlx::Connection;
+
+#[tokio::test]
+async fn sqlite_file_store_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    store_contract::all(|| {
+        n += 1;
+        let path = dir.path().join(format!("contract-{n}.db"));
+        async move { SqliteStore::open(path).await.unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_memory_store_meets_the_contract() {
+    store_contract::all(|| async { SqliteStore::memory().await.unwrap() }).await;
+}
+
+#[tokio::test]
+async fn the_file_is_created_on_first_use_and_a_run_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing/nested/runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(path.exists(), "the file and its directories are created");
+
+    let new = store_contract::sample_run("durable");
+    store.create_run(new.clone()).await.unwrap();
+    store
+        .set_run_state(&new.id, RunState::Running)
+        .await
+        .unwrap();
+    store
+        .claim(&new.id, "ctl-a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .set_host_state(&new.id, "fe003", HostState::Added)
+        .await
+        .unwrap();
+    let mut task = TaskRecord::pending(&new.tasks[0]);
+    task.state = TaskState::Succeeded;
+    task.attempts = 1;
+    task.started_ts = Some(std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456));
+    task.finished_ts = Some(std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_001_000_000));
+    task.duration = Some(Duration::from_micros(876_544));
+    store.update_task(&new.id, &task).await.unwrap();
+    let run = store.run(&new.id).await.unwrap();
+    let hosts = store.hosts(&new.id).await.unwrap();
+    let tasks = store.tasks(&new.id).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let again = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(again.run(&new.id).await.unwrap(), run);
+    assert_eq!(again.hosts(&new.id).await.unwrap(), hosts);
+    assert_eq!(again.tasks(&new.id).await.unwrap(), tasks);
+    assert_eq!(again.tasks(&new.id).await.unwrap()[0], task);
+    assert_eq!(run.tasklist, new.tasklist);
+
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn migrations_are_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    for _ in 0..3 {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        store.close().await;
+    }
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let (applied,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn bad_stored_data_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let new = store_contract::sample_run("corrupt");
+    store.create_run(new.clone()).await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let id = new.id.as_str();
+    for (sql, read) in [
+        ("UPDATE runs SET state = 'EXPLODED' WHERE id = ?1", "run"),
+        (
+            "UPDATE run_hosts SET state = 'GONE' WHERE run_id = ?1",
+            "hosts",
+        ),
+        (
+            "UPDATE run_tasks SET state = 'HALF' WHERE run_id = ?1",
+            "tasks",
+        ),
+        (
+            "UPDATE run_tasks SET state = 'PENDING', attempts = -1 WHERE run_id = ?1",
+            "tasks",
+        ),
+        (
+            "UPDATE run_tasks SET attempts = 'many' WHERE run_id = ?1",
+            "tasks",
+        ),
+        (
+            "UPDATE runs SET state = 'PENDING', tasklist = '{not json' WHERE id = ?1",
+            "run",
+        ),
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut conn).await.unwrap();
+        let result = match read {
+            "run" => store.run(&new.id).await.map(drop),
+            "hosts" => store.hosts(&new.id).await.map(drop),
+            _ => store.tasks(&new.id).await.map(drop),
+        };
+        match result {
+            Err(StoreError::Corrupt { message }) => assert!(!message.is_empty()),
+            other => panic!("{sql}: expected Corrupt, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store.list_runs(10).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_run_resumes_without_repeating_done_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let first = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let second = Arc::new(SqliteStore::open(&path).await.unwrap());
+    common::resume_does_not_repeat_done_tasks(first, second).await;
+}
+
+#[tokio::test]
+async fn open_picks_the_backend_from_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cli/runs.db");
+    let store = deployer_store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let new = store_contract::sample_run("url");
+    store.create_run(new.clone()).await.unwrap();
+    drop(store);
+    let plain = deployer_store::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(plain.run(&new.id).await.unwrap().name, "url");
+
+    let err = deployer_store::open("mysql://root:hunter2@db/deployer")
+        .await
+        .err()
+        .expect("mysql is not a backend");
+    let cause = std::error::Error::source(&err)
+        .expect("a cause")
+        .to_string();
+    let shown = format!("{err} / {err:?} / {cause}");
+    assert!(shown.contains("unsupported store URL scheme"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(
+        "sqlite::memory:".parse::<StoreUrl>().unwrap(),
+        StoreUrl::SqliteMemory
+    );
+}
