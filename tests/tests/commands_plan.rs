@@ -88,6 +88,9 @@ async fn a_release_deploy_runs_through_the_executor() {
         {"name": "Finish", "concurrency": 2, "tasks": [
             {"command": "keep_releases", "deploy_to": r, "keep": 3},
             {"command": "release_unlock", "deploy_to": r, "holder": "ci run 7"}
+        ]},
+        {"name": "Report", "concurrency": 1, "tasks": [
+            {"command": "get_remote_versions", "install_location": s(tmp.path())}
         ]}
     ]});
     std::fs::create_dir_all(tmp.path().join("upload")).unwrap();
@@ -96,6 +99,12 @@ async fn a_release_deploy_runs_through_the_executor() {
         .run(&plan)
         .await;
     assert!(report.succeeded(), "{report:?}");
+    // What get_remote_versions found is in the report, for a generator to use.
+    let found: Vec<_> = report.data.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(
+        found,
+        [json!({"host": "local", "versions": {"web $(app)": "2"}})]
+    );
     assert_eq!(
         std::fs::read_to_string(root.join("current/app/index.html")).unwrap(),
         "v2"
