@@ -18,9 +18,11 @@ use crate::util::{Check, build, join, opt_secs, poll_until, secs, wait_budget};
 pub enum ServiceManager {
     /// `systemctl <action> <service>`; up means `systemctl is-active --quiet <service>` exits 0.
     Systemd,
-    /// `/etc/init.d/<service> <action>`; up means `/etc/init.d/<service> status` exits 0.
+    /// `<service_dir>/<service> <action>` (`service_dir` defaults to `/etc/init.d`); up means
+    /// `<service_dir>/<service> status` exits 0.
     Init,
-    /// `svc -u|-d|-t|-h <service_dir>/<service>`; the state is read from `svstat`.
+    /// `svc -u|-d|-t|-h <service_dir>/<service>` (`service_dir` defaults to `/etc/service`);
+    /// the state is read from `svstat <service_dir>/<service>`.
     Daemontools,
 }
 
@@ -168,7 +170,7 @@ fn managed_control(
                 Action::Restart => "restart",
                 Action::Reload => "reload",
             };
-            ShellCommand::new(format!("/etc/init.d/{service}")).arg(verb)
+            ShellCommand::new(join(dir, service)).arg(verb)
         }
         ServiceManager::Daemontools => {
             let flag = match action {
@@ -191,9 +193,9 @@ fn managed_probe(manager: ServiceManager, service: &str, dir: &str) -> Result<Pr
                 .arg("--quiet")
                 .arg(service),
         )?),
-        ServiceManager::Init => Probe::ExitCode(build(
-            &ShellCommand::new(format!("/etc/init.d/{service}")).arg("status"),
-        )?),
+        ServiceManager::Init => {
+            Probe::ExitCode(build(&ShellCommand::new(join(dir, service)).arg("status"))?)
+        }
         ServiceManager::Daemontools => {
             Probe::Svstat(build(&ShellCommand::new("svstat").arg(join(dir, service)))?)
         }
@@ -221,10 +223,14 @@ fn build_op(
 ) -> ServiceOp {
     let raw_given: Vec<&(&str, Option<String>)> = raw.iter().filter(|(_, v)| v.is_some()).collect();
     let raw_names: Vec<&str> = raw.iter().map(|(n, _)| *n).collect();
+    let default_dir = match common.manager {
+        Some(ServiceManager::Init) => "/etc/init.d",
+        _ => "/etc/service",
+    };
     let dir = common
         .service_dir
         .clone()
-        .unwrap_or_else(|| "/etc/service".to_string());
+        .unwrap_or_else(|| default_dir.to_string());
     if let Some(d) = &common.service_dir {
         c.path("service_dir", d);
     }
@@ -447,8 +453,9 @@ macro_rules! service_command {
 service_command! {
     /// Starts a service and waits until it is up.
     ///
-    /// Either `service` + `manager` (`systemd`, `init`, `daemontools`; with `service_dir`,
-    /// default `/etc/service`, for daemontools), or your own `start_command` line (with an
+    /// Either `service` + `manager` (`systemd`, `init`, `daemontools`; `service_dir` sets where
+    /// init scripts, default `/etc/init.d`, or daemontools services, default `/etc/service`,
+    /// live), or your own `start_command` line (with an
     /// optional `status_command` printing `svstat`-style `name: up …`). An optional
     /// `check_command` is then polled until it exits 0. Waits last `wait_timeout` seconds
     /// (default: the task's `timeout`, else 60), polling every `poll_interval` (default 1).

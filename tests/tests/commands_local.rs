@@ -414,6 +414,38 @@ async fn services_with_own_lines_wait_for_state_and_kill_when_stuck() {
 }
 
 #[tokio::test]
+async fn init_scripts_managed_by_name() {
+    let e = env();
+    let dir = e.ps("init.d");
+    std::fs::create_dir(&dir).unwrap();
+    let script = e.p("init.d/web");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\n  start) echo up > \"$d/state\";;\n  stop) echo down > \"$d/state\";;\n  restart) echo up > \"$d/state\"; echo restart >> \"$d/log\";;\n  reload) echo reload >> \"$d/log\";;\n  status) [ \"$(cat \"$d/state\" 2>/dev/null)\" = up ];;\n  *) exit 2;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = e.p("init.d/state");
+    let managed = |command: &str| json!({"command": command, "service": "web", "manager": "init", "service_dir": dir, "poll_interval": 0.05, "wait_timeout": 20});
+    run(e.host.clone(), managed("start_service")).await.unwrap();
+    assert_eq!(read(&state), "up\n");
+    run(e.host.clone(), managed("stop_service")).await.unwrap();
+    assert_eq!(read(&state), "down\n");
+    run(e.host.clone(), managed("restart_service"))
+        .await
+        .unwrap();
+    run(e.host.clone(), managed("reload_service"))
+        .await
+        .unwrap();
+    assert_eq!(read(&state), "up\n");
+    assert_eq!(read(&e.p("init.d/log")), "restart\nreload\n");
+    let mut stop = managed("control_service");
+    stop["action"] = json!("stop");
+    run(e.host.clone(), stop).await.unwrap();
+    assert_eq!(read(&state), "down\n");
+}
+
+#[tokio::test]
 async fn http_check_against_a_local_server() {
     let e = env();
     let server = HttpServer::start(vec![
