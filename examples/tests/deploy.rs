@@ -495,3 +495,141 @@ fn a_terminal_gets_progress_bars() {
         "no log lines on a terminal\n{screen}"
     );
 }
+
+#[test]
+fn directory_flag_and_debug_logs() {
+    let s = Setup::new("");
+    let other = s.dir.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::rename(
+        s.dir.path().join("artifacts/hello-1.0.0.tar.gz"),
+        other.join("hello-1.0.0.tar.gz"),
+    )
+    .unwrap();
+    let out = deploy(&[
+        "--config",
+        &s.config(),
+        "--directory",
+        other.to_str().unwrap(),
+        "-d",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(s.srv().join("current/VERSION").exists());
+    assert!(
+        stderr.contains("[DEBUG   ]"),
+        "-d logs at debug level\n{stderr}"
+    );
+}
+
+fn run_until_started(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"event\":\"task_started\"") {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+fn sleepy_tasklist(dir: &Path, secs: &str) -> String {
+    let path = dir.join("sleepy.json");
+    let task = format!(r#"{{"command": "execute_command", "command_line": "sleep {secs}"}}"#);
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"name": "sleepy", "stages": [{{"name": "s", "concurrency": 1, "tasks": [{task}, {task}, {task}]}}, {{"name": "later", "concurrency": 1, "tasks": [{task}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn ctrl_c_lets_the_running_task_finish_and_starts_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasklist = sleepy_tasklist(dir.path(), "0.5");
+    let (child, lines) = run_until_started(&["--tasklist", &tasklist, "--output", "json"]);
+    interrupt(&child);
+    let events: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let finished: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "task_finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "only the running task ran: {events:?}");
+    assert_eq!(finished[0]["outcome"]["status"], "succeeded");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "task_not_run")
+            .count(),
+        2
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "stage_skipped" && e["name"] == "later")
+    );
+    assert_eq!(events.last().unwrap()["outcome"], "cancelled");
+    assert!(text(&out.stderr).contains("cancelling: no new tasks start"));
+}
+
+#[test]
+fn a_second_ctrl_c_stops_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasklist = sleepy_tasklist(dir.path(), "600");
+    let started = std::time::Instant::now();
+    let (mut child, lines) = run_until_started(&["--tasklist", &tasklist, "--output", "json"]);
+    interrupt(&child);
+    // Wait until the first signal was handled, then send the second.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref() {
+        if line.unwrap().contains("cancelling: no new tasks start") {
+            break;
+        }
+    }
+    interrupt(&child);
+    let events: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the sleep was stopped"
+    );
+    let finished: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "task_finished")
+        .collect();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["outcome"]["status"], "cancelled");
+    let rest: Vec<String> = stderr.map(|l| l.unwrap()).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("stopping running tasks")),
+        "{rest:?}"
+    );
+}
