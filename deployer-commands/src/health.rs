@@ -229,10 +229,12 @@ struct WaitForPortArgs {
 const CONNECT_SCRIPT: &str = "exec 3<>\"/dev/tcp/$1/$2\"";
 
 impl WaitForPort {
-    fn command_line(&self) -> Result<String, CommandError> {
+    /// One connection attempt, limited to `limit` (at most 5 s, at least 1 s).
+    fn command_line(&self, limit: Duration) -> Result<String, CommandError> {
+        let limit = limit.clamp(Duration::from_secs(1), Duration::from_secs(5));
         build(
             &ShellCommand::new("timeout")
-                .arg("5")
+                .arg(limit.as_secs().to_string())
                 .arg("bash")
                 .arg("-c")
                 .arg(CONNECT_SCRIPT)
@@ -275,8 +277,8 @@ impl Command for WaitForPort {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        let line = self.command_line()?;
         let wait = wait_budget(ctx, self.wait_timeout);
+        let line = self.command_line(wait)?;
         let ok = poll_until(ctx, wait, self.poll_interval, || {
             let line = &line;
             async move { Ok(ctx.run(line).await?.success() == self.open) }

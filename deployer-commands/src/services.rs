@@ -264,8 +264,27 @@ fn build_op(
                 }
             }
         }
+        (None, None, false) if raw_given.len() < raw.len() => {
+            // Restart with own lines needs both the stop and the start line.
+            for (name, value) in &raw {
+                if value.is_none() {
+                    c.fail(
+                        name,
+                        "missing required argument",
+                        &format!(
+                            "{} together (or \"service\" with \"manager\")",
+                            raw_names
+                                .iter()
+                                .map(|n| format!("\"{n}\""))
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        ),
+                    );
+                }
+            }
+        }
         (None, None, false) => {
-            // The user's own lines: restart may give stop then start.
+            // The user's own lines: restart gives stop then start.
             for (name, value) in raw_given {
                 let want = match *name {
                     "stop_command" => Some(State::Down),

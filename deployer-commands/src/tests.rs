@@ -336,6 +336,10 @@ const INVALID: &[(&str, &str)] = &[
         "poll_interval: invalid type: string \"1\"",
     ),
     (
+        r#"{"command": "restart_service", "start_command": "x"}"#,
+        "stop_command: missing required argument (expected \"stop_command\" and \"start_command\" together",
+    ),
+    (
         r#"{"command": "reload_service"}"#,
         "reload_command: missing required argument",
     ),
