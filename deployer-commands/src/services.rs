@@ -308,12 +308,12 @@ fn build_op(
             "a service name such as \"web\"",
         ),
         (Some(_), Some(_), false) => c.fail(
-            raw_names[0],
+            raw_names.first().copied().unwrap_or("command"),
             "cannot be combined with \"service\"/\"manager\"",
             "either a service and manager or your own command lines",
         ),
         (None, None, true) => c.fail(
-            raw_names[0],
+            raw_names.first().copied().unwrap_or("command"),
             "missing required argument",
             &format!(
                 "{} (or \"service\" with \"manager\")",

@@ -296,55 +296,76 @@ pub(crate) fn join(base: &str, name: &str) -> String {
 }
 
 /// Shell-style pattern matching of one file name: `*`, `?`, `[abc]`, `[a-z]`, `[!a]`.
+///
+/// Iterative with one backtracking point (the last `*`), so it takes at most
+/// O(pattern × name) steps whatever the pattern.
 pub(crate) fn fnmatch(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        // p starts after '['; returns (matched, length consumed including ']').
-        let mut i = 0;
-        let negate = matches!(p.first(), Some('!') | Some('^'));
-        if negate {
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(1),
+            Some('[') => match class(&p[pi + 1..], n[ni]) {
+                Some((true, len)) => Some(1 + len),
+                Some((false, _)) => None,
+                // No closing bracket: a literal '['.
+                None => (n[ni] == '[').then_some(1),
+            },
+            Some(c) => (*c == n[ni]).then_some(1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi += len;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                // Let the last '*' swallow one more character and retry.
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against a bracket expression; `p` starts after the `[`. Returns whether it
+/// matched and how many pattern characters the expression used, including the `]`.
+fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 0;
+    let negate = matches!(p.first(), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            if p[i] <= c && c <= p[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
             i += 1;
         }
-        let mut matched = false;
-        let mut first = true;
-        while i < p.len() {
-            if p[i] == ']' && !first {
-                return Some((matched != negate, i + 1));
-            }
-            first = false;
-            if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-                if p[i] <= c && c <= p[i + 2] {
-                    matched = true;
-                }
-                i += 3;
-            } else {
-                if p[i] == c {
-                    matched = true;
-                }
-                i += 1;
-            }
-        }
-        None
     }
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => match (
-                n.first(),
-                class(&p[1..], n.first().copied().unwrap_or('\0')),
-            ) {
-                (Some(_), Some((true, len))) => go(&p[1 + len..], &n[1..]),
-                (Some(_), Some((false, _))) => false,
-                (Some(c), None) => *c == '[' && go(&p[1..], &n[1..]),
-                (None, _) => false,
-            },
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
-        }
-    }
-    go(&p, &n)
+    None
 }
 
 #[cfg(test)]
@@ -361,6 +382,14 @@ mod tests {
         assert!(fnmatch("r[0-9]*", "r2026"));
         assert!(!fnmatch("r[!0-9]*", "r2026"));
         assert!(fnmatch("[[]x", "[x"));
+        assert!(fnmatch("a*b*c", "aXbYbZc"));
+        assert!(!fnmatch("a*b*c", "aXbYbZ"));
+        assert!(fnmatch("**", ""));
+        assert!(!fnmatch("?", ""));
+        assert!(fnmatch("[x", "[x"));
+        // A pathological pattern answers at once.
+        let long = "a".repeat(250);
+        assert!(!fnmatch(&format!("{}b", "*a".repeat(40)), &long));
     }
 
     #[test]
