@@ -118,3 +118,56 @@ async fn a_release_deploy_runs_through_the_executor() {
     assert!(!root.join(".deploy.lock").exists());
     assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("app").exists());
 }
+
+/// A load-balancer backend of the host application's own: records what it was asked.
+#[derive(Debug, Default, Clone)]
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[deployer_core::async_trait]
+impl deployer_commands::LoadBalancerBackend for Recorder {
+    async fn set_state(
+        &self,
+        ctx: &deployer_core::ExecContext,
+        request: &deployer_commands::LbRequest,
+    ) -> Result<(), deployer_core::CommandError> {
+        self.seen.lock().unwrap().push(format!(
+            "{} {} on {} via {} ({:?})",
+            request.action.as_str(),
+            request.lb_service,
+            request.lb_hostname,
+            ctx.host().name(),
+            request.lb_password
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_custom_load_balancer_backend_takes_hosts_out_and_back() {
+    let recorder = Recorder::default();
+    let mut commands = registry();
+    deployer_commands::LoadBalancers::new()
+        .backend("mine", recorder.clone())
+        .register(&mut commands);
+    let tasklist = json!({"name": "rolling restart", "stages": [
+        {"name": "Restart", "concurrency": 2, "concurrency_per_host": 1, "tasks": [
+            [{"command": "disable_loadbalancer", "lb_hostname": "lb1", "lb_service": "fe001_web", "lb_password": "hunter2"},
+             {"command": "execute_command", "command_line": "true"},
+             {"command": "enable_loadbalancer", "lb_hostname": "lb1", "lb_service": "fe001_web", "lb_password": "hunter2"}]
+        ]}
+    ]});
+    let plan = Plan::build(&Tasklist::from_value(&tasklist).unwrap(), &commands).unwrap();
+    let report = Executor::new(Arc::new(LocalConnector::new()))
+        .run(&plan)
+        .await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(
+        *recorder.seen.lock().unwrap(),
+        [
+            "disable fe001_web on lb1 via local (Some(Secret(***)))",
+            "enable fe001_web on lb1 via local (Some(Secret(***)))",
+        ]
+    );
+}
