@@ -993,7 +993,7 @@ async fn open_channel(conn: &Conn) -> Result<russh::Channel<client::Msg>, russh:
                 russh::ChannelOpenFailure::ConnectFailed
                 | russh::ChannelOpenFailure::AdministrativelyProhibited
                 | russh::ChannelOpenFailure::ResourceShortage,
-            )) if attempts < 20 && !conn.handle.is_closed() => attempts += 1,
+            )) if attempts < 50 && !conn.handle.is_closed() => attempts += 1,
             other => return other,
         }
     }

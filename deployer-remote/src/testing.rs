@@ -34,13 +34,17 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::{SshConfig, SshHost, SshOptions};
 
 /// The ordinary user the harness logs in as when it runs as root.
 pub const TEST_USER: &str = "deployer-test";
+
+/// An ordinary user without any sudo rule, for tests of what happens when sudo wants a
+/// password ([`TestSshd::user_without_sudo`]).
+pub const TEST_USER_NO_SUDO: &str = "deployer-nosudo";
 
 /// Options of [`TestSshd::builder`].
 #[derive(Debug, Clone)]
@@ -92,7 +96,7 @@ pub struct TestSshd {
     address: String,
     port: u16,
     user: String,
-    logs: Arc<Mutex<String>>,
+    logs: Arc<(Mutex<String>, Condvar)>,
 }
 
 impl std::fmt::Debug for TestSshd {
@@ -148,29 +152,36 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .arg("-u")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates the login user `name` if missing (with default dotfiles) and unlocks it for key
+/// logins.
+fn ensure_user(name: &str) -> Result<(), String> {
+    if !user_exists(name) {
+        // Another test process may create it at the same time: check again on failure.
+        let made = run(Command::new("useradd").args(["-m", "-s", "/bin/bash", name]));
+        if !user_exists(name) {
+            return Err(format!("cannot create user {name}: {made:?}"));
+        }
+    }
+    // useradd leaves the account locked (`!` password), which sshd without PAM refuses;
+    // `*` allows no password login either, but is not "locked".
+    run(Command::new("usermod").args(["-p", "*", name])).map_err(|e| e.to_string())
+}
+
 /// Creates [`TEST_USER`] (once per process) and its sudo rule.
 fn ensure_test_user() -> std::io::Result<String> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
-        let exists = |name: &str| {
-            Command::new("id")
-                .arg("-u")
-                .arg(name)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !exists(TEST_USER) {
-            // Another test process may create it at the same time: check again on failure.
-            let made = run(Command::new("useradd").args(["-m", "-s", "/bin/bash", TEST_USER]));
-            if !exists(TEST_USER) {
-                return Err(format!("cannot create user {TEST_USER}: {made:?}"));
-            }
-        }
-        // useradd leaves the account locked (`!` password), which sshd without PAM refuses;
-        // `*` allows no password login either, but is not "locked".
-        run(Command::new("usermod").args(["-p", "*", TEST_USER])).map_err(|e| e.to_string())?;
+        ensure_user(TEST_USER)?;
         if Path::new("/etc/sudoers.d").is_dir() {
             let rule = format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n");
             let path = Path::new("/etc/sudoers.d").join(TEST_USER);
@@ -248,7 +259,7 @@ impl TestSshd {
             dir.path().join("authorized_keys"),
         )?;
         set_mode(&dir.path().join("authorized_keys"), 0o644)?;
-        let logs = Arc::new(Mutex::new(String::new()));
+        let logs = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port(&b.address)?;
@@ -298,9 +309,10 @@ impl TestSshd {
                     {
                         let _ = tx.send(true);
                     }
-                    let mut logs = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut logs = sink.0.lock().unwrap_or_else(|p| p.into_inner());
                     logs.push_str(&line);
                     logs.push('\n');
+                    sink.1.notify_all();
                 }
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(false);
@@ -320,7 +332,7 @@ impl TestSshd {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last_error = logs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    last_error = logs.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     if !last_error.contains("Address already in use") {
                         break;
                     }
@@ -388,7 +400,41 @@ impl TestSshd {
 
     /// What sshd logged so far (`-e`, level INFO: one `Accepted publickey` line per login).
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.logs
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits (at most `limit`) until the log holds `needle` at least `count` times, and
+    /// returns how many times it does. sshd writes its log asynchronously to the client, so a
+    /// test that checks for a log line after the client saw the effect waits here.
+    pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) -> usize {
+        let deadline = std::time::Instant::now() + limit;
+        let (lock, cond) = &*self.logs;
+        let mut logs = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let found = logs.matches(needle).count();
+            let now = std::time::Instant::now();
+            if found >= count || now >= deadline {
+                return found;
+            }
+            logs = cond
+                .wait_timeout(logs, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Creates (when missing) [`TEST_USER_NO_SUDO`], a user with no sudo rule, and returns
+    /// options that log in as it. Needs root.
+    pub fn user_without_sudo(&self) -> std::io::Result<SshOptions> {
+        if !is_root() {
+            return Err(err("creating a test user needs root"));
+        }
+        ensure_user(TEST_USER_NO_SUDO).map_err(err)?;
+        Ok(self.options().user(TEST_USER_NO_SUDO))
     }
 
     /// Options that reach this server: its user and port, the client key, its known_hosts,

@@ -8,6 +8,9 @@ use deployer_core::{Connector, ExecOptions, HostSpec, RemoteError, RemoteHost};
 use deployer_remote::testing::TestSshd;
 use deployer_remote::{HostKeyPolicy, SshConfig, SshConnector, SshHost, SshOptions};
 
+/// How long to wait for sshd to log something the client already saw happen.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
 /// `SHA256:…` of a public key file, as `ssh-keygen -l` prints it.
 fn fingerprint(public_key_line: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +43,7 @@ async fn one_connection_is_reused_and_capped_channels_add_connections() {
         assert_eq!(whoami(&host).await.unwrap(), sshd.user());
     }
     assert_eq!(host.connection_count().await, 1);
-    assert_eq!(sshd.logs().matches("Accepted publickey").count(), 1);
+    assert_eq!(sshd.wait_for_log("Accepted publickey", 1, LOG_WAIT), 1);
     // 12 at once with 4 channels per connection and at most 2 connections: some wait.
     let runs = (0..12).map(|_| {
         let host = host.clone();
@@ -325,8 +328,8 @@ async fn proxy_jump_goes_through_the_jump_host() {
         "{}",
         out.stdout_str()
     );
-    assert_eq!(jump.logs().matches("Accepted publickey").count(), 1);
-    assert_eq!(target.logs().matches("Accepted publickey").count(), 1);
+    assert_eq!(jump.wait_for_log("Accepted publickey", 1, LOG_WAIT), 1);
+    assert_eq!(target.wait_for_log("Accepted publickey", 1, LOG_WAIT), 1);
 }
 
 #[tokio::test]
@@ -360,4 +363,34 @@ async fn a_command_timeout_leaves_the_connection_usable() {
     assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
     assert_eq!(whoami(&host).await.unwrap(), sshd.user());
     assert_eq!(host.connection_count().await, 1);
+}
+
+#[tokio::test]
+async fn sudo_that_wants_a_password_is_a_clear_error() {
+    let sshd = TestSshd::start().unwrap();
+    let host = sshd.host_with(sshd.user_without_sudo().unwrap());
+    // Without sudo the user works fine.
+    let out = host.execute("whoami", &ExecOptions::new()).await.unwrap();
+    assert_eq!(out.stdout_str().trim(), "deployer-nosudo");
+    let err = host
+        .execute("true", &ExecOptions::new().sudo(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::SudoPassword { .. }), "{err:?}");
+    assert_eq!(err.host(), sshd.address());
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let err = host
+        .put(
+            &file,
+            "/tmp/deployer-nosudo-put",
+            &deployer_core::PutOptions {
+                sudo: true,
+                mode: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::SudoPassword { .. }), "{err:?}");
 }
