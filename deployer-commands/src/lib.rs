@@ -18,8 +18,25 @@
 //! | reporting | [`send_graphite`](SendGraphite), [`get_remote_versions`](GetRemoteVersions) (also `getremoteversions`) |
 //! | releases | [`release_lock`](ReleaseLock), [`release_unlock`](ReleaseUnlock), [`release_create`](ReleaseCreate), [`release_link_shared`](ReleaseLinkShared), [`release_activate`](ReleaseActivate), [`rollback`](Rollback), [`keep_releases`](KeepReleases); layout: [`ReleaseLayout`] |
 //!
-//! Where a check runs: `http_check` and `wait_for_port` run on the task's host (like every
-//! other command); `send_graphite` connects from the controller.
+//! # Conventions
+//!
+//! * **Where things run.** Every command works through the task's host; a task without
+//!   `remote_host` runs on the controller. `http_check` and `wait_for_port` therefore check
+//!   from the target host (so `localhost` means the service's own machine); `send_graphite`
+//!   is the exception and connects from the controller.
+//! * **Durations** are numbers of seconds (`2`, `0.5`). A command that waits (`check_service`,
+//!   the service commands, `wait_for_port`) waits `wait_timeout` seconds, else the task's own
+//!   `timeout` (which the executor also enforces), else 60.
+//! * **sudo** is off unless a task sets `"sudo": true` (the original deployer always used sudo
+//!   for service control). Sudo never prompts: a password prompt is an error.
+//! * **Atomic replacement** (`writefile`, `symlink`, `release_activate`) goes through a
+//!   temporary name beside the destination (`<destination>.deployer-tmp`) that a retry reuses.
+//! * **Host tools**: POSIX `sh`, coreutils, GNU `find` (`cleanup`, `keep_releases`) and GNU
+//!   `mv -T` (`symlink`, `release_activate`), i.e. a Linux host; `tar`, `unzip`, `curl` and
+//!   `bash` only for the commands that use them.
+//! * **Secrets**: `lb_password` is a [`Secret`]: never in `Debug` output, error messages or
+//!   command lines (backends get it on standard input). `lb_password_env` keeps it out of the
+//!   tasklist altogether.
 //!
 //! # Example
 //!
