@@ -50,7 +50,7 @@
 //! deployer_commands::register_all(&mut commands);
 //!
 //! let tasklist = Tasklist::from_json_str(r#"{"name": "deploy web", "stages": [
-//!   {"name": "Prepare", "concurrency": 10, "tasks": [
+//!   {"name": "Prepare", "concurrency": 1, "tasks": [
 //!     {"command": "createdirectory", "remote_host": "fe001", "source": "/srv/web/releases/1.2"},
 //!     {"command": "removefile", "remote_host": "fe001", "source": "/tmp/web 1.2; $(reboot)"}
 //!   ]}
