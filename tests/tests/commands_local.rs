@@ -485,24 +485,26 @@ async fn http_check_against_a_local_server() {
 #[tokio::test]
 async fn wait_for_port_sees_open_and_closed_ports() {
     let e = env();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // 127.0.0.2, which no other test binds, so a freed port stays free.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    run(
-        e.host.clone(),
-        json!({"command": "wait_for_port", "port": port, "wait_timeout": 10}),
-    )
-    .await
-    .unwrap();
-    drop(listener);
-    run(e.host.clone(), json!({"command": "wait_for_port", "port": port, "state": "closed", "wait_timeout": 10, "poll_interval": 0.05}))
-        .await
-        .unwrap();
-    let err = run(e.host.clone(), json!({"command": "wait_for_port", "port": port, "wait_timeout": 0.2, "poll_interval": 0.05}))
-        .await
-        .unwrap_err();
+    let wait = |state: &str, secs: f64| {
+        json!({"command": "wait_for_port", "address": "127.0.0.2", "port": port, "state": state,
+               "wait_timeout": secs, "poll_interval": 0.05})
+    };
+    run(e.host.clone(), wait("open", 10.0)).await.unwrap();
+    let err = run(e.host.clone(), wait("closed", 0.2)).await.unwrap_err();
     assert!(
         err.to_string()
-            .contains(&format!("port 127.0.0.1:{port} on local was not open")),
+            .contains(&format!("port 127.0.0.2:{port} on local was not closed")),
+        "{err}"
+    );
+    drop(listener);
+    run(e.host.clone(), wait("closed", 10.0)).await.unwrap();
+    let err = run(e.host.clone(), wait("open", 0.2)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("port 127.0.0.2:{port} on local was not open")),
         "{err}"
     );
 }
@@ -600,14 +602,15 @@ async fn send_graphite_writes_one_plaintext_line() {
     let ts: u64 = fields[2].parse().unwrap();
     assert!(ts <= now && now - ts < 600, "{line}");
     // nobody listening: skipped by default, an error when asked
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // 127.0.0.3, which no other test binds, so the freed port stays free.
+    let closed = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let out = run(host.clone(), json!({"command": "send_graphite", "carbon_host": "127.0.0.1", "carbon_port": port, "metric_name": "x"}))
+    let out = run(host.clone(), json!({"command": "send_graphite", "carbon_host": "127.0.0.3", "carbon_port": port, "metric_name": "x"}))
         .await
         .unwrap();
     assert!(out.skipped.unwrap().contains("cannot connect"));
-    run(host, json!({"command": "send_graphite", "carbon_host": "127.0.0.1", "carbon_port": port, "metric_name": "x", "continue_on_fail": false}))
+    run(host, json!({"command": "send_graphite", "carbon_host": "127.0.0.3", "carbon_port": port, "metric_name": "x", "continue_on_fail": false}))
         .await
         .unwrap_err();
 }
