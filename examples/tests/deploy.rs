@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 fn deploy(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .env("DEPLOYER_STORE", "sqlite::memory:")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -479,6 +480,7 @@ fn a_terminal_gets_progress_bars() {
         .arg(&log)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("TERM", "xterm")
+        .env("DEPLOYER_STORE", "sqlite::memory:")
         .stdout(std::process::Stdio::null())
         .status();
     let Ok(status) = status else {
@@ -529,6 +531,7 @@ fn run_until_started(
     std::io::Lines<BufReader<std::process::ChildStdout>>,
 ) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .env("DEPLOYER_STORE", "sqlite::memory:")
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -8,6 +8,7 @@ use deployer_remote::testing::TestSshd;
 
 fn deploy(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .env("DEPLOYER_STORE", "sqlite::memory:")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -23,10 +23,12 @@ use deployer_core::{
     CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext, GeneratorError,
     GeneratorRegistry, LogFormat, Plan, RunOptions, TaskEntry, Tasklist, TracingSink,
 };
+use deployer_core::{ResumeOptions, RunId, Runs, RunsError, StoreError};
 use deployer_examples::release::ReleaseGenerator;
-use deployer_examples::report::{JsonLines, Progress, Summary, to_dot};
+use deployer_examples::report::{JsonLines, Progress, Summary, render_run, render_runs, to_dot};
 use deployer_examples::{test_command, test_generator};
 use deployer_remote::{HostKeyPolicy, SshConfig, SshConnector, SshOptions};
+use deployer_store::StoreUrl;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,12 +47,15 @@ enum DumpFormat {
     Dot,
 }
 
-/// Plan and run a deploy.
+/// Plan and run a deploy; every run is recorded in a run store and can be resumed.
 #[derive(Debug, Parser)]
-#[command(name = "deploy", version, about, max_term_width = 100)]
+#[command(name = "deploy", version, max_term_width = 100)]
 struct Cli {
-    /// YAML config; its `platform` picks the generator.
-    #[arg(long, value_name = "FILE", conflicts_with = "tasklist")]
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// YAML config; its `platform` picks the generator, its `ssh` section says how to connect
+    /// (also with --tasklist and `runs resume`).
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Artifact to deploy (a file, or a name in --directory); repeatable.
     #[arg(long, value_name = "FILE")]
@@ -59,7 +64,7 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     directory: Option<PathBuf>,
     /// Run a saved tasklist (no config needed).
-    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    #[arg(long, value_name = "FILE")]
     tasklist: Option<PathBuf>,
     /// Validate every task and touch no host: prints "Syntax ok" or every problem.
     #[arg(long)]
@@ -97,6 +102,57 @@ struct Cli {
     /// How to report progress.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Where runs are recorded: a SQLite file, `sqlite::memory:`, or `postgres://…`.
+    #[arg(long, value_name = "URL", env = "DEPLOYER_STORE", default_value = deployer_store::DEFAULT_STORE_URL, global = true)]
+    store: String,
+    /// Finished runs older than this are purged when deploy starts (e.g. 30d, 12h).
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
+    keep_runs: Duration,
+    /// How long this controller's claim on a run lasts without renewal; a controller that dies
+    /// leaves the run to be resumed once its lease expired.
+    #[arg(long, value_name = "AGE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    lease_ttl: Duration,
+}
+
+/// Recorded runs.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Inspect, resume and purge recorded runs.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RunsCmd {
+    /// The newest runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run: its hosts and tasks.
+    Show {
+        /// The run id.
+        id: String,
+    },
+    /// Continue a failed, cancelled or interrupted run; done tasks are not run again.
+    Resume {
+        /// The run id.
+        id: String,
+        /// Run again tasks that were running when the run was interrupted even if their
+        /// command is not idempotent.
+        #[arg(long)]
+        force: bool,
+        /// If another controller's lease is still live, wait for it to expire.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete finished runs older than AGE.
+    Purge {
+        /// e.g. 14d, 12h.
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
 }
 
 /// A problem with the input (exit 2), or a failure reaching hosts while planning (exit 1).
@@ -301,7 +357,7 @@ async fn plan_tasklist(
             })?,
         (None, None) => {
             return Err(BadInput::Input(
-                "give --config FILE or --tasklist FILE".into(),
+                "give --config FILE or --tasklist FILE (see --help)".into(),
             ));
         }
     };
@@ -313,6 +369,9 @@ async fn plan_tasklist(
 }
 
 async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
+    if let Some(Sub::Runs(cmd)) = &cli.command {
+        return runs_main(&cli, cmd, progress).await;
+    }
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
     let (tasklist, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
@@ -336,6 +395,62 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
         return Ok(true);
     }
 
+    let runs = open_runs(&cli).await?;
+    purge_old(&runs, cli.keep_runs).await;
+    let source = match (&cli.tasklist, &cli.config) {
+        (Some(t), _) => format!("tasklist:{}", t.display()),
+        (None, Some(c)) => format!("config:{}", c.display()),
+        (None, None) => "deploy".to_string(),
+    };
+    let id = runs.create(&plan, &source, &whoami()).await?;
+    eprintln!("run {id}");
+    let executor = executor_for(&cli, connector, progress);
+    let report = drive(executor, &cli, |e, options| {
+        let runs = runs.clone();
+        let id = id.clone();
+        let plan = plan.clone();
+        async move { runs.drive(&e, &id, &plan, options).await }
+    })
+    .await?;
+    if !report.succeeded() {
+        eprintln!("resume with: deploy runs resume {id}");
+    }
+    Ok(report.succeeded())
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+}
+
+async fn open_runs(cli: &Cli) -> Result<Runs, BadInput> {
+    let url: StoreUrl = cli.store.parse()?;
+    let store = url.open().await.map_err(|e| {
+        BadInput::Hosts(format!(
+            "cannot open the run store {url}: {}",
+            deployer_core::error_chain(&e)
+        ))
+    })?;
+    Ok(Runs::new(store).lease_ttl(cli.lease_ttl))
+}
+
+async fn purge_old(runs: &Runs, keep: Duration) {
+    match runs.purge(keep).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            component = "Runs",
+            "Purged {n} finished runs older than {}",
+            humantime::format_duration(keep)
+        ),
+        Err(e) => tracing::warn!(component = "Runs", "cannot purge old runs: {e}"),
+    }
+}
+
+/// The executor with the reporters `--output` asks for.
+fn executor_for(
+    cli: &Cli,
+    connector: Arc<dyn Connector>,
+    progress: bool,
+) -> (Executor, Arc<Summary>) {
     let mut executor = Executor::new(connector)
         .max_concurrency(cli.parallel.map(|p| p as usize))
         .retry_delay(Duration::from_secs(1));
@@ -351,7 +466,19 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
             }
         }
     }
+    (executor, summary)
+}
 
+/// Runs `go` with Ctrl-C wired to a cancel handle, then prints the summary.
+async fn drive<F, Fut>(
+    (executor, summary): (Executor, Arc<Summary>),
+    cli: &Cli,
+    go: F,
+) -> Result<deployer_core::RunReport, BadInput>
+where
+    F: FnOnce(Executor, RunOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<deployer_core::RunReport, RunsError>>,
+{
     let cancel = CancelHandle::new();
     {
         let cancel = cancel.clone();
@@ -368,19 +495,81 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
             }
         });
     }
-    let report = executor
-        .run_with(
-            &plan,
-            RunOptions {
-                cancel,
-                ..Default::default()
-            },
-        )
-        .await;
+    let options = RunOptions {
+        cancel,
+        ..Default::default()
+    };
+    let report = go(executor, options).await.map_err(|e| match e {
+        RunsError::NeedsConfirmation { .. }
+        | RunsError::Invalid { .. }
+        | RunsError::AlreadySucceeded { .. } => BadInput::Input(e.to_string()),
+        other => BadInput::Hosts(other.to_string()),
+    })?;
     if cli.output == Output::Text {
         eprint!("{}", summary.render(&report));
     }
-    Ok(report.succeeded())
+    Ok(report)
+}
+
+async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, BadInput> {
+    let runs = open_runs(cli).await?;
+    match cmd {
+        RunsCmd::List { limit } => {
+            let list = runs.store().list_runs(*limit).await?;
+            print!("{}", render_runs(&list));
+            Ok(true)
+        }
+        RunsCmd::Show { id } => {
+            let id: RunId = id.parse()?;
+            let run = runs.store().run(&id).await?;
+            let hosts = runs.store().hosts(&id).await?;
+            let tasks = runs.store().tasks(&id).await?;
+            print!("{}", render_run(&run, &hosts, &tasks));
+            Ok(true)
+        }
+        RunsCmd::Purge { older_than } => {
+            let n = runs.purge(*older_than).await?;
+            println!("purged {n} run{}", if n == 1 { "" } else { "s" });
+            Ok(true)
+        }
+        RunsCmd::Resume { id, force, wait } => {
+            let id: RunId = id.parse()?;
+            let record = runs.store().run(&id).await?;
+            let config = load_config(cli)?;
+            let connector: Arc<dyn Connector> =
+                Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+            let (_, commands) = registries();
+            let executor = executor_for(cli, connector, progress);
+            eprintln!("resuming run {id} ({})", record.name);
+            let resume = ResumeOptions { force: *force };
+            let wait = *wait;
+            let report = drive(executor, cli, |e, options| {
+                let runs = runs.clone();
+                async move {
+                    loop {
+                        match runs
+                            .resume(&e, &commands, &id, resume.clone(), options.clone())
+                            .await
+                        {
+                            Err(RunsError::Store(StoreError::LeaseHeld {
+                                owner,
+                                remaining,
+                                ..
+                            })) if wait => {
+                                eprintln!(
+                                    "waiting {remaining:?} for the lease of {owner} to expire"
+                                );
+                                tokio::time::sleep(remaining + Duration::from_millis(50)).await;
+                            }
+                            other => return other,
+                        }
+                    }
+                }
+            })
+            .await?;
+            Ok(report.succeeded())
+        }
+    }
 }
 
 fn main() -> ExitCode {

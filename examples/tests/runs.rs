@@ -1,0 +1,341 @@
+//! Recorded runs through the `deploy` program: list, show, purge, resume — including a
+//! controller killed in the middle of a stage over real SSH.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use deployer_remote::testing::TestSshd;
+
+fn deploy_in(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The run id `deploy` prints first on stderr.
+fn run_id(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .unwrap_or_else(|| panic!("no run id in\n{stderr}"))
+        .trim()
+        .to_string()
+}
+
+fn write_tasklist(path: &Path, stages: &[(&str, Vec<String>)]) {
+    let stages: Vec<String> = stages
+        .iter()
+        .map(|(name, tasks)| {
+            format!(
+                r#"{{"name": "{name}", "concurrency": 1, "tasks": [{}]}}"#,
+                tasks.join(",")
+            )
+        })
+        .collect();
+    std::fs::write(
+        path,
+        format!(r#"{{"name": "logged", "stages": [{}]}}"#, stages.join(",")),
+    )
+    .unwrap();
+}
+
+/// A task that appends its name to `log` (so the test can count how often it ran).
+fn logged(name: &str, log: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"command": "execute_command", "tag": "{name}", "command_line": "echo {name} >> {log}{extra}"}}"#,
+        log = log.display()
+    )
+}
+
+fn count(log: &Path, name: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == name)
+        .count()
+}
+
+#[test]
+fn runs_are_recorded_listed_shown_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state/runs.db");
+    let log = dir.path().join("log");
+    let tasklist = dir.path().join("t.json");
+    write_tasklist(
+        &tasklist,
+        &[("one", vec![logged("a", &log, ""), logged("b", &log, "")])],
+    );
+    let out = deploy_in(&store, &["--tasklist", tasklist.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(store.exists(), "the SQLite file is created on first use");
+    let id = run_id(&stderr);
+
+    let out = deploy_in(&store, &["runs", "list"]);
+    let list = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        list.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("{id}  SUCCEEDED")),
+        "{list}"
+    );
+    assert!(list.contains("logged"), "{list}");
+
+    let out = deploy_in(&store, &["runs", "show", &id]);
+    let show = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(show.contains("state     SUCCEEDED"), "{show}");
+    assert!(
+        show.contains(&format!("source    tasklist:{}", tasklist.display())),
+        "{show}"
+    );
+    assert!(
+        !show.contains("finished  -"),
+        "finish_ts is stamped\n{show}"
+    );
+    assert!(
+        show.contains("local  DONE         2       0        0"),
+        "{show}"
+    );
+    assert!(show.contains("stages[0].tasks[1]"), "{show}");
+
+    let out = deploy_in(&store, &["runs", "show", "not-a-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("\"not-a-run\" is not a run id"));
+
+    let out = deploy_in(&store, &["runs", "purge", "--older-than", "1h"]);
+    assert_eq!(text(&out.stdout), "purged 0 runs\n");
+    let out = deploy_in(&store, &["runs", "purge", "--older-than", "0s"]);
+    assert_eq!(text(&out.stdout), "purged 1 run\n");
+    let out = deploy_in(&store, &["runs", "list"]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "only the header is left"
+    );
+}
+
+#[test]
+fn a_failed_run_resumes_without_repeating_done_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db");
+    let log = dir.path().join("log");
+    let marker = dir.path().join("second-try");
+    let tasklist = dir.path().join("t.json");
+    // `flaky` fails the first time and succeeds after.
+    let flaky = format!(
+        "; test -e {m} || {{ touch {m}; echo not yet >&2; exit 4; }}",
+        m = marker.display()
+    );
+    write_tasklist(
+        &tasklist,
+        &[
+            ("one", vec![logged("a", &log, ""), logged("b", &log, "")]),
+            (
+                "two",
+                vec![logged("flaky", &log, &flaky), logged("c", &log, "")],
+            ),
+        ],
+    );
+    let out = deploy_in(&store, &["--tasklist", tasklist.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let id = run_id(&stderr);
+    assert!(
+        stderr.contains(&format!("resume with: deploy runs resume {id}")),
+        "{stderr}"
+    );
+
+    let out = deploy_in(&store, &["runs", "resume", &id]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for (name, runs) in [("a", 1), ("b", 1), ("flaky", 2), ("c", 1)] {
+        assert_eq!(count(&log, name), runs, "{name}");
+    }
+    let out = deploy_in(&store, &["runs", "show", &id]);
+    let show = text(&out.stdout);
+    assert!(show.contains("state     SUCCEEDED"), "{show}");
+
+    let out = deploy_in(&store, &["runs", "resume", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("already succeeded; nothing to resume"));
+}
+
+#[test]
+fn a_controller_killed_mid_stage_over_ssh_is_resumed_and_nothing_runs_twice_unasked() {
+    let sshd = TestSshd::start().expect("sshd starts");
+    let dir = tempfile::tempdir().unwrap();
+    // The login user must be able to write the log.
+    let work = Path::new("/tmp").join(format!(
+        "deployer-kill-{}",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&work).unwrap();
+    Command::new("chmod")
+        .arg("777")
+        .arg(&work)
+        .status()
+        .unwrap();
+    let log = work.join("log");
+    let store = dir.path().join("runs.db");
+
+    // Connection settings: an ssh config alias and the harness's known_hosts.
+    std::fs::write(
+        dir.path().join("ssh_config"),
+        format!(
+            "Host app1\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n",
+            sshd.address(),
+            sshd.port(),
+            sshd.user(),
+            sshd.client_key().display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("ssh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "platform: release\nssh:\n  known_hosts: {}\n  config: {}\n  agent: false\n",
+            sshd.known_hosts().display(),
+            dir.path().join("ssh_config").display()
+        ),
+    )
+    .unwrap();
+    let task = |name: &str, sleep: &str| {
+        format!(
+            r#"{{"command": "execute_command", "remote_host": "app1", "tag": "{name}", "command_line": "echo {name} >> {log}; sleep {sleep}"}}"#,
+            log = log.display()
+        )
+    };
+    let tasklist = dir.path().join("t.json");
+    write_tasklist(
+        &tasklist,
+        &[
+            (
+                "first",
+                vec![
+                    task("t0", "0"),
+                    task("t1", "0"),
+                    task("t2", "2"),
+                    task("t3", "0"),
+                ],
+            ),
+            ("second", vec![task("t4", "0")]),
+        ],
+    );
+
+    // Start the controller and kill it (SIGKILL: no chance to clean up) while t2 runs.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("--store")
+        .arg(&store)
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--tasklist", tasklist.to_str().unwrap()])
+        .args(["--output", "json", "--lease-ttl", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains("\"event\":\"task_output\"") && line.contains("\"tag\":\"t2\"") {
+            break;
+        }
+        if line.contains("\"event\":\"task_started\"") && line.contains("\"tag\":\"t2\"") {
+            // Wait until t2 has surely written its line: its echo comes before the sleep.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while count(&log, "t2") == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "t2 never wrote its line"
+                );
+                std::thread::yield_now();
+            }
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let id = run_id(&text(&out.stderr));
+    assert_eq!(
+        (count(&log, "t0"), count(&log, "t1"), count(&log, "t2")),
+        (1, 1, 1)
+    );
+
+    // The record lost nothing: t0 and t1 done, t2 running, the rest pending.
+    let out = deploy_in(&store, &["runs", "show", &id]);
+    let show = text(&out.stdout);
+    assert!(show.contains("state     RUNNING"), "{show}");
+    for (task, state) in [
+        ("[0]", "SUCCEEDED"),
+        ("[1]", "SUCCEEDED"),
+        ("[2]", "RUNNING"),
+        ("[3]", "PENDING"),
+    ] {
+        let row = show
+            .lines()
+            .find(|l| l.starts_with(&format!("stages[0].tasks{task}")))
+            .unwrap_or_else(|| panic!("{show}"));
+        assert!(row.contains(state), "{row}");
+    }
+
+    // t2 may have had an effect and execute_command is not idempotent: resume stops and asks.
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "runs",
+            "resume",
+            &id,
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        deploy_in(&store, &args)
+    };
+    let out = resume(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stages[0].tasks[2] execute_command on app1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resume with force"), "{stderr}");
+    assert_eq!(count(&log, "t3"), 0, "nothing ran");
+
+    // Forced: t2 runs again (as asked), everything else exactly once.
+    // The run keeps its own copy of the tasklist: editing the file changes nothing.
+    let edited = std::fs::read_to_string(&tasklist)
+        .unwrap()
+        .replace("echo t3", "echo edited");
+    std::fs::write(&tasklist, edited).unwrap();
+    let out = resume(&["--force"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for (name, n) in [("t0", 1), ("t1", 1), ("t2", 2), ("t3", 1), ("t4", 1)] {
+        assert_eq!(
+            count(&log, name),
+            n,
+            "{name}: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+    let out = deploy_in(&store, &["runs", "show", &id]);
+    let show = text(&out.stdout);
+    assert!(show.contains("state     SUCCEEDED"), "{show}");
+    assert!(
+        show.contains("app1  DONE         5       0        0"),
+        "{show}"
+    );
+    assert_eq!(count(&log, "edited"), 0);
+    let _ = std::fs::remove_dir_all(&work);
+}
