@@ -586,6 +586,10 @@ async fn open_target(
     let config = Arc::new(client::Config {
         nodelay: true,
         window_size: 8 * 1024 * 1024,
+        // A connection that died silently is noticed (and replaced on the next call) after
+        // three unanswered keepalives instead of hanging every later call.
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
         ..Default::default()
     });
     let connect_err = |source: russh::Error| -> RemoteError {

@@ -257,6 +257,33 @@ pub async fn timeout_kills_the_command(host: Arc<dyn RemoteHost>) {
     dir.cleanup(h).await;
 }
 
+pub async fn timeout_kills_a_sudo_command(host: Arc<dyn RemoteHost>) {
+    let h = host.as_ref();
+    let dir = Scratch::new(h).await;
+    let pidfile = dir.join("pid");
+    let cmd = format!("sleep 1000 & echo $! > {pidfile}; wait");
+    let err = h
+        .execute(
+            &cmd,
+            &ExecOptions::new()
+                .sudo(true)
+                .timeout(Duration::from_millis(1500)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
+    let pid: u32 = ok(h, &format!("cat {pidfile}"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        gone_within_10s(h, pid).await,
+        "the timed-out sudo command's child {pid} still runs"
+    );
+    dir.cleanup(h).await;
+}
+
 pub async fn dropping_the_future_kills_the_command(host: Arc<dyn RemoteHost>) {
     let h = host.as_ref();
     let dir = Scratch::new(h).await;
@@ -553,7 +580,7 @@ macro_rules! contract_tests {
         $crate::contract_tests!(@each $make;
             exit_codes, stdout_and_stderr_are_separate, large_output, stdin_is_passed,
             env_is_set, hostile_arguments_round_trip, sudo_runs_as_root,
-            timeout_kills_the_command, dropping_the_future_kills_the_command,
+            timeout_kills_the_command, timeout_kills_a_sudo_command, dropping_the_future_kills_the_command,
             upload_file_1mib, upload_file_100mib, upload_dir_1mib, upload_dir_100mib,
             sudo_upload, get_and_file_exists, fifty_concurrent_commands);
     };
