@@ -17,6 +17,10 @@ use crate::url::redact;
 /// need not agree. The schema is migrated when the store connects (under PostgreSQL's advisory
 /// lock, so controllers starting together do not race). Cloning is cheap and shares the pool.
 ///
+/// TLS is not compiled in (to keep the build lean): reach the server over a trusted network,
+/// a Unix socket (`postgres:///deployer?host=/run/postgresql`) or a tunnel; `sslmode=require`
+/// fails.
+///
 /// ```no_run
 /// use deployer_store::PostgresStore;
 ///

@@ -93,7 +93,7 @@ async fn an_expired_lease_is_taken_over_by_another_controller() {
         .unwrap();
     let new = store_contract::sample_run("takeover");
     a.create_run(new.clone()).await.unwrap();
-    a.claim(&new.id, "ctl-a", Duration::from_millis(300))
+    a.claim(&new.id, "ctl-a", Duration::from_secs(2))
         .await
         .unwrap();
     assert!(matches!(
@@ -194,6 +194,46 @@ async fn a_failed_run_resumes_without_repeating_done_tasks() {
     let first = Arc::new(PostgresStore::connect(&url).await.unwrap());
     let second = Arc::new(PostgresStore::connect(&url).await.unwrap());
     common::resume_does_not_repeat_done_tasks(first, second).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_run_asks_before_repeating_a_task_then_resumes() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    common::an_interrupted_run_asks_then_resumes(store).await;
+}
+
+#[tokio::test]
+async fn purge_leaves_no_host_or_task_rows_behind() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let old = store_contract::sample_run("old");
+    let open = store_contract::sample_run("open");
+    store.create_run(old.clone()).await.unwrap();
+    store.create_run(open.clone()).await.unwrap();
+    store
+        .finish_run(&old.id, RunState::Succeeded)
+        .await
+        .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(store.purge_finished(later).await.unwrap(), 1);
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    for (table, id, expected) in [
+        ("run_hosts", &old.id, 0),
+        ("run_tasks", &old.id, 0),
+        ("run_hosts", &open.id, 2),
+        ("run_tasks", &open.id, 4),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE run_id = $1");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        assert_eq!(n, expected, "{table} rows of run {id}");
+    }
 }
 
 #[tokio::test]

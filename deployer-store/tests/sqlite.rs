@@ -159,6 +159,47 @@ async fn a_failed_run_resumes_without_repeating_done_tasks() {
 }
 
 #[tokio::test]
+async fn an_interrupted_run_asks_before_repeating_a_task_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("runs.db")).await.unwrap());
+    common::an_interrupted_run_asks_then_resumes(store).await;
+}
+
+#[tokio::test]
+async fn purge_leaves_no_host_or_task_rows_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let old = store_contract::sample_run("old");
+    let open = store_contract::sample_run("open");
+    store.create_run(old.clone()).await.unwrap();
+    store.create_run(open.clone()).await.unwrap();
+    store
+        .finish_run(&old.id, RunState::Succeeded)
+        .await
+        .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(store.purge_finished(later).await.unwrap(), 1);
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    for (table, id, expected) in [
+        ("run_hosts", &old.id, 0),
+        ("run_tasks", &old.id, 0),
+        ("run_hosts", &open.id, 2),
+        ("run_tasks", &open.id, 4),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE run_id = ?1");
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, expected, "{table} rows of run {id}");
+    }
+}
+
+#[tokio::test]
 async fn open_picks_the_backend_from_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cli/runs.db");

@@ -170,3 +170,77 @@ pub async fn resume_does_not_repeat_done_tasks(
         assert!(store.average_duration("step").await.unwrap().is_some());
     }
 }
+
+/// A controller died mid-stage: its lease lapses, one task is done and the next was `RUNNING`.
+/// Another controller's resume stops and asks (the command is not idempotent); forced, it runs
+/// the interrupted task and the rest, but not the done one.
+pub async fn an_interrupted_run_asks_then_resumes(store: Arc<dyn RunStore>) {
+    let (registry, tracker) = registry();
+    let tasklist = Tasklist::new("t").stage(Stage::new("s", 1).tasks(vec![
+        step("fe001", "a"),
+        step("fe001", "b"),
+        step("fe001", "c"),
+    ]));
+    let plan = Plan::build(&tasklist, &registry).unwrap();
+    let runs = Runs::new(store.clone()).owner("ctl-live");
+    let id = runs.create(&plan, "test", "me").await.unwrap();
+    store
+        .claim(&id, "ctl-dead", Duration::from_millis(1))
+        .await
+        .unwrap();
+    store.set_run_state(&id, RunState::Running).await.unwrap();
+    let mut tasks = store.tasks(&id).await.unwrap();
+    tasks[0].state = TaskState::Succeeded;
+    tasks[1].state = TaskState::Running;
+    tasks[1].attempts = 1;
+    store.update_task(&id, &tasks[0]).await.unwrap();
+    store.update_task(&id, &tasks[1]).await.unwrap();
+
+    let resume = |force: bool| {
+        let runs = runs.clone();
+        let registry = &registry;
+        let id = id.clone();
+        async move {
+            // The dead controller's lease lapses within milliseconds: retry while it holds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let result = runs
+                    .resume(
+                        &executor(),
+                        registry,
+                        &id,
+                        ResumeOptions { force },
+                        RunOptions::default(),
+                    )
+                    .await;
+                match result {
+                    Err(RunsError::Store(StoreError::LeaseHeld { .. }))
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+    };
+    let err = resume(false).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RunsError::NeedsConfirmation { .. }), "{msg}");
+    assert!(msg.contains("stages[0].tasks[1]"), "{msg}");
+    assert_eq!(
+        tracker.entered("a") + tracker.entered("b"),
+        0,
+        "nothing ran"
+    );
+
+    let report = resume(true).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(tracker.entered("a"), 0, "the done task did not run again");
+    assert_eq!(tracker.entered("b"), 1);
+    assert_eq!(tracker.entered("c"), 1);
+    let run = store.run(&id).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let tasks = store.tasks(&id).await.unwrap();
+    assert_eq!(tasks[1].attempts, 2, "the interrupted attempt counts");
+}
