@@ -52,12 +52,16 @@ impl SshConnector {
             Some(c) => c.clone(),
             None => Arc::new(SshConfig::user_default()?),
         };
-        Ok(SshConnector {
+        Ok(Self::with_config(options, config))
+    }
+
+    pub(crate) fn with_config(options: SshOptions, config: Arc<SshConfig>) -> Self {
+        SshConnector {
             options,
             config,
             local: Arc::new(LocalHost::new()),
             hosts: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// The [`SshHost`] for a remote `spec` (typed, e.g. to call

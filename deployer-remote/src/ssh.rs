@@ -57,6 +57,7 @@ pub struct SshOptions {
     pub(crate) identity_files: Vec<PathBuf>,
     pub(crate) default_identities: bool,
     pub(crate) agent: bool,
+    pub(crate) agent_socket: Option<PathBuf>,
     pub(crate) passphrase: Option<PassphraseCallback>,
     pub(crate) known_hosts: Option<PathBuf>,
     pub(crate) policy: HostKeyPolicy,
@@ -74,6 +75,7 @@ impl fmt::Debug for SshOptions {
             .field("identity_files", &self.identity_files)
             .field("default_identities", &self.default_identities)
             .field("agent", &self.agent)
+            .field("agent_socket", &self.agent_socket)
             .field(
                 "passphrase",
                 &self.passphrase.as_ref().map(|_| "<callback>"),
@@ -103,6 +105,7 @@ impl SshOptions {
             identity_files: Vec::new(),
             default_identities: true,
             agent: true,
+            agent_socket: None,
             passphrase: None,
             known_hosts: None,
             policy: HostKeyPolicy::Strict,
@@ -143,6 +146,12 @@ impl SshOptions {
     /// Whether keys of the ssh-agent at `$SSH_AUTH_SOCK` are tried first (default: true).
     pub fn agent(mut self, yes: bool) -> Self {
         self.agent = yes;
+        self
+    }
+
+    /// The ssh-agent socket to use (default: `$SSH_AUTH_SOCK`).
+    pub fn agent_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.agent_socket = Some(path.into());
         self
     }
 
@@ -353,6 +362,10 @@ struct Conn {
 /// waits a bounded time for the channel to close. Uploads stream the file (or a tar of the
 /// directory) into a temporary path beside the destination whose size is checked before it is
 /// renamed into place; with sudo the same happens as root.
+///
+/// Environment variables of [`ExecOptions::env`] are exported in the command line (sshd
+/// accepts no `env` requests by default), so they are visible to `ps` on the host for the
+/// life of the command: pass secrets on stdin instead.
 ///
 /// ```no_run
 /// use deployer_core::{ExecOptions, RemoteHost};
@@ -661,8 +674,12 @@ async fn authenticate(
         host: name.to_string(),
         source: Some(Box::new(e)),
     };
-    if options.agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        match russh::keys::agent::client::AgentClient::connect_env().await {
+    let agent_socket = options
+        .agent_socket
+        .clone()
+        .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
+    if let Some(socket) = agent_socket.filter(|_| options.agent) {
+        match russh::keys::agent::client::AgentClient::connect_uds(&socket).await {
             Ok(mut agent) => {
                 let identities = agent.request_identities().await.unwrap_or_default();
                 for identity in identities {

@@ -37,7 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::{SshConfig, SshHost, SshOptions};
+use crate::{SshConfig, SshConnector, SshHost, SshOptions};
 
 /// The ordinary user the harness logs in as when it runs as root.
 pub const TEST_USER: &str = "deployer-test";
@@ -448,6 +448,32 @@ impl TestSshd {
             .agent(false)
             .known_hosts_file(self.known_hosts())
             .ssh_config(SshConfig::new())
+    }
+
+    /// An [`SshConnector`] that sends every remote host name (`fe001`, `db1`…) to this
+    /// server as [`user`](Self::user), each name its own host and connection, and
+    /// `HostSpec::local()` to a `LocalHost`: for tests of tasklists that address several
+    /// hosts.
+    ///
+    /// ```no_run
+    /// use deployer_core::{Connector, ExecOptions, HostSpec};
+    /// use deployer_remote::testing::TestSshd;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let sshd = TestSshd::start().unwrap();
+    /// let connector = sshd.connector();
+    /// let fe001 = connector.host(&HostSpec::remote("fe001", None)).await.unwrap();
+    /// assert_eq!(fe001.name(), "fe001");
+    /// fe001.execute("true", &ExecOptions::new()).await.unwrap();
+    /// # });
+    /// ```
+    pub fn connector(&self) -> SshConnector {
+        let config = format!(
+            "Host *\n  HostName {}\n  Port {}\n  User {}\n",
+            self.address, self.port, self.user
+        );
+        let config = Arc::new(SshConfig::parse(&config).unwrap_or_default());
+        SshConnector::with_config(self.options(), config)
     }
 
     /// An [`SshHost`] for this server with [`options`](Self::options), named by its address.

@@ -394,3 +394,110 @@ async fn sudo_that_wants_a_password_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(err, RemoteError::SudoPassword { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn test_connector_maps_every_name_to_the_server() {
+    let sshd = TestSshd::start().unwrap();
+    let connector = sshd.connector();
+    let fe1 = connector
+        .host(&HostSpec::remote("fe001", None))
+        .await
+        .unwrap();
+    let fe2 = connector
+        .host(&HostSpec::remote("fe002", None))
+        .await
+        .unwrap();
+    assert!(!Arc::ptr_eq(&fe1, &fe2));
+    for host in [&fe1, &fe2] {
+        let out = host.execute("whoami", &ExecOptions::new()).await.unwrap();
+        assert_eq!(out.stdout_str().trim(), sshd.user());
+    }
+    assert_eq!(sshd.wait_for_log("Accepted publickey", 2, LOG_WAIT), 2);
+}
+
+#[tokio::test]
+async fn hashed_known_hosts_entries_are_recognised() {
+    let sshd = TestSshd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::copy(sshd.known_hosts(), &known).unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&known)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let hashed = std::fs::read_to_string(&known).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    let options = sshd.options().known_hosts_file(&known);
+    assert_eq!(whoami(&sshd.host_with(options)).await.unwrap(), sshd.user());
+}
+
+/// An `ssh-agent` on a socket in a temp dir, killed on drop.
+struct Agent {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start_with(key: &std::path::Path) -> Agent {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let mut child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It prints the SSH_AUTH_SOCK line once the socket listens.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("SSH_AUTH_SOCK"), "{line}");
+        let added = std::process::Command::new("ssh-add")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{added:?}");
+        Agent {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn keys_of_the_ssh_agent_are_used() {
+    let sshd = TestSshd::start().unwrap();
+    let agent = Agent::start_with(&sshd.client_key());
+    // No key file at all: only the agent can authenticate.
+    let options = SshOptions::new()
+        .user(sshd.user())
+        .port(sshd.port())
+        .default_identities(false)
+        .agent_socket(&agent.socket)
+        .known_hosts_file(sshd.known_hosts())
+        .ssh_config(SshConfig::new());
+    assert_eq!(
+        whoami(&sshd.host_with(options.clone())).await.unwrap(),
+        sshd.user()
+    );
+    let err = whoami(&sshd.host_with(options.agent(false)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+}
