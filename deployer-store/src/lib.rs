@@ -8,8 +8,9 @@
 //! `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs on top of any
 //! store.
 //!
-//! Timestamps are stored as microseconds since the Unix epoch; leases on PostgreSQL use the
-//! server's clock.
+//! Timestamps are stored as microseconds since the Unix epoch (finer parts are dropped); leases
+//! on PostgreSQL use the server's clock. NUL characters in a task's stderr tail or error are
+//! stored as U+FFFD, since PostgreSQL text cannot hold them.
 //!
 //! ```
 //! use std::sync::Arc;

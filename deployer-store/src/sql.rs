@@ -75,9 +75,24 @@ pub(crate) fn duration_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// A lease's length in microseconds, at least 1.
+/// Free-form output (stderr tails, error messages) as stored: NUL characters, which
+/// PostgreSQL text cannot hold, become U+FFFD on every backend alike.
+pub(crate) fn output_text(text: Option<&str>) -> Option<Cow<'_, str>> {
+    text.map(|t| {
+        if t.contains('\0') {
+            Cow::Owned(t.replace('\0', "\u{FFFD}"))
+        } else {
+            Cow::Borrowed(t)
+        }
+    })
+}
+
+/// The longest lease: a century (so "now + ttl" cannot overflow a BIGINT).
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A lease's length in microseconds, at least 1 and at most [`MAX_TTL`].
 pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
-    duration_micros(ttl).max(1)
+    duration_micros(ttl.min(MAX_TTL)).max(1)
 }
 
 fn count<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, StoreError> {
@@ -236,4 +251,40 @@ pub(crate) fn task_record(row: &impl RowExt) -> Result<TaskRecord, StoreError> {
         error: row.opt_text("error")?,
         finish_ts: opt_time(row.opt_int("finish_ts")?, &what)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_in_microseconds() {
+        for t in [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            UNIX_EPOCH - Duration::from_micros(86_400_000_001),
+        ] {
+            assert_eq!(time(micros(t), "t").unwrap(), t);
+        }
+        let nanos = UNIX_EPOCH + Duration::from_nanos(1_500);
+        assert_eq!(micros(nanos), 1, "sub-microsecond parts are dropped");
+        assert!(matches!(
+            time(i64::MIN, "t"),
+            Ok(_) | Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(ttl_micros(Duration::ZERO), 1);
+        assert_eq!(ttl_micros(Duration::MAX), duration_micros(MAX_TTL));
+        assert!(
+            now_micros()
+                .checked_add(ttl_micros(Duration::MAX))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions, expected);
+    }
 }

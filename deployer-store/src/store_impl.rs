@@ -444,8 +444,8 @@ macro_rules! impl_run_store {
                 .bind(task.finished_ts.map(micros))
                 .bind(task.duration.map(duration_micros))
                 .bind(task.exit_status.map(i64::from))
-                .bind(task.stderr_tail.as_deref())
-                .bind(task.error.as_deref())
+                .bind(crate::sql::output_text(task.stderr_tail.as_deref()))
+                .bind(crate::sql::output_text(task.error.as_deref()))
                 .bind(task.finish_ts.map(micros))
                 .execute(&mut *tx)
                 .await

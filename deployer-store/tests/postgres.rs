@@ -197,6 +197,15 @@ async fn a_failed_run_resumes_without_repeating_done_tasks() {
 }
 
 #[tokio::test]
+async fn extreme_values_round_trip() {
+    let server = PgServer::start().await;
+    let store = PostgresStore::connect(&server.database().await)
+        .await
+        .unwrap();
+    common::extreme_values_round_trip(&store).await;
+}
+
+#[tokio::test]
 async fn an_interrupted_run_asks_before_repeating_a_task_then_resumes() {
     let server = PgServer::start().await;
     let url = server.database().await;

@@ -159,6 +159,13 @@ async fn a_failed_run_resumes_without_repeating_done_tasks() {
 }
 
 #[tokio::test]
+async fn extreme_values_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("runs.db")).await.unwrap();
+    common::extreme_values_round_trip(&store).await;
+}
+
+#[tokio::test]
 async fn an_interrupted_run_asks_before_repeating_a_task_then_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("runs.db")).await.unwrap());

@@ -244,3 +244,40 @@ pub async fn an_interrupted_run_asks_then_resumes(store: Arc<dyn RunStore>) {
     let tasks = store.tasks(&id).await.unwrap();
     assert_eq!(tasks[1].attempts, 2, "the interrupted attempt counts");
 }
+
+/// Values at the edges of their types come back as they went in.
+pub async fn extreme_values_round_trip(store: &dyn RunStore) {
+    use deployer_core::fixture::store_contract::sample_run;
+    let new = sample_run("edges");
+    store.create_run(new.clone()).await.unwrap();
+    store.claim(&new.id, "ctl", Duration::MAX).await.unwrap();
+    assert!(
+        store
+            .run(&new.id)
+            .await
+            .unwrap()
+            .is_claimed(std::time::SystemTime::now())
+    );
+    let mut task = TaskRecord::pending(&new.tasks[3]);
+    task.state = TaskState::TimedOut;
+    task.attempts = u32::MAX;
+    task.exit_status = Some(i32::MIN);
+    task.started_ts = Some(std::time::UNIX_EPOCH - Duration::from_secs(86_400));
+    task.finished_ts = Some(std::time::UNIX_EPOCH + Duration::from_secs(4_000_000_000));
+    task.duration = Some(Duration::from_secs(10 * 365 * 86_400));
+    task.stderr_tail = Some("quote ' and \0 nul and émoji 🚀".to_string());
+    task.error = Some(String::new());
+    task.tag = None;
+    task.history_key = "book/step".to_string();
+    store.update_task(&new.id, &task).await.unwrap();
+    let mut expected = task.clone();
+    // NUL, which PostgreSQL text cannot hold, is stored as U+FFFD on every backend.
+    expected.stderr_tail = Some("quote ' and \u{FFFD} nul and émoji 🚀".to_string());
+    assert_eq!(store.tasks(&new.id).await.unwrap()[3], expected);
+    let odd_host = "fe'004; DROP TABLE runs; --";
+    store
+        .set_host_state(&new.id, odd_host, HostState::Added)
+        .await
+        .unwrap();
+    assert_eq!(store.hosts(&new.id).await.unwrap()[2].host, odd_host);
+}
