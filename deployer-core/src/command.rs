@@ -278,7 +278,7 @@ impl fmt::Debug for CommandRegistry {
 /// What a command sees while it runs: its host, its task, and a way to report output.
 pub struct ExecContext {
     pub(crate) host: Arc<dyn RemoteHost>,
-    pub(crate) info: TaskInfo,
+    pub(crate) info: Arc<TaskInfo>,
     pub(crate) task: Arc<Task>,
     pub(crate) attempt: u32,
     pub(crate) output: OutputSink,
@@ -289,7 +289,7 @@ impl ExecContext {
     /// A context for running a command outside the executor (tests, generators that query
     /// hosts). Output lines go to `output`.
     pub fn new(host: Arc<dyn RemoteHost>, task: Task, output: OutputSink) -> Self {
-        let info = TaskInfo {
+        let info = Arc::new(TaskInfo {
             id: crate::events::TaskId {
                 stage: 0,
                 entry: 0,
@@ -298,7 +298,7 @@ impl ExecContext {
             host: task.host_key().to_string(),
             tag: task.tag.clone(),
             command: task.command.clone(),
-        };
+        });
         ExecContext {
             host,
             info,

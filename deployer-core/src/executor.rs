@@ -95,6 +95,7 @@ pub struct RunOptions {
 #[derive(Clone, Debug, Default)]
 pub struct TargetSet {
     removed: Arc<std::sync::RwLock<HashSet<String>>>,
+    any: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TargetSet {
@@ -109,12 +110,16 @@ impl TargetSet {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(host.to_string());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether `host` was removed.
     pub fn is_removed(&self, host: &str) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let removed = self.removed.read().unwrap_or_else(|e| e.into_inner());
-        !removed.is_empty() && removed.contains(host)
+        removed.contains(host)
     }
 }
 
@@ -386,6 +391,7 @@ impl Executor {
             hard: options.cancel.hard.clone(),
             skip: options.skip,
             targets: options.targets,
+            quiet: Arc::new(|_, _: &str| {}),
         });
         let em = &shared.emitter;
         let name = plan.tasklist.name.clone();
@@ -463,6 +469,12 @@ impl Executor {
     }
 }
 
+impl Shared {
+    fn is_skipped(&self, id: TaskId) -> bool {
+        !self.skip.is_empty() && self.skip.contains(&id)
+    }
+}
+
 const REMOVED_REASON: &str = "its host was removed from the targeted set";
 
 struct Shared {
@@ -473,6 +485,8 @@ struct Shared {
     hard: CancellationToken,
     skip: HashSet<TaskId>,
     targets: TargetSet,
+    /// The output sink of tasks when nobody listens.
+    quiet: OutputSink,
 }
 
 struct Emitter {
@@ -565,7 +579,7 @@ impl<'a> JobQueue<'a> {
     ) -> Self {
         let mut pending = vec![VecDeque::new(); stage.hosts.len()];
         for (ei, entry) in stage.entries.iter().enumerate() {
-            let all_done = entry.steps.iter().all(|s| shared.skip.contains(&s.info.id));
+            let all_done = entry.steps.iter().all(|s| shared.is_skipped(s.info.id));
             if all_done && !entry.steps.is_empty() {
                 report.counts.not_run += entry.steps.len();
                 continue;
@@ -611,14 +625,14 @@ impl<'a> JobQueue<'a> {
                         }
                         let entry = self.stage.entries[entry as usize].clone();
                         for step in &entry.steps {
-                            if self.shared.skip.contains(&step.info.id) {
+                            if self.shared.is_skipped(step.info.id) {
                                 continue;
                             }
                             self.report.counts.not_run += 1;
                             self.shared
                                 .emitter
                                 .note(|| EventKind::TaskNotRun {
-                                    task: step.info.clone(),
+                                    task: TaskInfo::clone(&step.info),
                                     reason: REMOVED_REASON.to_string(),
                                 })
                                 .await;
@@ -693,14 +707,14 @@ impl<'a> JobQueue<'a> {
             for &ei in queue {
                 let entry = &self.stage.entries[ei as usize];
                 for step in &entry.steps {
-                    if self.shared.skip.contains(&step.info.id) {
+                    if self.shared.is_skipped(step.info.id) {
                         continue;
                     }
                     self.report.counts.not_run += 1;
                     self.shared
                         .emitter
                         .note(|| EventKind::TaskNotRun {
-                            task: step.info.clone(),
+                            task: TaskInfo::clone(&step.info),
                             reason: reason.to_string(),
                         })
                         .await;
@@ -723,7 +737,7 @@ async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult
         ..Default::default()
     };
     for step in &entry.steps {
-        if shared.skip.contains(&step.info.id) {
+        if shared.is_skipped(step.info.id) {
             continue;
         }
         if shared.targets.is_removed(&step.info.host) {
@@ -731,7 +745,7 @@ async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult
             shared
                 .emitter
                 .note(|| EventKind::TaskNotRun {
-                    task: step.info.clone(),
+                    task: TaskInfo::clone(&step.info),
                     reason: REMOVED_REASON.to_string(),
                 })
                 .await;
@@ -742,7 +756,7 @@ async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult
             shared
                 .emitter
                 .note(|| EventKind::TaskNotRun {
-                    task: step.info.clone(),
+                    task: TaskInfo::clone(&step.info),
                     reason: "an earlier step of its chain failed".to_string(),
                 })
                 .await;
@@ -756,7 +770,7 @@ async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult
                 result.counts.failed += 1;
                 result.success = false;
                 result.failures.push(FailedTask {
-                    task: step.info.clone(),
+                    task: TaskInfo::clone(&step.info),
                     outcome: outcome.clone(),
                     attempts,
                 });
@@ -778,12 +792,14 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
     let started = Instant::now();
     let max_attempts = step.task.retries.unwrap_or(0).saturating_add(1);
     let timeout = step.task.timeout.or(shared.default_timeout);
-    let output: OutputSink = {
+    let output: OutputSink = if shared.emitter.sinks.is_empty() {
+        shared.quiet.clone()
+    } else {
         let em = shared.emitter.clone();
         let info = step.info.clone();
         Arc::new(move |stream, line: &str| {
             em.emit(|| EventKind::TaskOutput {
-                task: info.clone(),
+                task: TaskInfo::clone(&info),
                 stream,
                 line: line.to_string(),
             });
@@ -795,7 +811,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
         let recorded = shared
             .emitter
             .record(|| EventKind::TaskStarted {
-                task: step.info.clone(),
+                task: TaskInfo::clone(&step.info),
                 attempt,
             })
             .await;
@@ -814,7 +830,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
             shared
                 .emitter
                 .note(|| EventKind::TaskFinished {
-                    task: step.info.clone(),
+                    task: TaskInfo::clone(&step.info),
                     outcome: outcome.clone(),
                     duration,
                     attempts: attempt,
@@ -874,7 +890,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                 shared
                     .emitter
                     .note(|| EventKind::TaskFinished {
-                        task: step.info.clone(),
+                        task: TaskInfo::clone(&step.info),
                         outcome: task_outcome.clone(),
                         duration,
                         attempts: attempt,
@@ -890,7 +906,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                     shared
                         .emitter
                         .note(|| EventKind::TaskRetrying {
-                            task: step.info.clone(),
+                            task: TaskInfo::clone(&step.info),
                             attempt,
                             error: outcome.to_string(),
                         })
@@ -914,7 +930,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
                 shared
                     .emitter
                     .note(|| EventKind::TaskFinished {
-                        task: step.info.clone(),
+                        task: TaskInfo::clone(&step.info),
                         outcome: outcome.clone(),
                         duration,
                         attempts: attempt,

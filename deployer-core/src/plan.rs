@@ -48,7 +48,7 @@ pub(crate) struct PlannedEntry {
 pub(crate) struct PlannedTask {
     pub(crate) task: Arc<Task>,
     pub(crate) command: Arc<dyn Command>,
-    pub(crate) info: TaskInfo,
+    pub(crate) info: Arc<TaskInfo>,
     pub(crate) spec: HostSpec,
 }
 
@@ -111,12 +111,12 @@ impl Plan {
                         Ok(command) => steps.push(PlannedTask {
                             task: Arc::new(task.clone()),
                             command: Arc::from(command),
-                            info: TaskInfo {
+                            info: Arc::new(TaskInfo {
                                 id,
                                 host: task.host_key().to_string(),
                                 tag: task.tag.clone(),
                                 command: task.command.clone(),
-                            },
+                            }),
                             spec: match &task.remote_host {
                                 Some(h) => HostSpec::remote(h.clone(), task.remote_user.clone()),
                                 None => HostSpec::local(),
@@ -168,7 +168,7 @@ impl Plan {
             .iter()
             .flat_map(|s| s.entries.iter())
             .flat_map(|e| e.steps.iter())
-            .map(|t| &t.info)
+            .map(|t| &*t.info)
     }
 
     /// Whether the command of task `id` declares itself idempotent; `None` for an unknown id.
