@@ -136,6 +136,9 @@ impl EventSink for Summary {
 struct StageBar {
     bar: ProgressBar,
     in_flight: BTreeMap<String, usize>,
+    /// From the history of past runs: how long the stage should take.
+    estimate: Option<Duration>,
+    started: std::time::Instant,
 }
 
 /// A progress display: one bar per stage with tasks done/total, the hosts in flight, elapsed
@@ -144,6 +147,7 @@ struct StageBar {
 pub struct Progress {
     multi: MultiProgress,
     stages: Mutex<HashMap<usize, StageBar>>,
+    estimates: Vec<Option<Duration>>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -163,7 +167,14 @@ impl Progress {
         Progress {
             multi: MultiProgress::with_draw_target(target),
             stages: Mutex::new(HashMap::new()),
+            estimates: Vec::new(),
         }
+    }
+
+    /// Shows, per stage, the time left according to past runs (see [`stage_estimates`]).
+    pub fn with_estimates(mut self, estimates: Vec<Option<Duration>>) -> Self {
+        self.estimates = estimates;
+        self
     }
 
     /// The message of stage `stage`'s bar (the hosts in flight), for tests.
@@ -180,11 +191,20 @@ impl Progress {
 
     fn update_message(s: &mut StageBar) {
         let hosts: Vec<&str> = s.in_flight.keys().map(String::as_str).collect();
-        let msg = match hosts.len() {
+        let mut msg = match hosts.len() {
             0 => String::new(),
             n if n <= 4 => format!("on {}", hosts.join(", ")),
             n => format!("on {} and {} more", hosts[..3].join(", "), n - 3),
         };
+        if let Some(estimate) = s.estimate {
+            let left = estimate.saturating_sub(s.started.elapsed());
+            let _ = write!(
+                msg,
+                "{}~{}s left by history",
+                if msg.is_empty() { "" } else { "; " },
+                left.as_secs()
+            );
+        }
         s.bar.set_message(msg);
     }
 }
@@ -204,13 +224,14 @@ impl EventSink for Progress {
                 bar.set_style(style);
                 bar.set_prefix(name.clone());
                 bar.enable_steady_tick(Duration::from_millis(200));
-                lock(&self.stages).insert(
-                    *stage,
-                    StageBar {
-                        bar,
-                        in_flight: BTreeMap::new(),
-                    },
-                );
+                let mut stage_bar = StageBar {
+                    bar,
+                    in_flight: BTreeMap::new(),
+                    estimate: self.estimates.get(*stage).copied().flatten(),
+                    started: std::time::Instant::now(),
+                };
+                Self::update_message(&mut stage_bar);
+                lock(&self.stages).insert(*stage, stage_bar);
             }
             EventKind::TaskStarted { task, attempt: 1 } => {
                 if let Some(s) = lock(&self.stages).get_mut(&task.id.stage) {
@@ -256,6 +277,42 @@ impl EventSink for Progress {
             _ => {}
         }
     }
+}
+
+/// Per stage, how long it should take according to past runs: the average duration of each
+/// task's command (from [`RunStore::average_duration`](deployer_core::RunStore::average_duration))
+/// summed and spread over the stage's concurrency; `None` when a command has no history.
+///
+/// ```
+/// use deployer_core::{Stage, Task, Tasklist};
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+///
+/// let t = Tasklist::new("t").stage(Stage::new("s", 2).tasks(vec![
+///     Task::new("upload"), Task::new("upload"), Task::new("upload"), Task::new("upload"),
+/// ]));
+/// let history = HashMap::from([("upload".to_string(), Duration::from_secs(3))]);
+/// let est = deployer_examples::report::stage_estimates(&t, &history);
+/// assert_eq!(est, [Some(Duration::from_secs(6))]);
+/// ```
+pub fn stage_estimates(
+    tasklist: &Tasklist,
+    history: &HashMap<String, Duration>,
+) -> Vec<Option<Duration>> {
+    tasklist
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut total = Duration::ZERO;
+            for entry in &stage.tasks {
+                for task in entry.tasks() {
+                    total += *history.get(&task.command)?;
+                }
+            }
+            let lanes = stage.concurrency.min(stage.tasks.len()).max(1) as u32;
+            Some(total / lanes)
+        })
+        .collect()
 }
 
 fn dot_escape(s: &str) -> String {
@@ -528,7 +585,10 @@ mod tests {
             Task::new("ok").on("fe003"),
         ]));
         let plan = Plan::build(&t, &registry).unwrap();
-        let progress = Arc::new(Progress::with_target(ProgressDrawTarget::hidden()));
+        let progress = Arc::new(
+            Progress::with_target(ProgressDrawTarget::hidden())
+                .with_estimates(vec![Some(Duration::from_secs(3600))]),
+        );
         let summary = Arc::new(Summary::new());
         let log = Arc::new(EventLog::new());
         let report = Executor::new(Arc::new(FakeConnector::new()))
@@ -562,5 +622,47 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("stderr: disk full"), "{table}");
+    }
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+    use deployer_core::{Stage, Task};
+
+    #[test]
+    fn a_stage_message_shows_the_time_left_by_history() {
+        let progress = Progress::with_target(ProgressDrawTarget::hidden())
+            .with_estimates(vec![None, Some(Duration::from_secs(120))]);
+        let event = |kind| Event {
+            timestamp: std::time::SystemTime::now(),
+            elapsed: Duration::ZERO,
+            kind,
+        };
+        for stage in [0, 1] {
+            progress.event(&event(EventKind::StageStarted {
+                stage,
+                name: format!("s{stage}"),
+                tasks: 2,
+                concurrency: 1,
+                concurrency_per_host: None,
+            }));
+        }
+        assert_eq!(progress.message(0).as_deref(), Some(""));
+        let msg = progress.message(1).unwrap();
+        assert!(msg.ends_with("s left by history"), "{msg}");
+        assert!(msg.starts_with("~119") || msg.starts_with("~120"), "{msg}");
+    }
+
+    #[test]
+    fn estimates_need_history_for_every_command() {
+        let t = Tasklist::new("t")
+            .stage(Stage::new("a", 10).tasks(vec![Task::new("x"), Task::new("x")]))
+            .stage(Stage::new("b", 1).tasks(vec![Task::new("x"), Task::new("unknown")]));
+        let history = HashMap::from([("x".to_string(), Duration::from_secs(4))]);
+        assert_eq!(
+            stage_estimates(&t, &history),
+            [Some(Duration::from_secs(4)), None]
+        );
     }
 }

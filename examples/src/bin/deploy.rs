@@ -25,7 +25,9 @@ use deployer_core::{
 };
 use deployer_core::{ResumeOptions, RunId, Runs, RunsError, StoreError};
 use deployer_examples::release::ReleaseGenerator;
-use deployer_examples::report::{JsonLines, Progress, Summary, render_run, render_runs, to_dot};
+use deployer_examples::report::{
+    JsonLines, Progress, Summary, render_run, render_runs, stage_estimates, to_dot,
+};
 use deployer_examples::{test_command, test_generator};
 use deployer_remote::{HostKeyPolicy, SshConfig, SshConnector, SshOptions};
 use deployer_store::StoreUrl;
@@ -404,7 +406,13 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
     };
     let id = runs.create(&plan, &source, &whoami()).await?;
     eprintln!("run {id}");
-    let executor = executor_for(&cli, connector, progress);
+    let history = history(&runs, &tasklist).await;
+    let executor = executor_for(
+        &cli,
+        connector,
+        progress,
+        stage_estimates(&tasklist, &history),
+    );
     let report = drive(executor, &cli, |e, options| {
         let runs = runs.clone();
         let id = id.clone();
@@ -416,6 +424,24 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
         eprintln!("resume with: deploy runs resume {id}");
     }
     Ok(report.succeeded())
+}
+
+/// Average past durations of the plan's commands, for the progress display's estimates.
+async fn history(runs: &Runs, tasklist: &Tasklist) -> std::collections::HashMap<String, Duration> {
+    let mut out = std::collections::HashMap::new();
+    for stage in &tasklist.stages {
+        for entry in &stage.tasks {
+            for task in entry.tasks() {
+                if out.contains_key(&task.command) {
+                    continue;
+                }
+                if let Ok(Some(d)) = runs.store().average_duration(&task.command).await {
+                    out.insert(task.command.clone(), d);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn whoami() -> String {
@@ -450,6 +476,7 @@ fn executor_for(
     cli: &Cli,
     connector: Arc<dyn Connector>,
     progress: bool,
+    estimates: Vec<Option<Duration>>,
 ) -> (Executor, Arc<Summary>) {
     let mut executor = Executor::new(connector)
         .max_concurrency(cli.parallel.map(|p| p as usize))
@@ -460,7 +487,7 @@ fn executor_for(
         Output::Text => {
             executor = executor.sink(summary.clone());
             if progress {
-                executor = executor.sink(Progress::stderr());
+                executor = executor.sink(Progress::stderr().with_estimates(estimates));
             } else {
                 executor = executor.sink(TracingSink);
             }
@@ -539,7 +566,9 @@ async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, Bad
             let connector: Arc<dyn Connector> =
                 Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
             let (_, commands) = registries();
-            let executor = executor_for(cli, connector, progress);
+            let history = history(&runs, &record.tasklist).await;
+            let estimates = stage_estimates(&record.tasklist, &history);
+            let executor = executor_for(cli, connector, progress, estimates);
             eprintln!("resuming run {id} ({})", record.name);
             let resume = ResumeOptions { force: *force };
             let wait = *wait;
