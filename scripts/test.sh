@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need when it is missing:
-# the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports) and PostgreSQL
+# the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, and PostgreSQL
 # (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+# sudo: the tests of sudo uploads and commands log in as a user with passwordless sudo.
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
