@@ -74,6 +74,7 @@ mod executor;
 mod generator;
 mod host;
 mod log;
+mod model;
 mod plan;
 mod recorder;
 mod runs;
@@ -100,6 +101,16 @@ pub use host::{
     tail_lines,
 };
 pub use log::{LogFormat, TracingSink};
+pub use model::{
+    BookSlots, BranchRef, BranchView, Catalog, CatalogData, CatalogError, CatalogStore, Cluster,
+    ClusterState, ClusterView, CurlChecker, DEFAULT_MONITOR_LOG_SECONDS, DataType, DataUsage,
+    Datasource, DatasourceView, Deployment, DeploymentGroup, DeploymentRef, DeploymentSettings,
+    DeploymentView, GroupView, HttpCheck, HttpChecker, HttpResponse, Image, ImageRef, ImageView,
+    LifecycleAction, LifecycleRequest, MAX_SLUG_LEN, Member, MemoryCatalog, Monitor, MonitorCheck,
+    MonitorLogEntry, MonitorRunner, MonitorState, MonitorStatus, Namespace, Permission, Project,
+    ProjectView, REDACTED, Repository, Role, Scope, ScopeConfig, Secret, Slug, StoredCatalog,
+    Target, Thresholds, Trigger, monitor_key, monitor_state,
+};
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use runs::{
