@@ -1,6 +1,7 @@
 //! Durable run stores for `deployer`: [`SqliteStore`] (one file, the embedded default) and
 //! [`PostgresStore`] (a server shared by several controllers), both implementing
-//! [`deployer_core::RunStore`].
+//! [`deployer_core::RunStore`] and [`deployer_core::CatalogStore`] (the object model, in table
+//! `catalog`, with monitor logs in `monitor_log`).
 //!
 //! A store keeps each run's record (with a full copy of its tasklist), per-host state and
 //! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`) whose schema is migrated
@@ -32,6 +33,7 @@
 #[macro_use]
 mod store_impl;
 
+mod catalog;
 mod errors;
 mod postgres;
 mod sql;
@@ -42,4 +44,4 @@ pub use errors::UrlError;
 pub use postgres::PostgresStore;
 pub use sql::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
-pub use url::{DEFAULT_STORE_URL, StoreUrl, open};
+pub use url::{DEFAULT_STORE_URL, StoreUrl, open, open_catalog};

@@ -34,7 +34,7 @@ use crate::url::redact;
 /// ```
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     location: String,
 }
 

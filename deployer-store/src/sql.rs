@@ -15,14 +15,21 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::errors::corrupt;
 
 /// The schema's migrations, in order. Append only: an applied migration never changes.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "runs, run hosts and run tasks",
-    include_str!("../migrations/0001_runs.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "runs, run hosts and run tasks",
+        include_str!("../migrations/0001_runs.sql"),
+    ),
+    (
+        2,
+        "the catalog (object model) and monitor logs",
+        include_str!("../migrations/0002_catalog.sql"),
+    ),
+];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {

@@ -31,7 +31,7 @@ use crate::errors::{backend, migrate};
 /// ```
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     location: String,
 }
 

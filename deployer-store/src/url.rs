@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use deployer_core::{RunStore, StoreError};
+use deployer_core::{CatalogStore, RunStore, StoreError};
 
 use crate::errors::UrlError;
 use crate::{PostgresStore, SqliteStore};
@@ -43,6 +43,18 @@ pub enum StoreUrl {
 impl StoreUrl {
     /// Opens the store (creating or migrating it as needed).
     pub async fn open(&self) -> Result<Arc<dyn RunStore>, StoreError> {
+        Ok(match self {
+            StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            StoreUrl::SqliteMemory => Arc::new(SqliteStore::memory().await?),
+            StoreUrl::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        })
+    }
+}
+
+impl StoreUrl {
+    /// Opens the store as a [`CatalogStore`] (the object model lives in the same database as
+    /// the runs).
+    pub async fn open_catalog(&self) -> Result<Arc<dyn CatalogStore>, StoreError> {
         Ok(match self {
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
             StoreUrl::SqliteMemory => Arc::new(SqliteStore::memory().await?),
@@ -120,6 +132,22 @@ pub async fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
         source: Box::new(e),
     })?;
     parsed.open().await
+}
+
+/// Opens the catalog store at `url` (see [`StoreUrl`]).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = deployer_store::open_catalog("sqlite::memory:").await.unwrap();
+/// assert_eq!(store.load_catalog().await.unwrap().revision, 0);
+/// # });
+/// ```
+pub async fn open_catalog(url: &str) -> Result<Arc<dyn CatalogStore>, StoreError> {
+    let parsed: StoreUrl = url.parse().map_err(|e: UrlError| StoreError::Backend {
+        message: format!("failed to open the catalog store at {}", redact(url)),
+        source: Box::new(e),
+    })?;
+    parsed.open_catalog().await
 }
 
 /// `url` with the password of its user info and any `password=` parameter replaced by `***`.

@@ -17,7 +17,7 @@ use super::slug::Slug;
 use super::store::{CatalogStore, MemoryCatalog};
 
 /// How many times a change is tried when other writers keep saving in between.
-const ATTEMPTS: u32 = 8;
+const ATTEMPTS: u32 = 32;
 
 /// The object model behind a [`CatalogStore`]: every call names the acting user and is refused
 /// with [`CatalogError::Forbidden`] when their role does not allow it (see [`Role`]).
