@@ -1,0 +1,230 @@
+//! The `catalog` program, run as a user runs it: loading the example catalog, what each user
+//! sees, triggering as allowed and refused users, publishing, exit codes and messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog.yaml")
+}
+
+fn catalog(file: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .env_remove("DEPLOYER_CATALOG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn the_example_catalog_is_valid() {
+    let out = catalog(&example(), &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Catalog ok\n");
+}
+
+#[test]
+fn show_lists_what_the_user_may_see() {
+    let out = catalog(&example(), &["show", "--as", "bob"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("project shop (Shop) owner alice namespace ns-9a2f3b5c6d7e8f90"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "deployment shop/prod scope=production clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup]"
+        ),
+        "{shown}"
+    );
+    let out = catalog(&example(), &["show", "--as", "mallory"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "(no project visible)\n");
+    let out = catalog(&example(), &["show", "--as", "alice", "--json"]);
+    assert_eq!(json(&out)[0]["slug"], "shop");
+    assert!(!text(&out.stdout).contains("wJalrXUtnFEMI"));
+}
+
+#[test]
+fn a_developer_triggers_an_action_and_gets_the_request_for_the_books_engine() {
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/prod", "deploy", "--as", "alice"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("would hand to the books engine: deploy of shop/prod with book \"deploy\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let requests = json(&out);
+    let request = &requests[0];
+    assert_eq!(request["action"], "deploy");
+    assert_eq!(request["book"], "deploy");
+    assert_eq!(request["deployment"]["project"], "shop");
+    assert_eq!(
+        request["triggered_by"],
+        serde_json::json!({"kind": "user", "user": "alice"})
+    );
+    let scope = &request["scope"];
+    assert_eq!(scope["deployment"]["subdomain"], "www");
+    assert_eq!(scope["deployment"]["image"]["version"], "1.4.2");
+    assert_eq!(scope["backup_datasource"]["bucket"], "shop-backups");
+    assert_eq!(scope["backup_datasource"]["connection"], "***");
+    assert!(
+        !text(&out.stdout).contains("wJalrXUtnFEMI"),
+        "the secret never shows"
+    );
+
+    // carol develops the web group through a group override.
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/staging", "backup", "--as", "carol"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out)[0]["book"], "backup");
+}
+
+#[test]
+fn a_read_only_user_is_refused_with_exit_code_2() {
+    for (user, role) in [("bob", "user"), ("dave", "user")] {
+        let out = catalog(
+            &example(),
+            &["trigger", "shop/prod", "deploy", "--as", user],
+        );
+        assert_eq!(out.status.code(), Some(2), "{user}");
+        assert!(out.stdout.is_empty(), "no request is printed");
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "error: user \"{user}\" may not trigger actions on deployment shop/prod: \
+                 their role there is {role} (needs role developer or admin)\n"
+            )
+        );
+    }
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/prod", "deploy", "--as", "mallory"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("they have no role there"),
+        "{}",
+        text(&out.stderr)
+    );
+    // dave is a developer everywhere but prod.
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/staging", "deploy", "--as", "dave"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn publishing_an_image_requests_a_deploy_of_subscribers() {
+    let out = catalog(
+        &example(),
+        &["publish", "shop-app/app", "1.5.0", "--as", "root"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let requests = json(&out);
+    let requests = requests.as_array().unwrap();
+    assert_eq!(requests.len(), 1, "only prod subscribes");
+    assert_eq!(requests[0]["deployment"]["deployment"], "prod");
+    assert_eq!(requests[0]["triggered_by"]["kind"], "image_published");
+    assert_eq!(
+        requests[0]["scope"]["deployment"]["image"]["version"],
+        "1.5.0"
+    );
+    let out = catalog(
+        &example(),
+        &["publish", "shop-app/app", "1.5.0", "--as", "alice"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a shared repository needs a catalog admin"
+    );
+}
+
+#[test]
+fn scope_prints_what_books_see() {
+    let out = catalog(&example(), &["scope", "shop/staging", "--as", "bob"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let scope = json(&out);
+    assert_eq!(
+        scope["deployment"]["subdomain"], "",
+        "unset fields are empty"
+    );
+    assert_eq!(scope["deployment"]["branch"]["branch"], "develop");
+    assert_eq!(scope["cluster"]["hosts"][0], "fe001.example.com");
+    assert_eq!(
+        scope["deployment"]["resource_prefix"],
+        "ns-9a2f3b5c6d7e8f90-staging"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "projects: [{slug: Shop, owner: a}]\n",
+            &["check"],
+            "\"Shop\" is not a valid slug: 'S' is not allowed",
+        ),
+        (
+            "projects:\n  - {slug: shop, owner: a}\n  - {slug: shop, owner: b}\n",
+            &["check"],
+            "error: duplicate project \"shop\" in the catalog",
+        ),
+        (
+            "projects:\n  - slug: shop\n    owner: a\n    groups:\n      - {slug: web, group_type: odoo, clusters: [eu-9]}\n",
+            &["check"],
+            "error: group shop/web: clusters refers to cluster \"eu-9\", which does not exist (there are none)",
+        ),
+        (
+            "projects: [{slug: shop, owner: a}]\n",
+            &["trigger", "shop/prod", "deploy", "--as", "a"],
+            "error: no deployment \"shop/prod\"",
+        ),
+        (
+            "projects: [{slug: shop, owner: a}]\n",
+            &["trigger", "shop", "deploy", "--as", "a"],
+            "error: deployment \"shop\": expected PROJECT/DEPLOYMENT",
+        ),
+    ];
+    for (i, (yaml, args, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let out = catalog(&file, args);
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{yaml}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = catalog(&dir.path().join("missing.yaml"), &["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read it"),
+        "{}",
+        text(&out.stderr)
+    );
+}
