@@ -228,3 +228,102 @@ fn bad_input_exits_2_with_a_clear_message() {
         text(&out.stderr)
     );
 }
+
+/// A one-thread HTTP server on 127.0.0.1 answering each connection with the next of `replies`
+/// (status, body), then closing; returns its URL.
+fn http_server(replies: Vec<(u16, &'static str)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (status, body) in replies {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            // Read the request head.
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn monitors_check_a_real_http_server_with_curl() {
+    use deployer_core::*;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let url = http_server(vec![(200, "hello shop"), (503, "down"), (200, "hello")]);
+    let yaml = format!(
+        r#"
+projects:
+  - slug: shop
+    owner: alice
+    users: [{{user: alice, role: admin}}]
+    groups:
+      - slug: web
+        group_type: odoo
+        deployments:
+          - slug: prod
+            monitors:
+              - slug: health
+                interval_seconds: 10
+                check: {{type: http_request, url: "{url}", body_contains: shop}}
+          - slug: down
+            monitors:
+              - slug: health
+                check: {{type: http_request, url: "http://127.0.0.1:1/", timeout_seconds: 5}}
+"#
+    );
+    let data = CatalogData::from_yaml_str(&yaml, "monitors.yaml").unwrap();
+    let store = Arc::new(MemoryCatalog::with(data));
+    let checker = Arc::new(CurlChecker::new(
+        Arc::new(deployer_remote::LocalHost::new()),
+    ));
+    let runner = MonitorRunner::new(store.clone(), checker);
+    let t0 = SystemTime::now();
+    let state = |statuses: &[MonitorStatus], d: &str| {
+        let s = statuses
+            .iter()
+            .find(|s| s.deployment.deployment == d)
+            .unwrap();
+        (s.state, s.last.as_ref().unwrap().message.clone())
+    };
+
+    let first = runner.run_due(t0).await.unwrap();
+    assert_eq!(state(&first, "prod"), (MonitorState::Ok, String::new()));
+    let (down, message) = state(&first, "down");
+    assert_eq!(down, MonitorState::Warning, "one failure");
+    assert!(message.contains("curl"), "{message}");
+
+    let second = runner.run_due(t0 + Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        state(&second, "prod"),
+        (
+            MonitorState::Warning,
+            "status 503, expected 200".to_string()
+        )
+    );
+    let third = runner.run_due(t0 + Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        state(&third, "prod"),
+        (
+            MonitorState::Warning,
+            "the body does not contain \"shop\"".to_string()
+        ),
+        "two failures in a row"
+    );
+    let log = store.monitor_log("shop/prod/health", 10).await.unwrap();
+    let statuses: Vec<Option<u16>> = log.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [Some(200), Some(503), Some(200)], "newest first");
+}

@@ -259,6 +259,58 @@ impl Catalog {
         .await
     }
 
+    /// Changes a project with `edit` (project admins): its name, owner, users, groups with their
+    /// scopes, defaults, cluster links and deployments. The slug and the namespace cannot
+    /// change (remote resources are named after them).
+    pub async fn edit_project(
+        &self,
+        actor: &str,
+        project: &Slug,
+        mut edit: impl FnMut(&mut Project),
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.project(project.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(project.clone()),
+            )?;
+            let p = data.project_mut(project.as_str())?;
+            let (slug, namespace) = (p.slug.clone(), p.namespace.clone());
+            edit(p);
+            if p.slug != slug || p.namespace != namespace {
+                return Err(CatalogError::Invalid {
+                    what: format!("project {project}"),
+                    message: "its slug and namespace cannot change".to_string(),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a group's defaults, which its deployments inherit (developers and admins of the
+    /// group).
+    pub async fn update_group_defaults(
+        &self,
+        actor: &str,
+        project: &Slug,
+        group: &Slug,
+        defaults: DeploymentSettings,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.group(project.as_str(), group.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Group(project.clone(), group.clone()),
+            )?;
+            data.group_mut(project.as_str(), group.as_str())?.defaults = defaults.clone();
+            Ok(())
+        })
+        .await
+    }
+
     /// Adds a deployment to a group (developers and admins of the group).
     pub async fn create_deployment(
         &self,

@@ -7,7 +7,8 @@ use super::cluster::Cluster;
 use super::data::CatalogData;
 use super::datasource::Datasource;
 use super::error::CatalogError;
-use super::hierarchy::{BookSlots, DeploymentRef, Namespace};
+use super::hierarchy::{DeploymentRef, Namespace};
+use super::lifecycle::LifecycleAction;
 
 /// Everything a book may read about one deployment, resolved: its project, its group, the
 /// deployment with inherited fields filled in, its scope settings, clusters and datasources.
@@ -31,7 +32,9 @@ use super::hierarchy::{BookSlots, DeploymentRef, Namespace};
 ///                  "image": {"repository": "shop-app", "image": "app",
 ///                            "name": "registry.example.com/shop/app", "version": "1.4.2"},
 ///                  "subscribe_image": true,
-///                  "books": {"deploy": "deploy", "pause": "pause"},
+///                  "books": {"general": "", "deploy": "deploy", "pause": "pause",
+///                            "backup": "backup", "restore": "", "sync_ingress": "",
+///                            "upgrade": "", "drop": "", "config_scope": ""},
 ///                  "values": {"workers": 4},
 ///                  "resource_prefix": "ns-9a2f3b5c6d7e8f90-prod",
 ///                  "remote_dir": "ns-9a2f3b5c6d7e8f90/prod"},
@@ -167,7 +170,9 @@ pub struct DeploymentView {
     pub branch: Option<BranchView>,
     pub image: Option<ImageView>,
     pub subscribe_image: bool,
-    pub books: BookSlots,
+    /// The book of every lifecycle slot, by action (`general`, `deploy`, `pause`, `backup`,
+    /// `restore`, `sync_ingress`, `upgrade`, `drop`, `config_scope`), `""` when unset.
+    pub books: IndexMap<String, String>,
     pub values: IndexMap<String, serde_json::Value>,
     /// Prefix of resource names built for it ([`Scope::resource_name`]).
     pub resource_prefix: String,
@@ -319,7 +324,13 @@ impl Scope {
                 branch,
                 image,
                 subscribe_image: s.subscribe_image.unwrap_or(false),
-                books: s.books.clone(),
+                books: LifecycleAction::ALL
+                    .iter()
+                    .map(|a| {
+                        let book = s.books.get(*a).unwrap_or_default();
+                        (a.as_str().to_string(), book.to_string())
+                    })
+                    .collect(),
                 values: s.values.clone(),
                 resource_prefix: resource_prefix(&project.namespace, deployment.slug.as_str()),
                 remote_dir: format!("{ns}/{}", deployment.slug),

@@ -178,6 +178,104 @@ fn deployments_inherit_their_groups_fields() {
 }
 
 #[test]
+fn the_scope_has_every_key_always() {
+    let data = sample_catalog();
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    // preview: no scope, no own settings, no datasources; prod: everything set.
+    for r in ["shop/prod", "shop/preview", "blog/www"] {
+        let scope = Scope::build(&data, &dep(r)).unwrap().to_json();
+        assert_eq!(
+            keys(&scope),
+            [
+                "project",
+                "deployment_group",
+                "deployment",
+                "scope",
+                "cluster",
+                "clusters",
+                "datasources",
+                "backup_datasource"
+            ],
+            "{r}"
+        );
+        assert_eq!(
+            keys(&scope["project"]),
+            ["slug", "name", "owner", "namespace", "namespace_uid"]
+        );
+        assert_eq!(
+            keys(&scope["deployment_group"]),
+            ["slug", "name", "group_type", "clusters"]
+        );
+        assert_eq!(
+            keys(&scope["deployment"]),
+            [
+                "slug",
+                "name",
+                "ref",
+                "group",
+                "project",
+                "namespace",
+                "deployment_type",
+                "scope",
+                "subdomain",
+                "domain",
+                "branch",
+                "image",
+                "subscribe_image",
+                "books",
+                "values",
+                "resource_prefix",
+                "remote_dir"
+            ],
+            "{r}"
+        );
+        assert_eq!(
+            keys(&scope["deployment"]["books"]),
+            LifecycleAction::ALL.map(|a| a.as_str().to_string()),
+            "{r}"
+        );
+    }
+    let www = Scope::build(&data, &dep("blog/www")).unwrap().to_json();
+    assert_eq!(www["deployment"]["books"]["deploy"], "deploy-blog");
+    assert_eq!(www["deployment"]["books"]["pause"], "");
+    assert!(www["scope"].is_null() && www["backup_datasource"].is_null());
+    let prod = Scope::build(&data, &dep("shop/prod")).unwrap().to_json();
+    assert_eq!(
+        keys(&prod["scope"]),
+        [
+            "slug",
+            "production",
+            "monitor_log_delete_after_seconds",
+            "backup_datasource",
+            "datasources",
+            "clusters",
+            "values"
+        ]
+    );
+    assert_eq!(
+        keys(&prod["cluster"]),
+        ["uid", "name", "slug", "state", "hosts", "endpoint"]
+    );
+    assert_eq!(
+        keys(&prod["backup_datasource"]),
+        [
+            "slug",
+            "data_type",
+            "usage",
+            "bucket",
+            "endpoint",
+            "region",
+            "connection"
+        ]
+    );
+    // A scope round-trips through JSON (a job can snapshot it).
+    let scope = Scope::build(&data, &dep("shop/prod")).unwrap();
+    let back: Scope = serde_json::from_value(scope.to_json()).unwrap();
+    assert_eq!(back, scope);
+}
+
+#[test]
 fn namespaces_keep_projects_apart() {
     // Two projects with the same group and deployment slugs.
     let yaml = r#"
@@ -447,6 +545,55 @@ async fn creating_objects_validates_them() {
 }
 
 #[tokio::test]
+async fn editing_a_project_keeps_its_identity_and_validates() {
+    let catalog = catalog();
+    let shop = slug("shop");
+    let err = catalog
+        .edit_project("alice", &shop, |p| p.namespace = Namespace::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "project shop: its slug and namespace cannot change"
+    );
+    let err = catalog
+        .edit_project("alice", &shop, |p| {
+            p.groups[0].clusters.push(slug("mars-1"))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("refers to cluster \"mars-1\""),
+        "{err}"
+    );
+    catalog
+        .edit_project("alice", &shop, |p| {
+            p.groups[0].scopes.retain(|s| s.slug != "staging")
+        })
+        .await
+        .expect_err("staging is still used by a deployment");
+    // Group defaults reach every deployment that does not set the field itself.
+    let defaults = DeploymentSettings {
+        domain: Some("example.org".to_string()),
+        subdomain: Some("default".to_string()),
+        ..sample_catalog()
+            .group("shop", "web")
+            .unwrap()
+            .defaults
+            .clone()
+    };
+    catalog
+        .update_group_defaults("dave", &shop, &slug("web"), defaults)
+        .await
+        .unwrap();
+    let prod = catalog.scope("bob", &dep("shop/prod")).await.unwrap();
+    let staging = catalog.scope("bob", &dep("shop/staging")).await.unwrap();
+    assert_eq!(prod.deployment.domain, "example.org");
+    assert_eq!(prod.deployment.subdomain, "www", "prod sets its own");
+    assert_eq!(staging.deployment.subdomain, "default");
+}
+
+#[tokio::test]
 async fn concurrent_changes_are_all_kept() {
     let catalog = catalog();
     let mut tasks = Vec::new();
@@ -545,6 +692,27 @@ async fn run_op(
                 .create_deployment(actor, &shop, &web, Deployment::new(slug("qa")))
                 .await
         }
+        "update group defaults" => {
+            let defaults = DeploymentSettings {
+                domain: Some("example.org".to_string()),
+                ..sample_catalog()
+                    .group("shop", "web")
+                    .unwrap()
+                    .defaults
+                    .clone()
+            };
+            catalog
+                .update_group_defaults(actor, &shop, &web, defaults)
+                .await
+        }
+        "edit project" => {
+            catalog
+                .edit_project(actor, &shop, |p| {
+                    p.groups[0].scopes[1].production = true;
+                    p.name = "The Shop".to_string();
+                })
+                .await
+        }
         "set project role" => {
             catalog
                 .set_project_role(actor, &shop, "frank", Some(Role::User))
@@ -612,6 +780,8 @@ const OPS: &[(&str, Level, Needs)] = &[
     ("add monitor", Level::Deployment, Needs::Manage),
     ("link cluster", Level::Deployment, Needs::Manage),
     ("create deployment", Level::Group, Needs::Manage),
+    ("update group defaults", Level::Group, Needs::Manage),
+    ("edit project", Level::Project, Needs::ProjectAdmin),
     ("set project role", Level::Project, Needs::ProjectAdmin),
     ("create group", Level::Project, Needs::ProjectAdmin),
     ("set group role", Level::Project, Needs::ProjectAdmin),
