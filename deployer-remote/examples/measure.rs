@@ -28,6 +28,9 @@ fn ssh_base(sshd: &TestSshd) -> Vec<String> {
         "BatchMode=yes".into(),
         "-o".into(),
         "IdentitiesOnly=yes".into(),
+        // Debian's client config turns GSSAPI on, which costs a Kerberos lookup per connection.
+        "-o".into(),
+        "GSSAPIAuthentication=no".into(),
     ]
 }
 
@@ -58,7 +61,12 @@ async fn main() {
 
     // 1. SshHost, one connection.
     let host = sshd.host();
+    let start = Instant::now();
     host.connect().await.expect("connect");
+    report(
+        "SshHost: connect (TCP, key exchange, auth)",
+        start.elapsed(),
+    );
     let start = Instant::now();
     for _ in 0..100 {
         let out = host.execute("true", &ExecOptions::new()).await.unwrap();
@@ -69,17 +77,20 @@ async fn main() {
         start.elapsed(),
     );
 
-    // 2. Plain ssh, a connection per command.
+    // 2. Plain ssh, a connection per command (MEASURE_QUICK=1 skips this slow part).
+    let quick = std::env::var_os("MEASURE_QUICK").is_some();
     let start = Instant::now();
-    for _ in 0..100 {
-        run(Command::new("ssh")
-            .args(ssh_base(&sshd))
-            .args(["-p", &port, &dest, "true"]));
+    if !quick {
+        for _ in 0..100 {
+            run(Command::new("ssh")
+                .args(ssh_base(&sshd))
+                .args(["-p", &port, &dest, "true"]));
+        }
+        report(
+            "ssh: 100 sequential `true`, a connection each",
+            start.elapsed(),
+        );
     }
-    report(
-        "ssh: 100 sequential `true`, a connection each",
-        start.elapsed(),
-    );
 
     // ... and multiplexed over one ControlMaster connection.
     let sock = sshd.dir().join("cm.sock");
@@ -115,27 +126,39 @@ async fn main() {
         .trim()
         .to_string();
     let target = format!("{remote_dir}/payload.bin");
-    let start = Instant::now();
-    host.put(&file, &target, &PutOptions::default())
-        .await
-        .unwrap();
-    report("SshHost::put: 100 MiB file", start.elapsed());
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        host.put(&file, &target, &PutOptions::default())
+            .await
+            .unwrap();
+        best = best.min(start.elapsed());
+    }
+    report("SshHost::put: 100 MiB file (best of 3)", best);
     check(&host, &target, &file).await;
 
-    let start = Instant::now();
-    run(Command::new("scp")
-        .args(ssh_base(&sshd))
-        .args(["-q", "-P", &port])
-        .arg(&file)
-        .arg(format!("{dest}:{target}.scp")));
-    report("scp (SFTP protocol): 100 MiB file", start.elapsed());
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run(Command::new("scp")
+            .args(ssh_base(&sshd))
+            .args(["-q", "-P", &port])
+            .arg(&file)
+            .arg(format!("{dest}:{target}.scp")));
+        best = best.min(start.elapsed());
+    }
+    report("scp (SFTP protocol): 100 MiB file (best of 3)", best);
 
-    let start = Instant::now();
-    run(Command::new("ssh")
-        .args(ssh_base(&sshd))
-        .args(["-p", &port, &dest, &format!("cat > {target}.cat")])
-        .stdin(std::fs::File::open(&file).unwrap()));
-    report("ssh 'cat > file' < file: 100 MiB", start.elapsed());
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run(Command::new("ssh")
+            .args(ssh_base(&sshd))
+            .args(["-p", &port, &dest, &format!("cat > {target}.cat")])
+            .stdin(std::fs::File::open(&file).unwrap()));
+        best = best.min(start.elapsed());
+    }
+    report("ssh 'cat > file' < file: 100 MiB (best of 3)", best);
 
     let _ = host
         .execute(&format!("rm -rf {remote_dir}"), &ExecOptions::new())

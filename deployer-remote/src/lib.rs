@@ -46,24 +46,28 @@
 //!
 //! # Performance (measured)
 //!
-//! Loopback, 2-core CI-class machine shared with other builds (load average ~5 during the
-//! runs, so expect ±30 %), OpenSSH 9.2 server (Debian 12), russh 0.65 with `ring`, login user
-//! with default dotfiles. Three runs of
+//! Loopback on a 2-core CI-class machine that was shared with other builds while measuring
+//! (load average 2–6, so single runs vary by up to 2×); OpenSSH 9.2 server and client
+//! (Debian 12), russh 0.65 with `ring`, login user `deployer-test` with default dotfiles.
+//! Figures are the range over four runs of
 //! `cargo run --release -p deployer-remote --features test-fixture --example measure`
-//! (`examples/measure.rs`: a `TestSshd`, then each line below timed with `Instant`):
+//! (`examples/measure.rs`: starts a `TestSshd`, times each line with `Instant`; uploads are the
+//! best of 3 within a run; plain `ssh` runs with `BatchMode`, `IdentitiesOnly` and GSSAPI off):
 //!
 //! | what | time |
 //! |---|---|
-//! | `SshHost`: 100 sequential `true` on one (already open) connection | 0.51–0.59 s (~5 ms each) |
-//! | plain `ssh host true` × 100, a new connection each | 25–29 s (~260 ms each) |
-//! | plain `ssh -S` × 100 over one `ControlMaster` connection | 1.0–1.6 s |
-//! | `SshHost::put` of a 100 MiB file (exec channel, `cat` into a temp file, renamed) | 0.98–1.35 s |
-//! | `scp` of the same file (SFTP protocol) | 0.73–1.21 s |
-//! | plain `ssh host 'cat > file' < file` | 0.68–1.03 s |
+//! | `SshHost`: open the connection (TCP, key exchange, auth) | ~55 ms |
+//! | `SshHost`: 100 sequential `true` on that one connection | 0.39–1.0 s (4–10 ms each) |
+//! | plain `ssh host true` × 100, a new connection each | 23.7–27.8 s (~250 ms each) |
+//! | plain `ssh -S` × 100 over one `ControlMaster` connection | 1.1–2.9 s |
+//! | `SshHost::put` of a 100 MiB file (exec channel: `cat` into a temp file, size-checked, renamed) | 0.55–0.89 s |
+//! | `scp` of the same file (SFTP protocol) | 0.53–1.02 s |
+//! | plain `ssh host 'cat > file' < file` | 0.57–0.80 s |
 //!
-//! Uploads use an exec channel (`cat`, or `tar -x` for directories) rather than SFTP: with
-//! OpenSSH on both ends the exec route was as fast or faster than SFTP (`ssh cat` vs `scp`
-//! above), and it also works through `sudo` without a staging copy.
+//! Uploads use an exec channel (`cat`, or `tar -x` for a directory) rather than SFTP: with
+//! OpenSSH on both ends the exec route was as fast as SFTP (`ssh … cat` vs `scp` above), it
+//! needs no SFTP subsystem, and it works through `sudo` without a staging copy. (SFTP through
+//! `russh-sftp` was not measured.)
 #![deny(missing_docs)]
 
 mod common;
