@@ -327,3 +327,91 @@ projects:
     let statuses: Vec<Option<u16>> = log.iter().map(|e| e.status).collect();
     assert_eq!(statuses, [Some(200), Some(503), Some(200)], "newest first");
 }
+
+fn catalog_in(store: &str, file: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_catalog"));
+    cmd.arg("--store").arg(store);
+    if let Some(file) = file {
+        cmd.arg("--file").arg(file);
+    }
+    cmd.args(args)
+        .env_remove("DEPLOYER_CATALOG")
+        .env_remove("DEPLOYER_CATALOG_STORE")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn a_store_keeps_the_catalog_between_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("catalog.db").display());
+
+    let out = catalog_in(&store, Some(&example()), &["import", "--as", "root"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Catalog stored (revision 1)\n");
+    let out = catalog_in(&store, Some(&example()), &["import", "--as", "alice"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: user \"alice\" may not manage the catalog (projects and shared objects): only catalog admins may\n"
+    );
+
+    let out = catalog_in(
+        &store,
+        None,
+        &["publish", "shop-app/app", "1.5.0", "--as", "root"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out).as_array().unwrap().len(), 1);
+    // The new version was stored.
+    let out = catalog_in(
+        &store,
+        None,
+        &["publish", "shop-app/app", "1.5.0", "--as", "root"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("version 1.5.0 is already the current version"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = catalog_in(&store, None, &["scope", "shop/prod", "--as", "bob"]);
+    assert_eq!(json(&out)["deployment"]["image"]["version"], "1.5.0");
+    let out = catalog_in(
+        &store,
+        None,
+        &["trigger", "shop/prod", "deploy", "--as", "bob"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = catalog(&example(), &["import", "--as", "root"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "error: import needs --store URL\n");
+}
+
+#[test]
+fn the_monitors_command_runs_due_checks_and_keeps_their_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    // One answer only: a second check would fail.
+    let url = http_server(vec![(200, "ok")]);
+    let file = dir.path().join("catalog.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "projects:\n  - slug: shop\n    owner: a\n    groups:\n      - slug: web\n        \
+             group_type: odoo\n        deployments:\n          - slug: prod\n            \
+             monitors:\n              - slug: health\n                check: {{type: \
+             http_request, url: \"{url}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let out = catalog_in(&store, Some(&file), &["import", "--as", "a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = catalog_in(&store, None, &["monitors"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "shop/prod/health ok\n");
+    // Checked a moment ago (interval 60 s): not due, the stored result stands.
+    let out = catalog_in(&store, None, &["monitors"]);
+    assert_eq!(text(&out.stdout), "shop/prod/health ok\n");
+}

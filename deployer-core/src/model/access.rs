@@ -106,7 +106,7 @@ impl Permission {
             Permission::ManageDeployments => "manage deployments",
             Permission::TriggerActions => "trigger actions",
             Permission::ManageProject => "manage the project",
-            Permission::ManageCatalog => "manage the catalog",
+            Permission::ManageCatalog => "manage the catalog (projects and shared objects)",
         }
     }
 }

@@ -64,12 +64,7 @@ pub enum CatalogError {
         to: ClusterState,
     },
     /// The acting user's role does not allow the operation.
-    #[error(
-        "user \"{user}\" may not {} on {target}: {} (needs {})",
-        .permission.describe(),
-        role_hint(*.role),
-        needs_hint(*.permission)
-    )]
+    #[error("{}", forbidden(user, *permission, target, *role))]
     Forbidden {
         /// The acting user.
         user: String,
@@ -152,6 +147,26 @@ fn allowed_hint(from: ClusterState) -> String {
     }
 }
 
+fn forbidden(user: &str, permission: Permission, target: &str, role: Option<Role>) -> String {
+    if permission == Permission::ManageCatalog {
+        return format!(
+            "user \"{user}\" may not {}: only catalog admins may",
+            permission.describe()
+        );
+    }
+    let on = if permission == Permission::View {
+        ""
+    } else {
+        " on"
+    };
+    format!(
+        "user \"{user}\" may not {}{on} {target}: {} (needs {})",
+        permission.describe(),
+        role_hint(role),
+        needs_hint(permission)
+    )
+}
+
 fn role_hint(role: Option<Role>) -> String {
     match role {
         Some(role) => format!("their role there is {role}"),
@@ -165,9 +180,5 @@ fn needs_hint(permission: Permission) -> String {
         .filter(|r| r.allows(permission))
         .map(ToString::to_string)
         .collect();
-    if roles.is_empty() || permission == Permission::ManageCatalog {
-        "a catalog admin".to_string()
-    } else {
-        format!("role {}", roles.join(" or "))
-    }
+    format!("role {}", roles.join(" or "))
 }

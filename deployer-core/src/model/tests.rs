@@ -883,9 +883,11 @@ async fn every_role_times_every_action_with_and_without_overrides() {
                             msg.starts_with(&format!("user \"{user}\" may not ")),
                             "{msg}"
                         );
-                        let shown = role.map_or("they have no role there".to_string(), |r| {
-                            format!("their role there is {r}")
-                        });
+                        let shown = match (needs, role) {
+                            (Needs::CatalogAdmin, _) => "only catalog admins may".to_string(),
+                            (_, None) => "they have no role there".to_string(),
+                            (_, Some(r)) => format!("their role there is {r}"),
+                        };
                         assert!(msg.contains(&shown), "{op} as {user}: {msg}");
                         assert_eq!(
                             catalog.export("root").await.unwrap(),
@@ -922,6 +924,34 @@ async fn every_role_times_every_action_with_and_without_overrides() {
             admin.or(staging_role),
             "{user}"
         );
+    }
+}
+
+#[tokio::test]
+async fn refusals_say_who_what_where_and_what_would_do() {
+    let catalog = catalog();
+    let cases: Vec<(Result<(), CatalogError>, &str)> = vec![
+        (
+            catalog.scope("zed", &dep("shop/prod")).await.map(drop),
+            "user \"zed\" may not view deployment shop/prod: they have no role there (needs role user or developer or admin)",
+        ),
+        (
+            catalog.remove_deployment("dave", &dep("shop/prod")).await,
+            "user \"dave\" may not manage deployments on deployment shop/prod: their role there is user (needs role developer or admin)",
+        ),
+        (
+            catalog
+                .set_project_role("dave", &slug("shop"), "x", Some(Role::Admin))
+                .await,
+            "user \"dave\" may not manage the project on project shop: their role there is developer (needs role admin)",
+        ),
+        (
+            catalog.create_cluster("alice", Cluster::new("AP 1")).await,
+            "user \"alice\" may not manage the catalog (projects and shared objects): only catalog admins may",
+        ),
+    ];
+    for (result, message) in cases {
+        assert_eq!(result.unwrap_err().to_string(), message);
     }
 }
 

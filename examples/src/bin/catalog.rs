@@ -9,8 +9,21 @@
 //! catalog --file examples/catalog.yaml publish shop-app/app 1.5.0 --as root
 //! ```
 //!
+//! With `--store URL` (a SQLite file or a PostgreSQL URL, as `deploy --store`) the catalog is
+//! kept in that store: `import --as USER` loads `--file` into it (anybody may seed an empty
+//! store; replacing a catalog takes a catalog admin), every other command reads it from there,
+//! and `publish` records the new version. Without `--store`, `--file` is loaded into memory for
+//! the duration of one call. `monitors` runs the monitors that are due (with curl on this
+//! machine) and prints every monitor's state: a scheduler calls it periodically.
+//!
+//! ```text
+//! catalog --store sqlite://catalog.db --file examples/catalog.yaml import --as root
+//! catalog --store sqlite://catalog.db publish shop-app/app 1.5.0 --as root
+//! catalog --store sqlite://catalog.db monitors
+//! ```
+//!
 //! The books engine does not exist yet: `trigger` and `publish` print the lifecycle requests
-//! (JSON) they would hand to it. The catalog lives in memory for the duration of one call.
+//! (JSON) they would hand to it.
 //!
 //! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user.
 
@@ -19,8 +32,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use deployer_core::{
-    Catalog, CatalogData, CatalogError, DeploymentRef, LifecycleAction, LifecycleRequest, Project,
-    Slug,
+    Catalog, CatalogData, CatalogError, CurlChecker, DeploymentRef, LifecycleAction,
+    LifecycleRequest, MonitorRunner, Project, Slug,
 };
 
 #[derive(Debug, Parser)]
@@ -30,17 +43,28 @@ use deployer_core::{
     about = "Show a deployment catalog and trigger lifecycle actions"
 )]
 struct Cli {
-    /// The catalog file (YAML or JSON).
+    /// The catalog file (YAML or JSON): the catalog itself, or what `import` stores.
     #[arg(long, short = 'f', value_name = "FILE", env = "DEPLOYER_CATALOG")]
-    file: PathBuf,
+    file: Option<PathBuf>,
+    /// Keep the catalog in this store (sqlite://PATH, a path, or postgres://…).
+    #[arg(long, value_name = "URL", env = "DEPLOYER_CATALOG_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Validate the file and exit.
+    /// Validate the catalog and exit.
     Check,
+    /// Store the catalog of `--file` in `--store`.
+    Import {
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+    },
+    /// Run the monitors that are due and print the state of each.
+    Monitors,
     /// Show the projects, groups and deployments the user may see.
     Show {
         /// The acting user.
@@ -168,17 +192,68 @@ fn show(data: &CatalogData, projects: &[Project]) {
     }
 }
 
+fn file(cli: &Cli) -> Result<CatalogData, Failure> {
+    let path = cli.file.as_ref().ok_or_else(|| {
+        Failure::Input("no catalog: give --file FILE (or --store URL)".to_string())
+    })?;
+    Ok(CatalogData::load(path)?)
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let data = CatalogData::load(&cli.file)?;
-    let catalog = Catalog::in_memory(data.clone());
-    match cli.command {
+    let catalog = match &cli.store {
+        Some(url) => {
+            let store = deployer_store::open_catalog(url)
+                .await
+                .map_err(|e| Failure::Internal(deployer_core::error_chain(&e)))?;
+            Catalog::new(store)
+        }
+        None => Catalog::in_memory(file(&cli)?),
+    };
+    let data = catalog
+        .store()
+        .load_catalog()
+        .await
+        .map_err(CatalogError::from)?
+        .data;
+    match &cli.command {
         Cmd::Check => {
-            println!("Catalog ok");
+            if cli.store.is_some() && cli.file.is_some() {
+                file(&cli)?;
+            }
+            out("Catalog ok")
+        }
+        Cmd::Import { actor } => {
+            if cli.store.is_none() {
+                return Err(Failure::Input("import needs --store URL".to_string()));
+            }
+            catalog.import(actor, file(&cli)?).await?;
+            let revision = catalog
+                .store()
+                .load_catalog()
+                .await
+                .map_err(CatalogError::from)?
+                .revision;
+            out(&format!("Catalog stored (revision {revision})"))
+        }
+        Cmd::Monitors => {
+            let host = std::sync::Arc::new(deployer_remote::LocalHost::new());
+            let runner = MonitorRunner::new(
+                catalog.store().clone(),
+                std::sync::Arc::new(CurlChecker::new(host)),
+            );
+            for s in runner.run_due(std::time::SystemTime::now()).await? {
+                let message = s.last.as_ref().map(|l| l.message.as_str()).unwrap_or("");
+                let state = serde_json::to_value(s.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                out(format!("{}/{} {state} {message}", s.deployment, s.monitor).trim_end())?;
+            }
             Ok(())
         }
         Cmd::Show { actor, json } => {
-            let projects = catalog.projects(&actor).await?;
-            if json {
+            let projects = catalog.projects(actor).await?;
+            if *json {
                 print_json(&projects)
             } else {
                 show(&data, &projects);
@@ -187,7 +262,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Scope { deployment, actor } => {
             let r: DeploymentRef = deployment.parse()?;
-            print_json(&catalog.scope(&actor, &r).await?)
+            print_json(&catalog.scope(actor, &r).await?)
         }
         Cmd::Trigger {
             deployment,
@@ -196,7 +271,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let r: DeploymentRef = deployment.parse()?;
             let action: LifecycleAction = action.parse()?;
-            let request = catalog.trigger(&actor, &r, action).await?;
+            let request = catalog.trigger(actor, &r, action).await?;
             print_requests(std::slice::from_ref(&request))
         }
         Cmd::Publish {
@@ -208,7 +283,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Failure::Input(format!("image \"{image}\": expected REPOSITORY/IMAGE"))
             })?;
             let requests = catalog
-                .publish_image(&actor, &Slug::new(repo)?, &Slug::new(img)?, &version)
+                .publish_image(actor, &Slug::new(repo)?, &Slug::new(img)?, version)
                 .await?;
             if requests.is_empty() {
                 eprintln!("no deployment subscribes to {image}");
