@@ -545,7 +545,7 @@ impl SshHost {
     ) -> Result<RawOutput, RemoteError> {
         let quoted = quote(line).map_err(|e| self.other(e.to_string()))?;
         let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c {quoted}");
-        let slot = self.slot().await?;
+        let (slot, channel) = self.open_session().await?;
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let job = Job {
             host: self.name.clone(),
@@ -555,7 +555,7 @@ impl SshHost {
             sink: io.sink,
             sudo_kill,
         };
-        let mut task = tokio::spawn(job.run(slot, cancel_rx));
+        let mut task = tokio::spawn(job.run(slot, channel, cancel_rx));
         let joined = match timeout {
             Some(limit) => match tokio::time::timeout(limit, &mut task).await {
                 Ok(r) => r,
@@ -575,6 +575,26 @@ impl SshHost {
         match joined {
             Ok(r) => r,
             Err(e) => Err(self.other(format!("command task failed: {e}"))),
+        }
+    }
+
+    /// A channel slot and an open session channel in it. A connection found dead here (the
+    /// command has not started) is replaced once.
+    async fn open_session(&self) -> Result<(Slot, russh::Channel<client::Msg>), RemoteError> {
+        let mut retried = false;
+        loop {
+            let slot = self.slot().await?;
+            match open_channel(&slot.conn).await {
+                Ok(channel) => return Ok((slot, channel)),
+                Err(_) if slot.conn.handle.is_closed() && !retried => retried = true,
+                Err(e) if slot.conn.handle.is_closed() => {
+                    return Err(RemoteError::Disconnected {
+                        host: self.name.clone(),
+                        source: Some(Box::new(e)),
+                    });
+                }
+                Err(e) => return Err(self.other(format!("cannot open a channel: {e}"))),
+            }
         }
     }
 
@@ -846,6 +866,7 @@ impl Job {
     async fn run(
         self,
         slot: Slot,
+        channel: russh::Channel<client::Msg>,
         mut cancel: oneshot::Receiver<()>,
     ) -> Result<RawOutput, RemoteError> {
         let host = self.host.clone();
@@ -854,16 +875,6 @@ impl Job {
             host: host.clone(),
             source: e.map(|e| Box::new(e) as _),
         };
-        let channel = open_channel(&conn).await.map_err(|e| {
-            if conn.handle.is_closed() {
-                lost(Some(e))
-            } else {
-                RemoteError::Other {
-                    host: host.clone(),
-                    message: format!("cannot open a channel: {e}"),
-                }
-            }
-        })?;
         channel
             .exec(true, self.full.as_bytes())
             .await

@@ -501,3 +501,20 @@ async fn keys_of_the_ssh_agent_are_used() {
         .unwrap_err();
     assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_broken_connection_is_reestablished_on_the_next_call() {
+    let sshd = TestSshd::start().unwrap();
+    let host = sshd.host();
+    assert_eq!(whoami(&host).await.unwrap(), sshd.user());
+    // Kill this connection's sshd process (the command's parent) from inside.
+    let err = host
+        .execute("kill -9 $PPID; sleep 5", &ExecOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err:?}");
+    assert_eq!(err.host(), sshd.address());
+    assert_eq!(whoami(&host).await.unwrap(), sshd.user());
+    assert_eq!(host.connection_count().await, 1);
+    assert_eq!(sshd.wait_for_log("Accepted publickey", 2, LOG_WAIT), 2);
+}
