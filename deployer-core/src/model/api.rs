@@ -469,6 +469,44 @@ impl Catalog {
         )
     }
 
+    /// The connection secret of a datasource linked to the deployment's scope, for a step that
+    /// must connect (a backup); needs [`Permission::TriggerActions`] on the deployment. The scope
+    /// itself only shows `***`.
+    pub async fn datasource_secret(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        datasource: &Slug,
+    ) -> Result<super::secret::Secret, CatalogError> {
+        let data = self.read().await?;
+        data.deployment(r)?;
+        data.check(
+            actor,
+            Permission::TriggerActions,
+            &Target::Deployment(r.clone()),
+        )?;
+        let scope = Scope::build(&data, r)?;
+        if !scope
+            .datasources
+            .iter()
+            .any(|d| d.slug == datasource.as_str())
+        {
+            return Err(CatalogError::Dangling {
+                from: format!("deployment {r}: scope datasources"),
+                kind: "datasource",
+                target: datasource.to_string(),
+                expected: scope.datasources.iter().map(|d| d.slug.clone()).collect(),
+            });
+        }
+        data.datasource(datasource.as_str())?
+            .connection
+            .clone()
+            .ok_or_else(|| CatalogError::Invalid {
+                what: format!("datasource {datasource}"),
+                message: "it has no connection".to_string(),
+            })
+    }
+
     /// Adds a shared cluster (catalog admins).
     pub async fn create_cluster(&self, actor: &str, cluster: Cluster) -> Result<(), CatalogError> {
         self.update(|data| {

@@ -82,6 +82,7 @@ projects:
             backup_datasource: backups
             datasources: [shop-db]
           - slug: staging
+            datasources: [shop-db]
         defaults:
           deployment_type: odoo
           branch: {repository: shop-app, branch: main}

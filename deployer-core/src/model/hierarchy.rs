@@ -256,7 +256,8 @@ pub struct DeploymentSettings {
     pub values: IndexMap<String, serde_json::Value>,
 }
 
-/// The book (by name) that runs for each lifecycle action.
+/// The book that runs for each lifecycle action: a book name, or `name@requirement`
+/// (`deploy@^1.2`) to pin the versions the books engine may pick.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)]

@@ -343,6 +343,25 @@ impl Scope {
         })
     }
 
+    /// This scope with `cluster` set to the deployment's cluster `slug`, for a job that runs
+    /// against one cluster of several; an error names the deployment's clusters when `slug` is
+    /// not one of them.
+    pub fn with_cluster(&self, slug: &str) -> Result<Scope, CatalogError> {
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.slug == slug)
+            .ok_or_else(|| CatalogError::Dangling {
+                from: format!("deployment {}: cluster", self.deployment.reference),
+                kind: "cluster",
+                target: slug.to_string(),
+                expected: self.clusters.iter().map(|c| c.slug.clone()).collect(),
+            })?;
+        let mut out = self.clone();
+        out.cluster = Some(cluster.clone());
+        Ok(out)
+    }
+
     /// The scope as JSON, what expressions are evaluated against.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_else(|e| unreachable!("a scope serializes: {e}"))

@@ -495,6 +495,51 @@ async fn secrets_never_show() {
 }
 
 #[tokio::test]
+async fn secrets_are_given_to_those_who_may_run_actions() {
+    let catalog = catalog();
+    let prod = dep("shop/prod");
+    let secret = catalog
+        .datasource_secret("alice", &prod, &slug("shop-db"))
+        .await
+        .unwrap();
+    assert_eq!(secret.expose(), "postgres://shop:hunter2@db.internal/shop");
+    let err = catalog
+        .datasource_secret("alice", &prod, &slug("backups"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "datasource backups: it has no connection");
+    let err = catalog
+        .datasource_secret("alice", &dep("shop/preview"), &slug("shop-db"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "deployment shop/preview: scope datasources refers to datasource \"shop-db\", which does not exist (there are none)"
+    );
+    let err = catalog
+        .datasource_secret("bob", &prod, &slug("shop-db"))
+        .await
+        .unwrap_err();
+    assert!(err.is_forbidden());
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn a_scope_can_name_one_of_its_clusters() {
+    let data = sample_catalog();
+    let preview = Scope::build(&data, &dep("shop/preview")).unwrap();
+    assert_eq!(preview.cluster.as_ref().unwrap().slug, "us-1");
+    let eu = preview.with_cluster("eu-1").unwrap();
+    assert_eq!(eu.cluster.as_ref().unwrap().hosts, ["fe001", "fe002"]);
+    assert_eq!(eu.clusters, preview.clusters);
+    let err = preview.with_cluster("ap-1").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "deployment shop/preview: cluster refers to cluster \"ap-1\", which does not exist (expected one of: us-1, eu-1)"
+    );
+}
+
+#[tokio::test]
 async fn creating_objects_validates_them() {
     let catalog = catalog();
     let err = catalog
@@ -692,6 +737,10 @@ async fn run_op(
                 .create_deployment(actor, &shop, &web, Deployment::new(slug("qa")))
                 .await
         }
+        "datasource secret" => catalog
+            .datasource_secret(actor, target, &slug("shop-db"))
+            .await
+            .map(drop),
         "update group defaults" => {
             let defaults = DeploymentSettings {
                 domain: Some("example.org".to_string()),
@@ -775,6 +824,7 @@ const OPS: &[(&str, Level, Needs)] = &[
     ("view scope", Level::Deployment, Needs::View),
     ("monitor status", Level::Deployment, Needs::View),
     ("trigger", Level::Deployment, Needs::Trigger),
+    ("datasource secret", Level::Deployment, Needs::Trigger),
     ("update deployment", Level::Deployment, Needs::Manage),
     ("remove deployment", Level::Deployment, Needs::Manage),
     ("add monitor", Level::Deployment, Needs::Manage),
