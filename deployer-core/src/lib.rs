@@ -66,6 +66,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod books;
 mod command;
 mod config;
 mod errors;
@@ -85,6 +86,11 @@ mod validation;
 #[cfg(feature = "test-fixture")]
 pub mod fixture;
 
+pub use books::{
+    Acknowledgements, Book, BookError, BookLibrary, BookProblem, ChildBook, CommandStep,
+    DEFAULT_OVER_STOP, EstimateSource, Job, JobBuilder, JobRunner, JobState, JobStep, JobStepKind,
+    MANUAL_COMMAND, Step, StepKind,
+};
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};

@@ -1,0 +1,265 @@
+//! Book files: YAML or JSON (JSON is read as YAML), one book per file, parsed with
+//! serde-saphyr so every mistake carries its line and column.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+
+use super::error::{BookError, BookProblem};
+use super::model::{Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind};
+
+/// Where things are in a file: a path (`steps[2].command`) → line and column.
+pub(crate) type Locations = HashMap<String, (u64, u64)>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookDoc {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    deployment_group_type: Option<String>,
+    #[serde(default)]
+    deployment_type: Option<String>,
+    #[serde(default)]
+    should_notify: bool,
+    #[serde(default)]
+    steps: Vec<Spanned<StepDoc>>,
+}
+
+fn default_over_stop() -> u32 {
+    DEFAULT_OVER_STOP
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDoc {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    sequence: i64,
+    #[serde(default)]
+    manual: bool,
+    #[serde(default)]
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    args: Option<Spanned<Map<String, Value>>>,
+    #[serde(default)]
+    hosts: Option<Spanned<String>>,
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
+    concurrency_per_host: Option<usize>,
+    #[serde(default)]
+    book: Option<Spanned<String>>,
+    #[serde(default)]
+    version: Option<Spanned<String>>,
+    #[serde(default)]
+    step: Option<Spanned<String>>,
+    #[serde(default)]
+    estimated_duration: f64,
+    #[serde(default = "default_over_stop")]
+    estimated_duration_over_stop: u32,
+    #[serde(default)]
+    applies: Option<Spanned<String>>,
+    #[serde(default)]
+    data: IndexMap<String, Spanned<String>>,
+    #[serde(default)]
+    retries: u32,
+}
+
+fn at<T>(s: &Spanned<T>) -> (u64, u64) {
+    (s.referenced.line(), s.referenced.column())
+}
+
+/// Parses one book; returns it with the locations of its parts.
+pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookError> {
+    let problem = |line: u64, column: u64, path: &str, message: String| BookProblem {
+        origin: origin.to_string(),
+        line,
+        column,
+        path: path.to_string(),
+        message,
+    };
+    let doc: BookDoc = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        BookError::Invalid {
+            problems: vec![problem(line, column, "", e.to_string())],
+        }
+    })?;
+    let mut locs = Locations::new();
+    let mut problems = Vec::new();
+    locs.insert("name".into(), at(&doc.name));
+    locs.insert("version".into(), at(&doc.version));
+    let version = match doc.version.value.trim().parse::<semver::Version>() {
+        Ok(v) => v,
+        Err(e) => {
+            let (l, c) = at(&doc.version);
+            problems.push(problem(
+                l,
+                c,
+                "version",
+                format!(
+                    "\"{}\" is not a semantic version (expected MAJOR.MINOR.PATCH such as 1.2.0): {e}",
+                    doc.version.value
+                ),
+            ));
+            semver::Version::new(0, 0, 0)
+        }
+    };
+    let mut book = Book::new(doc.name.value.clone(), version);
+    book.description = doc.description;
+    book.deployment_group_type = doc.deployment_group_type;
+    book.deployment_type = doc.deployment_type;
+    book.should_notify = doc.should_notify;
+    for (i, s) in doc.steps.into_iter().enumerate() {
+        let p = format!("steps[{i}]");
+        locs.insert(p.clone(), at(&s));
+        let (sl, sc) = at(&s);
+        let s = s.value;
+        locs.insert(format!("{p}.name"), at(&s.name));
+        let kinds = [s.manual, s.command.is_some(), s.book.is_some()]
+            .iter()
+            .filter(|k| **k)
+            .count();
+        if kinds != 1 {
+            problems.push(problem(
+                sl,
+                sc,
+                &p,
+                format!(
+                    "step \"{}\" must have exactly one of `command`, `book` or `manual: true`",
+                    s.name.value
+                ),
+            ));
+            continue;
+        }
+        let mut misplaced = Vec::new();
+        let kind = if let Some(command) = &s.command {
+            locs.insert(format!("{p}.command"), at(command));
+            if let Some(h) = &s.hosts {
+                locs.insert(format!("{p}.hosts"), at(h));
+            }
+            if let Some(a) = &s.args {
+                locs.insert(format!("{p}.args"), at(a));
+            }
+            for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
+                if set {
+                    misplaced.push(key);
+                }
+            }
+            StepKind::Command(CommandStep {
+                command: command.value.clone(),
+                args: s.args.map(|a| a.value).unwrap_or_default(),
+                hosts: s.hosts.map(|h| h.value),
+                concurrency: s.concurrency.unwrap_or(1),
+                concurrency_per_host: s.concurrency_per_host,
+            })
+        } else {
+            for (key, set) in [
+                ("args", s.args.is_some()),
+                ("hosts", s.hosts.is_some()),
+                ("concurrency", s.concurrency.is_some()),
+                ("concurrency_per_host", s.concurrency_per_host.is_some()),
+            ] {
+                if set {
+                    misplaced.push(key);
+                }
+            }
+            if let Some(child) = &s.book {
+                locs.insert(format!("{p}.book"), at(child));
+                let version = match &s.version {
+                    None => semver::VersionReq::STAR,
+                    Some(v) => {
+                        locs.insert(format!("{p}.version"), at(v));
+                        match v.value.trim().parse::<semver::VersionReq>() {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let (l, c) = at(v);
+                                problems.push(problem(
+                                    l,
+                                    c,
+                                    &format!("{p}.version"),
+                                    format!(
+                                        "\"{}\" is not a version requirement (such as ^1.2 or =1.0.3): {e}",
+                                        v.value
+                                    ),
+                                ));
+                                semver::VersionReq::STAR
+                            }
+                        }
+                    }
+                };
+                if let Some(st) = &s.step {
+                    locs.insert(format!("{p}.step"), at(st));
+                }
+                StepKind::Book(ChildBook {
+                    book: child.value.clone(),
+                    version,
+                    step: s.step.map(|s| s.value),
+                })
+            } else {
+                for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
+                    if set {
+                        misplaced.push(key);
+                    }
+                }
+                StepKind::Manual
+            }
+        };
+        if !misplaced.is_empty() {
+            problems.push(problem(
+                sl,
+                sc,
+                &p,
+                format!(
+                    "step \"{}\" sets {} which do not apply to its kind",
+                    s.name.value,
+                    misplaced.join(", ")
+                ),
+            ));
+        }
+        if !(s.estimated_duration.is_finite() && s.estimated_duration >= 0.0) {
+            problems.push(problem(
+                sl,
+                sc,
+                &format!("{p}.estimated_duration"),
+                "must be a number of seconds ≥ 0".to_string(),
+            ));
+        }
+        if let Some(a) = &s.applies {
+            locs.insert(format!("{p}.applies"), at(a));
+        }
+        let mut data = IndexMap::new();
+        for (k, v) in s.data {
+            locs.insert(format!("{p}.data.{k}"), at(&v));
+            data.insert(k, v.value);
+        }
+        book.steps.push(Step {
+            name: s.name.value,
+            description: s.description,
+            sequence: s.sequence,
+            kind,
+            estimated_duration: Duration::try_from_secs_f64(s.estimated_duration)
+                .unwrap_or_default(),
+            estimated_duration_over_stop: s.estimated_duration_over_stop,
+            applies: s.applies.map(|a| a.value),
+            data,
+            retries: s.retries,
+        });
+    }
+    if problems.is_empty() {
+        Ok((book, locs))
+    } else {
+        Err(BookError::Invalid { problems })
+    }
+}

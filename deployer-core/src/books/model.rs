@@ -1,0 +1,297 @@
+//! The book model: books and their steps, built in Rust or loaded from files.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use semver::{Version, VersionReq};
+use serde_json::{Map, Value};
+
+/// The default of [`Step::estimated_duration_over_stop`].
+pub const DEFAULT_OVER_STOP: u32 = 10;
+
+/// A named, versioned, ordered list of steps: a playbook.
+///
+/// A book is data: a host application ships books as YAML or JSON files
+/// ([`BookLibrary::load_file`](crate::BookLibrary::load_file)) or builds them here; both go
+/// through the same checks when registered in a [`BookLibrary`](crate::BookLibrary).
+///
+/// ```
+/// use deployer_core::{Book, Step};
+///
+/// let book = Book::new("pause", "1.0.0".parse().unwrap())
+///     .description("Stop serving traffic")
+///     .step(Step::manual("confirm").description("Tell the customer"))
+///     .step(
+///         Step::command("stop", "stop_service")
+///             .arg("service", "web")
+///             .hosts("cluster.hosts")
+///             .applies("deployment.scope == 'production'"),
+///     );
+/// assert_eq!(book.steps.len(), 2);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Book {
+    /// Its name, unique in a library together with the version.
+    pub name: String,
+    /// Its version; a changed book needs a new one.
+    pub version: Version,
+    /// What it does.
+    pub description: String,
+    /// When set, the book only applies to deployments of groups of this `group_type`.
+    pub deployment_group_type: Option<String>,
+    /// When set, the book only applies to deployments of this `deployment_type`.
+    pub deployment_type: Option<String>,
+    /// Whether jobs built from it should notify people (the host application decides how).
+    pub should_notify: bool,
+    /// Its steps; they run ordered by [`Step::sequence`], ties in the order given.
+    pub steps: Vec<Step>,
+}
+
+impl Book {
+    /// An empty book (no description, no filters, no notification, no steps).
+    pub fn new(name: impl Into<String>, version: Version) -> Self {
+        Book {
+            name: name.into(),
+            version,
+            description: String::new(),
+            deployment_group_type: None,
+            deployment_type: None,
+            should_notify: false,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Sets the description (default: empty).
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
+        self
+    }
+
+    /// Restricts the book to groups of this type (default: any).
+    pub fn deployment_group_type(mut self, group_type: impl Into<String>) -> Self {
+        self.deployment_group_type = Some(group_type.into());
+        self
+    }
+
+    /// Restricts the book to deployments of this type (default: any).
+    pub fn deployment_type(mut self, deployment_type: impl Into<String>) -> Self {
+        self.deployment_type = Some(deployment_type.into());
+        self
+    }
+
+    /// Whether jobs notify (default: false).
+    pub fn should_notify(mut self, notify: bool) -> Self {
+        self.should_notify = notify;
+        self
+    }
+
+    /// Appends a step.
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// The steps ordered by sequence (stable: ties keep their order).
+    pub fn ordered_steps(&self) -> Vec<&Step> {
+        let mut steps: Vec<&Step> = self.steps.iter().collect();
+        steps.sort_by_key(|s| s.sequence);
+        steps
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Waits for a person's acknowledgement (see [`Acknowledgements`](crate::Acknowledgements)).
+    Manual,
+    /// Runs a registered command.
+    Command(CommandStep),
+    /// Calls another book: its steps are inlined when the job is built.
+    Book(ChildBook),
+}
+
+/// A step that runs a registered command on the scope's hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandStep {
+    /// The registered command.
+    pub command: String,
+    /// Its arguments; the step's `data` values are added to them.
+    pub args: Map<String, Value>,
+    /// An expression over the scope giving the hosts (a list of names, or one name), e.g.
+    /// `cluster.hosts`. `None`: the command runs once, on the controller (`local`).
+    pub hosts: Option<String>,
+    /// At most this many hosts at once (default: 1).
+    pub concurrency: usize,
+    /// At most this many tasks per host at once (default: no limit beyond `concurrency`).
+    pub concurrency_per_host: Option<usize>,
+}
+
+/// A step that calls another book.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildBook {
+    /// The book's name.
+    pub book: String,
+    /// Which versions may be called; the highest registered match is used.
+    pub version: VersionReq,
+    /// Only this step of it (default: every step).
+    pub step: Option<String>,
+}
+
+/// One step of a [`Book`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Its name, unique within the book; durations are recorded under `book/step`.
+    pub name: String,
+    /// What it does, for people.
+    pub description: String,
+    /// Orders the steps (default: 0; ties keep the order given).
+    pub sequence: i64,
+    /// What it does.
+    pub kind: StepKind,
+    /// The expected duration per host (zero: unknown). A historical average overrides it.
+    pub estimated_duration: Duration,
+    /// A task of the step times out after estimate × this (default: 10).
+    pub estimated_duration_over_stop: u32,
+    /// A CEL expression over the scope; when it is false the step is skipped (default: runs).
+    pub applies: Option<String>,
+    /// Values computed from the scope when the job is built, each a CEL expression; they are
+    /// added to a command step's arguments.
+    pub data: IndexMap<String, String>,
+    /// How many times a failed task of the step is retried, after the executor's retry delay
+    /// (default: 0, a failure is final).
+    pub retries: u32,
+}
+
+impl Step {
+    fn new(name: impl Into<String>, kind: StepKind) -> Self {
+        Step {
+            name: name.into(),
+            description: String::new(),
+            sequence: 0,
+            kind,
+            estimated_duration: Duration::ZERO,
+            estimated_duration_over_stop: DEFAULT_OVER_STOP,
+            applies: None,
+            data: IndexMap::new(),
+            retries: 0,
+        }
+    }
+
+    /// A step that waits for an acknowledgement.
+    pub fn manual(name: impl Into<String>) -> Self {
+        Self::new(name, StepKind::Manual)
+    }
+
+    /// A step running `command` once on the controller (see [`hosts`](Self::hosts)).
+    pub fn command(name: impl Into<String>, command: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            StepKind::Command(CommandStep {
+                command: command.into(),
+                args: Map::new(),
+                hosts: None,
+                concurrency: 1,
+                concurrency_per_host: None,
+            }),
+        )
+    }
+
+    /// A step calling every step of the highest version of `book` matching `version`.
+    pub fn book(name: impl Into<String>, book: impl Into<String>, version: VersionReq) -> Self {
+        Self::new(
+            name,
+            StepKind::Book(ChildBook {
+                book: book.into(),
+                version,
+                step: None,
+            }),
+        )
+    }
+
+    /// Sets the description (default: empty).
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
+        self
+    }
+
+    /// Sets the sequence (default: 0).
+    pub fn sequence(mut self, sequence: i64) -> Self {
+        self.sequence = sequence;
+        self
+    }
+
+    /// Sets the estimated duration (default: zero, unknown).
+    pub fn estimated_duration(mut self, estimate: Duration) -> Self {
+        self.estimated_duration = estimate;
+        self
+    }
+
+    /// Sets the timeout multiplier (default: 10).
+    pub fn over_stop(mut self, factor: u32) -> Self {
+        self.estimated_duration_over_stop = factor;
+        self
+    }
+
+    /// Sets the applicability condition (default: always applies).
+    pub fn applies(mut self, expression: impl Into<String>) -> Self {
+        self.applies = Some(expression.into());
+        self
+    }
+
+    /// Adds a data value computed from the scope by `expression`.
+    pub fn data(mut self, key: impl Into<String>, expression: impl Into<String>) -> Self {
+        self.data.insert(key.into(), expression.into());
+        self
+    }
+
+    /// Sets the retries (default: 0).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Adds an argument of a command step (ignored by other kinds).
+    pub fn arg(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        if let StepKind::Command(c) = &mut self.kind {
+            c.args.insert(key.into(), value.into());
+        }
+        self
+    }
+
+    /// Sets the hosts expression of a command step (ignored by other kinds).
+    pub fn hosts(mut self, expression: impl Into<String>) -> Self {
+        if let StepKind::Command(c) = &mut self.kind {
+            c.hosts = Some(expression.into());
+        }
+        self
+    }
+
+    /// Sets the concurrency of a command step (ignored by other kinds).
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        if let StepKind::Command(c) = &mut self.kind {
+            c.concurrency = limit;
+        }
+        self
+    }
+
+    /// Sets the per-host limit of a command step (ignored by other kinds).
+    pub fn per_host(mut self, limit: usize) -> Self {
+        if let StepKind::Command(c) = &mut self.kind {
+            c.concurrency_per_host = Some(limit);
+        }
+        self
+    }
+
+    /// Makes a child-book step call only `step` of the child (ignored by other kinds).
+    pub fn only_step(mut self, step: impl Into<String>) -> Self {
+        if let StepKind::Book(c) = &mut self.kind {
+            c.step = Some(step.into());
+        }
+        self
+    }
+}
