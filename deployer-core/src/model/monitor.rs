@@ -365,24 +365,49 @@ impl HttpChecker for CurlChecker {
 /// [`run_due`](Self::run_due) on its own schedule (a timer, a cron tick).
 ///
 /// For each monitor whose newest result is at least `interval_seconds` old, it performs the
-/// check, appends the result to the monitor's log, deletes entries older than the deployment
-/// scope's `monitor_log_delete_after_seconds` (7 days without a scope), and computes the state.
+/// check (up to [`concurrency`](Self::concurrency) at once), appends the result to the
+/// monitor's log, deletes entries older than the deployment scope's
+/// `monitor_log_delete_after_seconds` (7 days without a scope), and computes the state.
 pub struct MonitorRunner {
     store: Arc<dyn CatalogStore>,
     checker: Arc<dyn HttpChecker>,
+    concurrency: usize,
+}
+
+/// One monitor of one tick.
+struct Planned<'a> {
+    deployment: DeploymentRef,
+    monitor: &'a Monitor,
+    key: String,
+    keep: u64,
+    window: usize,
+    recent: Vec<MonitorLogEntry>,
+    due: bool,
 }
 
 impl MonitorRunner {
     /// A runner over the catalog in `store`, checking through `checker`.
     pub fn new(store: Arc<dyn CatalogStore>, checker: Arc<dyn HttpChecker>) -> MonitorRunner {
-        MonitorRunner { store, checker }
+        MonitorRunner {
+            store,
+            checker,
+            concurrency: 8,
+        }
     }
 
-    /// Runs every due monitor at `now` (checks run one after another) and returns the status of
-    /// every monitor in the catalog.
+    /// How many checks run at once (default 8, at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> MonitorRunner {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Runs every due monitor at `now` and returns the status of every monitor in the catalog,
+    /// in catalog order.
     pub async fn run_due(&self, now: SystemTime) -> Result<Vec<MonitorStatus>, CatalogError> {
+        use futures::StreamExt as _;
+
         let data = self.store.load_catalog().await?.data;
-        let mut out = Vec::new();
+        let mut planned = Vec::new();
         for r in data.deployment_refs() {
             let (_, group, deployment) = data.deployment(&r)?;
             let settings = CatalogData::effective_settings(group, deployment);
@@ -393,30 +418,51 @@ impl MonitorRunner {
             for monitor in &deployment.monitors {
                 let key = monitor_key(&r, &monitor.slug);
                 let window = monitor.thresholds.error_after_failures.max(1) as usize;
-                let mut recent = self.store.monitor_log(&key, window).await?;
+                let recent = self.store.monitor_log(&key, window).await?;
                 let due = recent.first().is_none_or(|e| {
                     now.duration_since(e.ts).unwrap_or_default()
                         >= Duration::from_secs(monitor.interval_seconds)
                 });
-                if due {
-                    let entry = self.run_check(&key, monitor, now).await;
-                    self.store.append_monitor_log(&entry).await?;
-                    let cutoff = now
-                        .checked_sub(Duration::from_secs(keep))
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    self.store.prune_monitor_log(&key, cutoff).await?;
-                    recent.insert(0, entry);
-                    recent.truncate(window);
-                }
-                out.push(MonitorStatus {
+                planned.push(Planned {
                     deployment: r.clone(),
-                    monitor: monitor.slug.clone(),
-                    state: monitor_state(monitor, &recent, now),
-                    last: recent.first().cloned(),
+                    monitor,
+                    key,
+                    keep,
+                    window,
+                    recent,
+                    due,
                 });
             }
         }
-        Ok(out)
+        let results: Vec<(usize, MonitorLogEntry)> = futures::stream::iter(
+            planned
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.due)
+                .map(|(i, p)| async move { (i, self.run_check(&p.key, p.monitor, now).await) }),
+        )
+        .buffer_unordered(self.concurrency)
+        .collect()
+        .await;
+        for (i, entry) in results {
+            let p = &mut planned[i];
+            self.store.append_monitor_log(&entry).await?;
+            let cutoff = now
+                .checked_sub(Duration::from_secs(p.keep))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            self.store.prune_monitor_log(&p.key, cutoff).await?;
+            p.recent.insert(0, entry);
+            p.recent.truncate(p.window);
+        }
+        Ok(planned
+            .into_iter()
+            .map(|p| MonitorStatus {
+                state: monitor_state(p.monitor, &p.recent, now),
+                last: p.recent.first().cloned(),
+                deployment: p.deployment,
+                monitor: p.monitor.slug.clone(),
+            })
+            .collect())
     }
 
     async fn run_check(&self, key: &str, monitor: &Monitor, now: SystemTime) -> MonitorLogEntry {

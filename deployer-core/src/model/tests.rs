@@ -1138,6 +1138,56 @@ async fn the_runner_checks_due_monitors_computes_states_and_prunes_logs() {
     assert!(checker.answers.lock().unwrap().is_empty());
 }
 
+/// Holds every check until `expected` checks are in flight at once.
+struct Gate {
+    expected: usize,
+    in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+#[async_trait]
+impl HttpChecker for Gate {
+    async fn check(&self, _: &HttpCheck) -> HttpResponse {
+        self.in_flight.send_modify(|n| *n += 1);
+        let mut rx = self.in_flight.subscribe();
+        let _ = rx.wait_for(|n| *n >= self.expected).await;
+        HttpResponse {
+            status: Some(200),
+            ..HttpResponse::default()
+        }
+    }
+}
+
+#[tokio::test]
+async fn due_checks_run_concurrently() {
+    let mut data = sample_catalog();
+    for d in ["shop/staging", "shop/preview", "blog/www"] {
+        data.deployment_mut(&dep(d))
+            .unwrap()
+            .monitors
+            .push(Monitor::http(slug("home"), "http://127.0.0.1:1/"));
+    }
+    data.validate().unwrap();
+    let store = Arc::new(MemoryCatalog::with(data));
+    let (tx, _) = tokio::sync::watch::channel(0);
+    let gate = Arc::new(Gate {
+        expected: 4,
+        in_flight: tx,
+    });
+    let runner = MonitorRunner::new(store, gate.clone()).concurrency(4);
+    // Sequential checks would wait for each other forever: the timeout turns that into a
+    // failure.
+    let statuses = tokio::time::timeout(Duration::from_secs(30), runner.run_due(at(0)))
+        .await
+        .expect("the four checks ran at the same time")
+        .unwrap();
+    let refs: Vec<String> = statuses.iter().map(|s| s.deployment.to_string()).collect();
+    assert_eq!(
+        refs,
+        ["shop/prod", "shop/staging", "shop/preview", "blog/www"]
+    );
+    assert!(statuses.iter().all(|s| s.state == MonitorState::Ok));
+}
+
 #[test]
 fn states_follow_the_thresholds() {
     let mut m = Monitor::http(slug("home"), "https://x/");
