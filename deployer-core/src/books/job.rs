@@ -325,6 +325,12 @@ impl<'a> JobBuilder<'a> {
         Ok(builder)
     }
 
+    /// A job of a book reference: `name` (its highest version) or `name@requirement` such as
+    /// `deploy@^1.2`.
+    pub fn named(library: &'a BookLibrary, reference: &str) -> Result<Self, BookError> {
+        Self::new(library, "").slot(reference)
+    }
+
     /// A job for a lifecycle request of the catalog: the request's book, action and scope.
     pub fn for_request(
         library: &'a BookLibrary,
@@ -348,7 +354,7 @@ impl<'a> JobBuilder<'a> {
                 r.trim()
                     .parse::<VersionReq>()
                     .map_err(|e| BookError::Scope {
-                        message: format!("book slot \"{slot}\": bad version requirement: {e}"),
+                        message: format!("book \"{slot}\": bad version requirement: {e}"),
                     })?,
             ),
             None => (slot.trim(), VersionReq::STAR),

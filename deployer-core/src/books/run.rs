@@ -130,7 +130,15 @@ impl Command for ManualStep {
                 )
             };
             ctx.log(&msg);
-            self.acks.wait(&self.step).await;
+            tokio::select! {
+                _ = self.acks.wait(&self.step) => {}
+                _ = ctx.cancelled() => {
+                    return Err(CommandError::failed(format!(
+                        "stopped before step {} was acknowledged",
+                        self.step
+                    )));
+                }
+            }
         }
         Ok(Outcome::done().with_data(serde_json::json!({"acknowledged": self.step})))
     }
@@ -254,8 +262,10 @@ impl JobRunner {
     }
 
     /// Runs `job` (a draft is scheduled first): `scheduled` → `running` → `done`, `error` or
-    /// `cancel` by the run's outcome; each step that ran gets its outcome. Manual steps wait
-    /// on `acks`. Fails before running anything when the job's tasklist does not validate.
+    /// `cancel` by the run's outcome (`cancel` whenever `options.cancel` was used); each step
+    /// that ran gets its outcome. Manual steps wait on `acks` (a first cancellation lets a
+    /// waiting manual step wait on; stopping hard ends it). Fails before running anything
+    /// when the job's tasklist does not validate.
     pub async fn run(
         &self,
         job: &mut Job,
@@ -272,6 +282,7 @@ impl JobRunner {
             });
         }
         let plan = self.plan(job, acks)?;
+        let cancel = options.cancel.clone();
         let report = match &self.runs {
             None => {
                 job.transition(JobState::Running)?;
@@ -320,10 +331,12 @@ impl JobRunner {
         for step in job.steps.iter_mut().filter(|s| s.runs()) {
             step.outcome = stages.next().and_then(|s| s.outcome);
         }
+        // A task stopped by a cancellation fails its stage; the job was still cancelled.
         job.transition(match report.outcome {
             RunOutcome::Succeeded => JobState::Done,
-            RunOutcome::Failed => JobState::Error,
             RunOutcome::Cancelled => JobState::Cancel,
+            RunOutcome::Failed if cancel.is_cancelled() => JobState::Cancel,
+            RunOutcome::Failed => JobState::Error,
         })?;
         Ok(report)
     }
