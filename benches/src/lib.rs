@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: a no-op command and a host that does nothing, so that what
 //! is measured is the scheduler itself.
 
+pub mod ssh;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,0 +1,210 @@
+//! Workload W1 end to end over real SSH on loopback, against plain `ssh`, interleaved round by
+//! round so that a busy machine slows both alike.
+//!
+//! ```text
+//! cargo run --release -p deployer-benches --bin ssh_w1 [ROUNDS] [HOST COUNTS…]
+//! ```
+//!
+//! (default: 7 rounds at 1, 5 and 20 hosts). Every host is its own sshd on 127.0.0.2,
+//! 127.0.0.3, …, logged into as the ordinary user `deployer-test`, with its own target
+//! directory `/tmp/deployer-bench/<address>/{deployer,ssh}`. W1, per host: create
+//! `releases/<v>`, upload a 1 MiB `.tar.gz`, unpack it, switch `current`, run `true`, verify a
+//! file under `current`.
+//!
+//! * **deployer**: six stages (concurrency 20, one task per host at a time), the standard
+//!   commands, the real `Executor`, a fresh `SshConnector` per round: the time runs from
+//!   building the plan to the report, connection setup included.
+//! * **baseline**: one plain `ssh` per host running all of W1 as one shell line, the tarball
+//!   on its standard input, all hosts in parallel.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deployer_benches::ssh::{Fleet, fresh_dir_for, load_average, median, ms, random_file};
+use deployer_core::{CommandRegistry, Executor, Plan, Stage, Task, Tasklist};
+
+const ROOT: &str = "/tmp/deployer-bench";
+
+fn base(host: &str, who: &str) -> String {
+    format!("{ROOT}/{host}/{who}")
+}
+
+/// W1 for `hosts` as a tasklist of six stages.
+fn w1(hosts: &[String], tarball: &str, version: &str) -> Tasklist {
+    let stage = |name: &str, task: &dyn Fn(&str) -> Task| {
+        Stage::new(name, 20)
+            .per_host(1)
+            .tasks(hosts.iter().map(|h| task(h).on(h.clone())))
+    };
+    let release = |h: &str| format!("{}/releases/{version}", base(h, "deployer"));
+    Tasklist::new("w1")
+        .stage(stage("create release", &|h| {
+            Task::new("createdirectory").arg("source", release(h))
+        }))
+        .stage(stage("upload", &|h| {
+            Task::new("upload")
+                .arg("source", tarball)
+                .arg("destination", format!("{}/", release(h)))
+        }))
+        .stage(stage("unpack", &|h| {
+            Task::new("unpack")
+                .arg("source", format!("{}/app.tar.gz", release(h)))
+                .arg("destination", release(h))
+        }))
+        .stage(stage("switch current", &|h| {
+            Task::new("symlink")
+                .arg("source", release(h))
+                .arg("destination", format!("{}/current", base(h, "deployer")))
+        }))
+        .stage(stage("restart", &|_| {
+            Task::new("execute_command").arg("command_line", "true")
+        }))
+        .stage(stage("verify", &|h| {
+            Task::new("execute_command").arg(
+                "command_line",
+                format!("test -f {}/current/VERSION", base(h, "deployer")),
+            )
+        }))
+}
+
+fn deployer_round(
+    rt: &tokio::runtime::Runtime,
+    fleet: &Fleet,
+    hosts: &[String],
+    tarball: &str,
+    version: &str,
+    registry: &CommandRegistry,
+) -> (Duration, Vec<Duration>) {
+    let t = Instant::now();
+    let plan = Plan::build(&w1(hosts, tarball, version), registry).expect("valid plan");
+    let exec = Executor::new(Arc::new(fleet.connector()));
+    let report = rt.block_on(exec.run(&plan));
+    let took = t.elapsed();
+    if let Err(e) = report.clone().into_result() {
+        panic!("deployer W1 failed: {e}");
+    }
+    (took, report.stages.iter().map(|s| s.duration).collect())
+}
+
+fn baseline_round(fleet: &Fleet, n: usize, tarball: &str, version: &str) -> Duration {
+    let t = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let b = base(&fleet.hosts()[i], "ssh");
+            let r = format!("{b}/releases/{version}");
+            let script = format!(
+                "mkdir -p {r} && cat > {r}/app.tar.gz && tar -xzf {r}/app.tar.gz -C {r} && \
+                 ln -sfn {r} {b}/current && true && test -f {b}/current/VERSION"
+            );
+            Command::new("ssh")
+                .args(fleet.openssh_args(i, "-p"))
+                .arg(fleet.destination(i))
+                .arg(script)
+                .stdin(std::fs::File::open(tarball).expect("tarball"))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("ssh")
+        })
+        .collect();
+    for mut c in children {
+        let status = c.wait().expect("ssh");
+        assert!(status.success(), "baseline ssh failed: {status}");
+    }
+    t.elapsed()
+}
+
+/// Per host count: deployer and baseline times, and the deployer's stage times.
+#[derive(Default)]
+struct Samples {
+    deployer: Vec<Duration>,
+    baseline: Vec<Duration>,
+    stages: Vec<Vec<Duration>>,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().ok());
+    let rounds = args.next().flatten().unwrap_or(7);
+    let mut counts: Vec<usize> = args.flatten().collect();
+    if counts.is_empty() {
+        counts = vec![1, 5, 20];
+    }
+    let max = *counts.iter().max().expect("counts");
+
+    let fleet = Fleet::start(max).expect("start sshd fleet");
+    for h in fleet.hosts() {
+        for who in ["deployer", "ssh"] {
+            fresh_dir_for(std::path::Path::new(&base(&h, who)), fleet.user()).expect("dir");
+        }
+    }
+    // The artifact: 1 MiB of random data plus VERSION, as a .tar.gz (≈1 MiB: incompressible).
+    let work = tempfile::tempdir().expect("tempdir");
+    let content = work.path().join("content");
+    std::fs::create_dir(&content).expect("mkdir");
+    random_file(&content.join("blob"), 1 << 20).expect("blob");
+    std::fs::write(content.join("VERSION"), "1\n").expect("VERSION");
+    let tarball = work.path().join("app.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&content)
+        .args(["VERSION", "blob"])
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    let tarball = tarball.display().to_string();
+    let mut registry = CommandRegistry::new();
+    deployer_commands::register_all(&mut registry);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let all = fleet.hosts();
+    let mut loads = Vec::new();
+    // One warm-up round of each, not counted (page cache, sshd first fork).
+    for &n in &counts {
+        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry);
+        baseline_round(&fleet, n, &tarball, "warm");
+    }
+    let mut results: Vec<Samples> = counts.iter().map(|_| Samples::default()).collect();
+    for round in 0..rounds {
+        loads.push(load_average());
+        for (k, &n) in counts.iter().enumerate() {
+            let version = format!("r{round}");
+            let hosts = &all[..n];
+            let r = &mut results[k];
+            // Alternate which goes first.
+            if round % 2 == 1 {
+                r.baseline
+                    .push(baseline_round(&fleet, n, &tarball, &version));
+            }
+            let (d, stages) = deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry);
+            r.deployer.push(d);
+            r.stages.push(stages);
+            if round % 2 == 0 {
+                r.baseline
+                    .push(baseline_round(&fleet, n, &tarball, &version));
+            }
+        }
+    }
+    println!(
+        "W1 over SSH on loopback, median of {rounds} interleaved rounds, load average (1 min) at round starts: {}",
+        loads.join(" ")
+    );
+    for (k, &n) in counts.iter().enumerate() {
+        let r = &results[k];
+        let stage_medians: Vec<String> = (0..6)
+            .map(|s| format!("{:.0}", ms(median(r.stages.iter().map(|v| v[s]).collect()))))
+            .collect();
+        let (o, b) = (median(r.deployer.clone()), median(r.baseline.clone()));
+        println!(
+            "{n:>2} hosts: deployer {:.0} ms (stages {} ms), ssh baseline {:.0} ms, ratio {:.2}",
+            ms(o),
+            stage_medians.join("/"),
+            ms(b),
+            o.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
