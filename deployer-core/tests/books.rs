@@ -427,6 +427,7 @@ clusters:
 projects:
 - slug: shop
   owner: alice
+  users: [{user: alice, role: developer}]
   namespace: {uid: 0190f3a2-7c1e-7d4b-9a2f-3b5c6d7e8f90}
   groups:
   - slug: web
@@ -452,6 +453,41 @@ projects:
         JobStepKind::Command { hosts, .. } => assert_eq!(hosts, &["fe001"]),
         other => panic!("{other:?}"),
     }
+
+    // What the catalog hands over when a user triggers an action.
+    let catalog = Catalog::in_memory(data);
+    let prod: DeploymentRef = "shop/prod".parse().unwrap();
+    let request = catalog
+        .trigger("alice", &prod, LifecycleAction::Pause)
+        .await
+        .unwrap();
+    let job = JobBuilder::for_request(&lib, &request)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.book.as_str(), job.action),
+        ("pause", Some(LifecycleAction::Pause))
+    );
+    assert_eq!(job.scope["deployment"]["ref"], "shop/prod");
+    // This deployment has no backup datasource: the backup's data cannot be computed.
+    let request = catalog
+        .trigger("alice", &prod, LifecycleAction::Deploy)
+        .await
+        .unwrap();
+    let err = JobBuilder::for_request(&lib, &request)
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "deploy/backup/snapshot/dump (snapshot@1.0.0): data.bucket \"backup_datasource.bucket\": "
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is null"), "{err}");
 }
 
 #[tokio::test]
@@ -884,6 +920,11 @@ fn mistakes_in_book_files_say_where() {
         "kind.yaml",
         "name: b\nversion: 1.0.0\nsteps:\n- name: s\n  command: work\n  manual: true\n",
         "4:3: steps[0]: step \"s\" must have exactly one of `command`, `book` or `manual: true`",
+    );
+    check(
+        "manual.yaml",
+        "name: b\nversion: 1.0.0\nsteps:\n- name: s\n  command: manual\n",
+        "5:12: steps[0].command: \"manual\" is the built-in command of manual steps",
     );
     check(
         "unknown-key.yaml",

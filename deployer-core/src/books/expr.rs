@@ -65,7 +65,14 @@ impl Expr {
                     scope.names.join(", ")
                 )
             }
-            other => other.to_string(),
+            other => {
+                let m = other.to_string();
+                if m.contains("null_type") {
+                    format!("{m} (a value it uses is null; guard it with `x != null && ...`)")
+                } else {
+                    m
+                }
+            }
         })?;
         from_cel(&value)
     }

@@ -126,6 +126,49 @@ impl BookLibrary {
     }
 
     /// Registers the book of a YAML or JSON text; `origin` names it in errors (a file name).
+    ///
+    /// # File format
+    ///
+    /// One book per file. A step has exactly one of `command`, `book` or `manual: true`;
+    /// expressions (`applies`, `hosts`, `data` values) are CEL over the scope's top-level
+    /// keys; durations are seconds.
+    ///
+    /// ```
+    /// use deployer_core::{BookLibrary, StepKind};
+    ///
+    /// let mut library = BookLibrary::new();
+    /// library.add_str("name: pause\nversion: 1.0.0\nsteps: [{name: stop, manual: true}]\n",
+    ///     "pause.yaml").unwrap();
+    /// library.add_str(r#"
+    /// name: deploy
+    /// version: 1.2.0
+    /// description: Release the current image
+    /// deployment_group_type: odoo        # optional filters
+    /// deployment_type: odoo
+    /// should_notify: true
+    /// steps:
+    /// - name: pause
+    ///   book: pause                      # a child book, inlined when the job is built
+    ///   version: ^1                      # default: any; `step: NAME` calls one step
+    /// - name: approve
+    ///   manual: true
+    ///   description: Check the backup
+    /// - name: restart
+    ///   command: restart_service         # a registered command
+    ///   args: {service: web}
+    ///   hosts: cluster.hosts             # default: once, on the controller
+    ///   concurrency: 2                   # default: 1
+    ///   concurrency_per_host: 1          # default: no limit
+    ///   applies: deployment.scope == 'production'
+    ///   data: {url: "'https://' + deployment.subdomain + '.' + deployment.domain"}
+    ///   sequence: 30                     # default: 0, ties keep the file's order
+    ///   estimated_duration: 20           # default: 0, unknown
+    ///   estimated_duration_over_stop: 5  # default: 10
+    ///   retries: 2                       # default: 0
+    /// "#, "deploy.yaml").unwrap();
+    /// let deploy = library.latest("deploy").unwrap();
+    /// assert!(matches!(&deploy.steps[2].kind, StepKind::Command(c) if c.concurrency == 2));
+    /// ```
     pub fn add_str(&mut self, text: &str, origin: &str) -> Result<(), BookError> {
         let (book, locs) = file::parse(text, origin)?;
         self.register_entries(vec![Entry::new(book, Some(origin.to_string()), locs)])
@@ -388,7 +431,12 @@ impl BookLibrary {
                     .hosts
                     .as_deref()
                     .and_then(|s| compile(format!("{p}.hosts"), s));
-                if let Some(known) = &self.commands {
+                if cmd.command == super::run::MANUAL_COMMAND {
+                    problems.push(entry.problem(
+                        &format!("{p}.command"),
+                        "\"manual\" is the built-in command of manual steps; write `manual: true`",
+                    ));
+                } else if let Some(known) = &self.commands {
                     if !known.contains(&cmd.command) {
                         let mut message = format!("unknown command \"{}\"", cmd.command);
                         if let Some(s) = crate::validation::did_you_mean(
