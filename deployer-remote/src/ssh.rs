@@ -895,11 +895,20 @@ impl Job {
                 Input::None => {}
                 Input::Bytes(b) => {
                     // The command may exit without reading: not an error.
-                    let _ = wr.data(&b[..]).await;
+                    let _ = wr.data_bytes(b).await;
                 }
                 Input::File(path) => {
-                    let file = tokio::fs::File::open(&path).await?;
-                    let _ = wr.data(file).await;
+                    // Large reads handed over as owned buffers: russh splits them into
+                    // full-size packets (`data(reader)` would copy through 8 KiB writes).
+                    use tokio::io::AsyncReadExt;
+                    let mut file = tokio::fs::File::open(&path).await?;
+                    loop {
+                        let mut buf = Vec::with_capacity(256 * 1024);
+                        let n = (&mut file).take(256 * 1024).read_to_end(&mut buf).await?;
+                        if n == 0 || wr.data_bytes(buf).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 Input::Tar(path) => {
                     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
