@@ -217,6 +217,15 @@ async fn three_levels_of_books_are_inlined_in_order() {
     .unwrap();
     let job = build(&lib, "quick").await;
     assert_eq!(paths(&job), ["quick/dump/dump"]);
+    // A new version of a child that lacks a step a parent calls is refused, naming the parent.
+    let err = lib
+        .register(Book::new("snapshot", v("1.1.0")).step(Step::command("freeze", "work")))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "quick@1.0.0: steps[0].step: book snapshot@1.1.0 has no step \"dump\""
+    );
+    assert!(lib.get_exact("snapshot", &v("1.1.0")).is_none());
     let err = lib
         .register(
             Book::new("bad", v("1.0.0"))

@@ -188,6 +188,11 @@ mod tests {
         );
         let e = Expr::compile("deployment.subdomain").unwrap();
         assert!(e.eval_bool(&env).is_err());
+        // Optional keys are tested with has().
+        let e = Expr::compile("has(deployment.nope) || has(deployment.subdomain)").unwrap();
+        assert!(e.eval_bool(&env).unwrap());
+        let e = Expr::compile("has(deployment.nope)").unwrap();
+        assert!(!e.eval_bool(&env).unwrap());
     }
 
     #[test]

@@ -131,7 +131,8 @@ impl BookLibrary {
     ///
     /// One book per file. A step has exactly one of `command`, `book` or `manual: true`;
     /// expressions (`applies`, `hosts`, `data` values) are CEL over the scope's top-level
-    /// keys; durations are seconds.
+    /// keys, and a missing key is an error (test for an optional one with `has(x.key)`);
+    /// durations are seconds.
     ///
     /// ```
     /// use deployer_core::{BookLibrary, StepKind};
@@ -289,7 +290,6 @@ impl BookLibrary {
     fn register_entries(&mut self, entries: Vec<Entry>) -> Result<(), BookError> {
         let mut problems = Vec::new();
         let mut books = self.books.clone();
-        let mut added = Vec::new();
         for mut entry in entries {
             let compiled = self.check_book(&entry, &mut problems);
             entry.compiled = Arc::new(compiled);
@@ -303,14 +303,14 @@ impl BookLibrary {
                     });
                 }
                 None => {
-                    added.push((entry.book.name.clone(), entry.book.version.clone()));
                     versions.insert(entry.book.version.clone(), entry);
                 }
             }
         }
-        // Child books must exist, with the step asked for.
-        for (name, version) in &added {
-            let entry = &books[name][version];
+        // Child books must exist, with the step asked for: in the books added, and in those
+        // already registered (a new version of a child may lack a step they call).
+        let all: Vec<&Entry> = books.values().flat_map(|v| v.values()).collect();
+        for entry in all {
             for (i, step) in entry.book.steps.iter().enumerate() {
                 let StepKind::Book(child) = &step.kind else {
                     continue;
