@@ -90,15 +90,36 @@ pub(crate) fn install_script(
     install_with(host, &fill, dest, mode)
 }
 
-/// Whether a finished sudo command failed because sudo wanted a password.
-pub(crate) fn sudo_wanted_password(options_sudo: bool, status: Option<i32>, stderr: &[u8]) -> bool {
-    if !options_sudo || status != Some(1) {
-        return false;
+/// The error for a sudo command that sudo itself refused: a password was wanted, or there is
+/// no sudo on the host. `None` when the command ran (whatever its status).
+pub(crate) fn sudo_failure(
+    host: &str,
+    used_sudo: bool,
+    status: Option<i32>,
+    stderr: &[u8],
+) -> Option<RemoteError> {
+    if !used_sudo {
+        return None;
     }
     let text = String::from_utf8_lossy(stderr);
-    text.contains("sudo: a password is required")
-        || text.contains("sudo: a terminal is required")
-        || text.contains("sudo: no tty present")
+    match status {
+        Some(1)
+            if text.contains("sudo: a password is required")
+                || text.contains("sudo: a terminal is required")
+                || text.contains("sudo: no tty present") =>
+        {
+            Some(RemoteError::SudoPassword {
+                host: host.to_string(),
+            })
+        }
+        Some(127) if text.contains("sudo") && text.contains("not found") => {
+            Some(RemoteError::Other {
+                host: host.to_string(),
+                message: "sudo is not installed on this host".to_string(),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Collects one stream's bytes and hands complete lines to the output sink.
@@ -173,6 +194,19 @@ mod tests {
             "sudo -n -- sh -c 'id -u'"
         );
         assert_eq!(shell_line("h", "id -u", &sudo, false).unwrap(), "id -u");
+    }
+
+    #[test]
+    fn sudo_refusals_are_recognised() {
+        let pw = sudo_failure("h", true, Some(1), b"sudo: a password is required\n");
+        assert!(matches!(pw, Some(RemoteError::SudoPassword { .. })));
+        let missing = sudo_failure("h", true, Some(127), b"sh: 1: sudo: not found\n");
+        assert_eq!(
+            missing.unwrap().to_string(),
+            "h: sudo is not installed on this host"
+        );
+        assert!(sudo_failure("h", false, Some(1), b"sudo: a password is required").is_none());
+        assert!(sudo_failure("h", true, Some(1), b"grep found nothing").is_none());
     }
 
     #[test]

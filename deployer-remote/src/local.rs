@@ -11,7 +11,7 @@ use deployer_core::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{LineCollector, shell_line, sudo_wanted_password};
+use crate::common::{LineCollector, shell_line, sudo_failure};
 
 /// This machine, as a [`RemoteHost`]: commands run with `sh -c` as a child process.
 ///
@@ -209,10 +209,13 @@ impl RemoteHost for LocalHost {
         // The command has exited: leave whatever it started in the background alone.
         guard.pgid = None;
         let exit_status = status.code();
-        if sudo_wanted_password(options.sudo && !self.is_root, exit_status, &stderr) {
-            return Err(RemoteError::SudoPassword {
-                host: self.name.clone(),
-            });
+        if let Some(e) = sudo_failure(
+            &self.name,
+            options.sudo && !self.is_root,
+            exit_status,
+            &stderr,
+        ) {
+            return Err(e);
         }
         Ok(ExecOutput {
             exit_status,

@@ -16,7 +16,7 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::common::{LineCollector, install_with, shell_line, sudo_wanted_password};
+use crate::common::{LineCollector, install_with, shell_line, sudo_failure};
 use crate::config::{SshConfig, home_dir, parse_jump};
 use crate::local::short;
 
@@ -1131,10 +1131,13 @@ impl RemoteHost for SshHost {
                 &format!("command `{}`", short(command)),
             )
             .await?;
-        if sudo_wanted_password(options.sudo && self.use_sudo(), raw.status, &raw.stderr) {
-            return Err(RemoteError::SudoPassword {
-                host: self.name.clone(),
-            });
+        if let Some(e) = sudo_failure(
+            &self.name,
+            options.sudo && self.use_sudo(),
+            raw.status,
+            &raw.stderr,
+        ) {
+            return Err(e);
         }
         Ok(ExecOutput {
             exit_status: raw.status,
@@ -1188,10 +1191,8 @@ impl RemoteHost for SshHost {
                 "upload",
             )
             .await?;
-        if sudo_wanted_password(sudo, raw.status, &raw.stderr) {
-            return Err(RemoteError::SudoPassword {
-                host: self.name.clone(),
-            });
+        if let Some(e) = sudo_failure(&self.name, sudo, raw.status, &raw.stderr) {
+            return Err(e);
         }
         if raw.status != Some(0) {
             let tail = deployer_core::tail_lines(&String::from_utf8_lossy(&raw.stderr), 5);
