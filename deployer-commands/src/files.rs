@@ -914,13 +914,13 @@ impl Command for Cleanup {
         let a: CleanupArgs = args.parse()?;
         let mut c = Check::new();
         c.removable("path", &a.path);
-        if let Some(f) = &a.filespec {
-            if f.is_empty() || f.contains('/') {
-                c.push(
-                    ValidationError::new("filespec", format!("invalid pattern {f:?}"))
-                        .expected("a file name pattern such as \"web_*\" (no \"/\")"),
-                );
-            }
+        if let Some(f) = &a.filespec
+            && (f.is_empty() || f.contains('/'))
+        {
+            c.push(
+                ValidationError::new("filespec", format!("invalid pattern {f:?}"))
+                    .expected("a file name pattern such as \"web_*\" (no \"/\")"),
+            );
         }
         if let Some(x) = &a.exclude {
             c.text("exclude", x);

@@ -90,10 +90,10 @@ impl HttpCheck {
                 self.expected_status
             ));
         }
-        if let Some(needle) = &self.body_contains {
-            if !body.contains(needle.as_str()) {
-                return Answer::Wrong(format!("body does not contain {needle:?}"));
-            }
+        if let Some(needle) = &self.body_contains
+            && !body.contains(needle.as_str())
+        {
+            return Answer::Wrong(format!("body does not contain {needle:?}"));
         }
         Answer::Ok
     }
@@ -117,14 +117,14 @@ impl Command for HttpCheck {
                 "an http:// or https:// URL without spaces",
             );
         }
-        if let Some(s) = a.expected_status {
-            if !(100..=599).contains(&s) {
-                c.fail(
-                    "expected_status",
-                    format!("invalid status {s}"),
-                    "an HTTP status between 100 and 599",
-                );
-            }
+        if let Some(s) = a.expected_status
+            && !(100..=599).contains(&s)
+        {
+            c.fail(
+                "expected_status",
+                format!("invalid status {s}"),
+                "an HTTP status between 100 and 599",
+            );
         }
         if a.tries == Some(0) {
             c.fail("tries", "is 0", "at least 1");
@@ -254,18 +254,17 @@ impl Command for WaitForPort {
         if a.port == 0 {
             c.fail("port", "is 0", "a port between 1 and 65535");
         }
-        if let Some(addr) = &a.address {
-            if addr.is_empty()
+        if let Some(addr) = &a.address
+            && (addr.is_empty()
                 || !addr
                     .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':' | '_'))
-            {
-                c.fail(
-                    "address",
-                    format!("invalid address {addr:?}"),
-                    "a host name or IP address",
-                );
-            }
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':' | '_')))
+        {
+            c.fail(
+                "address",
+                format!("invalid address {addr:?}"),
+                "a host name or IP address",
+            );
         }
         c.finish(WaitForPort {
             address: a.address.unwrap_or_else(|| "127.0.0.1".to_string()),

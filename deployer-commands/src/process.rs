@@ -96,10 +96,10 @@ impl Command for MigrationScript {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        if let Some(path) = &self.if_exists {
-            if !ctx.host().file_exists(path).await? {
-                return Ok(Outcome::skipped(format!("{path} does not exist")));
-            }
+        if let Some(path) = &self.if_exists
+            && !ctx.host().file_exists(path).await?
+        {
+            return Ok(Outcome::skipped(format!("{path} does not exist")));
         }
         ctx.run_checked_with(&self.source, ExecOptions::new().sudo(self.sudo))
             .await?;

@@ -558,11 +558,11 @@ fn previous_version(log: &str, current: Option<&str>, existing: &[String]) -> Op
         let (Some(action), Some(version)) = (fields.get(1), fields.get(2)) else {
             continue;
         };
-        if *action == "rollback" {
-            if let Some(p) = stack.iter().rposition(|v| v == version) {
-                stack.truncate(p + 1);
-                continue;
-            }
+        if *action == "rollback"
+            && let Some(p) = stack.iter().rposition(|v| v == version)
+        {
+            stack.truncate(p + 1);
+            continue;
         }
         stack.push(version);
     }

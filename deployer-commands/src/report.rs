@@ -172,12 +172,13 @@ pub fn parse_versions(install_location: &str, listing: &str) -> BTreeMap<String,
             if !service.is_empty() && !target_name.is_empty() {
                 versions.insert(service.to_string(), target_name.to_string());
             }
-        } else if let Some((service, version)) = target_name.split_once('_') {
-            if !service.is_empty() && !version.is_empty() {
-                versions
-                    .entry(service.to_string())
-                    .or_insert_with(|| version.to_string());
-            }
+        } else if let Some((service, version)) = target_name.split_once('_')
+            && !service.is_empty()
+            && !version.is_empty()
+        {
+            versions
+                .entry(service.to_string())
+                .or_insert_with(|| version.to_string());
         }
     }
     versions

@@ -146,31 +146,31 @@ impl<'a> TaskArgs<'a> {
 fn arg_error(path: String, message: &str) -> ValidationError {
     // serde's wording: "unknown field `sourc`, expected one of `source`, `destination`"
     // or "unknown field `x`, expected `y`"; turn it into a hint.
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            // serde_path_to_error already ends the path with the unknown key.
-            let at = if path == field || path.ends_with(&format!(".{field}")) {
-                path.clone()
-            } else {
-                join_path(&path, field)
-            };
-            let mut e = ValidationError::new(at, format!("unknown argument \"{field}\""));
-            if !candidates.is_empty() {
-                e = e.expected(format!("one of {}", candidates.join(", ")));
-            } else {
-                e = e.expected("no arguments");
-            }
-            if let Some(s) = did_you_mean(field, candidates.iter().copied()) {
-                e = e.hint(format!("did you mean \"{s}\"?"));
-            }
-            return e;
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        // serde_path_to_error already ends the path with the unknown key.
+        let at = if path == field || path.ends_with(&format!(".{field}")) {
+            path.clone()
+        } else {
+            join_path(&path, field)
+        };
+        let mut e = ValidationError::new(at, format!("unknown argument \"{field}\""));
+        if !candidates.is_empty() {
+            e = e.expected(format!("one of {}", candidates.join(", ")));
+        } else {
+            e = e.expected("no arguments");
         }
+        if let Some(s) = did_you_mean(field, candidates.iter().copied()) {
+            e = e.hint(format!("did you mean \"{s}\"?"));
+        }
+        return e;
     }
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        if let Some((field, _)) = rest.split_once('`') {
-            return ValidationError::new(join_path(&path, field), "missing required argument");
-        }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some((field, _)) = rest.split_once('`')
+    {
+        return ValidationError::new(join_path(&path, field), "missing required argument");
     }
     ValidationError::new(path, message.to_string())
 }

@@ -641,10 +641,10 @@ impl<'a> JobQueue<'a> {
                     }
                     self.running_on[h] += 1;
                     running += 1;
-                    if (self.running_on[h] as usize) < self.per_host {
-                        if let Some(&next) = self.pending[h].front() {
-                            self.ready.push(Reverse((next, host)));
-                        }
+                    if (self.running_on[h] as usize) < self.per_host
+                        && let Some(&next) = self.pending[h].front()
+                    {
+                        self.ready.push(Reverse((next, host)));
                     }
                     let planned = self.stage.entries[entry as usize].clone();
                     let shared = self.shared.clone();
@@ -671,11 +671,10 @@ impl<'a> JobQueue<'a> {
                     };
                     let h = host as usize;
                     self.running_on[h] -= 1;
-                    if self.running_on[h] as usize + 1 == self.per_host {
-                        if let Some(&next) = self.pending[h].front() {
+                    if self.running_on[h] as usize + 1 == self.per_host
+                        && let Some(&next) = self.pending[h].front() {
                             self.ready.push(Reverse((next, host)));
                         }
-                    }
                     let c = &mut self.report.counts;
                     c.succeeded += result.counts.succeeded;
                     c.skipped += result.counts.skipped;

@@ -17,6 +17,14 @@
 //!   a [`Connector`] hands out (SSH and local hosts live in `deployer-remote`).
 //! * The executor prints nothing: it emits typed [`Event`]s to [`EventSink`]s. [`TracingSink`]
 //!   and [`LogFormat`] turn them into log lines `time [LEVEL] [component] [host] [tag] message`.
+//! * [`Runs`] records runs in a [`RunStore`] (per-host and per-task state, leases, resume,
+//!   purge; [`MemoryStore`] here, SQLite and PostgreSQL in `deployer-store`).
+//! * The object model — projects, deployment groups, deployments, clusters, datasources,
+//!   monitors, roles — lives behind a [`Catalog`] that checks the acting user on every call;
+//!   a deployment's [`Scope`] is the JSON view books are evaluated against.
+//! * Books are versioned, composable playbooks ([`Book`], [`BookLibrary`]); a [`JobBuilder`]
+//!   resolves one against a scope (CEL conditions and data, child books inlined, timeouts from
+//!   history) and a [`JobRunner`] runs the job through the executor.
 //!
 //! # Example
 //!

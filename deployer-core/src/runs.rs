@@ -546,14 +546,15 @@ impl RunStore for MemoryStore {
     async fn claim(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {
         let now = SystemTime::now();
         self.with_run(id, |r| {
-            if let (Some(holder), Some(expires)) = (&r.record.owner, r.record.lease_expires) {
-                if holder != owner && expires > now {
-                    return Err(StoreError::LeaseHeld {
-                        id: id.clone(),
-                        owner: holder.clone(),
-                        remaining: expires.duration_since(now).unwrap_or_default(),
-                    });
-                }
+            if let (Some(holder), Some(expires)) = (&r.record.owner, r.record.lease_expires)
+                && holder != owner
+                && expires > now
+            {
+                return Err(StoreError::LeaseHeld {
+                    id: id.clone(),
+                    owner: holder.clone(),
+                    remaining: expires.duration_since(now).unwrap_or_default(),
+                });
             }
             r.record.owner = Some(owner.to_string());
             r.record.lease_expires = Some(now + ttl);
@@ -656,11 +657,12 @@ impl RunStore for MemoryStore {
         let mut count = 0u32;
         for r in runs.values() {
             for t in r.tasks.values() {
-                if t.history_key == history_key && t.state == TaskState::Succeeded {
-                    if let Some(d) = t.duration {
-                        total += d;
-                        count += 1;
-                    }
+                if t.history_key == history_key
+                    && t.state == TaskState::Succeeded
+                    && let Some(d) = t.duration
+                {
+                    total += d;
+                    count += 1;
                 }
             }
         }

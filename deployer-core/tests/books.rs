@@ -737,11 +737,11 @@ async fn a_manual_step_waits_for_its_acknowledgement() {
     // Wait until the manual task has started, then acknowledge it.
     loop {
         let e = events.recv().await.unwrap();
-        if let EventKind::TaskStarted { task, .. } = &e.kind {
-            if task.command == MANUAL_COMMAND {
-                assert_eq!(task.tag.as_deref(), Some("backup/verify"));
-                break;
-            }
+        if let EventKind::TaskStarted { task, .. } = &e.kind
+            && task.command == MANUAL_COMMAND
+        {
+            assert_eq!(task.tag.as_deref(), Some("backup/verify"));
+            break;
         }
     }
     assert_eq!(seen.lock().unwrap().len(), 2);

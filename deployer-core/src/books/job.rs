@@ -540,13 +540,12 @@ impl Resolver<'_> {
                 message,
             };
             let mut skipped = None;
-            if let Some(applies) = &compiled.applies {
-                if !applies
+            if let Some(applies) = &compiled.applies
+                && !applies
                     .eval_bool(self.env)
                     .map_err(|m| fail("applies", &applies.source, m))?
-                {
-                    skipped = Some(format!("its condition is false: {}", applies.source));
-                }
+            {
+                skipped = Some(format!("its condition is false: {}", applies.source));
             }
             let mut data = Map::new();
             if skipped.is_none() {
@@ -574,14 +573,14 @@ impl Resolver<'_> {
                                 available: self.library.versions(&child.book),
                             })?
                             .clone();
-                        if let Some(s) = &child.step {
-                            if !c.book.steps.iter().any(|x| &x.name == s) {
-                                return Err(BookError::NoSuchStep {
-                                    book: c.book.id(),
-                                    step: s.clone(),
-                                    from: path,
-                                });
-                            }
+                        if let Some(s) = &child.step
+                            && !c.book.steps.iter().any(|x| &x.name == s)
+                        {
+                            return Err(BookError::NoSuchStep {
+                                book: c.book.id(),
+                                step: s.clone(),
+                                from: path,
+                            });
                         }
                         self.inline(&c, child.step.as_deref(), &path, depth + 1)?;
                         continue;

@@ -345,13 +345,13 @@ impl BookLibrary {
                         problems.push(entry.problem(&format!("steps[{i}].book"), message));
                     }
                     Some(c) => {
-                        if let Some(only) = &child.step {
-                            if !c.book.steps.iter().any(|s| &s.name == only) {
-                                problems.push(entry.problem(
-                                    &format!("steps[{i}].step"),
-                                    format!("book {} has no step \"{only}\"", c.book.id()),
-                                ));
-                            }
+                        if let Some(only) = &child.step
+                            && !c.book.steps.iter().any(|s| &s.name == only)
+                        {
+                            problems.push(entry.problem(
+                                &format!("steps[{i}].step"),
+                                format!("book {} has no step \"{only}\"", c.book.id()),
+                            ));
                         }
                     }
                 }
@@ -436,17 +436,17 @@ impl BookLibrary {
                         &format!("{p}.command"),
                         "\"manual\" is the built-in command of manual steps; write `manual: true`",
                     ));
-                } else if let Some(known) = &self.commands {
-                    if !known.contains(&cmd.command) {
-                        let mut message = format!("unknown command \"{}\"", cmd.command);
-                        if let Some(s) = crate::validation::did_you_mean(
-                            &cmd.command,
-                            known.iter().map(String::as_str),
-                        ) {
-                            message.push_str(&format!("; did you mean \"{s}\"?"));
-                        }
-                        problems.push(entry.problem(&format!("{p}.command"), message));
+                } else if let Some(known) = &self.commands
+                    && !known.contains(&cmd.command)
+                {
+                    let mut message = format!("unknown command \"{}\"", cmd.command);
+                    if let Some(s) = crate::validation::did_you_mean(
+                        &cmd.command,
+                        known.iter().map(String::as_str),
+                    ) {
+                        message.push_str(&format!("; did you mean \"{s}\"?"));
                     }
+                    problems.push(entry.problem(&format!("{p}.command"), message));
                 }
                 if cmd.concurrency == 0 {
                     problems.push(entry.problem(&format!("{p}.concurrency"), "must be at least 1"));
@@ -497,10 +497,10 @@ fn find_cycle(books: &BTreeMap<String, BTreeMap<Version, Entry>>) -> Option<Vec<
     for (name, versions) in books {
         for entry in versions.values() {
             for step in &entry.book.steps {
-                if let StepKind::Book(child) = &step.kind {
-                    if let Some(&to) = nodes.get(child.book.as_str()) {
-                        graph.update_edge(nodes[name.as_str()], to, ());
-                    }
+                if let StepKind::Book(child) = &step.kind
+                    && let Some(&to) = nodes.get(child.book.as_str())
+                {
+                    graph.update_edge(nodes[name.as_str()], to, ());
                 }
             }
         }

@@ -526,27 +526,27 @@ impl Validator {
                 &format!("repository {}", r.slug),
                 r.branches.iter().map(String::as_str),
             );
-            if let Some(p) = &r.project {
-                if !project_slugs.contains(&p) {
-                    self.dangling(
-                        format!("repository {}: project", r.slug),
-                        "project",
-                        p.as_str(),
-                        names(project_slugs.iter().copied()),
-                    );
-                }
+            if let Some(p) = &r.project
+                && !project_slugs.contains(&p)
+            {
+                self.dangling(
+                    format!("repository {}: project", r.slug),
+                    "project",
+                    p.as_str(),
+                    names(project_slugs.iter().copied()),
+                );
             }
         }
         for d in &data.datasources {
-            if let Some(p) = &d.project {
-                if !project_slugs.contains(&p) {
-                    self.dangling(
-                        format!("datasource {}: project", d.slug),
-                        "project",
-                        p.as_str(),
-                        names(project_slugs.iter().copied()),
-                    );
-                }
+            if let Some(p) = &d.project
+                && !project_slugs.contains(&p)
+            {
+                self.dangling(
+                    format!("datasource {}: project", d.slug),
+                    "project",
+                    p.as_str(),
+                    names(project_slugs.iter().copied()),
+                );
             }
         }
         for p in &data.projects {
@@ -635,18 +635,17 @@ impl Validator {
                         }
                     }
                 }
-                if let Some(b) = &s.backup_datasource {
-                    if let Ok(d) = data.datasource(b.as_str()) {
-                        if d.usage != super::datasource::DataUsage::RemoteBackup {
-                            self.invalid(
-                                format!("{sh}: backup_datasource"),
-                                format!(
-                                    "datasource {b} has usage {:?}, expected remote_backup",
-                                    d.usage
-                                ),
-                            );
-                        }
-                    }
+                if let Some(b) = &s.backup_datasource
+                    && let Ok(d) = data.datasource(b.as_str())
+                    && d.usage != super::datasource::DataUsage::RemoteBackup
+                {
+                    self.invalid(
+                        format!("{sh}: backup_datasource"),
+                        format!(
+                            "datasource {b} has usage {:?}, expected remote_backup",
+                            d.usage
+                        ),
+                    );
                 }
             }
             self.settings(data, p, g, &format!("{gh}: defaults"), &g.defaults);
@@ -688,15 +687,15 @@ impl Validator {
         here: &str,
         s: &DeploymentSettings,
     ) {
-        if let Some(scope) = &s.scope {
-            if !g.scopes.iter().any(|x| &x.slug == scope) {
-                self.dangling(
-                    format!("{here}: scope"),
-                    "scope",
-                    scope.as_str(),
-                    names(g.scopes.iter().map(|x| &x.slug)),
-                );
-            }
+        if let Some(scope) = &s.scope
+            && !g.scopes.iter().any(|x| &x.slug == scope)
+        {
+            self.dangling(
+                format!("{here}: scope"),
+                "scope",
+                scope.as_str(),
+                names(g.scopes.iter().map(|x| &x.slug)),
+            );
         }
         let repo =
             |slug: &Slug, field: &str, v: &mut Validator| match data.repository(slug.as_str()) {
@@ -723,32 +722,30 @@ impl Validator {
                     Some(r)
                 }
             };
-        if let Some(b) = &s.branch {
-            if let Some(r) = repo(&b.repository, "branch", self) {
-                if !r.branches.contains(&b.branch) {
-                    self.dangling(
-                        format!("{here}: branch"),
-                        "branch",
-                        &b.branch,
-                        r.branches.clone(),
-                    );
-                }
-            }
+        if let Some(b) = &s.branch
+            && let Some(r) = repo(&b.repository, "branch", self)
+            && !r.branches.contains(&b.branch)
+        {
+            self.dangling(
+                format!("{here}: branch"),
+                "branch",
+                &b.branch,
+                r.branches.clone(),
+            );
         }
-        if let Some(i) = &s.image {
-            if let Some(r) = repo(&i.repository, "image", self) {
-                if !r.images.iter().any(|x| x.slug == i.image) {
-                    self.dangling(
-                        format!("{here}: image"),
-                        "image",
-                        &format!("{}/{}", i.repository, i.image),
-                        r.images
-                            .iter()
-                            .map(|x| format!("{}/{}", r.slug, x.slug))
-                            .collect(),
-                    );
-                }
-            }
+        if let Some(i) = &s.image
+            && let Some(r) = repo(&i.repository, "image", self)
+            && !r.images.iter().any(|x| x.slug == i.image)
+        {
+            self.dangling(
+                format!("{here}: image"),
+                "image",
+                &format!("{}/{}", i.repository, i.image),
+                r.images
+                    .iter()
+                    .map(|x| format!("{}/{}", r.slug, x.slug))
+                    .collect(),
+            );
         }
         for action in super::lifecycle::LifecycleAction::ALL {
             if s.books.get(action).is_some_and(|b| b.trim().is_empty()) {

@@ -62,10 +62,10 @@ impl Monitor {
                 t.warning_after_failures, t.error_after_failures
             ));
         }
-        if let (Some(w), Some(e)) = (t.warning_ms, t.error_ms) {
-            if w > e {
-                return Err(format!("warning_ms ({w}) is above error_ms ({e})"));
-            }
+        if let (Some(w), Some(e)) = (t.warning_ms, t.error_ms)
+            && w > e
+        {
+            return Err(format!("warning_ms ({w}) is above error_ms ({e})"));
         }
         let MonitorCheck::HttpRequest(h) = &self.check;
         if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {

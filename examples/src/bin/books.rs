@@ -193,20 +193,20 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                 let cancel = options.cancel.clone();
                 tokio::spawn(async move {
                     while let Some(e) = events.recv().await {
-                        if let EventKind::TaskStarted { task, .. } = &e.kind {
-                            if task.command == MANUAL_COMMAND {
-                                let step = task.tag.clone().unwrap_or_default();
-                                println!("  waiting: press Enter to acknowledge {step}");
-                                let line = tokio::task::spawn_blocking(|| {
-                                    std::io::stdin().lock().lines().next()
-                                })
-                                .await;
-                                if matches!(line, Ok(Some(Ok(_)))) {
-                                    acks.acknowledge(&step);
-                                } else {
-                                    println!("  no acknowledgement (end of input): stopping");
-                                    cancel.stop_now();
-                                }
+                        if let EventKind::TaskStarted { task, .. } = &e.kind
+                            && task.command == MANUAL_COMMAND
+                        {
+                            let step = task.tag.clone().unwrap_or_default();
+                            println!("  waiting: press Enter to acknowledge {step}");
+                            let line = tokio::task::spawn_blocking(|| {
+                                std::io::stdin().lock().lines().next()
+                            })
+                            .await;
+                            if matches!(line, Ok(Some(Ok(_)))) {
+                                acks.acknowledge(&step);
+                            } else {
+                                println!("  no acknowledgement (end of input): stopping");
+                                cancel.stop_now();
                             }
                         }
                     }

@@ -22,8 +22,15 @@
 //! catalog --store sqlite://catalog.db monitors
 //! ```
 //!
-//! The books engine does not exist yet: `trigger` and `publish` print the lifecycle requests
-//! (JSON) they would hand to it.
+//! `trigger` and `publish` print the lifecycle requests (JSON) they hand to the books engine.
+//! With `--library DIR`, `trigger` also builds the job of the deployment's book for that action
+//! (printed as JSON), and with `--run` runs it — on this machine for hosts named `local`, over
+//! SSH for the others — manual steps acknowledged in advance with `--yes`:
+//!
+//! ```text
+//! catalog --file catalog.yaml trigger shop/prod deploy --as alice \
+//!     --library examples/books/library --run --yes
+//! ```
 //!
 //! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user.
 
@@ -31,10 +38,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use deployer_core::{
-    Catalog, CatalogData, CatalogError, CurlChecker, DeploymentRef, LifecycleAction,
-    LifecycleRequest, MonitorRunner, Project, Slug,
+    Acknowledgements, BookLibrary, Catalog, CatalogData, CatalogError, CommandRegistry,
+    CurlChecker, DeploymentRef, Event, EventKind, Executor, JobBuilder, JobRunner, JobState,
+    JobStepKind, LifecycleAction, LifecycleRequest, MonitorRunner, Project, RunOptions, Slug,
+    Trigger,
 };
+use deployer_remote::{SshConnector, SshOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,7 +94,8 @@ enum Cmd {
         #[arg(long = "as", value_name = "USER")]
         actor: String,
     },
-    /// Trigger a lifecycle action of a deployment: prints the request for the books engine.
+    /// Trigger a lifecycle action of a deployment: prints the request for the books engine,
+    /// and with --library the job it builds (and runs it with --run).
     Trigger {
         /// PROJECT/DEPLOYMENT.
         deployment: String,
@@ -91,6 +104,15 @@ enum Cmd {
         /// The acting user.
         #[arg(long = "as", value_name = "USER")]
         actor: String,
+        /// A directory of book files: build the job of the deployment's book for the action.
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// Run the job (needs --library).
+        #[arg(long, requires = "library")]
+        run: bool,
+        /// Acknowledge the job's manual steps in advance (a job with manual steps needs it).
+        #[arg(long, short = 'y', requires = "run")]
+        yes: bool,
     },
     /// Publish an image version: prints a deploy request per subscribed deployment.
     Publish {
@@ -133,6 +155,74 @@ fn out(line: &str) -> Result<(), Failure> {
             Err(Failure::Internal(format!("cannot write to stdout: {e}")))
         }
         _ => Ok(()),
+    }
+}
+
+/// Builds the job of `request` from the books in `dir`; prints it, or runs it.
+async fn run_job(
+    request: &LifecycleRequest,
+    dir: &std::path::Path,
+    run: bool,
+    yes: bool,
+) -> Result<(), Failure> {
+    let mut commands = CommandRegistry::new();
+    deployer_commands::register_all(&mut commands);
+    let mut library = BookLibrary::with_commands(&commands);
+    library
+        .load_dir(dir)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    let mut job = JobBuilder::for_request(&library, request)
+        .map_err(|e| Failure::Input(e.to_string()))?
+        .build()
+        .await
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    if !run {
+        return print_json(&job);
+    }
+    let manual: Vec<&str> = job
+        .steps
+        .iter()
+        .filter(|s| s.skipped.is_none() && matches!(s.kind, JobStepKind::Manual))
+        .map(|s| s.path.as_str())
+        .collect();
+    if !manual.is_empty() && !yes {
+        return Err(Failure::Input(format!(
+            "the job has manual steps ({}); acknowledge them in advance with --yes, or run the book with the books program, which asks",
+            manual.join(", ")
+        )));
+    }
+    let connector =
+        SshConnector::new(SshOptions::new()).map_err(|e| Failure::Input(e.to_string()))?;
+    let executor = Executor::new(Arc::new(connector)).sink(|e: &Event| {
+        if let EventKind::TaskFinished { task, outcome, .. } = &e.kind {
+            println!(
+                "{} {} on {}: {outcome}",
+                task.tag.as_deref().unwrap_or(""),
+                task.command,
+                task.host
+            );
+        }
+    });
+    let acks = if yes {
+        Acknowledgements::all()
+    } else {
+        Acknowledgements::new()
+    };
+    JobRunner::new(executor, &commands)
+        .started_by(match &request.triggered_by {
+            Trigger::User { user } | Trigger::ImagePublished { user, .. } => user.clone(),
+        })
+        .run(&mut job, &acks, RunOptions::default())
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    println!("job {} {}", job.id, job.state);
+    if job.state == JobState::Done {
+        Ok(())
+    } else {
+        Err(Failure::Internal(format!(
+            "job {} ended {}",
+            job.id, job.state
+        )))
     }
 }
 
@@ -268,11 +358,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             deployment,
             action,
             actor,
+            library,
+            run,
+            yes,
         } => {
             let r: DeploymentRef = deployment.parse()?;
             let action: LifecycleAction = action.parse()?;
             let request = catalog.trigger(actor, &r, action).await?;
-            print_requests(std::slice::from_ref(&request))
+            match library {
+                None => print_requests(std::slice::from_ref(&request)),
+                Some(dir) => run_job(&request, dir, *run, *yes).await,
+            }
         }
         Cmd::Publish {
             image,

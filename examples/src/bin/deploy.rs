@@ -197,13 +197,13 @@ fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadIn
         out.push(("directory".into(), d.to_string_lossy().into_owned().into()));
     } else {
         // A relative `directory` in the config is relative to the config file.
-        if let Some(Value::String(d)) = config_dir_value(cli)? {
-            if Path::new(&d).is_relative() {
-                out.push((
-                    "directory".into(),
-                    config_dir.join(d).to_string_lossy().into_owned().into(),
-                ));
-            }
+        if let Some(Value::String(d)) = config_dir_value(cli)?
+            && Path::new(&d).is_relative()
+        {
+            out.push((
+                "directory".into(),
+                config_dir.join(d).to_string_lossy().into_owned().into(),
+            ));
         }
     }
     if cli.redeploy {
