@@ -133,4 +133,5 @@ fn main() {
     println!("  deployer upload: {:.0} ms  [{}]", ms(o), list(&ours));
     println!("  scp:             {:.0} ms  [{}]", ms(s), list(&theirs));
     println!("  ratio {:.2}", o.as_secs_f64() / s.as_secs_f64());
+    let _ = std::fs::remove_dir_all(ROOT);
 }
