@@ -15,6 +15,7 @@ pub struct Fleet {
     sshds: Vec<TestSshd>,
     dir: tempfile::TempDir,
     ssh_config: String,
+    kex: Option<String>,
 }
 
 impl Fleet {
@@ -61,6 +62,7 @@ impl Fleet {
             sshds,
             dir,
             ssh_config: config,
+            kex: None,
         })
     }
 
@@ -107,7 +109,7 @@ impl Fleet {
     /// for `scp`.
     pub fn openssh_args(&self, i: usize, port_flag: &str) -> Vec<String> {
         let s = &self.sshds[i];
-        vec![
+        let mut args = vec![
             "-F".into(),
             "/dev/null".into(),
             "-i".into(),
@@ -124,7 +126,20 @@ impl Fleet {
             "GSSAPIAuthentication=no".into(),
             port_flag.into(),
             s.port().to_string(),
-        ]
+        ];
+        if let Some(kex) = &self.kex {
+            args.push("-o".into());
+            args.push(format!("KexAlgorithms={kex}"));
+        }
+        args
+    }
+
+    /// Makes [`openssh_args`](Self::openssh_args) ask for this key exchange (`None`: OpenSSH's
+    /// default order, which in OpenSSH 9.2 starts with the post-quantum hybrid
+    /// `sntrup761x25519-sha512`; russh, and so the deployer, gets `curve25519-sha256` from the
+    /// same server).
+    pub fn set_openssh_kex(&mut self, kex: Option<&str>) {
+        self.kex = kex.map(str::to_string);
     }
 
     /// `user@address` of host `i`.

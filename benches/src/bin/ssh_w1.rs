@@ -16,7 +16,9 @@
 //!   building the plan to the report, connection setup included. Then, not part of the
 //!   comparison, the same W1 again on the connections it left open ("warm").
 //! * **baseline**: one plain `ssh` per host running all of W1 as one shell line, the tarball
-//!   on its standard input, all hosts in parallel.
+//!   on its standard input, all hosts in parallel; once with OpenSSH's default key exchange
+//!   (`sntrup761x25519-sha512` first in 9.2: ~100 ms more per connection here) and once with
+//!   `curve25519-sha256`, the one the deployer gets.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,6 +28,10 @@ use deployer_benches::ssh::{Fleet, fresh_dir_for, load_average, median, ms, rand
 use deployer_core::{CommandRegistry, Executor, Plan, Stage, Task, Tasklist};
 
 const ROOT: &str = "/tmp/deployer-bench";
+
+/// The key exchange russh (the deployer) negotiates with OpenSSH 9.2; the second baseline asks
+/// for it too, so that only the architecture differs, not the key exchange's cost.
+const KEX: Option<&str> = Some("curve25519-sha256");
 
 fn base(host: &str, who: &str) -> String {
     format!("{ROOT}/{host}/{who}")
@@ -101,7 +107,17 @@ fn deployer_round(
     )
 }
 
-fn baseline_round(fleet: &Fleet, n: usize, tarball: &str, version: &str) -> Duration {
+/// The baseline; `kex`: the key exchange the plain `ssh` asks for (`None`: its default).
+fn baseline_round(
+    fleet: &mut Fleet,
+    n: usize,
+    tarball: &str,
+    version: &str,
+    kex: Option<&str>,
+) -> Duration {
+    fleet.set_openssh_kex(kex);
+    let tag = if kex.is_some() { "-kex" } else { "" };
+    let version = format!("{version}{tag}");
     let t = Instant::now();
     let children: Vec<_> = (0..n)
         .map(|i| {
@@ -133,6 +149,7 @@ fn baseline_round(fleet: &Fleet, n: usize, tarball: &str, version: &str) -> Dura
 struct Samples {
     deployer: Vec<Duration>,
     baseline: Vec<Duration>,
+    baseline_kex: Vec<Duration>,
     stages: Vec<Vec<Duration>>,
     warm: Vec<Duration>,
 }
@@ -146,7 +163,7 @@ fn main() {
     }
     let max = *counts.iter().max().expect("counts");
 
-    let fleet = Fleet::start(max).expect("start sshd fleet");
+    let mut fleet = Fleet::start(max).expect("start sshd fleet");
     for h in fleet.hosts() {
         for who in ["deployer", "ssh"] {
             fresh_dir_for(std::path::Path::new(&base(&h, who)), fleet.user()).expect("dir");
@@ -181,7 +198,8 @@ fn main() {
     // One warm-up round of each, not counted (page cache, sshd first fork).
     for &n in &counts {
         deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry);
-        baseline_round(&fleet, n, &tarball, "warm");
+        baseline_round(&mut fleet, n, &tarball, "warm", None);
+        baseline_round(&mut fleet, n, &tarball, "warm", KEX);
     }
     let mut results: Vec<Samples> = counts.iter().map(|_| Samples::default()).collect();
     for round in 0..rounds {
@@ -192,8 +210,10 @@ fn main() {
             let r = &mut results[k];
             // Alternate which goes first.
             if round % 2 == 1 {
+                r.baseline_kex
+                    .push(baseline_round(&mut fleet, n, &tarball, &version, KEX));
                 r.baseline
-                    .push(baseline_round(&fleet, n, &tarball, &version));
+                    .push(baseline_round(&mut fleet, n, &tarball, &version, None));
             }
             let (d, stages, warm) =
                 deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry);
@@ -202,7 +222,9 @@ fn main() {
             r.warm.push(warm);
             if round % 2 == 0 {
                 r.baseline
-                    .push(baseline_round(&fleet, n, &tarball, &version));
+                    .push(baseline_round(&mut fleet, n, &tarball, &version, None));
+                r.baseline_kex
+                    .push(baseline_round(&mut fleet, n, &tarball, &version, KEX));
             }
         }
     }
@@ -216,13 +238,17 @@ fn main() {
             .map(|s| format!("{:.0}", ms(median(r.stages.iter().map(|v| v[s]).collect()))))
             .collect();
         let (o, b) = (median(r.deployer.clone()), median(r.baseline.clone()));
+        let bk = median(r.baseline_kex.clone());
         println!(
-            "{n:>2} hosts: deployer {:.0} ms (stages {} ms), ssh baseline {:.0} ms, ratio {:.2}; \
+            "{n:>2} hosts: deployer {:.0} ms (stages {} ms); ssh baseline {:.0} ms, ratio {:.2}; \
+             ssh baseline with the deployer's key exchange {:.0} ms, ratio {:.2}; \
              deployer again on open connections {:.0} ms",
             ms(o),
             stage_medians.join("/"),
             ms(b),
             o.as_secs_f64() / b.as_secs_f64(),
+            ms(bk),
+            o.as_secs_f64() / bk.as_secs_f64(),
             ms(median(r.warm.clone()))
         );
     }
