@@ -15,10 +15,15 @@
 //!   commands, the real `Executor`, a fresh `SshConnector` per round: the time runs from
 //!   building the plan to the report, connection setup included. Then, not part of the
 //!   comparison, the same W1 again on the connections it left open ("warm").
+//! * **lean deployer**: the same, but unpack and switch as one-line `execute_command`s, one
+//!   SSH session each instead of the standard commands' two and three.
 //! * **baseline**: one plain `ssh` per host running all of W1 as one shell line, the tarball
 //!   on its standard input, all hosts in parallel; once with OpenSSH's default key exchange
 //!   (`sntrup761x25519-sha512` first in 9.2: ~100 ms more per connection here) and once with
 //!   `curve25519-sha256`, the one the deployer gets.
+//!
+//! `W1_DEPLOYER_ONLY=1` skips the baselines (their figures become meaningless), for profiling
+//! the deployer's runs alone (`perf record -g -- …`, then `perf report --sort comm`).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -37,8 +42,11 @@ fn base(host: &str, who: &str) -> String {
     format!("{ROOT}/{host}/{who}")
 }
 
-/// W1 for `hosts` as a tasklist of six stages.
-fn w1(hosts: &[String], tarball: &str, version: &str) -> Tasklist {
+/// W1 for `hosts` as a tasklist of six stages. `lean`: unpack and switch as one-line
+/// `execute_command`s (one SSH session each) instead of the standard `unpack` (two: a check
+/// that the destination exists, then `tar`) and `symlink` (three: `readlink`, a check that the
+/// target exists, `ln`+`mv`).
+fn w1(hosts: &[String], tarball: &str, version: &str, lean: bool) -> Tasklist {
     let stage = |name: &str, task: &dyn Fn(&str) -> Task| {
         Stage::new(name, 20)
             .per_host(1)
@@ -55,14 +63,32 @@ fn w1(hosts: &[String], tarball: &str, version: &str) -> Tasklist {
                 .arg("destination", format!("{}/", release(h)))
         }))
         .stage(stage("unpack", &|h| {
-            Task::new("unpack")
-                .arg("source", format!("{}/app.tar.gz", release(h)))
-                .arg("destination", release(h))
+            if lean {
+                Task::new("execute_command").arg(
+                    "command_line",
+                    format!("tar -xzf {r}/app.tar.gz -C {r}", r = release(h)),
+                )
+            } else {
+                Task::new("unpack")
+                    .arg("source", format!("{}/app.tar.gz", release(h)))
+                    .arg("destination", release(h))
+            }
         }))
         .stage(stage("switch current", &|h| {
-            Task::new("symlink")
-                .arg("source", release(h))
-                .arg("destination", format!("{}/current", base(h, "deployer")))
+            let link = format!("{}/current", base(h, "deployer"));
+            if lean {
+                Task::new("execute_command").arg(
+                    "command_line",
+                    format!(
+                        "ln -sfn -- {r} {link}.tmp && mv -fT -- {link}.tmp {link}",
+                        r = release(h)
+                    ),
+                )
+            } else {
+                Task::new("symlink")
+                    .arg("source", release(h))
+                    .arg("destination", link)
+            }
         }))
         .stage(stage("restart", &|_| {
             Task::new("execute_command").arg("command_line", "true")
@@ -84,9 +110,15 @@ fn deployer_round(
     tarball: &str,
     version: &str,
     registry: &CommandRegistry,
+    lean: bool,
 ) -> (Duration, Vec<Duration>, Duration) {
+    let version = if lean {
+        format!("{version}-lean")
+    } else {
+        version.to_string()
+    };
     let t = Instant::now();
-    let plan = Plan::build(&w1(hosts, tarball, version), registry).expect("valid plan");
+    let plan = Plan::build(&w1(hosts, tarball, &version, lean), registry).expect("valid plan");
     let exec = Executor::new(Arc::new(fleet.connector()));
     let report = rt.block_on(exec.run(&plan));
     let took = t.elapsed();
@@ -94,8 +126,11 @@ fn deployer_round(
         panic!("deployer W1 failed: {e}");
     }
     let t = Instant::now();
-    let again =
-        Plan::build(&w1(hosts, tarball, &format!("{version}-warm")), registry).expect("valid plan");
+    let again = Plan::build(
+        &w1(hosts, tarball, &format!("{version}-warm"), lean),
+        registry,
+    )
+    .expect("valid plan");
     if let Err(e) = rt.block_on(exec.run(&again)).into_result() {
         panic!("deployer W1 (warm) failed: {e}");
     }
@@ -115,6 +150,9 @@ fn baseline_round(
     version: &str,
     kex: Option<&str>,
 ) -> Duration {
+    if std::env::var_os("W1_DEPLOYER_ONLY").is_some() {
+        return Duration::from_nanos(1);
+    }
     fleet.set_openssh_kex(kex);
     let tag = if kex.is_some() { "-kex" } else { "" };
     let version = format!("{version}{tag}");
@@ -152,6 +190,8 @@ struct Samples {
     baseline_kex: Vec<Duration>,
     stages: Vec<Vec<Duration>>,
     warm: Vec<Duration>,
+    lean: Vec<Duration>,
+    lean_warm: Vec<Duration>,
 }
 
 fn main() {
@@ -197,7 +237,8 @@ fn main() {
     let mut loads = Vec::new();
     // One warm-up round of each, not counted (page cache, sshd first fork).
     for &n in &counts {
-        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry);
+        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry, false);
+        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry, true);
         baseline_round(&mut fleet, n, &tarball, "warm", None);
         baseline_round(&mut fleet, n, &tarball, "warm", KEX);
     }
@@ -216,10 +257,14 @@ fn main() {
                     .push(baseline_round(&mut fleet, n, &tarball, &version, None));
             }
             let (d, stages, warm) =
-                deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry);
+                deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry, false);
             r.deployer.push(d);
             r.stages.push(stages);
             r.warm.push(warm);
+            let (d, _, warm) =
+                deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry, true);
+            r.lean.push(d);
+            r.lean_warm.push(warm);
             if round % 2 == 0 {
                 r.baseline
                     .push(baseline_round(&mut fleet, n, &tarball, &version, None));
@@ -242,14 +287,19 @@ fn main() {
         println!(
             "{n:>2} hosts: deployer {:.0} ms (stages {} ms); ssh baseline {:.0} ms, ratio {:.2}; \
              ssh baseline with the deployer's key exchange {:.0} ms, ratio {:.2}; \
-             deployer again on open connections {:.0} ms",
+             deployer again on open connections {:.0} ms; \
+             lean deployer (unpack, switch as one session each) {:.0} ms, ratio to same-kex ssh {:.2}, \
+             again on open connections {:.0} ms",
             ms(o),
             stage_medians.join("/"),
             ms(b),
             o.as_secs_f64() / b.as_secs_f64(),
             ms(bk),
             o.as_secs_f64() / bk.as_secs_f64(),
-            ms(median(r.warm.clone()))
+            ms(median(r.warm.clone())),
+            ms(median(r.lean.clone())),
+            median(r.lean.clone()).as_secs_f64() / bk.as_secs_f64(),
+            ms(median(r.lean_warm.clone()))
         );
     }
     // Releases of every round add up (2 MiB a host a round): leave nothing behind.
