@@ -624,19 +624,8 @@ impl<'a> JobQueue<'a> {
                             self.ready.push(Reverse((next, host)));
                         }
                         let entry = self.stage.entries[entry as usize].clone();
-                        for step in &entry.steps {
-                            if self.shared.is_skipped(step.info.id) {
-                                continue;
-                            }
-                            self.report.counts.not_run += 1;
-                            self.shared
-                                .emitter
-                                .note(|| EventKind::TaskNotRun {
-                                    task: TaskInfo::clone(&step.info),
-                                    reason: REMOVED_REASON.to_string(),
-                                })
-                                .await;
-                        }
+                        self.report.counts.not_run +=
+                            not_run(&entry, &self.shared, REMOVED_REASON).await;
                         continue;
                     }
                     self.running_on[h] += 1;
@@ -705,19 +694,7 @@ impl<'a> JobQueue<'a> {
         for queue in &self.pending {
             for &ei in queue {
                 let entry = &self.stage.entries[ei as usize];
-                for step in &entry.steps {
-                    if self.shared.is_skipped(step.info.id) {
-                        continue;
-                    }
-                    self.report.counts.not_run += 1;
-                    self.shared
-                        .emitter
-                        .note(|| EventKind::TaskNotRun {
-                            task: TaskInfo::clone(&step.info),
-                            reason: reason.to_string(),
-                        })
-                        .await;
-                }
+                self.report.counts.not_run += not_run(entry, &self.shared, reason).await;
             }
         }
         if failed {
@@ -728,6 +705,25 @@ impl<'a> JobQueue<'a> {
             RunOutcome::Succeeded
         }
     }
+}
+
+/// Reports every step of `entry` that is not already done as never run; returns how many.
+async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) -> usize {
+    let mut n = 0;
+    for step in &entry.steps {
+        if shared.is_skipped(step.info.id) {
+            continue;
+        }
+        n += 1;
+        shared
+            .emitter
+            .note(|| EventKind::TaskNotRun {
+                task: TaskInfo::clone(&step.info),
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+    n
 }
 
 async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult {
