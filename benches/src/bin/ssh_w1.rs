@@ -17,6 +17,8 @@
 //!   comparison, the same W1 again on the connections it left open ("warm").
 //! * **lean deployer**: the same, but unpack and switch as one-line `execute_command`s, one
 //!   SSH session each instead of the standard commands' two and three.
+//! * **chained deployer**: the standard commands, but as one chain of the six steps per host
+//!   in a single stage, so no host waits for the others between steps.
 //! * **baseline**: one plain `ssh` per host running all of W1 as one shell line, the tarball
 //!   on its standard input, all hosts in parallel; once with OpenSSH's default key exchange
 //!   (`sntrup761x25519-sha512` first in 9.2: ~100 ms more per connection here) and once with
@@ -46,59 +48,77 @@ fn base(host: &str, who: &str) -> String {
 /// `execute_command`s (one SSH session each) instead of the standard `unpack` (two: a check
 /// that the destination exists, then `tar`) and `symlink` (three: `readlink`, a check that the
 /// target exists, `ln`+`mv`).
-fn w1(hosts: &[String], tarball: &str, version: &str, lean: bool) -> Tasklist {
-    let stage = |name: &str, task: &dyn Fn(&str) -> Task| {
-        Stage::new(name, 20)
-            .per_host(1)
-            .tasks(hosts.iter().map(|h| task(h).on(h.clone())))
+/// `chained`: the same six steps as one chain per host in a single stage (no barriers
+/// between the steps).
+fn w1(hosts: &[String], tarball: &str, version: &str, lean: bool, chained: bool) -> Tasklist {
+    let mut steps: Vec<(String, Vec<Task>)> = Vec::new();
+    let mut stage = |name: &str, task: &dyn Fn(&str) -> Task| {
+        steps.push((
+            name.to_string(),
+            hosts.iter().map(|h| task(h).on(h.clone())).collect(),
+        ));
     };
     let release = |h: &str| format!("{}/releases/{version}", base(h, "deployer"));
-    Tasklist::new("w1")
-        .stage(stage("create release", &|h| {
-            Task::new("createdirectory").arg("source", release(h))
-        }))
-        .stage(stage("upload", &|h| {
-            Task::new("upload")
-                .arg("source", tarball)
-                .arg("destination", format!("{}/", release(h)))
-        }))
-        .stage(stage("unpack", &|h| {
-            if lean {
-                Task::new("execute_command").arg(
-                    "command_line",
-                    format!("tar -xzf {r}/app.tar.gz -C {r}", r = release(h)),
-                )
-            } else {
-                Task::new("unpack")
-                    .arg("source", format!("{}/app.tar.gz", release(h)))
-                    .arg("destination", release(h))
-            }
-        }))
-        .stage(stage("switch current", &|h| {
-            let link = format!("{}/current", base(h, "deployer"));
-            if lean {
-                Task::new("execute_command").arg(
-                    "command_line",
-                    format!(
-                        "ln -sfn -- {r} {link}.tmp && mv -fT -- {link}.tmp {link}",
-                        r = release(h)
-                    ),
-                )
-            } else {
-                Task::new("symlink")
-                    .arg("source", release(h))
-                    .arg("destination", link)
-            }
-        }))
-        .stage(stage("restart", &|_| {
-            Task::new("execute_command").arg("command_line", "true")
-        }))
-        .stage(stage("verify", &|h| {
+    stage("create release", &|h| {
+        Task::new("createdirectory").arg("source", release(h))
+    });
+    stage("upload", &|h| {
+        Task::new("upload")
+            .arg("source", tarball)
+            .arg("destination", format!("{}/", release(h)))
+    });
+    stage("unpack", &|h| {
+        if lean {
             Task::new("execute_command").arg(
                 "command_line",
-                format!("test -f {}/current/VERSION", base(h, "deployer")),
+                format!("tar -xzf {r}/app.tar.gz -C {r}", r = release(h)),
             )
-        }))
+        } else {
+            Task::new("unpack")
+                .arg("source", format!("{}/app.tar.gz", release(h)))
+                .arg("destination", release(h))
+        }
+    });
+    stage("switch current", &|h| {
+        let link = format!("{}/current", base(h, "deployer"));
+        if lean {
+            Task::new("execute_command").arg(
+                "command_line",
+                format!(
+                    "ln -sfn -- {r} {link}.tmp && mv -fT -- {link}.tmp {link}",
+                    r = release(h)
+                ),
+            )
+        } else {
+            Task::new("symlink")
+                .arg("source", release(h))
+                .arg("destination", link)
+        }
+    });
+    stage("restart", &|_| {
+        Task::new("execute_command").arg("command_line", "true")
+    });
+    stage("verify", &|h| {
+        Task::new("execute_command").arg(
+            "command_line",
+            format!("test -f {}/current/VERSION", base(h, "deployer")),
+        )
+    });
+    if chained {
+        let n = hosts.len();
+        let mut chains: Vec<Vec<Task>> = vec![Vec::new(); n];
+        for (_, tasks) in steps {
+            for (i, t) in tasks.into_iter().enumerate() {
+                chains[i].push(t);
+            }
+        }
+        return Tasklist::new("w1").stage(Stage::new("deploy", 20).per_host(1).tasks(chains));
+    }
+    steps
+        .into_iter()
+        .fold(Tasklist::new("w1"), |l, (name, tasks)| {
+            l.stage(Stage::new(name, 20).per_host(1).tasks(tasks))
+        })
 }
 
 /// W1 with a fresh connector: (time from building the plan to the report, stage times, time
@@ -110,15 +130,16 @@ fn deployer_round(
     tarball: &str,
     version: &str,
     registry: &CommandRegistry,
-    lean: bool,
+    (lean, chained): (bool, bool),
 ) -> (Duration, Vec<Duration>, Duration) {
-    let version = if lean {
-        format!("{version}-lean")
-    } else {
-        version.to_string()
-    };
+    let version = format!(
+        "{version}{}{}",
+        if lean { "-lean" } else { "" },
+        if chained { "-chain" } else { "" }
+    );
     let t = Instant::now();
-    let plan = Plan::build(&w1(hosts, tarball, &version, lean), registry).expect("valid plan");
+    let plan =
+        Plan::build(&w1(hosts, tarball, &version, lean, chained), registry).expect("valid plan");
     let exec = Executor::new(Arc::new(fleet.connector()));
     let report = rt.block_on(exec.run(&plan));
     let took = t.elapsed();
@@ -127,7 +148,7 @@ fn deployer_round(
     }
     let t = Instant::now();
     let again = Plan::build(
-        &w1(hosts, tarball, &format!("{version}-warm"), lean),
+        &w1(hosts, tarball, &format!("{version}-warm"), lean, chained),
         registry,
     )
     .expect("valid plan");
@@ -192,6 +213,8 @@ struct Samples {
     warm: Vec<Duration>,
     lean: Vec<Duration>,
     lean_warm: Vec<Duration>,
+    chain: Vec<Duration>,
+    chain_warm: Vec<Duration>,
 }
 
 fn main() {
@@ -237,8 +260,17 @@ fn main() {
     let mut loads = Vec::new();
     // One warm-up round of each, not counted (page cache, sshd first fork).
     for &n in &counts {
-        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry, false);
-        deployer_round(&rt, &fleet, &all[..n], &tarball, "warm", &registry, true);
+        for (lean, chained) in [(false, false), (true, false), (false, true)] {
+            deployer_round(
+                &rt,
+                &fleet,
+                &all[..n],
+                &tarball,
+                "warm",
+                &registry,
+                (lean, chained),
+            );
+        }
         baseline_round(&mut fleet, n, &tarball, "warm", None);
         baseline_round(&mut fleet, n, &tarball, "warm", KEX);
     }
@@ -256,15 +288,40 @@ fn main() {
                 r.baseline
                     .push(baseline_round(&mut fleet, n, &tarball, &version, None));
             }
-            let (d, stages, warm) =
-                deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry, false);
+            let (d, stages, warm) = deployer_round(
+                &rt,
+                &fleet,
+                hosts,
+                &tarball,
+                &version,
+                &registry,
+                (false, false),
+            );
             r.deployer.push(d);
             r.stages.push(stages);
             r.warm.push(warm);
-            let (d, _, warm) =
-                deployer_round(&rt, &fleet, hosts, &tarball, &version, &registry, true);
+            let (d, _, warm) = deployer_round(
+                &rt,
+                &fleet,
+                hosts,
+                &tarball,
+                &version,
+                &registry,
+                (true, false),
+            );
             r.lean.push(d);
             r.lean_warm.push(warm);
+            let (d, _, warm) = deployer_round(
+                &rt,
+                &fleet,
+                hosts,
+                &tarball,
+                &version,
+                &registry,
+                (false, true),
+            );
+            r.chain.push(d);
+            r.chain_warm.push(warm);
             if round % 2 == 0 {
                 r.baseline
                     .push(baseline_round(&mut fleet, n, &tarball, &version, None));
@@ -289,7 +346,9 @@ fn main() {
              ssh baseline with the deployer's key exchange {:.0} ms, ratio {:.2}; \
              deployer again on open connections {:.0} ms; \
              lean deployer (unpack, switch as one session each) {:.0} ms, ratio to same-kex ssh {:.2}, \
-             again on open connections {:.0} ms",
+             again on open connections {:.0} ms; \
+             chained deployer (standard commands, one chain per host, no stage barriers) {:.0} ms, \
+             ratio to same-kex ssh {:.2}, again on open connections {:.0} ms",
             ms(o),
             stage_medians.join("/"),
             ms(b),
@@ -299,7 +358,10 @@ fn main() {
             ms(median(r.warm.clone())),
             ms(median(r.lean.clone())),
             median(r.lean.clone()).as_secs_f64() / bk.as_secs_f64(),
-            ms(median(r.lean_warm.clone()))
+            ms(median(r.lean_warm.clone())),
+            ms(median(r.chain.clone())),
+            median(r.chain.clone()).as_secs_f64() / bk.as_secs_f64(),
+            ms(median(r.chain_warm.clone()))
         );
     }
     // Releases of every round add up (2 MiB a host a round): leave nothing behind.
