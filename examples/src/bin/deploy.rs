@@ -163,9 +163,11 @@ enum BadInput {
     Hosts(String),
 }
 
-impl<E: std::fmt::Display> From<E> for BadInput {
+impl<E: std::error::Error + 'static> From<E> for BadInput {
+    /// The error with its causes: `cannot access tasklist file x.json: stream did not contain
+    /// valid UTF-8`.
     fn from(e: E) -> Self {
-        BadInput::Input(e.to_string())
+        BadInput::Input(deployer_core::error_chain(&e))
     }
 }
 
