@@ -563,17 +563,7 @@ impl Catalog {
         repository: Repository,
     ) -> Result<(), CatalogError> {
         self.update(|data| {
-            match &repository.project {
-                Some(p) => {
-                    data.project(p.as_str())?;
-                    data.check(
-                        actor,
-                        Permission::ManageProject,
-                        &Target::Project(p.clone()),
-                    )?
-                }
-                None => data.check(actor, Permission::ManageCatalog, &Target::Catalog)?,
-            }
+            check_owner(data, actor, repository.project.as_ref())?;
             data.repositories.push(repository.clone());
             Ok(())
         })
@@ -588,17 +578,7 @@ impl Catalog {
         datasource: Datasource,
     ) -> Result<(), CatalogError> {
         self.update(|data| {
-            match &datasource.project {
-                Some(p) => {
-                    data.project(p.as_str())?;
-                    data.check(
-                        actor,
-                        Permission::ManageProject,
-                        &Target::Project(p.clone()),
-                    )?
-                }
-                None => data.check(actor, Permission::ManageCatalog, &Target::Catalog)?,
-            }
+            check_owner(data, actor, datasource.project.as_ref())?;
             data.datasources.push(datasource.clone());
             Ok(())
         })
@@ -703,4 +683,24 @@ fn request(
         scope: Scope::build(data, r)?,
         requested_ts: SystemTime::now(),
     })
+}
+
+/// Something reserved to a project may be added by that project's admins; a shared one by
+/// catalog admins.
+fn check_owner(
+    data: &CatalogData,
+    actor: &str,
+    project: Option<&Slug>,
+) -> Result<(), CatalogError> {
+    match project {
+        Some(p) => {
+            data.project(p.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(p.clone()),
+            )
+        }
+        None => data.check(actor, Permission::ManageCatalog, &Target::Catalog),
+    }
 }
