@@ -157,31 +157,33 @@ struct UnpackArgs {
     sudo: bool,
 }
 
+/// `sh -c SCRIPT unpack DEST PROGRAM ARGS…`: exits [`GUARD_FAILED`] unless DEST is a
+/// directory, else runs the program with its arguments.
+pub(crate) const UNPACK_GUARD: &str = "[ -d \"$1\" ] || exit 97; shift; exec \"$@\"";
+
 impl Unpack {
-    fn command_line(&self) -> Result<String, CommandError> {
-        let cmd = match self.format {
-            Format::TarGz => ShellCommand::new("tar")
-                .arg("-xzf")
-                .arg(&self.source)
-                .arg("-C")
-                .arg(&self.destination),
-            Format::Tar => ShellCommand::new("tar")
-                .arg("-xf")
-                .arg(&self.source)
-                .arg("-C")
-                .arg(&self.destination),
-            Format::Zip => ShellCommand::new("unzip")
-                .arg("-o")
-                .arg("-q")
-                .arg(&self.source)
-                .arg("-d")
-                .arg(&self.destination),
-            Format::War => ShellCommand::new("cp")
-                .arg("--")
-                .arg(&self.source)
-                .arg(&self.destination),
+    /// The unpacking program and its arguments.
+    fn argv(&self) -> Vec<String> {
+        let (src, dest) = (self.source.as_str(), self.destination.as_str());
+        let words: Vec<&str> = match self.format {
+            Format::TarGz => vec!["tar", "-xzf", src, "-C", dest],
+            Format::Tar => vec!["tar", "-xf", src, "-C", dest],
+            Format::Zip => vec!["unzip", "-o", "-q", src, "-d", dest],
+            Format::War => vec!["cp", "--", src, dest],
         };
-        build(&cmd)
+        words.into_iter().map(str::to_string).collect()
+    }
+
+    /// The unpacking command behind a check that the destination exists, in one session.
+    fn guarded_line(&self) -> Result<String, CommandError> {
+        build(
+            &ShellCommand::new("sh")
+                .arg("-c")
+                .arg(UNPACK_GUARD)
+                .arg("unpack")
+                .arg(&self.destination)
+                .args(self.argv()),
+        )
     }
 }
 
@@ -210,15 +212,31 @@ impl Command for Unpack {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        if !ctx.host().file_exists(&self.destination).await? {
-            return Err(CommandError::failed(format!(
+        // One session: the destination check guards the unpacking command.
+        let out = ctx
+            .run_with(
+                &self.guarded_line()?,
+                deployer_core::ExecOptions::new().sudo(self.sudo),
+            )
+            .await?;
+        match out.exit_status {
+            Some(0) => Ok(Outcome::done()),
+            Some(GUARD_FAILED) => Err(CommandError::failed(format!(
                 "unpack destination {} does not exist on {}",
                 self.destination,
                 ctx.host().name()
-            )));
+            ))),
+            status => Err(CommandError::Failed {
+                message: format!(
+                    "unpacking {} into {} failed on {}",
+                    self.source,
+                    self.destination,
+                    ctx.host().name()
+                ),
+                exit_status: status,
+                stderr: out.stderr_tail(20),
+            }),
         }
-        run_as(ctx, self.sudo, &self.command_line()?).await?;
-        Ok(Outcome::done())
     }
 
     fn idempotent(&self) -> bool {
@@ -682,8 +700,21 @@ struct SymlinkArgs {
 }
 
 impl Symlink {
-    fn switch_line(&self) -> Result<String, CommandError> {
-        switch_link_line(&self.source, &self.destination)
+    /// `sh -c SCRIPT symlink SOURCE TARGET LINK TMP`: prints [`LINK_UNCHANGED`] when the link
+    /// already points to SOURCE, exits [`GUARD_FAILED`] when TARGET does not exist, else
+    /// switches the link atomically.
+    fn switch_script(&self, target: &str) -> Result<String, CommandError> {
+        let link = self.destination.trim_end_matches('/');
+        build(
+            &ShellCommand::new("sh")
+                .arg("-c")
+                .arg(SWITCH_SCRIPT)
+                .arg("symlink")
+                .arg(&self.source)
+                .arg(target)
+                .arg(link)
+                .arg(format!("{link}{TMP_SUFFIX}")),
+        )
     }
 
     fn resolved_target(&self) -> String {
@@ -695,22 +726,15 @@ impl Symlink {
     }
 }
 
-/// `ln -sfn -- TARGET LINK.deployer-tmp && mv -fT -- LINK.deployer-tmp LINK`
-pub(crate) fn switch_link_line(target: &str, link: &str) -> Result<String, CommandError> {
-    let tmp = format!("{}{TMP_SUFFIX}", link.trim_end_matches('/'));
-    build(
-        &ShellCommand::new("ln")
-            .arg("-sfn")
-            .arg("--")
-            .arg(target)
-            .arg(&tmp)
-            .then("mv")
-            .arg("-fT")
-            .arg("--")
-            .arg(&tmp)
-            .arg(link.trim_end_matches('/')),
-    )
-}
+/// Printed by the symlink script when the link already points where it should.
+const LINK_UNCHANGED: &str = "deployer: link unchanged";
+
+/// Exit status of a guard in a one-session script (a target or destination that must exist
+/// does not); chosen outside the codes of `tar`, `unzip`, `cp`, `ln` and `mv`.
+pub(crate) const GUARD_FAILED: i32 = 97;
+
+/// `$1` source as written, `$2` resolved target, `$3` link, `$4` temporary link.
+pub(crate) const SWITCH_SCRIPT: &str = "if [ -L \"$3\" ] && [ \"$(readlink -- \"$3\")\" = \"$1\" ]; then echo 'deployer: link unchanged'; exit 0; fi; [ -e \"$2\" ] || exit 97; ln -sfn -- \"$1\" \"$4\" && mv -fT -- \"$4\" \"$3\"";
 
 /// The target of the link at `path`, or `None` when it is not a link.
 pub(crate) async fn read_link(
@@ -741,21 +765,33 @@ impl Command for Symlink {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        if read_link(ctx, &self.destination).await?.as_deref() == Some(self.source.as_str()) {
-            return Ok(Outcome::skipped(format!(
+        // One session: compare, check the target, switch.
+        let target = self.resolved_target();
+        let line = self.switch_script(&target)?;
+        let out = ctx
+            .run_with(&line, deployer_core::ExecOptions::new().sudo(self.sudo))
+            .await?;
+        match out.exit_status {
+            Some(0) if out.stdout_str().contains(LINK_UNCHANGED) => Ok(Outcome::skipped(format!(
                 "{} already points to {}",
                 self.destination, self.source
-            )));
-        }
-        let target = self.resolved_target();
-        if !ctx.host().file_exists(&target).await? {
-            return Err(CommandError::failed(format!(
+            ))),
+            Some(0) => Ok(Outcome::done()),
+            Some(GUARD_FAILED) => Err(CommandError::failed(format!(
                 "link target {target} does not exist on {}",
                 ctx.host().name()
-            )));
+            ))),
+            status => Err(CommandError::Failed {
+                message: format!(
+                    "switching {} to {} failed on {}",
+                    self.destination,
+                    self.source,
+                    ctx.host().name()
+                ),
+                exit_status: status,
+                stderr: out.stderr_tail(20),
+            }),
         }
-        run_as(ctx, self.sudo, &self.switch_line()?).await?;
-        Ok(Outcome::done())
     }
 
     fn idempotent(&self) -> bool {

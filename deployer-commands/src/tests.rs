@@ -599,7 +599,8 @@ fn passwords_never_show_in_debug_or_errors() {
 
 #[tokio::test]
 async fn file_commands_quote_hostile_paths() {
-    let host = fake();
+    // The destination check of unpack fails on this host.
+    let host = Arc::new(FakeHost::new("fe001").reply("exit 97; shift", FakeReply::fail(97, "")));
     run(
         &host,
         &h(r#"{"command": "createdirectory", "source": "HOSTILE", "mode": "0750"}"#),
@@ -618,23 +619,29 @@ async fn file_commands_quote_hostile_paths() {
     )
     .await
     .unwrap();
-    run(
+    let e = run(
         &host,
         &h(r#"{"command": "unpack", "source": "HOSTILE.tgz", "destination": "HOSTILE"}"#),
     )
     .await
     .unwrap_err();
+    assert!(e.to_string().contains("unpack destination"), "{e}");
+    assert!(e.to_string().contains("does not exist on fe001"), "{e}");
     let q = HOSTILE_Q;
     let qt = format!("{}.tgz'", &q[..q.len() - 1]);
+    let guard = deployer_core::quote(crate::files::UNPACK_GUARD)
+        .unwrap()
+        .into_owned();
     assert_eq!(
         host.commands(),
         [
             format!("mkdir -p -- {q} && chmod 0750 -- {q}"),
             format!("rm -rf -- {q} && mkdir -p -- {q}"),
             format!("rm -rf -- {q}"),
+            format!("sh -c {guard} unpack {q} tar -xzf {qt} -C {q}"),
         ]
     );
-    // unpack checks its destination first (with file_exists, not a command line).
+    // unpack checks its destination in the same session as the unpacking.
     let host = Arc::new(FakeHost::new("fe001").with_file(format!("{HOSTILE}/x"), "x"));
     run(
         &host,
@@ -661,13 +668,14 @@ async fn file_commands_quote_hostile_paths() {
     .await
     .unwrap();
     let qx = |ext: &str| format!("{}.{ext}'", &q[..q.len() - 1]);
+    let g = format!("sh -c {guard} unpack {q}");
     assert_eq!(
         host.commands(),
         [
-            format!("tar -xzf {qt} -C {q}"),
-            format!("tar -xf {} -C {q}", qx("tar")),
-            format!("unzip -o -q {} -d {q}", qx("ZIP")),
-            format!("cp -- {} {q}", qx("war")),
+            format!("{g} tar -xzf {qt} -C {q}"),
+            format!("{g} tar -xf {} -C {q}", qx("tar")),
+            format!("{g} unzip -o -q {} -d {q}", qx("ZIP")),
+            format!("{g} cp -- {} {q}", qx("war")),
         ]
     );
 }
@@ -747,14 +755,11 @@ async fn writefile_writes_through_a_temporary_file_with_content_on_stdin() {
 
 #[tokio::test]
 async fn symlink_switches_atomically_and_only_when_needed() {
-    let host = Arc::new(
-        FakeHost::new("fe001")
-            .with_file("/srv/releases/1 2/x", "")
-            .reply(
-                "readlink -- /srv/current",
-                FakeReply::ok().stdout("/srv/releases/1 2\n"),
-            ),
-    );
+    // The one-session script reports an unchanged link on stdout.
+    let host = Arc::new(FakeHost::new("fe001").reply(
+        "symlink",
+        FakeReply::ok().stdout("deployer: link unchanged\n"),
+    ));
     let done = run(
         &host,
         r#"{"command": "symlink", "source": "/srv/releases/1 2", "destination": "/srv/current"}"#,
@@ -762,24 +767,23 @@ async fn symlink_switches_atomically_and_only_when_needed() {
     .await
     .unwrap();
     assert!(done.skipped.is_some());
-    let host = Arc::new(
-        FakeHost::new("fe001")
-            .with_file("/srv/releases/1 2/x", "")
-            .reply("readlink", FakeReply::fail(1, "")),
-    );
+    let host = fake();
     run(
         &host,
-        r#"{"command": "symlink", "source": "releases/1 2", "destination": "/srv/cur rent"}"#,
+        r#"{"command": "symlink", "source": "releases/1 2", "destination": "/srv/cur rent/"}"#,
     )
     .await
     .unwrap();
+    let script = deployer_core::quote(crate::files::SWITCH_SCRIPT)
+        .unwrap()
+        .into_owned();
     assert_eq!(
         host.commands(),
-        [
-            "readlink -- '/srv/cur rent'",
-            "ln -sfn -- 'releases/1 2' '/srv/cur rent.deployer-tmp' && mv -fT -- '/srv/cur rent.deployer-tmp' '/srv/cur rent'",
-        ]
+        [format!(
+            "sh -c {script} symlink 'releases/1 2' '/srv/releases/1 2' '/srv/cur rent' '/srv/cur rent.deployer-tmp'"
+        )]
     );
+    let host = Arc::new(FakeHost::new("fe001").reply("symlink", FakeReply::fail(97, "")));
     let e = run(
         &host,
         r#"{"command": "symlink", "source": "/nowhere", "destination": "/srv/current"}"#,
