@@ -226,16 +226,15 @@ impl Command for Unpack {
                 self.destination,
                 ctx.host().name()
             ))),
-            status => Err(CommandError::Failed {
-                message: format!(
+            _ => Err(util::process_failed(
+                format!(
                     "unpacking {} into {} failed on {}",
                     self.source,
                     self.destination,
                     ctx.host().name()
                 ),
-                exit_status: status,
-                stderr: out.stderr_tail(20),
-            }),
+                &out,
+            )),
         }
     }
 
@@ -781,16 +780,15 @@ impl Command for Symlink {
                 "link target {target} does not exist on {}",
                 ctx.host().name()
             ))),
-            status => Err(CommandError::Failed {
-                message: format!(
+            _ => Err(util::process_failed(
+                format!(
                     "switching {} to {} failed on {}",
                     self.destination,
                     self.source,
                     ctx.host().name()
                 ),
-                exit_status: status,
-                stderr: out.stderr_tail(20),
-            }),
+                &out,
+            )),
         }
     }
 

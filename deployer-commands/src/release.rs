@@ -187,15 +187,14 @@ impl Command for ReleaseLock {
                 exit_status: out.exit_status,
                 stderr: String::new(),
             }),
-            status => Err(CommandError::Failed {
-                message: format!(
+            _ => Err(crate::util::process_failed(
+                format!(
                     "cannot take the deploy lock {} on {}",
                     self.layout.lock(),
                     ctx.host().name()
                 ),
-                exit_status: status,
-                stderr: out.stderr_tail(10),
-            }),
+                &out,
+            )),
         }
     }
 
@@ -263,11 +262,10 @@ impl Command for ReleaseUnlock {
                 exit_status: out.exit_status,
                 stderr: String::new(),
             }),
-            status => Err(CommandError::Failed {
-                message: format!("cannot remove the deploy lock {}", self.layout.lock()),
-                exit_status: status,
-                stderr: out.stderr_tail(10),
-            }),
+            _ => Err(crate::util::process_failed(
+                format!("cannot remove the deploy lock {}", self.layout.lock()),
+                &out,
+            )),
         }
     }
 

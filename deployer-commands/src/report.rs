@@ -194,14 +194,13 @@ pub async fn remote_versions(
         .execute(&versions_line(install_location)?, &ExecOptions::new())
         .await?;
     if !out.success() {
-        return Err(CommandError::Failed {
-            message: format!(
+        return Err(crate::util::process_failed(
+            format!(
                 "cannot list versions under {install_location} on {}",
                 host.name()
             ),
-            exit_status: out.exit_status,
-            stderr: out.stderr_tail(10),
-        });
+            &out,
+        ));
     }
     Ok(parse_versions(install_location, &out.stdout_str()))
 }

@@ -10,6 +10,15 @@ use serde::{Deserialize, Deserializer};
 
 /// Builds a command line; an argument with a NUL byte (rejected at `initialize` already)
 /// becomes a command failure rather than a panic.
+/// A failure of a process that ran: `message`, its exit status and the tail of its stderr.
+pub(crate) fn process_failed(message: String, out: &deployer_core::ExecOutput) -> CommandError {
+    CommandError::Failed {
+        message,
+        exit_status: out.exit_status,
+        stderr: out.stderr_tail(20),
+    }
+}
+
 pub(crate) fn build(cmd: &ShellCommand) -> Result<String, CommandError> {
     cmd.build().map_err(|e| CommandError::failed(e.to_string()))
 }
