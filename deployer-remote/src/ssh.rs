@@ -20,6 +20,8 @@ use crate::common::{LineCollector, install_with, shell_line, sudo_failure};
 use crate::config::{SshConfig, home_dir, parse_jump};
 use crate::local::short;
 
+mod shell;
+
 /// How server host keys are checked against known_hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostKeyPolicy {
@@ -64,6 +66,7 @@ pub struct SshOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_channels: usize,
     pub(crate) max_connections: usize,
+    pub(crate) reuse_shells: bool,
     pub(crate) ssh_config: Option<Arc<SshConfig>>,
 }
 
@@ -85,6 +88,7 @@ impl fmt::Debug for SshOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_channels", &self.max_channels)
             .field("max_connections", &self.max_connections)
+            .field("reuse_shells", &self.reuse_shells)
             .field("ssh_config", &self.ssh_config.is_some())
             .finish()
     }
@@ -112,6 +116,7 @@ impl SshOptions {
             connect_timeout: Duration::from_secs(10),
             max_channels: 8,
             max_connections: 4,
+            reuse_shells: true,
             ssh_config: None,
         }
     }
@@ -194,6 +199,16 @@ impl SshOptions {
     /// 4); beyond that, commands wait for a free channel.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Run commands on long-lived remote shells, one per channel, instead of a new SSH session
+    /// each (default: true). A session costs the server a fork of `sshd`, the login shell and a
+    /// `sh`; on a reused shell a command costs one `sh`. Turn it off for hosts without a POSIX
+    /// `sh` reachable from the login shell, or to see every command as its own session in the
+    /// server's logs. Commands with stdin data and uploads always get a session of their own.
+    pub fn reuse_shells(mut self, yes: bool) -> Self {
+        self.reuse_shells = yes;
         self
     }
 
@@ -348,6 +363,8 @@ struct Conn {
     handle: Handle<Client>,
     slots: Arc<Semaphore>,
     kill_slots: Arc<Semaphore>,
+    /// Idle remote shells on this connection, each holding one of `slots`.
+    idle: Mutex<Vec<(shell::Shell, OwnedSemaphorePermit)>>,
     /// The jump host's connection, kept open while this one is used.
     _jump: Option<Box<Conn>>,
 }
@@ -356,10 +373,12 @@ struct Conn {
 /// command, up to [`SshOptions::max_channels`] commands in flight per connection (more
 /// connections, up to [`SshOptions::max_connections`], when those are busy).
 ///
-/// Commands run as `sh -c` under the login shell; `sudo` uses `sudo -n` (skipped when the login
-/// user is `root`). A timeout, or dropping the `execute` future, kills the command's whole
-/// process group on the host through a second channel (OpenSSH ignores signal requests), then
-/// waits a bounded time for the channel to close. Uploads stream the file (or a tar of the
+/// Commands run as `sh -c` — by default on a long-lived `sh` per channel that runs one command
+/// after another (each in a fresh `sh` and its own process group, nothing carried over), so
+/// that a command does not cost the server a new session; see [`SshOptions::reuse_shells`].
+/// `sudo` uses `sudo -n` (skipped when the login user is `root`). A timeout, or dropping the
+/// `execute` future, kills the command's whole process group on the host through a second
+/// channel (OpenSSH ignores signal requests), then waits a bounded time for it to end. Uploads stream the file (or a tar of the
 /// directory) into a temporary path beside the destination whose size is checked before it is
 /// renamed into place; with sudo the same happens as root.
 ///
@@ -397,10 +416,23 @@ impl fmt::Debug for SshHost {
     }
 }
 
+impl Conn {
+    fn take_idle(&self) -> Option<(shell::Shell, OwnedSemaphorePermit)> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_idle(&self, shell: shell::Shell, permit: OwnedSemaphorePermit) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((shell, permit));
+    }
+}
+
 /// A channel slot: permits released when the command is done.
 struct Slot {
     conn: Arc<Conn>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
 }
 
@@ -470,6 +502,16 @@ impl SshHost {
     }
 
     async fn slot(&self) -> Result<Slot, RemoteError> {
+        Ok(self.slot_or_shell(false).await?.0)
+    }
+
+    /// A channel slot, with an idle shell in it when `want_shell` and one is there. Idle shells
+    /// hold slots of their own: when every slot of every connection is taken and some by idle
+    /// shells, an idle shell is closed to free its slot before another connection is opened.
+    async fn slot_or_shell(
+        &self,
+        want_shell: bool,
+    ) -> Result<(Slot, Option<shell::Shell>), RemoteError> {
         let total = self
             .total
             .clone()
@@ -478,13 +520,46 @@ impl SshHost {
             .map_err(|_| self.other("host closed"))?;
         let mut conns = self.conns.lock().await;
         conns.retain(|c| !c.handle.is_closed());
+        if want_shell {
+            for conn in conns.iter() {
+                while let Some((mut shell, permit)) = conn.take_idle() {
+                    if shell.usable() {
+                        return Ok((
+                            Slot {
+                                conn: conn.clone(),
+                                permit,
+                                _total: total,
+                            },
+                            Some(shell),
+                        ));
+                    }
+                    shell.close();
+                }
+            }
+        }
         for conn in conns.iter() {
             if let Ok(permit) = conn.slots.clone().try_acquire_owned() {
-                return Ok(Slot {
-                    conn: conn.clone(),
-                    _permit: permit,
-                    _total: total,
-                });
+                return Ok((
+                    Slot {
+                        conn: conn.clone(),
+                        permit,
+                        _total: total,
+                    },
+                    None,
+                ));
+            }
+        }
+        for conn in conns.iter() {
+            if let Some((shell, permit)) = conn.take_idle() {
+                shell.close();
+                return Ok((
+                    Slot {
+                        conn: conn.clone(),
+                        permit,
+                        _total: total,
+                    },
+                    None,
+                ));
             }
         }
         let conn = Arc::new(self.open().await?);
@@ -494,11 +569,14 @@ impl SshHost {
             .clone()
             .try_acquire_owned()
             .map_err(|_| self.other("new connection has no free channel"))?;
-        Ok(Slot {
-            conn,
-            _permit: permit,
-            _total: total,
-        })
+        Ok((
+            Slot {
+                conn,
+                permit,
+                _total: total,
+            },
+            None,
+        ))
     }
 
     fn other(&self, message: impl Into<String>) -> RemoteError {
@@ -534,7 +612,8 @@ impl SshHost {
         }
     }
 
-    /// Runs `line` (already wrapped for sudo) with `input` on stdin.
+    /// Runs `line` (already wrapped for sudo) with `input` on stdin: on an idle shell when
+    /// there is no input (see [`shell`]), else on a session of its own.
     async fn run(
         &self,
         line: &str,
@@ -543,24 +622,54 @@ impl SshHost {
         sudo_kill: bool,
         what: &str,
     ) -> Result<RawOutput, RemoteError> {
-        let quoted = quote(line).map_err(|e| self.other(e.to_string()))?;
-        let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c {quoted}");
-        let (slot, channel) = self.open_session().await?;
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-        let job = Job {
-            host: self.name.clone(),
-            full,
-            input: io.input,
-            stdout_to: io.stdout_to,
-            sink: io.sink,
-            sudo_kill,
+        let task = if self.options.reuse_shells
+            && matches!(io.input, Input::None)
+            && line.len() <= shell::MAX_LINE
+        {
+            if line.contains('\0') {
+                return Err(self.other("a command line cannot contain a NUL byte"));
+            }
+            let (slot, shell) = self.shell().await?;
+            let job = shell::ShellJob {
+                host: self.name.clone(),
+                line: line.to_string(),
+                stdout_to: io.stdout_to,
+                sink: io.sink,
+                sudo_kill,
+            };
+            tokio::spawn(job.run(slot, shell, cancel_rx))
+        } else {
+            let quoted = quote(line).map_err(|e| self.other(e.to_string()))?;
+            let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c {quoted}");
+            let (slot, channel) = self.open_session().await?;
+            let job = Job {
+                host: self.name.clone(),
+                full,
+                input: io.input,
+                stdout_to: io.stdout_to,
+                sink: io.sink,
+                sudo_kill,
+            };
+            tokio::spawn(job.run(slot, channel, cancel_rx))
         };
-        let mut task = tokio::spawn(job.run(slot, channel, cancel_rx));
+        self.supervise(task, cancel_tx, timeout, what).await
+    }
+
+    /// Waits for a command's task, killing the command (through `cancel`) when `timeout`
+    /// passes or when this future is dropped.
+    async fn supervise(
+        &self,
+        mut task: tokio::task::JoinHandle<Result<RawOutput, RemoteError>>,
+        cancel: oneshot::Sender<()>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<RawOutput, RemoteError> {
         let joined = match timeout {
             Some(limit) => match tokio::time::timeout(limit, &mut task).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let _ = cancel_tx.send(());
+                    let _ = cancel.send(());
                     let _ = task.await;
                     return Err(RemoteError::Timeout {
                         host: self.name.clone(),
@@ -571,10 +680,36 @@ impl SshHost {
             },
             None => task.await,
         };
-        drop(cancel_tx);
+        drop(cancel);
         match joined {
             Ok(r) => r,
             Err(e) => Err(self.other(format!("command task failed: {e}"))),
+        }
+    }
+
+    /// A slot with a shell in it: an idle one, else one started on a new session channel.
+    async fn shell(&self) -> Result<(Slot, shell::Shell), RemoteError> {
+        let mut retried = false;
+        loop {
+            let (slot, idle) = self.slot_or_shell(true).await?;
+            if let Some(shell) = idle {
+                return Ok((slot, shell));
+            }
+            let started = match open_channel(&slot.conn).await {
+                Ok(channel) => shell::Shell::start(channel).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(shell) => return Ok((slot, shell)),
+                Err(_) if slot.conn.handle.is_closed() && !retried => retried = true,
+                Err(e) if slot.conn.handle.is_closed() => {
+                    return Err(RemoteError::Disconnected {
+                        host: self.name.clone(),
+                        source: Some(Box::new(e)),
+                    });
+                }
+                Err(e) => return Err(self.other(format!("cannot open a channel: {e}"))),
+            }
         }
     }
 
@@ -678,6 +813,7 @@ async fn open_target(
         handle,
         slots: Arc::new(Semaphore::new(options.max_channels)),
         kill_slots: Arc::new(Semaphore::new(2)),
+        idle: Mutex::new(Vec::new()),
         _jump: jump,
     })
 }
@@ -1053,7 +1189,11 @@ async fn kill_group(conn: &Conn, pgid: u32, sudo: bool) {
         let _permit = conn.kill_slots.acquire().await.ok()?;
         let mut channel = open_channel(conn).await.ok()?;
         let sudo = if sudo { "sudo -n " } else { "" };
-        let cmd = format!("{sudo}kill -KILL -- -{pgid} 2>/dev/null; true");
+        // The group when the command leads one (always on a session of its own, and on a
+        // shell where `setsid` exists), else the process itself.
+        let cmd = format!(
+            "{sudo}kill -KILL -- -{pgid} 2>/dev/null || {sudo}kill -KILL {pgid} 2>/dev/null; true"
+        );
         channel.exec(false, cmd.as_bytes()).await.ok()?;
         channel.eof().await.ok()?;
         while let Some(msg) = channel.wait().await {

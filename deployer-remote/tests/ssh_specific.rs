@@ -507,9 +507,11 @@ async fn a_broken_connection_is_reestablished_on_the_next_call() {
     let sshd = TestSshd::start().unwrap();
     let host = sshd.host();
     assert_eq!(whoami(&host).await.unwrap(), sshd.user());
-    // Kill this connection's sshd process (the command's parent) from inside.
+    // Kill this connection's sshd process (the command's closest `sshd` ancestor) from inside.
+    let kill_sshd = "p=$PPID; while [ \"$(ps -o comm= -p $p)\" != sshd ]; do \
+                     p=$(ps -o ppid= -p $p | tr -d ' '); done; kill -9 $p; sleep 5";
     let err = host
-        .execute("kill -9 $PPID; sleep 5", &ExecOptions::new())
+        .execute(kill_sshd, &ExecOptions::new())
         .await
         .unwrap_err();
     assert!(matches!(err, RemoteError::Disconnected { .. }), "{err:?}");

@@ -1,0 +1,537 @@
+//! Commands run on a long-lived remote shell instead of a new SSH session each.
+//!
+//! Every SSH session costs the server a fork of `sshd`, the user's login shell and a `sh`
+//! before the command itself starts; on a busy host that process creation is most of what a
+//! short deploy step costs. So an [`SshHost`](super::SshHost) keeps, per connection, idle
+//! *shells*: one session running a small POSIX `sh` loop (the [`AGENT`]) that reads a command
+//! line from its stdin, runs it as `setsid sh -c <line>` (its own process group, stdin from
+//! `/dev/null`, stdout and stderr straight to the channel), reports the pid, waits, and reports
+//! the exit status on both streams. A command then costs the server one `sh` (plus `setsid`)
+//! instead of a session.
+//!
+//! The protocol, all of it tagged with a marker that is random per shell (sent on the shell's
+//! stdin, never in its argv):
+//! - client → shell: the command line, a newline, the marker, a newline;
+//! - shell → client, stderr: `\x1e<marker>P<pid>\n` once the command started;
+//! - shell → client, stdout and stderr: `\x1e<marker>E<status>\n` once it ended.
+//!
+//! The command's own output passes through untouched, the markers cut out wherever they fall
+//! (a command's last line need not end in a newline). A command that is cancelled or times out
+//! is killed by process group through another channel, as on a plain session, and its shell
+//! is closed rather than reused; a shell whose channel ended while idle is dropped when next
+//! taken. Commands with stdin data (uploads, [`ExecOptions::stdin`](deployer_core::ExecOptions))
+//! and very long command lines still get a session of their own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use deployer_core::{OutputSink, RemoteError, Stream};
+use futures::FutureExt;
+use russh::ChannelMsg;
+use russh::client;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::{CLOSE_WAIT, RawOutput, Slot, StdoutTo, kill_group, sleep_until};
+use crate::common::LineCollector;
+
+/// Command lines longer than this get a session of their own: the shell reads its input a
+/// byte at a time (so that it never reads past the marker), which is slow for megabytes.
+pub(super) const MAX_LINE: usize = 64 * 1024;
+
+/// The shell loop, run as `exec sh -c '<AGENT>'` under the login shell.
+///
+/// `read -r` with an empty `IFS` keeps each line verbatim; lines are gathered until the marker
+/// line. Without `setsid` (not a Linux host) the command shares the shell's process group and
+/// a kill reaches only its first process.
+pub(super) const AGENT: &str = r#"IFS= read -r m || exit 0
+if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi
+while :; do
+  c= e=1
+  while IFS= read -r l; do
+    if [ "$l" = "$m" ]; then e=0; break; fi
+    c="$c$l
+"
+  done
+  [ "$e" = 0 ] || exit 0
+  $s sh -c "$c" </dev/null &
+  p=$!
+  printf '\036%sP%s\n' "$m" "$p" >&2
+  wait "$p"
+  r=$?
+  printf '\036%sE%s\n' "$m" "$r"
+  printf '\036%sE%s\n' "$m" "$r" >&2
+done
+"#;
+
+/// A running shell: its channel and its marker. Idle ones are kept by their connection with
+/// the channel slot they hold.
+pub(super) struct Shell {
+    channel: russh::Channel<client::Msg>,
+    marker: String,
+}
+
+impl Shell {
+    /// Starts the agent on a freshly opened session channel.
+    pub(super) async fn start(channel: russh::Channel<client::Msg>) -> Result<Shell, russh::Error> {
+        let quoted = deployer_core::quote(AGENT).expect("the agent script has no NUL byte");
+        channel
+            .exec(false, format!("exec sh -c {quoted}").into_bytes())
+            .await?;
+        let marker = new_marker();
+        channel
+            .data_bytes(format!("{marker}\n").into_bytes())
+            .await?;
+        Ok(Shell { channel, marker })
+    }
+
+    /// Whether the shell can take a command: nothing says its channel ended while it was idle.
+    /// Anything else that arrived meanwhile (output of a process a finished command left
+    /// behind, window adjustments) is dropped.
+    pub(super) fn usable(&mut self) -> bool {
+        loop {
+            match self.channel.wait().now_or_never() {
+                None => return true,
+                Some(None) => return false,
+                Some(Some(msg)) => match msg {
+                    ChannelMsg::Eof
+                    | ChannelMsg::Close
+                    | ChannelMsg::ExitStatus { .. }
+                    | ChannelMsg::ExitSignal { .. }
+                    | ChannelMsg::Failure => return false,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Closes the channel (the shell exits when its stdin ends).
+    pub(super) fn close(self) {
+        tokio::spawn(async move {
+            let _ = self.channel.close().await;
+        });
+    }
+}
+
+/// A marker no command output contains by accident: 128 bits from the process's random hash
+/// keys, the time and a counter.
+fn new_marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut out = String::with_capacity(32);
+    for salt in [0x5eed_u64, 0xdead_beef] {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u64(nanos);
+        h.write_u64(salt);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+/// Cuts `\x1e<marker><kind><number>\n` records out of a stream, passing everything else on.
+pub(super) struct Scanner {
+    /// `\x1e` + marker.
+    tag: Vec<u8>,
+    /// Bytes held back: a possible start of a record.
+    held: Vec<u8>,
+}
+
+/// A record found by [`Scanner`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Record {
+    pub(super) kind: u8,
+    pub(super) value: i64,
+}
+
+impl Scanner {
+    pub(super) fn new(marker: &str) -> Self {
+        let mut tag = vec![0x1e];
+        tag.extend_from_slice(marker.as_bytes());
+        Scanner {
+            tag,
+            held: Vec::new(),
+        }
+    }
+
+    /// Feeds a chunk: output bytes go to `out`, records are returned.
+    pub(super) fn push(&mut self, chunk: &[u8], out: &mut impl FnMut(&[u8])) -> Vec<Record> {
+        let mut records = Vec::new();
+        self.held.extend_from_slice(chunk);
+        let mut start = 0;
+        loop {
+            let rest = &self.held[start..];
+            match find(rest, &self.tag) {
+                Some(pos) => {
+                    let after = &rest[pos + self.tag.len()..];
+                    let Some(nl) = after.iter().position(|&b| b == b'\n') else {
+                        // A record not complete yet: pass what is before it, keep the rest.
+                        if after.len() > 32 {
+                            // Too long for a record: the tag is output after all.
+                            out(&rest[..pos + 1]);
+                            start += pos + 1;
+                            continue;
+                        }
+                        out(&rest[..pos]);
+                        start += pos;
+                        break;
+                    };
+                    let body = &after[..nl];
+                    let parsed = body.split_first().and_then(|(&kind, digits)| {
+                        let value = std::str::from_utf8(digits).ok()?.parse().ok()?;
+                        Some(Record { kind, value })
+                    });
+                    match parsed {
+                        Some(record) => {
+                            out(&rest[..pos]);
+                            records.push(record);
+                            start += pos + self.tag.len() + nl + 1;
+                        }
+                        None => {
+                            out(&rest[..pos + 1]);
+                            start += pos + 1;
+                        }
+                    }
+                }
+                None => {
+                    // Hold back a tail that could be the start of the tag.
+                    let keep = partial_suffix(rest, &self.tag);
+                    out(&rest[..rest.len() - keep]);
+                    start = self.held.len() - keep;
+                    break;
+                }
+            }
+        }
+        self.held.drain(..start);
+        records
+    }
+
+    /// Whatever is held back at the end of the stream is output.
+    pub(super) fn finish(&mut self, out: &mut impl FnMut(&[u8])) {
+        if !self.held.is_empty() {
+            out(&std::mem::take(&mut self.held));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while let Some(p) = haystack[i..].iter().position(|&b| b == first) {
+        let at = i + p;
+        if haystack[at..].starts_with(needle) {
+            return Some(at);
+        }
+        if haystack.len() - at < needle.len() {
+            return None;
+        }
+        i = at + 1;
+    }
+    None
+}
+
+/// The length of the longest suffix of `data` that is a proper prefix of `tag`.
+fn partial_suffix(data: &[u8], tag: &[u8]) -> usize {
+    let max = data.len().min(tag.len() - 1);
+    (1..=max)
+        .rev()
+        .find(|&k| data[data.len() - k..] == tag[..k])
+        .unwrap_or(0)
+}
+
+/// One command on a shell, run as a task so that a dropped caller still gets it killed.
+pub(super) struct ShellJob {
+    pub(super) host: String,
+    pub(super) line: String,
+    pub(super) stdout_to: StdoutTo,
+    pub(super) sink: Option<OutputSink>,
+    pub(super) sudo_kill: bool,
+}
+
+impl ShellJob {
+    pub(super) async fn run(
+        self,
+        slot: Slot,
+        mut shell: Shell,
+        mut cancel: oneshot::Receiver<()>,
+    ) -> Result<RawOutput, RemoteError> {
+        let host = self.host.clone();
+        let conn = slot.conn.clone();
+        let lost = |e: Option<russh::Error>| RemoteError::Disconnected {
+            host: host.clone(),
+            source: e.map(|e| Box::new(e) as _),
+        };
+        let mut payload = self.line.into_bytes();
+        payload.push(b'\n');
+        payload.extend_from_slice(shell.marker.as_bytes());
+        payload.push(b'\n');
+        if let Err(e) = shell.channel.data_bytes(payload).await {
+            return Err(lost(Some(e)));
+        }
+        let mut out = LineCollector::new(Stream::Stdout, self.sink.clone());
+        let mut err = LineCollector::new(Stream::Stderr, self.sink.clone());
+        let mut out_scan = Scanner::new(&shell.marker);
+        let mut err_scan = Scanner::new(&shell.marker);
+        let mut stdout_file = match self.stdout_to {
+            StdoutTo::File(f) => Some(f),
+            StdoutTo::Collect => None,
+        };
+        let mut file_buf: Vec<u8> = Vec::new();
+        let mut local_error: Option<std::io::Error> = None;
+        let mut pid: Option<u32> = None;
+        let mut out_status: Option<i64> = None;
+        let mut err_status: Option<i64> = None;
+        let mut cancelled = false;
+        let mut killed = false;
+        let mut ended = false;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancel, if !cancelled => {
+                    cancelled = true;
+                    deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                }
+                msg = shell.channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        let records = if stdout_file.is_some() {
+                            out_scan.push(&data, &mut |b: &[u8]| file_buf.extend_from_slice(b))
+                        } else {
+                            out_scan.push(&data, &mut |b: &[u8]| out.push(b))
+                        };
+                        for r in records {
+                            if r.kind == b'E' {
+                                out_status = Some(r.value);
+                            }
+                        }
+                        if let Some(f) = stdout_file.as_mut()
+                            && !file_buf.is_empty()
+                        {
+                            if let Err(e) = f.write_all(&file_buf).await {
+                                local_error = Some(e);
+                                if !cancelled {
+                                    cancelled = true;
+                                    deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                                }
+                            }
+                            file_buf.clear();
+                        }
+                    }
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                        for r in err_scan.push(&data, &mut |b: &[u8]| err.push(b)) {
+                            match r.kind {
+                                b'P' => pid = u32::try_from(r.value).ok(),
+                                b'E' => err_status = Some(r.value),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Some(ChannelMsg::Failure) => {
+                        return Err(RemoteError::Other {
+                            host: host.clone(),
+                            message: "the server refused to start a shell".to_string(),
+                        });
+                    }
+                    Some(
+                        ChannelMsg::Eof
+                        | ChannelMsg::Close
+                        | ChannelMsg::ExitStatus { .. }
+                        | ChannelMsg::ExitSignal { .. },
+                    )
+                    | None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(_) => {}
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => break,
+            }
+            if out_status.is_some() && err_status.is_some() {
+                break;
+            }
+            if cancelled
+                && !killed
+                && let Some(pid) = pid
+            {
+                killed = true;
+                kill_group(&conn, pid, self.sudo_kill).await;
+            }
+        }
+        out_scan.finish(&mut |b: &[u8]| out.push(b));
+        err_scan.finish(&mut |b: &[u8]| err.push(b));
+        if let Some(f) = stdout_file.as_mut()
+            && let Err(e) = f.flush().await
+        {
+            local_error.get_or_insert(e);
+        }
+        let done = out_status.is_some() && err_status.is_some();
+        let Slot { conn, permit, .. } = slot;
+        if done && !cancelled && !ended && local_error.is_none() {
+            conn.put_idle(shell, permit);
+        } else {
+            shell.close();
+        }
+        if let Some(e) = local_error {
+            return Err(RemoteError::Io {
+                host: host.clone(),
+                op: "write local file for".to_string(),
+                path: "download".to_string(),
+                source: e,
+            });
+        }
+        if cancelled {
+            return Err(RemoteError::Other {
+                host: host.clone(),
+                message: "command cancelled".to_string(),
+            });
+        }
+        if !done {
+            if conn.handle.is_closed() {
+                return Err(lost(None));
+            }
+            return Err(RemoteError::Other {
+                host: host.clone(),
+                message: "the remote shell running the command ended before it did (killed?)"
+                    .to_string(),
+            });
+        }
+        let status = out_status.and_then(|s| i32::try_from(s).ok());
+        Ok(RawOutput {
+            status,
+            stdout: out.finish(),
+            stderr: err.finish(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Record>) {
+        let mut s = Scanner::new("abc");
+        let mut out = Vec::new();
+        let mut recs = Vec::new();
+        for c in chunks {
+            recs.extend(s.push(c, &mut |b: &[u8]| out.extend_from_slice(b)));
+        }
+        s.finish(&mut |b: &[u8]| out.extend_from_slice(b));
+        (out, recs)
+    }
+
+    #[test]
+    fn records_are_cut_out_wherever_they_fall() {
+        let (out, recs) = scan(&[b"hello\x1eabcP12\nworld", b" no newline\x1eabcE0\n"]);
+        assert_eq!(out, b"helloworld no newline");
+        assert_eq!(
+            recs,
+            [
+                Record {
+                    kind: b'P',
+                    value: 12
+                },
+                Record {
+                    kind: b'E',
+                    value: 0
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_split_across_chunks_is_found() {
+        let whole: &[u8] = b"x\x1eabcE127\ny";
+        for cut in 0..whole.len() {
+            let (out, recs) = scan(&[&whole[..cut], &whole[cut..]]);
+            assert_eq!(out, b"xy", "cut at {cut}");
+            assert_eq!(
+                recs,
+                [Record {
+                    kind: b'E',
+                    value: 127
+                }]
+            );
+        }
+        // One byte at a time.
+        let chunks: Vec<&[u8]> = whole.chunks(1).collect();
+        let (out, recs) = scan(&chunks);
+        assert_eq!(out, b"xy");
+        assert_eq!(recs.len(), 1);
+    }
+
+    #[test]
+    fn look_alikes_pass_through() {
+        let (out, recs) = scan(&[b"\x1eab\x1eabd\x1eabcZ\n\x1eabcEx\n\x1e"]);
+        assert_eq!(out, b"\x1eab\x1eabd\x1eabcZ\n\x1eabcEx\n\x1e");
+        assert!(recs.is_empty());
+        // A tag followed by a long line is output, not held for ever.
+        let long = [b"\x1eabcE".as_slice(), &[b'1'; 100]].concat();
+        let (out, recs) = scan(&[&long]);
+        assert_eq!(out, long);
+        assert!(recs.is_empty());
+    }
+
+    #[test]
+    fn markers_differ() {
+        let a = new_marker();
+        let b = new_marker();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn the_agent_runs_commands_under_a_local_sh() {
+        // The agent's protocol against the machine's own /bin/sh: two commands, output with
+        // and without a final newline, stderr, exit statuses, and a line that looks like the
+        // marker but is not.
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(AGENT)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        write!(
+            stdin,
+            "M\nprintf 'a\\nb'; echo err >&2; exit 3\nM\nprintf '%s\\n' ' M ' 'x\\y'\nM\n"
+        )
+        .unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let mut s = Scanner::new("M");
+        let mut out = Vec::new();
+        let recs = s.push(&output.stdout, &mut |b: &[u8]| out.extend_from_slice(b));
+        assert_eq!(out, b"a\nb M \nx\\y\n");
+        assert_eq!(
+            recs,
+            [
+                Record {
+                    kind: b'E',
+                    value: 3
+                },
+                Record {
+                    kind: b'E',
+                    value: 0
+                }
+            ]
+        );
+        let mut s = Scanner::new("M");
+        let mut err = Vec::new();
+        let recs = s.push(&output.stderr, &mut |b: &[u8]| err.extend_from_slice(b));
+        assert_eq!(err, b"err\n");
+        let kinds: Vec<u8> = recs.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, b"PEPE");
+    }
+}
