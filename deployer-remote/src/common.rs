@@ -61,7 +61,7 @@ pub(crate) fn install_with(
     s.push_str(&format!("dst={}\n", quoted(host, dest)?));
     s.push_str("tmp=\"$dst.deployer-tmp.$$\"\n");
     s.push_str("trap 'rm -rf \"$tmp\"' EXIT\n");
-    s.push_str("rm -rf \"$tmp\"\n");
+    s.push_str("if [ -e \"$tmp\" ] || [ -L \"$tmp\" ]; then rm -rf \"$tmp\"; fi\n");
     s.push_str(fill);
     s.push('\n');
     if let Some(mode) = mode {

@@ -416,9 +416,29 @@ impl fmt::Debug for SshHost {
     }
 }
 
+/// What a command needs from [`SshHost::slot_or_shell`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// A channel slot (for a session of its own).
+    Slot,
+    /// An idle shell if there is one.
+    Shell,
+    /// An idle shell that takes uploads if there is one.
+    UploadShell,
+}
+
 impl Conn {
     fn take_idle(&self) -> Option<(shell::Shell, OwnedSemaphorePermit)> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn take_idle_for(&self, want: Want) -> Option<(shell::Shell, OwnedSemaphorePermit)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match want {
+            Want::UploadShell => idle.iter().rposition(|(s, _)| s.takes_uploads())?,
+            _ => idle.len().checked_sub(1)?,
+        };
+        Some(idle.remove(at))
     }
 
     fn put_idle(&self, shell: shell::Shell, permit: OwnedSemaphorePermit) {
@@ -502,16 +522,13 @@ impl SshHost {
     }
 
     async fn slot(&self) -> Result<Slot, RemoteError> {
-        Ok(self.slot_or_shell(false).await?.0)
+        Ok(self.slot_or_shell(Want::Slot).await?.0)
     }
 
-    /// A channel slot, with an idle shell in it when `want_shell` and one is there. Idle shells
-    /// hold slots of their own: when every slot of every connection is taken and some by idle
+    /// A channel slot, with an idle shell in it when one is wanted and there. Idle shells hold
+    /// slots of their own: when every slot of every connection is taken and some by idle
     /// shells, an idle shell is closed to free its slot before another connection is opened.
-    async fn slot_or_shell(
-        &self,
-        want_shell: bool,
-    ) -> Result<(Slot, Option<shell::Shell>), RemoteError> {
+    async fn slot_or_shell(&self, want: Want) -> Result<(Slot, Option<shell::Shell>), RemoteError> {
         let total = self
             .total
             .clone()
@@ -520,9 +537,9 @@ impl SshHost {
             .map_err(|_| self.other("host closed"))?;
         let mut conns = self.conns.lock().await;
         conns.retain(|c| !c.handle.is_closed());
-        if want_shell {
+        if want != Want::Slot {
             for conn in conns.iter() {
-                while let Some((mut shell, permit)) = conn.take_idle() {
+                while let Some((mut shell, permit)) = conn.take_idle_for(want) {
                     if shell.usable() {
                         return Ok((
                             Slot {
@@ -634,6 +651,7 @@ impl SshHost {
             let job = shell::ShellJob {
                 host: self.name.clone(),
                 line: line.to_string(),
+                input: None,
                 stdout_to: io.stdout_to,
                 sink: io.sink,
                 sudo_kill,
@@ -691,7 +709,7 @@ impl SshHost {
     async fn shell(&self) -> Result<(Slot, shell::Shell), RemoteError> {
         let mut retried = false;
         loop {
-            let (slot, idle) = self.slot_or_shell(true).await?;
+            let (slot, idle) = self.slot_or_shell(Want::Shell).await?;
             if let Some(shell) = idle {
                 return Ok((slot, shell));
             }
@@ -1297,29 +1315,53 @@ impl RemoteHost for SshHost {
             .await
             .map_err(|e| self.io_err("read local", &local.display().to_string(), e))?;
         let mode = Some(options.mode.unwrap_or_else(|| mode_of(&meta)));
-        let (fill, input) = if meta.is_dir() {
-            (
-                format!(
-                    "mkdir \"$tmp\"\ntar -x -p --no-same-owner -f - -C \"$tmp\"\n\
-                     [ -e \"$tmp/{TAR_MARKER}\" ]\nrm -f \"$tmp/{TAR_MARKER}\""
-                ),
-                Input::Tar(local.to_path_buf()),
-            )
-        } else {
-            (
-                format!(
-                    "cat > \"$tmp\"\nn=$(wc -c < \"$tmp\")\n[ $n -eq {} ]",
-                    meta.len()
-                ),
-                Input::File(local.to_path_buf()),
-            )
-        };
-        let script = install_with(&self.name, &fill, remote, mode)?;
         let exec = ExecOptions::new().sudo(options.sudo);
-        let line = shell_line(&self.name, &script, &exec, self.use_sudo())?;
         let sudo = options.sudo && self.use_sudo();
-        let raw = self
-            .run(
+        // A file through an idle shell that reads exact byte counts: no new session.
+        let via_shell = if self.options.reuse_shells && !meta.is_dir() {
+            match self.slot_or_shell(Want::UploadShell).await? {
+                (slot, Some(shell)) => Some((slot, shell)),
+                (_, None) => None,
+            }
+        } else {
+            None
+        };
+        let raw = if let Some((slot, shell)) = via_shell {
+            let fill = format!("head -c {} > \"$tmp\"", meta.len());
+            let script = install_with(&self.name, &fill, remote, mode)?;
+            let line = shell_line(&self.name, &script, &exec, self.use_sudo())?;
+            let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+            let job = shell::ShellJob {
+                host: self.name.clone(),
+                line,
+                input: Some((local.to_path_buf(), meta.len())),
+                stdout_to: StdoutTo::Collect,
+                sink: None,
+                sudo_kill: sudo,
+            };
+            let task = tokio::spawn(job.run(slot, shell, cancel_rx));
+            self.supervise(task, cancel_tx, None, "upload").await?
+        } else {
+            let (fill, input) = if meta.is_dir() {
+                (
+                    format!(
+                        "mkdir \"$tmp\"\ntar -x -p --no-same-owner -f - -C \"$tmp\"\n\
+                         [ -e \"$tmp/{TAR_MARKER}\" ]\nrm -f \"$tmp/{TAR_MARKER}\""
+                    ),
+                    Input::Tar(local.to_path_buf()),
+                )
+            } else {
+                (
+                    format!(
+                        "cat > \"$tmp\"\nn=$(wc -c < \"$tmp\")\n[ $n -eq {} ]",
+                        meta.len()
+                    ),
+                    Input::File(local.to_path_buf()),
+                )
+            };
+            let script = install_with(&self.name, &fill, remote, mode)?;
+            let line = shell_line(&self.name, &script, &exec, self.use_sudo())?;
+            self.run(
                 &line,
                 Io {
                     input,
@@ -1330,7 +1372,8 @@ impl RemoteHost for SshHost {
                 sudo,
                 "upload",
             )
-            .await?;
+            .await?
+        };
         if let Some(e) = sudo_failure(&self.name, sudo, raw.status, &raw.stderr) {
             return Err(e);
         }

@@ -78,7 +78,10 @@ impl TestSshdBuilder {
         self
     }
 
-    /// Adds a raw `sshd_config` line (default: none).
+    /// Adds a raw `sshd_config` line after the harness's own (default: none). sshd keeps the
+    /// first value of a keyword, so to override one of the harness's settings (`MaxSessions`,
+    /// `LogLevel`…) put it in a `Match all` block: `.config_line("Match all")
+    /// .config_line("  MaxSessions 1")`.
     pub fn config_line(mut self, line: impl Into<String>) -> Self {
         self.extra.push(line.into());
         self

@@ -135,7 +135,9 @@ async fn idle_shells_give_way_to_uploads_within_the_session_limit() {
     // MaxSessions 6 on the server, 4 channels per connection on the client (2 kept for
     // kills), 1 connection: 4 idle shells must be closed to let 4 uploads have sessions.
     let sshd = TestSshd::builder()
-        .config_line("MaxSessions 6")
+        // Appended lines come after the defaults, where only a Match block overrides them.
+        .config_line("Match all")
+        .config_line("  MaxSessions 6")
         .start()
         .unwrap();
     let host = Arc::new(sshd.host_with(sshd.options().max_channels(4).max_connections(1)));
@@ -218,4 +220,79 @@ async fn a_timed_out_command_is_killed_and_the_next_one_runs_on_a_fresh_shell() 
     }
     let after = run(&host, "echo $PPID").await;
     assert_ne!(before, after, "a cancelled command's shell is not reused");
+}
+
+#[tokio::test]
+async fn uploads_go_through_the_shell_byte_for_byte() {
+    // sshd logs every session channel it opens at DEBUG1.
+    let sshd = TestSshd::builder()
+        .config_line("Match all")
+        .config_line("  LogLevel DEBUG1")
+        .start()
+        .unwrap();
+    let host = sshd.host();
+    let shell = run(&host, "echo $PPID").await;
+    // 3 MiB of every byte value, with what looks like the shell's markers in it.
+    let mut data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    data.extend_from_slice(b"\n\x1eE0\n\x1e");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("blob");
+    std::fs::write(&local, &data).unwrap();
+    let remote_dir = run(&host, "mktemp -d").await.trim().to_string();
+    let remote = format!("{remote_dir}/blob");
+    let opts = PutOptions {
+        mode: Some(0o640),
+        ..PutOptions::default()
+    };
+    host.put(&local, &remote, &opts).await.unwrap();
+    assert_eq!(std::fs::read(&remote).unwrap(), data);
+    assert_eq!(
+        run(&host, &format!("stat -c %a {remote}")).await.trim(),
+        "640"
+    );
+    // The upload and the commands around it ran on the same shell.
+    assert_eq!(run(&host, "echo $PPID").await, shell);
+    // An empty file too.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    host.put(
+        &empty,
+        &format!("{remote_dir}/empty"),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(format!("{remote_dir}/empty")).unwrap(), b"");
+    assert_eq!(run(&host, "echo $PPID").await, shell);
+    // An upload that fails on the host (its directory is not writable): a clear error, the
+    // destination untouched, and the next command runs (on a new shell: the failed upload's
+    // unread bytes make the old one unusable).
+    run(
+        &host,
+        &format!("mkdir {remote_dir}/ro && chmod 555 {remote_dir}/ro"),
+    )
+    .await;
+    let err = host
+        .put(
+            &local,
+            &format!("{remote_dir}/ro/blob"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(text.contains(&format!("{remote_dir}/ro/blob")), "{text}");
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(!std::path::Path::new(&format!("{remote_dir}/ro/blob")).exists());
+    // Everything so far, three uploads included, took one session.
+    let sessions = || sshd.logs().matches("ctype session").count();
+    assert_eq!(sessions(), 1, "{}", sshd.logs());
+    assert_eq!(run(&host, "echo ok").await, "ok\n");
+    assert_ne!(run(&host, "echo $PPID").await, shell);
+    assert_eq!(sessions(), 2);
 }

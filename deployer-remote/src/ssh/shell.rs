@@ -22,6 +22,7 @@
 //! taken. Commands with stdin data (uploads, [`ExecOptions::stdin`](deployer_core::ExecOptions))
 //! and very long command lines still get a session of their own.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,34 +42,50 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 
 /// The shell loop, run as `exec sh -c '<AGENT>'` under the login shell.
 ///
-/// `read -r` with an empty `IFS` keeps each line verbatim; lines are gathered until the marker
-/// line. Without `setsid` (not a Linux host) the command shares the shell's process group and
-/// a kill reaches only its first process.
+/// `read -r` with an empty `IFS` keeps each line verbatim (and reads a byte at a time, so never
+/// past the line); lines are gathered until the marker line. A marker line ending in `I` marks
+/// an upload: the command gets the shell's own stdin (kept as fd 3) and reads exactly its
+/// bytes with GNU `head -c`, so it is only sent to shells that reported GNU `head` (the `H`
+/// record at start); if such a command fails, the shell cannot know how much it read and
+/// exits. Without `setsid` (not a Linux host) the command shares the shell's process group
+/// and a kill reaches only its first process.
 pub(super) const AGENT: &str = r#"IFS= read -r m || exit 0
+exec 3<&0
+case "$(head --version 2>/dev/null)" in *GNU*) h=1 ;; *) h=0 ;; esac
 if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi
+printf '\036%sH%s\n' "$m" "$h" >&2
 while :; do
   c= e=1
   while IFS= read -r l; do
     if [ "$l" = "$m" ]; then e=0; break; fi
+    if [ "$l" = "${m}I" ]; then e=2; break; fi
     c="$c$l
 "
   done
-  [ "$e" = 0 ] || exit 0
-  $s sh -c "$c" </dev/null &
+  case $e in
+  0) $s sh -c "$c" </dev/null 3<&- & ;;
+  2) $s sh -c "$c" <&3 3<&- & ;;
+  *) exit 0 ;;
+  esac
   p=$!
   printf '\036%sP%s\n' "$m" "$p" >&2
   wait "$p"
   r=$?
   printf '\036%sE%s\n' "$m" "$r"
   printf '\036%sE%s\n' "$m" "$r" >&2
+  [ "$e" = 0 ] || [ "$r" = 0 ] || exit 0
 done
 "#;
 
-/// A running shell: its channel and its marker. Idle ones are kept by their connection with
+/// A running shell: its channel (split, so that an upload can write while output is read),
+/// its marker, and whether it can take uploads. Idle ones are kept by their connection with
 /// the channel slot they hold.
 pub(super) struct Shell {
-    channel: russh::Channel<client::Msg>,
+    rd: russh::ChannelReadHalf,
+    wr: russh::ChannelWriteHalf<client::Msg>,
     marker: String,
+    /// GNU `head` on the host (from the shell's `H` record; `None` until it arrived).
+    exact_reads: Option<bool>,
 }
 
 impl Shell {
@@ -82,7 +99,18 @@ impl Shell {
         channel
             .data_bytes(format!("{marker}\n").into_bytes())
             .await?;
-        Ok(Shell { channel, marker })
+        let (rd, wr) = channel.split();
+        Ok(Shell {
+            rd,
+            wr,
+            marker,
+            exact_reads: None,
+        })
+    }
+
+    /// Whether uploads can be streamed through this shell.
+    pub(super) fn takes_uploads(&self) -> bool {
+        self.exact_reads == Some(true)
     }
 
     /// Whether the shell can take a command: nothing says its channel ended while it was idle.
@@ -90,7 +118,7 @@ impl Shell {
     /// behind, window adjustments) is dropped.
     pub(super) fn usable(&mut self) -> bool {
         loop {
-            match self.channel.wait().now_or_never() {
+            match self.rd.wait().now_or_never() {
                 None => return true,
                 Some(None) => return false,
                 Some(Some(msg)) => match msg {
@@ -108,7 +136,7 @@ impl Shell {
     /// Closes the channel (the shell exits when its stdin ends).
     pub(super) fn close(self) {
         tokio::spawn(async move {
-            let _ = self.channel.close().await;
+            let _ = self.wr.close().await;
         });
     }
 }
@@ -251,9 +279,42 @@ fn partial_suffix(data: &[u8], tag: &[u8]) -> usize {
 pub(super) struct ShellJob {
     pub(super) host: String,
     pub(super) line: String,
+    /// A file streamed to the command's stdin, and exactly how many of its bytes (the command
+    /// must read exactly that many: `head -c`). Only for shells that [take
+    /// uploads](Shell::takes_uploads).
+    pub(super) input: Option<(PathBuf, u64)>,
     pub(super) stdout_to: StdoutTo,
     pub(super) sink: Option<OutputSink>,
     pub(super) sudo_kill: bool,
+}
+
+/// Streams exactly `len` bytes of `path` into the channel.
+async fn send_file(
+    wr: &russh::ChannelWriteHalf<client::Msg>,
+    path: &Path,
+    len: u64,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(256 * 1024);
+        let mut buf = Vec::with_capacity(want as usize);
+        let n = (&mut file).take(want).read_to_end(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "{} shrank while it was uploaded ({} of {len} bytes sent)",
+                path.display(),
+                len - left
+            )));
+        }
+        left -= n as u64;
+        if wr.data_bytes(buf).await.is_err() {
+            // The channel is gone: the loop reading it says why.
+            std::future::pending::<()>().await;
+        }
+    }
+    Ok(())
 }
 
 impl ShellJob {
@@ -272,8 +333,12 @@ impl ShellJob {
         let mut payload = self.line.into_bytes();
         payload.push(b'\n');
         payload.extend_from_slice(shell.marker.as_bytes());
+        if self.input.is_some() {
+            payload.push(b'I');
+        }
         payload.push(b'\n');
-        if let Err(e) = shell.channel.data_bytes(payload).await {
+        if let Err(e) = shell.wr.data_bytes(payload).await {
+            shell.close();
             return Err(lost(Some(e)));
         }
         let mut out = LineCollector::new(Stream::Stdout, self.sink.clone());
@@ -293,76 +358,102 @@ impl ShellJob {
         let mut killed = false;
         let mut ended = false;
         let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancel, if !cancelled => {
-                    cancelled = true;
-                    deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+        // The writer borrows the shell until this block ends.
+        {
+            let Shell {
+                rd,
+                wr,
+                exact_reads,
+                ..
+            } = &mut shell;
+            let input = self.input.clone();
+            let writer = async {
+                match &input {
+                    Some((path, len)) => send_file(wr, path, *len).await,
+                    None => Ok(()),
                 }
-                msg = shell.channel.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => {
-                        let records = if stdout_file.is_some() {
-                            out_scan.push(&data, &mut |b: &[u8]| file_buf.extend_from_slice(b))
-                        } else {
-                            out_scan.push(&data, &mut |b: &[u8]| out.push(b))
-                        };
-                        for r in records {
-                            if r.kind == b'E' {
-                                out_status = Some(r.value);
-                            }
+            };
+            let mut writer = std::pin::pin!(writer);
+            let mut writer_done = self.input.is_none();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut cancel, if !cancelled => {
+                        cancelled = true;
+                        deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                    }
+                    r = &mut writer, if !writer_done && !cancelled => {
+                        writer_done = true;
+                        if let Err(e) = r {
+                            // The command waits for bytes that will not come: stop it.
+                            local_error = Some(e);
+                            cancelled = true;
+                            deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
                         }
-                        if let Some(f) = stdout_file.as_mut()
-                            && !file_buf.is_empty()
-                        {
-                            if let Err(e) = f.write_all(&file_buf).await {
-                                local_error = Some(e);
-                                if !cancelled {
-                                    cancelled = true;
-                                    deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                    }
+                    msg = rd.wait() => match msg {
+                        Some(ChannelMsg::Data { data }) => {
+                            let records = if stdout_file.is_some() {
+                                out_scan.push(&data, &mut |b: &[u8]| file_buf.extend_from_slice(b))
+                            } else {
+                                out_scan.push(&data, &mut |b: &[u8]| out.push(b))
+                            };
+                            for r in records {
+                                if r.kind == b'E' {
+                                    out_status = Some(r.value);
                                 }
                             }
-                            file_buf.clear();
-                        }
-                    }
-                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                        for r in err_scan.push(&data, &mut |b: &[u8]| err.push(b)) {
-                            match r.kind {
-                                b'P' => pid = u32::try_from(r.value).ok(),
-                                b'E' => err_status = Some(r.value),
-                                _ => {}
+                            if let Some(f) = stdout_file.as_mut()
+                                && !file_buf.is_empty()
+                            {
+                                if let Err(e) = f.write_all(&file_buf).await {
+                                    local_error = Some(e);
+                                    if !cancelled {
+                                        cancelled = true;
+                                        deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                                    }
+                                }
+                                file_buf.clear();
                             }
                         }
-                    }
-                    Some(ChannelMsg::Failure) => {
-                        return Err(RemoteError::Other {
-                            host: host.clone(),
-                            message: "the server refused to start a shell".to_string(),
-                        });
-                    }
-                    Some(
-                        ChannelMsg::Eof
-                        | ChannelMsg::Close
-                        | ChannelMsg::ExitStatus { .. }
-                        | ChannelMsg::ExitSignal { .. },
-                    )
-                    | None => {
-                        ended = true;
-                        break;
-                    }
-                    Some(_) => {}
-                },
-                _ = sleep_until(deadline), if deadline.is_some() => break,
-            }
-            if out_status.is_some() && err_status.is_some() {
-                break;
-            }
-            if cancelled
-                && !killed
-                && let Some(pid) = pid
-            {
-                killed = true;
-                kill_group(&conn, pid, self.sudo_kill).await;
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            for r in err_scan.push(&data, &mut |b: &[u8]| err.push(b)) {
+                                match r.kind {
+                                    b'H' => *exact_reads = Some(r.value == 1),
+                                    b'P' => pid = u32::try_from(r.value).ok(),
+                                    b'E' => err_status = Some(r.value),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        Some(ChannelMsg::Failure) => {
+                            ended = true;
+                            break;
+                        }
+                        Some(
+                            ChannelMsg::Eof
+                            | ChannelMsg::Close
+                            | ChannelMsg::ExitStatus { .. }
+                            | ChannelMsg::ExitSignal { .. },
+                        )
+                        | None => {
+                            ended = true;
+                            break;
+                        }
+                        Some(_) => {}
+                    },
+                    _ = sleep_until(deadline), if deadline.is_some() => break,
+                }
+                if out_status.is_some() && err_status.is_some() {
+                    break;
+                }
+                if cancelled
+                    && !killed
+                    && let Some(pid) = pid
+                {
+                    killed = true;
+                    kill_group(&conn, pid, self.sudo_kill).await;
+                }
             }
         }
         out_scan.finish(&mut |b: &[u8]| out.push(b));
@@ -373,17 +464,28 @@ impl ShellJob {
             local_error.get_or_insert(e);
         }
         let done = out_status.is_some() && err_status.is_some();
+        // An upload that failed leaves an unknown part of its bytes unread: the shell has
+        // exited (see AGENT), and is not reused either way.
+        let reusable = done
+            && !cancelled
+            && !ended
+            && local_error.is_none()
+            && (self.input.is_none() || out_status == Some(0));
         let Slot { conn, permit, .. } = slot;
-        if done && !cancelled && !ended && local_error.is_none() {
+        if reusable {
             conn.put_idle(shell, permit);
         } else {
             shell.close();
         }
         if let Some(e) = local_error {
+            let (op, path) = match &self.input {
+                Some((path, _)) => ("upload", path.display().to_string()),
+                None => ("write local file for", "download".to_string()),
+            };
             return Err(RemoteError::Io {
                 host: host.clone(),
-                op: "write local file for".to_string(),
-                path: "download".to_string(),
+                op: op.to_string(),
+                path,
                 source: e,
             });
         }
@@ -532,6 +634,8 @@ mod tests {
         let recs = s.push(&output.stderr, &mut |b: &[u8]| err.extend_from_slice(b));
         assert_eq!(err, b"err\n");
         let kinds: Vec<u8> = recs.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, b"PEPE");
+        assert_eq!(kinds, b"HPEPE");
+        // GNU coreutils here: uploads may go through the shell.
+        assert_eq!(recs[0].value, 1);
     }
 }
