@@ -9,7 +9,7 @@ use deployer_core::{
 };
 use serde::Deserialize;
 
-use crate::util::{self, Check, build, fnmatch, join, mode_str, opt_mode};
+use crate::util::{self, Check, build, fnmatch, join, mode_str, operand, opt_mode};
 
 /// Uploads a file or directory from the controller to the host.
 ///
@@ -130,7 +130,8 @@ impl Format {
 ///
 /// The format comes from the file name: `.tar.gz`/`.tgz` and `.tar` (`tar -x`), `.zip`
 /// (`unzip -o`), `.war` (copied into the destination unchanged, as application servers expect).
-/// Other names are rejected when the tasklist is loaded.
+/// Other names are rejected when the tasklist is loaded, and so is a `.zip` name holding `*`,
+/// `?` or `[`, which unzip would expand as a pattern.
 ///
 /// ```json
 /// {"command": "unpack", "remote_host": "fe001", "source": "/tmp/web_1.2.tgz",
@@ -162,9 +163,11 @@ struct UnpackArgs {
 pub(crate) const UNPACK_GUARD: &str = "[ -d \"$1\" ] || exit 97; shift; exec \"$@\"";
 
 impl Unpack {
-    /// The unpacking program and its arguments.
+    /// The unpacking program and its arguments. The archive is an [`operand`]: `unzip` takes
+    /// a leading `-` for options and `tar` a `host:` prefix for a remote archive.
     fn argv(&self) -> Vec<String> {
-        let (src, dest) = (self.source.as_str(), self.destination.as_str());
+        let archive = operand(&self.source);
+        let (src, dest) = (archive.as_str(), self.destination.as_str());
         let words: Vec<&str> = match self.format {
             Format::TarGz => vec!["tar", "-xzf", src, "-C", dest],
             Format::Tar => vec!["tar", "-xf", src, "-C", dest],
@@ -200,6 +203,17 @@ impl Command for Unpack {
                 "source",
                 format!("unknown archive format of {:?}", a.source),
                 "a name ending in .tar.gz, .tgz, .tar, .zip or .war",
+            );
+        }
+        if format == Some(Format::Zip) && a.source.contains(['*', '?', '[']) {
+            // unzip expands wildcards in the archive name itself, and has no way to escape them.
+            c.fail(
+                "source",
+                format!(
+                    "{:?} contains a wildcard (*, ? or [), which unzip would expand",
+                    a.source
+                ),
+                "a .zip path without *, ? or [",
             );
         }
         c.finish(())?;
@@ -605,7 +619,7 @@ struct WriteFileArgs {
 }
 
 /// `$1` temp file, `$2` mode, `$3` destination; content on stdin.
-const WRITE_SCRIPT: &str = "umask 077; if cat > \"$1\" && chmod \"$2\" \"$1\" && mv -f \"$1\" \"$3\"; then exit 0; fi; rm -f \"$1\"; exit 1";
+const WRITE_SCRIPT: &str = "umask 077; if cat > \"$1\" && chmod \"$2\" -- \"$1\" && mv -f -- \"$1\" \"$3\"; then exit 0; fi; rm -f -- \"$1\"; exit 1";
 
 impl WriteFile {
     fn command_line(&self) -> Result<String, CommandError> {
@@ -846,11 +860,12 @@ pub(crate) struct Entry {
     pub(crate) link: String,
 }
 
-/// Lists a directory: `mtime \t type \t name \t link-target \0` per entry.
+/// Lists a directory: `mtime \t type \t name \t link-target \0` per entry. The directory is
+/// an [`operand`]: `find` reads a leading `-` as part of its expression (`-delete`).
 pub(crate) fn list_line(dir: &str) -> Result<String, CommandError> {
     build(
         &ShellCommand::new("find")
-            .arg(dir)
+            .arg(operand(dir))
             .arg("-mindepth")
             .arg("1")
             .arg("-maxdepth")

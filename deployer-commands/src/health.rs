@@ -63,8 +63,11 @@ enum Answer {
 
 impl HttpCheck {
     fn command_line(&self) -> Result<String, CommandError> {
+        // --globoff: the URL is requested as written; curl would otherwise expand `[1-9]` and
+        // `{a,b}` in it into several requests.
         let mut cmd = ShellCommand::new("curl")
             .arg("-sS")
+            .arg("--globoff")
             .arg("--max-time")
             .arg(format!("{}", self.request_timeout.as_secs_f64()))
             .arg("-w")

@@ -65,15 +65,38 @@ pub trait LoadBalancerBackend: Send + Sync + fmt::Debug + 'static {
     async fn set_state(&self, ctx: &ExecContext, request: &LbRequest) -> Result<(), CommandError>;
 }
 
+/// Fills the placeholders of `template` in one pass, so a value holding `{lb_service}` stays
+/// as it is.
 fn fill(template: &str, request: &LbRequest) -> String {
-    template
-        .replace("{action}", request.action.as_str())
-        .replace("{lb_hostname}", &request.lb_hostname)
-        .replace("{lb_service}", &request.lb_service)
-        .replace(
-            "{lb_username}",
-            request.lb_username.as_deref().unwrap_or(""),
-        )
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let value = [
+            ("{action}", request.action.as_str()),
+            ("{lb_hostname}", request.lb_hostname.as_str()),
+            ("{lb_service}", request.lb_service.as_str()),
+            (
+                "{lb_username}",
+                request.lb_username.as_deref().unwrap_or(""),
+            ),
+        ]
+        .into_iter()
+        .find(|(p, _)| tail.starts_with(p));
+        match value {
+            Some((placeholder, value)) => {
+                out.push_str(value);
+                rest = &tail[placeholder.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A backend that runs a program on the task's host, e.g. a vendor CLI.
@@ -270,15 +293,18 @@ impl LoadBalancers {
     }
 
     /// Registers `disable_loadbalancer` and `enable_loadbalancer` using these backends,
-    /// replacing earlier registrations.
+    /// replacing earlier registrations, with `lb_password` declared secret.
     pub fn register(self, registry: &mut CommandRegistry) {
         let set = Arc::new(self);
         for action in [LbAction::Disable, LbAction::Enable] {
             let set = set.clone();
-            registry.register_fn(format!("{}_loadbalancer", action.as_str()), move |args| {
-                LoadBalancerCommand::initialize_with(args, action, &set)
-                    .map(|c| Box::new(c) as Box<dyn Command>)
-            });
+            let name = format!("{}_loadbalancer", action.as_str());
+            registry
+                .register_fn(name.clone(), move |args| {
+                    LoadBalancerCommand::initialize_with(args, action, &set)
+                        .map(|c| Box::new(c) as Box<dyn Command>)
+                })
+                .declare_secret_arguments(&name, LoadBalancerCommand::secret_arguments());
         }
     }
 }
@@ -291,8 +317,9 @@ impl LoadBalancers {
 ///  "lb_username": "deploy", "lb_password": "…", "lb_timeout": 60, "lb_backend": "api"}
 /// ```
 ///
-/// `lb_hostname` and `lb_service` are required; `lb_username`, `lb_password` (never logged or
-/// shown) or `lb_password_env` (the name of an environment variable of the controller holding
+/// `lb_hostname` and `lb_service` are required; `lb_username`, `lb_password` (declared
+/// secret: a plain string is marked `{"secret": …}` when the plan is built, so it is never
+/// logged, shown or stored; `{"secret": …}` and `{"secret_env": …}` work too) or `lb_password_env` (the name of an environment variable of the controller holding
 /// the password, read when the task runs, so the tasklist carries no secret), `lb_timeout` (seconds; default: the task's `timeout`, else 60) and `lb_backend` (default: the first backend
 /// registered) are optional. Such tasks usually name no `remote_host`: they run on the
 /// controller and count against the load balancer's host for `concurrency_per_host`.
@@ -333,9 +360,27 @@ impl LoadBalancerCommand {
         let a: LbArgs = args.parse()?;
         let mut c = Check::new();
         c.name("lb_hostname", &a.lb_hostname, "host name");
-        c.path("lb_service", &a.lb_service);
+        // Both become words of a backend's command line (`lbctl disable {lb_service}`), where
+        // a leading `-` would be read as an option.
+        if a.lb_service.starts_with('-') {
+            c.fail(
+                "lb_service",
+                format!("invalid service {:?}: starts with \"-\"", a.lb_service),
+                "a service name not starting with \"-\"",
+            );
+        } else {
+            c.path("lb_service", &a.lb_service);
+        }
         if let Some(u) = &a.lb_username {
-            c.text("lb_username", u);
+            if u.starts_with('-') {
+                c.fail(
+                    "lb_username",
+                    format!("invalid user name {u:?}: starts with \"-\""),
+                    "a user name not starting with \"-\"",
+                );
+            } else {
+                c.text("lb_username", u);
+            }
         }
         if a.lb_password
             .as_ref()
@@ -432,6 +477,8 @@ impl Command for LoadBalancerCommand {
                     "environment variable {var} (lb_password_env) is not set or not UTF-8 on the controller"
                 ))
             })?;
+            // Output or an error echoing it shows `***`.
+            deployer_core::register_secret(&value);
             request.lb_password = Some(Secret::new(value));
         }
         self.backend.set_state(ctx, &request).await?;
@@ -440,6 +487,10 @@ impl Command for LoadBalancerCommand {
 
     fn idempotent(&self) -> bool {
         true
+    }
+
+    fn secret_arguments() -> &'static [&'static str] {
+        &["lb_password"]
     }
 }
 

@@ -34,9 +34,13 @@
 //! * **Host tools**: POSIX `sh`, coreutils, GNU `find` (`cleanup`, `keep_releases`) and GNU
 //!   `mv -T` (`symlink`, `release_activate`), i.e. a Linux host; `tar`, `unzip`, `curl` and
 //!   `bash` only for the commands that use them.
-//! * **Secrets**: `lb_password` is a [`Secret`]: never in `Debug` output, error messages or
-//!   command lines (backends get it on standard input). `lb_password_env` keeps it out of the
-//!   tasklist altogether.
+//! * **Secrets**: any argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` is
+//!   secret (see [`deployer_core::SecretArg`]); `lb_password` is declared secret, so a plain
+//!   string there is too. A command receives the value; `Debug`, saved and stored tasklists,
+//!   events, errors and logs show `***`. Secrets reach the host on standard input, never on a
+//!   command line (visible to `ps`): load-balancer backends read `lb_password` there, and
+//!   `execute_command` reads secret `env` values there into their variables.
+//!   `lb_password_env` keeps the password out of the tasklist altogether.
 //!
 //! # Example
 //!

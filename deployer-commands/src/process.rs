@@ -1,14 +1,16 @@
 //! Process commands: execute_command, migration_script, check_service.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use deployer_core::{
     Command, CommandError, ExecContext, ExecOptions, Outcome, TaskArgs, ValidationErrors,
-    async_trait,
+    async_trait, scrub_secrets,
 };
 use serde::Deserialize;
 
-use crate::util::{Check, opt_secs, poll_until, secs, wait_budget};
+use crate::util::{Check, Secret, opt_secs, poll_until, process_failed, secs, wait_budget};
 
 /// Runs a shell command line on the host; fails when it exits non-zero.
 ///
@@ -17,14 +19,50 @@ use crate::util::{Check, opt_secs, poll_until, secs, wait_budget};
 /// tasklist's author and runs as written (pipes and redirections work); nothing else is ever
 /// pasted into it. `sudo` (default false) runs it through non-interactive sudo.
 ///
+/// `env` (a mapping of variable names to strings, default none) sets environment variables
+/// for the line. A value written secret (`{"secret": "…"}` or `{"secret_env": "VAR"}`) never
+/// goes on a command line, where `ps` on the host shows it: it is written to the line's
+/// standard input and read into its variable (`IFS= read -r NAME`) before the line runs, so it
+/// cannot hold a newline. Other values are exported in the command line. `stdin` (a string,
+/// possibly secret, default none) is written to the line's standard input after them.
+///
 /// ```json
-/// {"command": "execute_command", "remote_host": "fe001",
-///  "command_line": "/srv/web/current/bin/warmup --quiet", "sudo": false}
+/// {"command": "execute_command", "remote_host": "db001",
+///  "command_line": "mysql -u app app < /srv/web/current/schema.sql",
+///  "env": {"MYSQL_PWD": {"secret_env": "DB_PASSWORD"}, "MYSQL_HOST": "db001"}}
 /// ```
-#[derive(Debug)]
+///
+/// A secret inside `command_line` itself is shown as `***` in output, errors and logs, but it
+/// reaches the host's process list: pass secrets with `env` or `stdin`.
 pub struct ExecuteCommand {
     line: String,
+    line_is_secret: bool,
     sudo: bool,
+    env: Vec<(String, String)>,
+    secret_env: Vec<(String, Secret)>,
+    stdin: Option<Secret>,
+}
+
+impl fmt::Debug for ExecuteCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecuteCommand")
+            .field(
+                "line",
+                &if self.line_is_secret {
+                    "***"
+                } else {
+                    self.line.as_str()
+                },
+            )
+            .field("sudo", &self.sudo)
+            .field("env", &self.env)
+            .field(
+                "secret_env",
+                &self.secret_env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("stdin", &self.stdin.as_ref().map(|s| s.expose().len()))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -34,6 +72,17 @@ struct ExecuteCommandArgs {
     command_line: String,
     #[serde(default)]
     sudo: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    stdin: Option<String>,
+}
+
+/// Whether `name` can be a shell variable.
+fn valid_var(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 #[async_trait]
@@ -42,16 +91,96 @@ impl Command for ExecuteCommand {
         let a: ExecuteCommandArgs = args.parse()?;
         let mut c = Check::new();
         c.command_line("command_line", &a.command_line);
+        let mut env = Vec::new();
+        let mut secret_env = Vec::new();
+        for (name, value) in a.env {
+            let path = format!("env.{name}");
+            if !valid_var(&name) {
+                c.fail(
+                    &path,
+                    format!("invalid environment variable name {name:?}"),
+                    "a name of letters, digits and _, not starting with a digit",
+                );
+            }
+            let pointer = format!("/env/{}", name.replace('~', "~0").replace('/', "~1"));
+            if args.is_secret(&pointer) {
+                // Never echo the value.
+                if value.contains('\n') || value.contains('\0') {
+                    c.fail(
+                        &path,
+                        "the secret holds a newline or a NUL byte, which cannot be read into a variable",
+                        "a one-line secret (pass others with stdin)",
+                    );
+                }
+                secret_env.push((name, Secret::new(value)));
+            } else {
+                c.text(&path, &value);
+                env.push((name, value));
+            }
+        }
         c.finish(ExecuteCommand {
+            line_is_secret: args.is_secret("/command_line") || args.is_secret("/cmd"),
             line: a.command_line,
             sudo: a.sudo,
+            env,
+            secret_env,
+            stdin: a.stdin.map(Secret::new),
         })
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        ctx.run_checked_with(&self.line, ExecOptions::new().sudo(self.sudo))
-            .await?;
+        let mut line = String::new();
+        let mut input = Vec::new();
+        for (name, value) in &self.secret_env {
+            line.push_str(&format!("IFS= read -r {name} || exit 125\nexport {name}\n"));
+            input.extend_from_slice(value.expose().as_bytes());
+            input.push(b'\n');
+        }
+        line.push_str(&self.line);
+        if let Some(s) = &self.stdin {
+            input.extend_from_slice(s.expose().as_bytes());
+        }
+        let mut options = ExecOptions::new().sudo(self.sudo);
+        for (k, v) in &self.env {
+            options = options.env(k, v);
+        }
+        if self.stdin.is_some() || !self.secret_env.is_empty() {
+            options = options.stdin(input);
+        }
+        let out = ctx.run_with(&line, options).await?;
+        if !out.success() {
+            // Name the line as written, not the lines that read the secrets.
+            let status = match out.exit_status {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            let mut e = process_failed(
+                format!(
+                    "`{}` {status} on {}",
+                    shorten(&self.line),
+                    ctx.host().name()
+                ),
+                &out,
+            );
+            if let CommandError::Failed {
+                message, stderr, ..
+            } = &mut e
+            {
+                *message = scrub_secrets(message).into_owned();
+                *stderr = scrub_secrets(stderr).into_owned();
+            }
+            return Err(e);
+        }
         Ok(Outcome::done())
+    }
+}
+
+/// At most 120 characters of a command line, for messages.
+fn shorten(line: &str) -> String {
+    if line.chars().count() <= 120 {
+        line.to_string()
+    } else {
+        format!("{}…", line.chars().take(120).collect::<String>())
     }
 }
 

@@ -141,7 +141,7 @@ impl Command for SendGraphite {
 }
 
 /// `$1` install location: prints `link \t target` for each link `$1/*` and `$1/*/current`.
-const VERSIONS_SCRIPT: &str = "for l in \"$1\"/* \"$1\"/*/current; do if [ -L \"$l\" ]; then printf '%s\\t%s\\n' \"$l\" \"$(readlink \"$l\")\"; fi; done; exit 0";
+const VERSIONS_SCRIPT: &str = "for l in \"$1\"/* \"$1\"/*/current; do if [ -L \"$l\" ]; then printf '%s\\t%s\\n' \"$l\" \"$(readlink -- \"$l\")\"; fi; done; exit 0";
 
 /// The command line that lists the version links under `install_location`.
 fn versions_line(install_location: &str) -> Result<String, CommandError> {

@@ -10,7 +10,7 @@ use deployer_core::{
 use serde::Deserialize;
 
 use crate::process::CheckService;
-use crate::util::{Check, build, join, opt_secs, poll_until, secs, wait_budget};
+use crate::util::{Check, build, join, operand, opt_secs, poll_until, secs, wait_budget};
 
 /// The service managers whose commands this crate knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -170,7 +170,8 @@ fn managed_control(
                 Action::Restart => "restart",
                 Action::Reload => "reload",
             };
-            ShellCommand::new(join(dir, service)).arg(verb)
+            // As the first word of the line, a leading `-` would be an option to the shell.
+            ShellCommand::new(operand(&join(dir, service))).arg(verb)
         }
         ServiceManager::Daemontools => {
             let flag = match action {
@@ -179,7 +180,9 @@ fn managed_control(
                 Action::Restart => "-t",
                 Action::Reload => "-h",
             };
-            ShellCommand::new("svc").arg(flag).arg(join(dir, service))
+            ShellCommand::new("svc")
+                .arg(flag)
+                .arg(operand(&join(dir, service)))
         }
     };
     build(&cmd)
@@ -193,12 +196,12 @@ fn managed_probe(manager: ServiceManager, service: &str, dir: &str) -> Result<Pr
                 .arg("--quiet")
                 .arg(service),
         )?),
-        ServiceManager::Init => {
-            Probe::ExitCode(build(&ShellCommand::new(join(dir, service)).arg("status"))?)
-        }
-        ServiceManager::Daemontools => {
-            Probe::Svstat(build(&ShellCommand::new("svstat").arg(join(dir, service)))?)
-        }
+        ServiceManager::Init => Probe::ExitCode(build(
+            &ShellCommand::new(operand(&join(dir, service))).arg("status"),
+        )?),
+        ServiceManager::Daemontools => Probe::Svstat(build(
+            &ShellCommand::new("svstat").arg(operand(&join(dir, service))),
+        )?),
     })
 }
 
@@ -250,7 +253,16 @@ fn build_op(
     let mut probe = common.status_command.clone().map(Probe::Svstat);
     match (&common.service, common.manager, raw_given.is_empty()) {
         (Some(service), Some(manager), true) => {
-            c.name("service", service, "service name");
+            if service.contains(['*', '?', '[']) {
+                // systemctl reads them as a pattern over every loaded unit.
+                c.fail(
+                    "service",
+                    format!("invalid service name {service:?}: *, ? and [ make a pattern"),
+                    "a service name without *, ? or [ (systemctl matches patterns against every loaded unit)",
+                );
+            } else {
+                c.name("service", service, "service name");
+            }
             if let (Ok(control), Ok(p)) = (
                 managed_control(manager, service, &dir, action),
                 managed_probe(manager, service, &dir),

@@ -655,12 +655,17 @@ async fn file_commands_quote_hostile_paths() {
     )
     .await
     .unwrap();
-    run(
-        &host,
-        &h(r#"{"command": "unpack", "source": "HOSTILE.ZIP", "destination": "HOSTILE"}"#),
-    )
-    .await
-    .unwrap();
+    // unzip expands wildcards in the archive name itself: a zip name with one is refused.
+    let e = error(&h(
+        r#"{"command": "unpack", "source": "HOSTILE.zip", "destination": "HOSTILE"}"#,
+    ));
+    assert!(
+        e.contains("source:") && e.contains("which unzip would expand"),
+        "{e}"
+    );
+    let no_glob = HOSTILE.trim_end_matches(" *");
+    let zip = serde_json::json!({"command": "unpack", "source": format!("{no_glob}.ZIP"), "destination": HOSTILE});
+    run(&host, &zip.to_string()).await.unwrap();
     run(
         &host,
         &h(r#"{"command": "unpack", "source": "HOSTILE.war", "destination": "HOSTILE"}"#),
@@ -674,7 +679,7 @@ async fn file_commands_quote_hostile_paths() {
         [
             format!("{g} tar -xzf {qt} -C {q}"),
             format!("{g} tar -xf {} -C {q}", qx("tar")),
-            format!("{g} unzip -o -q {} -d {q}", qx("ZIP")),
+            format!("{g} unzip -o -q '{no_glob}.ZIP' -d {q}"),
             format!("{g} cp -- {} {q}", qx("war")),
         ]
     );
@@ -735,7 +740,7 @@ async fn writefile_writes_through_a_temporary_file_with_content_on_stdin() {
     assert_eq!(
         host.commands(),
         [format!(
-            r#"sh -c 'umask 077; if cat > "$1" && chmod "$2" "$1" && mv -f "$1" "$3"; then exit 0; fi; rm -f "$1"; exit 1' writefile {tmp} 0600 {HOSTILE_Q}"#
+            r#"sh -c 'umask 077; if cat > "$1" && chmod "$2" -- "$1" && mv -f -- "$1" "$3"; then exit 0; fi; rm -f -- "$1"; exit 1' writefile {tmp} 0600 {HOSTILE_Q}"#
         )]
     );
     let host = Arc::new(FakeHost::new("fe001").with_file("/etc/x", "old"));
@@ -819,6 +824,40 @@ async fn cleanup_keeps_the_newest_and_what_current_points_to() {
     let host = Arc::new(FakeHost::new("fe001").reply("find", FakeReply::ok().stdout(listing)));
     let out = run(&host, r#"{"command": "cleanup", "path": "/srv", "filespec": "web_*", "keepversions": 0, "exclude": "web_[23]"}"#).await.unwrap();
     assert_eq!(out.data.unwrap()["removed"], serde_json::json!(["web_4"]));
+}
+
+/// Programs that take no `--` before a path (`find`, `unzip`, `svc`, `svstat`) or read a
+/// `host:` prefix as a remote archive (`tar -f`) get a relative path as `./path`.
+#[tokio::test]
+async fn relative_operands_cannot_be_read_as_options() {
+    let host = fake();
+    let _ = run(
+        &host,
+        r#"{"command": "cleanup", "path": "-delete", "keepversions": 1}"#,
+    )
+    .await;
+    let host2 = Arc::new(FakeHost::new("fe001").with_file("-d/x", "x"));
+    for source in ["-l.zip", "-oProxyCommand=x:a.tgz"] {
+        let json = serde_json::json!({"command": "unpack", "source": source, "destination": "-d"});
+        run(&host2, &json.to_string()).await.unwrap();
+    }
+    let host3 = Arc::new(FakeHost::new("fe001").reply("svstat", FakeReply::ok().stdout("x: up\n")));
+    run(&host3, r#"{"command": "start_service", "service": "web", "manager": "daemontools", "service_dir": "-x"}"#).await.unwrap();
+    let guard = deployer_core::quote(crate::files::UNPACK_GUARD)
+        .unwrap()
+        .into_owned();
+    assert_eq!(
+        host.commands()[0],
+        r#"find ./-delete -mindepth 1 -maxdepth 1 -printf "%T@\\t%y\\t%f\\t%l\\0""#
+    );
+    assert_eq!(
+        host2.commands(),
+        [
+            format!("sh -c {guard} unpack -d unzip -o -q ./-l.zip -d -d"),
+            format!("sh -c {guard} unpack -d tar -xzf './-oProxyCommand=x:a.tgz' -C -d"),
+        ]
+    );
+    assert_eq!(host3.commands(), ["svc -u ./-x/web", "svstat ./-x/web"]);
 }
 
 #[tokio::test]
@@ -954,7 +993,7 @@ async fn http_check_builds_a_curl_line_and_judges_the_answer() {
     assert_eq!(
         host.commands(),
         [
-            r#"curl -sS --max-time 2.5 -w "\\n%{http_code}" 'http://localhost:8080/health?a=1&b=$(id)'"#,
+            r#"curl -sS --globoff --max-time 2.5 -w "\\n%{http_code}" 'http://localhost:8080/health?a=1&b=$(id)'"#,
         ]
     );
     let e = run(
@@ -1047,7 +1086,7 @@ async fn get_remote_versions_reads_both_layouts() {
     assert_eq!(
         host.commands(),
         [
-            r#"sh -c 'for l in "$1"/* "$1"/*/current; do if [ -L "$l" ]; then printf '"'%s\\t%s\\n' \""'$l" "$(readlink "$l")"; fi; done; exit 0' get_remote_versions /srv"#,
+            r#"sh -c 'for l in "$1"/* "$1"/*/current; do if [ -L "$l" ]; then printf '"'%s\\t%s\\n' \""'$l" "$(readlink -- "$l")"; fi; done; exit 0' get_remote_versions /srv"#,
         ]
     );
     let out = run(

@@ -277,6 +277,17 @@ pub(crate) fn secs(d: Duration) -> String {
     }
 }
 
+/// `path` as an operand of a program that reads more into it than a file name: a leading `-`
+/// as an option (`find`, `unzip`, `svc` take no `--` before it) or a `host:` prefix as a remote
+/// archive (`tar -f`). A relative path gets `./`, which names the same file.
+pub(crate) fn operand(path: &str) -> String {
+    if path.starts_with('/') || path.starts_with("./") {
+        path.to_string()
+    } else {
+        format!("./{path}")
+    }
+}
+
 /// The last path component of `path` (`/a/b/` → `b`).
 pub(crate) fn basename(path: &str) -> &str {
     path.trim_end_matches('/')
@@ -408,6 +419,10 @@ mod tests {
         assert_eq!(dirname("/app"), "/");
         assert_eq!(dirname("app"), ".");
         assert_eq!(join("/srv/", "x"), "/srv/x");
+        assert_eq!(operand("/srv/x"), "/srv/x");
+        assert_eq!(operand("-delete"), "./-delete");
+        assert_eq!(operand("host:a.tgz"), "./host:a.tgz");
+        assert_eq!(operand("./x"), "./x");
     }
 
     #[test]

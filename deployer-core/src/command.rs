@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::errors::{CommandError, RemoteError};
 use crate::events::TaskInfo;
-use crate::host::{ExecOptions, ExecOutput, OutputSink, RemoteHost, Stream, tail_lines};
+use crate::host::{ExecOptions, ExecOutput, OutputSink, RemoteHost, Stream};
 use crate::tasklist::Task;
 use crate::validation::{ValidationError, ValidationErrors, did_you_mean};
 
@@ -77,6 +77,49 @@ pub trait Command: Send + Sync + fmt::Debug + 'static {
     fn idempotent(&self) -> bool {
         false
     }
+
+    /// Names of arguments that always hold secrets (passwords, tokens). Default: none.
+    ///
+    /// When a plan is built, a plain string in such an argument is marked secret
+    /// (`{"secret": …}`), so it never shows in `Debug`, saved or stored tasklists, events or
+    /// logs, and output echoing it shows `***`. `initialize` still receives the string. Any
+    /// other argument is secret when the tasklist writes it `{"secret": …}` or
+    /// `{"secret_env": …}` (see [`SecretArg`](crate::SecretArg)).
+    ///
+    /// ```
+    /// # use deployer_core::*;
+    /// #[derive(Debug)]
+    /// struct Login { token: String }
+    ///
+    /// #[async_trait::async_trait]
+    /// impl Command for Login {
+    ///     fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+    ///         #[derive(serde::Deserialize)]
+    ///         struct A { token: String }
+    ///         let a: A = args.parse()?;
+    ///         Ok(Login { token: a.token })
+    ///     }
+    ///     async fn execute(&self, _: &ExecContext) -> Result<Outcome, CommandError> {
+    ///         Ok(Outcome::done())
+    ///     }
+    ///     fn secret_arguments() -> &'static [&'static str] {
+    ///         &["token"]
+    ///     }
+    /// }
+    ///
+    /// let mut registry = CommandRegistry::new();
+    /// registry.register::<Login>("login");
+    /// let tasklist = Tasklist::new("t")
+    ///     .stage(Stage::new("s", 1).task(Task::new("login").arg("token", "tok-123")));
+    /// let plan = Plan::build(&tasklist, &registry).unwrap();
+    /// assert!(!plan.tasklist().to_json_string().contains("tok-123"));
+    /// ```
+    fn secret_arguments() -> &'static [&'static str]
+    where
+        Self: Sized,
+    {
+        &[]
+    }
 }
 
 /// How a successful `execute` ended.
@@ -132,14 +175,45 @@ impl<'a> TaskArgs<'a> {
 
     /// Deserializes the arguments into `T`, with the path of the first mismatch and a
     /// "did you mean" for misspelt keys when `T` denies unknown fields.
+    ///
+    /// Secret values (`{"secret": "…"}`) are deserialized as their strings: a command receives
+    /// the secret intact, wherever the tasklist marked it. Keep it out of your own messages
+    /// and `Debug` (see [`is_secret`](Self::is_secret)).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ValidationErrors> {
-        let value = Value::Object(self.task.args.clone());
+        let value = crate::secrets::unwrap(&Value::Object(self.task.args.clone()));
         serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
             let path = err.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = err.inner().to_string();
-            ValidationErrors::from(arg_error(path, &message))
+            crate::secrets::scrub_problems(ValidationErrors::from(arg_error(path, &message)))
         })
+    }
+
+    /// Whether the argument at `pointer` (a JSON pointer: `/lb_password`, `/env/DB_PASSWORD`)
+    /// is secret: marked in the tasklist or declared by the command.
+    ///
+    /// ```
+    /// use deployer_core::{SecretArg, TaskArgs, Task};
+    /// let task = Task::new("execute_command")
+    ///     .arg("env", serde_json::json!({"DB_PASSWORD": SecretArg::inline("pw"), "MODE": "fast"}));
+    /// let args = TaskArgs::new(&task);
+    /// assert!(args.is_secret("/env/DB_PASSWORD"));
+    /// assert!(!args.is_secret("/env/MODE"));
+    /// ```
+    pub fn is_secret(&self, pointer: &str) -> bool {
+        let Some(rest) = pointer.strip_prefix('/') else {
+            return false;
+        };
+        let (first, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let key = first.replace("~1", "/").replace("~0", "~");
+        self.task
+            .args
+            .get(&key)
+            .and_then(|v| v.pointer(tail))
+            .is_some_and(crate::SecretArg::is_secret)
     }
 }
 
@@ -212,6 +286,7 @@ type Factory =
 #[derive(Clone, Default)]
 pub struct CommandRegistry {
     factories: IndexMap<String, Factory>,
+    secret_args: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl CommandRegistry {
@@ -222,22 +297,82 @@ impl CommandRegistry {
 
     /// Registers `C` under `name`, replacing an earlier registration of that name.
     pub fn register<C: Command>(&mut self, name: impl Into<String>) -> &mut Self {
+        let name = name.into();
         self.factories.insert(
-            name.into(),
+            name.clone(),
             Arc::new(|args: &TaskArgs<'_>| {
                 C::initialize(args).map(|c| Box::new(c) as Box<dyn Command>)
             }),
         );
-        self
+        self.secret_args.remove(&name);
+        self.declare_secret_arguments(&name, C::secret_arguments())
     }
 
-    /// Registers a constructor closure under `name`.
+    /// Registers a constructor closure under `name` (with no secret arguments: declare them
+    /// with [`declare_secret_arguments`](Self::declare_secret_arguments)).
     pub fn register_fn<F>(&mut self, name: impl Into<String>, factory: F) -> &mut Self
     where
         F: Fn(&TaskArgs<'_>) -> Result<Box<dyn Command>, ValidationErrors> + Send + Sync + 'static,
     {
-        self.factories.insert(name.into(), Arc::new(factory));
+        let name = name.into();
+        self.secret_args.remove(&name);
+        self.factories.insert(name, Arc::new(factory));
         self
+    }
+
+    /// Declares that these arguments of `command` always hold secrets, like
+    /// [`Command::secret_arguments`] (adding to what was declared).
+    ///
+    /// ```
+    /// # use deployer_core::*;
+    /// # #[derive(Debug)] struct Noop;
+    /// # #[async_trait::async_trait] impl Command for Noop {
+    /// #   fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> { Ok(Noop) }
+    /// #   async fn execute(&self, _: &ExecContext) -> Result<Outcome, CommandError> { Ok(Outcome::done()) }
+    /// # }
+    /// let mut registry = CommandRegistry::new();
+    /// registry
+    ///     .register_fn("login", |_| Ok(Box::new(Noop)))
+    ///     .declare_secret_arguments("login", &["token"]);
+    /// assert_eq!(registry.secret_arguments("login"), ["token"]);
+    /// let mut task = Task::new("login").arg("token", "t-1");
+    /// registry.mark_secrets(&mut task);
+    /// assert_eq!(task.args["token"], SecretArg::inline("t-1"));
+    /// ```
+    pub fn declare_secret_arguments(&mut self, command: &str, names: &[&str]) -> &mut Self {
+        if names.is_empty() {
+            return self;
+        }
+        let list = self.secret_args.entry(command.to_string()).or_default();
+        for n in names {
+            if !list.iter().any(|x| x == n) {
+                list.push(n.to_string());
+            }
+        }
+        self
+    }
+
+    /// The arguments `command` declares secret.
+    pub fn secret_arguments(&self, command: &str) -> &[String] {
+        self.secret_args.get(command).map_or(&[], Vec::as_slice)
+    }
+
+    /// Marks the plain strings of `task`'s declared secret arguments `{"secret": …}`.
+    pub fn mark_secrets(&self, task: &mut Task) {
+        for name in self.secret_arguments(&task.command) {
+            if let Some(v) = task.args.get_mut(name)
+                && let Value::String(s) = v
+            {
+                *v = crate::SecretArg::inline(std::mem::take(s));
+            }
+        }
+    }
+
+    /// [`mark_secrets`](Self::mark_secrets) for every task of `tasklist`.
+    pub fn mark_tasklist_secrets(&self, tasklist: &mut crate::Tasklist) {
+        for task in tasklist.tasks_mut() {
+            self.mark_secrets(task);
+        }
     }
 
     /// Whether `name` is registered.
@@ -251,7 +386,33 @@ impl CommandRegistry {
     }
 
     /// Builds the command of `task`; errors have paths relative to the task.
+    ///
+    /// Declared secret arguments are marked, `{"secret_env": …}` values are read from the
+    /// environment, and every secret is registered for scrubbing (see [`Plan::build`]).
+    ///
+    /// [`Plan::build`]: crate::Plan::build
     pub fn instantiate(&self, task: &Task) -> Result<Box<dyn Command>, ValidationErrors> {
+        let mut marked = task.clone();
+        self.mark_secrets(&mut marked);
+        self.build_task(&marked).map(|(_, command)| command)
+    }
+
+    /// Resolves the secrets of an already marked task and builds its command; returns the
+    /// task the command runs with (secrets from the environment filled in).
+    pub(crate) fn build_task(
+        &self,
+        marked: &Task,
+    ) -> Result<(Task, Box<dyn Command>), ValidationErrors> {
+        let args = crate::secrets::resolve_args(&marked.args, &|var| std::env::var(var).ok())?;
+        let mut task = marked.clone();
+        task.args = args;
+        let command = self
+            .instantiate_resolved(&task)
+            .map_err(crate::secrets::scrub_problems)?;
+        Ok((task, command))
+    }
+
+    fn instantiate_resolved(&self, task: &Task) -> Result<Box<dyn Command>, ValidationErrors> {
         match self.factories.get(&task.command) {
             Some(factory) => factory(&TaskArgs::new(task)),
             None => {
@@ -361,11 +522,14 @@ impl ExecContext {
         if options.output.is_none() {
             options.output = Some(self.output.clone());
         }
-        self.host.execute(command, &options).await
+        self.host
+            .execute(command, &options)
+            .await
+            .map_err(crate::secrets::scrub_remote)
     }
 
     /// Runs a command and turns a non-zero exit into [`CommandError::Failed`] with the exit
-    /// status and the tail of stderr.
+    /// status and the tail of stderr (registered secrets in either show `***`).
     pub async fn run_checked(&self, command: &str) -> Result<ExecOutput, CommandError> {
         self.run_checked_with(command, ExecOptions::new()).await
     }
@@ -380,18 +544,19 @@ impl ExecContext {
         if out.success() {
             Ok(out)
         } else {
+            let message = format!(
+                "`{}` {} on {}",
+                shorten(&crate::scrub_secrets(command), 120),
+                match out.exit_status {
+                    Some(code) => format!("exited with status {code}"),
+                    None => "was killed by a signal".to_string(),
+                },
+                self.host.name()
+            );
             Err(CommandError::Failed {
-                message: format!(
-                    "`{}` {} on {}",
-                    shorten(command, 120),
-                    match out.exit_status {
-                        Some(code) => format!("exited with status {code}"),
-                        None => "was killed by a signal".to_string(),
-                    },
-                    self.host.name()
-                ),
+                message,
                 exit_status: out.exit_status,
-                stderr: tail_lines(&out.stderr_str(), 20),
+                stderr: crate::scrub_secrets(&out.stderr_tail(20)).into_owned(),
             })
         }
     }

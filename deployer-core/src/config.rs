@@ -12,7 +12,7 @@ use crate::errors::ConfigError;
 use crate::validation::did_you_mean;
 
 /// One service of the `service` section.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ServiceConfig {
     /// The service's name (its key in the `service` section).
     pub name: String,
@@ -77,7 +77,23 @@ struct TypedService {
 ///     .unwrap_err();
 /// assert!(err.to_string().starts_with("bad.yaml:4:"), "{err}");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A value may be written secret, `{secret: …}` or `{secret_env: VAR}` (see
+/// [`SecretArg`](crate::SecretArg)): `Debug` shows `***`, and a generator that passes the
+/// value on unchanged (`config.get(key).cloned()` into a task argument) keeps it secret.
+///
+/// ```
+/// use deployer_core::Config;
+/// let config = Config::from_yaml_str(
+///     "platform: test\nlb_password: {secret: hunter2}\ntoken: {secret_env: API_TOKEN}\n",
+///     "deploy.yaml",
+/// ).unwrap();
+/// assert!(!format!("{config:?}").contains("hunter2"));
+/// assert_eq!(config.get("lb_password").unwrap()["secret"], "hunter2");
+/// let err = config.get_as::<String>("lb_password").unwrap_err().to_string();
+/// assert!(err.contains("holds a secret") && !err.contains("hunter2"), "{err}");
+/// ```
+#[derive(Clone, PartialEq)]
 pub struct Config {
     origin: String,
     platform: String,
@@ -238,6 +254,9 @@ impl Config {
                 ));
             }
         }
+        for v in values.values() {
+            register_inline(v);
+        }
         Ok(Config {
             origin: origin.to_string(),
             platform,
@@ -284,14 +303,17 @@ impl Config {
     pub fn get_as<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => {
-                serde_json::from_value(v.clone())
-                    .map(Some)
-                    .map_err(|e| ConfigError::Invalid {
-                        key: key.to_string(),
-                        message: e.to_string(),
-                    })
-            }
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                let message = if crate::SecretArg::is_secret(v) {
+                    "holds a secret; read it with Config::get and pass the value on unchanged, so it stays secret".to_string()
+                } else {
+                    crate::scrub_secrets(&e.to_string()).into_owned()
+                };
+                ConfigError::Invalid {
+                    key: key.to_string(),
+                    message,
+                }
+            }),
         }
     }
 
@@ -342,6 +364,42 @@ impl Config {
             }
         }
         Ok(out.into_iter().collect())
+    }
+}
+
+/// Registers the inline secrets of a config value for scrubbing.
+fn register_inline(value: &Value) {
+    if let Some(s) = crate::SecretArg::value(value) {
+        crate::register_secret(s);
+        return;
+    }
+    match value {
+        Value::Object(m) => m.values().for_each(register_inline),
+        Value::Array(items) => items.iter().for_each(register_inline),
+        _ => {}
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("origin", &self.origin)
+            .field("platform", &self.platform)
+            .field("hostgroups", &self.hostgroups)
+            .field("services", &self.services)
+            .field("values", &crate::secrets::DebugArgs(&self.values))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .field("port", &self.port)
+            .field("settings", &crate::secrets::DebugArgs(&self.settings))
+            .finish()
     }
 }
 

@@ -611,6 +611,12 @@ impl<'a> JobQueue<'a> {
         let mut failed = false;
         let mut cancelled = false;
         loop {
+            // A cancel that arrived together with an entry's end (the select below takes the
+            // end first) must still stop new starts.
+            if !stop_starting && self.cancel.is_cancelled() {
+                cancelled = true;
+                stop_starting = true;
+            }
             if !stop_starting {
                 while running < self.limit {
                     let Some(Reverse((entry, host))) = self.ready.pop() else {
@@ -664,6 +670,11 @@ impl<'a> JobQueue<'a> {
                         && let Some(&next) = self.pending[h].front() {
                             self.ready.push(Reverse((next, host)));
                         }
+                    // Tasks stopped by a second cancel end the stage as cancelled, not failed.
+                    let only_cancelled = result
+                        .failures
+                        .iter()
+                        .all(|f| f.outcome == TaskOutcome::Cancelled);
                     let c = &mut self.report.counts;
                     c.succeeded += result.counts.succeeded;
                     c.skipped += result.counts.skipped;
@@ -672,7 +683,11 @@ impl<'a> JobQueue<'a> {
                     self.report.failures.extend(result.failures);
                     self.report.data.extend(result.data);
                     if !result.success {
-                        failed = true;
+                        if only_cancelled && self.cancel.is_stopping() {
+                            cancelled = true;
+                        } else {
+                            failed = true;
+                        }
                         stop_starting = true;
                     }
                 }
@@ -796,7 +811,7 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
             em.emit(|| EventKind::TaskOutput {
                 task: TaskInfo::clone(&info),
                 stream,
-                line: line.to_string(),
+                line: capped_line(&crate::scrub_secrets(line)),
             });
         })
     };
@@ -875,6 +890,19 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
             _ = shared.hard.cancelled() => Attempt::Failed(TaskOutcome::Cancelled),
             a = timed => a,
         };
+        // Nothing a command reports may show a registered secret (events, report, store).
+        let result = match result {
+            Attempt::Done(mut outcome) => {
+                if let Some(reason) = &mut outcome.skipped {
+                    *reason = crate::scrub_secrets(reason).into_owned();
+                }
+                if let Some(data) = &mut outcome.data {
+                    crate::secrets::scrub_value(data);
+                }
+                Attempt::Done(outcome)
+            }
+            Attempt::Failed(outcome) => Attempt::Failed(crate::secrets::scrub_outcome(outcome)),
+        };
         match result {
             Attempt::Done(outcome) => {
                 let task_outcome = match outcome.skipped {
@@ -935,6 +963,22 @@ async fn run_task(step: &PlannedTask, shared: &Shared) -> (TaskOutcome, u32, Opt
             }
         }
     }
+}
+
+/// The longest output line a [`EventKind::TaskOutput`] event carries: a longer line (a command
+/// writing megabytes without a newline) is cut there and marked, so one line cannot make every
+/// sink copy and hold megabytes. What the command returns is not affected.
+const MAX_OUTPUT_LINE: usize = 64 * 1024;
+
+fn capped_line(line: &str) -> String {
+    if line.len() <= MAX_OUTPUT_LINE {
+        return line.to_string();
+    }
+    let mut cut = MAX_OUTPUT_LINE;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… [{} more bytes cut]", &line[..cut], line.len() - cut)
 }
 
 /// The error's message followed by its sources: `cannot connect to fe001: connection refused`.

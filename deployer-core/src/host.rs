@@ -110,9 +110,11 @@ impl fmt::Debug for ExecOptions {
 pub struct ExecOutput {
     /// The exit status; `None` when the process was killed by a signal.
     pub exit_status: Option<i32>,
-    /// Everything written to standard output.
+    /// What was written to standard output. The hosts of `deployer-remote` keep at most
+    /// 16 MiB of each stream (its first and last 8 MiB, with a line saying how much was cut
+    /// between them); every line still reaches [`ExecOptions::output`] as it arrives.
     pub stdout: Vec<u8>,
-    /// Everything written to standard error.
+    /// What was written to standard error (bounded like `stdout`).
     pub stderr: Vec<u8>,
     /// Wall time from start to exit.
     pub duration: Duration,
@@ -136,7 +138,10 @@ impl ExecOutput {
 
     /// The last `max_lines` lines of standard error, for failure reports.
     pub fn stderr_tail(&self, max_lines: usize) -> String {
-        tail_lines(&self.stderr_str(), max_lines)
+        // The tail is at most 4 KiB: only the end of stderr is looked at, so a command that
+        // wrote 100 MiB to it is not copied whole.
+        let start = self.stderr.len().saturating_sub(64 * 1024);
+        tail_lines(&String::from_utf8_lossy(&self.stderr[start..]), max_lines)
     }
 }
 

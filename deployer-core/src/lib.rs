@@ -17,6 +17,9 @@
 //!   a [`Connector`] hands out (SSH and local hosts live in `deployer-remote`).
 //! * The executor prints nothing: it emits typed [`Event`]s to [`EventSink`]s. [`TracingSink`]
 //!   and [`LogFormat`] turn them into log lines `time [LEVEL] [component] [host] [tag] message`.
+//! * Secret arguments — `{"secret": "…"}`, `{"secret_env": "VAR"}` ([`SecretArg`]) or
+//!   declared by a command ([`Command::secret_arguments`]) — reach the command intact and show
+//!   `***` in `Debug`, saved and stored tasklists, events, reports, errors and log lines.
 //! * [`Runs`] records runs in a [`RunStore`] (per-host and per-task state, leases, resume,
 //!   purge; [`MemoryStore`] here, SQLite and PostgreSQL in `deployer-store`).
 //! * The object model — projects, deployment groups, deployments, clusters, datasources,
@@ -87,6 +90,7 @@ mod model;
 mod plan;
 mod recorder;
 mod runs;
+mod secrets;
 mod shell;
 mod tasklist;
 mod validation;
@@ -131,6 +135,7 @@ pub use runs::{
     HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
     TaskRecord, TaskState,
 };
+pub use secrets::{SECRET_ENV_KEY, SECRET_KEY, SecretArg, register_secret, scrub_secrets};
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean};

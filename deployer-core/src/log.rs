@@ -178,7 +178,8 @@ impl EventSink for TracingSink {
 /// A `tracing-subscriber` event format that prints
 /// `time [LEVEL   ] [component      ] [host] [tag] message`, taking `component`, `host` and `tag`
 /// from the event's fields (`*` where there is none; the component falls back to the last
-/// segment of the event's target).
+/// segment of the event's target). Registered secrets
+/// ([`register_secret`](crate::register_secret)) show as `***`, whoever logged them.
 ///
 /// ```
 /// use deployer_core::LogFormat;
@@ -252,8 +253,7 @@ where
             let target = event.metadata().target();
             target.rsplit("::").next().unwrap_or(target).to_string()
         });
-        writeln!(
-            writer,
+        let line = format!(
             "[{:<8}] [{:<15}] [{}] [{}] {}{}",
             event.metadata().level().as_str(),
             component,
@@ -261,6 +261,8 @@ where
             fields.tag.as_deref().unwrap_or("*"),
             fields.message,
             fields.rest
-        )
+        );
+        // Whatever logged it (a command, a library), a registered secret shows as `***`.
+        writeln!(writer, "{}", crate::scrub_secrets(&line))
     }
 }

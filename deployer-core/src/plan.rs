@@ -54,10 +54,31 @@ pub(crate) struct PlannedTask {
 
 impl Plan {
     /// Instantiates every task of `tasklist` with `registry`, collecting all problems.
+    ///
+    /// Secrets are prepared here: arguments a command declares secret are marked
+    /// `{"secret": …}` in the plan's copy of the tasklist, `{"secret_env": "VAR"}` values are
+    /// read from the controller's environment (a missing variable is a problem at its path),
+    /// a redacted secret (`{"secret": "***"}`, from a saved or stored copy) is a problem, and
+    /// every secret value is registered so that output echoing it shows `***`
+    /// ([`register_secret`](crate::register_secret)).
+    ///
+    /// ```
+    /// use deployer_core::{CommandRegistry, Plan, Tasklist};
+    ///
+    /// let tasklist = Tasklist::from_json_str(r#"{"stages": [{"name": "s", "concurrency": 1,
+    ///     "tasks": [{"command": "login", "token": {"secret_env": "PLAN_DOC_UNSET_TOKEN"}}]}]}"#)
+    ///     .unwrap();
+    /// let err = Plan::build(&tasklist, &CommandRegistry::new()).unwrap_err().to_string();
+    /// assert!(err.contains("stages[0].tasks[0].token: the secret's environment variable \
+    ///     PLAN_DOC_UNSET_TOKEN is not set"), "{err}");
+    /// ```
     pub fn build(
         tasklist: &Tasklist,
         registry: &CommandRegistry,
     ) -> Result<Plan, ValidationErrors> {
+        let mut marked = tasklist.clone();
+        registry.mark_tasklist_secrets(&mut marked);
+        let tasklist = &marked;
         let mut errors = ValidationErrors::new();
         let mut stages = Vec::with_capacity(tasklist.stages.len());
         for (si, stage) in tasklist.stages.iter().enumerate() {
@@ -107,9 +128,9 @@ impl Plan {
                         entry: ei,
                         step: is_chain.then_some(ti),
                     };
-                    match registry.instantiate(task) {
-                        Ok(command) => steps.push(PlannedTask {
-                            task: Arc::new(task.clone()),
+                    match registry.build_task(task) {
+                        Ok((resolved, command)) => steps.push(PlannedTask {
+                            task: Arc::new(resolved),
                             command: Arc::from(command),
                             info: Arc::new(TaskInfo {
                                 id,
@@ -147,12 +168,13 @@ impl Plan {
             });
         }
         errors.into_result(Plan {
-            tasklist: Arc::new(tasklist.clone()),
+            tasklist: Arc::new(marked),
             stages: Arc::new(stages),
         })
     }
 
-    /// The tasklist this plan was built from.
+    /// The tasklist this plan was built from, with the arguments its commands declare secret
+    /// marked `{"secret": …}` (and `{"secret_env": …}` references as written).
     pub fn tasklist(&self) -> &Tasklist {
         &self.tasklist
     }

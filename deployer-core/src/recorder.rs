@@ -51,6 +51,28 @@ pub enum RunsError {
         /// The run.
         id: RunId,
     },
+    /// The run's tasklist holds inline secrets, which the store keeps redacted, and no
+    /// tasklist to take them from was given.
+    #[error(
+        "run {id} needs its secrets again: the run store keeps them redacted ({}); resume with the tasklist the run was started from, or write them {{\"secret_env\": \"VAR\"}} so a resume reads them from the environment",
+        paths.join(", ")
+    )]
+    SecretsNeeded {
+        /// The run.
+        id: RunId,
+        /// Where the redacted secrets are (`stages[0].tasks[1].lb_password`).
+        paths: Vec<String>,
+    },
+    /// The tasklist given for the secrets is not the one the run was started from.
+    #[error(
+        "the tasklist given for the secrets of run {id} is not the one the run was started from: {path} differs"
+    )]
+    SecretsMismatch {
+        /// The run.
+        id: RunId,
+        /// The first place where they differ.
+        path: String,
+    },
 }
 
 /// Options of [`Runs::resume`].
@@ -59,6 +81,12 @@ pub struct ResumeOptions {
     /// Run again tasks that were running when the run was interrupted even when their command
     /// is not idempotent (default: false, which stops and asks).
     pub force: bool,
+    /// The tasklist the run was started from, for the inline secrets its stored copy has
+    /// redacted (default: none; a run with redacted secrets then fails with
+    /// [`RunsError::SecretsNeeded`]). Apart from the secrets it must equal the stored copy
+    /// ([`RunsError::SecretsMismatch`] otherwise). Secrets written `{"secret_env": …}` need
+    /// nothing: they are read from the environment again.
+    pub secrets_from: Option<crate::Tasklist>,
 }
 
 /// Starts, drives and resumes runs recorded in a [`RunStore`].
@@ -227,8 +255,10 @@ impl Runs {
                 tasks: stored,
                 hosts: progress,
                 removed,
+                stopped_by: None,
             }),
             targets: options.targets.clone(),
+            skip: options.skip.clone(),
         });
         self.store.set_run_state(id, RunState::Running).await?;
 
@@ -317,11 +347,11 @@ impl Runs {
             }
             .into());
         }
-        let plan =
-            Plan::build(&record.tasklist, registry).map_err(|errors| RunsError::Invalid {
-                id: id.clone(),
-                errors,
-            })?;
+        let tasklist = with_secrets(id, &record.tasklist, resume.secrets_from.as_ref(), registry)?;
+        let plan = Plan::build(&tasklist, registry).map_err(|errors| RunsError::Invalid {
+            id: id.clone(),
+            errors,
+        })?;
         let tasks = self.store.tasks(id).await?;
         let mut unsure = Vec::new();
         for t in &tasks {
@@ -375,6 +405,35 @@ impl Runs {
     }
 }
 
+/// The stored tasklist with its redacted secrets taken from `original`.
+fn with_secrets(
+    id: &RunId,
+    stored: &crate::Tasklist,
+    original: Option<&crate::Tasklist>,
+    registry: &CommandRegistry,
+) -> Result<crate::Tasklist, RunsError> {
+    let paths = stored.redacted_secrets();
+    if paths.is_empty() {
+        return Ok(stored.clone());
+    }
+    let Some(original) = original else {
+        return Err(RunsError::SecretsNeeded {
+            id: id.clone(),
+            paths,
+        });
+    };
+    let mut original = original.clone();
+    registry.mark_tasklist_secrets(&mut original);
+    original.name = stored.name.clone();
+    match crate::secrets::first_difference(stored, &original.redacted()) {
+        Some(path) => Err(RunsError::SecretsMismatch {
+            id: id.clone(),
+            path,
+        }),
+        None => Ok(original),
+    }
+}
+
 #[derive(Default, Debug)]
 struct HostProgress {
     remaining: usize,
@@ -387,6 +446,8 @@ struct RecorderState {
     tasks: HashMap<TaskId, TaskRecord>,
     hosts: HashMap<String, HostProgress>,
     removed: HashSet<String>,
+    /// How the last stage that did not succeed ended (why later stages are skipped).
+    stopped_by: Option<RunOutcome>,
 }
 
 /// Writes task and host progress of one run to the store as the executor reports it.
@@ -395,6 +456,8 @@ struct Recorder {
     id: RunId,
     state: Mutex<RecorderState>,
     targets: crate::TargetSet,
+    /// Tasks done in an earlier attempt: not run, not counted.
+    skip: HashSet<TaskId>,
 }
 
 impl Recorder {
@@ -506,6 +569,41 @@ impl Journal for Recorder {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
                         .await?;
+                }
+            }
+            EventKind::StageFinished { outcome, .. } if *outcome != RunOutcome::Succeeded => {
+                self.lock().stopped_by = Some(*outcome);
+            }
+            EventKind::StageSkipped { stage, .. } => {
+                // The executor reports a skipped stage as a whole: each of its tasks still
+                // needs a final state, and its host one when it was the host's last task.
+                let ended = {
+                    let mut st = self.lock();
+                    let reason = match st.stopped_by {
+                        Some(RunOutcome::Failed) => "an earlier stage failed",
+                        _ => "the run was cancelled",
+                    };
+                    let mut ended = Vec::new();
+                    for rec in st.tasks.values_mut() {
+                        if rec.id.stage == *stage
+                            && !self.skip.contains(&rec.id)
+                            && !rec.state.is_done()
+                        {
+                            rec.state = TaskState::NotRun;
+                            rec.error = Some(reason.to_string());
+                            ended.push(rec.clone());
+                        }
+                    }
+                    ended.sort_by_key(|r| r.id);
+                    ended
+                };
+                for record in ended {
+                    self.store.update_task(&self.id, &record).await?;
+                    if let Some(state) = self.host_task_ended(&record.host, false, false) {
+                        self.store
+                            .set_host_state(&self.id, &record.host, state)
+                            .await?;
+                    }
                 }
             }
             EventKind::TaskNotRun { task, reason } => {

@@ -180,14 +180,16 @@ pub struct NewRun {
     pub source: String,
     /// Who started it (a user name, a CI job).
     pub started_by: String,
-    /// A full copy of what runs.
+    /// A full copy of what runs, with inline secrets redacted (`{"secret": "***"}`): a store
+    /// never holds a secret, so a resume needs them again (see
+    /// [`ResumeOptions::secrets_from`](crate::ResumeOptions::secrets_from)).
     pub tasklist: Tasklist,
     /// Every task, each with its host.
     pub tasks: Vec<TaskInfo>,
 }
 
 impl NewRun {
-    /// A new run of `plan`.
+    /// A new run of `plan`; its copy of the tasklist has the inline secrets redacted.
     pub fn from_plan(
         plan: &Plan,
         source: impl Into<String>,
@@ -198,7 +200,7 @@ impl NewRun {
             name: plan.tasklist().name.clone(),
             source: source.into(),
             started_by: started_by.into(),
-            tasklist: plan.tasklist().clone(),
+            tasklist: plan.tasklist().redacted(),
             tasks: plan.tasks().cloned().collect(),
         }
     }

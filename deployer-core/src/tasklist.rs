@@ -132,7 +132,11 @@ impl From<Vec<Task>> for TaskEntry {
 /// assert_eq!(task.host_key(), "fe001");
 /// assert_eq!(task.args["command"], "systemctl restart web");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// An argument value may be secret (see [`SecretArg`](crate::SecretArg)): `Debug` and saved
+/// JSON show it as `***`, and so does `Debug` for arguments whose names look secret
+/// (`password`, `token`, `secret`…) even before a plan marks them.
+#[derive(Clone, PartialEq)]
 pub struct Task {
     /// The registered command name.
     pub command: String,
@@ -200,6 +204,19 @@ impl Task {
         self
     }
 
+    /// Adds a secret command argument, `{"secret": value}` (see [`SecretArg`](crate::SecretArg)):
+    /// the command receives the value; `Debug`, saved tasklists, stored runs, events and logs
+    /// show `***`.
+    ///
+    /// ```
+    /// use deployer_core::Task;
+    /// let task = Task::new("disable_loadbalancer").secret("lb_password", "hunter2");
+    /// assert!(!format!("{task:?}").contains("hunter2"));
+    /// ```
+    pub fn secret(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.arg(key, crate::SecretArg::inline(value))
+    }
+
     /// The key that `concurrency_per_host` counts this task against: `remote_host`, else the
     /// `lb_hostname` argument, else [`LOCAL_HOST`].
     pub fn host_key(&self) -> &str {
@@ -233,9 +250,23 @@ impl Serialize for Task {
             map.serialize_entry("retries", v)?;
         }
         for (k, v) in &self.args {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(k, &crate::secrets::RedactedJson(v))?;
         }
         map.end()
+    }
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("command", &self.command)
+            .field("remote_host", &self.remote_host)
+            .field("remote_user", &self.remote_user)
+            .field("tag", &self.tag)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("args", &crate::secrets::DebugArgs(&self.args))
+            .finish()
     }
 }
 
@@ -295,7 +326,8 @@ impl Tasklist {
         Tasklist::from_json_str(&text).map_err(|e| e.with_origin(path))
     }
 
-    /// Writes the tasklist as pretty JSON (what [`to_json_string`](Self::to_json_string) gives).
+    /// Writes the tasklist as pretty JSON (what [`to_json_string`](Self::to_json_string) gives:
+    /// inline secrets are written `{"secret": "***"}`).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TasklistError> {
         let path = path.as_ref();
         std::fs::write(path, self.to_json_string()).map_err(|source| TasklistError::Io {
@@ -306,7 +338,26 @@ impl Tasklist {
 
     /// The tasklist as pretty-printed JSON ending in a newline.
     ///
-    /// The output is canonical: loading it and saving again gives the same bytes.
+    /// The output is canonical: loading it and saving again gives the same bytes. Inline
+    /// secrets are written `{"secret": "***"}` (a redacted secret, which a plan refuses until
+    /// its value is given again); `{"secret_env": …}` references are kept. Inside
+    /// [`Secret::serialize_exposed`](crate::Secret::serialize_exposed) the values are written.
+    ///
+    /// ```
+    /// use deployer_core::{Secret, Stage, Task, Tasklist};
+    ///
+    /// let tasklist = Tasklist::new("lb").stage(
+    ///     Stage::new("s", 1).task(Task::new("disable_loadbalancer").secret("lb_password", "hunter2")),
+    /// );
+    /// let saved = tasklist.to_json_string();
+    /// assert!(saved.contains(r#""lb_password": {
+    ///             "secret": "***"
+    ///           }"#), "{saved}");
+    /// assert_eq!(Tasklist::from_json_str(&saved).unwrap().redacted_secrets(),
+    ///            ["stages[0].tasks[0].lb_password"]);
+    /// let with_values = Secret::serialize_exposed(|| tasklist.to_json_string());
+    /// assert_eq!(Tasklist::from_json_str(&with_values).unwrap(), tasklist);
+    /// ```
     pub fn to_json_string(&self) -> String {
         // Serializing plain data to a String cannot fail.
         let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
@@ -354,6 +405,68 @@ impl Tasklist {
             ),
         }
         errors.into_result(Tasklist { name, stages })
+    }
+
+    /// A copy with every inline secret replaced by the redacted form `{"secret": "***"}`:
+    /// what a run store keeps. `{"secret_env": …}` references are kept.
+    ///
+    /// ```
+    /// use deployer_core::{SecretArg, Stage, Task, Tasklist};
+    ///
+    /// let tasklist = Tasklist::new("t").stage(Stage::new("s", 1).task(
+    ///     Task::new("execute_command")
+    ///         .arg("command_line", "true")
+    ///         .arg("env", serde_json::json!({
+    ///             "DB_PASSWORD": SecretArg::inline("hunter2"),
+    ///             "API_TOKEN": SecretArg::from_env("API_TOKEN"),
+    ///         })),
+    /// ));
+    /// let stored = tasklist.redacted();
+    /// let env = &stored.stages[0].tasks[0].tasks()[0].args["env"];
+    /// assert_eq!(env["DB_PASSWORD"], SecretArg::inline("***"));
+    /// assert_eq!(env["API_TOKEN"], SecretArg::from_env("API_TOKEN"));
+    /// assert_eq!(stored.redacted_secrets(), ["stages[0].tasks[0].env.DB_PASSWORD"]);
+    /// ```
+    pub fn redacted(&self) -> Tasklist {
+        let mut copy = self.clone();
+        for task in copy.tasks_mut() {
+            for v in task.args.values_mut() {
+                if crate::secrets::has_inline(v) {
+                    *v = crate::secrets::redacted(v);
+                }
+            }
+        }
+        copy
+    }
+
+    /// The paths of the redacted secrets (`stages[0].tasks[1].lb_password`): values left out
+    /// when the tasklist was saved or stored, which must be given again before it can run.
+    pub fn redacted_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (si, stage) in self.stages.iter().enumerate() {
+            for (ei, entry) in stage.tasks.iter().enumerate() {
+                let chain = matches!(entry, TaskEntry::Chain(_));
+                for (ti, task) in entry.tasks().iter().enumerate() {
+                    let prefix = if chain {
+                        format!("stages[{si}].tasks[{ei}][{ti}]")
+                    } else {
+                        format!("stages[{si}].tasks[{ei}]")
+                    };
+                    crate::secrets::redacted_paths(&task.args, &prefix, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn tasks_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.stages
+            .iter_mut()
+            .flat_map(|s| s.tasks.iter_mut())
+            .flat_map(|e| match e {
+                TaskEntry::Single(t) => std::slice::from_mut(t),
+                TaskEntry::Chain(ts) => ts.as_mut_slice(),
+            })
     }
 
     /// How many tasks the tasklist holds, counting each task of a chain.

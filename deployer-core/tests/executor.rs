@@ -389,7 +389,7 @@ async fn second_cancel_stops_running_tasks() {
         .await
         .expect("a second cancel stops hour-long tasks at once")
         .unwrap();
-    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
     assert_eq!(report.failures.len(), 4);
     assert!(
         report

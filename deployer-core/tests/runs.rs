@@ -202,7 +202,10 @@ async fn an_interrupted_non_idempotent_task_needs_confirmation() {
             &executor(),
             &registry,
             &id,
-            ResumeOptions { force: true },
+            ResumeOptions {
+                force: true,
+                ..Default::default()
+            },
             RunOptions::default(),
         )
         .await

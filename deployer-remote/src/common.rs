@@ -48,6 +48,15 @@ pub(crate) fn shell_line(
     }
 }
 
+/// `path`, relative ones as `./path`: no command of a script reads a leading `-` as an option.
+fn operand(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("./{path}")
+    }
+}
+
 /// A shell script that fills a temporary path beside `dest` with `fill` (a fragment that
 /// creates `"$tmp"`), sets `mode` on it when given, and renames it over `dest` (replacing a
 /// directory too). On failure the temporary path is removed and `dest` is untouched.
@@ -58,7 +67,7 @@ pub(crate) fn install_with(
     mode: Option<u32>,
 ) -> Result<String, RemoteError> {
     let mut s = String::from("set -e\n");
-    s.push_str(&format!("dst={}\n", quoted(host, dest)?));
+    s.push_str(&format!("dst={}\n", quoted(host, &operand(dest))?));
     s.push_str("tmp=\"$dst.deployer-tmp.$$\"\n");
     s.push_str("trap 'rm -rf \"$tmp\"' EXIT\n");
     s.push_str("if [ -e \"$tmp\" ] || [ -L \"$tmp\" ]; then rm -rf \"$tmp\"; fi\n");
@@ -86,7 +95,7 @@ pub(crate) fn install_script(
     dest: &str,
     mode: Option<u32>,
 ) -> Result<String, RemoteError> {
-    let fill = format!("cp -R --preserve=mode {} \"$tmp\"", quoted(host, src)?);
+    let fill = format!("cp -R --preserve=mode -- {} \"$tmp\"", quoted(host, src)?);
     install_with(host, &fill, dest, mode)
 }
 
@@ -122,14 +131,34 @@ pub(crate) fn sudo_failure(
     }
 }
 
-/// Collects one stream's bytes and hands complete lines to the output sink.
+/// How much of one output stream a command's [`ExecOutput`](deployer_core::ExecOutput) keeps:
+/// the first and the last half of this, with a note of what was cut in between. Every line
+/// still reaches the output sink as it arrives; only what is kept for the result is bounded,
+/// so a command that floods its output cannot exhaust the controller's memory.
+pub const OUTPUT_KEPT: usize = 16 * 1024 * 1024;
+
+/// The longest line the output sink is handed: a longer one (a command writing megabytes
+/// without a newline) is cut, and the cut marked `… [N more bytes cut]`, within this size.
+pub const LINE_MAX: usize = 64 * 1024;
+
+/// Room kept for the cut marker of a line longer than [`LINE_MAX`].
+const CUT_ROOM: usize = 64;
+
+/// Collects one stream's bytes (bounded by [`OUTPUT_KEPT`]) and hands complete lines to the
+/// output sink.
 pub(crate) struct LineCollector {
     stream: Stream,
     sink: Option<OutputSink>,
-    /// Everything received.
-    pub(crate) bytes: Vec<u8>,
-    /// Offset in `bytes` where the current unfinished line starts.
-    line_start: usize,
+    /// The first `OUTPUT_KEPT / 2` bytes.
+    head: Vec<u8>,
+    /// The last `OUTPUT_KEPT / 2` bytes after `head` (a ring: oldest first).
+    tail: std::collections::VecDeque<u8>,
+    /// Bytes received in all.
+    total: u64,
+    /// The current unfinished line, for the sink (its start, when it is too long).
+    line: Vec<u8>,
+    /// Bytes of the current line not kept in `line`.
+    line_cut: u64,
 }
 
 impl LineCollector {
@@ -137,42 +166,86 @@ impl LineCollector {
         LineCollector {
             stream,
             sink,
-            bytes: Vec::new(),
-            line_start: 0,
+            head: Vec::new(),
+            tail: std::collections::VecDeque::new(),
+            total: 0,
+            line: Vec::new(),
+            line_cut: 0,
         }
     }
 
     /// Appends a chunk, emitting every line it completes.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
-        let old_len = self.bytes.len();
-        self.bytes.extend_from_slice(chunk);
-        let Some(sink) = &self.sink else {
+        self.total += chunk.len() as u64;
+        let half = OUTPUT_KEPT / 2;
+        let to_head = chunk.len().min(half - self.head.len());
+        self.head.extend_from_slice(&chunk[..to_head]);
+        let rest = &chunk[to_head..];
+        if !rest.is_empty() {
+            let rest = &rest[rest.len().saturating_sub(half)..];
+            let over = (self.tail.len() + rest.len()).saturating_sub(half);
+            self.tail.drain(..over);
+            self.tail.extend(rest);
+        }
+        if self.sink.is_none() {
             return;
-        };
-        let mut search_from = old_len;
-        while let Some(pos) = self.bytes[search_from..].iter().position(|&b| b == b'\n') {
-            let end = search_from + pos;
-            let mut line = &self.bytes[self.line_start..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+        }
+        let mut chunk = chunk;
+        while !chunk.is_empty() {
+            let (part, ends_line) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(pos) => (&chunk[..pos], true),
+                None => (chunk, false),
+            };
+            let room = (LINE_MAX - CUT_ROOM).saturating_sub(self.line.len());
+            let keep = if self.line_cut > 0 {
+                0
+            } else {
+                part.len().min(room)
+            };
+            self.line.extend_from_slice(&part[..keep]);
+            self.line_cut += (part.len() - keep) as u64;
+            if ends_line {
+                self.emit_line();
+                chunk = &chunk[part.len() + 1..];
+            } else {
+                chunk = &[];
             }
-            sink(self.stream, &String::from_utf8_lossy(line));
-            self.line_start = end + 1;
-            search_from = end + 1;
         }
     }
 
-    /// Emits the last line if it had no newline, and returns everything received.
-    pub(crate) fn finish(self) -> Vec<u8> {
-        if let Some(sink) = &self.sink
-            && self.line_start < self.bytes.len()
-        {
-            sink(
-                self.stream,
-                &String::from_utf8_lossy(&self.bytes[self.line_start..]),
-            );
+    /// Hands the current line to the sink (cut and marked if it was too long).
+    fn emit_line(&mut self) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        if self.line_cut == 0 && self.line.last() == Some(&b'\r') {
+            self.line.pop();
         }
-        self.bytes
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        if self.line_cut > 0 {
+            text.push_str(&format!("… [{} more bytes cut]", self.line_cut));
+        }
+        sink(self.stream, &text);
+        self.line.clear();
+        self.line_cut = 0;
+    }
+
+    /// Emits the last line if it had no newline, and returns what was kept.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if !self.line.is_empty() || self.line_cut > 0 {
+            self.emit_line();
+        }
+        let mut kept = self.head;
+        if !self.tail.is_empty() {
+            let cut = self.total - (kept.len() + self.tail.len()) as u64;
+            if cut > 0 {
+                kept.extend_from_slice(
+                    format!("\n[… {cut} bytes of output not kept …]\n").as_bytes(),
+                );
+            }
+            kept.extend(self.tail);
+        }
+        kept
     }
 }
 
@@ -207,6 +280,58 @@ mod tests {
         );
         assert!(sudo_failure("h", false, Some(1), b"sudo: a password is required").is_none());
         assert!(sudo_failure("h", true, Some(1), b"grep found nothing").is_none());
+    }
+
+    #[test]
+    fn a_flood_keeps_its_first_and_last_part_and_every_line_reaches_the_sink() {
+        let lines = Arc::new(Mutex::new(0usize));
+        let longest = Arc::new(Mutex::new(0usize));
+        let (l, m) = (lines.clone(), longest.clone());
+        let sink: OutputSink = Arc::new(move |_, line| {
+            *l.lock().unwrap() += 1;
+            let mut m = m.lock().unwrap();
+            *m = (*m).max(line.len());
+        });
+        let mut c = LineCollector::new(Stream::Stdout, Some(sink));
+        // 24 MiB of numbered 16-byte lines, in odd-sized chunks.
+        let mut all = Vec::new();
+        for i in 0..(24 * 1024 * 1024 / 16) {
+            all.extend_from_slice(format!("{i:015}\n").as_bytes());
+        }
+        for chunk in all.chunks(33_333) {
+            c.push(chunk);
+        }
+        let kept = c.finish();
+        assert_eq!(*lines.lock().unwrap(), all.len() / 16);
+        let half = OUTPUT_KEPT / 2;
+        assert_eq!(&kept[..half], &all[..half]);
+        assert_eq!(&kept[kept.len() - half..], &all[all.len() - half..]);
+        let note = String::from_utf8_lossy(&kept[half..kept.len() - half]).into_owned();
+        assert_eq!(
+            note,
+            format!(
+                "\n[… {} bytes of output not kept …]\n",
+                all.len() - 2 * half
+            )
+        );
+        // One 1 MiB line without a newline: one line for the sink, cut and marked.
+        let lines2 = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines2.clone();
+        let sink: OutputSink = Arc::new(move |_, line| l2.lock().unwrap().push(line.to_string()));
+        let mut c = LineCollector::new(Stream::Stderr, Some(sink));
+        c.push(&vec![b'x'; 1024 * 1024]);
+        c.push(b"yz\nnext\n");
+        assert_eq!(c.finish().len(), 1024 * 1024 + 8);
+        let lines2 = lines2.lock().unwrap().clone();
+        assert_eq!(lines2.len(), 2);
+        assert!(lines2[0].len() <= LINE_MAX, "{}", lines2[0].len());
+        let kept = LINE_MAX - CUT_ROOM;
+        assert_eq!(
+            &lines2[0][kept..],
+            format!("… [{} more bytes cut]", 1024 * 1024 + 2 - kept)
+        );
+        assert_eq!(lines2[1], "next");
+        assert_eq!(*longest.lock().unwrap(), 15);
     }
 
     #[test]

@@ -81,6 +81,7 @@ mod ssh;
 #[cfg(feature = "test-fixture")]
 pub mod testing;
 
+pub use common::{LINE_MAX, OUTPUT_KEPT};
 pub use config::{HostConfig, SshConfig, SshConfigError};
 pub use local::{LocalConnector, LocalHost};
 pub use pool::SshConnector;

@@ -726,7 +726,7 @@ impl SshHost {
                         source: Some(Box::new(e)),
                     });
                 }
-                Err(e) => return Err(self.other(format!("cannot open a channel: {e}"))),
+                Err(e) => return Err(self.other(refused(&e))),
             }
         }
     }
@@ -746,7 +746,7 @@ impl SshHost {
                         source: Some(Box::new(e)),
                     });
                 }
-                Err(e) => return Err(self.other(format!("cannot open a channel: {e}"))),
+                Err(e) => return Err(self.other(refused(&e))),
             }
         }
     }
@@ -1178,19 +1178,36 @@ impl Job {
 
 /// Opens a session channel. OpenSSH frees a closed session only after it has handled the
 /// rest of the packets that arrived with the close, so an open sent right after another
-/// channel's close can be refused for `MaxSessions`: the refusal is a round trip after which
-/// the session is free, so such a refusal is retried (a bounded number of times).
+/// channel's close can be refused for `MaxSessions`; a server whose sessions are all taken
+/// (a lower `MaxSessions` than our channels, or a kill in flight) refuses too. Refusals are
+/// retried with a growing pause, for about two seconds in all.
 async fn open_channel(conn: &Conn) -> Result<russh::Channel<client::Msg>, russh::Error> {
-    let mut attempts = 0;
+    let mut pause = Duration::from_millis(1);
+    let mut waited = Duration::ZERO;
     loop {
         match conn.handle.channel_open_session().await {
             Err(russh::Error::ChannelOpenFailure(
                 russh::ChannelOpenFailure::ConnectFailed
                 | russh::ChannelOpenFailure::AdministrativelyProhibited
                 | russh::ChannelOpenFailure::ResourceShortage,
-            )) if attempts < 50 && !conn.handle.is_closed() => attempts += 1,
+            )) if waited < Duration::from_secs(2) && !conn.handle.is_closed() => {
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
             other => return other,
         }
+    }
+}
+
+/// The message for a session the server would not open.
+fn refused(e: &russh::Error) -> String {
+    match e {
+        russh::Error::ChannelOpenFailure(_) => format!(
+            "the server refused a new session ({e}) for 2 s; its MaxSessions may be lower than \
+             SshOptions::max_channels + 2"
+        ),
+        _ => format!("cannot open a channel: {e}"),
     }
 }
 
@@ -1327,7 +1344,12 @@ impl RemoteHost for SshHost {
             None
         };
         let raw = if let Some((slot, shell)) = via_shell {
-            let fill = format!("head -c {} > \"$tmp\"", meta.len());
+            // The size check catches a connection that died mid-upload: `head` then stops
+            // early, and successfully.
+            let fill = format!(
+                "head -c {len} > \"$tmp\"\nn=$(wc -c < \"$tmp\")\n[ $n -eq {len} ]",
+                len = meta.len()
+            );
             let script = install_with(&self.name, &fill, remote, mode)?;
             let line = shell_line(&self.name, &script, &exec, self.use_sudo())?;
             let (cancel_tx, cancel_rx) = oneshot::channel::<()>();

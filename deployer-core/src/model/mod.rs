@@ -50,6 +50,7 @@ pub use scope::{
     BranchView, ClusterView, DatasourceView, DeploymentView, GroupView, ImageView, ProjectView,
     Scope,
 };
+pub(crate) use secret::exposing_secrets;
 pub use secret::{REDACTED, Secret};
 pub use slug::{MAX_SLUG_LEN, Slug};
 pub use store::{CatalogStore, MemoryCatalog, StoredCatalog};

@@ -12,11 +12,18 @@ thread_local! {
     static EXPOSE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether secrets serialize as their values on this thread (inside
+/// [`Secret::serialize_exposed`]).
+pub(crate) fn exposing_secrets() -> bool {
+    EXPOSE.with(Cell::get)
+}
+
 /// A secret value (a connection string, a password): `Debug`, `Display` and `Serialize` show
 /// `***`, so a secret never ends up in a log line, an event, a scope or a JSON dump by accident.
 ///
 /// Only [`Secret::expose`] reads the value, and only serialization inside
-/// [`Secret::serialize_exposed`] writes it (what a catalog store does to persist it).
+/// [`Secret::serialize_exposed`] writes it (what a catalog store does to persist it; the same
+/// call also writes the inline secret arguments of a [`Tasklist`](crate::Tasklist)).
 ///
 /// ```
 /// use deployer_core::Secret;
@@ -33,8 +40,13 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a secret value.
+    ///
+    /// The value is registered with [`register_secret`](crate::register_secret), so output
+    /// and log lines that echo it show `***`.
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        let value = value.into();
+        crate::register_secret(&value);
+        Secret(value)
     }
 
     /// The value itself: for the code that uses it (connects), never for output.
@@ -80,7 +92,7 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        String::deserialize(deserializer).map(Secret::new)
     }
 }
 
@@ -90,7 +102,8 @@ mod tests {
 
     #[test]
     fn exposure_ends_with_the_call_even_on_panic() {
-        let s = Secret::new("pw");
+        // Distinctive: a registered secret is scrubbed from this test binary's output.
+        let s = Secret::new("pw-exposure-test");
         let _ = std::panic::catch_unwind(|| {
             Secret::serialize_exposed(|| panic!("boom"));
         });
@@ -99,6 +112,6 @@ mod tests {
             Secret::serialize_exposed(|| ());
             serde_json::to_string(&s).unwrap()
         });
-        assert_eq!(nested, "\"pw\"");
+        assert_eq!(nested, "\"pw-exposure-test\"");
     }
 }

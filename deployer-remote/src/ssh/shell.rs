@@ -49,6 +49,14 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// record at start); if such a command fails, the shell cannot know how much it read and
 /// exits. Without `setsid` (not a Linux host) the command shares the shell's process group
 /// and a kill reaches only its first process.
+///
+/// Beside every other command runs a *watcher*: a subshell reading the shell's stdin, where
+/// nothing else is sent while the command runs. A line `K` (kill) or `S` (kill with `sudo -n`,
+/// for a command run under sudo) from the client — or the end of stdin, when the connection
+/// or the controller died — makes it kill the command's process group, so a cancelled or
+/// timed-out command is stopped over its own channel (a server at its `MaxSessions` would
+/// refuse another) and no command outlives its controller. The shell kills the watcher once
+/// the command has ended, before it reports the status; a shell sent `K`/`S` is not reused.
 pub(super) const AGENT: &str = r#"IFS= read -r m || exit 0
 exec 3<&0
 case "$(head --version 2>/dev/null)" in *GNU*) h=1 ;; *) h=0 ;; esac
@@ -62,15 +70,28 @@ while :; do
     c="$c$l
 "
   done
+  w=
   case $e in
-  0) $s sh -c "$c" </dev/null 3<&- & ;;
-  2) $s sh -c "$c" <&3 3<&- & ;;
+  0)
+    $s sh -c "$c" </dev/null 3<&- &
+    p=$!
+    (
+      IFS= read -r k
+      if [ "$k" != K ]; then sudo -n kill -KILL -- -"$p"; fi
+      kill -KILL -"$p" || kill -KILL "$p"
+    ) <&3 3<&- >/dev/null 2>&1 &
+    w=$!
+    ;;
+  2)
+    $s sh -c "$c" <&3 3<&- &
+    p=$!
+    ;;
   *) exit 0 ;;
   esac
-  p=$!
   printf '\036%sP%s\n' "$m" "$p" >&2
-  wait "$p"
+  wait "$p" 2>/dev/null
   r=$?
+  if [ -n "$w" ]; then kill "$w" 2>/dev/null; wait "$w" 2>/dev/null; fi
   printf '\036%sE%s\n' "$m" "$r"
   printf '\036%sE%s\n' "$m" "$r" >&2
   [ "$e" = 0 ] || [ "$r" = 0 ] || exit 0
@@ -366,6 +387,7 @@ impl ShellJob {
                 exact_reads,
                 ..
             } = &mut shell;
+            let wr: &russh::ChannelWriteHalf<client::Msg> = wr;
             let input = self.input.clone();
             let writer = async {
                 match &input {
@@ -447,12 +469,17 @@ impl ShellJob {
                 if out_status.is_some() && err_status.is_some() {
                     break;
                 }
-                if cancelled
-                    && !killed
-                    && let Some(pid) = pid
-                {
-                    killed = true;
-                    kill_group(&conn, pid, self.sudo_kill).await;
+                if cancelled && !killed {
+                    if self.input.is_none() {
+                        // The watcher beside the command kills it (see AGENT).
+                        killed = true;
+                        let order: &[u8] = if self.sudo_kill { b"S\n" } else { b"K\n" };
+                        let _ = wr.data_bytes(order.to_vec()).await;
+                    } else if let Some(pid) = pid {
+                        // An upload's stdin is its data: kill through another channel.
+                        killed = true;
+                        kill_group(&conn, pid, self.sudo_kill).await;
+                    }
                 }
             }
         }
@@ -590,6 +617,73 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
+    /// Starts the agent under the local `sh` with marker `M`, sends `line`, and waits for the
+    /// command's pid.
+    fn agent_running(
+        line: &str,
+    ) -> (
+        std::process::Child,
+        u32,
+        std::io::BufReader<std::process::ChildStderr>,
+    ) {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(AGENT)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        write!(child.stdin.as_mut().unwrap(), "M\n{line}\nM\n").unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut record = Vec::new();
+        loop {
+            record.clear();
+            err.read_until(b'\n', &mut record).unwrap();
+            if let Some(pid) = record.strip_prefix(b"\x1eMP") {
+                let pid = std::str::from_utf8(pid).unwrap().trim().parse().unwrap();
+                return (child, pid, err);
+            }
+            assert!(
+                !record.is_empty(),
+                "the agent ended before starting the command"
+            );
+        }
+    }
+
+    fn wait_gone(pid: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // A zombie is gone too: its parent has not collected it yet.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains(") Z ") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{pid} still runs");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_watcher_kills_the_command_on_k_and_when_stdin_ends() {
+        use std::io::{Read, Write};
+        // `K`: the command's whole group is killed, the shell reports 137 and goes on.
+        let (mut child, pid, _err) = agent_running("sleep 30 & sleep 30; echo never");
+        child.stdin.as_mut().unwrap().write_all(b"K\n").unwrap();
+        wait_gone(pid);
+        drop(child.stdin.take());
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"\x1eME137\n");
+        child.wait().unwrap();
+        // End of stdin (the connection or the controller died): killed as well.
+        let (mut child, pid, _err) = agent_running("sleep 30");
+        drop(child.stdin.take());
+        wait_gone(pid);
+        assert!(child.wait().unwrap().success());
+    }
+
     #[test]
     fn the_agent_runs_commands_under_a_local_sh() {
         // The agent's protocol against the machine's own /bin/sh: two commands, output with
@@ -604,17 +698,26 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // The client sends a command only once the previous one reported its end (the
+        // watcher beside a command reads stdin until then).
         let mut stdin = child.stdin.take().unwrap();
-        write!(
-            stdin,
-            "M\nprintf 'a\\nb'; echo err >&2; exit 3\nM\nprintf '%s\\n' ' M ' 'x\\y'\nM\n"
-        )
-        .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        write!(stdin, "M\nprintf 'a\\nb'; echo err >&2; exit 3\nM\n").unwrap();
+        let mut first = Vec::new();
+        while !first.ends_with(b"\x1eME3\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(std::io::Read::read(&mut stdout, &mut byte).unwrap(), 1);
+            first.push(byte[0]);
+        }
+        write!(stdin, "printf '%s\\n' ' M ' 'x\\y'\nM\n").unwrap();
         drop(stdin);
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+        first.extend_from_slice(&rest);
         let output = child.wait_with_output().unwrap();
         let mut s = Scanner::new("M");
         let mut out = Vec::new();
-        let recs = s.push(&output.stdout, &mut |b: &[u8]| out.extend_from_slice(b));
+        let recs = s.push(&first, &mut |b: &[u8]| out.extend_from_slice(b));
         assert_eq!(out, b"a\nb M \nx\\y\n");
         assert_eq!(
             recs,

@@ -209,7 +209,10 @@ pub async fn an_interrupted_run_asks_then_resumes(store: Arc<dyn RunStore>) {
                         &executor(),
                         registry,
                         &id,
-                        ResumeOptions { force },
+                        ResumeOptions {
+                            force,
+                            ..Default::default()
+                        },
                         RunOptions::default(),
                     )
                     .await;

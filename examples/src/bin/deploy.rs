@@ -10,6 +10,12 @@
 //! deploy --tasklist saved.json --output json          # run a saved plan, events as JSON lines
 //! ```
 //!
+//! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
+//! command declares secret, such as `lb_password`) reaches the command but shows `***` in
+//! progress, logs, JSON output, `--dump`, `--save` and the run store. A run store keeps no
+//! secret: resuming a run with inline secrets needs `--tasklist` with the file it was started
+//! from; `{"secret_env": "VAR"}` secrets are read from the environment again.
+//!
 //! Exit codes: 0 success, 1 the deploy failed (or was cancelled), 2 bad input.
 
 use std::io::IsTerminal;
@@ -71,13 +77,14 @@ struct Cli {
     /// Validate every task and touch no host: prints "Syntax ok" or every problem.
     #[arg(long)]
     dry_run: bool,
-    /// Print the tasklist and stop.
+    /// Print the tasklist and stop (inline secrets show as "***").
     #[arg(long)]
     dump: bool,
     /// Format of --dump.
     #[arg(long, value_enum, default_value_t = DumpFormat::Json, requires = "dump")]
     format: DumpFormat,
-    /// Save the tasklist to FILE.
+    /// Save the tasklist to FILE (inline secrets are written as "***": use
+    /// {"secret_env": "VAR"} for a saved plan that runs as it is).
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
     /// Only these hosts (comma-separated; repeatable).
@@ -141,6 +148,10 @@ enum RunsCmd {
     Resume {
         /// The run id.
         id: String,
+        /// The tasklist the run was started from: the run store keeps inline secrets
+        /// (`{"secret": …}`) redacted, so a run that has them takes them from here.
+        #[arg(long, value_name = "FILE")]
+        tasklist: Option<PathBuf>,
         /// Run again tasks that were running when the run was interrupted even if their
         /// command is not idempotent.
         #[arg(long)]
@@ -378,7 +389,10 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
     }
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
-    let (tasklist, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
+    let (_, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
+    // The plan's copy: arguments its commands declare secret are marked, so saving, dumping
+    // and recording show them as `***`.
+    let tasklist = plan.tasklist();
     if let Some(path) = &cli.save {
         tasklist.save(path)?;
         tracing::info!(
@@ -390,7 +404,7 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
     if cli.dump {
         match cli.format {
             DumpFormat::Json => print!("{}", tasklist.to_json_string()),
-            DumpFormat::Dot => print!("{}", to_dot(&tasklist)),
+            DumpFormat::Dot => print!("{}", to_dot(tasklist)),
         }
         return Ok(true);
     }
@@ -408,12 +422,12 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
     };
     let id = runs.create(&plan, &source, &whoami()).await?;
     eprintln!("run {id}");
-    let history = history(&runs, &tasklist).await;
+    let history = history(&runs, tasklist).await;
     let executor = executor_for(
         &cli,
         connector,
         progress,
-        stage_estimates(&tasklist, &history),
+        stage_estimates(tasklist, &history),
     );
     let report = drive(executor, &cli, |e, options| {
         let runs = runs.clone();
@@ -529,9 +543,13 @@ where
         ..Default::default()
     };
     let report = go(executor, options).await.map_err(|e| match e {
+        RunsError::SecretsNeeded { ref id, .. } => {
+            BadInput::Input(format!("{e} (deploy runs resume {id} --tasklist FILE)"))
+        }
         RunsError::NeedsConfirmation { .. }
         | RunsError::Invalid { .. }
-        | RunsError::AlreadySucceeded { .. } => BadInput::Input(e.to_string()),
+        | RunsError::AlreadySucceeded { .. }
+        | RunsError::SecretsMismatch { .. } => BadInput::Input(e.to_string()),
         other => BadInput::Hosts(other.to_string()),
     })?;
     if cli.output == Output::Text {
@@ -561,8 +579,17 @@ async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, Bad
             println!("purged {n} run{}", if n == 1 { "" } else { "s" });
             Ok(true)
         }
-        RunsCmd::Resume { id, force, wait } => {
+        RunsCmd::Resume {
+            id,
+            tasklist,
+            force,
+            wait,
+        } => {
             let id: RunId = id.parse()?;
+            let secrets_from = match tasklist {
+                Some(path) => Some(Tasklist::load(path)?),
+                None => None,
+            };
             let record = runs.store().run(&id).await?;
             let config = load_config(cli)?;
             let connector: Arc<dyn Connector> =
@@ -572,7 +599,10 @@ async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, Bad
             let estimates = stage_estimates(&record.tasklist, &history);
             let executor = executor_for(cli, connector, progress, estimates);
             eprintln!("resuming run {id} ({})", record.name);
-            let resume = ResumeOptions { force: *force };
+            let resume = ResumeOptions {
+                force: *force,
+                secrets_from,
+            };
             let wait = *wait;
             let report = drive(executor, cli, |e, options| {
                 let runs = runs.clone();
@@ -649,11 +679,11 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(BadInput::Input(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
             ExitCode::from(2)
         }
         Err(BadInput::Hosts(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
             ExitCode::from(1)
         }
     }
