@@ -42,7 +42,7 @@ pub(crate) fn shell_line(
     }
     inner.push_str(command);
     if options.sudo && use_sudo {
-        Ok(format!("sudo -n -- sh -c {}", quoted(host, &inner)?))
+        Ok(format!("sudo -n -- sh -c -- {}", quoted(host, &inner)?))
     } else {
         Ok(inner)
     }
@@ -264,7 +264,7 @@ mod tests {
         let sudo = ExecOptions::new().sudo(true);
         assert_eq!(
             shell_line("h", "id -u", &sudo, true).unwrap(),
-            "sudo -n -- sh -c 'id -u'"
+            "sudo -n -- sh -c -- 'id -u'"
         );
         assert_eq!(shell_line("h", "id -u", &sudo, false).unwrap(), "id -u");
     }

@@ -144,7 +144,9 @@ impl RemoteHost for LocalHost {
     ) -> Result<ExecOutput, RemoteError> {
         let line = shell_line(&self.name, command, options, !self.is_root)?;
         let mut cmd = tokio::process::Command::new("sh");
+        // `--`: a line starting with `-` is the command, not options of `sh`.
         cmd.arg("-c")
+            .arg("--")
             .arg(&line)
             .stdin(if options.stdin.is_some() {
                 Stdio::piped()

@@ -659,7 +659,8 @@ impl SshHost {
             tokio::spawn(job.run(slot, shell, cancel_rx))
         } else {
             let quoted = quote(line).map_err(|e| self.other(e.to_string()))?;
-            let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c {quoted}");
+            let full =
+                format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c -- {quoted}");
             let (slot, channel) = self.open_session().await?;
             let job = Job {
                 host: self.name.clone(),

@@ -73,7 +73,7 @@ while :; do
   w=
   case $e in
   0)
-    $s sh -c "$c" </dev/null 3<&- &
+    $s sh -c -- "$c" </dev/null 3<&- &
     p=$!
     (
       IFS= read -r k
@@ -83,7 +83,7 @@ while :; do
     w=$!
     ;;
   2)
-    $s sh -c "$c" <&3 3<&- &
+    $s sh -c -- "$c" <&3 3<&- &
     p=$!
     ;;
   *) exit 0 ;;

@@ -79,6 +79,17 @@ pub async fn exit_codes(host: Arc<dyn RemoteHost>) {
     assert!(!out.success());
     let out = h.execute("false", &ExecOptions::new()).await.unwrap();
     assert_eq!(out.exit_status, Some(1));
+    // A line starting with `-` is a command, never options of the shell running it.
+    for sudo in [false, true] {
+        let out = h
+            .execute(
+                "--version 2>/dev/null || echo fallback",
+                &ExecOptions::new().sudo(sudo),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "fallback\n", "sudo {sudo}: {out:?}");
+    }
 }
 
 pub async fn stdout_and_stderr_are_separate(host: Arc<dyn RemoteHost>) {
