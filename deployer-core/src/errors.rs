@@ -139,7 +139,7 @@ pub enum RemoteError {
     },
     /// The host presented a key different from the one on record: possibly an attack.
     #[error(
-        "host key for {host} has changed: server offered {key_type} key {fingerprint}, which does not match known_hosts; refusing to connect"
+        "host key for {host} has changed: server offered {key_type} key {fingerprint}, which does not match the key recorded at {recorded}; refusing to connect (if the host was really reinstalled, remove that line)"
     )]
     HostKeyMismatch {
         /// The host.
@@ -148,6 +148,8 @@ pub enum RemoteError {
         key_type: String,
         /// The fingerprint offered (SHA256:…).
         fingerprint: String,
+        /// Where the key on record is: the known_hosts file and line (`path:line`).
+        recorded: String,
     },
     /// The host's key is not on record and the policy does not accept new keys.
     #[error(

@@ -325,10 +325,11 @@ impl Client {
                 key_type,
                 fingerprint,
             }),
-            Err(russh::keys::Error::KeyChanged { .. }) => Err(RemoteError::HostKeyMismatch {
+            Err(russh::keys::Error::KeyChanged { line }) => Err(RemoteError::HostKeyMismatch {
                 host: self.host.clone(),
                 key_type,
                 fingerprint,
+                recorded: format!("{}:{line}", self.known_hosts.display()),
             }),
             Err(e) => Err(RemoteError::Other {
                 host: self.host.clone(),

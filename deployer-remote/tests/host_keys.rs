@@ -172,7 +172,15 @@ async fn a_host_back_with_another_key_at_the_same_address_is_refused() {
                 host,
                 key_type,
                 fingerprint,
+                recorded,
             } => {
+                let line = std::fs::read_to_string(&known)
+                    .unwrap()
+                    .lines()
+                    .position(|l| l.starts_with(&format!("[{address}]:{port} ")))
+                    .unwrap()
+                    + 1;
+                assert_eq!(recorded, &format!("{}:{line}", known.display()), "{what}");
                 assert_eq!(host, address, "{what}");
                 assert_eq!(key_type, "ssh-ed25519", "{what}");
                 assert_eq!(fingerprint, &offered, "{what}");

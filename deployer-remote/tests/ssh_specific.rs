@@ -266,7 +266,12 @@ async fn a_changed_host_key_is_refused_even_with_accept_new() {
                 host,
                 key_type,
                 fingerprint: fp,
+                recorded,
             } => {
+                assert!(
+                    recorded.starts_with(&format!("{}:", known.display())),
+                    "{recorded}"
+                );
                 assert_eq!(host, second.address());
                 assert_eq!(key_type, "ssh-ed25519");
                 assert_eq!(fp, &fingerprint(&second.host_public_key()));
