@@ -618,7 +618,8 @@ mod tests {
     }
 
     /// Starts the agent under the local `sh` with marker `M`, sends `line`, and waits for the
-    /// command's pid.
+    /// command's pid. The caller waits for the child.
+    #[allow(clippy::zombie_processes)]
     fn agent_running(
         line: &str,
     ) -> (
