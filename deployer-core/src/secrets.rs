@@ -120,6 +120,18 @@ pub(crate) fn form(value: &Value) -> Form<'_> {
     }
 }
 
+/// `serialize_with` for a map of arguments: [`RedactedJson`] for each value.
+pub(crate) fn serialize_redacted_map<S: Serializer>(
+    map: &Map<String, Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut out = serializer.serialize_map(Some(map.len()))?;
+    for (k, v) in map {
+        out.serialize_entry(k, &RedactedJson(v))?;
+    }
+    out.end()
+}
+
 /// Serializes a JSON value with every inline secret written `{"secret": "***"}`, unless
 /// inside [`Secret::serialize_exposed`](crate::Secret::serialize_exposed).
 pub(crate) struct RedactedJson<'a>(pub &'a Value);

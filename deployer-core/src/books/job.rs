@@ -94,8 +94,9 @@ pub enum EstimateSource {
     Unknown,
 }
 
-/// What a job step does, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a job step does, resolved. Inline secrets in `args` show `***` in `Debug` and when
+/// serialized (unless inside [`Secret::serialize_exposed`](crate::Secret::serialize_exposed)).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobStepKind {
     /// Waits for an acknowledgement of [`JobStep::path`].
@@ -105,6 +106,7 @@ pub enum JobStepKind {
         /// The registered command.
         command: String,
         /// Its arguments, the step's data included.
+        #[serde(serialize_with = "crate::secrets::serialize_redacted_map")]
         args: Map<String, Value>,
         /// The hosts, from the step's `hosts` expression; empty: the controller (`local`).
         hosts: Vec<String>,
@@ -123,8 +125,35 @@ pub enum JobStepKind {
     },
 }
 
+impl fmt::Debug for JobStepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobStepKind::Manual => f.write_str("Manual"),
+            JobStepKind::Command {
+                command,
+                args,
+                hosts,
+                concurrency,
+                concurrency_per_host,
+            } => f
+                .debug_struct("Command")
+                .field("command", command)
+                .field("args", &crate::secrets::DebugArgs(args))
+                .field("hosts", hosts)
+                .field("concurrency", concurrency)
+                .field("concurrency_per_host", concurrency_per_host)
+                .finish(),
+            JobStepKind::Book { book, version } => f
+                .debug_struct("Book")
+                .field("book", book)
+                .field("version", version)
+                .finish(),
+        }
+    }
+}
+
 /// One resolved step of a [`Job`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStep {
     /// The step's path through the books that called it: `deploy/pause/stop`.
     pub path: String,
@@ -139,7 +168,9 @@ pub struct JobStep {
     /// What it does.
     #[serde(flatten)]
     pub kind: JobStepKind,
-    /// Its data, computed from the scope when the job was built.
+    /// Its data, computed from the scope when the job was built (inline secrets serialized
+    /// as `***`, like `args`).
+    #[serde(serialize_with = "crate::secrets::serialize_redacted_map")]
     pub data: Map<String, Value>,
     /// Why it is skipped (its `applies` was false, or it has no hosts); skipped steps do not
     /// run.
@@ -158,6 +189,26 @@ pub struct JobStep {
     /// How it ended, once the job ran (`None` before, and for skipped steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<RunOutcome>,
+}
+
+impl fmt::Debug for JobStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobStep")
+            .field("path", &self.path)
+            .field("book", &self.book)
+            .field("version", &self.version)
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("kind", &self.kind)
+            .field("data", &crate::secrets::DebugArgs(&self.data))
+            .field("skipped", &self.skipped)
+            .field("estimate", &self.estimate)
+            .field("estimate_source", &self.estimate_source)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
 }
 
 impl JobStep {
@@ -682,5 +733,54 @@ mod opt_secs {
                 .map_err(serde::de::Error::custom),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_secrets_of_a_step_never_show() {
+        let secret = "hunter2-in-a-book";
+        let args: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "lb_password": {"secret": secret},
+            "nested": [{"secret": secret}],
+            "plain": "visible",
+        }))
+        .unwrap();
+        let step = JobStep {
+            path: "deploy/lb".into(),
+            book: "deploy".into(),
+            version: Version::new(1, 0, 0),
+            name: "lb".into(),
+            description: String::new(),
+            kind: JobStepKind::Command {
+                command: "lb_disable".into(),
+                args: args.clone(),
+                hosts: vec!["fe001".into()],
+                concurrency: 1,
+                concurrency_per_host: None,
+            },
+            data: args,
+            skipped: None,
+            estimate: None,
+            estimate_source: EstimateSource::Unknown,
+            timeout: None,
+            retries: 0,
+            outcome: None,
+        };
+        let debug = format!("{step:?}");
+        let json = serde_json::to_string(&step).unwrap();
+        for shown in [&debug, &json] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(
+                shown.contains("***") && shown.contains("visible"),
+                "{shown}"
+            );
+        }
+        // What a store persisting the job writes on purpose keeps the value.
+        let exposed = crate::Secret::serialize_exposed(|| serde_json::to_string(&step)).unwrap();
+        assert!(exposed.contains(secret));
     }
 }
