@@ -47,20 +47,20 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// an upload: the command gets the shell's own stdin (kept as fd 3) and reads exactly its
 /// bytes with GNU `head -c`, so it is only sent to shells that reported GNU `head` (the `H`
 /// record at start); if such a command fails, the shell cannot know how much it read and
-/// exits. Without `setsid` (not a Linux host) the command shares the shell's process group
-/// and a kill reaches only its first process.
+/// exits.
 ///
 /// Beside every other command runs a *watcher*: a subshell reading the shell's stdin, where
 /// nothing else is sent while the command runs. A line `K` (kill) or `S` (kill with `sudo -n`,
 /// for a command run under sudo) from the client — or the end of stdin, when the connection
-/// or the controller died — makes it kill the command's process group, so a cancelled or
+/// or the controller died — makes it kill the command's process tree (each process stopped,
+/// its children from `/proc/PID/task/*/children` killed, then itself), so a cancelled or
 /// timed-out command is stopped over its own channel (a server at its `MaxSessions` would
 /// refuse another) and no command outlives its controller. The shell kills the watcher once
 /// the command has ended, before it reports the status; a shell sent `K`/`S` is not reused.
 pub(super) const AGENT: &str = r#"IFS= read -r m || exit 0
 exec 3<&0
 case "$(head --version 2>/dev/null)" in *GNU*) h=1 ;; *) h=0 ;; esac
-if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi
+t='t() { kill -STOP "$1"; for k in $(cat /proc/"$1"/task/*/children); do t "$k"; done; kill -KILL "$1"; }'
 printf '\036%sH%s\n' "$m" "$h" >&2
 while :; do
   c= e=1
@@ -73,17 +73,18 @@ while :; do
   w=
   case $e in
   0)
-    $s sh -c -- "$c" </dev/null 3<&- &
+    sh -c -- "$c" </dev/null 3<&- &
     p=$!
     (
       IFS= read -r k
-      if [ "$k" != K ]; then sudo -n kill -KILL -- -"$p"; fi
-      kill -KILL -"$p" || kill -KILL "$p"
+      if [ "$k" != K ]; then sudo -n sh -c "$t"'; t "$1"' t "$p"; fi
+      eval "$t"
+      t "$p"
     ) <&3 3<&- >/dev/null 2>&1 &
     w=$!
     ;;
   2)
-    $s sh -c -- "$c" <&3 3<&- &
+    sh -c -- "$c" <&3 3<&- &
     p=$!
     ;;
   *) exit 0 ;;
