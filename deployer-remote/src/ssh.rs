@@ -721,14 +721,7 @@ impl SshHost {
             };
             match started {
                 Ok(shell) => return Ok((slot, shell)),
-                Err(_) if slot.conn.handle.is_closed() && !retried => retried = true,
-                Err(e) if slot.conn.handle.is_closed() => {
-                    return Err(RemoteError::Disconnected {
-                        host: self.name.clone(),
-                        source: Some(Box::new(e)),
-                    });
-                }
-                Err(e) => return Err(self.other(refused(&e))),
+                Err(e) => self.channel_failed(&slot.conn, e, &mut retried)?,
             }
         }
     }
@@ -741,16 +734,31 @@ impl SshHost {
             let slot = self.slot().await?;
             match open_channel(&slot.conn).await {
                 Ok(channel) => return Ok((slot, channel)),
-                Err(_) if slot.conn.handle.is_closed() && !retried => retried = true,
-                Err(e) if slot.conn.handle.is_closed() => {
-                    return Err(RemoteError::Disconnected {
-                        host: self.name.clone(),
-                        source: Some(Box::new(e)),
-                    });
-                }
-                Err(e) => return Err(self.other(refused(&e))),
+                Err(e) => self.channel_failed(&slot.conn, e, &mut retried)?,
             }
         }
+    }
+
+    /// A channel could not be opened (or its shell started) on `conn`: `Ok` to try once more
+    /// when the connection turned out dead (the command has not started; the next try opens
+    /// a new connection), else the error.
+    fn channel_failed(
+        &self,
+        conn: &Conn,
+        e: russh::Error,
+        retried: &mut bool,
+    ) -> Result<(), RemoteError> {
+        if !conn.handle.is_closed() {
+            return Err(self.other(refused(&e)));
+        }
+        if *retried {
+            return Err(RemoteError::Disconnected {
+                host: self.name.clone(),
+                source: Some(Box::new(e)),
+            });
+        }
+        *retried = true;
+        Ok(())
     }
 
     fn use_sudo(&self) -> bool {
