@@ -424,22 +424,11 @@ enum Want {
     Slot,
     /// An idle shell if there is one.
     Shell,
-    /// An idle shell that takes uploads if there is one.
-    UploadShell,
 }
 
 impl Conn {
     fn take_idle(&self) -> Option<(shell::Shell, OwnedSemaphorePermit)> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    fn take_idle_for(&self, want: Want) -> Option<(shell::Shell, OwnedSemaphorePermit)> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let at = match want {
-            Want::UploadShell => idle.iter().rposition(|(s, _)| s.takes_uploads())?,
-            _ => idle.len().checked_sub(1)?,
-        };
-        Some(idle.remove(at))
     }
 
     fn put_idle(&self, shell: shell::Shell, permit: OwnedSemaphorePermit) {
@@ -540,7 +529,7 @@ impl SshHost {
         conns.retain(|c| !c.handle.is_closed());
         if want != Want::Slot {
             for conn in conns.iter() {
-                while let Some((mut shell, permit)) = conn.take_idle_for(want) {
+                while let Some((mut shell, permit)) = conn.take_idle() {
                     if shell.usable() {
                         return Ok((
                             Slot {
@@ -1344,20 +1333,24 @@ impl RemoteHost for SshHost {
         let mode = Some(options.mode.unwrap_or_else(|| mode_of(&meta)));
         let exec = ExecOptions::new().sudo(options.sudo);
         let sudo = options.sudo && self.use_sudo();
-        // A file through an idle shell that reads exact byte counts: no new session.
+        // A file goes through a shell (no session of its own); a directory is a tar stream
+        // of unknown length, on a session of its own.
         let via_shell = if self.options.reuse_shells && !meta.is_dir() {
-            match self.slot_or_shell(Want::UploadShell).await? {
-                (slot, Some(shell)) => Some((slot, shell)),
-                (_, None) => None,
-            }
+            Some(self.shell().await?)
         } else {
             None
         };
         let raw = if let Some((slot, shell)) = via_shell {
             // The size check catches a connection that died mid-upload: `head` then stops
             // early, and successfully.
+            // Created with the mode at once when it is within 0666 (the usual case), through
+            // the umask: one `chmod` fewer.
+            let (umask, mode) = match mode {
+                Some(m) if m & !0o666 == 0 => (format!("umask {:03o}\n", !m & 0o777), None),
+                other => (String::new(), other),
+            };
             let fill = format!(
-                "head -c {len} > \"$tmp\"\nn=$(wc -c < \"$tmp\")\n[ $n -eq {len} ]",
+                "{umask}head -c {len} > \"$tmp\"\nn=$(wc -c < \"$tmp\")\n[ $n -eq {len} ]",
                 len = meta.len()
             );
             let script = install_with(&self.name, &fill, remote, mode)?;

@@ -45,9 +45,9 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// `read -r` with an empty `IFS` keeps each line verbatim (and reads a byte at a time, so never
 /// past the line); lines are gathered until the marker line. A marker line ending in `I` marks
 /// an upload: the command gets the shell's own stdin (kept as fd 3) and reads exactly its
-/// bytes with GNU `head -c`, so it is only sent to shells that reported GNU `head` (the `H`
-/// record at start); if such a command fails, the shell cannot know how much it read and
-/// exits.
+/// bytes with `head -c` (the client sends nothing after them until the command has ended, so
+/// no `head`, buffered or not, can read past them); if such a command fails, the shell cannot
+/// know how much it read and exits.
 ///
 /// Beside every other command runs a *watcher*: a subshell reading the shell's stdin, where
 /// nothing else is sent while the command runs. A line `K` (kill) or `S` (kill with `sudo -n`,
@@ -59,9 +59,7 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 /// the command has ended, before it reports the status; a shell sent `K`/`S` is not reused.
 pub(super) const AGENT: &str = r#"IFS= read -r m || exit 0
 exec 3<&0
-case "$(head --version 2>/dev/null)" in *GNU*) h=1 ;; *) h=0 ;; esac
 t='t() { kill -STOP "$1"; for k in $(cat /proc/"$1"/task/*/children); do t "$k"; done; kill -KILL "$1"; }'
-printf '\036%sH%s\n' "$m" "$h" >&2
 while :; do
   c= e=1
   while IFS= read -r l; do
@@ -99,15 +97,12 @@ while :; do
 done
 "#;
 
-/// A running shell: its channel (split, so that an upload can write while output is read),
-/// its marker, and whether it can take uploads. Idle ones are kept by their connection with
-/// the channel slot they hold.
+/// A running shell: its channel (split, so that an upload can write while output is read)
+/// and its marker. Idle ones are kept by their connection with the channel slot they hold.
 pub(super) struct Shell {
     rd: russh::ChannelReadHalf,
     wr: russh::ChannelWriteHalf<client::Msg>,
     marker: String,
-    /// GNU `head` on the host (from the shell's `H` record; `None` until it arrived).
-    exact_reads: Option<bool>,
 }
 
 impl Shell {
@@ -122,17 +117,7 @@ impl Shell {
             .data_bytes(format!("{marker}\n").into_bytes())
             .await?;
         let (rd, wr) = channel.split();
-        Ok(Shell {
-            rd,
-            wr,
-            marker,
-            exact_reads: None,
-        })
-    }
-
-    /// Whether uploads can be streamed through this shell.
-    pub(super) fn takes_uploads(&self) -> bool {
-        self.exact_reads == Some(true)
+        Ok(Shell { rd, wr, marker })
     }
 
     /// Whether the shell can take a command: nothing says its channel ended while it was idle.
@@ -302,8 +287,7 @@ pub(super) struct ShellJob {
     pub(super) host: String,
     pub(super) line: String,
     /// A file streamed to the command's stdin, and exactly how many of its bytes (the command
-    /// must read exactly that many: `head -c`). Only for shells that [take
-    /// uploads](Shell::takes_uploads).
+    /// must read exactly that many: `head -c`).
     pub(super) input: Option<(PathBuf, u64)>,
     pub(super) stdout_to: StdoutTo,
     pub(super) sink: Option<OutputSink>,
@@ -382,12 +366,7 @@ impl ShellJob {
         let mut deadline: Option<tokio::time::Instant> = None;
         // The writer borrows the shell until this block ends.
         {
-            let Shell {
-                rd,
-                wr,
-                exact_reads,
-                ..
-            } = &mut shell;
+            let Shell { rd, wr, .. } = &mut shell;
             let wr: &russh::ChannelWriteHalf<client::Msg> = wr;
             let input = self.input.clone();
             let writer = async {
@@ -442,7 +421,6 @@ impl ShellJob {
                         Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                             for r in err_scan.push(&data, &mut |b: &[u8]| err.push(b)) {
                                 match r.kind {
-                                    b'H' => *exact_reads = Some(r.value == 1),
                                     b'P' => pid = u32::try_from(r.value).ok(),
                                     b'E' => err_status = Some(r.value),
                                     _ => {}
@@ -453,13 +431,22 @@ impl ShellJob {
                             ended = true;
                             break;
                         }
+                        // The shell exited (after a failed upload it does, on purpose):
+                        // sshd may report that before the last of its output, so the
+                        // records are awaited until the channel closes.
+                        // A process the command left behind may hold the channel open: the
+                        // records get a bounded time.
                         Some(
                             ChannelMsg::Eof
-                            | ChannelMsg::Close
                             | ChannelMsg::ExitStatus { .. }
                             | ChannelMsg::ExitSignal { .. },
-                        )
-                        | None => {
+                        ) => {
+                            if !ended && deadline.is_none() {
+                                deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                            }
+                            ended = true;
+                        }
+                        Some(ChannelMsg::Close) | None => {
                             ended = true;
                             break;
                         }
@@ -739,8 +726,6 @@ mod tests {
         let recs = s.push(&output.stderr, &mut |b: &[u8]| err.extend_from_slice(b));
         assert_eq!(err, b"err\n");
         let kinds: Vec<u8> = recs.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, b"HPEPE");
-        // GNU coreutils here: uploads may go through the shell.
-        assert_eq!(recs[0].value, 1);
+        assert_eq!(kinds, b"PEPE");
     }
 }
