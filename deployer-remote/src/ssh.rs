@@ -450,6 +450,8 @@ const PID_MARKER: &[u8] = b"\x1edeployer-pid ";
 /// How long a cancelled command's channel may take to close after the kill.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 const TAR_MARKER: &str = ".deployer-upload-complete";
+/// Files up to this size are uploaded through a reused shell.
+const SHELL_UPLOAD_MAX: u64 = 16 * 1024 * 1024;
 
 impl SshHost {
     /// A host named `name` (resolved through the ssh config to its `HostName`, `Port`,
@@ -1334,12 +1336,15 @@ impl RemoteHost for SshHost {
         let exec = ExecOptions::new().sudo(options.sudo);
         let sudo = options.sudo && self.use_sudo();
         // A file goes through a shell (no session of its own); a directory is a tar stream
-        // of unknown length, on a session of its own.
-        let via_shell = if self.options.reuse_shells && !meta.is_dir() {
-            Some(self.shell().await?)
-        } else {
-            None
-        };
+        // of unknown length, on a session of its own; so is a big file, where `cat` (128 KiB
+        // reads) moves the bytes with less CPU than `head -c` (8 KiB reads) and the session's
+        // cost no longer counts.
+        let via_shell =
+            if self.options.reuse_shells && !meta.is_dir() && meta.len() <= SHELL_UPLOAD_MAX {
+                Some(self.shell().await?)
+            } else {
+                None
+            };
         let raw = if let Some((slot, shell)) = via_shell {
             // The size check catches a connection that died mid-upload: `head` then stops
             // early, and successfully.
