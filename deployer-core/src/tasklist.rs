@@ -808,3 +808,36 @@ fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Optio
         args,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/regressions/tasklist/float_not_canonical): without serde_json's
+    /// `float_roundtrip`, `1e-305` parsed one unit in the last place off, was saved as
+    /// `1.0000000000000001e-305`, which parsed back to the other neighbour: saving was not
+    /// canonical and a loaded copy differed from what was saved.
+    #[test]
+    fn numbers_save_canonically() {
+        for number in [
+            "1e-305",
+            "1.0000000000000001e-305",
+            "2.2250738585072014e-308",
+            "5e-324",
+            "1.7976931348623157e308",
+            "0.1",
+            "123456.789e-300",
+            "-0.0",
+        ] {
+            let text = format!(
+                r#"{{"stages": [{{"name": "s", "concurrency": 1, "tasks": [
+                    {{"command": "c", "timeout": 0.1, "x": [{number}]}}]}}]}}"#
+            );
+            let tasklist = Tasklist::from_json_str(&text).unwrap();
+            let saved = tasklist.to_json_string();
+            let again = Tasklist::from_json_str(&saved).unwrap();
+            assert_eq!(again, tasklist, "{number}");
+            assert_eq!(again.to_json_string(), saved, "{number}");
+        }
+    }
+}

@@ -26,13 +26,68 @@ pub(crate) struct SyntaxError {
     pub(crate) message: String,
 }
 
+/// Longest expression accepted, in bytes: it bounds how deep the CEL parser recurses.
+const MAX_LEN: usize = 4096;
+
+/// Deepest expression tree accepted (the nesting CEL implementations must support): it bounds
+/// how deep evaluation recurses, on the caller's stack. A debug build evaluates 32 levels in
+/// under 2 MiB, a thread's default stack; 64 levels overflowed it.
+const MAX_DEPTH: usize = 32;
+
+/// The stack the CEL parser runs on: it recurses per nesting level and per operand of a chain
+/// (`1+1+...`), and in a debug build 14 nested parentheses overflowed a 2 MiB stack, which
+/// aborts the process. An expression of `MAX_LEN` bytes needs less than 16 MiB; the pages are
+/// only reserved until touched.
+const COMPILE_STACK: usize = 64 << 20;
+
 impl Expr {
     pub(crate) fn compile(source: &str) -> Result<Expr, SyntaxError> {
+        if source.len() > MAX_LEN {
+            return Err(SyntaxError {
+                line: 1,
+                column: 1,
+                message: format!(
+                    "the expression is {} bytes long, more than {MAX_LEN}",
+                    source.len()
+                ),
+            });
+        }
+        std::thread::scope(|scope| {
+            let compiler = std::thread::Builder::new()
+                .name("cel-compile".into())
+                .stack_size(COMPILE_STACK)
+                .spawn_scoped(scope, || Self::compile_here(source))
+                .map_err(|e| SyntaxError {
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot start the expression compiler: {e}"),
+                })?;
+            compiler
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Compiles on the current thread, which needs a stack of [`COMPILE_STACK`]; a program
+    /// deeper than [`MAX_DEPTH`] is refused (and dropped here, as dropping recurses too).
+    fn compile_here(source: &str) -> Result<Expr, SyntaxError> {
         match cel::Program::compile(source) {
-            Ok(program) => Ok(Expr {
-                source: source.to_string(),
-                program: Arc::new(program),
-            }),
+            Ok(program) => {
+                let depth = depth(program.expression());
+                if depth > MAX_DEPTH {
+                    return Err(SyntaxError {
+                        line: 1,
+                        column: 1,
+                        message: format!(
+                            "the expression nests {depth} levels deep, more than {MAX_DEPTH}"
+                        ),
+                    });
+                }
+                Ok(Expr {
+                    source: source.to_string(),
+                    program: Arc::new(program),
+                })
+            }
             Err(errors) => {
                 let first = errors.errors.first();
                 let (line, column) = first
@@ -86,6 +141,38 @@ impl Expr {
                 crate::validation::json_type(&other)
             )),
         }
+    }
+}
+
+/// The depth of an expression tree: 1 for a literal or a name, 1 more per enclosing node.
+fn depth(e: &cel::common::ast::IdedExpr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr as E, IdedEntryExpr};
+    fn deepest<'a>(es: impl IntoIterator<Item = &'a cel::common::ast::IdedExpr>) -> usize {
+        es.into_iter().map(depth).max().unwrap_or(0)
+    }
+    fn entries(es: &[IdedEntryExpr]) -> usize {
+        es.iter()
+            .map(|e| match &e.expr {
+                EntryExpr::StructField(f) => depth(&f.value),
+                EntryExpr::MapEntry(m) => depth(&m.key).max(depth(&m.value)),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    1 + match &e.expr {
+        E::Unspecified | E::Ident(_) | E::Literal(_) => 0,
+        E::Call(c) => deepest(c.target.as_deref().into_iter().chain(&c.args)),
+        E::Comprehension(c) => deepest([
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]),
+        E::List(l) => deepest(&l.elements),
+        E::Map(m) => entries(&m.entries),
+        E::Select(s) => depth(&s.operand),
+        E::Struct(s) => entries(&s.entries),
     }
 }
 
@@ -208,5 +295,48 @@ mod tests {
         );
         let err = Expr::compile("a +\n  )").unwrap_err();
         assert_eq!((err.line, err.column), (2, 3));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/book/deep_expression): a `hosts` expression of ~90
+    /// nested braces overflowed the stack, which aborts the process. The CEL parser recurses
+    /// per level (14 levels overflowed 2 MiB in a debug build) and evaluation per level of
+    /// the tree (`1+1+...`), so compiling runs on its own large stack, and what evaluation
+    /// would recurse into too deeply is refused with an error. This test runs on a test
+    /// thread's 2 MiB stack.
+    #[test]
+    fn deep_expressions_are_refused_not_a_stack_overflow() {
+        let env = Env::new(&json!({"a": [[1]]})).unwrap();
+        // What the CEL spec requires (32 levels) compiles and evaluates.
+        let nested = format!("{}1{}", "[".repeat(31), "]".repeat(31));
+        let e = Expr::compile(&nested).unwrap();
+        assert_eq!(depth(e.program.expression()), 32);
+        assert_eq!(e.eval(&env).unwrap().to_string().len(), 63);
+        let e = Expr::compile(&format!("{}1{}", "(".repeat(90), ")".repeat(90))).unwrap();
+        assert_eq!(e.eval(&env).unwrap(), json!(1));
+        let e = Expr::compile(&format!("1{}", " + 1".repeat(31))).unwrap();
+        assert_eq!(e.eval(&env).unwrap(), json!(32));
+        let e = Expr::compile(&format!("a{}", "[0]".repeat(2))).unwrap();
+        assert_eq!(e.eval(&env).unwrap(), json!(1));
+        // Deeper trees are errors.
+        for deep in [
+            format!("{}1{}", "[".repeat(32), "]".repeat(32)),
+            format!("{}1{}", "{1: ".repeat(90), "}".repeat(90)),
+            format!("1{}", "+1".repeat(2000)),
+            format!("a{}", "[0]".repeat(1300)),
+            format!("{}true{}", "[1].exists(x, ".repeat(30), ")".repeat(30)),
+        ] {
+            let err = Expr::compile(&deep).unwrap_err();
+            assert!(
+                err.message.contains("levels deep, more than 32")
+                    || err.message.contains("Recursion limit"),
+                "{}",
+                err.message
+            );
+        }
+        let err = Expr::compile(&format!("1{}", "+1".repeat(2048))).unwrap_err();
+        assert_eq!(
+            err.message,
+            "the expression is 4097 bytes long, more than 4096"
+        );
     }
 }
