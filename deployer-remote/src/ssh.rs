@@ -67,6 +67,7 @@ pub struct SshOptions {
     pub(crate) max_channels: usize,
     pub(crate) max_connections: usize,
     pub(crate) reuse_shells: bool,
+    pub(crate) keepalive: (Duration, usize),
     pub(crate) ssh_config: Option<Arc<SshConfig>>,
 }
 
@@ -89,6 +90,7 @@ impl fmt::Debug for SshOptions {
             .field("max_channels", &self.max_channels)
             .field("max_connections", &self.max_connections)
             .field("reuse_shells", &self.reuse_shells)
+            .field("keepalive", &self.keepalive)
             .field("ssh_config", &self.ssh_config.is_some())
             .finish()
     }
@@ -117,6 +119,7 @@ impl SshOptions {
             max_channels: 8,
             max_connections: 4,
             reuse_shells: true,
+            keepalive: (Duration::from_secs(15), 3),
             ssh_config: None,
         }
     }
@@ -209,6 +212,23 @@ impl SshOptions {
     /// server's logs. Commands with stdin data and uploads always get a session of their own.
     pub fn reuse_shells(mut self, yes: bool) -> Self {
         self.reuse_shells = yes;
+        self
+    }
+
+    /// How a connection that died silently (a frozen host, a dropped flow) is noticed: a
+    /// keepalive every `interval`, and the connection is dropped — its commands fail with
+    /// [`RemoteError::Disconnected`], later ones reconnect — after `max_missed` unanswered
+    /// (default: 15 s and 3, so about a minute). A task timeout notices sooner for that task.
+    ///
+    /// ```
+    /// use deployer_remote::SshOptions;
+    /// use std::time::Duration;
+    ///
+    /// let options = SshOptions::new().keepalive(Duration::from_secs(5), 2);
+    /// assert!(format!("{options:?}").contains("5s"));
+    /// ```
+    pub fn keepalive(mut self, interval: Duration, max_missed: usize) -> Self {
+        self.keepalive = (interval.max(Duration::from_millis(100)), max_missed.max(1));
         self
     }
 
@@ -774,9 +794,9 @@ async fn open_target(
         nodelay: true,
         window_size: 8 * 1024 * 1024,
         // A connection that died silently is noticed (and replaced on the next call) after
-        // three unanswered keepalives instead of hanging every later call.
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 3,
+        // unanswered keepalives instead of hanging every later call.
+        keepalive_interval: Some(options.keepalive.0),
+        keepalive_max: options.keepalive.1,
         ..Default::default()
     });
     let connect_err = |source: russh::Error| -> RemoteError {

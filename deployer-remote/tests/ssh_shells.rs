@@ -296,3 +296,65 @@ async fn uploads_go_through_the_shell_byte_for_byte() {
     assert_ne!(run(&host, "echo $PPID").await, shell);
     assert_eq!(sessions(), 2);
 }
+
+/// Every descendant of `pid`, from `/proc/PID/task/*/children`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(child);
+            out.extend(descendants(child));
+        }
+    }
+    out
+}
+
+fn signal(sig: &str, pids: &[u32]) {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.arg(format!("-{sig}"));
+    for p in pids {
+        cmd.arg(p.to_string());
+    }
+    let _ = cmd.status();
+}
+
+#[tokio::test]
+async fn a_frozen_connection_is_dropped_after_the_keepalives_set() {
+    let sshd = TestSshd::start().unwrap();
+    let host = sshd.host_with(sshd.options().keepalive(Duration::from_millis(300), 2));
+    assert_eq!(run(&host, "echo hi").await, "hi\n");
+    // Freeze the processes serving this connection (not the listener): the TCP connection
+    // stays open and nothing answers, as with a frozen host.
+    let listener: u32 = std::fs::read_to_string(sshd.dir().join("sshd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let frozen = descendants(listener);
+    assert!(!frozen.is_empty());
+    signal("STOP", &frozen);
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        host.execute("echo again", &ExecOptions::new()),
+    )
+    .await;
+    signal("CONT", &frozen);
+    signal("KILL", &frozen);
+    let err = result
+        .expect("no answer should end in an error, not a hang")
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err:?}");
+    assert!(err.to_string().contains(sshd.address()), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "noticed after {:?}",
+        started.elapsed()
+    );
+    // The next command connects again.
+    assert_eq!(run(&host, "echo back").await, "back\n");
+}
