@@ -521,3 +521,22 @@ impl Drop for TestSshd {
         let _ = self.child.wait();
     }
 }
+
+/// `SHA256:…` of a public key line, as OpenSSH's `ssh-keygen -l` prints it: an oracle
+/// independent of the client's own fingerprinting, for host-key tests.
+pub fn fingerprint(public_key_line: &str) -> std::io::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("k.pub");
+    std::fs::write(&path, public_key_line)?;
+    let out = Command::new("ssh-keygen").arg("-lf").arg(&path).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "ssh-keygen -lf printed no fingerprint: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
+}

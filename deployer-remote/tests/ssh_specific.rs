@@ -11,22 +11,9 @@ use deployer_remote::{HostKeyPolicy, SshConfig, SshConnector, SshHost, SshOption
 /// How long to wait for sshd to log something the client already saw happen.
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
-/// `SHA256:…` of a public key file, as `ssh-keygen -l` prints it.
+/// `SHA256:…` of a public key line, as `ssh-keygen -l` prints it.
 fn fingerprint(public_key_line: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("k.pub");
-    std::fs::write(&path, public_key_line).unwrap();
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(&path)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string()
+    deployer_remote::testing::fingerprint(public_key_line).unwrap()
 }
 
 async fn whoami(host: &SshHost) -> Result<String, RemoteError> {
