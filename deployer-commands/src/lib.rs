@@ -80,6 +80,8 @@
 mod files;
 mod health;
 mod lb;
+#[cfg(feature = "catalog")]
+mod monitor;
 mod process;
 mod release;
 mod report;
@@ -97,6 +99,9 @@ pub use lb::{
     HttpBackend, LbAction, LbRequest, LoadBalancerBackend, LoadBalancerCommand, LoadBalancers,
     ShellBackend,
 };
+#[cfg(feature = "catalog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "catalog")))]
+pub use monitor::CurlChecker;
 pub use process::{CheckService, ExecuteCommand, MigrationScript};
 pub use release::{
     KeepReleases, ReleaseActivate, ReleaseCreate, ReleaseLayout, ReleaseLinkShared, ReleaseLock,

@@ -12,8 +12,6 @@ use async_trait::async_trait;
 
 use crate::errors::RemoteError;
 
-#[path = "model/catalog_contract.rs"]
-pub mod catalog_contract;
 #[path = "store_contract.rs"]
 pub mod store_contract;
 use crate::events::{Event, EventKind, TaskId, TaskOutcome};

@@ -76,8 +76,8 @@
 //! # });
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod books;
 mod command;
 mod config;
 mod errors;
@@ -85,24 +85,19 @@ mod events;
 mod executor;
 mod generator;
 mod host;
-mod log;
-mod model;
 mod plan;
 mod recorder;
 mod runs;
+mod secret;
 mod secrets;
 mod shell;
 mod tasklist;
 mod validation;
 
 #[cfg(feature = "test-fixture")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
 pub mod fixture;
 
-pub use books::{
-    Acknowledgements, Book, BookError, BookLibrary, BookProblem, ChildBook, CommandStep,
-    DEFAULT_OVER_STOP, EstimateSource, Job, JobBuilder, JobRunner, JobState, JobStep, JobStepKind,
-    MANUAL_COMMAND, Step, StepKind,
-};
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
@@ -118,27 +113,20 @@ pub use host::{
     Connector, ExecOptions, ExecOutput, HostSpec, OutputSink, PutOptions, RemoteHost, Stream,
     tail_lines,
 };
-pub use log::{LogFormat, TracingSink};
-pub use model::{
-    BookSlots, BranchRef, BranchView, Catalog, CatalogData, CatalogError, CatalogStore, Cluster,
-    ClusterState, ClusterView, CurlChecker, DEFAULT_MONITOR_LOG_SECONDS, DataType, DataUsage,
-    Datasource, DatasourceView, Deployment, DeploymentGroup, DeploymentRef, DeploymentSettings,
-    DeploymentView, GroupView, HttpCheck, HttpChecker, HttpResponse, Image, ImageRef, ImageView,
-    LifecycleAction, LifecycleRequest, MAX_SLUG_LEN, Member, MemoryCatalog, Monitor, MonitorCheck,
-    MonitorLogEntry, MonitorRunner, MonitorState, MonitorStatus, Namespace, Permission, Project,
-    ProjectView, REDACTED, Repository, Role, Scope, ScopeConfig, Secret, Slug, StoredCatalog,
-    Target, Thresholds, Trigger, monitor_key, monitor_state,
-};
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use runs::{
     HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
     TaskRecord, TaskState,
 };
-pub use secrets::{SECRET_ENV_KEY, SECRET_KEY, SecretArg, register_secret, scrub_secrets};
+pub use secret::{REDACTED, Secret};
+pub use secrets::{
+    DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, register_secret, scrub_secrets,
+    serialize_redacted_map,
+};
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
-pub use validation::{ValidationError, ValidationErrors, did_you_mean};
+pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type};
 
 /// Re-exported so implementors of the async traits use the same macro version.
 pub use async_trait::async_trait;

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::errors::RemoteError;
 use crate::events::TaskOutcome;
-use crate::model::REDACTED;
+use crate::secret::REDACTED;
 use crate::validation::{ValidationError, ValidationErrors};
 
 /// The key of an inline secret: `{"secret": "hunter2"}`.
@@ -120,8 +120,21 @@ pub(crate) fn form(value: &Value) -> Form<'_> {
     }
 }
 
-/// `serialize_with` for a map of arguments: [`RedactedJson`] for each value.
-pub(crate) fn serialize_redacted_map<S: Serializer>(
+/// `serialize_with` for a map of arguments: every inline secret (`{"secret": "…"}`) is written
+/// `{"secret": "***"}`, as saved tasklists do; `secret_env` references are kept. For types of
+/// other crates holding task-like arguments (a book step's `args`).
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// struct Step {
+///     #[serde(serialize_with = "deployer_core::serialize_redacted_map")]
+///     args: serde_json::Map<String, serde_json::Value>,
+/// }
+/// let args = serde_json::json!({"password": {"secret": "hunter2"}});
+/// let step = Step { args: args.as_object().unwrap().clone() };
+/// assert_eq!(serde_json::to_string(&step).unwrap(), r#"{"args":{"password":{"secret":"***"}}}"#);
+/// ```
+pub fn serialize_redacted_map<S: Serializer>(
     map: &Map<String, Value>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -140,7 +153,7 @@ impl Serialize for RedactedJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Object(m) => {
-                if matches!(form(self.0), Form::Inline(_)) && !crate::model::exposing_secrets() {
+                if matches!(form(self.0), Form::Inline(_)) && !crate::secret::exposing_secrets() {
                     let mut map = serializer.serialize_map(Some(1))?;
                     map.serialize_entry(SECRET_KEY, REDACTED)?;
                     return map.end();
@@ -195,8 +208,15 @@ fn looks_secret(key: &str) -> bool {
     .any(|w| key.contains(w))
 }
 
-/// `Debug` of a task's arguments: secrets and arguments whose names look secret show `***`.
-pub(crate) struct DebugArgs<'a>(pub &'a Map<String, Value>);
+/// `Debug` of a task's arguments: secrets and arguments whose names look secret (`password`,
+/// `token`, …) show `***`. For `Debug` impls of types holding task-like arguments.
+///
+/// ```
+/// let args = serde_json::json!({"user": "app", "db_password": "hunter2"});
+/// let shown = format!("{:?}", deployer_core::DebugArgs(args.as_object().unwrap()));
+/// assert_eq!(shown, r#"{"user": String("app"), "db_password": "***"}"#);
+/// ```
+pub struct DebugArgs<'a>(pub &'a Map<String, Value>);
 
 impl fmt::Debug for DebugArgs<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -161,7 +161,11 @@ where
 }
 
 /// A short description of a JSON value's type, for "expected X, found Y" messages.
-pub(crate) fn json_type(value: &serde_json::Value) -> &'static str {
+///
+/// ```
+/// assert_eq!(deployer_core::json_type(&serde_json::json!([1])), "a list");
+/// ```
+pub fn json_type(value: &serde_json::Value) -> &'static str {
     use serde_json::Value;
     match value {
         Value::Null => "null",

@@ -72,17 +72,30 @@
 //! buffers instead of `Channel::data(reader)`, which writes 8 KiB at a time, took `put` from
 //! 0.55–0.89 s to the figure above.)
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod common;
+#[cfg(feature = "ssh")]
 mod config;
+#[cfg(feature = "ssh")]
+mod from_config;
 mod local;
+#[cfg(feature = "ssh")]
 mod pool;
+#[cfg(feature = "ssh")]
 mod ssh;
 #[cfg(feature = "test-fixture")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
 pub mod testing;
 
 pub use common::{LINE_MAX, OUTPUT_KEPT};
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
 pub use config::{HostConfig, SshConfig, SshConfigError};
 pub use local::{LocalConnector, LocalHost};
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
 pub use pool::SshConnector;
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
 pub use ssh::{HostKeyPolicy, PassphraseCallback, SshHost, SshOptions};

@@ -1,4 +1,4 @@
-//! The [`CatalogStore`](deployer_core::CatalogStore) implementation shared by both backends,
+//! The [`CatalogStore`](deployer_catalog::CatalogStore) implementation shared by both backends,
 //! written once as a macro like the run store: the catalog document in table `catalog` under an
 //! optimistic revision, monitor results in `monitor_log`.
 
@@ -6,32 +6,33 @@
 macro_rules! impl_catalog_store {
     ($store:ty) => {
         #[async_trait::async_trait]
-        impl deployer_core::CatalogStore for $store {
+        impl deployer_catalog::CatalogStore for $store {
             async fn load_catalog(
                 &self,
-            ) -> Result<deployer_core::StoredCatalog, deployer_core::StoreError> {
+            ) -> Result<deployer_catalog::StoredCatalog, deployer_core::StoreError> {
                 use crate::sql::RowExt as _;
                 let row = sqlx::query("SELECT revision, body FROM catalog WHERE id = 1")
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(|e| crate::errors::backend("load the catalog", e))?;
                 let Some(row) = row else {
-                    return Ok(deployer_core::StoredCatalog::default());
+                    return Ok(deployer_catalog::StoredCatalog::default());
                 };
                 let revision = row.int("revision")?;
                 let revision = u64::try_from(revision).map_err(|_| {
                     crate::errors::corrupt(format!("catalog revision {revision} is negative"))
                 })?;
                 let body = row.text("body")?;
-                let data = deployer_core::CatalogData::from_json_str(&body, "the stored catalog")
-                    .map_err(|e| crate::errors::corrupt(e.to_string()))?;
-                Ok(deployer_core::StoredCatalog { revision, data })
+                let data =
+                    deployer_catalog::CatalogData::from_json_str(&body, "the stored catalog")
+                        .map_err(|e| crate::errors::corrupt(e.to_string()))?;
+                Ok(deployer_catalog::StoredCatalog { revision, data })
             }
 
             async fn save_catalog(
                 &self,
                 expected_revision: u64,
-                data: &deployer_core::CatalogData,
+                data: &deployer_catalog::CatalogData,
             ) -> Result<Option<u64>, deployer_core::StoreError> {
                 let body = data.to_stored_json();
                 let now = crate::sql::now_micros();
@@ -64,7 +65,7 @@ macro_rules! impl_catalog_store {
 
             async fn append_monitor_log(
                 &self,
-                entry: &deployer_core::MonitorLogEntry,
+                entry: &deployer_catalog::MonitorLogEntry,
             ) -> Result<(), deployer_core::StoreError> {
                 sqlx::query(
                     "INSERT INTO monitor_log (monitor, ts, ok, status, duration_us, message) \
@@ -91,7 +92,7 @@ macro_rules! impl_catalog_store {
                 &self,
                 monitor: &str,
                 limit: usize,
-            ) -> Result<Vec<deployer_core::MonitorLogEntry>, deployer_core::StoreError> {
+            ) -> Result<Vec<deployer_catalog::MonitorLogEntry>, deployer_core::StoreError> {
                 use crate::sql::RowExt as _;
                 let rows = sqlx::query(
                     "SELECT ts, ok, status, duration_us, message FROM monitor_log \
@@ -116,7 +117,7 @@ macro_rules! impl_catalog_store {
                                 })
                             })
                             .transpose()?;
-                        Ok(deployer_core::MonitorLogEntry {
+                        Ok(deployer_catalog::MonitorLogEntry {
                             monitor: monitor.to_string(),
                             ts: crate::sql::time(row.int("ts")?, "monitor log ts")?,
                             ok: row.int("ok")? != 0,
@@ -149,5 +150,7 @@ macro_rules! impl_catalog_store {
     };
 }
 
+#[cfg(feature = "sqlite")]
 impl_catalog_store!(crate::SqliteStore);
+#[cfg(feature = "postgres")]
 impl_catalog_store!(crate::PostgresStore);

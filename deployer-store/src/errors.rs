@@ -17,6 +17,14 @@ pub enum UrlError {
         /// The scheme, e.g. `mysql`.
         scheme: String,
     },
+    /// The URL names a backend this build of `deployer-store` leaves out.
+    #[error("this build has no {backend} store (enable the `{feature}` feature of deployer-store)")]
+    NotBuilt {
+        /// The backend, e.g. `PostgreSQL`.
+        backend: &'static str,
+        /// The feature that builds it.
+        feature: &'static str,
+    },
 }
 
 /// `StoreError::Backend` for a failed sqlx call; `doing` reads well after "failed to".

@@ -29,19 +29,31 @@
 //! ```
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// A build with no backend has only `StoreUrl`; the shared SQL is unused then.
+#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unused))]
 
 #[macro_use]
 mod store_impl;
 
+#[cfg(feature = "catalog")]
 mod catalog;
 mod errors;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
 
 pub use errors::UrlError;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresStore;
 pub use sql::SCHEMA_VERSION;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
-pub use url::{DEFAULT_STORE_URL, StoreUrl, open, open_catalog};
+#[cfg(feature = "catalog")]
+pub use url::open_catalog;
+pub use url::{DEFAULT_STORE_URL, StoreUrl, open};

@@ -177,7 +177,9 @@ where
         .map_err(|e| corrupt(format!("column {col}: {e}")))
 }
 
+#[cfg(feature = "sqlite")]
 row_ext!(sqlx::sqlite::SqliteRow);
+#[cfg(feature = "postgres")]
 row_ext!(sqlx::postgres::PgRow);
 
 fn state<S: std::str::FromStr<Err = StoreError>>(text: &str, what: &str) -> Result<S, StoreError> {

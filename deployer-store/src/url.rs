@@ -5,10 +5,15 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use deployer_core::{CatalogStore, RunStore, StoreError};
+#[cfg(feature = "catalog")]
+use deployer_catalog::CatalogStore;
+use deployer_core::{RunStore, StoreError};
 
+#[cfg(feature = "postgres")]
+use crate::PostgresStore;
+#[cfg(feature = "sqlite")]
+use crate::SqliteStore;
 use crate::errors::UrlError;
-use crate::{PostgresStore, SqliteStore};
 
 /// Where the example CLI keeps runs unless told otherwise.
 pub const DEFAULT_STORE_URL: &str = "./.deployer/runs.db";
@@ -40,26 +45,49 @@ pub enum StoreUrl {
     Postgres(String),
 }
 
-impl StoreUrl {
-    /// Opens the store (creating or migrating it as needed).
-    pub async fn open(&self) -> Result<Arc<dyn RunStore>, StoreError> {
-        Ok(match self {
-            StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-            StoreUrl::SqliteMemory => Arc::new(SqliteStore::memory().await?),
-            StoreUrl::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
-        })
+/// The error for a URL whose backend this build does not have.
+#[allow(dead_code)]
+fn not_built(url: &StoreUrl, backend: &'static str, feature: &'static str) -> StoreError {
+    StoreError::Backend {
+        message: format!("failed to open the store at {url}"),
+        source: Box::new(UrlError::NotBuilt { backend, feature }),
     }
 }
 
-impl StoreUrl {
-    /// Opens the store as a [`CatalogStore`] (the object model lives in the same database as
-    /// the runs).
-    pub async fn open_catalog(&self) -> Result<Arc<dyn CatalogStore>, StoreError> {
-        Ok(match self {
+/// Opens the backend of `$url` as `$ty`, or fails with [`not_built`].
+macro_rules! open_as {
+    ($url:expr, $ty:ty) => {{
+        let url: &StoreUrl = $url;
+        let store: $ty = match url {
+            #[cfg(feature = "sqlite")]
             StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            #[cfg(feature = "sqlite")]
             StoreUrl::SqliteMemory => Arc::new(SqliteStore::memory().await?),
-            StoreUrl::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
-        })
+            #[cfg(not(feature = "sqlite"))]
+            StoreUrl::Sqlite(_) | StoreUrl::SqliteMemory => {
+                return Err(not_built(url, "SQLite", "sqlite"));
+            }
+            #[cfg(feature = "postgres")]
+            StoreUrl::Postgres(pg) => Arc::new(PostgresStore::connect(pg).await?),
+            #[cfg(not(feature = "postgres"))]
+            StoreUrl::Postgres(_) => return Err(not_built(url, "PostgreSQL", "postgres")),
+        };
+        Ok(store)
+    }};
+}
+
+impl StoreUrl {
+    /// Opens the store (creating or migrating it as needed).
+    pub async fn open(&self) -> Result<Arc<dyn RunStore>, StoreError> {
+        open_as!(self, Arc<dyn RunStore>)
+    }
+
+    /// Opens the store as a `CatalogStore` (the object model lives in the same database as
+    /// the runs; feature `catalog`).
+    #[cfg(feature = "catalog")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "catalog")))]
+    pub async fn open_catalog(&self) -> Result<Arc<dyn CatalogStore>, StoreError> {
+        open_as!(self, Arc<dyn CatalogStore>)
     }
 }
 
@@ -134,7 +162,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
     parsed.open().await
 }
 
-/// Opens the catalog store at `url` (see [`StoreUrl`]).
+/// Opens the catalog store at `url` (see [`StoreUrl`]; feature `catalog`).
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -142,6 +170,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
 /// assert_eq!(store.load_catalog().await.unwrap().revision, 0);
 /// # });
 /// ```
+#[cfg(feature = "catalog")]
+#[cfg_attr(docsrs, doc(cfg(feature = "catalog")))]
 pub async fn open_catalog(url: &str) -> Result<Arc<dyn CatalogStore>, StoreError> {
     let parsed: StoreUrl = url.parse().map_err(|e: UrlError| StoreError::Backend {
         message: format!("failed to open the catalog store at {}", redact(url)),

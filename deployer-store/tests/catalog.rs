@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::pg::PgServer;
-use deployer_core::fixture::catalog_contract::{self, sample_catalog};
-use deployer_core::*;
+use deployer_catalog::fixture::catalog_contract::{self, sample_catalog};
+use deployer_catalog::*;
 use deployer_store::{PostgresStore, SCHEMA_VERSION, SqliteStore};
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! A custom command, written the way a downstream crate writes one: the seed's `TestCommand`.
 
-use deployer_core::{
+use deployer::{
     Command, CommandError, ExecContext, Outcome, ShellCommand, TaskArgs, ValidationErrors,
     async_trait,
 };

@@ -1,9 +1,7 @@
 //! A custom generator, written the way a downstream crate writes one: the seed's
 //! `TestGenerator`, which plans one stage with one `test_command` task.
 
-use deployer_core::{
-    Generator, GeneratorContext, GeneratorError, Stage, Task, Tasklist, async_trait,
-};
+use deployer::{Generator, GeneratorContext, GeneratorError, Stage, Task, Tasklist, async_trait};
 
 /// Plans the seed's "Test Generator" tasklist.
 ///

@@ -22,9 +22,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
+use deployer_books::{BookError, BookLibrary, JobBuilder};
 use deployer_core::{
-    BookError, BookLibrary, CommandRegistry, Config, ConfigError, JobBuilder, Plan, Secret,
-    ShellCommand, Tasklist, TasklistError, quote,
+    CommandRegistry, Config, ConfigError, Plan, Secret, ShellCommand, Tasklist, TasklistError,
+    quote,
 };
 use serde_json::Value;
 

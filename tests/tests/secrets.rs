@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use deployer_commands::{LoadBalancers, ShellBackend};
 use deployer_core::{
-    CommandRegistry, Connector, Event, ExecOptions, Executor, LogFormat, Plan, RemoteHost,
-    ResumeOptions, RunOptions, RunOutcome, Runs, RunsError, TaskEntry, Tasklist, TracingSink,
-    quote,
+    CommandRegistry, Connector, Event, ExecOptions, Executor, Plan, RemoteHost, ResumeOptions,
+    RunOptions, RunOutcome, Runs, RunsError, TaskEntry, Tasklist, quote,
 };
 use deployer_remote::LocalConnector;
 use deployer_remote::testing::TestSshd;
+use deployer_report::{LogFormat, TracingSink};
 use deployer_store::SqliteStore;
 use serde_json::{Value, json};
 

@@ -16,12 +16,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use deployer_core::{
-    CommandRegistry, Config, Executor, GeneratorContext, GeneratorRegistry, LogFormat, Plan,
-    Tasklist, TracingSink,
+use deployer::remote::LocalConnector;
+use deployer::report::{LogFormat, TracingSink};
+use deployer::{
+    CommandRegistry, Config, Executor, GeneratorContext, GeneratorRegistry, Plan, Tasklist,
 };
 use deployer_examples::{test_command, test_generator};
-use deployer_remote::LocalConnector;
 
 /// Plan and run a deploy (the seed's example program).
 #[derive(Debug, Parser)]

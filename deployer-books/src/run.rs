@@ -1,0 +1,343 @@
+//! Running jobs: the tasklist a job compiles to, manual acknowledgements, and the runner.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use deployer_core::CommandError;
+use deployer_core::NewRun;
+use deployer_core::Plan;
+use deployer_core::RunOutcome;
+use deployer_core::Runs;
+use deployer_core::ValidationErrors;
+use deployer_core::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
+use deployer_core::{Executor, RunOptions, RunReport};
+use deployer_core::{Stage, Task, Tasklist};
+
+use super::error::BookError;
+use super::job::{Job, JobState, JobStepKind};
+
+/// The command a manual step compiles to. A host application must not register a command of
+/// its own under this name for jobs: the [`JobRunner`] replaces it.
+pub const MANUAL_COMMAND: &str = "manual";
+
+#[derive(Debug, Default)]
+struct AckState {
+    all: bool,
+    steps: HashSet<String>,
+}
+
+/// Acknowledgements of a job's manual steps, by step path (`deploy/approve`).
+///
+/// A manual step compiles to a task of the built-in [`MANUAL_COMMAND`], which waits until its
+/// step is acknowledged (or the run is cancelled). Acknowledge through this handle from
+/// anywhere (an API call, a chat bot); [`Acknowledgements::all`] pre-acknowledges every step
+/// (what a `--yes` flag of a command-line tool does). Cheap to clone; clones share state.
+///
+/// ```
+/// let acks = deployer_core::Acknowledgements::new();
+/// assert!(!acks.is_acknowledged("deploy/approve"));
+/// acks.acknowledge("deploy/approve");
+/// assert!(acks.is_acknowledged("deploy/approve"));
+/// assert!(deployer_core::Acknowledgements::all().is_acknowledged("anything"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Acknowledgements {
+    state: Arc<watch::Sender<AckState>>,
+}
+
+impl Default for Acknowledgements {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Acknowledgements {
+    /// Nothing acknowledged yet.
+    pub fn new() -> Self {
+        Acknowledgements {
+            state: Arc::new(watch::Sender::new(AckState::default())),
+        }
+    }
+
+    /// Every step acknowledged in advance.
+    pub fn all() -> Self {
+        let acks = Self::new();
+        acks.acknowledge_all();
+        acks
+    }
+
+    /// Acknowledges the step at `path`; a task waiting for it goes on.
+    pub fn acknowledge(&self, path: &str) {
+        self.state.send_modify(|s| {
+            s.steps.insert(path.to_string());
+        });
+    }
+
+    /// Acknowledges every step, now and later.
+    pub fn acknowledge_all(&self) {
+        self.state.send_modify(|s| s.all = true);
+    }
+
+    /// Whether the step at `path` is acknowledged.
+    pub fn is_acknowledged(&self, path: &str) -> bool {
+        let s = self.state.borrow();
+        s.all || s.steps.contains(path)
+    }
+
+    /// Waits until the step at `path` is acknowledged.
+    pub async fn wait(&self, path: &str) {
+        let mut rx = self.state.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|s| s.all || s.steps.contains(path)).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManualArgs {
+    step: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Debug)]
+struct ManualStep {
+    step: String,
+    message: String,
+    acks: Acknowledgements,
+}
+
+#[async_trait::async_trait]
+impl Command for ManualStep {
+    fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+        unreachable!("built by the job runner's factory")
+    }
+
+    async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+        if !self.acks.is_acknowledged(&self.step) {
+            let msg = if self.message.is_empty() {
+                format!("waiting for the acknowledgement of step {}", self.step)
+            } else {
+                format!(
+                    "waiting for the acknowledgement of step {}: {}",
+                    self.step, self.message
+                )
+            };
+            ctx.log(&msg);
+            tokio::select! {
+                _ = self.acks.wait(&self.step) => {}
+                _ = ctx.cancelled() => {
+                    return Err(CommandError::failed(format!(
+                        "stopped before step {} was acknowledged",
+                        self.step
+                    )));
+                }
+            }
+        }
+        Ok(Outcome::done().with_data(serde_json::json!({"acknowledged": self.step})))
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+}
+
+fn manual_factory(
+    acks: Acknowledgements,
+) -> impl Fn(&TaskArgs<'_>) -> Result<Box<dyn Command>, ValidationErrors> + Send + Sync + 'static {
+    move |args: &TaskArgs<'_>| {
+        let a: ManualArgs = args.parse()?;
+        let _ = a.data;
+        Ok(Box::new(ManualStep {
+            step: a.step,
+            message: a.message,
+            acks: acks.clone(),
+        }) as Box<dyn Command>)
+    }
+}
+
+impl Job {
+    /// The tasklist the job runs: one stage per step that runs (skipped steps have none), in
+    /// order. A command step has one task per host (tagged with the step's path) carrying the
+    /// step's timeout and retries; a manual step has one [`MANUAL_COMMAND`] task on the
+    /// controller.
+    pub fn tasklist(&self) -> Tasklist {
+        let mut tasklist = Tasklist::new(format!("{} {}", self.source(), self.id));
+        for step in self.steps.iter().filter(|s| s.runs()) {
+            let finish = |mut t: Task| {
+                t = t.tag(step.path.clone()).retries(step.retries);
+                if let Some(timeout) = step.timeout {
+                    t = t.timeout(timeout);
+                }
+                t
+            };
+            let stage = match &step.kind {
+                JobStepKind::Manual => {
+                    let mut t = Task::new(MANUAL_COMMAND)
+                        .arg("step", step.path.clone())
+                        .arg("message", step.description.clone());
+                    if !step.data.is_empty() {
+                        t = t.arg("data", Value::Object(step.data.clone()));
+                    }
+                    Stage::new(step.path.clone(), 1).task(finish(t))
+                }
+                JobStepKind::Command {
+                    command,
+                    args,
+                    hosts,
+                    concurrency,
+                    concurrency_per_host,
+                } => {
+                    let base = |t: Task| {
+                        let mut t = t;
+                        t.args = args.clone();
+                        finish(t)
+                    };
+                    let mut stage = Stage::new(step.path.clone(), *concurrency);
+                    if let Some(limit) = concurrency_per_host {
+                        stage = stage.per_host(*limit);
+                    }
+                    if hosts.is_empty() {
+                        stage.task(base(Task::new(command.clone())))
+                    } else {
+                        stage.tasks(hosts.iter().map(|h| base(Task::new(command.clone()).on(h))))
+                    }
+                }
+                JobStepKind::Book { .. } => continue,
+            };
+            tasklist = tasklist.stage(stage);
+        }
+        tasklist
+    }
+}
+
+/// Runs [`Job`]s through the [`Executor`], so every executor guarantee holds (stage order,
+/// concurrency limits, timeouts, retries after the executor's retry delay, cancellation).
+///
+/// With [`runs`](Self::runs), a job's run is recorded in a run store like any other, its
+/// tasks' durations under their step's `book/step` key: the averages the next
+/// [`JobBuilder::history`](crate::JobBuilder::history) reads.
+#[derive(Debug, Clone)]
+pub struct JobRunner {
+    executor: Executor,
+    commands: CommandRegistry,
+    runs: Option<Runs>,
+    started_by: String,
+}
+
+impl JobRunner {
+    /// Runs jobs with `executor` and the commands of `commands` (plus [`MANUAL_COMMAND`]).
+    pub fn new(executor: Executor, commands: &CommandRegistry) -> Self {
+        JobRunner {
+            executor,
+            commands: commands.clone(),
+            runs: None,
+            started_by: "books".to_string(),
+        }
+    }
+
+    /// Records runs through `runs` (default: not recorded).
+    pub fn runs(mut self, runs: Runs) -> Self {
+        self.runs = Some(runs);
+        self
+    }
+
+    /// Who starts the runs, in their records (default: `books`).
+    pub fn started_by(mut self, who: impl Into<String>) -> Self {
+        self.started_by = who.into();
+        self
+    }
+
+    /// The validated plan of `job` (the dry run): every task instantiated by its command.
+    pub fn plan(&self, job: &Job, acks: &Acknowledgements) -> Result<Plan, BookError> {
+        let mut registry = self.commands.clone();
+        registry.register_fn(MANUAL_COMMAND, manual_factory(acks.clone()));
+        Plan::build(&job.tasklist(), &registry).map_err(BookError::Plan)
+    }
+
+    /// Runs `job` (a draft is scheduled first): `scheduled` → `running` → `done`, `error` or
+    /// `cancel` by the run's outcome (`cancel` whenever `options.cancel` was used); each step
+    /// that ran gets its outcome. Manual steps wait on `acks` (a first cancellation lets a
+    /// waiting manual step wait on; stopping hard ends it). Fails before running anything
+    /// when the job's tasklist does not validate.
+    pub async fn run(
+        &self,
+        job: &mut Job,
+        acks: &Acknowledgements,
+        options: RunOptions,
+    ) -> Result<RunReport, BookError> {
+        if job.state == JobState::Draft {
+            job.schedule()?;
+        }
+        if !job.state.can_become(JobState::Running) {
+            return Err(BookError::InvalidTransition {
+                from: job.state,
+                to: JobState::Running,
+            });
+        }
+        let plan = self.plan(job, acks)?;
+        let cancel = options.cancel.clone();
+        let report = match &self.runs {
+            None => {
+                job.transition(JobState::Running)?;
+                self.executor.run_with(&plan, options).await
+            }
+            Some(runs) => {
+                let record = runs
+                    .store()
+                    .create_run(NewRun::from_plan(&plan, job.source(), &self.started_by))
+                    .await
+                    .map_err(deployer_core::RunsError::from)?;
+                let id = record.id;
+                // Durations are averaged per step, not per command.
+                let keys: Vec<String> = job
+                    .steps
+                    .iter()
+                    .filter(|s| s.runs())
+                    .map(|s| s.history_key())
+                    .collect();
+                for mut task in runs
+                    .store()
+                    .tasks(&id)
+                    .await
+                    .map_err(deployer_core::RunsError::from)?
+                {
+                    if let Some(key) = keys.get(task.id.stage) {
+                        task.history_key = key.clone();
+                        runs.store()
+                            .update_task(&id, &task)
+                            .await
+                            .map_err(deployer_core::RunsError::from)?;
+                    }
+                }
+                job.run_id = Some(id.to_string());
+                job.transition(JobState::Running)?;
+                match runs.drive(&self.executor, &id, &plan, options).await {
+                    Ok(report) => report,
+                    Err(e) => {
+                        job.state = JobState::Error;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let mut stages = report.stages.iter();
+        for step in job.steps.iter_mut().filter(|s| s.runs()) {
+            step.outcome = stages.next().and_then(|s| s.outcome);
+        }
+        // A task stopped by a cancellation fails its stage; the job was still cancelled.
+        job.transition(match report.outcome {
+            RunOutcome::Succeeded => JobState::Done,
+            RunOutcome::Cancelled => JobState::Cancel,
+            RunOutcome::Failed if cancel.is_cancelled() => JobState::Cancel,
+            RunOutcome::Failed => JobState::Error,
+        })?;
+        Ok(report)
+    }
+}

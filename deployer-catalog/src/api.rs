@@ -1,0 +1,706 @@
+//! The catalog API: every read, change and lifecycle trigger, checked against the acting user.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::access::{Member, Permission, Role};
+use super::cluster::{Cluster, ClusterState};
+use super::data::{CatalogData, Target};
+use super::datasource::Datasource;
+use super::error::CatalogError;
+use super::hierarchy::{Deployment, DeploymentGroup, DeploymentRef, DeploymentSettings, Project};
+use super::lifecycle::{LifecycleAction, LifecycleRequest, Trigger};
+use super::monitor::{Monitor, MonitorStatus, monitor_key, monitor_state};
+use super::repository::Repository;
+use super::scope::Scope;
+use super::slug::Slug;
+use super::store::{CatalogStore, MemoryCatalog};
+
+/// How many times a change is tried when other writers keep saving in between.
+const ATTEMPTS: u32 = 32;
+
+/// The object model behind a [`CatalogStore`]: every call names the acting user and is refused
+/// with [`CatalogError::Forbidden`] when their role does not allow it (see [`Role`]).
+///
+/// A change loads the catalog, applies itself, validates the whole result (nothing invalid is
+/// ever saved) and saves it if nobody saved in between, retrying otherwise. Cloning is cheap.
+///
+/// ```
+/// use deployer_core::*;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let data = CatalogData::from_yaml_str(
+///     r#"
+/// projects:
+/// - slug: shop
+///   owner: alice
+///   users: [{user: alice, role: developer}, {user: bob, role: user}]
+///   groups:
+///   - slug: web
+///     group_type: odoo
+///     defaults: {books: {deploy: deploy-odoo}}
+///     deployments: [{slug: prod}]
+/// "#,
+///     "catalog.yaml",
+/// )
+/// .unwrap();
+/// let catalog = Catalog::in_memory(data);
+/// let prod: DeploymentRef = "shop/prod".parse().unwrap();
+///
+/// let request = catalog.trigger("alice", &prod, LifecycleAction::Deploy).await.unwrap();
+/// assert_eq!(request.book, "deploy-odoo");
+///
+/// let refused = catalog.trigger("bob", &prod, LifecycleAction::Deploy).await.unwrap_err();
+/// assert!(refused.is_forbidden());
+/// assert_eq!(
+///     refused.to_string(),
+///     "user \"bob\" may not trigger actions on deployment shop/prod: \
+///      their role there is user (needs role developer or admin)"
+/// );
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Catalog {
+    store: Arc<dyn CatalogStore>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    /// The catalog kept in `store`.
+    pub fn new(store: Arc<dyn CatalogStore>) -> Catalog {
+        Catalog { store }
+    }
+
+    /// A catalog in memory holding `data` (not validated: use [`CatalogData::validate`] or
+    /// load it through [`CatalogData::from_yaml_str`]).
+    pub fn in_memory(data: CatalogData) -> Catalog {
+        Catalog::new(Arc::new(MemoryCatalog::with(data)))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+        &self.store
+    }
+
+    async fn read(&self) -> Result<CatalogData, CatalogError> {
+        Ok(self.store.load_catalog().await?.data)
+    }
+
+    /// Applies `change` to the stored catalog, validates, and saves; retries on a conflict.
+    async fn update<T>(
+        &self,
+        mut change: impl FnMut(&mut CatalogData) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        for _ in 0..ATTEMPTS {
+            let stored = self.store.load_catalog().await?;
+            let mut data = stored.data;
+            let out = change(&mut data)?;
+            data.validate()?;
+            if self
+                .store
+                .save_catalog(stored.revision, &data)
+                .await?
+                .is_some()
+            {
+                return Ok(out);
+            }
+        }
+        Err(CatalogError::Conflict { attempts: ATTEMPTS })
+    }
+
+    /// Replaces the whole catalog (catalog admins of the new catalog only, or anybody while
+    /// the stored catalog is empty: that is how a catalog is seeded).
+    pub async fn import(&self, actor: &str, data: CatalogData) -> Result<(), CatalogError> {
+        data.validate()?;
+        self.update(|current| {
+            let empty = current.projects.is_empty() && current.admins.is_empty();
+            if !empty {
+                current.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            }
+            *current = data.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// The whole catalog (catalog admins only).
+    pub async fn export(&self, actor: &str) -> Result<CatalogData, CatalogError> {
+        let data = self.read().await?;
+        data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+        Ok(data)
+    }
+
+    /// The projects `actor` may view.
+    pub async fn projects(&self, actor: &str) -> Result<Vec<Project>, CatalogError> {
+        let data = self.read().await?;
+        Ok(data
+            .projects
+            .iter()
+            .filter(|p| {
+                data.check(actor, Permission::View, &Target::Project(p.slug.clone()))
+                    .is_ok()
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// One project.
+    pub async fn project(&self, actor: &str, project: &Slug) -> Result<Project, CatalogError> {
+        let data = self.read().await?;
+        let p = data.project(project.as_str())?.clone();
+        data.check(actor, Permission::View, &Target::Project(project.clone()))?;
+        Ok(p)
+    }
+
+    /// The scope of a deployment (what books see).
+    pub async fn scope(&self, actor: &str, r: &DeploymentRef) -> Result<Scope, CatalogError> {
+        let data = self.read().await?;
+        data.deployment(r)?;
+        data.check(actor, Permission::View, &Target::Deployment(r.clone()))?;
+        Scope::build(&data, r)
+    }
+
+    /// The effective role of `user` on `target` (readable by anybody who may view it).
+    pub async fn role_of(
+        &self,
+        actor: &str,
+        user: &str,
+        target: &Target,
+    ) -> Result<Option<Role>, CatalogError> {
+        let data = self.read().await?;
+        if actor != user {
+            data.check(actor, Permission::View, target)?;
+        }
+        Ok(data.role_of(user, target))
+    }
+
+    /// Adds a project (catalog admins).
+    pub async fn create_project(&self, actor: &str, project: Project) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.projects.push(project.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a user's project role (project admins).
+    pub async fn set_project_role(
+        &self,
+        actor: &str,
+        project: &Slug,
+        user: &str,
+        role: Option<Role>,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.project(project.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(project.clone()),
+            )?;
+            let p = data.project_mut(project.as_str())?;
+            set_role(&mut p.users, user, role);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a deployment group (project admins).
+    pub async fn create_group(
+        &self,
+        actor: &str,
+        project: &Slug,
+        group: DeploymentGroup,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.project(project.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(project.clone()),
+            )?;
+            data.project_mut(project.as_str())?
+                .groups
+                .push(group.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a role override on a group (project admins).
+    pub async fn set_group_role(
+        &self,
+        actor: &str,
+        project: &Slug,
+        group: &Slug,
+        user: &str,
+        role: Option<Role>,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.group(project.as_str(), group.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(project.clone()),
+            )?;
+            set_role(
+                &mut data.group_mut(project.as_str(), group.as_str())?.users,
+                user,
+                role,
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a project with `edit` (project admins): its name, owner, users, groups with their
+    /// scopes, defaults, cluster links and deployments. The slug and the namespace cannot
+    /// change (remote resources are named after them).
+    pub async fn edit_project(
+        &self,
+        actor: &str,
+        project: &Slug,
+        mut edit: impl FnMut(&mut Project),
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.project(project.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(project.clone()),
+            )?;
+            let p = data.project_mut(project.as_str())?;
+            let (slug, namespace) = (p.slug.clone(), p.namespace.clone());
+            edit(p);
+            if p.slug != slug || p.namespace != namespace {
+                return Err(CatalogError::Invalid {
+                    what: format!("project {project}"),
+                    message: "its slug and namespace cannot change".to_string(),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a group's defaults, which its deployments inherit (developers and admins of the
+    /// group).
+    pub async fn update_group_defaults(
+        &self,
+        actor: &str,
+        project: &Slug,
+        group: &Slug,
+        defaults: DeploymentSettings,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.group(project.as_str(), group.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Group(project.clone(), group.clone()),
+            )?;
+            data.group_mut(project.as_str(), group.as_str())?.defaults = defaults.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a deployment to a group (developers and admins of the group).
+    pub async fn create_deployment(
+        &self,
+        actor: &str,
+        project: &Slug,
+        group: &Slug,
+        deployment: Deployment,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.group(project.as_str(), group.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Group(project.clone(), group.clone()),
+            )?;
+            data.group_mut(project.as_str(), group.as_str())?
+                .deployments
+                .push(deployment.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a deployment's own settings (developers and admins of the deployment).
+    pub async fn update_deployment(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        settings: DeploymentSettings,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.deployment(r)?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Deployment(r.clone()),
+            )?;
+            data.deployment_mut(r)?.settings = settings.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a deployment (developers and admins of the deployment).
+    pub async fn remove_deployment(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.deployment(r)?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Deployment(r.clone()),
+            )?;
+            for g in &mut data.project_mut(r.project.as_str())?.groups {
+                g.deployments.retain(|d| d.slug != r.deployment);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a role override on a deployment (project admins).
+    pub async fn set_deployment_role(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        user: &str,
+        role: Option<Role>,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.deployment(r)?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(r.project.clone()),
+            )?;
+            set_role(&mut data.deployment_mut(r)?.users, user, role);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a monitor to a deployment (developers and admins of the deployment).
+    pub async fn add_monitor(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        monitor: Monitor,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.deployment(r)?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Deployment(r.clone()),
+            )?;
+            data.deployment_mut(r)?.monitors.push(monitor.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// The state of each monitor of a deployment at `now`, from its log.
+    pub async fn monitor_status(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        now: SystemTime,
+    ) -> Result<Vec<MonitorStatus>, CatalogError> {
+        let data = self.read().await?;
+        let (_, _, deployment) = data.deployment(r)?;
+        data.check(actor, Permission::View, &Target::Deployment(r.clone()))?;
+        let mut out = Vec::new();
+        for m in &deployment.monitors {
+            let window = m.thresholds.error_after_failures.max(1) as usize;
+            let recent = self
+                .store
+                .monitor_log(&monitor_key(r, &m.slug), window)
+                .await?;
+            out.push(MonitorStatus {
+                deployment: r.clone(),
+                monitor: m.slug.clone(),
+                state: monitor_state(m, &recent, now),
+                last: recent.first().cloned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Asks for a lifecycle action of a deployment (developers and admins of the deployment):
+    /// the request names the book of the deployment's slot for `action` and carries its scope.
+    /// Fails when no book fills that slot.
+    pub async fn trigger(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        action: LifecycleAction,
+    ) -> Result<LifecycleRequest, CatalogError> {
+        let data = self.read().await?;
+        data.deployment(r)?;
+        data.check(
+            actor,
+            Permission::TriggerActions,
+            &Target::Deployment(r.clone()),
+        )?;
+        request(
+            &data,
+            r,
+            action,
+            Trigger::User {
+                user: actor.to_string(),
+            },
+        )
+    }
+
+    /// The connection secret of a datasource linked to the deployment's scope, for a step that
+    /// must connect (a backup); needs [`Permission::TriggerActions`] on the deployment. The scope
+    /// itself only shows `***`.
+    pub async fn datasource_secret(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        datasource: &Slug,
+    ) -> Result<deployer_core::Secret, CatalogError> {
+        let data = self.read().await?;
+        data.deployment(r)?;
+        data.check(
+            actor,
+            Permission::TriggerActions,
+            &Target::Deployment(r.clone()),
+        )?;
+        let scope = Scope::build(&data, r)?;
+        if !scope
+            .datasources
+            .iter()
+            .any(|d| d.slug == datasource.as_str())
+        {
+            return Err(CatalogError::Dangling {
+                from: format!("deployment {r}: scope datasources"),
+                kind: "datasource",
+                target: datasource.to_string(),
+                expected: scope.datasources.iter().map(|d| d.slug.clone()).collect(),
+            });
+        }
+        data.datasource(datasource.as_str())?
+            .connection
+            .clone()
+            .ok_or_else(|| CatalogError::Invalid {
+                what: format!("datasource {datasource}"),
+                message: "it has no connection".to_string(),
+            })
+    }
+
+    /// Adds a shared cluster (catalog admins).
+    pub async fn create_cluster(&self, actor: &str, cluster: Cluster) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.clusters.push(cluster.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a cluster to `to` (catalog admins); only the next lifecycle state is allowed.
+    pub async fn transition_cluster(
+        &self,
+        actor: &str,
+        cluster: &Slug,
+        to: ClusterState,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.cluster(cluster.as_str())?;
+            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.cluster_mut(cluster.as_str())?.transition(to)
+        })
+        .await
+    }
+
+    /// Links a cluster to a deployment (developers and admins of the deployment).
+    pub async fn link_cluster(
+        &self,
+        actor: &str,
+        r: &DeploymentRef,
+        cluster: &Slug,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            data.deployment(r)?;
+            data.check(
+                actor,
+                Permission::ManageDeployments,
+                &Target::Deployment(r.clone()),
+            )?;
+            let d = data.deployment_mut(r)?;
+            if !d.clusters.contains(cluster) {
+                d.clusters.push(cluster.clone());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a repository: one reserved to a project by that project's admins, a shared one by
+    /// catalog admins.
+    pub async fn create_repository(
+        &self,
+        actor: &str,
+        repository: Repository,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            check_owner(data, actor, repository.project.as_ref())?;
+            data.repositories.push(repository.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a datasource: one reserved to a project by that project's admins, a shared one by
+    /// catalog admins.
+    pub async fn create_datasource(
+        &self,
+        actor: &str,
+        datasource: Datasource,
+    ) -> Result<(), CatalogError> {
+        self.update(|data| {
+            check_owner(data, actor, datasource.project.as_ref())?;
+            data.datasources.push(datasource.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Publishes `version` of an image and returns one deploy request per deployment that
+    /// subscribes to it (its own or inherited `image` is this one and `subscribe_image` is
+    /// true), in catalog order. Publishing to a repository reserved to a project needs
+    /// [`Permission::TriggerActions`] there; to a shared one, a catalog admin. Publishing the
+    /// current version again is an error.
+    pub async fn publish_image(
+        &self,
+        actor: &str,
+        repository: &Slug,
+        image: &Slug,
+        version: &str,
+    ) -> Result<Vec<LifecycleRequest>, CatalogError> {
+        if version.trim().is_empty() {
+            return Err(CatalogError::Invalid {
+                what: format!("image {repository}/{image}: version"),
+                message: "it is empty".to_string(),
+            });
+        }
+        self.update(|data| {
+            let repo = data.repository(repository.as_str())?;
+            match &repo.project {
+                Some(p) => data.check(
+                    actor,
+                    Permission::TriggerActions,
+                    &Target::Project(p.clone()),
+                )?,
+                None => data.check(actor, Permission::ManageCatalog, &Target::Catalog)?,
+            }
+            let img = data.image_mut(repository.as_str(), image.as_str())?;
+            if img.current() == Some(version) {
+                return Err(CatalogError::Invalid {
+                    what: format!("image {repository}/{image}"),
+                    message: format!("version {version} is already the current version"),
+                });
+            }
+            img.versions.push(version.to_string());
+            let mut requests = Vec::new();
+            for r in data.deployment_refs() {
+                let (_, group, deployment) = data.deployment(&r)?;
+                let s = CatalogData::effective_settings(group, deployment);
+                let subscribed = s.subscribe_image == Some(true)
+                    && s.image
+                        .as_ref()
+                        .is_some_and(|i| &i.repository == repository && &i.image == image);
+                if subscribed {
+                    requests.push(request(
+                        data,
+                        &r,
+                        LifecycleAction::Deploy,
+                        Trigger::ImagePublished {
+                            user: actor.to_string(),
+                            repository: repository.clone(),
+                            image: image.clone(),
+                            version: version.to_string(),
+                        },
+                    )?);
+                }
+            }
+            Ok(requests)
+        })
+        .await
+    }
+}
+
+fn set_role(members: &mut Vec<Member>, user: &str, role: Option<Role>) {
+    members.retain(|m| m.user != user);
+    if let Some(role) = role {
+        members.push(Member::new(user, role));
+    }
+}
+
+fn request(
+    data: &CatalogData,
+    r: &DeploymentRef,
+    action: LifecycleAction,
+    triggered_by: Trigger,
+) -> Result<LifecycleRequest, CatalogError> {
+    let (_, group, deployment) = data.deployment(r)?;
+    let settings = CatalogData::effective_settings(group, deployment);
+    let book = settings
+        .books
+        .get(action)
+        .ok_or_else(|| CatalogError::Invalid {
+            what: format!("deployment {r}"),
+            message: format!(
+                "no book for action {action} (set books.{action} on the deployment or its group)"
+            ),
+        })?
+        .to_string();
+    Ok(LifecycleRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        deployment: r.clone(),
+        action,
+        book,
+        triggered_by,
+        scope: Scope::build(data, r)?,
+        requested_ts: SystemTime::now(),
+    })
+}
+
+/// Something reserved to a project may be added by that project's admins; a shared one by
+/// catalog admins.
+fn check_owner(
+    data: &CatalogData,
+    actor: &str,
+    project: Option<&Slug>,
+) -> Result<(), CatalogError> {
+    match project {
+        Some(p) => {
+            data.project(p.as_str())?;
+            data.check(
+                actor,
+                Permission::ManageProject,
+                &Target::Project(p.clone()),
+            )
+        }
+        None => data.check(actor, Permission::ManageCatalog, &Target::Catalog),
+    }
+}

@@ -1,0 +1,64 @@
+//! The object model: projects, deployment groups, deployments, clusters, repositories,
+//! datasources, monitors and project roles, kept in a [`CatalogStore`] and used through
+//! [`Catalog`], whose every call names the acting user.
+//!
+//! * [`CatalogData`] holds every object and is also the catalog file format; it validates as a
+//!   whole (unique [`Slug`]s, no dangling reference).
+//! * [`Project`] → [`DeploymentGroup`] → [`Deployment`]: a deployment inherits its group's
+//!   `defaults` ([`DeploymentSettings`]) unless it sets a field itself. Every project has a
+//!   [`Namespace`] whose name prefixes the deployment's resource names and remote paths.
+//! * [`Cluster`]s are shared and move through [`ClusterState`] one step at a time.
+//! * [`Repository`]s hold branches and [`Image`]s; publishing an image version gives a
+//!   [`LifecycleRequest`] per subscribed deployment.
+//! * [`Datasource`]s (buckets, databases) keep their connection in a [`Secret`].
+//! * [`Monitor`]s are health checks; [`MonitorRunner`] runs the due ones and keeps their log.
+//! * [`Role`]s (with group and deployment overrides) decide what [`Permission`]s a user has.
+//! * [`Scope`] is the resolved JSON view of a deployment that books evaluate against.
+
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod access;
+mod api;
+mod cluster;
+mod data;
+mod datasource;
+mod error;
+mod hierarchy;
+mod lifecycle;
+mod monitor;
+mod repository;
+mod scope;
+mod slug;
+mod store;
+
+pub use access::{Member, Permission, Role};
+pub use api::Catalog;
+pub use cluster::{Cluster, ClusterState};
+pub use data::{CatalogData, Target};
+pub use datasource::{DataType, DataUsage, Datasource};
+pub use deployer_core::{REDACTED, Secret};
+pub use error::CatalogError;
+pub use hierarchy::{
+    BookSlots, DEFAULT_MONITOR_LOG_SECONDS, Deployment, DeploymentGroup, DeploymentRef,
+    DeploymentSettings, Namespace, Project, ScopeConfig,
+};
+pub use lifecycle::{LifecycleAction, LifecycleRequest, Trigger};
+pub use monitor::{
+    HttpCheck, HttpChecker, HttpResponse, Monitor, MonitorCheck, MonitorLogEntry, MonitorRunner,
+    MonitorState, MonitorStatus, Thresholds, monitor_key, monitor_state,
+};
+pub use repository::{BranchRef, Image, ImageRef, Repository};
+pub use scope::{
+    BranchView, ClusterView, DatasourceView, DeploymentView, GroupView, ImageView, ProjectView,
+    Scope,
+};
+pub use slug::{MAX_SLUG_LEN, Slug};
+pub use store::{CatalogStore, MemoryCatalog, StoredCatalog};
+
+#[cfg(feature = "test-fixture")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
+pub mod fixture;
+
+#[cfg(test)]
+mod tests;

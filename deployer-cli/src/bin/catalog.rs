@@ -1,0 +1,416 @@
+//! `catalog`: load a catalog of projects, deployment groups and deployments from YAML, show
+//! what a user may see, and trigger a deployment's lifecycle action as a user.
+//!
+//! ```text
+//! catalog --file examples/catalog.yaml check                      # validate: "Catalog ok"
+//! catalog --file examples/catalog.yaml show --as bob              # what bob may see
+//! catalog --file examples/catalog.yaml scope shop/prod --as bob   # the scope books see (JSON)
+//! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice
+//! catalog --file examples/catalog.yaml publish shop-app/app 1.5.0 --as root
+//! ```
+//!
+//! With `--store URL` (a SQLite file or a PostgreSQL URL, as `deploy --store`) the catalog is
+//! kept in that store: `import --as USER` loads `--file` into it (anybody may seed an empty
+//! store; replacing a catalog takes a catalog admin), every other command reads it from there,
+//! and `publish` records the new version. Without `--store`, `--file` is loaded into memory for
+//! the duration of one call. `monitors` runs the monitors that are due (with curl on this
+//! machine) and prints every monitor's state: a scheduler calls it periodically.
+//!
+//! ```text
+//! catalog --store sqlite://catalog.db --file examples/catalog.yaml import --as root
+//! catalog --store sqlite://catalog.db publish shop-app/app 1.5.0 --as root
+//! catalog --store sqlite://catalog.db monitors
+//! ```
+//!
+//! `trigger` and `publish` print the lifecycle requests (JSON) they hand to the books engine.
+//! With `--library DIR`, `trigger` also builds the job of the deployment's book for that action
+//! (printed as JSON), and with `--run` runs it — on this machine for hosts named `local`, over
+//! SSH for the others — manual steps acknowledged in advance with `--yes`:
+//!
+//! ```text
+//! catalog --file catalog.yaml trigger shop/prod deploy --as alice \
+//!     --library examples/books/library --run --yes
+//! ```
+//!
+//! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use deployer_books::{Acknowledgements, BookLibrary, JobBuilder, JobRunner, JobState, JobStepKind};
+use deployer_catalog::{
+    Catalog, CatalogData, CatalogError, DeploymentRef, LifecycleAction, LifecycleRequest,
+    MonitorRunner, Project, Slug, Trigger,
+};
+use deployer_commands::CurlChecker;
+use deployer_core::{CommandRegistry, Event, EventKind, Executor, RunOptions};
+use deployer_remote::{SshConnector, SshOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "catalog",
+    version,
+    about = "Show a deployment catalog and trigger lifecycle actions"
+)]
+struct Cli {
+    /// The catalog file (YAML or JSON): the catalog itself, or what `import` stores.
+    #[arg(long, short = 'f', value_name = "FILE", env = "DEPLOYER_CATALOG")]
+    file: Option<PathBuf>,
+    /// Keep the catalog in this store (sqlite://PATH, a path, or postgres://…).
+    #[arg(long, value_name = "URL", env = "DEPLOYER_CATALOG_STORE")]
+    store: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate the catalog and exit.
+    Check,
+    /// Store the catalog of `--file` in `--store`.
+    Import {
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+    },
+    /// Run the monitors that are due and print the state of each.
+    Monitors,
+    /// Show the projects, groups and deployments the user may see.
+    Show {
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a deployment's scope (what books evaluate against) as JSON.
+    Scope {
+        /// PROJECT/DEPLOYMENT.
+        deployment: String,
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+    },
+    /// Trigger a lifecycle action of a deployment: prints the request for the books engine,
+    /// and with --library the job it builds (and runs it with --run).
+    Trigger {
+        /// PROJECT/DEPLOYMENT.
+        deployment: String,
+        /// general, deploy, pause, backup, restore, sync_ingress, upgrade, drop, config_scope.
+        action: String,
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+        /// A directory of book files: build the job of the deployment's book for the action.
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// Run the job (needs --library).
+        #[arg(long, requires = "library")]
+        run: bool,
+        /// Acknowledge the job's manual steps in advance (a job with manual steps needs it).
+        #[arg(long, short = 'y', requires = "run")]
+        yes: bool,
+    },
+    /// Publish an image version: prints a deploy request per subscribed deployment.
+    Publish {
+        /// REPOSITORY/IMAGE.
+        image: String,
+        /// The new version.
+        version: String,
+        /// The acting user.
+        #[arg(long = "as", value_name = "USER")]
+        actor: String,
+    },
+}
+
+/// Why the program stops: bad input or a refusal (exit 2), or anything else (exit 1).
+#[derive(Debug)]
+enum Failure {
+    Input(String),
+    Internal(String),
+}
+
+impl From<CatalogError> for Failure {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Store(e) => Failure::Internal(deployer_core::error_chain(&e)),
+            other => Failure::Input(other.to_string()),
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Internal(e.to_string()))?;
+    out(&text)
+}
+
+/// Prints a line to stdout; a closed pipe (`catalog … | head`) is not an error.
+fn out(line: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Internal(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Builds the job of `request` from the books in `dir`; prints it, or runs it.
+async fn run_job(
+    request: &LifecycleRequest,
+    dir: &std::path::Path,
+    run: bool,
+    yes: bool,
+) -> Result<(), Failure> {
+    let mut commands = CommandRegistry::new();
+    deployer_commands::register_all(&mut commands);
+    let mut library = BookLibrary::with_commands(&commands);
+    library
+        .load_dir(dir)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    let mut job = JobBuilder::for_request(&library, request)
+        .map_err(|e| Failure::Input(e.to_string()))?
+        .build()
+        .await
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    if !run {
+        return print_json(&job);
+    }
+    let manual: Vec<&str> = job
+        .steps
+        .iter()
+        .filter(|s| s.skipped.is_none() && matches!(s.kind, JobStepKind::Manual))
+        .map(|s| s.path.as_str())
+        .collect();
+    if !manual.is_empty() && !yes {
+        return Err(Failure::Input(format!(
+            "the job has manual steps ({}); acknowledge them in advance with --yes, or run the book with the books program, which asks",
+            manual.join(", ")
+        )));
+    }
+    let connector =
+        SshConnector::new(SshOptions::new()).map_err(|e| Failure::Input(e.to_string()))?;
+    let executor = Executor::new(Arc::new(connector)).sink(|e: &Event| {
+        if let EventKind::TaskFinished { task, outcome, .. } = &e.kind {
+            println!(
+                "{} {} on {}: {outcome}",
+                task.tag.as_deref().unwrap_or(""),
+                task.command,
+                task.host
+            );
+        }
+    });
+    let acks = if yes {
+        Acknowledgements::all()
+    } else {
+        Acknowledgements::new()
+    };
+    JobRunner::new(executor, &commands)
+        .started_by(match &request.triggered_by {
+            Trigger::User { user } | Trigger::ImagePublished { user, .. } => user.clone(),
+        })
+        .run(&mut job, &acks, RunOptions::default())
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    println!("job {} {}", job.id, job.state);
+    if job.state == JobState::Done {
+        Ok(())
+    } else {
+        Err(Failure::Internal(format!(
+            "job {} ended {}",
+            job.id, job.state
+        )))
+    }
+}
+
+fn print_requests(requests: &[LifecycleRequest]) -> Result<(), Failure> {
+    for r in requests {
+        eprintln!(
+            "would hand to the books engine: {} of {} with book \"{}\" (request {})",
+            r.action, r.deployment, r.book, r.id
+        );
+    }
+    print_json(&requests)
+}
+
+fn show(data: &CatalogData, projects: &[Project]) {
+    if projects.is_empty() {
+        println!("(no project visible)");
+    }
+    for p in projects {
+        println!(
+            "project {} ({}) owner {} namespace {}",
+            p.slug,
+            p.name,
+            p.owner,
+            p.namespace.name()
+        );
+        for g in &p.groups {
+            println!("  group {} [{}]", g.slug, g.group_type);
+            for d in &g.deployments {
+                let s = CatalogData::effective_settings(g, d);
+                let r = DeploymentRef::new(p.slug.clone(), d.slug.clone());
+                let clusters: Vec<String> = data
+                    .deployment_clusters(&r)
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|c| {
+                                format!(
+                                    "{} ({})",
+                                    c.slug().map(|s| s.to_string()).unwrap_or_default(),
+                                    c.state
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let books: Vec<String> = LifecycleAction::ALL
+                    .iter()
+                    .filter_map(|a| s.books.get(*a).map(|b| format!("{a}={b}")))
+                    .collect();
+                println!(
+                    "    deployment {r} scope={} clusters=[{}] books=[{}]",
+                    s.scope.as_ref().map(Slug::as_str).unwrap_or("-"),
+                    clusters.join(", "),
+                    books.join(", ")
+                );
+            }
+        }
+    }
+}
+
+fn file(cli: &Cli) -> Result<CatalogData, Failure> {
+    let path = cli.file.as_ref().ok_or_else(|| {
+        Failure::Input("no catalog: give --file FILE (or --store URL)".to_string())
+    })?;
+    Ok(CatalogData::load(path)?)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let catalog = match &cli.store {
+        Some(url) => {
+            let store = deployer_store::open_catalog(url)
+                .await
+                .map_err(|e| Failure::Internal(deployer_core::error_chain(&e)))?;
+            Catalog::new(store)
+        }
+        None => Catalog::in_memory(file(&cli)?),
+    };
+    let data = catalog
+        .store()
+        .load_catalog()
+        .await
+        .map_err(CatalogError::from)?
+        .data;
+    match &cli.command {
+        Cmd::Check => {
+            if cli.store.is_some() && cli.file.is_some() {
+                file(&cli)?;
+            }
+            out("Catalog ok")
+        }
+        Cmd::Import { actor } => {
+            if cli.store.is_none() {
+                return Err(Failure::Input("import needs --store URL".to_string()));
+            }
+            catalog.import(actor, file(&cli)?).await?;
+            let revision = catalog
+                .store()
+                .load_catalog()
+                .await
+                .map_err(CatalogError::from)?
+                .revision;
+            out(&format!("Catalog stored (revision {revision})"))
+        }
+        Cmd::Monitors => {
+            let host = std::sync::Arc::new(deployer_remote::LocalHost::new());
+            let runner = MonitorRunner::new(
+                catalog.store().clone(),
+                std::sync::Arc::new(CurlChecker::new(host)),
+            );
+            for s in runner.run_due(std::time::SystemTime::now()).await? {
+                let message = s.last.as_ref().map(|l| l.message.as_str()).unwrap_or("");
+                let state = serde_json::to_value(s.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                out(format!("{}/{} {state} {message}", s.deployment, s.monitor).trim_end())?;
+            }
+            Ok(())
+        }
+        Cmd::Show { actor, json } => {
+            let projects = catalog.projects(actor).await?;
+            if *json {
+                print_json(&projects)
+            } else {
+                show(&data, &projects);
+                Ok(())
+            }
+        }
+        Cmd::Scope { deployment, actor } => {
+            let r: DeploymentRef = deployment.parse()?;
+            print_json(&catalog.scope(actor, &r).await?)
+        }
+        Cmd::Trigger {
+            deployment,
+            action,
+            actor,
+            library,
+            run,
+            yes,
+        } => {
+            let r: DeploymentRef = deployment.parse()?;
+            let action: LifecycleAction = action.parse()?;
+            let request = catalog.trigger(actor, &r, action).await?;
+            match library {
+                None => print_requests(std::slice::from_ref(&request)),
+                Some(dir) => run_job(&request, dir, *run, *yes).await,
+            }
+        }
+        Cmd::Publish {
+            image,
+            version,
+            actor,
+        } => {
+            let (repo, img) = image.split_once('/').ok_or_else(|| {
+                Failure::Input(format!("image \"{image}\": expected REPOSITORY/IMAGE"))
+            })?;
+            let requests = catalog
+                .publish_image(actor, &Slug::new(repo)?, &Slug::new(img)?, version)
+                .await?;
+            if requests.is_empty() {
+                eprintln!("no deployment subscribes to {image}");
+            }
+            print_requests(&requests)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Internal(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

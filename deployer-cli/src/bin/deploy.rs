@@ -1,0 +1,621 @@
+//! `deploy`: plan a deploy from a YAML config (or load a saved tasklist), validate every task,
+//! and run it — on this machine or over SSH — showing progress and a per-host summary.
+//!
+//! ```text
+//! deploy --config examples/local.yaml                 # deploy the bundled sample locally
+//! deploy --config deploy.yaml --directory build/      # deploy every artifact in build/
+//! deploy --config deploy.yaml --component web-1.2.tar.gz --hosts fe001,fe002
+//! deploy --config deploy.yaml --dry-run               # validate: "Syntax ok" or every problem
+//! deploy --config deploy.yaml --dump --format dot     # the plan as a Graphviz graph
+//! deploy --tasklist saved.json --output json          # run a saved plan, events as JSON lines
+//! ```
+//!
+//! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
+//! command declares secret, such as `lb_password`) reaches the command but shows `***` in
+//! progress, logs, JSON output, `--dump`, `--save` and the run store. A run store keeps no
+//! secret: resuming a run with inline secrets needs `--tasklist` with the file it was started
+//! from; `{"secret_env": "VAR"}` secrets are read from the environment again.
+//!
+//! Exit codes: 0 success, 1 the deploy failed (or was cancelled), 2 bad input.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use deployer_core::{
+    CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext, GeneratorError,
+    GeneratorRegistry, Plan, RunOptions, TaskEntry, Tasklist,
+};
+use deployer_core::{ResumeOptions, RunId, Runs, RunsError, StoreError};
+use deployer_release::ReleaseGenerator;
+use deployer_remote::{SshConnector, SshOptions};
+use deployer_report::{
+    JsonLines, LogFormat, Progress, Summary, TracingSink, render_run, render_runs, stage_estimates,
+    to_dot,
+};
+use deployer_store::StoreUrl;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Progress bars on a terminal, log lines otherwise, and a summary table.
+    Text,
+    /// Every event as a JSON object per line on stdout.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DumpFormat {
+    /// The tasklist as JSON (loads back with --tasklist).
+    Json,
+    /// A Graphviz graph of stages, chains and hosts.
+    Dot,
+}
+
+/// Plan and run a deploy; every run is recorded in a run store and can be resumed.
+#[derive(Debug, Parser)]
+#[command(name = "deploy", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// YAML config; its `platform` picks the generator, its `ssh` section says how to connect
+    /// (also with --tasklist and `runs resume`).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Artifact to deploy (a file, or a name in --directory); repeatable.
+    #[arg(long, value_name = "FILE")]
+    component: Vec<String>,
+    /// Directory holding the artifacts to deploy.
+    #[arg(long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Run a saved tasklist (no config needed).
+    #[arg(long, value_name = "FILE")]
+    tasklist: Option<PathBuf>,
+    /// Validate every task and touch no host: prints "Syntax ok" or every problem.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the tasklist and stop (inline secrets show as "***").
+    #[arg(long)]
+    dump: bool,
+    /// Format of --dump.
+    #[arg(long, value_enum, default_value_t = DumpFormat::Json, requires = "dump")]
+    format: DumpFormat,
+    /// Save the tasklist to FILE (inline secrets are written as "***": use
+    /// {"secret_env": "VAR"} for a saved plan that runs as it is).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Only these hosts (comma-separated; repeatable).
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only hosts of these hostgroups (comma-separated; repeatable; needs --config).
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    hostgroups: Vec<String>,
+    /// Deploy to hosts that already run the version, too.
+    #[arg(long)]
+    redeploy: bool,
+    /// Run at most N tasks at once in any stage.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: Option<u32>,
+    /// Set a config value: KEY=VALUE (dotted keys reach into sections; VALUE is JSON or text).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Show each command's output.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show debug logs of the library too.
+    #[arg(short, long)]
+    debug: bool,
+    /// How to report progress.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Where runs are recorded: a SQLite file, `sqlite::memory:`, or `postgres://…`.
+    #[arg(long, value_name = "URL", env = "DEPLOYER_STORE", default_value = deployer_store::DEFAULT_STORE_URL, global = true)]
+    store: String,
+    /// Finished runs older than this are purged when deploy starts (e.g. 30d, 12h).
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
+    keep_runs: Duration,
+    /// How long this controller's claim on a run lasts without renewal; a controller that dies
+    /// leaves the run to be resumed once its lease expired.
+    #[arg(long, value_name = "AGE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    lease_ttl: Duration,
+}
+
+/// Recorded runs.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Inspect, resume and purge recorded runs.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RunsCmd {
+    /// The newest runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run: its hosts and tasks.
+    Show {
+        /// The run id.
+        id: String,
+    },
+    /// Continue a failed, cancelled or interrupted run; done tasks are not run again.
+    Resume {
+        /// The run id.
+        id: String,
+        /// The tasklist the run was started from: the run store keeps inline secrets
+        /// (`{"secret": …}`) redacted, so a run that has them takes them from here.
+        #[arg(long, value_name = "FILE")]
+        tasklist: Option<PathBuf>,
+        /// Run again tasks that were running when the run was interrupted even if their
+        /// command is not idempotent.
+        #[arg(long)]
+        force: bool,
+        /// If another controller's lease is still live, wait for it to expire.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete finished runs older than AGE.
+    Purge {
+        /// e.g. 14d, 12h.
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
+}
+
+/// A problem with the input (exit 2), or a failure reaching hosts while planning (exit 1).
+enum BadInput {
+    Input(String),
+    Hosts(String),
+}
+
+impl<E: std::error::Error + 'static> From<E> for BadInput {
+    /// The error with its causes: `cannot access tasklist file x.json: stream did not contain
+    /// valid UTF-8`.
+    fn from(e: E) -> Self {
+        BadInput::Input(deployer_core::error_chain(&e))
+    }
+}
+
+fn registries() -> (GeneratorRegistry, CommandRegistry) {
+    let mut generators = GeneratorRegistry::new();
+    generators.register("release", ReleaseGenerator);
+    let mut commands = CommandRegistry::new();
+    deployer_commands::register_all(&mut commands);
+    (generators, commands)
+}
+
+fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadInput> {
+    let mut out = Vec::new();
+    for s in &cli.set {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| BadInput::Input(format!("--set {s}: expected KEY=VALUE")))?;
+        out.push((
+            k.to_string(),
+            serde_json::from_str(v).unwrap_or_else(|_| v.into()),
+        ));
+    }
+    if !cli.component.is_empty() {
+        out.push(("component".into(), cli.component.clone().into()));
+    }
+    if let Some(d) = &cli.directory {
+        out.push(("directory".into(), d.to_string_lossy().into_owned().into()));
+    } else {
+        // A relative `directory` in the config is relative to the config file.
+        if let Some(Value::String(d)) = config_dir_value(cli)?
+            && Path::new(&d).is_relative()
+        {
+            out.push((
+                "directory".into(),
+                config_dir.join(d).to_string_lossy().into_owned().into(),
+            ));
+        }
+    }
+    if cli.redeploy {
+        out.push(("redeploy".into(), true.into()));
+    }
+    if !cli.hosts.is_empty() {
+        out.push(("only_hosts".into(), cli.hosts.clone().into()));
+    }
+    if !cli.hostgroups.is_empty() {
+        out.push(("only_hostgroups".into(), cli.hostgroups.clone().into()));
+    }
+    Ok(out)
+}
+
+fn config_dir_value(cli: &Cli) -> Result<Option<Value>, BadInput> {
+    let Some(path) = &cli.config else {
+        return Ok(None);
+    };
+    // Read without overrides just to learn `directory`; errors surface in the real load.
+    Ok(
+        Config::load_with(path, [("platform".to_string(), Value::from("_"))])
+            .ok()
+            .and_then(|c| c.get("directory").cloned()),
+    )
+}
+
+/// Keeps only entries whose host is in `hosts`.
+fn filter_hosts(tasklist: &mut Tasklist, hosts: &[String]) {
+    for stage in &mut tasklist.stages {
+        stage
+            .tasks
+            .retain(|e: &TaskEntry| hosts.iter().any(|h| h == e.host_key()));
+    }
+    tasklist.stages.retain(|s| !s.tasks.is_empty());
+}
+
+/// SSH settings from the config's `user` and `ssh` section ([`SshOptions::from_config`]).
+fn ssh_options(config: Option<&Config>) -> Result<SshOptions, BadInput> {
+    match config {
+        Some(config) => Ok(SshOptions::from_config(config)?),
+        None => Ok(SshOptions::new()),
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
+    let Some(path) = &cli.config else {
+        return Ok(None);
+    };
+    tracing::info!(
+        component = "Config",
+        "Loading configuration from {}",
+        path.display()
+    );
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    Ok(Some(Config::load_with(path, overrides(cli, &dir)?)?))
+}
+
+async fn plan_tasklist(
+    cli: &Cli,
+    config: Option<Config>,
+    connector: Arc<dyn Connector>,
+) -> Result<(Tasklist, Plan), BadInput> {
+    let (generators, commands) = registries();
+    let mut tasklist = match (config, &cli.tasklist) {
+        (_, Some(path)) => {
+            tracing::info!(
+                component = "Tasklist",
+                "Reading task list from {}",
+                path.display()
+            );
+            let mut t = Tasklist::load(path)?;
+            if !cli.hostgroups.is_empty() {
+                return Err(BadInput::Input("--hostgroups needs --config".into()));
+            }
+            if !cli.hosts.is_empty() {
+                filter_hosts(&mut t, &cli.hosts);
+            }
+            t
+        }
+        (Some(config), None) => generators
+            .generate(GeneratorContext::new(config).with_connector(connector))
+            .await
+            .map_err(|e| match e {
+                GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
+                other => BadInput::Input(other.to_string()),
+            })?,
+        (None, None) => {
+            return Err(BadInput::Input(
+                "give --config FILE or --tasklist FILE (see --help)".into(),
+            ));
+        }
+    };
+    if tasklist.name.is_empty() {
+        tasklist.name = "deploy".into();
+    }
+    let plan = Plan::build(&tasklist, &commands)?;
+    Ok((tasklist, plan))
+}
+
+async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
+    if let Some(Sub::Runs(cmd)) = &cli.command {
+        return runs_main(&cli, cmd, progress).await;
+    }
+    let config = load_config(&cli)?;
+    let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+    let (_, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
+    // The plan's copy: arguments its commands declare secret are marked, so saving, dumping
+    // and recording show them as `***`.
+    let tasklist = plan.tasklist();
+    if let Some(path) = &cli.save {
+        tasklist.save(path)?;
+        tracing::info!(
+            component = "Tasklist",
+            "Saved task list to {}",
+            path.display()
+        );
+    }
+    if cli.dump {
+        match cli.format {
+            DumpFormat::Json => print!("{}", tasklist.to_json_string()),
+            DumpFormat::Dot => print!("{}", to_dot(tasklist)),
+        }
+        return Ok(true);
+    }
+    if cli.dry_run {
+        println!("Syntax ok");
+        return Ok(true);
+    }
+
+    let runs = open_runs(&cli).await?;
+    purge_old(&runs, cli.keep_runs).await;
+    let source = match (&cli.tasklist, &cli.config) {
+        (Some(t), _) => format!("tasklist:{}", t.display()),
+        (None, Some(c)) => format!("config:{}", c.display()),
+        (None, None) => "deploy".to_string(),
+    };
+    let id = runs.create(&plan, &source, &whoami()).await?;
+    eprintln!("run {id}");
+    let history = history(&runs, tasklist).await;
+    let executor = executor_for(
+        &cli,
+        connector,
+        progress,
+        stage_estimates(tasklist, &history),
+    );
+    let report = drive(executor, &cli, |e, options| {
+        let runs = runs.clone();
+        let id = id.clone();
+        let plan = plan.clone();
+        async move { runs.drive(&e, &id, &plan, options).await }
+    })
+    .await?;
+    if !report.succeeded() {
+        eprintln!("resume with: deploy runs resume {id}");
+    }
+    Ok(report.succeeded())
+}
+
+/// Average past durations of the plan's commands, for the progress display's estimates.
+async fn history(runs: &Runs, tasklist: &Tasklist) -> std::collections::HashMap<String, Duration> {
+    let mut out = std::collections::HashMap::new();
+    for stage in &tasklist.stages {
+        for entry in &stage.tasks {
+            for task in entry.tasks() {
+                if out.contains_key(&task.command) {
+                    continue;
+                }
+                if let Ok(Some(d)) = runs.store().average_duration(&task.command).await {
+                    out.insert(task.command.clone(), d);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+}
+
+async fn open_runs(cli: &Cli) -> Result<Runs, BadInput> {
+    let url: StoreUrl = cli.store.parse()?;
+    let store = url.open().await.map_err(|e| {
+        BadInput::Hosts(format!(
+            "cannot open the run store {url}: {}",
+            deployer_core::error_chain(&e)
+        ))
+    })?;
+    Ok(Runs::new(store).lease_ttl(cli.lease_ttl))
+}
+
+async fn purge_old(runs: &Runs, keep: Duration) {
+    match runs.purge(keep).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            component = "Runs",
+            "Purged {n} finished runs older than {}",
+            humantime::format_duration(keep)
+        ),
+        Err(e) => tracing::warn!(component = "Runs", "cannot purge old runs: {e}"),
+    }
+}
+
+/// The executor with the reporters `--output` asks for.
+fn executor_for(
+    cli: &Cli,
+    connector: Arc<dyn Connector>,
+    progress: bool,
+    estimates: Vec<Option<Duration>>,
+) -> (Executor, Arc<Summary>) {
+    let mut executor = Executor::new(connector)
+        .max_concurrency(cli.parallel.map(|p| p as usize))
+        .retry_delay(Duration::from_secs(1));
+    let summary = Arc::new(Summary::new());
+    match cli.output {
+        Output::Json => executor = executor.sink(JsonLines::stdout()),
+        Output::Text => {
+            executor = executor.sink(summary.clone());
+            if progress {
+                executor = executor.sink(Progress::stderr().with_estimates(estimates));
+            } else {
+                executor = executor.sink(TracingSink);
+            }
+        }
+    }
+    (executor, summary)
+}
+
+/// Runs `go` with Ctrl-C wired to a cancel handle, then prints the summary.
+async fn drive<F, Fut>(
+    (executor, summary): (Executor, Arc<Summary>),
+    cli: &Cli,
+    go: F,
+) -> Result<deployer_core::RunReport, BadInput>
+where
+    F: FnOnce(Executor, RunOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<deployer_core::RunReport, RunsError>>,
+{
+    let cancel = CancelHandle::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if cancel.is_cancelled() {
+                    eprintln!("\nstopping running tasks");
+                } else {
+                    eprintln!(
+                        "\ncancelling: no new tasks start, running ones finish (Ctrl-C again to stop them)"
+                    );
+                }
+                cancel.cancel();
+            }
+        });
+    }
+    let options = RunOptions {
+        cancel,
+        ..Default::default()
+    };
+    let report = go(executor, options).await.map_err(|e| match e {
+        RunsError::SecretsNeeded { ref id, .. } => {
+            BadInput::Input(format!("{e} (deploy runs resume {id} --tasklist FILE)"))
+        }
+        RunsError::NeedsConfirmation { .. }
+        | RunsError::Invalid { .. }
+        | RunsError::AlreadySucceeded { .. }
+        | RunsError::SecretsMismatch { .. } => BadInput::Input(e.to_string()),
+        other => BadInput::Hosts(other.to_string()),
+    })?;
+    if cli.output == Output::Text {
+        eprint!("{}", summary.render(&report));
+    }
+    Ok(report)
+}
+
+async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, BadInput> {
+    let runs = open_runs(cli).await?;
+    match cmd {
+        RunsCmd::List { limit } => {
+            let list = runs.store().list_runs(*limit).await?;
+            print!("{}", render_runs(&list));
+            Ok(true)
+        }
+        RunsCmd::Show { id } => {
+            let id: RunId = id.parse()?;
+            let run = runs.store().run(&id).await?;
+            let hosts = runs.store().hosts(&id).await?;
+            let tasks = runs.store().tasks(&id).await?;
+            print!("{}", render_run(&run, &hosts, &tasks));
+            Ok(true)
+        }
+        RunsCmd::Purge { older_than } => {
+            let n = runs.purge(*older_than).await?;
+            println!("purged {n} run{}", if n == 1 { "" } else { "s" });
+            Ok(true)
+        }
+        RunsCmd::Resume {
+            id,
+            tasklist,
+            force,
+            wait,
+        } => {
+            let id: RunId = id.parse()?;
+            let secrets_from = match tasklist {
+                Some(path) => Some(Tasklist::load(path)?),
+                None => None,
+            };
+            let record = runs.store().run(&id).await?;
+            let config = load_config(cli)?;
+            let connector: Arc<dyn Connector> =
+                Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+            let (_, commands) = registries();
+            let history = history(&runs, &record.tasklist).await;
+            let estimates = stage_estimates(&record.tasklist, &history);
+            let executor = executor_for(cli, connector, progress, estimates);
+            eprintln!("resuming run {id} ({})", record.name);
+            let resume = ResumeOptions {
+                force: *force,
+                secrets_from,
+            };
+            let wait = *wait;
+            let report = drive(executor, cli, |e, options| {
+                let runs = runs.clone();
+                async move {
+                    loop {
+                        match runs
+                            .resume(&e, &commands, &id, resume.clone(), options.clone())
+                            .await
+                        {
+                            Err(RunsError::Store(StoreError::LeaseHeld {
+                                owner,
+                                remaining,
+                                ..
+                            })) if wait => {
+                                eprintln!(
+                                    "waiting {remaining:?} for the lease of {owner} to expire"
+                                );
+                                tokio::time::sleep(remaining + Duration::from_millis(50)).await;
+                            }
+                            other => return other,
+                        }
+                    }
+                }
+            })
+            .await?;
+            Ok(report.succeeded())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Progress bars only for a person at a terminal; logs otherwise.
+    let progress = cli.output == Output::Text
+        && std::io::stderr().is_terminal()
+        && !cli.verbose
+        && !cli.debug
+        && !cli.dry_run
+        && !cli.dump;
+    let level = if cli.debug || cli.verbose {
+        tracing::Level::DEBUG
+    } else if progress || cli.output == Output::Json {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    };
+    // -v shows our crates' debug lines (command output); -d everyone's.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(if cli.debug {
+            level
+        } else {
+            level.min(tracing::Level::INFO)
+        })
+        .with_target("deployer_core", level)
+        .with_target("deployer_examples", level)
+        .with_target("deploy", level);
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(LogFormat::default())
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(real_main(cli, progress)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(BadInput::Input(message)) => {
+            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
+            ExitCode::from(2)
+        }
+        Err(BadInput::Hosts(message)) => {
+            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
+            ExitCode::from(1)
+        }
+    }
+}

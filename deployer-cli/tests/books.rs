@@ -1,0 +1,205 @@
+//! The `books` program on the example library: the deploy book (which calls pause and
+//! backup) run against this machine, manual steps acknowledged on the terminal or in advance,
+//! durations recorded in a run store, and mistakes reported with where they are.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn library() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")).join("books/library")
+}
+
+/// The example scope, pointed at `root`.
+fn scope(dir: &Path, root: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")).join("books/scope.json"),
+    )
+    .unwrap();
+    let mut scope: Value = serde_json::from_str(&text).unwrap();
+    scope["deployment"]["values"]["root"] = root.to_str().unwrap().into();
+    let path = dir.join("scope.json");
+    std::fs::write(&path, scope.to_string()).unwrap();
+    path
+}
+
+fn books(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_books"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_example_library_is_valid() {
+    let lib = library();
+    let out = books(&["check", "--library", lib.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "backup 1.0.0\ndeploy 1.0.0\npause 1.0.0\n"
+    );
+}
+
+#[test]
+fn show_prints_the_job_with_children_inlined() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("srv");
+    let scope = scope(dir.path(), &root);
+    let lib = library();
+    let out = books(
+        &[
+            "show",
+            "--action",
+            "deploy",
+            "--library",
+            lib.to_str().unwrap(),
+            "--scope",
+            scope.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["state"], "draft");
+    assert_eq!(job["action"], "deploy");
+    let paths: Vec<&str> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "deploy/pause/root directory",
+            "deploy/pause/maintenance flag",
+            "deploy/backup/backup directory",
+            "deploy/backup/dump",
+            "deploy/approve",
+            "deploy/release",
+            "deploy/resume"
+        ]
+    );
+    assert_eq!(
+        job["steps"][3]["data"]["contents"],
+        "dump of shop/prod for bucket shop-backups\n"
+    );
+    assert_eq!(job["steps"][3]["timeout"], 300.0);
+    assert!(!root.exists(), "show runs nothing");
+}
+
+#[test]
+fn run_deploys_on_this_machine_and_records_durations() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("srv");
+    let scope = scope(dir.path(), &root);
+    let store = dir.path().join("runs.db");
+    let lib = library();
+    let args = [
+        "run",
+        "deploy",
+        "--library",
+        lib.to_str().unwrap(),
+        "--scope",
+        scope.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    // The manual step is acknowledged on the terminal.
+    let out = books(&args, Some("\n"));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("waiting: press Enter to acknowledge deploy/approve"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("step deploy/backup/dump\n  writefile on local: succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with(" done\n"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("prod.version")).unwrap(),
+        "1.4.2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("backups/prod.dump")).unwrap(),
+        "dump of shop/prod for bucket shop-backups\n"
+    );
+    assert!(!root.join("ns-9a2f3b5c6d7e8f90-prod.maintenance").exists());
+
+    // The next job takes its estimates from the recorded run.
+    let mut show = args.to_vec();
+    show[0] = "show";
+    let out = books(&show, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["steps"][3]["estimate_source"], "history");
+
+    // Without an answer the run stops at the manual step; --yes acknowledges in advance.
+    let out = books(&args, None);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("no acknowledgement (end of input): stopping"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with(" cancel\n"), "{stdout}");
+    assert!(!stdout.contains("step deploy/release"), "{stdout}");
+    let mut yes = args.to_vec();
+    yes.push("--yes");
+    let out = books(&yes, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("waiting"));
+}
+
+#[test]
+fn mistakes_are_reported_with_where_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: bad\nversion: 1.0.0\nsteps:\n- name: s\n  command: writefil\n",
+    )
+    .unwrap();
+    let out = books(&["check", "--library", dir.path().to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:5:12: steps[0].command: unknown command \"writefil\"; did you mean \"writefile\"?"),
+        "{err}"
+    );
+
+    let root = dir.path().join("srv");
+    let scope = scope(dir.path(), &root);
+    let lib = library();
+    let out = books(
+        &[
+            "show",
+            "--action",
+            "restore",
+            "--library",
+            lib.to_str().unwrap(),
+            "--scope",
+            scope.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no book for action \"restore\""));
+}

@@ -1,0 +1,118 @@
+//! [`SshOptions`] from a config's `ssh` section.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deployer_core::{Config, ConfigError};
+use serde_json::Value;
+
+use crate::{HostKeyPolicy, SshConfig, SshOptions};
+
+/// Expands a leading `~/` to the home directory.
+fn expand(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), crate::config::home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+impl SshOptions {
+    /// SSH settings from a config: the login `user` and the `ssh` section, every key
+    /// optional (unset keys keep [`SshOptions::new`]'s defaults):
+    ///
+    /// ```yaml
+    /// user: deploy                     # login user
+    /// ssh:
+    ///   port: 22
+    ///   identity_file: ~/.ssh/deploy_ed25519
+    ///   known_hosts: ~/.ssh/known_hosts
+    ///   host_key_policy: strict        # strict | accept-new | off
+    ///   connect_timeout: 10            # seconds
+    ///   agent: true
+    ///   config: ~/.ssh/config          # or false to ignore the user's ssh config
+    /// ```
+    ///
+    /// A value of the wrong kind is an error naming its key.
+    ///
+    /// ```
+    /// use deployer_core::Config;
+    /// use deployer_remote::SshOptions;
+    ///
+    /// let config = Config::from_yaml_str(
+    ///     "platform: release\nssh:\n  port: 2222\n  config: false\n",
+    ///     "deploy.yaml",
+    /// ).unwrap();
+    /// let options = SshOptions::from_config(&config).unwrap();
+    /// # let _ = options;
+    ///
+    /// let bad = Config::from_yaml_str(
+    ///     "platform: release\nssh:\n  host_key_policy: maybe\n",
+    ///     "deploy.yaml",
+    /// ).unwrap();
+    /// let err = SshOptions::from_config(&bad).unwrap_err();
+    /// assert!(err.to_string().contains("ssh.host_key_policy"), "{err}");
+    /// ```
+    pub fn from_config(config: &Config) -> Result<SshOptions, ConfigError> {
+        let mut options = SshOptions::new();
+        if let Some(port) = config.get_as::<u16>("ssh.port")? {
+            options = options.port(port);
+        }
+        if let Some(user) = config.get_as::<String>("user")? {
+            options = options.user(user);
+        }
+        if let Some(key) = config.get_as::<String>("ssh.identity_file")? {
+            options = options.identity_file(expand(&key));
+        }
+        if let Some(kh) = config.get_as::<String>("ssh.known_hosts")? {
+            options = options.known_hosts_file(expand(&kh));
+        }
+        if let Some(agent) = config.get_as::<bool>("ssh.agent")? {
+            options = options.agent(agent);
+        }
+        if let Some(secs) = config.get_as::<f64>("ssh.connect_timeout")? {
+            let d = Duration::try_from_secs_f64(secs).map_err(|_| {
+                invalid(
+                    "ssh.connect_timeout",
+                    format!("expected seconds, found {secs}"),
+                )
+            })?;
+            options = options.connect_timeout(d);
+        }
+        if let Some(policy) = config.get_as::<String>("ssh.host_key_policy")? {
+            options = options.host_key_policy(match policy.as_str() {
+                "strict" => HostKeyPolicy::Strict,
+                "accept-new" => HostKeyPolicy::AcceptNew,
+                "off" => HostKeyPolicy::Off,
+                other => {
+                    return Err(invalid(
+                        "ssh.host_key_policy",
+                        format!("expected strict, accept-new or off, found {other:?}"),
+                    ));
+                }
+            });
+        }
+        match config.get("ssh.config") {
+            None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => options = options.ssh_config(SshConfig::new()),
+            Some(Value::String(path)) => {
+                let parsed = SshConfig::from_file(&expand(path))
+                    .map_err(|e| invalid("ssh.config", e.to_string()))?;
+                options = options.ssh_config(parsed);
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "ssh.config",
+                    format!("expected a file or false, found {other}"),
+                ));
+            }
+        }
+        Ok(options)
+    }
+}
