@@ -297,7 +297,7 @@ impl Job {
 /// computes the timeouts.
 ///
 /// ```
-/// use deployer_core::{Book, BookLibrary, JobBuilder, JobState, Step};
+/// use deployer_books::{Book, BookLibrary, JobBuilder, JobState, Step};
 /// use serde_json::json;
 ///
 /// let mut library = BookLibrary::new();

@@ -1,16 +1,56 @@
-//! Books: versioned, composable playbooks resolved against a deployment's scope into jobs
-//! that run through the executor.
+//! Books: versioned, composable playbooks resolved against a scope into jobs that run
+//! through the executor.
 //!
 //! * [`Book`]s (named, semver-versioned, ordered [`Step`]s: manual, command, or a call of
 //!   another book) are built in code or loaded from YAML/JSON files into a [`BookLibrary`],
-//!   which keeps every version and checks the books as a whole (commands, expressions, child
-//!   books, cycles).
-//! * A [`JobBuilder`] resolves a book against a scope (a [`Scope`](crate::Scope) or any JSON
-//!   object): CEL expressions decide which steps apply and compute their data, child books
-//!   are inlined, and timeouts come from the history of earlier runs. The result is a
-//!   [`Job`], a serializable snapshot.
-//! * A [`JobRunner`] compiles the job to a [`Tasklist`](deployer_core::Tasklist) and runs it through
-//!   the [`Executor`](deployer_core::Executor); manual steps wait on [`Acknowledgements`].
+//!   which keeps every version and checks the books as a whole (commands, CEL expressions,
+//!   child books, cycles).
+//! * A [`JobBuilder`] resolves a book against a scope — any JSON object, such as the catalog's
+//!   `Scope` — or a [`BookRequest`]: CEL expressions decide which steps apply and compute
+//!   their data, child books are inlined, and timeouts come from the history of earlier runs.
+//!   The result is a [`Job`], a serializable snapshot.
+//! * A [`JobRunner`] compiles the job to a [`Tasklist`](deployer_core::Tasklist) and runs it
+//!   through the [`Executor`](deployer_core::Executor); manual steps wait on
+//!   [`Acknowledgements`].
+//!
+//! # What this crate does not know
+//!
+//! The catalog: a scope is JSON and a request is a [`BookRequest`] (the catalog's
+//! `LifecycleRequest` serializes to one). Nor does it know hosts, stores or output: it plans
+//! and runs through `deployer-core`'s traits.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use deployer_books::{Acknowledgements, Book, BookLibrary, JobBuilder, JobRunner, JobState, Step};
+//! use deployer_core::fixture::FakeConnector;
+//! use deployer_core::{CommandRegistry, Executor, RunOptions};
+//! use serde_json::json;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut library = BookLibrary::new();
+//! library.register(Book::new("restart", "1.0.0".parse().unwrap())
+//!     .step(Step::manual("confirm"))
+//!     .step(Step::command("restart", "execute_command")
+//!         .hosts("deployment.hosts")
+//!         .arg("command_line", json!("systemctl restart web")))).unwrap();
+//!
+//! let scope = json!({"deployment": {"hosts": ["fe001", "fe002"]}});
+//! let mut job = JobBuilder::new(&library, "restart").scope(&scope).unwrap().build().await.unwrap();
+//! assert_eq!(job.steps.len(), 2);
+//!
+//! let mut commands = CommandRegistry::new();
+//! commands.register_fn("execute_command", |_| Ok(Box::new(deployer_core::fixture::Noop)));
+//! let connector = Arc::new(FakeConnector::new());
+//! let runner = JobRunner::new(Executor::new(connector.clone()), &commands);
+//! let report = runner.run(&mut job, &Acknowledgements::all(), RunOptions::default()).await.unwrap();
+//! assert!(report.succeeded());
+//! assert_eq!(job.state, JobState::Done);
+//! # });
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod expr;

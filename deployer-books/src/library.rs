@@ -72,7 +72,7 @@ impl Entry {
 /// (the highest match wins).
 ///
 /// ```
-/// use deployer_core::{Book, BookLibrary, Step};
+/// use deployer_books::{Book, BookLibrary, Step};
 ///
 /// let mut library = BookLibrary::new();
 /// library.register(Book::new("pause", "1.0.0".parse().unwrap())
@@ -135,7 +135,7 @@ impl BookLibrary {
     /// durations are seconds.
     ///
     /// ```
-    /// use deployer_core::{BookLibrary, StepKind};
+    /// use deployer_books::{BookLibrary, StepKind};
     ///
     /// let mut library = BookLibrary::new();
     /// library.add_str("name: pause\nversion: 1.0.0\nsteps: [{name: stop, manual: true}]\n",

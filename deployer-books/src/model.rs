@@ -16,7 +16,7 @@ pub const DEFAULT_OVER_STOP: u32 = 10;
 /// through the same checks when registered in a [`BookLibrary`](crate::BookLibrary).
 ///
 /// ```
-/// use deployer_core::{Book, Step};
+/// use deployer_books::{Book, Step};
 ///
 /// let book = Book::new("pause", "1.0.0".parse().unwrap())
 ///     .description("Stop serving traffic")

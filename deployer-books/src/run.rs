@@ -38,11 +38,11 @@ struct AckState {
 /// (what a `--yes` flag of a command-line tool does). Cheap to clone; clones share state.
 ///
 /// ```
-/// let acks = deployer_core::Acknowledgements::new();
+/// let acks = deployer_books::Acknowledgements::new();
 /// assert!(!acks.is_acknowledged("deploy/approve"));
 /// acks.acknowledge("deploy/approve");
 /// assert!(acks.is_acknowledged("deploy/approve"));
-/// assert!(deployer_core::Acknowledgements::all().is_acknowledged("anything"));
+/// assert!(deployer_books::Acknowledgements::all().is_acknowledged("anything"));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Acknowledgements {

@@ -26,7 +26,7 @@ const ATTEMPTS: u32 = 32;
 /// ever saved) and saves it if nobody saved in between, retrying otherwise. Cloning is cheap.
 ///
 /// ```
-/// use deployer_core::*;
+/// use deployer_catalog::*;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let data = CatalogData::from_yaml_str(

@@ -24,7 +24,7 @@ use deployer_core::Secret;
 /// reference; the [`Catalog`](crate::Catalog) API only ever saves validated values.
 ///
 /// ```
-/// use deployer_core::CatalogData;
+/// use deployer_catalog::CatalogData;
 ///
 /// let data = CatalogData::from_yaml_str(
 ///     r#"

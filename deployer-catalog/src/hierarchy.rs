@@ -72,7 +72,7 @@ impl Project {
 /// resource name built for the project's deployments, so two projects never collide.
 ///
 /// ```
-/// use deployer_core::Namespace;
+/// use deployer_catalog::Namespace;
 ///
 /// let ns = Namespace::from_uid("0190f3a2-7c1e-7d4b-9a2f-3b5c6d7e8f90");
 /// assert_eq!(ns.name(), "ns-9a2f3b5c6d7e8f90");

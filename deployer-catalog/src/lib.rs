@@ -15,6 +15,46 @@
 //! * [`Role`]s (with group and deployment overrides) decide what [`Permission`]s a user has.
 //! * [`Scope`] is the resolved JSON view of a deployment that books evaluate against.
 
+//!
+//! # What this crate does not know
+//!
+//! How books run: a triggered action yields a [`LifecycleRequest`] (the book of the
+//! deployment's slot, the action, the [`Scope`]) that a host application hands to the books
+//! engine (`deployer-books` reads it as JSON). Nor does it know SQL (the SQLite and PostgreSQL
+//! [`CatalogStore`]s are in `deployer-store`, feature `catalog`) or how an HTTP check is made
+//! ([`HttpChecker`]; `deployer-commands` has `CurlChecker`, feature `catalog`).
+//!
+//! # Example
+//!
+//! ```
+//! use deployer_catalog::{Catalog, CatalogData, DeploymentRef, LifecycleAction, Scope};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let data = CatalogData::from_yaml_str(r#"
+//! projects:
+//!   - slug: shop
+//!     owner: alice
+//!     users: [{user: alice, role: admin}, {user: bob, role: user}]
+//!     groups:
+//!       - slug: web
+//!         group_type: odoo
+//!         defaults: {books: {deploy: deploy-web}}
+//!         deployments: [{slug: prod}]
+//! "#, "catalog.yaml").unwrap();
+//! let catalog = Catalog::in_memory(data);
+//! let prod: DeploymentRef = "shop/prod".parse().unwrap();
+//!
+//! // Alice may deploy: the request names the slot's book and carries the scope.
+//! let request = catalog.trigger("alice", &prod, LifecycleAction::Deploy).await.unwrap();
+//! assert_eq!(request.book, "deploy-web");
+//! let scope: &Scope = &request.scope;
+//! assert_eq!(serde_json::to_value(scope).unwrap()["deployment"]["ref"], "shop/prod");
+//!
+//! // Bob sees the project but may not deploy.
+//! assert_eq!(catalog.projects("bob").await.unwrap().len(), 1);
+//! assert!(catalog.trigger("bob", &prod, LifecycleAction::Deploy).await.unwrap_err().is_forbidden());
+//! # });
+//! ```
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

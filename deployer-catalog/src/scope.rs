@@ -58,7 +58,7 @@ use super::lifecycle::LifecycleAction;
 /// names no group scope; `datasources` holds the scope's backup datasource and its linked ones.
 ///
 /// ```
-/// use deployer_core::{CatalogData, DeploymentRef, Scope};
+/// use deployer_catalog::{CatalogData, DeploymentRef, Scope};
 ///
 /// let data = CatalogData::from_yaml_str(
 ///     r#"

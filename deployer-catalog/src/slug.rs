@@ -14,7 +14,7 @@ pub const MAX_SLUG_LEN: usize = 63;
 /// lowercase ASCII letters, digits and `-`, starting with a letter and not ending with `-`.
 ///
 /// ```
-/// use deployer_core::Slug;
+/// use deployer_catalog::Slug;
 ///
 /// assert_eq!(Slug::new("shop-prod").unwrap().as_str(), "shop-prod");
 /// assert!(Slug::new("Shop_Prod").is_err());

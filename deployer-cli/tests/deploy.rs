@@ -323,7 +323,7 @@ fn bad_input_exits_2_with_where_and_what() {
         ),
         (
             vec!["--config".into(), write("unknown.yaml", "platform: relase\n")],
-            "unknown platform \"relase\" (known: release, test); did you mean \"release\"?".into(),
+            "unknown platform \"relase\" (known: release); did you mean \"release\"?".into(),
         ),
         (
             vec!["--config".into(), write("noart.yaml", "platform: release\ndeploy_to: /tmp/x\nservice:\n  web:\n    hosts: [local]\n")],

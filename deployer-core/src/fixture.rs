@@ -394,3 +394,31 @@ impl crate::EventSink for EventLog {
         lock(&self.events).push(event.clone());
     }
 }
+
+/// A command that accepts any arguments, does nothing and succeeds: a stand-in for a real
+/// command in tests of plans, schedules and reporters.
+///
+/// ```
+/// use deployer_core::CommandRegistry;
+/// use deployer_core::fixture::Noop;
+///
+/// let mut commands = CommandRegistry::new();
+/// commands.register::<Noop>("restart");
+/// commands.register_fn("deploy", |_| Ok(Box::new(Noop)));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Noop;
+
+#[async_trait]
+impl crate::command::Command for Noop {
+    fn initialize(_: &crate::command::TaskArgs<'_>) -> Result<Self, crate::ValidationErrors> {
+        Ok(Noop)
+    }
+
+    async fn execute(
+        &self,
+        _: &crate::command::ExecContext,
+    ) -> Result<crate::command::Outcome, crate::CommandError> {
+        Ok(crate::command::Outcome::done())
+    }
+}

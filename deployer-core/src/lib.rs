@@ -14,20 +14,21 @@
 //! * The [`Executor`] runs a plan: stages in order; within a stage at most `concurrency` entries
 //!   at once and at most `concurrency_per_host` per host, with timeouts, retries, failure
 //!   semantics and cancellation ([`CancelHandle`]). Commands run against a [`RemoteHost`] that
-//!   a [`Connector`] hands out (SSH and local hosts live in `deployer-remote`).
-//! * The executor prints nothing: it emits typed [`Event`]s to [`EventSink`]s. [`TracingSink`]
-//!   and [`LogFormat`] turn them into log lines `time [LEVEL] [component] [host] [tag] message`.
+//!   a [`Connector`] hands out.
+//! * The executor prints nothing: it emits typed [`Event`]s to [`EventSink`]s.
 //! * Secret arguments — `{"secret": "…"}`, `{"secret_env": "VAR"}` ([`SecretArg`]) or
 //!   declared by a command ([`Command::secret_arguments`]) — reach the command intact and show
-//!   `***` in `Debug`, saved and stored tasklists, events, reports, errors and log lines.
+//!   `***` in `Debug`, saved and stored tasklists, events, reports and errors.
 //! * [`Runs`] records runs in a [`RunStore`] (per-host and per-task state, leases, resume,
-//!   purge; [`MemoryStore`] here, SQLite and PostgreSQL in `deployer-store`).
-//! * The object model — projects, deployment groups, deployments, clusters, datasources,
-//!   monitors, roles — lives behind a [`Catalog`] that checks the acting user on every call;
-//!   a deployment's [`Scope`] is the JSON view books are evaluated against.
-//! * Books are versioned, composable playbooks ([`Book`], [`BookLibrary`]); a [`JobBuilder`]
-//!   resolves one against a scope (CEL conditions and data, child books inlined, timeouts from
-//!   history) and a [`JobRunner`] runs the job through the executor.
+//!   purge; [`MemoryStore`] is the in-memory reference backend).
+//!
+//! # What this crate does not know
+//!
+//! This is the crate every other one plugs into; it depends on no sibling and does no
+//! network I/O of its own. It knows no SSH (hosts: `deployer-remote`), no SQL (stores:
+//! `deployer-store`), no CEL or playbooks (`deployer-books`), no projects or roles
+//! (`deployer-catalog`), no terminal or output format (`deployer-report`) and no concrete
+//! command (`deployer-commands`). The `deployer` facade re-exports it at its root.
 //!
 //! # Example
 //!

@@ -44,18 +44,68 @@
 //! Keys the `deploy` program sets from its flags: `component` (list of artifact files or
 //! names), `directory`, `redeploy`, `only_hosts`, `only_hostgroups`.
 
+//! # What this crate does not know
+//!
+//! How tasks reach hosts or what a person sees: it only plans, emitting tasks of the standard
+//! commands (`deployer-commands`); [`register`] adds both to a host application's registries.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use deployer_core::fixture::FakeConnector;
+//! use deployer_core::{CommandRegistry, Config, GeneratorContext, GeneratorRegistry, Plan};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let artifacts = tempfile::tempdir().unwrap();
+//! std::fs::write(artifacts.path().join("web-1.2.0.tar.gz"), b"").unwrap();
+//! let config = Config::from_yaml_str(&format!(r#"
+//! platform: release
+//! deploy_to: /srv
+//! directory: {}
+//! hostgroup:
+//!   frontend: [fe001, fe002, fe003]
+//! service:
+//!   web:
+//!     hosts: [frontend]
+//!     min_nodes_up: 2
+//! "#, artifacts.path().display()), "deploy.yaml").unwrap();
+//!
+//! let (mut generators, mut commands) = (GeneratorRegistry::new(), CommandRegistry::new());
+//! deployer_release::register(&mut generators, &mut commands);
+//! // The generator asks each host which versions it has; here no host has any.
+//! let ctx = GeneratorContext::new(config).with_connector(Arc::new(FakeConnector::new()));
+//! let tasklist = generators.generate(ctx).await.unwrap();
+//! let plan = Plan::build(&tasklist, &commands).unwrap();
+//! // The rolling switch of `web` keeps two of its three hosts serving.
+//! let activate = tasklist.stages.iter().find(|s| s.name.contains("web")).unwrap();
+//! assert_eq!(activate.concurrency, 1);
+//! # let _ = plan;
+//! # });
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use deployer_core::{
-    Config, ExecOptions, Generator, GeneratorContext, GeneratorError, ServiceConfig, ShellCommand,
-    Stage, Task, TaskEntry, Tasklist, async_trait,
+    CommandRegistry, Config, ExecOptions, Generator, GeneratorContext, GeneratorError,
+    GeneratorRegistry, ServiceConfig, ShellCommand, Stage, Task, TaskEntry, Tasklist, async_trait,
 };
 use serde_json::{Value, json};
 
 const EXTENSIONS: [&str; 5] = [".tar.gz", ".tgz", ".tar", ".zip", ".war"];
 
-/// The `release` generator. Register it with `generators.register("release", ReleaseGenerator)`.
+/// Registers the `release` generator under the platform name `release`, and the standard
+/// commands its plans use.
+pub fn register(generators: &mut GeneratorRegistry, commands: &mut CommandRegistry) {
+    generators.register("release", ReleaseGenerator);
+    deployer_commands::register_all(commands);
+}
+
+/// The `release` generator. Register it with `generators.register("release", ReleaseGenerator)`
+/// (or [`register`], which also registers the commands it plans).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReleaseGenerator;
 
