@@ -22,3 +22,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+# The host application outside the workspace (examples/downstream), on the same target directory.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
+    cargo test --locked --manifest-path examples/downstream/Cargo.toml "$@"

@@ -431,7 +431,7 @@ static KNOWN: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
 const MIN_LINE: usize = 4;
 
 /// Registers `secret` so that [`scrub_secrets`] (and with it task output, failure messages,
-/// run reports and [`LogFormat`](crate::LogFormat) lines) shows `***` in its place.
+/// run reports and `deployer_report::LogFormat` lines) shows `***` in its place.
 ///
 /// Plans register every secret they resolve; call this for secrets a command obtains by
 /// itself (from a vault, from the environment when it runs). An empty string is ignored.

@@ -50,7 +50,7 @@ impl Progress {
         }
     }
 
-    /// Shows, per stage, the time left according to past runs (see [`stage_estimates`]).
+    /// Shows, per stage, the time left according to past runs (see [`stage_estimates`](crate::stage_estimates)).
     pub fn with_estimates(mut self, estimates: Vec<Option<Duration>>) -> Self {
         self.estimates = estimates;
         self

@@ -3,7 +3,6 @@
 
 // The executor tests' in-memory `work` command.
 #[path = "../../deployer-core/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::Write;

@@ -1,7 +1,14 @@
-//! Durable run stores for `deployer`: [`SqliteStore`] (one file, the embedded default) and
-//! [`PostgresStore`] (a server shared by several controllers), both implementing
-//! [`deployer_core::RunStore`] and [`deployer_core::CatalogStore`] (the object model, in table
-//! `catalog`, with monitor logs in `monitor_log`).
+//! Durable run stores for `deployer`: `SqliteStore` (feature `sqlite`, default: one file, the
+//! embedded default) and `PostgresStore` (feature `postgres`: a server shared by several
+//! controllers), both implementing [`deployer_core::RunStore`] and, with the `catalog` feature,
+//! `deployer_catalog::CatalogStore` (the object model, in table `catalog`, with monitor logs in
+//! `monitor_log`).
+//!
+//! # What this crate does not know
+//!
+//! SSH and commands: it stores what `deployer-core`'s `Runs` and `deployer-catalog`'s
+//! `Catalog` hand it, and passes the same contract suites as their in-memory stores. Every
+//! migration is applied whatever the features, so one database serves every build.
 //!
 //! A store keeps each run's record (with a full copy of its tasklist), per-host state and
 //! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`) whose schema is migrated

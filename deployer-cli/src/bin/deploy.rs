@@ -588,7 +588,8 @@ fn main() -> ExitCode {
             level.min(tracing::Level::INFO)
         })
         .with_target("deployer_core", level)
-        .with_target("deployer_examples", level)
+        .with_target("deployer_release", level)
+        .with_target("deployer_report", level)
         .with_target("deploy", level);
     use tracing_subscriber::prelude::*;
     tracing_subscriber::registry()
