@@ -42,6 +42,13 @@
 //!   `execute_command` reads secret `env` values there into their variables.
 //!   `lb_password_env` keeps the password out of the tasklist altogether.
 //!
+//! # What this crate does not know
+//!
+//! SSH, SQL and output: a command talks to a [`RemoteHost`](deployer_core::RemoteHost) and
+//! returns an outcome; which host implementation serves it, where its events go and how the
+//! run is recorded are the host application's choice. With the `catalog` feature it adds
+//! `CurlChecker`, the catalog's monitors checked with `curl` on a host.
+//!
 //! # Example
 //!
 //! ```
@@ -76,6 +83,7 @@
 //! # });
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod files;
 mod health;

@@ -21,6 +21,13 @@
 //! * With the `test-fixture` feature, [`testing::TestSshd`](crate::testing) starts a throwaway
 //!   OpenSSH server on loopback for tests of this and downstream crates.
 //!
+//! # Features and what this crate does not know
+//!
+//! `ssh` (default) builds [`SshHost`], [`SshConnector`], [`SshOptions`] and [`SshConfig`] on
+//! russh and ring; without it the crate is [`LocalHost`] and [`LocalConnector`] only.
+//! `test-fixture` adds `testing::TestSshd`. It knows no concrete command: commands build their
+//! lines with `deployer-core`'s quoting and hand them to a host.
+//!
 //! Shell quoting lives in `deployer-core` ([`deployer_core::ShellCommand`],
 //! [`deployer_core::quote`]); hosts add only what they need around a command line (environment
 //! exports, `sudo -n`), quoted the same way.

@@ -32,14 +32,24 @@ pub struct MySite;
 #[async_trait]
 impl Generator for MySite {
     async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
-        let root = ctx.config().get_as::<String>("root")?.unwrap_or("/tmp/mysite".into());
-        let hosts = ctx.config().get_as::<Vec<String>>("hosts")?.unwrap_or_default();
+        let root = ctx
+            .config()
+            .get_as::<String>("root")?
+            .unwrap_or("/tmp/mysite".into());
+        let hosts = ctx
+            .config()
+            .get_as::<Vec<String>>("hosts")?
+            .unwrap_or_default();
         let task = |command: &str, host: &str| Task::new(command).on(host);
-        let prepare = hosts.iter().map(|h| task("createdirectory", h).arg("source", root.as_str()));
-        let announce = hosts.iter().map(|h| task("announce", h).arg("message", format!("{h} ready")));
+        let prepare = hosts
+            .iter()
+            .map(|h| task("createdirectory", h).arg("source", root.as_str()));
+        let announce = hosts
+            .iter()
+            .map(|h| task("announce", h).arg("message", format!("{h} ready")));
         Ok(Tasklist::new("mysite")
-            .stage(Stage::new("Prepare", 10).tasks(prepare.collect()))
-            .stage(Stage::new("Announce", 10).tasks(announce.collect())))
+            .stage(Stage::new("Prepare", 10).tasks(prepare))
+            .stage(Stage::new("Announce", 10).tasks(announce)))
     }
 }
 

@@ -10,10 +10,22 @@ async fn main() -> std::process::ExitCode {
     let yaml = format!("platform: mysite\nroot: {root}\nhosts: [local]\n");
     let config = Config::from_yaml_str(&yaml, "mysite.yaml").expect("a valid config");
     let (generators, commands) = mysite_deploy::registries();
-    let tasklist = generators.generate(GeneratorContext::new(config)).await.expect("a plan");
+    let tasklist = generators
+        .generate(GeneratorContext::new(config))
+        .await
+        .expect("a plan");
     let plan = Plan::build(&tasklist, &commands).expect("a valid plan");
-    let report = Executor::new(Arc::new(LocalConnector::new())).run(&plan).await;
+    let report = Executor::new(Arc::new(LocalConnector::new()))
+        .run(&plan)
+        .await;
     let c = report.counts;
-    println!("{}: {} ok, {} failed, {} not run", report.outcome, c.succeeded, c.failed, c.not_run);
-    if report.succeeded() { 0.into() } else { 1.into() }
+    println!(
+        "{}: {} ok, {} failed, {} not run",
+        report.outcome, c.succeeded, c.failed, c.not_run
+    );
+    if report.succeeded() {
+        0.into()
+    } else {
+        1.into()
+    }
 }
