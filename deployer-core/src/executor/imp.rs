@@ -1,0 +1,288 @@
+//! The executor itself: runs stages one after another and emits events.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, TaskCounts, error_chain,
+};
+use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskId};
+use crate::host::{Connector, OutputSink};
+use crate::plan::Plan;
+
+/// Runs [`Plan`]s: stages one after another; within a stage, entries start in order while
+/// fewer than `concurrency` run in the stage and fewer than `concurrency_per_host` run on the
+/// entry's host. An entry held back by its host's limit never blocks an entry for another host.
+///
+/// When a task fails (error, timeout after its retries) nothing new starts, running tasks
+/// finish, chains already started run to their end, the stage fails and later stages do not
+/// run. The executor prints nothing: it reports through [`EventSink`]s.
+///
+/// ```
+/// use deployer_core::fixture::{FakeConnector, EventLog};
+/// use deployer_core::*;
+/// use std::sync::Arc;
+///
+/// # #[derive(Debug)] struct Noop;
+/// # #[async_trait::async_trait] impl Command for Noop {
+/// #   fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> { Ok(Noop) }
+/// #   async fn execute(&self, _: &ExecContext) -> Result<Outcome, CommandError> { Ok(Outcome::done()) }
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let mut registry = CommandRegistry::new();
+/// registry.register::<Noop>("noop");
+/// let tasklist = Tasklist::new("demo").stage(
+///     Stage::new("all", 4).per_host(1)
+///         .tasks((0..8).map(|i| Task::new("noop").on(format!("host{}", i % 2)))),
+/// );
+/// let plan = Plan::build(&tasklist, &registry).unwrap();
+/// let log = Arc::new(EventLog::new());
+/// let report = Executor::new(Arc::new(FakeConnector::new()))
+///     .sink(log.clone())
+///     .run(&plan)
+///     .await;
+/// assert!(report.succeeded());
+/// assert_eq!(report.counts.succeeded, 8);
+/// assert_eq!(log.max_in_flight_per_host(), 1);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Executor {
+    connector: Arc<dyn Connector>,
+    sinks: Vec<Arc<dyn EventSink>>,
+    retry_delay: Duration,
+    default_timeout: Option<Duration>,
+    max_concurrency: Option<usize>,
+    journal: Option<Arc<dyn Journal>>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("sinks", &self.sinks.len())
+            .field("retry_delay", &self.retry_delay)
+            .field("default_timeout", &self.default_timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// An executor that gets hosts from `connector`, with no event sinks.
+    pub fn new(connector: Arc<dyn Connector>) -> Self {
+        Executor {
+            connector,
+            sinks: Vec::new(),
+            retry_delay: Duration::from_secs(1),
+            default_timeout: None,
+            max_concurrency: None,
+            journal: None,
+        }
+    }
+
+    /// Records events durably through `journal` (default: none), awaiting each write.
+    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Adds an event sink (default: none).
+    pub fn sink(mut self, sink: impl EventSink + 'static) -> Self {
+        self.sinks.push(Arc::new(sink));
+        self
+    }
+
+    /// Pause between a failed attempt and its retry (default: 1 s).
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Timeout for tasks that set none (default: none).
+    pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Caps every stage's `concurrency` (default: no cap), e.g. from a `--parallel` flag.
+    pub fn max_concurrency(mut self, limit: Option<usize>) -> Self {
+        self.max_concurrency = limit.map(|l| l.max(1));
+        self
+    }
+
+    /// Runs `plan` to its end with default options.
+    pub async fn run(&self, plan: &Plan) -> RunReport {
+        self.run_with(plan, RunOptions::default()).await
+    }
+
+    /// Runs `plan` with `options` (cancellation, tasks to skip).
+    pub async fn run_with(&self, plan: &Plan, options: RunOptions) -> RunReport {
+        let shared = Arc::new(Shared {
+            connector: self.connector.clone(),
+            emitter: Arc::new(Emitter {
+                start: Instant::now(),
+                sinks: self.sinks.clone(),
+                journal: self.journal.clone(),
+            }),
+            retry_delay: self.retry_delay,
+            default_timeout: self.default_timeout,
+            hard: options.cancel.hard.clone(),
+            skip: options.skip,
+            targets: options.targets,
+            quiet: Arc::new(|_, _: &str| {}),
+        });
+        let em = &shared.emitter;
+        let name = plan.tasklist.name.clone();
+        em.note(|| EventKind::RunStarted {
+            name: name.clone(),
+            stages: plan.stages.len(),
+            tasks: plan.task_count(),
+        })
+        .await;
+        let mut report = RunReport {
+            name,
+            outcome: RunOutcome::Succeeded,
+            duration: Duration::ZERO,
+            stages: Vec::with_capacity(plan.stages.len()),
+            counts: TaskCounts::default(),
+            failures: Vec::new(),
+            data: Vec::new(),
+        };
+        for (si, stage) in plan.stages.iter().enumerate() {
+            if report.outcome != RunOutcome::Succeeded || options.cancel.is_cancelled() {
+                if report.outcome == RunOutcome::Succeeded {
+                    report.outcome = RunOutcome::Cancelled;
+                }
+                em.note(|| EventKind::StageSkipped {
+                    stage: si,
+                    name: stage.name.clone(),
+                })
+                .await;
+                report.counts.not_run += stage.task_count;
+                report.stages.push(StageReport {
+                    name: stage.name.clone(),
+                    outcome: None,
+                    duration: Duration::ZERO,
+                });
+                continue;
+            }
+            let started = Instant::now();
+            em.note(|| EventKind::StageStarted {
+                stage: si,
+                name: stage.name.clone(),
+                tasks: stage.task_count,
+                concurrency: stage.concurrency,
+                concurrency_per_host: stage.per_host,
+            })
+            .await;
+            let limit = match self.max_concurrency {
+                Some(cap) => stage.concurrency.min(cap),
+                None => stage.concurrency,
+            };
+            let outcome = JobQueue::new(stage, limit, shared.clone(), &options.cancel, &mut report)
+                .run()
+                .await;
+            let duration = started.elapsed();
+            em.note(|| EventKind::StageFinished {
+                stage: si,
+                name: stage.name.clone(),
+                outcome,
+                duration,
+            })
+            .await;
+            report.stages.push(StageReport {
+                name: stage.name.clone(),
+                outcome: Some(outcome),
+                duration,
+            });
+            if outcome != RunOutcome::Succeeded {
+                report.outcome = outcome;
+            }
+        }
+        report.duration = em.start.elapsed();
+        let (outcome, duration) = (report.outcome, report.duration);
+        em.note(|| EventKind::RunFinished { outcome, duration })
+            .await;
+        report
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_skipped(&self, id: TaskId) -> bool {
+        !self.skip.is_empty() && self.skip.contains(&id)
+    }
+}
+
+pub(crate) const REMOVED_REASON: &str = "its host was removed from the targeted set";
+
+pub(crate) struct Shared {
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) emitter: Arc<Emitter>,
+    pub(crate) retry_delay: Duration,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) hard: CancellationToken,
+    pub(crate) skip: HashSet<TaskId>,
+    pub(crate) targets: TargetSet,
+    /// The output sink of tasks when nobody listens.
+    pub(crate) quiet: OutputSink,
+}
+
+pub(crate) struct Emitter {
+    pub(crate) start: Instant,
+    pub(crate) sinks: Vec<Arc<dyn EventSink>>,
+    pub(crate) journal: Option<Arc<dyn Journal>>,
+}
+
+impl Emitter {
+    /// Sends an event to the sinks only (output lines).
+    pub(crate) fn emit(&self, kind: impl FnOnce() -> EventKind) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        let event = Event {
+            timestamp: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            kind: kind(),
+        };
+        for sink in &self.sinks {
+            sink.event(&event);
+        }
+    }
+
+    /// Sends an event to the sinks and awaits the journal.
+    pub(crate) async fn record(
+        &self,
+        kind: impl FnOnce() -> EventKind,
+    ) -> Result<(), crate::BoxError> {
+        if self.sinks.is_empty() && self.journal.is_none() {
+            return Ok(());
+        }
+        let event = Event {
+            timestamp: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            kind: kind(),
+        };
+        for sink in &self.sinks {
+            sink.event(&event);
+        }
+        match &self.journal {
+            Some(journal) => journal.record(&event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`record`](Self::record), logging a journal failure instead of returning it.
+    pub(crate) async fn note(&self, kind: impl FnOnce() -> EventKind) {
+        if let Err(e) = self.record(kind).await {
+            tracing::warn!(
+                component = "Executor",
+                "cannot record an event in the run journal: {}",
+                error_chain(&*e)
+            );
+        }
+    }
+}

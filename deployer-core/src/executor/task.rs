@@ -1,0 +1,295 @@
+//! Running one entry (a task or a chain): attempts, retries, timeouts, output and outcome.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use serde_json::Value;
+
+use super::{EntryResult, FailedTask, REMOVED_REASON, Shared, error_chain};
+use crate::command::ExecContext;
+use crate::errors::CommandError;
+use crate::events::{EventKind, TaskInfo, TaskOutcome};
+use crate::host::{OutputSink, tail_lines};
+use crate::plan::{PlannedEntry, PlannedTask};
+
+/// Reports every step of `entry` that is not already done as never run; returns how many.
+pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) -> usize {
+    let mut n = 0;
+    for step in &entry.steps {
+        if shared.is_skipped(step.info.id) {
+            continue;
+        }
+        n += 1;
+        shared
+            .emitter
+            .note(|| EventKind::TaskNotRun {
+                task: TaskInfo::clone(&step.info),
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+    n
+}
+
+pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult {
+    let mut result = EntryResult {
+        success: true,
+        ..Default::default()
+    };
+    for step in &entry.steps {
+        if shared.is_skipped(step.info.id) {
+            continue;
+        }
+        if shared.targets.is_removed(&step.info.host) {
+            result.counts.not_run += 1;
+            shared
+                .emitter
+                .note(|| EventKind::TaskNotRun {
+                    task: TaskInfo::clone(&step.info),
+                    reason: REMOVED_REASON.to_string(),
+                })
+                .await;
+            continue;
+        }
+        if !result.success {
+            result.counts.not_run += 1;
+            shared
+                .emitter
+                .note(|| EventKind::TaskNotRun {
+                    task: TaskInfo::clone(&step.info),
+                    reason: "an earlier step of its chain failed".to_string(),
+                })
+                .await;
+            continue;
+        }
+        let (outcome, attempts, data) = run_task(step, &shared).await;
+        match &outcome {
+            TaskOutcome::Succeeded => result.counts.succeeded += 1,
+            TaskOutcome::Skipped { .. } => result.counts.skipped += 1,
+            _ => {
+                result.counts.failed += 1;
+                result.success = false;
+                result.failures.push(FailedTask {
+                    task: TaskInfo::clone(&step.info),
+                    outcome: outcome.clone(),
+                    attempts,
+                });
+            }
+        }
+        if let Some(data) = data {
+            result.data.push((step.info.id, data));
+        }
+    }
+    result
+}
+
+pub(crate) enum Attempt {
+    Done(crate::command::Outcome),
+    Failed(TaskOutcome),
+}
+
+pub(crate) async fn run_task(
+    step: &PlannedTask,
+    shared: &Shared,
+) -> (TaskOutcome, u32, Option<Value>) {
+    let started = Instant::now();
+    let max_attempts = step.task.retries.unwrap_or(0).saturating_add(1);
+    let timeout = step.task.timeout.or(shared.default_timeout);
+    let output: OutputSink = if shared.emitter.sinks.is_empty() {
+        shared.quiet.clone()
+    } else {
+        let em = shared.emitter.clone();
+        let info = step.info.clone();
+        Arc::new(move |stream, line: &str| {
+            em.emit(|| EventKind::TaskOutput {
+                task: TaskInfo::clone(&info),
+                stream,
+                line: capped_line(&crate::scrub_secrets(line)),
+            });
+        })
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let recorded = shared
+            .emitter
+            .record(|| EventKind::TaskStarted {
+                task: TaskInfo::clone(&step.info),
+                attempt,
+            })
+            .await;
+        if let Err(e) = recorded {
+            // A task whose start could not be recorded must not run: a resumed run would not
+            // know that it might have.
+            let outcome = TaskOutcome::Failed {
+                message: format!(
+                    "not started: cannot record its start in the run journal: {}",
+                    error_chain(&*e)
+                ),
+                exit_status: None,
+                stderr_tail: String::new(),
+            };
+            let duration = started.elapsed();
+            shared
+                .emitter
+                .note(|| EventKind::TaskFinished {
+                    task: TaskInfo::clone(&step.info),
+                    outcome: outcome.clone(),
+                    duration,
+                    attempts: attempt,
+                })
+                .await;
+            return (outcome, attempt, None);
+        }
+        let work = async {
+            let host = match shared.connector.host(&step.spec).await {
+                Ok(h) => h,
+                Err(e) => {
+                    return Attempt::Failed(failure_from(&CommandError::Remote(e)));
+                }
+            };
+            let ctx = ExecContext {
+                host,
+                info: step.info.clone(),
+                task: step.task.clone(),
+                attempt,
+                output: output.clone(),
+                cancel: shared.hard.clone(),
+            };
+            match AssertUnwindSafe(step.command.execute(&ctx))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(outcome)) => Attempt::Done(outcome),
+                Ok(Err(e)) => Attempt::Failed(failure_from(&e)),
+                Err(panic) => Attempt::Failed(TaskOutcome::Failed {
+                    message: format!("command panicked: {}", panic_message(&panic)),
+                    exit_status: None,
+                    stderr_tail: String::new(),
+                }),
+            }
+        };
+        let timed = async {
+            match timeout {
+                Some(limit) => match tokio::time::timeout(limit, work).await {
+                    Ok(a) => a,
+                    Err(_) => Attempt::Failed(TaskOutcome::TimedOut { after: limit }),
+                },
+                None => work.await,
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            _ = shared.hard.cancelled() => Attempt::Failed(TaskOutcome::Cancelled),
+            a = timed => a,
+        };
+        // Nothing a command reports may show a registered secret (events, report, store).
+        let result = match result {
+            Attempt::Done(mut outcome) => {
+                if let Some(reason) = &mut outcome.skipped {
+                    *reason = crate::scrub_secrets(reason).into_owned();
+                }
+                if let Some(data) = &mut outcome.data {
+                    crate::secrets::scrub_value(data);
+                }
+                Attempt::Done(outcome)
+            }
+            Attempt::Failed(outcome) => Attempt::Failed(crate::secrets::scrub_outcome(outcome)),
+        };
+        match result {
+            Attempt::Done(outcome) => {
+                let task_outcome = match outcome.skipped {
+                    Some(reason) => TaskOutcome::Skipped { reason },
+                    None => TaskOutcome::Succeeded,
+                };
+                let duration = started.elapsed();
+                shared
+                    .emitter
+                    .note(|| EventKind::TaskFinished {
+                        task: TaskInfo::clone(&step.info),
+                        outcome: task_outcome.clone(),
+                        duration,
+                        attempts: attempt,
+                    })
+                    .await;
+                return (task_outcome, attempt, outcome.data);
+            }
+            Attempt::Failed(outcome) => {
+                let retry = attempt < max_attempts
+                    && !matches!(outcome, TaskOutcome::Cancelled)
+                    && !shared.hard.is_cancelled();
+                if retry {
+                    shared
+                        .emitter
+                        .note(|| EventKind::TaskRetrying {
+                            task: TaskInfo::clone(&step.info),
+                            attempt,
+                            error: outcome.to_string(),
+                        })
+                        .await;
+                    if !shared.retry_delay.is_zero() {
+                        tokio::select! {
+                            _ = shared.hard.cancelled() => {}
+                            _ = tokio::time::sleep(shared.retry_delay) => {}
+                        }
+                    }
+                    if !shared.hard.is_cancelled() {
+                        continue;
+                    }
+                }
+                let outcome = if shared.hard.is_cancelled() && retry {
+                    TaskOutcome::Cancelled
+                } else {
+                    outcome
+                };
+                let duration = started.elapsed();
+                shared
+                    .emitter
+                    .note(|| EventKind::TaskFinished {
+                        task: TaskInfo::clone(&step.info),
+                        outcome: outcome.clone(),
+                        duration,
+                        attempts: attempt,
+                    })
+                    .await;
+                return (outcome, attempt, None);
+            }
+        }
+    }
+}
+
+/// The longest output line a [`EventKind::TaskOutput`] event carries: a longer line (a command
+/// writing megabytes without a newline) is cut there and marked, so one line cannot make every
+/// sink copy and hold megabytes. What the command returns is not affected.
+pub(crate) const MAX_OUTPUT_LINE: usize = 64 * 1024;
+
+pub(crate) fn capped_line(line: &str) -> String {
+    if line.len() <= MAX_OUTPUT_LINE {
+        return line.to_string();
+    }
+    let mut cut = MAX_OUTPUT_LINE;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… [{} more bytes cut]", &line[..cut], line.len() - cut)
+}
+
+pub(crate) fn failure_from(e: &CommandError) -> TaskOutcome {
+    TaskOutcome::Failed {
+        message: error_chain(e),
+        exit_status: e.exit_status(),
+        stderr_tail: tail_lines(e.stderr(), 20),
+    }
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
