@@ -14,7 +14,6 @@ use super::hierarchy::{
 };
 use super::repository::{Image, Repository};
 use super::slug::Slug;
-use deployer_core::Secret;
 
 /// Every object of the model: catalog admins, projects (with their groups and deployments),
 /// and the shared clusters, repositories and datasources. This is also the format of a catalog
@@ -142,9 +141,23 @@ impl CatalogData {
     }
 
     /// JSON with secrets in clear, for stores; never log it.
+    ///
+    /// Serialization shows every [`Secret`](deployer_core::Secret) as `***`; this writes the datasources' connection
+    /// strings back in, the only place a catalog holds secrets.
     pub fn to_stored_json(&self) -> String {
-        Secret::serialize_exposed(|| serde_json::to_string(self))
-            .unwrap_or_else(|e| unreachable!("a catalog always serializes: {e}"))
+        let mut value = serde_json::to_value(self)
+            .unwrap_or_else(|e| unreachable!("a catalog always serializes: {e}"));
+        if let Some(list) = value
+            .get_mut("datasources")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for (json, datasource) in list.iter_mut().zip(&self.datasources) {
+                if let Some(connection) = &datasource.connection {
+                    json["connection"] = serde_json::Value::from(connection.expose());
+                }
+            }
+        }
+        value.to_string()
     }
 
     /// The project `slug`.

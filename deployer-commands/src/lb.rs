@@ -478,7 +478,7 @@ impl Command for LoadBalancerCommand {
                 ))
             })?;
             // Output or an error echoing it shows `***`.
-            deployer_core::register_secret(&value);
+            ctx.redactor().add(&value);
             request.lb_password = Some(Secret::new(value));
         }
         self.backend.set_state(ctx, &request).await?;

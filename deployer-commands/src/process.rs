@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use deployer_core::{
     Command, CommandError, ExecContext, ExecOptions, Outcome, TaskArgs, ValidationErrors,
-    async_trait, scrub_secrets,
+    async_trait,
 };
 use serde::Deserialize;
 
@@ -166,8 +166,8 @@ impl Command for ExecuteCommand {
                 message, stderr, ..
             } = &mut e
             {
-                *message = scrub_secrets(message).into_owned();
-                *stderr = scrub_secrets(stderr).into_owned();
+                *message = ctx.redactor().redact(message).into_owned();
+                *stderr = ctx.redactor().redact(stderr).into_owned();
             }
             return Err(e);
         }

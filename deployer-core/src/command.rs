@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::errors::{CommandError, RemoteError};
 use crate::events::TaskInfo;
 use crate::host::{ExecOptions, ExecOutput, OutputSink, RemoteHost, Stream};
+use crate::redact::Redactor;
 use crate::tasklist::Task;
 use crate::validation::{ValidationError, ValidationErrors, did_you_mean};
 
@@ -185,7 +186,11 @@ impl<'a> TaskArgs<'a> {
             let path = err.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = err.inner().to_string();
-            crate::secrets::scrub_problems(ValidationErrors::from(arg_error(path, &message)))
+            // serde may quote the value it could not use: never a secret of this task.
+            let redactor = Redactor::new();
+            crate::secrets::inline_values(&Value::Object(self.task.args.clone()))
+                .for_each(|s| redactor.add(s));
+            redactor.problems(ValidationErrors::from(arg_error(path, &message)))
         })
     }
 
@@ -388,13 +393,15 @@ impl CommandRegistry {
     /// Builds the command of `task`; errors have paths relative to the task.
     ///
     /// Declared secret arguments are marked, `{"secret_env": …}` values are read from the
-    /// environment, and every secret is registered for scrubbing (see [`Plan::build`]).
+    /// environment, and problems never show a secret (see [`Plan::build`], which also keeps
+    /// the secrets in the plan's [`Redactor`]).
     ///
     /// [`Plan::build`]: crate::Plan::build
     pub fn instantiate(&self, task: &Task) -> Result<Box<dyn Command>, ValidationErrors> {
         let mut marked = task.clone();
         self.mark_secrets(&mut marked);
-        self.build_task(&marked).map(|(_, command)| command)
+        self.build_task(&marked, &Redactor::new())
+            .map(|(_, command)| command)
     }
 
     /// Resolves the secrets of an already marked task and builds its command; returns the
@@ -402,13 +409,15 @@ impl CommandRegistry {
     pub(crate) fn build_task(
         &self,
         marked: &Task,
+        redactor: &Redactor,
     ) -> Result<(Task, Box<dyn Command>), ValidationErrors> {
-        let args = crate::secrets::resolve_args(&marked.args, &|var| std::env::var(var).ok())?;
+        let args =
+            crate::secrets::resolve_args(&marked.args, &|var| std::env::var(var).ok(), redactor)?;
         let mut task = marked.clone();
         task.args = args;
         let command = self
             .instantiate_resolved(&task)
-            .map_err(crate::secrets::scrub_problems)?;
+            .map_err(|p| redactor.problems(p))?;
         Ok((task, command))
     }
 
@@ -444,6 +453,7 @@ pub struct ExecContext {
     pub(crate) attempt: u32,
     pub(crate) output: OutputSink,
     pub(crate) cancel: CancellationToken,
+    pub(crate) redactor: Redactor,
 }
 
 impl ExecContext {
@@ -467,7 +477,15 @@ impl ExecContext {
             attempt: 1,
             output,
             cancel: CancellationToken::new(),
+            redactor: Redactor::new(),
         }
+    }
+
+    /// The run's [`Redactor`]: the secrets of the plan. A command that obtains a secret while
+    /// it runs (from a vault, from the environment) adds it here, so output and errors that
+    /// echo it show `***`; a command building its own messages redacts them with it.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// The host the task runs on.
@@ -525,11 +543,11 @@ impl ExecContext {
         self.host
             .execute(command, &options)
             .await
-            .map_err(crate::secrets::scrub_remote)
+            .map_err(|e| self.redactor.remote(e))
     }
 
     /// Runs a command and turns a non-zero exit into [`CommandError::Failed`] with the exit
-    /// status and the tail of stderr (registered secrets in either show `***`).
+    /// status and the tail of stderr (the run's secrets in either show `***`).
     pub async fn run_checked(&self, command: &str) -> Result<ExecOutput, CommandError> {
         self.run_checked_with(command, ExecOptions::new()).await
     }
@@ -546,7 +564,7 @@ impl ExecContext {
         } else {
             let message = format!(
                 "`{}` {} on {}",
-                shorten(&crate::scrub_secrets(command), 120),
+                shorten(&self.redactor.redact(command), 120),
                 match out.exit_status {
                     Some(code) => format!("exited with status {code}"),
                     None => "was killed by a signal".to_string(),
@@ -556,7 +574,7 @@ impl ExecContext {
             Err(CommandError::Failed {
                 message,
                 exit_status: out.exit_status,
-                stderr: crate::scrub_secrets(&out.stderr_tail(20)).into_owned(),
+                stderr: self.redactor.redact(&out.stderr_tail(20)).into_owned(),
             })
         }
     }

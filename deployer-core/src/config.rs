@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::errors::ConfigError;
+use crate::redact::Redactor;
 use crate::validation::did_you_mean;
 
 /// One service of the `service` section.
@@ -93,16 +94,23 @@ struct TypedService {
 /// let err = config.get_as::<String>("lb_password").unwrap_err().to_string();
 /// assert!(err.contains("holds a secret") && !err.contains("hunter2"), "{err}");
 /// ```
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Config {
     origin: String,
     platform: String,
     hostgroups: IndexMap<String, Vec<String>>,
     services: IndexMap<String, ServiceConfig>,
     values: Map<String, Value>,
+    redactor: Redactor,
 }
 
 impl Config {
+    /// The config's inline secrets (`{"secret": "…"}` values): a host application adds them
+    /// to the redactor of its log lines and plans (`Redactor::add_all`).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// Parses YAML text; `origin` names it in errors (a file name).
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         Self::from_yaml_str_with(text, origin, std::iter::empty())
@@ -254,10 +262,12 @@ impl Config {
                 ));
             }
         }
+        let redactor = Redactor::new();
         for v in values.values() {
-            register_inline(v);
+            crate::secrets::inline_values(v).for_each(|s| redactor.add(s));
         }
         Ok(Config {
+            redactor,
             origin: origin.to_string(),
             platform,
             hostgroups,
@@ -298,6 +308,25 @@ impl Config {
         Some(cur)
     }
 
+    /// The value at a dotted key as `T`; an error naming the config and the key when it is
+    /// absent (or null), or naming the key when it has the wrong type.
+    ///
+    /// ```
+    /// use deployer_core::Config;
+    ///
+    /// let config = Config::from_yaml_str("platform: site\nport: 8080\n", "site.yaml").unwrap();
+    /// let port: u16 = config.require("port").unwrap();
+    /// assert_eq!(port, 8080);
+    /// let err = config.require::<String>("root").unwrap_err();
+    /// assert_eq!(err.to_string(), "site.yaml: missing required key \"root\"");
+    /// ```
+    pub fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T, ConfigError> {
+        self.get_as(key)?.ok_or_else(|| ConfigError::MissingKey {
+            origin: self.origin.clone(),
+            key: key.to_string(),
+        })
+    }
+
     /// The value at a dotted key as `T`; `Ok(None)` when absent, an error naming the key when
     /// it has the wrong type.
     pub fn get_as<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
@@ -307,7 +336,7 @@ impl Config {
                 let message = if crate::SecretArg::is_secret(v) {
                     "holds a secret; read it with Config::get and pass the value on unchanged, so it stays secret".to_string()
                 } else {
-                    crate::scrub_secrets(&e.to_string()).into_owned()
+                    self.redactor.redact(&e.to_string()).into_owned()
                 };
                 ConfigError::Invalid {
                     key: key.to_string(),
@@ -367,16 +396,14 @@ impl Config {
     }
 }
 
-/// Registers the inline secrets of a config value for scrubbing.
-fn register_inline(value: &Value) {
-    if let Some(s) = crate::SecretArg::value(value) {
-        crate::register_secret(s);
-        return;
-    }
-    match value {
-        Value::Object(m) => m.values().for_each(register_inline),
-        Value::Array(items) => items.iter().for_each(register_inline),
-        _ => {}
+impl PartialEq for Config {
+    /// Configs are equal when they hold the same values (their redactors follow from them).
+    fn eq(&self, other: &Config) -> bool {
+        self.origin == other.origin
+            && self.platform == other.platform
+            && self.hostgroups == other.hostgroups
+            && self.services == other.services
+            && self.values == other.values
     }
 }
 

@@ -96,6 +96,14 @@ pub enum ConfigError {
         /// The file name.
         origin: String,
     },
+    /// A key the caller requires is absent ([`Config::require`](crate::Config::require)).
+    #[error("{origin}: missing required key \"{key}\"")]
+    MissingKey {
+        /// The file name.
+        origin: String,
+        /// The key, dotted for nested keys.
+        key: String,
+    },
     /// A hostgroup name that the config does not define.
     #[error("unknown hostgroup \"{name}\"{}", hint.as_ref().map(|h| format!("; did you mean \"{h}\"?")).unwrap_or_default())]
     UnknownHostgroup {

@@ -146,11 +146,69 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+    /// The run's task counts so far, on the events that change them or end a stage or the
+    /// run (`task_finished`, `task_not_run`, `stage_skipped`, `stage_finished`,
+    /// `run_finished`): reporters read totals here instead of recounting. On `run_finished`
+    /// they equal [`RunReport::counts`](crate::RunReport::counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<TaskCounts>,
+    /// The run record this event belongs to, when the run is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<crate::RunId>,
+}
+
+impl Event {
+    /// An event of `kind` now, `elapsed` into its run, without counts.
+    pub fn new(elapsed: Duration, kind: EventKind) -> Event {
+        Event {
+            timestamp: SystemTime::now(),
+            elapsed,
+            kind,
+            stats: None,
+            run_id: None,
+        }
+    }
+}
+
+/// Task counts of a run: running totals on events, final ones in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskCounts {
+    /// Succeeded.
+    pub succeeded: usize,
+    /// Skipped by their command.
+    pub skipped: usize,
+    /// Failed, timed out or cancelled.
+    pub failed: usize,
+    /// Never started (stage stopped, chain broken, later stage, or already done on resume).
+    pub not_run: usize,
+}
+
+impl TaskCounts {
+    /// Tasks counted so far.
+    pub fn total(&self) -> usize {
+        self.succeeded + self.skipped + self.failed + self.not_run
+    }
+
+    /// Counts the end of one task.
+    pub(crate) fn count(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::TaskFinished { outcome, .. } => match outcome {
+                TaskOutcome::Succeeded => self.succeeded += 1,
+                TaskOutcome::Skipped { .. } => self.skipped += 1,
+                _ => self.failed += 1,
+            },
+            EventKind::TaskNotRun { .. } => self.not_run += 1,
+            EventKind::StageSkipped { tasks, .. } => self.not_run += tasks,
+            _ => {}
+        }
+    }
 }
 
 /// What happened; one variant per step of a run's life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EventKind {
     /// The run began.
     RunStarted {
@@ -242,6 +300,8 @@ pub enum EventKind {
         stage: usize,
         /// Its name.
         name: String,
+        /// How many of its tasks did not run (tasks already done on resume are not counted).
+        tasks: usize,
     },
     /// The run ended.
     RunFinished {

@@ -264,4 +264,13 @@ pub trait Connector: Send + Sync {
     /// The host for `spec`, connecting on first use. Later calls with the same spec return the
     /// same host.
     async fn host(&self, spec: &HostSpec) -> Result<Arc<dyn RemoteHost>, RemoteError>;
+
+    /// Whether this connector can serve `spec` at all, decided without contacting anything
+    /// (a connector for this machine only refuses other hosts; a connector with a fixed
+    /// inventory refuses unknown names). The dry run asks this for every host of a plan
+    /// ([`Driver::check_hosts`](crate::Driver::check_hosts)). The default says yes.
+    fn check(&self, spec: &HostSpec) -> Result<(), RemoteError> {
+        let _ = spec;
+        Ok(())
+    }
 }

@@ -81,6 +81,7 @@
 
 mod command;
 mod config;
+mod driver;
 mod errors;
 mod events;
 mod executor;
@@ -88,6 +89,7 @@ mod generator;
 mod host;
 mod plan;
 mod recorder;
+mod redact;
 mod runs;
 mod secret;
 mod secrets;
@@ -101,13 +103,14 @@ pub mod fixture;
 
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
+pub use driver::{DriveError, Driver, Finished, exit};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{
-    ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskId, TaskInfo, TaskOutcome,
+    ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId, TaskInfo, TaskOutcome,
 };
 pub use executor::{
     CancelHandle, Executor, FailedTask, Journal, RunError, RunOptions, RunReport, StageReport,
-    TargetSet, TaskCounts, error_chain,
+    TargetSet, error_chain,
 };
 pub use generator::{Generator, GeneratorContext, GeneratorRegistry};
 pub use host::{
@@ -116,15 +119,13 @@ pub use host::{
 };
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
+pub use redact::Redactor;
 pub use runs::{
     HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
     TaskRecord, TaskState,
 };
 pub use secret::{REDACTED, Secret};
-pub use secrets::{
-    DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, register_secret, scrub_secrets,
-    serialize_redacted_map,
-};
+pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_redacted_map};
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::command::{Command, CommandRegistry};
 use crate::events::{TaskId, TaskInfo};
 use crate::host::HostSpec;
+use crate::redact::Redactor;
 use crate::tasklist::{Task, Tasklist};
 use crate::validation::{ValidationError, ValidationErrors};
 
@@ -28,6 +29,7 @@ use crate::validation::{ValidationError, ValidationErrors};
 pub struct Plan {
     pub(crate) tasklist: Arc<Tasklist>,
     pub(crate) stages: Arc<Vec<PlannedStage>>,
+    pub(crate) redactor: Redactor,
 }
 
 pub(crate) struct PlannedStage {
@@ -59,8 +61,8 @@ impl Plan {
     /// `{"secret": …}` in the plan's copy of the tasklist, `{"secret_env": "VAR"}` values are
     /// read from the controller's environment (a missing variable is a problem at its path),
     /// a redacted secret (`{"secret": "***"}`, from a saved or stored copy) is a problem, and
-    /// every secret value is registered so that output echoing it shows `***`
-    /// ([`register_secret`](crate::register_secret)).
+    /// every secret value goes into the plan's own [`Redactor`] ([`Plan::redactor`]), with
+    /// which the executor hides it wherever output, errors or events echo it.
     ///
     /// ```
     /// use deployer_core::{CommandRegistry, Plan, Tasklist};
@@ -75,6 +77,17 @@ impl Plan {
     pub fn build(
         tasklist: &Tasklist,
         registry: &CommandRegistry,
+    ) -> Result<Plan, ValidationErrors> {
+        Self::build_with_redactor(tasklist, registry, Redactor::new())
+    }
+
+    /// [`build`](Self::build), keeping the plan's secrets in `redactor`: a host application
+    /// that redacts its log lines with that redactor too (`deployer_report::LogFormat`)
+    /// hides what its commands log of them.
+    pub fn build_with_redactor(
+        tasklist: &Tasklist,
+        registry: &CommandRegistry,
+        redactor: Redactor,
     ) -> Result<Plan, ValidationErrors> {
         let mut marked = tasklist.clone();
         registry.mark_tasklist_secrets(&mut marked);
@@ -128,7 +141,7 @@ impl Plan {
                         entry: ei,
                         step: is_chain.then_some(ti),
                     };
-                    match registry.build_task(task) {
+                    match registry.build_task(task, &redactor) {
                         Ok((resolved, command)) => steps.push(PlannedTask {
                             task: Arc::new(resolved),
                             command: Arc::from(command),
@@ -170,7 +183,14 @@ impl Plan {
         errors.into_result(Plan {
             tasklist: Arc::new(marked),
             stages: Arc::new(stages),
+            redactor,
         })
+    }
+
+    /// The secrets of this plan, to redact text with (the executor does for everything it
+    /// emits).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// The tasklist this plan was built from, with the arguments its commands declare secret

@@ -297,6 +297,10 @@ impl Runs {
                 }
             })
         };
+        let options = RunOptions {
+            run_id: Some(id.clone()),
+            ..options
+        };
         let report = executor
             .clone()
             .journal(recorder)

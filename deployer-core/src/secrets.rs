@@ -11,19 +11,16 @@
 //!
 //! Saved and stored tasklists show an inline secret as `{"secret": "***"}` (a *redacted*
 //! secret, which cannot run until its value is given again); `{"secret_env": …}` references
-//! hold no secret and are kept as they are. Every secret value a plan resolves is also
-//! registered process-wide ([`register_secret`]) so that output lines, error messages and log
-//! lines that echo it show `***` instead ([`scrub_secrets`]).
+//! hold no secret and are kept as they are. Every secret value a plan resolves is also added to
+//! the plan's [`Redactor`](crate::Redactor), so that output lines, error messages and log lines
+//! that echo it show `***` instead.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, RwLock};
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
-use crate::errors::RemoteError;
-use crate::events::TaskOutcome;
+use crate::redact::Redactor;
 use crate::secret::REDACTED;
 use crate::validation::{ValidationError, ValidationErrors};
 
@@ -145,15 +142,14 @@ pub fn serialize_redacted_map<S: Serializer>(
     out.end()
 }
 
-/// Serializes a JSON value with every inline secret written `{"secret": "***"}`, unless
-/// inside [`Secret::serialize_exposed`](crate::Secret::serialize_exposed).
+/// Serializes a JSON value with every inline secret written `{"secret": "***"}`.
 pub(crate) struct RedactedJson<'a>(pub &'a Value);
 
 impl Serialize for RedactedJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Object(m) => {
-                if matches!(form(self.0), Form::Inline(_)) && !crate::secret::exposing_secrets() {
+                if matches!(form(self.0), Form::Inline(_)) {
                     let mut map = serializer.serialize_map(Some(1))?;
                     map.serialize_entry(SECRET_KEY, REDACTED)?;
                     return map.end();
@@ -247,15 +243,16 @@ pub(crate) fn unwrap(value: &Value) -> Value {
 
 /// Resolves the secret forms of a task's arguments for running: `{"secret_env": VAR}` becomes
 /// `{"secret": value}`; a redacted secret, a missing variable or a malformed form is a problem
-/// at its path (relative to the task). Every secret value is registered for scrubbing.
+/// at its path (relative to the task). Every secret value is added to `redactor`.
 pub(crate) fn resolve_args(
     args: &Map<String, Value>,
     env: &dyn Fn(&str) -> Option<String>,
+    redactor: &Redactor,
 ) -> Result<Map<String, Value>, ValidationErrors> {
     let mut errors = ValidationErrors::new();
     let mut out = Map::new();
     for (k, v) in args {
-        out.insert(k.clone(), resolve(v, k, env, &mut errors));
+        out.insert(k.clone(), resolve(v, k, env, redactor, &mut errors));
     }
     errors.into_result(out)
 }
@@ -264,11 +261,12 @@ fn resolve(
     value: &Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    redactor: &Redactor,
     errors: &mut ValidationErrors,
 ) -> Value {
     match form(value) {
         Form::Inline(s) => {
-            register_secret(s);
+            redactor.add(s);
             value.clone()
         }
         Form::Env(var) => {
@@ -281,7 +279,7 @@ fn resolve(
             }
             match env(var) {
                 Some(s) => {
-                    register_secret(&s);
+                    redactor.add(&s);
                     SecretArg::inline(s)
                 }
                 None => {
@@ -321,14 +319,19 @@ fn resolve(
         Form::Plain => match value {
             Value::Object(m) => Value::Object(
                 m.iter()
-                    .map(|(k, v)| (k.clone(), resolve(v, &format!("{path}.{k}"), env, errors)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            resolve(v, &format!("{path}.{k}"), env, redactor, errors),
+                        )
+                    })
                     .collect(),
             ),
             Value::Array(items) => Value::Array(
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| resolve(v, &format!("{path}[{i}]"), env, errors))
+                    .map(|(i, v)| resolve(v, &format!("{path}[{i}]"), env, redactor, errors))
                     .collect(),
             ),
             other => other.clone(),
@@ -359,6 +362,19 @@ pub(crate) fn redacted_paths(args: &Map<String, Value>, prefix: &str, out: &mut 
     }
     for (k, v) in args {
         walk(v, format!("{prefix}.{k}"), out);
+    }
+}
+
+/// Every inline secret value inside `value`.
+pub(crate) fn inline_values(value: &Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    match form(value) {
+        Form::Inline(s) => Box::new(std::iter::once(s)),
+        Form::Plain => match value {
+            Value::Object(m) => Box::new(m.values().flat_map(inline_values)),
+            Value::Array(items) => Box::new(items.iter().flat_map(inline_values)),
+            _ => Box::new(std::iter::empty()),
+        },
+        _ => Box::new(std::iter::empty()),
     }
 }
 
@@ -421,145 +437,6 @@ pub(crate) fn first_difference(a: &crate::Tasklist, b: &crate::Tasklist) -> Opti
     None
 }
 
-/// The process-wide set of texts that output must not show: every registered secret, its
-/// shell-quoted and JSON-escaped forms, and the lines of a multi-line secret. Longest first,
-/// so a form that contains another is replaced whole.
-static KNOWN: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
-
-/// Lines of a multi-line secret shorter than this are not scrubbed on their own (a `}` line of
-/// a JSON key would otherwise hide every brace).
-const MIN_LINE: usize = 4;
-
-/// Registers `secret` so that [`scrub_secrets`] (and with it task output, failure messages,
-/// run reports and `deployer_report::LogFormat` lines) shows `***` in its place.
-///
-/// Plans register every secret they resolve; call this for secrets a command obtains by
-/// itself (from a vault, from the environment when it runs). An empty string is ignored.
-/// Registered secrets are kept for the life of the process.
-///
-/// ```
-/// use deployer_core::{register_secret, scrub_secrets};
-///
-/// register_secret("s3cr3t-doc-example");
-/// assert_eq!(scrub_secrets("login with s3cr3t-doc-example failed"), "login with *** failed");
-/// assert_eq!(scrub_secrets("nothing to hide"), "nothing to hide");
-/// ```
-pub fn register_secret(secret: &str) {
-    if secret.is_empty() {
-        return;
-    }
-    let mut forms: Vec<String> = vec![secret.to_string()];
-    if let Ok(q) = crate::shell::quote(secret)
-        && !q.contains(secret)
-    {
-        forms.push(q.into_owned());
-    }
-    if let Ok(json) = serde_json::to_string(secret) {
-        let inner = &json[1..json.len() - 1];
-        if inner != secret {
-            forms.push(inner.to_string());
-        }
-    }
-    if secret.contains('\n') {
-        forms.extend(
-            secret
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.chars().count() >= MIN_LINE)
-                .map(str::to_string),
-        );
-    }
-    {
-        let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
-        if forms.iter().all(|f| known.iter().any(|k| **k == **f)) {
-            return;
-        }
-    }
-    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
-    for f in forms {
-        if !known.iter().any(|k| **k == *f) {
-            known.push(Arc::from(f));
-        }
-    }
-    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
-}
-
-/// `text` with every registered secret (see [`register_secret`]) replaced by `***`.
-pub fn scrub_secrets(text: &str) -> Cow<'_, str> {
-    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
-    let mut out = Cow::Borrowed(text);
-    for k in known.iter() {
-        if out.contains(&**k) {
-            out = Cow::Owned(out.replace(&**k, REDACTED));
-        }
-    }
-    out
-}
-
-fn scrub_in_place(s: &mut String) {
-    if let Cow::Owned(o) = scrub_secrets(s) {
-        *s = o;
-    }
-}
-
-/// Scrubs every string inside a JSON value.
-pub(crate) fn scrub_value(value: &mut Value) {
-    match value {
-        Value::String(s) => scrub_in_place(s),
-        Value::Array(items) => items.iter_mut().for_each(scrub_value),
-        Value::Object(m) => m.values_mut().for_each(scrub_value),
-        _ => {}
-    }
-}
-
-/// A task outcome with its texts scrubbed.
-pub(crate) fn scrub_outcome(mut outcome: TaskOutcome) -> TaskOutcome {
-    match &mut outcome {
-        TaskOutcome::Skipped { reason } => scrub_in_place(reason),
-        TaskOutcome::Failed {
-            message,
-            stderr_tail,
-            ..
-        } => {
-            scrub_in_place(message);
-            scrub_in_place(stderr_tail);
-        }
-        _ => {}
-    }
-    outcome
-}
-
-/// A validation problem with its texts scrubbed (serde quotes values it cannot use).
-pub(crate) fn scrub_problems(errors: ValidationErrors) -> ValidationErrors {
-    let mut out = ValidationErrors::new();
-    for mut e in errors {
-        scrub_in_place(&mut e.message);
-        if let Some(x) = &mut e.expected {
-            scrub_in_place(x);
-        }
-        if let Some(x) = &mut e.hint {
-            scrub_in_place(x);
-        }
-        out.push(e);
-    }
-    out
-}
-
-/// A host error with its texts (a command line, a message) scrubbed.
-pub(crate) fn scrub_remote(mut error: RemoteError) -> RemoteError {
-    match &mut error {
-        RemoteError::Auth { detail, .. } => scrub_in_place(detail),
-        RemoteError::Timeout { what, .. } => scrub_in_place(what),
-        RemoteError::Io { op, path, .. } => {
-            scrub_in_place(op);
-            scrub_in_place(path);
-        }
-        RemoteError::Other { message, .. } => scrub_in_place(message),
-        _ => {}
-    }
-    error
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,7 +465,8 @@ mod tests {
             "c": {"secret": ["not", "a", "string"]},
         });
         let env = |v: &str| (v == "SECRETS_RS_TEST_A").then(|| "from-env-9f2".to_string());
-        let errors = resolve_args(args.as_object().unwrap(), &env).unwrap_err();
+        let redactor = Redactor::new();
+        let errors = resolve_args(args.as_object().unwrap(), &env, &redactor).unwrap_err();
         let text = errors.to_string();
         assert!(
             text.contains("nested.list[1]: the secret's environment variable SECRETS_RS_TEST_MISSING is not set"),
@@ -608,24 +486,11 @@ mod tests {
                 .as_object()
                 .unwrap(),
             &env,
+            &redactor,
         )
         .unwrap();
         assert_eq!(ok["a"], json!({"secret": "from-env-9f2"}));
-        assert_eq!(scrub_secrets("x from-env-9f2 y"), "x *** y");
-    }
-
-    #[test]
-    fn scrubbing_covers_quoted_escaped_and_multiline_forms() {
-        register_secret("it's-Q7 \"quoted\"");
-        let quoted = crate::quote("it's-Q7 \"quoted\"").unwrap().into_owned();
-        assert_eq!(scrub_secrets(&format!("run {quoted} now")), "run *** now");
-        let json = scrub_secrets(r#"{"pw":"it's-Q7 \"quoted\""}"#);
-        assert!(json.contains("***") && !json.contains("Q7"), "{json}");
-        register_secret("-----BEGIN KEY-----\nAAAAlineone-X1\nBBBBlinetwo-X2\n}\n");
-        assert_eq!(scrub_secrets("got BBBBlinetwo-X2 back"), "got *** back");
-        assert_eq!(scrub_secrets("a } stays"), "a } stays");
-        register_secret("");
-        assert_eq!(scrub_secrets(""), "");
+        assert_eq!(redactor.redact("x from-env-9f2 y"), "x *** y");
     }
 
     #[test]
@@ -675,8 +540,5 @@ mod tests {
             unwrap(&v),
             json!({"a": ["pw-R1", {"secret_env": "X"}], "b": 1})
         );
-        let exposed =
-            crate::Secret::serialize_exposed(|| serde_json::to_value(RedactedJson(&v)).unwrap());
-        assert_eq!(exposed, v);
     }
 }

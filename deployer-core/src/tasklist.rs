@@ -340,11 +340,11 @@ impl Tasklist {
     ///
     /// The output is canonical: loading it and saving again gives the same bytes. Inline
     /// secrets are written `{"secret": "***"}` (a redacted secret, which a plan refuses until
-    /// its value is given again); `{"secret_env": …}` references are kept. Inside
-    /// [`Secret::serialize_exposed`](crate::Secret::serialize_exposed) the values are written.
+    /// its value is given again); `{"secret_env": …}` references are kept.
+    /// [`to_json_string_with_secrets`](Self::to_json_string_with_secrets) writes the values.
     ///
     /// ```
-    /// use deployer_core::{Secret, Stage, Task, Tasklist};
+    /// use deployer_core::{Stage, Task, Tasklist};
     ///
     /// let tasklist = Tasklist::new("lb").stage(
     ///     Stage::new("s", 1).task(Task::new("disable_loadbalancer").secret("lb_password", "hunter2")),
@@ -355,12 +355,46 @@ impl Tasklist {
     ///           }"#), "{saved}");
     /// assert_eq!(Tasklist::from_json_str(&saved).unwrap().redacted_secrets(),
     ///            ["stages[0].tasks[0].lb_password"]);
-    /// let with_values = Secret::serialize_exposed(|| tasklist.to_json_string());
+    /// let with_values = tasklist.to_json_string_with_secrets();
     /// assert_eq!(Tasklist::from_json_str(&with_values).unwrap(), tasklist);
     /// ```
     pub fn to_json_string(&self) -> String {
         // Serializing plain data to a String cannot fail.
         let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// [`to_json_string`](Self::to_json_string) with inline secrets written as their values:
+    /// for a file the tasklist is run from again, never for output.
+    pub fn to_json_string_with_secrets(&self) -> String {
+        fn put_args(object: &mut Value, task: &Task) {
+            if let Value::Object(m) = object {
+                for (k, v) in &task.args {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(stages) = value.get_mut("stages").and_then(Value::as_array_mut) {
+            for (json, stage) in stages.iter_mut().zip(&self.stages) {
+                let Some(tasks) = json.get_mut("tasks").and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for (json, entry) in tasks.iter_mut().zip(&stage.tasks) {
+                    match (entry, json) {
+                        (TaskEntry::Single(task), json) => put_args(json, task),
+                        (TaskEntry::Chain(chain), Value::Array(items)) => {
+                            for (json, task) in items.iter_mut().zip(chain) {
+                                put_args(json, task);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut s = serde_json::to_string_pretty(&value).unwrap_or_default();
         s.push('\n');
         s
     }

@@ -396,6 +396,7 @@ async fn replace_with(tmp: PathBuf, dest: &Path) -> std::io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct LocalConnector {
     host: Arc<LocalHost>,
+    rehearsal: bool,
 }
 
 impl Default for LocalConnector {
@@ -409,6 +410,30 @@ impl LocalConnector {
     pub fn new() -> Self {
         LocalConnector {
             host: Arc::new(LocalHost::new()),
+            rehearsal: false,
+        }
+    }
+
+    /// A connector for rehearsals: every host name (and login user) is served by this
+    /// machine's [`LocalHost`], as the current user, so a fleet's plan runs end to end here
+    /// before it meets real hosts. Events and records keep the plan's host names.
+    ///
+    /// ```
+    /// use deployer_core::{Connector, HostSpec};
+    /// use deployer_remote::LocalConnector;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let connector = LocalConnector::rehearsal();
+    /// assert!(connector.check(&HostSpec::remote("fe001", Some("deploy".into()))).is_ok());
+    /// let host = connector.host(&HostSpec::remote("fe001", None)).await.unwrap();
+    /// assert_eq!(host.name(), "local");
+    /// assert!(LocalConnector::new().check(&HostSpec::remote("fe001", None)).is_err());
+    /// # });
+    /// ```
+    pub fn rehearsal() -> Self {
+        LocalConnector {
+            rehearsal: true,
+            ..Self::new()
         }
     }
 
@@ -429,14 +454,20 @@ pub(crate) fn is_local(spec: &HostSpec) -> bool {
 #[async_trait]
 impl Connector for LocalConnector {
     async fn host(&self, spec: &HostSpec) -> Result<Arc<dyn RemoteHost>, RemoteError> {
-        if is_local(spec) {
-            Ok(self.host.clone())
+        self.check(spec)?;
+        Ok(self.host.clone())
+    }
+
+    fn check(&self, spec: &HostSpec) -> Result<(), RemoteError> {
+        if self.rehearsal || is_local(spec) {
+            Ok(())
         } else {
             Err(RemoteError::Other {
                 host: spec.to_string(),
-                message:
-                    "this connector only runs commands locally; use SshConnector for remote hosts"
-                        .to_string(),
+                message: "this connector only runs commands on this machine (use an SSH \
+                          connector for remote hosts, or LocalConnector::rehearsal to play \
+                          every host here)"
+                    .to_string(),
             })
         }
     }

@@ -13,14 +13,13 @@ use deployer_core::{Event, EventSink};
 /// ```
 /// use deployer_core::{Event, EventKind, EventSink};
 /// use deployer_report::JsonLines;
-/// use std::time::{Duration, SystemTime};
+/// use std::time::Duration;
 ///
 /// let json = JsonLines::new(Vec::new());
-/// json.event(&Event {
-///     timestamp: SystemTime::UNIX_EPOCH,
-///     elapsed: Duration::ZERO,
-///     kind: EventKind::RunStarted { name: "demo".into(), stages: 1, tasks: 2 },
-/// });
+/// json.event(&Event::new(
+///     Duration::ZERO,
+///     EventKind::RunStarted { name: "demo".into(), stages: 1, tasks: 2 },
+/// ));
 /// let text = String::from_utf8(json.into_inner()).unwrap();
 /// assert!(text.starts_with('{') && text.ends_with("}\n"), "{text}");
 /// assert!(text.contains("run_started"), "{text}");

@@ -164,6 +164,7 @@ impl EventSink for TracingSink {
                     duration.as_secs_f64()
                 )
             }
+            _ => {}
         }
     }
 }
@@ -182,26 +183,65 @@ mod format {
     use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
     use tracing_subscriber::registry::LookupSpan;
 
+    use deployer_core::Redactor;
+
     /// A `tracing-subscriber` event format that prints
     /// `time [LEVEL   ] [component      ] [host] [tag] message`, taking `component`, `host` and `tag`
     /// from the event's fields (`*` where there is none; the component falls back to the last
-    /// segment of the event's target). Registered secrets
-    /// ([`register_secret`](deployer_core::register_secret)) show as `***`, whoever logged them.
+    /// segment of the event's target). The secrets of the [`Redactor`]s it was given
+    /// ([`redactor`](Self::redactor)) show as `***`, whoever logged them.
     ///
     /// ```
+    /// use deployer_core::Redactor;
     /// use deployer_report::LogFormat;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let redactor = Redactor::new();
+    /// let lines = Arc::new(Mutex::new(Vec::new()));
+    /// let writer = lines.clone();
     /// let subscriber = tracing_subscriber::fmt()
-    ///     .event_format(LogFormat::default())
-    ///     .with_writer(std::io::sink)
+    ///     .event_format(LogFormat::default().without_time().redactor(redactor.clone()))
+    ///     .with_writer(move || Sink(writer.clone()))
     ///     .finish();
+    /// redactor.add("hunter2");
     /// tracing::subscriber::with_default(subscriber, || {
-    ///     tracing::info!(component = "Config", "Loading configuration from test.conf");
+    ///     tracing::info!(component = "Config", "logging in with hunter2");
     /// });
+    /// let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+    /// assert_eq!(text, "[INFO    ] [Config         ] [*] [*] logging in with ***\n");
+    ///
+    /// struct Sink(Arc<Mutex<Vec<u8>>>);
+    /// impl std::io::Write for Sink {
+    ///     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+    ///         self.0.lock().unwrap().extend_from_slice(b);
+    ///         Ok(b.len())
+    ///     }
+    ///     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
+    /// }
     /// ```
-    #[derive(Debug, Clone, Copy, Default)]
+    #[derive(Debug, Clone, Default)]
     pub struct LogFormat {
         /// Omit the timestamp (e.g. when a supervisor adds its own). Default: false.
         pub without_time: bool,
+        redactors: Vec<Redactor>,
+    }
+
+    impl LogFormat {
+        /// Omits the timestamp.
+        pub fn without_time(mut self) -> Self {
+            self.without_time = true;
+            self
+        }
+
+        /// Hides the secrets `redactor` knows, now and later (clones share their secrets: hand
+        /// it the redactor a plan is built with, [`Plan::build_with_redactor`]). Can be called
+        /// for several redactors (several plans run side by side). Default: none.
+        ///
+        /// [`Plan::build_with_redactor`]: deployer_core::Plan::build_with_redactor
+        pub fn redactor(mut self, redactor: Redactor) -> Self {
+            self.redactors.push(redactor);
+            self
+        }
     }
 
     #[derive(Default)]
@@ -269,8 +309,14 @@ mod format {
                 fields.message,
                 fields.rest
             );
-            // Whatever logged it (a command, a library), a registered secret shows as `***`.
-            writeln!(writer, "{}", deployer_core::scrub_secrets(&line))
+            // Whatever logged it (a command, a library), a known secret shows as `***`.
+            let mut line = std::borrow::Cow::Borrowed(line.as_str());
+            for redactor in &self.redactors {
+                if let std::borrow::Cow::Owned(o) = redactor.redact(&line) {
+                    line = std::borrow::Cow::Owned(o);
+                }
+            }
+            writeln!(writer, "{line}")
         }
     }
 }

@@ -170,11 +170,7 @@ mod tests {
     fn a_stage_message_shows_the_time_left_by_history() {
         let progress = Progress::with_target(ProgressDrawTarget::hidden())
             .with_estimates(vec![None, Some(Duration::from_secs(120))]);
-        let event = |kind| Event {
-            timestamp: std::time::SystemTime::now(),
-            elapsed: Duration::ZERO,
-            kind,
-        };
+        let event = |kind| Event::new(Duration::ZERO, kind);
         for stage in [0, 1] {
             progress.event(&event(EventKind::StageStarted {
                 stage,

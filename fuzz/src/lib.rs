@@ -24,8 +24,7 @@ use std::task::{Context, Poll, Waker};
 
 use deployer_books::{BookError, BookLibrary, JobBuilder};
 use deployer_core::{
-    CommandRegistry, Config, ConfigError, Plan, Secret, ShellCommand, Tasklist, TasklistError,
-    quote,
+    CommandRegistry, Config, ConfigError, Plan, ShellCommand, Tasklist, TasklistError, quote,
 };
 use serde_json::Value;
 
@@ -87,13 +86,13 @@ pub fn tasklist(data: &[u8]) {
 
 /// `tasklist` saves canonically: what it saves loads back equal to it, and saves to the same
 /// bytes again. Saved JSON leaves the values of inline secrets out (`{"secret": "***"}`), so
-/// that round trip gives [`Tasklist::redacted`]; inside [`Secret::serialize_exposed`] (what a
-/// store persisting the values does) it gives the tasklist itself.
+/// that round trip gives [`Tasklist::redacted`]; [`Tasklist::to_json_string_with_secrets`]
+/// (what a file to run again holds) gives the tasklist itself.
 fn assert_saves_canonically(tasklist: &Tasklist, what: &str) {
     let round_trip = |saved: &str| {
         let again = Tasklist::from_json_str(saved)
             .unwrap_or_else(|e| panic!("{what}: the saved tasklist does not load: {e}\n{saved}"));
-        let resaved = Secret::serialize_exposed(|| again.to_json_string());
+        let resaved = again.to_json_string_with_secrets();
         assert_eq!(
             resaved, saved,
             "{what}: saving is not canonical: save(load(save(x))) != save(x)"
@@ -107,7 +106,7 @@ fn assert_saves_canonically(tasklist: &Tasklist, what: &str) {
         tasklist.redacted(),
         "{what}: load(save(x)) != x with secrets redacted; saved:\n{saved}"
     );
-    let exposed = Secret::serialize_exposed(|| tasklist.to_json_string());
+    let exposed = tasklist.to_json_string_with_secrets();
     let again = round_trip(&exposed);
     assert_eq!(
         &again, tasklist,

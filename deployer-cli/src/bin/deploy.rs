@@ -16,7 +16,9 @@
 //! secret: resuming a run with inline secrets needs `--tasklist` with the file it was started
 //! from; `{"secret_env": "VAR"}` secrets are read from the environment again.
 //!
-//! Exit codes: 0 success, 1 the deploy failed (or was cancelled), 2 bad input.
+//! Exit codes (`deployer_core::exit`): 0 success, 1 the deploy failed, 2 bad input (nothing
+//! ran), 130 cancelled (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops
+//! running tasks).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -26,8 +28,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use deployer_core::{
-    CancelHandle, CommandRegistry, Config, Connector, Executor, GeneratorContext, GeneratorError,
-    GeneratorRegistry, Plan, RunOptions, TaskEntry, Tasklist,
+    CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorRegistry,
+    Plan, Redactor, TaskEntry, Tasklist, exit,
 };
 use deployer_core::{ResumeOptions, RunId, Runs, RunsError, StoreError};
 use deployer_release::ReleaseGenerator;
@@ -272,13 +274,32 @@ fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
     Ok(Some(Config::load_with(path, overrides(cli, &dir)?)?))
 }
 
+/// The driver of this program: the registries, the connector, the store and the sinks.
+fn driver(
+    cli: &Cli,
+    connector: Arc<dyn Connector>,
+    redactor: &Redactor,
+    runs: Option<&Runs>,
+) -> Driver {
+    let (generators, commands) = registries();
+    let mut driver = Driver::new(connector)
+        .generators(generators)
+        .commands(commands)
+        .redactor(redactor.clone())
+        .max_concurrency(cli.parallel.map(|p| p as usize))
+        .lease_ttl(cli.lease_ttl);
+    if let Some(runs) = runs {
+        driver = driver.store(runs.store().clone());
+    }
+    driver
+}
+
 async fn plan_tasklist(
     cli: &Cli,
     config: Option<Config>,
-    connector: Arc<dyn Connector>,
-) -> Result<(Tasklist, Plan), BadInput> {
-    let (generators, commands) = registries();
-    let mut tasklist = match (config, &cli.tasklist) {
+    driver: &Driver,
+) -> Result<Plan, BadInput> {
+    match (config, &cli.tasklist) {
         (_, Some(path)) => {
             tracing::info!(
                 component = "Tasklist",
@@ -292,35 +313,46 @@ async fn plan_tasklist(
             if !cli.hosts.is_empty() {
                 filter_hosts(&mut t, &cli.hosts);
             }
-            t
+            if t.name.is_empty() {
+                t.name = "deploy".into();
+            }
+            driver.plan_tasklist(&t).map_err(drive_error)
         }
-        (Some(config), None) => generators
-            .generate(GeneratorContext::new(config).with_connector(connector))
-            .await
-            .map_err(|e| match e {
-                GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
-                other => BadInput::Input(other.to_string()),
-            })?,
-        (None, None) => {
-            return Err(BadInput::Input(
-                "give --config FILE or --tasklist FILE (see --help)".into(),
-            ));
-        }
-    };
-    if tasklist.name.is_empty() {
-        tasklist.name = "deploy".into();
+        (Some(config), None) => driver.plan(config).await.map_err(drive_error),
+        (None, None) => Err(BadInput::Input(
+            "give --config FILE or --tasklist FILE (see --help)".into(),
+        )),
     }
-    let plan = Plan::build(&tasklist, &commands)?;
-    Ok((tasklist, plan))
 }
 
-async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
+/// A driver error as this program reports it: bad input (exit 2) or hosts (exit 1).
+fn drive_error(e: DriveError) -> BadInput {
+    let message = deployer_core::error_chain(&e);
+    let message = match &e {
+        DriveError::Runs(RunsError::SecretsNeeded { id, .. }) => {
+            format!("{message} (deploy runs resume {id} --tasklist FILE)")
+        }
+        _ => message,
+    };
+    if e.exit_code() == exit::BAD_INPUT {
+        BadInput::Input(message)
+    } else {
+        BadInput::Hosts(message)
+    }
+}
+
+async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, BadInput> {
     if let Some(Sub::Runs(cmd)) = &cli.command {
-        return runs_main(&cli, cmd, progress).await;
+        return runs_main(&cli, cmd, progress, redactor).await;
     }
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
-    let (_, plan) = plan_tasklist(&cli, config, connector.clone()).await?;
+    let plan = plan_tasklist(
+        &cli,
+        config,
+        &driver(&cli, connector.clone(), redactor, None),
+    )
+    .await?;
     // The plan's copy: arguments its commands declare secret are marked, so saving, dumping
     // and recording show them as `***`.
     let tasklist = plan.tasklist();
@@ -337,11 +369,11 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
             DumpFormat::Json => print!("{}", tasklist.to_json_string()),
             DumpFormat::Dot => print!("{}", to_dot(tasklist)),
         }
-        return Ok(true);
+        return Ok(exit::SUCCESS);
     }
     if cli.dry_run {
         println!("Syntax ok");
-        return Ok(true);
+        return Ok(exit::SUCCESS);
     }
 
     let runs = open_runs(&cli).await?;
@@ -351,26 +383,42 @@ async fn real_main(cli: Cli, progress: bool) -> Result<bool, BadInput> {
         (None, Some(c)) => format!("config:{}", c.display()),
         (None, None) => "deploy".to_string(),
     };
-    let id = runs.create(&plan, &source, &whoami()).await?;
-    eprintln!("run {id}");
     let history = history(&runs, tasklist).await;
-    let executor = executor_for(
+    let estimates = stage_estimates(tasklist, &history);
+    let (driver, summary) = with_reporters(
+        driver(&cli, connector, redactor, Some(&runs)),
         &cli,
-        connector,
         progress,
-        stage_estimates(tasklist, &history),
+        estimates,
     );
-    let report = drive(executor, &cli, |e, options| {
-        let runs = runs.clone();
-        let id = id.clone();
-        let plan = plan.clone();
-        async move { runs.drive(&e, &id, &plan, options).await }
-    })
-    .await?;
-    if !report.succeeded() {
-        eprintln!("resume with: deploy runs resume {id}");
+    let finished = driver.run(&plan, &source).await;
+    finish(&cli, finished, &summary)
+}
+
+/// Prints the recap and what to do next; the exit status.
+fn finish(cli: &Cli, finished: Finished, summary: &Summary) -> Result<u8, BadInput> {
+    match &finished.result {
+        Ok(report) => {
+            if cli.output == Output::Text {
+                eprint!("{}", summary.render(report));
+            }
+            if !report.succeeded()
+                && let Some(id) = &finished.run_id
+            {
+                eprintln!("resume with: deploy runs resume {id}");
+            }
+            Ok(finished.exit_code())
+        }
+        Err(_) => {
+            let code = finished.exit_code();
+            let message = finished.error_message().unwrap_or_default();
+            Err(if code == exit::BAD_INPUT {
+                BadInput::Input(message)
+            } else {
+                BadInput::Hosts(message)
+            })
+        }
     }
-    Ok(report.succeeded())
 }
 
 /// Average past durations of the plan's commands, for the progress display's estimates.
@@ -389,10 +437,6 @@ async fn history(runs: &Runs, tasklist: &Tasklist) -> std::collections::HashMap<
         }
     }
     out
-}
-
-fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
 }
 
 async fn open_runs(cli: &Cli) -> Result<Runs, BadInput> {
@@ -418,84 +462,46 @@ async fn purge_old(runs: &Runs, keep: Duration) {
     }
 }
 
-/// The executor with the reporters `--output` asks for.
-fn executor_for(
+/// The driver with the reporters `--output` asks for, and the recap it fills.
+fn with_reporters(
+    mut driver: Driver,
     cli: &Cli,
-    connector: Arc<dyn Connector>,
     progress: bool,
     estimates: Vec<Option<Duration>>,
-) -> (Executor, Arc<Summary>) {
-    let mut executor = Executor::new(connector)
-        .max_concurrency(cli.parallel.map(|p| p as usize))
-        .retry_delay(Duration::from_secs(1));
+) -> (Driver, Arc<Summary>) {
     let summary = Arc::new(Summary::new());
+    // The run's id, as soon as it is recorded (to resume it after a crash).
+    driver = driver.sink(|event: &deployer_core::Event| {
+        if let (EventKind::RunStarted { .. }, Some(id)) = (&event.kind, &event.run_id) {
+            eprintln!("run {id}");
+        }
+    });
     match cli.output {
-        Output::Json => executor = executor.sink(JsonLines::stdout()),
+        Output::Json => driver = driver.sink(JsonLines::stdout()),
         Output::Text => {
-            executor = executor.sink(summary.clone());
+            driver = driver.sink(summary.clone());
             if progress {
-                executor = executor.sink(Progress::stderr().with_estimates(estimates));
+                driver = driver.sink(Progress::stderr().with_estimates(estimates));
             } else {
-                executor = executor.sink(TracingSink);
+                driver = driver.sink(TracingSink);
             }
         }
     }
-    (executor, summary)
+    (driver, summary)
 }
 
-/// Runs `go` with Ctrl-C wired to a cancel handle, then prints the summary.
-async fn drive<F, Fut>(
-    (executor, summary): (Executor, Arc<Summary>),
+async fn runs_main(
     cli: &Cli,
-    go: F,
-) -> Result<deployer_core::RunReport, BadInput>
-where
-    F: FnOnce(Executor, RunOptions) -> Fut,
-    Fut: std::future::Future<Output = Result<deployer_core::RunReport, RunsError>>,
-{
-    let cancel = CancelHandle::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                if cancel.is_cancelled() {
-                    eprintln!("\nstopping running tasks");
-                } else {
-                    eprintln!(
-                        "\ncancelling: no new tasks start, running ones finish (Ctrl-C again to stop them)"
-                    );
-                }
-                cancel.cancel();
-            }
-        });
-    }
-    let options = RunOptions {
-        cancel,
-        ..Default::default()
-    };
-    let report = go(executor, options).await.map_err(|e| match e {
-        RunsError::SecretsNeeded { ref id, .. } => {
-            BadInput::Input(format!("{e} (deploy runs resume {id} --tasklist FILE)"))
-        }
-        RunsError::NeedsConfirmation { .. }
-        | RunsError::Invalid { .. }
-        | RunsError::AlreadySucceeded { .. }
-        | RunsError::SecretsMismatch { .. } => BadInput::Input(e.to_string()),
-        other => BadInput::Hosts(other.to_string()),
-    })?;
-    if cli.output == Output::Text {
-        eprint!("{}", summary.render(&report));
-    }
-    Ok(report)
-}
-
-async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, BadInput> {
+    cmd: &RunsCmd,
+    progress: bool,
+    redactor: &Redactor,
+) -> Result<u8, BadInput> {
     let runs = open_runs(cli).await?;
     match cmd {
         RunsCmd::List { limit } => {
             let list = runs.store().list_runs(*limit).await?;
             print!("{}", render_runs(&list));
-            Ok(true)
+            Ok(exit::SUCCESS)
         }
         RunsCmd::Show { id } => {
             let id: RunId = id.parse()?;
@@ -503,12 +509,12 @@ async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, Bad
             let hosts = runs.store().hosts(&id).await?;
             let tasks = runs.store().tasks(&id).await?;
             print!("{}", render_run(&run, &hosts, &tasks));
-            Ok(true)
+            Ok(exit::SUCCESS)
         }
         RunsCmd::Purge { older_than } => {
             let n = runs.purge(*older_than).await?;
             println!("purged {n} run{}", if n == 1 { "" } else { "s" });
-            Ok(true)
+            Ok(exit::SUCCESS)
         }
         RunsCmd::Resume {
             id,
@@ -525,47 +531,41 @@ async fn runs_main(cli: &Cli, cmd: &RunsCmd, progress: bool) -> Result<bool, Bad
             let config = load_config(cli)?;
             let connector: Arc<dyn Connector> =
                 Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
-            let (_, commands) = registries();
             let history = history(&runs, &record.tasklist).await;
             let estimates = stage_estimates(&record.tasklist, &history);
-            let executor = executor_for(cli, connector, progress, estimates);
+            let (driver, summary) = with_reporters(
+                driver(cli, connector, redactor, Some(&runs)),
+                cli,
+                progress,
+                estimates,
+            );
             eprintln!("resuming run {id} ({})", record.name);
             let resume = ResumeOptions {
                 force: *force,
                 secrets_from,
             };
-            let wait = *wait;
-            let report = drive(executor, cli, |e, options| {
-                let runs = runs.clone();
-                async move {
-                    loop {
-                        match runs
-                            .resume(&e, &commands, &id, resume.clone(), options.clone())
-                            .await
-                        {
-                            Err(RunsError::Store(StoreError::LeaseHeld {
-                                owner,
-                                remaining,
-                                ..
-                            })) if wait => {
-                                eprintln!(
-                                    "waiting {remaining:?} for the lease of {owner} to expire"
-                                );
-                                tokio::time::sleep(remaining + Duration::from_millis(50)).await;
-                            }
-                            other => return other,
-                        }
+            loop {
+                let finished = driver.resume(&id, resume.clone()).await;
+                match &finished.result {
+                    Err(DriveError::Runs(RunsError::Store(StoreError::LeaseHeld {
+                        owner,
+                        remaining,
+                        ..
+                    }))) if *wait => {
+                        eprintln!("waiting {remaining:?} for the lease of {owner} to expire");
+                        tokio::time::sleep(*remaining + Duration::from_millis(50)).await;
                     }
+                    _ => return finish(cli, finished, &summary),
                 }
-            })
-            .await?;
-            Ok(report.succeeded())
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The secrets of the config and the plan: hidden in log lines, output and errors.
+    let redactor = Redactor::new();
     // Progress bars only for a person at a terminal; logs otherwise.
     let progress = cli.output == Output::Text
         && std::io::stderr().is_terminal()
@@ -595,7 +595,7 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .event_format(LogFormat::default())
+                .event_format(LogFormat::default().redactor(redactor.clone()))
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )
@@ -607,15 +607,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(real_main(cli, progress)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+    match rt.block_on(real_main(cli, progress, &redactor)) {
+        Ok(code) => ExitCode::from(code),
         Err(BadInput::Input(message)) => {
-            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
+            eprintln!("error: {}", redactor.redact(&message));
             ExitCode::from(2)
         }
         Err(BadInput::Hosts(message)) => {
-            eprintln!("error: {}", deployer_core::scrub_secrets(&message));
+            eprintln!("error: {}", redactor.redact(&message));
             ExitCode::from(1)
         }
     }

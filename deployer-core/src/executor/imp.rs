@@ -7,10 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, TaskCounts, error_chain,
-};
-use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskId};
+use super::{JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, error_chain};
+use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId};
 use crate::host::{Connector, OutputSink};
 use crate::plan::Plan;
 
@@ -57,7 +55,7 @@ pub struct Executor {
     retry_delay: Duration,
     default_timeout: Option<Duration>,
     max_concurrency: Option<usize>,
-    journal: Option<Arc<dyn Journal>>,
+    journals: Vec<Arc<dyn Journal>>,
 }
 
 impl fmt::Debug for Executor {
@@ -80,13 +78,15 @@ impl Executor {
             retry_delay: Duration::from_secs(1),
             default_timeout: None,
             max_concurrency: None,
-            journal: None,
+            journals: Vec::new(),
         }
     }
 
-    /// Records events durably through `journal` (default: none), awaiting each write.
+    /// Records events durably through `journal` too (default: none), awaiting each write.
+    /// Journals add up: each is awaited in the order given ([`Runs`](crate::Runs) adds its own
+    /// after yours), and a task starts only after every journal recorded its start.
     pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
-        self.journal = Some(journal);
+        self.journals.push(journal);
         self
     }
 
@@ -126,7 +126,9 @@ impl Executor {
             emitter: Arc::new(Emitter {
                 start: Instant::now(),
                 sinks: self.sinks.clone(),
-                journal: self.journal.clone(),
+                journals: self.journals.clone(),
+                stats: Default::default(),
+                run_id: options.run_id.clone(),
             }),
             retry_delay: self.retry_delay,
             default_timeout: self.default_timeout,
@@ -134,6 +136,7 @@ impl Executor {
             skip: options.skip,
             targets: options.targets,
             quiet: Arc::new(|_, _: &str| {}),
+            redactor: plan.redactor.clone(),
         });
         let em = &shared.emitter;
         let name = plan.tasklist.name.clone();
@@ -157,9 +160,16 @@ impl Executor {
                 if report.outcome == RunOutcome::Succeeded {
                     report.outcome = RunOutcome::Cancelled;
                 }
+                let tasks = stage
+                    .entries
+                    .iter()
+                    .flat_map(|e| &e.steps)
+                    .filter(|t| !shared.is_skipped(t.info.id))
+                    .count();
                 em.note(|| EventKind::StageSkipped {
                     stage: si,
                     name: stage.name.clone(),
+                    tasks,
                 })
                 .await;
                 report.counts.not_run += stage.task_count;
@@ -229,12 +239,18 @@ pub(crate) struct Shared {
     pub(crate) targets: TargetSet,
     /// The output sink of tasks when nobody listens.
     pub(crate) quiet: OutputSink,
+    /// The plan's secrets: nothing emitted or reported shows them.
+    pub(crate) redactor: crate::Redactor,
 }
 
 pub(crate) struct Emitter {
     pub(crate) start: Instant,
     pub(crate) sinks: Vec<Arc<dyn EventSink>>,
-    pub(crate) journal: Option<Arc<dyn Journal>>,
+    pub(crate) journals: Vec<Arc<dyn Journal>>,
+    /// Running totals, carried by the events that change them.
+    pub(crate) stats: std::sync::Mutex<crate::TaskCounts>,
+    /// The run record the events belong to.
+    pub(crate) run_id: Option<crate::RunId>,
 }
 
 impl Emitter {
@@ -247,6 +263,8 @@ impl Emitter {
             timestamp: SystemTime::now(),
             elapsed: self.start.elapsed(),
             kind: kind(),
+            stats: None,
+            run_id: self.run_id.clone(),
         };
         for sink in &self.sinks {
             sink.event(&event);
@@ -258,21 +276,37 @@ impl Emitter {
         &self,
         kind: impl FnOnce() -> EventKind,
     ) -> Result<(), crate::BoxError> {
-        if self.sinks.is_empty() && self.journal.is_none() {
+        let kind = kind();
+        let stats = {
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.count(&kind);
+            matches!(
+                kind,
+                EventKind::TaskFinished { .. }
+                    | EventKind::TaskNotRun { .. }
+                    | EventKind::StageSkipped { .. }
+                    | EventKind::StageFinished { .. }
+                    | EventKind::RunFinished { .. }
+            )
+            .then_some(*stats)
+        };
+        if self.sinks.is_empty() && self.journals.is_empty() {
             return Ok(());
         }
         let event = Event {
             timestamp: SystemTime::now(),
             elapsed: self.start.elapsed(),
-            kind: kind(),
+            kind,
+            stats,
+            run_id: self.run_id.clone(),
         };
         for sink in &self.sinks {
             sink.event(&event);
         }
-        match &self.journal {
-            Some(journal) => journal.record(&event).await,
-            None => Ok(()),
+        for journal in &self.journals {
+            journal.record(&event).await?;
         }
+        Ok(())
     }
 
     /// [`record`](Self::record), logging a journal failure instead of returning it.

@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// Hosts removed from the targeted set while the run goes on (default: none); their tasks
     /// that have not started are not run.
     pub targets: TargetSet,
+    /// The id of the run record this execution belongs to; every event carries it (default:
+    /// none; [`Runs`](crate::Runs) sets it).
+    pub run_id: Option<crate::RunId>,
 }
 
 /// The hosts removed from a run's targeted set, shared between the executor and whoever

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::events::{RunOutcome, TaskId, TaskInfo, TaskOutcome};
+use crate::events::{RunOutcome, TaskCounts, TaskId, TaskInfo, TaskOutcome};
 
 /// A task that did not succeed, with what a person needs to act on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,19 +59,6 @@ pub struct StageReport {
     pub outcome: Option<RunOutcome>,
     /// Its wall time.
     pub duration: Duration,
-}
-
-/// Task counts of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TaskCounts {
-    /// Succeeded.
-    pub succeeded: usize,
-    /// Skipped by their command.
-    pub skipped: usize,
-    /// Failed, timed out or cancelled.
-    pub failed: usize,
-    /// Never started (stage stopped, chain broken, later stage, or already done on resume).
-    pub not_run: usize,
 }
 
 /// The result of a run: its outcome, every failed task, and what commands reported.

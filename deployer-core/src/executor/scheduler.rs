@@ -7,10 +7,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::{
-    CancelHandle, FailedTask, REMOVED_REASON, RunReport, Shared, TaskCounts, not_run, run_entry,
-};
-use crate::events::{RunOutcome, TaskId, TaskOutcome};
+use super::{CancelHandle, FailedTask, REMOVED_REASON, RunReport, Shared, not_run, run_entry};
+use crate::events::{RunOutcome, TaskCounts, TaskId, TaskOutcome};
 use crate::plan::PlannedStage;
 
 /// What one entry (a task or a chain) produced.

@@ -102,11 +102,12 @@ pub(crate) async fn run_task(
     } else {
         let em = shared.emitter.clone();
         let info = step.info.clone();
+        let redactor = shared.redactor.clone();
         Arc::new(move |stream, line: &str| {
             em.emit(|| EventKind::TaskOutput {
                 task: TaskInfo::clone(&info),
                 stream,
-                line: capped_line(&crate::scrub_secrets(line)),
+                line: capped_line(&redactor.redact(line)),
             });
         })
     };
@@ -157,6 +158,7 @@ pub(crate) async fn run_task(
                 attempt,
                 output: output.clone(),
                 cancel: shared.hard.clone(),
+                redactor: shared.redactor.clone(),
             };
             match AssertUnwindSafe(step.command.execute(&ctx))
                 .catch_unwind()
@@ -185,18 +187,18 @@ pub(crate) async fn run_task(
             _ = shared.hard.cancelled() => Attempt::Failed(TaskOutcome::Cancelled),
             a = timed => a,
         };
-        // Nothing a command reports may show a registered secret (events, report, store).
+        // Nothing a command reports may show a secret of the plan (events, report, store).
         let result = match result {
             Attempt::Done(mut outcome) => {
                 if let Some(reason) = &mut outcome.skipped {
-                    *reason = crate::scrub_secrets(reason).into_owned();
+                    shared.redactor.in_place(reason);
                 }
                 if let Some(data) = &mut outcome.data {
-                    crate::secrets::scrub_value(data);
+                    shared.redactor.value(data);
                 }
                 Attempt::Done(outcome)
             }
-            Attempt::Failed(outcome) => Attempt::Failed(crate::secrets::scrub_outcome(outcome)),
+            Attempt::Failed(outcome) => Attempt::Failed(shared.redactor.outcome(outcome)),
         };
         match result {
             Attempt::Done(outcome) => {
