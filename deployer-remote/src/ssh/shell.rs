@@ -26,14 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use deployer_core::{OutputSink, RemoteError, Stream};
+use deployer_core::{OutputSink, RemoteError};
 use futures::FutureExt;
-use russh::ChannelMsg;
 use russh::client;
+use russh::{ChannelMsg, ChannelWriteHalf};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use super::{CLOSE_WAIT, RawOutput, Slot, StdoutTo, kill_group, sleep_until};
+use super::channel::{self, Framing, Output, RawOutput, Seen, StdoutTo, kill_group};
+use super::connection::{Conn, Slot};
 use crate::common::LineCollector;
 
 /// Command lines longer than this get a session of their own: the shell reads its input a
@@ -323,6 +324,79 @@ async fn send_file(
     Ok(())
 }
 
+/// A shell's channel: the command's output with the shell's records cut out of both streams
+/// (its pid on stderr, its exit status on both); the command has ended when both streams
+/// reported it.
+///
+/// When the shell itself exits (after a failed upload it does, on purpose), sshd may report
+/// that before the last of its output, so the records are awaited until the channel closes;
+/// but a process the command left behind may hold the channel open, so the records get
+/// [`CLOSE_WAIT`](channel::CLOSE_WAIT) after the end of the remote side.
+struct ShellFraming {
+    out_scan: Scanner,
+    err_scan: Scanner,
+    /// The command's part of the last stdout chunk.
+    out_buf: Vec<u8>,
+    pid: Option<u32>,
+    out_status: Option<i64>,
+    err_status: Option<i64>,
+    /// The command reads an upload on its stdin (so cannot be told to stop there).
+    upload: bool,
+    sudo_kill: bool,
+}
+
+impl Framing for ShellFraming {
+    const CLOSE_WAIT_AFTER_END: bool = true;
+
+    fn stdout<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        self.out_buf.clear();
+        let buf = &mut self.out_buf;
+        for r in self
+            .out_scan
+            .push(data, &mut |b: &[u8]| buf.extend_from_slice(b))
+        {
+            if r.kind == b'E' {
+                self.out_status = Some(r.value);
+            }
+        }
+        &self.out_buf
+    }
+
+    fn stderr(&mut self, data: &[u8], err: &mut LineCollector) {
+        for r in self.err_scan.push(data, &mut |b: &[u8]| err.push(b)) {
+            match r.kind {
+                b'P' => self.pid = u32::try_from(r.value).ok(),
+                b'E' => self.err_status = Some(r.value),
+                _ => {}
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.out_status.is_some() && self.err_status.is_some()
+    }
+
+    async fn kill(
+        &mut self,
+        _seen: &Seen,
+        wr: &ChannelWriteHalf<client::Msg>,
+        conn: &Conn,
+    ) -> bool {
+        if !self.upload {
+            // The watcher beside the command kills it (see AGENT).
+            let order: &[u8] = if self.sudo_kill { b"S\n" } else { b"K\n" };
+            let _ = wr.data_bytes(order.to_vec()).await;
+            true
+        } else if let Some(pid) = self.pid {
+            // An upload's stdin is its data: kill through another channel.
+            kill_group(conn, pid, self.sudo_kill).await;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl ShellJob {
     pub(super) async fn run(
         self,
@@ -347,143 +421,56 @@ impl ShellJob {
             shell.close();
             return Err(lost(Some(e)));
         }
-        let mut out = LineCollector::new(Stream::Stdout, self.sink.clone());
-        let mut err = LineCollector::new(Stream::Stderr, self.sink.clone());
-        let mut out_scan = Scanner::new(&shell.marker);
-        let mut err_scan = Scanner::new(&shell.marker);
-        let mut stdout_file = match self.stdout_to {
-            StdoutTo::File(f) => Some(f),
-            StdoutTo::Collect => None,
+        let mut output = Output::new(self.stdout_to, self.sink);
+        let mut framing = ShellFraming {
+            out_scan: Scanner::new(&shell.marker),
+            err_scan: Scanner::new(&shell.marker),
+            out_buf: Vec::new(),
+            pid: None,
+            out_status: None,
+            err_status: None,
+            upload: self.input.is_some(),
+            sudo_kill: self.sudo_kill,
         };
-        let mut file_buf: Vec<u8> = Vec::new();
-        let mut local_error: Option<std::io::Error> = None;
-        let mut pid: Option<u32> = None;
-        let mut out_status: Option<i64> = None;
-        let mut err_status: Option<i64> = None;
-        let mut cancelled = false;
-        let mut killed = false;
-        let mut ended = false;
-        let mut deadline: Option<tokio::time::Instant> = None;
-        // The writer borrows the shell until this block ends.
-        {
+        // The writer borrows the shell until the loop ends.
+        let seen = {
             let Shell { rd, wr, .. } = &mut shell;
-            let wr: &russh::ChannelWriteHalf<client::Msg> = wr;
-            let input = self.input.clone();
-            let writer = async {
-                match &input {
-                    Some((path, len)) => send_file(wr, path, *len).await,
-                    None => Ok(()),
-                }
-            };
-            let mut writer = std::pin::pin!(writer);
-            let mut writer_done = self.input.is_none();
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut cancel, if !cancelled => {
-                        cancelled = true;
-                        deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
-                    }
-                    r = &mut writer, if !writer_done && !cancelled => {
-                        writer_done = true;
-                        if let Err(e) = r {
-                            // The command waits for bytes that will not come: stop it.
-                            local_error = Some(e);
-                            cancelled = true;
-                            deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
-                        }
-                    }
-                    msg = rd.wait() => match msg {
-                        Some(ChannelMsg::Data { data }) => {
-                            let records = if stdout_file.is_some() {
-                                out_scan.push(&data, &mut |b: &[u8]| file_buf.extend_from_slice(b))
-                            } else {
-                                out_scan.push(&data, &mut |b: &[u8]| out.push(b))
-                            };
-                            for r in records {
-                                if r.kind == b'E' {
-                                    out_status = Some(r.value);
-                                }
-                            }
-                            if let Some(f) = stdout_file.as_mut()
-                                && !file_buf.is_empty()
-                            {
-                                if let Err(e) = f.write_all(&file_buf).await {
-                                    local_error = Some(e);
-                                    if !cancelled {
-                                        cancelled = true;
-                                        deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
-                                    }
-                                }
-                                file_buf.clear();
-                            }
-                        }
-                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                            for r in err_scan.push(&data, &mut |b: &[u8]| err.push(b)) {
-                                match r.kind {
-                                    b'P' => pid = u32::try_from(r.value).ok(),
-                                    b'E' => err_status = Some(r.value),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        Some(ChannelMsg::Failure) => {
-                            ended = true;
-                            break;
-                        }
-                        // The shell exited (after a failed upload it does, on purpose):
-                        // sshd may report that before the last of its output, so the
-                        // records are awaited until the channel closes.
-                        // A process the command left behind may hold the channel open: the
-                        // records get a bounded time.
-                        Some(
-                            ChannelMsg::Eof
-                            | ChannelMsg::ExitStatus { .. }
-                            | ChannelMsg::ExitSignal { .. },
-                        ) => {
-                            if !ended && deadline.is_none() {
-                                deadline = Some(tokio::time::Instant::now() + CLOSE_WAIT);
-                            }
-                            ended = true;
-                        }
-                        Some(ChannelMsg::Close) | None => {
-                            ended = true;
-                            break;
-                        }
-                        Some(_) => {}
-                    },
-                    _ = sleep_until(deadline), if deadline.is_some() => break,
-                }
-                if out_status.is_some() && err_status.is_some() {
-                    break;
-                }
-                if cancelled && !killed {
-                    if self.input.is_none() {
-                        // The watcher beside the command kills it (see AGENT).
-                        killed = true;
-                        let order: &[u8] = if self.sudo_kill { b"S\n" } else { b"K\n" };
-                        let _ = wr.data_bytes(order.to_vec()).await;
-                    } else if let Some(pid) = pid {
-                        // An upload's stdin is its data: kill through another channel.
-                        killed = true;
-                        kill_group(&conn, pid, self.sudo_kill).await;
-                    }
-                }
-            }
-        }
-        out_scan.finish(&mut |b: &[u8]| out.push(b));
-        err_scan.finish(&mut |b: &[u8]| err.push(b));
-        if let Some(f) = stdout_file.as_mut()
+            let wr: &ChannelWriteHalf<client::Msg> = wr;
+            let writer = self
+                .input
+                .clone()
+                .map(|(path, len)| async move { send_file(wr, &path, len).await });
+            channel::drive(
+                &mut framing,
+                rd,
+                wr,
+                writer,
+                &mut cancel,
+                &mut output,
+                &conn,
+            )
+            .await
+        };
+        let Output {
+            mut out,
+            mut err,
+            mut file,
+        } = output;
+        framing.out_scan.finish(&mut |b: &[u8]| out.push(b));
+        framing.err_scan.finish(&mut |b: &[u8]| err.push(b));
+        let mut local_error = seen.local_error;
+        if let Some(f) = file.as_mut()
             && let Err(e) = f.flush().await
         {
             local_error.get_or_insert(e);
         }
+        let (out_status, err_status) = (framing.out_status, framing.err_status);
         let done = out_status.is_some() && err_status.is_some();
         // An upload that failed leaves an unknown part of its bytes unread: the shell has
         // exited (see AGENT), and is not reused either way.
         let reusable = done
-            && !cancelled
-            && !ended
+            && !seen.cancelled
+            && !seen.ended
             && local_error.is_none()
             && (self.input.is_none() || out_status == Some(0));
         let Slot { conn, permit, .. } = slot;
@@ -504,7 +491,7 @@ impl ShellJob {
                 source: e,
             });
         }
-        if cancelled {
+        if seen.cancelled {
             return Err(RemoteError::Other {
                 host: host.clone(),
                 message: "command cancelled".to_string(),

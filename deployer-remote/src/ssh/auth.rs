@@ -1,0 +1,123 @@
+//! Authentication of a new connection: the ssh-agent's keys, then key files (named, from the
+//! ssh config, or `~/.ssh/id_*`; encrypted ones through [`SshOptions::passphrase`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deployer_core::RemoteError;
+use russh::client::Handle;
+use russh::keys::PrivateKeyWithHashAlg;
+
+use super::host_keys::Client;
+use super::options::SshOptions;
+use super::target::Target;
+use crate::config::home_dir;
+
+/// Authenticates `handle` as the target's user, or says what was tried.
+pub(super) async fn authenticate(
+    name: &str,
+    handle: &mut Handle<Client>,
+    target: &Target,
+    options: &SshOptions,
+) -> Result<(), RemoteError> {
+    let user = target.user.as_str();
+    let mut tried: Vec<String> = Vec::new();
+    let lost = |e: russh::Error| RemoteError::Disconnected {
+        host: name.to_string(),
+        source: Some(Box::new(e)),
+    };
+    let agent_socket = options
+        .agent_socket
+        .clone()
+        .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from));
+    if let Some(socket) = agent_socket.filter(|_| options.agent) {
+        match russh::keys::agent::client::AgentClient::connect_uds(&socket).await {
+            Ok(mut agent) => {
+                let identities = agent.request_identities().await.unwrap_or_default();
+                for identity in identities {
+                    let key = identity.public_key().into_owned();
+                    let hash = if key.algorithm().is_rsa() {
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .map_err(lost)?
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    match handle
+                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(r) if r.success() => return Ok(()),
+                        _ => {}
+                    }
+                }
+                tried.push("ssh-agent".to_string());
+            }
+            Err(e) => tried.push(format!("ssh-agent (unreachable: {e})")),
+        }
+    }
+    let mut files = target.identity_files.clone();
+    if files.is_empty()
+        && options.default_identities
+        && let Some(home) = home_dir()
+    {
+        {
+            for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                let path = home.join(".ssh").join(name);
+                if path.exists() {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    for path in files {
+        let key = match russh::keys::load_secret_key(&path, None) {
+            Ok(k) => k,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                let Some(pass) = options.passphrase.as_ref().and_then(|cb| cb(&path)) else {
+                    tried.push(format!("{} (encrypted, no passphrase)", path.display()));
+                    continue;
+                };
+                match russh::keys::load_secret_key(&path, Some(&pass)) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tried.push(format!("{} (cannot decrypt: {e})", path.display()));
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                tried.push(format!("{} (unreadable: {e})", path.display()));
+                continue;
+            }
+        };
+        let hash = if key.algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(lost)?
+                .flatten()
+        } else {
+            None
+        };
+        let result = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(lost)?;
+        if result.success() {
+            return Ok(());
+        }
+        tried.push(format!("{} (refused)", path.display()));
+    }
+    Err(RemoteError::Auth {
+        host: name.to_string(),
+        user: user.to_string(),
+        detail: if tried.is_empty() {
+            "no key to try (no agent, no key file)".to_string()
+        } else {
+            format!("tried {}", tried.join(", "))
+        },
+    })
+}

@@ -1,0 +1,278 @@
+//! A command on a session of its own: `exec` of `sh -c <line>` behind a line that reports the
+//! shell's pid on stderr, the command's stdin streamed from bytes, a file or a tar of a
+//! directory. Used for commands with stdin data, uploads, long command lines, and every
+//! command when shells are not reused.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use deployer_core::{RemoteError, quote};
+use russh::ChannelWriteHalf;
+use russh::client;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::channel::{self, Framing, Input, Io, Output, RawOutput, Seen, kill_group};
+use super::connection::{Conn, Slot};
+use crate::common::LineCollector;
+
+const PID_MARKER: &[u8] = b"\x1edeployer-pid ";
+/// The last entry of an uploaded directory's tar: its presence says the tar arrived whole.
+pub(super) const TAR_MARKER: &str = ".deployer-upload-complete";
+
+/// One command on one channel, run as a task so that a dropped caller still gets its command
+/// killed.
+pub(super) struct Job {
+    host: String,
+    full: String,
+    io: Io,
+    sudo_kill: bool,
+}
+
+/// Separates the pid marker line from the start of stderr.
+struct PidFilter {
+    pid: Option<u32>,
+    pending: Vec<u8>,
+}
+
+impl PidFilter {
+    fn push(&mut self, chunk: &[u8], out: &mut LineCollector) {
+        if self.pid.is_some() {
+            out.push(chunk);
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            if let Some(rest) = line.strip_prefix(PID_MARKER) {
+                let text = String::from_utf8_lossy(rest);
+                self.pid = text.trim().parse().ok();
+                let remaining = std::mem::take(&mut self.pending);
+                out.push(&remaining);
+                return;
+            }
+            out.push(&line);
+        }
+        if self.pending.len() > 64 * 1024 {
+            out.push(&std::mem::take(&mut self.pending));
+        }
+    }
+
+    fn finish(&mut self, out: &mut LineCollector) {
+        out.push(&std::mem::take(&mut self.pending));
+    }
+}
+
+/// A session of its own: the channel's streams are the command's, but for the pid line at
+/// the start of stderr. The command ends when the channel closes; once it has exited it is
+/// not killed.
+struct Exec {
+    filter: PidFilter,
+    sudo_kill: bool,
+}
+
+impl Framing for Exec {
+    const CLOSE_WAIT_AFTER_END: bool = false;
+
+    fn stdout<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        data
+    }
+
+    fn stderr(&mut self, data: &[u8], err: &mut LineCollector) {
+        self.filter.push(data, err);
+    }
+
+    fn finished(&self) -> bool {
+        false
+    }
+
+    async fn kill(
+        &mut self,
+        seen: &Seen,
+        _wr: &ChannelWriteHalf<client::Msg>,
+        conn: &Conn,
+    ) -> bool {
+        if seen.exited {
+            return false;
+        }
+        let Some(pid) = self.filter.pid else {
+            return false;
+        };
+        kill_group(conn, pid, self.sudo_kill).await;
+        true
+    }
+}
+
+impl Job {
+    /// `line` run as `sh -c` (its pid reported first), with `io`; `sudo_kill` when the
+    /// command runs under sudo, so that killing it needs sudo too.
+    pub(super) fn new(
+        host: String,
+        line: &str,
+        io: Io,
+        sudo_kill: bool,
+    ) -> Result<Job, RemoteError> {
+        let quoted = quote(line).map_err(|e| RemoteError::Other {
+            host: host.clone(),
+            message: e.to_string(),
+        })?;
+        let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c -- {quoted}");
+        Ok(Job {
+            host,
+            full,
+            io,
+            sudo_kill,
+        })
+    }
+
+    pub(super) async fn run(
+        self,
+        slot: Slot,
+        channel: russh::Channel<client::Msg>,
+        mut cancel: oneshot::Receiver<()>,
+    ) -> Result<RawOutput, RemoteError> {
+        let Job {
+            host,
+            full,
+            io,
+            sudo_kill,
+        } = self;
+        let conn = slot.conn.clone();
+        let lost = |e: Option<russh::Error>| RemoteError::Disconnected {
+            host: host.clone(),
+            source: e.map(|e| Box::new(e) as _),
+        };
+        channel
+            .exec(true, full.as_bytes())
+            .await
+            .map_err(|e| lost(Some(e)))?;
+        let (mut rd, wr) = channel.split();
+        let mut output = Output::new(io.stdout_to, io.sink);
+        let mut framing = Exec {
+            filter: PidFilter {
+                pid: None,
+                pending: Vec::new(),
+            },
+            sudo_kill,
+        };
+        let writer = write_input(&wr, io.input);
+        let seen = channel::drive(
+            &mut framing,
+            &mut rd,
+            &wr,
+            Some(writer),
+            &mut cancel,
+            &mut output,
+            &conn,
+        )
+        .await;
+        if seen.refused {
+            return Err(RemoteError::Other {
+                host: host.clone(),
+                message: "the server refused to run the command".to_string(),
+            });
+        }
+        let _ = wr.close().await;
+        let Output {
+            out,
+            mut err,
+            mut file,
+        } = output;
+        if let Some(f) = file.as_mut() {
+            f.flush().await.map_err(|e| RemoteError::Io {
+                host: host.clone(),
+                op: "write local file for".to_string(),
+                path: "download".to_string(),
+                source: e,
+            })?;
+        }
+        framing.filter.finish(&mut err);
+        if let Some(e) = seen.local_error {
+            return Err(RemoteError::Io {
+                host: host.clone(),
+                op: "stream local data for".to_string(),
+                path: "transfer".to_string(),
+                source: e,
+            });
+        }
+        if seen.cancelled {
+            return Err(RemoteError::Other {
+                host: host.clone(),
+                message: "command cancelled".to_string(),
+            });
+        }
+        if !seen.exited {
+            return Err(lost(None));
+        }
+        Ok(RawOutput {
+            status: seen.status.map(|s| s as i32),
+            stdout: out.finish(),
+            stderr: err.finish(),
+        })
+    }
+}
+
+/// Writes `input` to the command's stdin, then its end.
+async fn write_input(wr: &ChannelWriteHalf<client::Msg>, input: Input) -> std::io::Result<()> {
+    match input {
+        Input::None => {}
+        Input::Bytes(b) => {
+            // The command may exit without reading: not an error.
+            let _ = wr.data_bytes(b).await;
+        }
+        Input::File(path) => {
+            // Large reads handed over as owned buffers: russh splits them into
+            // full-size packets (`data(reader)` would copy through 8 KiB writes).
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(&path).await?;
+            loop {
+                let mut buf = Vec::with_capacity(256 * 1024);
+                let n = (&mut file).take(256 * 1024).read_to_end(&mut buf).await?;
+                if n == 0 || wr.data_bytes(buf).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Input::Tar(path) => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+            let builder = tokio::task::spawn_blocking(move || write_tar(&path, tx));
+            while let Some(chunk) = rx.recv().await {
+                if wr.data_bytes(chunk).await.is_err() {
+                    break;
+                }
+            }
+            drop(rx);
+            builder.await.map_err(std::io::Error::other)??;
+        }
+    }
+    let _ = wr.eof().await;
+    Ok(())
+}
+
+/// Writes a tar of the directory `dir` (plus a final marker entry) into `tx`.
+fn write_tar(dir: &Path, tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
+    struct ChanWriter(tokio::sync::mpsc::Sender<Vec<u8>>);
+    impl std::io::Write for ChanWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .blocking_send(buf.to_vec())
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let writer = std::io::BufWriter::with_capacity(256 * 1024, ChanWriter(tx));
+    let mut builder = tar::Builder::new(writer);
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o600);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    builder.append_data(&mut header, TAR_MARKER, std::io::empty())?;
+    let mut writer = builder.into_inner()?;
+    writer.flush()
+}

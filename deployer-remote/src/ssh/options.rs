@@ -1,0 +1,236 @@
+//! [`SshOptions`]: how hosts are connected and authenticated, with [`HostKeyPolicy`] and
+//! [`PassphraseCallback`]. Plain settings; what they mean is applied elsewhere.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{SshConfig, home_dir};
+
+/// How server host keys are checked against known_hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Only hosts whose key is recorded are accepted (the default).
+    #[default]
+    Strict,
+    /// Unknown hosts are accepted and their key recorded; a changed key is still refused
+    /// (OpenSSH's `StrictHostKeyChecking accept-new`).
+    AcceptNew,
+    /// Any key is accepted and nothing is checked. Insecure: for throwaway test machines only.
+    Off,
+}
+
+/// Asked for the passphrase of an encrypted key file; `None` skips the key.
+pub type PassphraseCallback = Arc<dyn Fn(&Path) -> Option<String> + Send + Sync>;
+
+/// How [`SshHost`](crate::SshHost)s connect and authenticate. Built with setters; every default is stated.
+///
+/// ```
+/// use deployer_remote::{HostKeyPolicy, SshOptions};
+/// use std::time::Duration;
+///
+/// let options = SshOptions::new()
+///     .user("deploy")
+///     .identity_file("/etc/deployer/id_ed25519")
+///     .host_key_policy(HostKeyPolicy::AcceptNew)
+///     .connect_timeout(Duration::from_secs(5))
+///     .passphrase(|_key| std::env::var("DEPLOY_KEY_PASSPHRASE").ok());
+/// assert!(format!("{options:?}").contains("deploy"));
+/// ```
+#[derive(Clone)]
+pub struct SshOptions {
+    pub(crate) user: Option<String>,
+    pub(crate) port: u16,
+    pub(crate) identity_files: Vec<PathBuf>,
+    pub(crate) default_identities: bool,
+    pub(crate) agent: bool,
+    pub(crate) agent_socket: Option<PathBuf>,
+    pub(crate) passphrase: Option<PassphraseCallback>,
+    pub(crate) known_hosts: Option<PathBuf>,
+    pub(crate) policy: HostKeyPolicy,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_channels: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) reuse_shells: bool,
+    pub(crate) keepalive: (Duration, usize),
+    pub(crate) ssh_config: Option<Arc<SshConfig>>,
+}
+
+impl fmt::Debug for SshOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshOptions")
+            .field("user", &self.user)
+            .field("port", &self.port)
+            .field("identity_files", &self.identity_files)
+            .field("default_identities", &self.default_identities)
+            .field("agent", &self.agent)
+            .field("agent_socket", &self.agent_socket)
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "<callback>"),
+            )
+            .field("known_hosts", &self.known_hosts)
+            .field("policy", &self.policy)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_channels", &self.max_channels)
+            .field("max_connections", &self.max_connections)
+            .field("reuse_shells", &self.reuse_shells)
+            .field("keepalive", &self.keepalive)
+            .field("ssh_config", &self.ssh_config.is_some())
+            .finish()
+    }
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SshOptions {
+    /// The defaults: see each setter.
+    pub fn new() -> Self {
+        SshOptions {
+            user: None,
+            port: 22,
+            identity_files: Vec::new(),
+            default_identities: true,
+            agent: true,
+            agent_socket: None,
+            passphrase: None,
+            known_hosts: None,
+            policy: HostKeyPolicy::Strict,
+            connect_timeout: Duration::from_secs(10),
+            max_channels: 8,
+            max_connections: 4,
+            reuse_shells: true,
+            keepalive: (Duration::from_secs(15), 3),
+            ssh_config: None,
+        }
+    }
+
+    /// The login user when neither the task nor the ssh config names one (default: `$USER`,
+    /// else `root`).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The port when the ssh config names none (default: 22).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Adds a private key file to try (default: none, so the ssh config's `IdentityFile`s and
+    /// then `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa` are tried).
+    pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_files.push(path.into());
+        self
+    }
+
+    /// Whether the default key files in `~/.ssh` are tried when no key file is named
+    /// (default: true).
+    pub fn default_identities(mut self, yes: bool) -> Self {
+        self.default_identities = yes;
+        self
+    }
+
+    /// Whether keys of the ssh-agent at `$SSH_AUTH_SOCK` are tried first (default: true).
+    pub fn agent(mut self, yes: bool) -> Self {
+        self.agent = yes;
+        self
+    }
+
+    /// The ssh-agent socket to use (default: `$SSH_AUTH_SOCK`).
+    pub fn agent_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.agent_socket = Some(path.into());
+        self
+    }
+
+    /// Called for the passphrase of an encrypted key file (default: none; encrypted keys are
+    /// skipped). The passphrase is never logged or stored.
+    pub fn passphrase(
+        mut self,
+        callback: impl Fn(&Path) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.passphrase = Some(Arc::new(callback));
+        self
+    }
+
+    /// The known_hosts file (default: `~/.ssh/known_hosts`).
+    pub fn known_hosts_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.known_hosts = Some(path.into());
+        self
+    }
+
+    /// How host keys are checked (default: [`HostKeyPolicy::Strict`]).
+    pub fn host_key_policy(mut self, policy: HostKeyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Limit on opening a connection: TCP, key exchange and authentication (default: 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Commands in flight on one connection (default: 8). Keep it at least 2 below the server's
+    /// `MaxSessions` (OpenSSH: 10): a cancelled command is killed through one more channel.
+    pub fn max_channels(mut self, n: usize) -> Self {
+        self.max_channels = n.max(1);
+        self
+    }
+
+    /// Connections opened to one host when all channels of the open ones are busy (default:
+    /// 4); beyond that, commands wait for a free channel.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Run commands on long-lived remote shells, one per channel, instead of a new SSH session
+    /// each (default: true). A session costs the server a fork of `sshd`, the login shell and a
+    /// `sh`; on a reused shell a command costs one `sh`. Turn it off for hosts without a POSIX
+    /// `sh` reachable from the login shell, or to see every command as its own session in the
+    /// server's logs. Commands with stdin data and uploads always get a session of their own.
+    pub fn reuse_shells(mut self, yes: bool) -> Self {
+        self.reuse_shells = yes;
+        self
+    }
+
+    /// How a connection that died silently (a frozen host, a dropped flow) is noticed: a
+    /// keepalive every `interval`, and the connection is dropped — its commands fail with
+    /// [`RemoteError::Disconnected`](deployer_core::RemoteError::Disconnected), later ones reconnect — after `max_missed` unanswered
+    /// (default: 15 s and 3, so about a minute). A task timeout notices sooner for that task.
+    ///
+    /// ```
+    /// use deployer_remote::SshOptions;
+    /// use std::time::Duration;
+    ///
+    /// let options = SshOptions::new().keepalive(Duration::from_secs(5), 2);
+    /// assert!(format!("{options:?}").contains("5s"));
+    /// ```
+    pub fn keepalive(mut self, interval: Duration, max_missed: usize) -> Self {
+        self.keepalive = (interval.max(Duration::from_millis(100)), max_missed.max(1));
+        self
+    }
+
+    /// The ssh client configuration to apply (default: `~/.ssh/config`, read when the first
+    /// host is resolved). Pass [`SshConfig::new()`] to ignore the user's file.
+    pub fn ssh_config(mut self, config: SshConfig) -> Self {
+        self.ssh_config = Some(Arc::new(config));
+        self
+    }
+
+    pub(crate) fn known_hosts_path(&self) -> PathBuf {
+        self.known_hosts.clone().unwrap_or_else(|| {
+            home_dir()
+                .unwrap_or_else(|| PathBuf::from("/"))
+                .join(".ssh")
+                .join("known_hosts")
+        })
+    }
+}
