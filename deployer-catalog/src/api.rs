@@ -16,9 +16,6 @@ use super::scope::Scope;
 use super::slug::Slug;
 use super::store::{CatalogStore, MemoryCatalog};
 
-/// How many times a change is tried when other writers keep saving in between.
-const ATTEMPTS: u32 = 32;
-
 /// The object model behind a [`CatalogStore`]: every call names the acting user and is refused
 /// with [`CatalogError::Forbidden`] when their role does not allow it (see [`Role`]).
 ///
@@ -91,28 +88,6 @@ impl Catalog {
         Ok(self.store.load_catalog().await?.data)
     }
 
-    /// Applies `change` to the stored catalog, validates, and saves; retries on a conflict.
-    async fn update<T>(
-        &self,
-        mut change: impl FnMut(&mut CatalogData) -> Result<T, CatalogError>,
-    ) -> Result<T, CatalogError> {
-        for _ in 0..ATTEMPTS {
-            let stored = self.store.load_catalog().await?;
-            let mut data = stored.data;
-            let out = change(&mut data)?;
-            data.validate()?;
-            if self
-                .store
-                .save_catalog(stored.revision, &data)
-                .await?
-                .is_some()
-            {
-                return Ok(out);
-            }
-        }
-        Err(CatalogError::Conflict { attempts: ATTEMPTS })
-    }
-
     /// Replaces the whole catalog (catalog admins of the new catalog only, or anybody while
     /// the stored catalog is empty: that is how a catalog is seeded).
     pub async fn import(&self, actor: &str, data: CatalogData) -> Result<(), CatalogError> {
@@ -160,8 +135,8 @@ impl Catalog {
     /// The scope of a deployment (what books see).
     pub async fn scope(&self, actor: &str, r: &DeploymentRef) -> Result<Scope, CatalogError> {
         let data = self.read().await?;
-        data.deployment(r)?;
-        data.check(actor, Permission::View, &Target::Deployment(r.clone()))?;
+        let target = Target::Deployment(r.clone());
+        check_existing(&data, actor, Permission::View, &target)?;
         Scope::build(&data, r)
     }
 
@@ -197,13 +172,9 @@ impl Catalog {
         user: &str,
         role: Option<Role>,
     ) -> Result<(), CatalogError> {
+        let target = Target::Project(project.clone());
         self.update(|data| {
-            data.project(project.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(project.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageProject, &target)?;
             let p = data.project_mut(project.as_str())?;
             set_role(&mut p.users, user, role);
             Ok(())
@@ -218,13 +189,9 @@ impl Catalog {
         project: &Slug,
         group: DeploymentGroup,
     ) -> Result<(), CatalogError> {
+        let target = Target::Project(project.clone());
         self.update(|data| {
-            data.project(project.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(project.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageProject, &target)?;
             data.project_mut(project.as_str())?
                 .groups
                 .push(group.clone());
@@ -242,13 +209,10 @@ impl Catalog {
         user: &str,
         role: Option<Role>,
     ) -> Result<(), CatalogError> {
+        let target = Target::Project(project.clone());
         self.update(|data| {
             data.group(project.as_str(), group.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(project.clone()),
-            )?;
+            data.check(actor, Permission::ManageProject, &target)?;
             set_role(
                 &mut data.group_mut(project.as_str(), group.as_str())?.users,
                 user,
@@ -268,13 +232,9 @@ impl Catalog {
         project: &Slug,
         mut edit: impl FnMut(&mut Project),
     ) -> Result<(), CatalogError> {
+        let target = Target::Project(project.clone());
         self.update(|data| {
-            data.project(project.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(project.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageProject, &target)?;
             let p = data.project_mut(project.as_str())?;
             let (slug, namespace) = (p.slug.clone(), p.namespace.clone());
             edit(p);
@@ -298,13 +258,9 @@ impl Catalog {
         group: &Slug,
         defaults: DeploymentSettings,
     ) -> Result<(), CatalogError> {
+        let target = Target::Group(project.clone(), group.clone());
         self.update(|data| {
-            data.group(project.as_str(), group.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Group(project.clone(), group.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             data.group_mut(project.as_str(), group.as_str())?.defaults = defaults.clone();
             Ok(())
         })
@@ -319,13 +275,9 @@ impl Catalog {
         group: &Slug,
         deployment: Deployment,
     ) -> Result<(), CatalogError> {
+        let target = Target::Group(project.clone(), group.clone());
         self.update(|data| {
-            data.group(project.as_str(), group.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Group(project.clone(), group.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             data.group_mut(project.as_str(), group.as_str())?
                 .deployments
                 .push(deployment.clone());
@@ -341,13 +293,9 @@ impl Catalog {
         r: &DeploymentRef,
         settings: DeploymentSettings,
     ) -> Result<(), CatalogError> {
+        let target = Target::Deployment(r.clone());
         self.update(|data| {
-            data.deployment(r)?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Deployment(r.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             data.deployment_mut(r)?.settings = settings.clone();
             Ok(())
         })
@@ -360,13 +308,9 @@ impl Catalog {
         actor: &str,
         r: &DeploymentRef,
     ) -> Result<(), CatalogError> {
+        let target = Target::Deployment(r.clone());
         self.update(|data| {
-            data.deployment(r)?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Deployment(r.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             for g in &mut data.project_mut(r.project.as_str())?.groups {
                 g.deployments.retain(|d| d.slug != r.deployment);
             }
@@ -383,13 +327,10 @@ impl Catalog {
         user: &str,
         role: Option<Role>,
     ) -> Result<(), CatalogError> {
+        let target = Target::Project(r.project.clone());
         self.update(|data| {
             data.deployment(r)?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(r.project.clone()),
-            )?;
+            data.check(actor, Permission::ManageProject, &target)?;
             set_role(&mut data.deployment_mut(r)?.users, user, role);
             Ok(())
         })
@@ -403,13 +344,9 @@ impl Catalog {
         r: &DeploymentRef,
         monitor: Monitor,
     ) -> Result<(), CatalogError> {
+        let target = Target::Deployment(r.clone());
         self.update(|data| {
-            data.deployment(r)?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Deployment(r.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             data.deployment_mut(r)?.monitors.push(monitor.clone());
             Ok(())
         })
@@ -453,12 +390,8 @@ impl Catalog {
         action: LifecycleAction,
     ) -> Result<LifecycleRequest, CatalogError> {
         let data = self.read().await?;
-        data.deployment(r)?;
-        data.check(
-            actor,
-            Permission::TriggerActions,
-            &Target::Deployment(r.clone()),
-        )?;
+        let target = Target::Deployment(r.clone());
+        check_existing(&data, actor, Permission::TriggerActions, &target)?;
         request(
             &data,
             r,
@@ -479,12 +412,8 @@ impl Catalog {
         datasource: &Slug,
     ) -> Result<deployer_core::Secret, CatalogError> {
         let data = self.read().await?;
-        data.deployment(r)?;
-        data.check(
-            actor,
-            Permission::TriggerActions,
-            &Target::Deployment(r.clone()),
-        )?;
+        let target = Target::Deployment(r.clone());
+        check_existing(&data, actor, Permission::TriggerActions, &target)?;
         let scope = Scope::build(&data, r)?;
         if !scope
             .datasources
@@ -539,13 +468,9 @@ impl Catalog {
         r: &DeploymentRef,
         cluster: &Slug,
     ) -> Result<(), CatalogError> {
+        let target = Target::Deployment(r.clone());
         self.update(|data| {
-            data.deployment(r)?;
-            data.check(
-                actor,
-                Permission::ManageDeployments,
-                &Target::Deployment(r.clone()),
-            )?;
+            check_existing(data, actor, Permission::ManageDeployments, &target)?;
             let d = data.deployment_mut(r)?;
             if !d.clusters.contains(cluster) {
                 d.clusters.push(cluster.clone());
@@ -693,14 +618,35 @@ fn check_owner(
     project: Option<&Slug>,
 ) -> Result<(), CatalogError> {
     match project {
-        Some(p) => {
-            data.project(p.as_str())?;
-            data.check(
-                actor,
-                Permission::ManageProject,
-                &Target::Project(p.clone()),
-            )
-        }
+        Some(p) => check_existing(
+            data,
+            actor,
+            Permission::ManageProject,
+            &Target::Project(p.clone()),
+        ),
         None => data.check(actor, Permission::ManageCatalog, &Target::Catalog),
     }
+}
+
+/// Checks that `target` exists (else [`CatalogError::NotFound`]) and then that `actor` has
+/// `permission` on it (else [`CatalogError::Forbidden`]), in that order.
+fn check_existing(
+    data: &CatalogData,
+    actor: &str,
+    permission: Permission,
+    target: &Target,
+) -> Result<(), CatalogError> {
+    match target {
+        Target::Catalog => {}
+        Target::Project(p) => {
+            data.project(p.as_str())?;
+        }
+        Target::Group(p, g) => {
+            data.group(p.as_str(), g.as_str())?;
+        }
+        Target::Deployment(r) => {
+            data.deployment(r)?;
+        }
+    }
+    data.check(actor, permission, target)
 }

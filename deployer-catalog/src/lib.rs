@@ -71,6 +71,7 @@ mod repository;
 mod scope;
 mod slug;
 mod store;
+mod update;
 
 pub use access::{Member, Permission, Role};
 pub use api::Catalog;

@@ -661,6 +661,179 @@ async fn concurrent_changes_are_all_kept() {
     assert_eq!(data.group("shop", "web").unwrap().deployments.len(), 13);
 }
 
+/// A store that never wins a save, counting the loads.
+#[derive(Default)]
+struct AlwaysRaced {
+    inner: MemoryCatalog,
+    loads: Mutex<u32>,
+}
+
+#[async_trait]
+impl CatalogStore for AlwaysRaced {
+    async fn load_catalog(&self) -> Result<StoredCatalog, deployer_core::StoreError> {
+        *self.loads.lock().unwrap() += 1;
+        self.inner.load_catalog().await
+    }
+
+    async fn save_catalog(
+        &self,
+        _: u64,
+        _: &CatalogData,
+    ) -> Result<Option<u64>, deployer_core::StoreError> {
+        Ok(None)
+    }
+
+    async fn append_monitor_log(
+        &self,
+        entry: &MonitorLogEntry,
+    ) -> Result<(), deployer_core::StoreError> {
+        self.inner.append_monitor_log(entry).await
+    }
+
+    async fn monitor_log(
+        &self,
+        monitor: &str,
+        limit: usize,
+    ) -> Result<Vec<MonitorLogEntry>, deployer_core::StoreError> {
+        self.inner.monitor_log(monitor, limit).await
+    }
+
+    async fn prune_monitor_log(
+        &self,
+        monitor: &str,
+        before: SystemTime,
+    ) -> Result<usize, deployer_core::StoreError> {
+        self.inner.prune_monitor_log(monitor, before).await
+    }
+}
+
+#[tokio::test]
+async fn a_change_that_keeps_losing_the_race_gives_up_after_32_tries() {
+    let store = Arc::new(AlwaysRaced {
+        inner: MemoryCatalog::with(sample_catalog()),
+        ..AlwaysRaced::default()
+    });
+    let catalog = Catalog::new(store.clone());
+    let err = catalog
+        .create_cluster("root", Cluster::new("AP 1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CatalogError::Conflict { attempts: 32 }),
+        "{err}"
+    );
+    assert_eq!(*store.loads.lock().unwrap(), 32);
+
+    // A refused change ends at once: one load, no retry.
+    *store.loads.lock().unwrap() = 0;
+    let err = catalog
+        .create_cluster("alice", Cluster::new("AP 1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_forbidden(), "{err}");
+    assert_eq!(*store.loads.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_object_is_reported_before_any_refusal() {
+    let catalog = catalog();
+    let (shop, nope) = (slug("shop"), slug("nope"));
+    let settings = DeploymentSettings::default;
+    let cases: Vec<(Result<(), CatalogError>, &str)> = vec![
+        (
+            catalog.set_project_role("zed", &nope, "x", None).await,
+            "no project \"nope\"",
+        ),
+        (
+            catalog
+                .create_group("zed", &nope, DeploymentGroup::new(slug("g"), "odoo"))
+                .await,
+            "no project \"nope\"",
+        ),
+        (
+            catalog.edit_project("zed", &nope, |_| {}).await,
+            "no project \"nope\"",
+        ),
+        (
+            catalog.set_group_role("zed", &shop, &nope, "x", None).await,
+            "no deployment group \"shop/nope\"",
+        ),
+        (
+            catalog
+                .update_group_defaults("zed", &shop, &nope, settings())
+                .await,
+            "no deployment group \"shop/nope\"",
+        ),
+        (
+            catalog
+                .create_deployment("zed", &shop, &nope, Deployment::new(slug("d")))
+                .await,
+            "no deployment group \"shop/nope\"",
+        ),
+        (
+            catalog
+                .update_deployment("zed", &dep("shop/nope"), settings())
+                .await,
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog.remove_deployment("zed", &dep("shop/nope")).await,
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog
+                .set_deployment_role("zed", &dep("shop/nope"), "x", None)
+                .await,
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog
+                .link_cluster("zed", &dep("shop/nope"), &slug("eu-1"))
+                .await,
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog.scope("zed", &dep("shop/nope")).await.map(drop),
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog
+                .trigger("zed", &dep("shop/nope"), LifecycleAction::Deploy)
+                .await
+                .map(drop),
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog
+                .datasource_secret("zed", &dep("shop/nope"), &slug("shop-db"))
+                .await
+                .map(drop),
+            "no deployment \"shop/nope\"",
+        ),
+        (
+            catalog
+                .transition_cluster("zed", &nope, ClusterState::Active)
+                .await,
+            "no cluster \"nope\"",
+        ),
+        (
+            catalog
+                .create_repository(
+                    "zed",
+                    Repository {
+                        project: Some(nope.clone()),
+                        ..Repository::new(slug("r"), "https://git.example.com/r.git")
+                    },
+                )
+                .await,
+            "no project \"nope\"",
+        ),
+    ];
+    for (result, message) in cases {
+        assert_eq!(result.unwrap_err().to_string(), message);
+    }
+}
+
 // ---- permissions ------------------------------------------------------------------------
 
 /// What each operation of the matrix needs, written out independently of the code.
