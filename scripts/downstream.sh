@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 target=$(mktemp -d)
 trap 'rm -rf "$target"' EXIT
 start=$(date +%s%N)
-CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path examples/downstream/Cargo.toml \
+CARGO_TARGET_DIR="$target" cargo build --locked --no-default-features \
+    --manifest-path examples/downstream/Cargo.toml \
     2>"$target/build.log"
 end=$(date +%s%N)
 crates=$(grep -c '^ *Compiling ' "$target/build.log" || true)

@@ -11,10 +11,10 @@ use deployer_core::CommandError;
 use deployer_core::NewRun;
 use deployer_core::Plan;
 use deployer_core::RunOutcome;
-use deployer_core::Runs;
 use deployer_core::ValidationErrors;
 use deployer_core::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 use deployer_core::{Executor, RunOptions, RunReport};
+use deployer_core::{Redactor, Runs};
 use deployer_core::{Stage, Task, Tasklist};
 
 use super::error::BookError;
@@ -229,6 +229,7 @@ pub struct JobRunner {
     commands: CommandRegistry,
     runs: Option<Runs>,
     started_by: String,
+    redactor: Redactor,
 }
 
 impl JobRunner {
@@ -239,7 +240,15 @@ impl JobRunner {
             commands: commands.clone(),
             runs: None,
             started_by: "books".to_string(),
+            redactor: Redactor::new(),
         }
+    }
+
+    /// Keeps the secrets of the jobs' plans in `redactor` (default: one of its own): hand it
+    /// the one your log formatter redacts with.
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Records runs through `runs` (default: not recorded).
@@ -258,7 +267,8 @@ impl JobRunner {
     pub fn plan(&self, job: &Job, acks: &Acknowledgements) -> Result<Plan, BookError> {
         let mut registry = self.commands.clone();
         registry.register_fn(MANUAL_COMMAND, manual_factory(acks.clone()));
-        Plan::build(&job.tasklist(), &registry).map_err(BookError::Plan)
+        Plan::build_with_redactor(&job.tasklist(), &registry, self.redactor.clone())
+            .map_err(BookError::Plan)
     }
 
     /// Runs `job` (a draft is scheduled first): `scheduled` → `running` → `done`, `error` or
@@ -289,12 +299,6 @@ impl JobRunner {
                 self.executor.run_with(&plan, options).await
             }
             Some(runs) => {
-                let record = runs
-                    .store()
-                    .create_run(NewRun::from_plan(&plan, job.source(), &self.started_by))
-                    .await
-                    .map_err(deployer_core::RunsError::from)?;
-                let id = record.id;
                 // Durations are averaged per step, not per command.
                 let keys: Vec<String> = job
                     .steps
@@ -302,20 +306,14 @@ impl JobRunner {
                     .filter(|s| s.runs())
                     .map(|s| s.history_key())
                     .collect();
-                for mut task in runs
+                let new = NewRun::from_plan(&plan, job.source(), &self.started_by)
+                    .with_history_keys(|task| keys.get(task.id.stage).cloned());
+                let id = runs
                     .store()
-                    .tasks(&id)
+                    .create_run(new)
                     .await
                     .map_err(deployer_core::RunsError::from)?
-                {
-                    if let Some(key) = keys.get(task.id.stage) {
-                        task.history_key = key.clone();
-                        runs.store()
-                            .update_task(&id, &task)
-                            .await
-                            .map_err(deployer_core::RunsError::from)?;
-                    }
-                }
+                    .id;
                 job.run_id = Some(id.to_string());
                 job.transition(JobState::Running)?;
                 match runs.drive(&self.executor, &id, &plan, options).await {
@@ -335,8 +333,8 @@ impl JobRunner {
         job.transition(match report.outcome {
             RunOutcome::Succeeded => JobState::Done,
             RunOutcome::Cancelled => JobState::Cancel,
-            RunOutcome::Failed if cancel.is_cancelled() => JobState::Cancel,
-            RunOutcome::Failed => JobState::Error,
+            _ if cancel.is_cancelled() => JobState::Cancel,
+            _ => JobState::Error,
         })?;
         Ok(report)
     }

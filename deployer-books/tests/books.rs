@@ -595,6 +595,7 @@ async fn record(store: &MemoryStore, key: &str, durations: &[u64]) {
             started_by: "test".into(),
             tasklist: Tasklist::new("old"),
             tasks: plan_tasks,
+            history_keys: Default::default(),
         })
         .await
         .unwrap();

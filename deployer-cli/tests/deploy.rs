@@ -578,7 +578,7 @@ fn ctrl_c_lets_the_running_task_finish_and_starts_nothing_new() {
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(130));
     let finished: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "task_finished")
@@ -620,7 +620,7 @@ fn a_second_ctrl_c_stops_running_tasks() {
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(130));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(60),
         "the sleep was stopped"

@@ -159,6 +159,18 @@ pub const COMMAND_NAMES: &[&str] = &[
     "keep_releases",
 ];
 
+/// A registry with every command of this crate ([`register_all`]), to add your own to.
+///
+/// ```
+/// let commands = deployer_commands::registry();
+/// assert!(commands.contains("upload") && commands.contains("execute_command"));
+/// ```
+pub fn registry() -> CommandRegistry {
+    let mut registry = CommandRegistry::new();
+    register_all(&mut registry);
+    registry
+}
+
 /// Registers every command of this crate under its name (see [`COMMAND_NAMES`]).
 ///
 /// The load-balancer commands are registered without a backend, so tasklists that use them

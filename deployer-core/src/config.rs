@@ -2,6 +2,7 @@
 //! values.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -102,6 +103,10 @@ pub struct Config {
     services: IndexMap<String, ServiceConfig>,
     values: Map<String, Value>,
     redactor: Redactor,
+    /// The YAML text it was read from, for typed sections with line and column.
+    text: Option<Arc<str>>,
+    /// Dotted keys set by overrides (their values are not in `text`).
+    overridden: Vec<String>,
 }
 
 impl Config {
@@ -157,10 +162,15 @@ impl Config {
                 });
             }
         };
+        let mut overridden = Vec::new();
         for (key, value) in overrides {
             set_dotted(&mut values, &key, value)?;
+            overridden.push(key);
         }
-        Self::from_values(values, origin)
+        let mut config = Self::from_values(values, origin)?;
+        config.text = Some(Arc::from(text));
+        config.overridden = overridden;
+        Ok(config)
     }
 
     /// Reads and parses a YAML file.
@@ -273,6 +283,8 @@ impl Config {
             hostgroups,
             services,
             values,
+            text: None,
+            overridden: Vec::new(),
         })
     }
 
@@ -306,6 +318,84 @@ impl Config {
             cur = cur.as_object()?.get(part)?;
         }
         Some(cur)
+    }
+
+    /// The section at a dotted key as a typed value `T`, `Ok(None)` when absent: for the
+    /// settings a generator or a host application reads itself. Mistakes are reported as the
+    /// config's own are: with file, line and column, what was expected, and for a misspelt key
+    /// (`T` with `#[serde(deny_unknown_fields)]`) a "did you mean". A section that command-line
+    /// overrides touched is read from its values and names its key instead.
+    ///
+    /// ```
+    /// use deployer_core::Config;
+    ///
+    /// #[derive(Debug, serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Ssh {
+    ///     port: Option<u16>,
+    ///     user: Option<String>,
+    /// }
+    ///
+    /// let config = Config::from_yaml_str("platform: site\nssh:\n  port: 2222\n", "site.yaml").unwrap();
+    /// assert_eq!(config.section::<Ssh>("ssh").unwrap().unwrap().port, Some(2222));
+    ///
+    /// let typo = Config::from_yaml_str("platform: site\nssh:\n  prot: 2222\n", "site.yaml").unwrap();
+    /// let err = typo.section::<Ssh>("ssh").unwrap_err().to_string();
+    /// assert!(err.starts_with("site.yaml:3:3: unknown field `prot`"), "{err}");
+    /// assert!(err.contains("did you mean `port`?"), "{err}");
+    /// ```
+    pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        if matches!(self.get(key), None | Some(Value::Null)) {
+            return Ok(None);
+        }
+        let touched = self.overridden.iter().any(|o| {
+            o == key
+                || o.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+                || key
+                    .strip_prefix(o.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+        });
+        if let (Some(text), false) = (&self.text, touched) {
+            let path: Vec<&str> = key.split('.').collect();
+            let seed = Pick::<T> {
+                path: &path,
+                _t: std::marker::PhantomData,
+            };
+            match serde_saphyr::with_deserializer_from_str(text, |de| {
+                serde::de::DeserializeSeed::deserialize(seed, de)
+            }) {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => {}
+                Err(e) => {
+                    let (line, column) = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((0, 0));
+                    let message = first_line(&e.to_string());
+                    return Err(ConfigError::Yaml {
+                        origin: self.origin.clone(),
+                        line,
+                        column,
+                        message: with_did_you_mean(&self.redactor.redact(&message)),
+                    });
+                }
+            }
+        }
+        let value = self.get(key).cloned().unwrap_or(Value::Null);
+        serde_path_to_error::deserialize::<_, T>(value)
+            .map(Some)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let key = if path == "." {
+                    key.to_string()
+                } else {
+                    format!("{key}.{path}")
+                };
+                ConfigError::Invalid {
+                    key,
+                    message: with_did_you_mean(&self.redactor.redact(&e.inner().to_string())),
+                }
+            })
     }
 
     /// The value at a dotted key as `T`; an error naming the config and the key when it is
@@ -393,6 +483,96 @@ impl Config {
             }
         }
         Ok(out.into_iter().collect())
+    }
+}
+
+/// Deserializes the value at `path` of a YAML mapping as `T` (`None` when absent), skipping
+/// everything else, so errors inside it keep the document's line and column.
+struct Pick<'p, T> {
+    path: &'p [&'p str],
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> serde::de::DeserializeSeed<'de> for Pick<'_, T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Option<T>, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Pick<'_, T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mapping")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match self.path {
+                [first] if *first == key => found = Some(map.next_value::<T>()?),
+                [first, rest @ ..] if *first == key => {
+                    found = map.next_value_seed(Pick::<T> {
+                        path: rest,
+                        _t: std::marker::PhantomData,
+                    })?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+}
+
+/// The first line of a parser message without its own "error:" and "line N column M:" (the
+/// error names the place itself; the rest of the message is the parser's snippet and advice).
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message);
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    if let Some(rest) = line.strip_prefix("line ")
+        && let Some((place, rest)) = rest.split_once(": ")
+        && place
+            .split(' ')
+            .all(|w| w == "column" || w.parse::<u64>().is_ok())
+    {
+        return rest.to_string();
+    }
+    line.to_string()
+}
+
+/// `message` with "; did you mean `x`?" when it is serde's "unknown field `y`, expected one of
+/// `a`, `b`" and one of the expected fields is close.
+fn with_did_you_mean(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((field, rest)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let expected = rest
+        .split_once("expected one of ")
+        .or_else(|| rest.split_once("expected "))
+        .map_or("", |(_, list)| list);
+    let candidates: Vec<&str> = expected
+        .split(", ")
+        .map(|c| c.trim().trim_matches('`'))
+        .filter(|c| !c.is_empty())
+        .collect();
+    match crate::validation::did_you_mean(field, candidates.iter().copied()) {
+        Some(hint) => format!("{message}; did you mean `{hint}`?"),
+        None => message.to_string(),
     }
 }
 

@@ -136,6 +136,21 @@ impl Finished {
     }
 }
 
+impl<E: Into<DriveError>> From<E> for Finished {
+    /// A deploy that stopped before it ran: `return Err(e).into()`-style early exits from a
+    /// `main` that returns [`Finished`] (a config that does not load, a store that does not
+    /// open).
+    fn from(error: E) -> Finished {
+        Finished::error(error.into(), &Redactor::new())
+    }
+}
+
+impl From<crate::StoreError> for DriveError {
+    fn from(e: crate::StoreError) -> DriveError {
+        DriveError::Runs(RunsError::Store(e))
+    }
+}
+
 impl Termination for Finished {
     fn report(self) -> ExitCode {
         if let Some(message) = self.error_message() {
@@ -391,7 +406,7 @@ impl Driver {
 
     fn runs(&self) -> Option<Runs> {
         let store = self.store.clone()?;
-        let runs = Runs::new(store);
+        let runs = Runs::new(store).redactor(self.redactor.clone());
         Some(match self.lease_ttl {
             Some(ttl) => runs.lease_ttl(ttl),
             None => runs,
@@ -529,7 +544,7 @@ fn cancelled(cancel: &CancelHandle, signal: &str) {
     } else {
         tracing::warn!(
             component = "Driver",
-            "{signal}: cancelling; no new tasks start, running ones finish ({signal} again to stop them)"
+            "{signal} received, cancelling: no new tasks start, running ones finish ({signal} again stops them)"
         );
     }
     cancel.cancel();

@@ -292,6 +292,14 @@ impl CommandError {
     }
 }
 
+impl From<crate::ShellError> for CommandError {
+    /// A command line that cannot be quoted (an argument with a NUL byte) fails the task with
+    /// the quoting error's message: `ShellCommand::…build()?` in a command's `execute`.
+    fn from(e: crate::ShellError) -> CommandError {
+        CommandError::failed(e.to_string())
+    }
+}
+
 /// Failure of a generator.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -35,6 +35,7 @@ impl fmt::Display for TaskId {
 /// How one task ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TaskOutcome {
     /// The command succeeded.
     Succeeded,
@@ -101,6 +102,7 @@ impl fmt::Display for TaskOutcome {
 /// How a stage or a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunOutcome {
     /// Every task succeeded (or was skipped by its command).
     Succeeded,

@@ -245,6 +245,7 @@ pub struct FakeConnector {
     hosts: Mutex<HashMap<String, Arc<FakeHost>>>,
     unreachable: HashSet<String>,
     connects: Mutex<Vec<String>>,
+    replies: Vec<(String, FakeReply)>,
 }
 
 impl FakeConnector {
@@ -259,6 +260,26 @@ impl FakeConnector {
         self
     }
 
+    /// Gives every host it creates from now on this reply to commands containing `pattern`
+    /// (after the host's own replies): one reply for a whole fleet.
+    ///
+    /// ```
+    /// use deployer_core::fixture::{FakeConnector, FakeReply};
+    /// use deployer_core::{Connector, ExecOptions, HostSpec};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let connector = FakeConnector::new().reply_all("cat VERSION", FakeReply::ok().stdout("1.2.0\n"));
+    /// for name in ["fe001", "fe002"] {
+    ///     let host = connector.host(&HostSpec::remote(name, None)).await.unwrap();
+    ///     let out = host.execute("cat VERSION", &ExecOptions::new()).await.unwrap();
+    ///     assert_eq!(out.stdout_str(), "1.2.0\n");
+    /// }
+    /// # });
+    /// ```
+    pub fn reply_all(mut self, pattern: impl Into<String>, reply: FakeReply) -> Self {
+        self.replies.push((pattern.into(), reply));
+        self
+    }
+
     /// Makes connecting to `host` fail.
     pub fn unreachable(mut self, host: impl Into<String>) -> Self {
         self.unreachable.insert(host.into());
@@ -269,7 +290,11 @@ impl FakeConnector {
     pub fn fake(&self, name: &str) -> Arc<FakeHost> {
         lock(&self.hosts)
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(FakeHost::new(name)))
+            .or_insert_with(|| {
+                let mut host = FakeHost::new(name);
+                host.replies.extend(self.replies.iter().cloned());
+                Arc::new(host)
+            })
             .clone()
     }
 
@@ -347,12 +372,18 @@ impl EventLog {
     }
 
     fn in_flight(&self) -> (usize, HashMap<String, usize>) {
+        self.in_flight_where(|_| true)
+    }
+
+    fn in_flight_where(&self, keep: impl Fn(&TaskId) -> bool) -> (usize, HashMap<String, usize>) {
         let mut now = 0usize;
         let mut max = 0usize;
         let mut per: HashMap<String, usize> = HashMap::new();
         let mut per_max: HashMap<String, usize> = HashMap::new();
         for e in lock(&self.events).iter() {
             match &e.kind {
+                EventKind::TaskStarted { task, .. } | EventKind::TaskFinished { task, .. }
+                    if !keep(&task.id) => {}
                 EventKind::TaskStarted { task, attempt: 1 } => {
                     now += 1;
                     max = max.max(now);
@@ -386,6 +417,14 @@ impl EventLog {
     /// The most tasks in flight at once on each host.
     pub fn max_in_flight_by_host(&self) -> HashMap<String, usize> {
         self.in_flight().1
+    }
+
+    /// The most tasks in flight at once within stage `stage`: overall, and on any one host.
+    /// Stages run one after another, so this is what that stage's `concurrency` and
+    /// `concurrency_per_host` limit.
+    pub fn max_in_flight_in_stage(&self, stage: usize) -> (usize, usize) {
+        let (all, per) = self.in_flight_where(|id| id.stage == stage);
+        (all, per.values().copied().max().unwrap_or(0))
     }
 }
 

@@ -128,6 +128,7 @@ pub struct Runs {
     store: Arc<dyn RunStore>,
     owner: String,
     lease_ttl: Duration,
+    redactor: crate::Redactor,
 }
 
 impl std::fmt::Debug for Runs {
@@ -158,7 +159,15 @@ impl Runs {
             store,
             owner,
             lease_ttl: Duration::from_secs(30),
+            redactor: crate::Redactor::new(),
         }
+    }
+
+    /// Keeps the secrets of the plans it builds to resume runs in `redactor` (default: a
+    /// redactor of its own): hand it the one your log formatter redacts with.
+    pub fn redactor(mut self, redactor: crate::Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Names this controller in leases (default: `host:pid:random`).
@@ -352,10 +361,12 @@ impl Runs {
             .into());
         }
         let tasklist = with_secrets(id, &record.tasklist, resume.secrets_from.as_ref(), registry)?;
-        let plan = Plan::build(&tasklist, registry).map_err(|errors| RunsError::Invalid {
-            id: id.clone(),
-            errors,
-        })?;
+        let plan = Plan::build_with_redactor(&tasklist, registry, self.redactor.clone()).map_err(
+            |errors| RunsError::Invalid {
+                id: id.clone(),
+                errors,
+            },
+        )?;
         let tasks = self.store.tasks(id).await?;
         let mut unsure = Vec::new();
         for t in &tasks {

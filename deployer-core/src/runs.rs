@@ -186,6 +186,9 @@ pub struct NewRun {
     pub tasklist: Tasklist,
     /// Every task, each with its host.
     pub tasks: Vec<TaskInfo>,
+    /// Under which key each task's duration is kept for estimates, where it is not its command
+    /// name (books key theirs by `book/step`). See [`with_history_keys`](Self::with_history_keys).
+    pub history_keys: std::collections::HashMap<TaskId, String>,
 }
 
 impl NewRun {
@@ -202,7 +205,40 @@ impl NewRun {
             started_by: started_by.into(),
             tasklist: plan.tasklist().redacted(),
             tasks: plan.tasks().cloned().collect(),
+            history_keys: Default::default(),
         }
+    }
+
+    /// Keeps the duration of each task for which `key` gives a key under that key instead of
+    /// its command name ([`RunStore::average_duration`] reads them back).
+    ///
+    /// ```
+    /// # use deployer_core::{CommandRegistry, NewRun, Plan, Stage, Task, Tasklist};
+    /// # let mut commands = CommandRegistry::new();
+    /// # commands.register::<deployer_core::fixture::Noop>("restart");
+    /// # let tasklist = Tasklist::new("t").stage(Stage::new("s", 1).task(Task::new("restart")));
+    /// # let plan = Plan::build(&tasklist, &commands).unwrap();
+    /// let run = NewRun::from_plan(&plan, "book:web", "alice")
+    ///     .with_history_keys(|task| Some(format!("web/{}", task.command)));
+    /// assert_eq!(run.task_record(&run.tasks[0]).history_key, "web/restart");
+    /// ```
+    pub fn with_history_keys(mut self, key: impl Fn(&TaskInfo) -> Option<String>) -> Self {
+        for task in &self.tasks {
+            if let Some(k) = key(task) {
+                self.history_keys.insert(task.id, k);
+            }
+        }
+        self
+    }
+
+    /// The pending record of `task` (one of [`tasks`](Self::tasks)) a store creates, with its
+    /// history key.
+    pub fn task_record(&self, task: &TaskInfo) -> TaskRecord {
+        let mut record = TaskRecord::pending(task);
+        if let Some(key) = self.history_keys.get(&task.id) {
+            record.history_key = key.clone();
+        }
+        record
     }
 
     /// The distinct hosts of its tasks, in first-seen order.
@@ -382,7 +418,8 @@ pub enum StoreError {
 /// * Timestamps are stored with at least microsecond precision.
 #[async_trait]
 pub trait RunStore: Send + Sync {
-    /// Creates the run record with every host `PENDING` and every task `PENDING`.
+    /// Creates the run record with every host `PENDING` and every task `PENDING`, each task
+    /// recorded as [`NewRun::task_record`] makes it (with its history key).
     async fn create_run(&self, run: NewRun) -> Result<RunRecord, StoreError>;
 
     /// The run record.
@@ -505,7 +542,7 @@ impl RunStore for MemoryStore {
         let tasks = run
             .tasks
             .iter()
-            .map(|t| (t.id, TaskRecord::pending(t)))
+            .map(|t| (t.id, run.task_record(t)))
             .collect();
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         if runs.contains_key(&run.id) {

@@ -33,6 +33,19 @@ where
     leases(&make().await).await;
     finish_and_purge(&make().await).await;
     history(&make().await).await;
+    history_keys(&make().await).await;
+}
+
+/// Tasks are recorded under the history keys the new run gives them (books key steps as
+/// `book/step`), else under their command.
+pub async fn history_keys(store: &dyn RunStore) {
+    let keyed = sample_run("keyed")
+        .with_history_keys(|t| (t.id.entry == 0 && t.id.stage == 0).then(|| "book/step".into()));
+    store.create_run(keyed.clone()).await.expect("create_run");
+    let tasks = store.tasks(&keyed.id).await.expect("tasks");
+    assert_eq!(tasks[0].history_key, "book/step");
+    assert_eq!(tasks[1].history_key, "upload");
+    assert_eq!(tasks[2].history_key, "restart");
 }
 
 fn info(stage: usize, entry: usize, step: Option<usize>, host: &str, command: &str) -> TaskInfo {
@@ -79,6 +92,7 @@ pub fn sample_run(name: &str) -> NewRun {
             info(1, 0, Some(0), "fe001", "restart"),
             info(1, 0, Some(1), "fe001", "check"),
         ],
+        history_keys: Default::default(),
     }
 }
 

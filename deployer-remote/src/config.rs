@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// Failure to read an SSH client configuration file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SshConfigError {
     /// The file could not be read.
     #[error("cannot read ssh config {path}")]

@@ -16,6 +16,19 @@ fn expand(path: &str) -> PathBuf {
     }
 }
 
+/// The config's `ssh` section; an unknown key is an error with its line and a "did you mean".
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshSection {
+    port: Option<u16>,
+    identity_file: Option<String>,
+    known_hosts: Option<String>,
+    host_key_policy: Option<String>,
+    connect_timeout: Option<f64>,
+    agent: Option<bool>,
+    config: Option<Value>,
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -39,7 +52,8 @@ impl SshOptions {
     ///   config: ~/.ssh/config          # or false to ignore the user's ssh config
     /// ```
     ///
-    /// A value of the wrong kind is an error naming its key.
+    /// An unknown key in `ssh` is an error with its file, line and column and a "did you mean";
+    /// a value of the wrong kind is an error naming its key.
     ///
     /// ```
     /// use deployer_core::Config;
@@ -58,25 +72,34 @@ impl SshOptions {
     /// ).unwrap();
     /// let err = SshOptions::from_config(&bad).unwrap_err();
     /// assert!(err.to_string().contains("ssh.host_key_policy"), "{err}");
+    ///
+    /// let typo = Config::from_yaml_str("platform: release\nssh:\n  prot: 2222\n", "deploy.yaml")
+    ///     .unwrap();
+    /// let err = SshOptions::from_config(&typo).unwrap_err().to_string();
+    /// assert!(err.starts_with("deploy.yaml:3:3: unknown field `prot`"), "{err}");
+    /// assert!(err.ends_with("did you mean `port`?"), "{err}");
     /// ```
     pub fn from_config(config: &Config) -> Result<SshOptions, ConfigError> {
         let mut options = SshOptions::new();
-        if let Some(port) = config.get_as::<u16>("ssh.port")? {
-            options = options.port(port);
-        }
         if let Some(user) = config.get_as::<String>("user")? {
             options = options.user(user);
         }
-        if let Some(key) = config.get_as::<String>("ssh.identity_file")? {
+        let Some(ssh) = config.section::<SshSection>("ssh")? else {
+            return Ok(options);
+        };
+        if let Some(port) = ssh.port {
+            options = options.port(port);
+        }
+        if let Some(key) = ssh.identity_file {
             options = options.identity_file(expand(&key));
         }
-        if let Some(kh) = config.get_as::<String>("ssh.known_hosts")? {
+        if let Some(kh) = ssh.known_hosts {
             options = options.known_hosts_file(expand(&kh));
         }
-        if let Some(agent) = config.get_as::<bool>("ssh.agent")? {
+        if let Some(agent) = ssh.agent {
             options = options.agent(agent);
         }
-        if let Some(secs) = config.get_as::<f64>("ssh.connect_timeout")? {
+        if let Some(secs) = ssh.connect_timeout {
             let d = Duration::try_from_secs_f64(secs).map_err(|_| {
                 invalid(
                     "ssh.connect_timeout",
@@ -85,7 +108,7 @@ impl SshOptions {
             })?;
             options = options.connect_timeout(d);
         }
-        if let Some(policy) = config.get_as::<String>("ssh.host_key_policy")? {
+        if let Some(policy) = ssh.host_key_policy {
             options = options.host_key_policy(match policy.as_str() {
                 "strict" => HostKeyPolicy::Strict,
                 "accept-new" => HostKeyPolicy::AcceptNew,
@@ -98,11 +121,11 @@ impl SshOptions {
                 }
             });
         }
-        match config.get("ssh.config") {
+        match ssh.config {
             None | Some(Value::Null) | Some(Value::Bool(true)) => {}
             Some(Value::Bool(false)) => options = options.ssh_config(SshConfig::new()),
             Some(Value::String(path)) => {
-                let parsed = SshConfig::from_file(&expand(path))
+                let parsed = SshConfig::from_file(&expand(&path))
                     .map_err(|e| invalid("ssh.config", e.to_string()))?;
                 options = options.ssh_config(parsed);
             }

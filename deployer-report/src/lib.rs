@@ -5,7 +5,8 @@
 //!
 //! * [`JsonLines`]: every event as one JSON object per line, to any [`std::io::Write`].
 //! * [`Summary`]: the recap at the end of a run — a row per host, then every failure with its
-//!   command, exit status and the tail of its stderr ([`Summary::render`] returns the text).
+//!   command, exit status and the tail of its stderr ([`Summary::render`] returns the text);
+//!   [`Recap`] prints it to a writer when the run ends.
 //! * [`Progress`] (feature `progress`, indicatif): a live bar per stage with the hosts in
 //!   flight and the time left by history ([`stage_estimates`]).
 //! * [`TracingSink`] turns events into `tracing` events; [`LogFormat`] (feature `log`,
@@ -67,7 +68,7 @@ pub use log::TracingSink;
 #[cfg(feature = "progress")]
 #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
 pub use progress::Progress;
-pub use recap::{HostSummary, Summary};
+pub use recap::{HostSummary, Recap, Summary};
 pub use runs::{render_run, render_runs};
 
 /// Re-exported so a host application draws on the same indicatif version as [`Progress`].

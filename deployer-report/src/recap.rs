@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deployer_core::{Event, EventKind, EventSink, RunReport, TaskOutcome};
+use deployer_core::{
+    Event, EventKind, EventSink, FailedTask, RunOutcome, RunReport, TaskCounts, TaskOutcome,
+};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -24,10 +26,13 @@ pub struct HostSummary {
     pub busy: Duration,
 }
 
-/// Collects per-host results for the summary table printed at the end of a run.
+/// Collects per-host results for the recap printed at the end of a run ([`render`](Self::render));
+/// [`Recap`] prints it by itself when the run ends.
 #[derive(Debug, Default)]
 pub struct Summary {
     hosts: Mutex<BTreeMap<String, HostSummary>>,
+    name: Mutex<String>,
+    failures: Mutex<Vec<FailedTask>>,
 }
 
 impl Summary {
@@ -44,6 +49,36 @@ impl Summary {
     /// The table: one row per host, then every failure with its command, exit status and the
     /// tail of its stderr.
     pub fn render(&self, report: &RunReport) -> String {
+        self.render_with(
+            &report.name,
+            report.outcome,
+            report.duration,
+            report.counts,
+            &report.failures,
+        )
+    }
+
+    /// The table from the events alone: the run's name, failures and counts as they were
+    /// seen (what [`Recap`] prints when the run ends).
+    pub fn render_seen(
+        &self,
+        outcome: RunOutcome,
+        duration: Duration,
+        counts: TaskCounts,
+    ) -> String {
+        let name = lock(&self.name).clone();
+        let failures = lock(&self.failures).clone();
+        self.render_with(&name, outcome, duration, counts, &failures)
+    }
+
+    fn render_with(
+        &self,
+        name: &str,
+        outcome: RunOutcome,
+        duration: Duration,
+        counts: TaskCounts,
+        failures: &[FailedTask],
+    ) -> String {
         let hosts = self.hosts();
         let width = hosts.keys().map(String::len).max().unwrap_or(4).max(4);
         let mut s = String::new();
@@ -64,18 +99,16 @@ impl Summary {
         }
         let _ = writeln!(
             s,
-            "run \"{}\" {} in {:.1}s: {} ok, {} failed, {} skipped, {} not run",
-            report.name,
-            report.outcome,
-            report.duration.as_secs_f64(),
-            report.counts.succeeded,
-            report.counts.failed,
-            report.counts.skipped,
-            report.counts.not_run
+            "run \"{name}\" {outcome} in {:.1}s: {} ok, {} failed, {} skipped, {} not run",
+            duration.as_secs_f64(),
+            counts.succeeded,
+            counts.failed,
+            counts.skipped,
+            counts.not_run
         );
-        if !report.failures.is_empty() {
+        if !failures.is_empty() {
             let _ = writeln!(s, "failures:");
-            for f in &report.failures {
+            for f in failures {
                 let _ = writeln!(s, "  {f}");
             }
         }
@@ -86,12 +119,20 @@ impl Summary {
 impl EventSink for Summary {
     fn event(&self, event: &Event) {
         match &event.kind {
+            EventKind::RunStarted { name, .. } => *lock(&self.name) = name.clone(),
             EventKind::TaskFinished {
                 task,
                 outcome,
                 duration,
-                ..
+                attempts,
             } => {
+                if !outcome.is_success() {
+                    lock(&self.failures).push(FailedTask {
+                        task: task.clone(),
+                        outcome: outcome.clone(),
+                        attempts: *attempts,
+                    });
+                }
                 let mut hosts = lock(&self.hosts);
                 let h = hosts.entry(task.host.clone()).or_default();
                 h.busy += *duration;
@@ -108,6 +149,76 @@ impl EventSink for Summary {
                     .skipped += 1;
             }
             _ => {}
+        }
+    }
+}
+
+/// Prints the recap ([`Summary`]) to a writer when the run ends: a row per host, the counts the
+/// last event carries, then every failure.
+///
+/// ```
+/// use std::sync::Arc;
+/// use deployer_core::fixture::{FakeConnector, Noop};
+/// use deployer_core::{CommandRegistry, Executor, Plan, Stage, Task, Tasklist};
+/// use deployer_report::Recap;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let mut commands = CommandRegistry::new();
+/// commands.register::<Noop>("noop");
+/// let tasklist = Tasklist::new("demo").stage(Stage::new("all", 1).task(Task::new("noop").on("fe001")));
+/// let recap = Arc::new(Recap::new(Vec::new()));
+/// Executor::new(Arc::new(FakeConnector::new()))
+///     .sink(recap.clone())
+///     .run(&Plan::build(&tasklist, &commands).unwrap())
+///     .await;
+/// let text = String::from_utf8(Arc::try_unwrap(recap).unwrap().into_inner()).unwrap();
+/// assert!(text.contains("run \"demo\" succeeded in "), "{text}");
+/// assert!(text.contains(": 1 ok, 0 failed, 0 skipped, 0 not run"), "{text}");
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct Recap<W> {
+    summary: Summary,
+    out: Mutex<W>,
+}
+
+impl Recap<std::io::Stderr> {
+    /// Prints to standard error.
+    pub fn stderr() -> Self {
+        Recap::new(std::io::stderr())
+    }
+}
+
+impl<W: std::io::Write> Recap<W> {
+    /// Prints to `out`.
+    pub fn new(out: W) -> Self {
+        Recap {
+            summary: Summary::new(),
+            out: Mutex::new(out),
+        }
+    }
+
+    /// What was collected so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// The writer back.
+    pub fn into_inner(self) -> W {
+        self.out.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<W: std::io::Write + Send> EventSink for Recap<W> {
+    fn event(&self, event: &Event) {
+        self.summary.event(event);
+        if let EventKind::RunFinished { outcome, duration } = &event.kind {
+            let text =
+                self.summary
+                    .render_seen(*outcome, *duration, event.stats.unwrap_or_default());
+            let mut out = lock(&self.out);
+            // A closed output must not disturb the run.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         }
     }
 }

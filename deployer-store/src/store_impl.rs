@@ -124,7 +124,7 @@ macro_rules! impl_run_store {
                     .map_err(|e| backend(format!("{doing}: add host {host}"), e))?;
                 }
                 for info in &run.tasks {
-                    let record = deployer_core::TaskRecord::pending(info);
+                    let record = run.task_record(info);
                     let (stage, entry, step) = task_key(record.id)?;
                     sqlx::query(
                         "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \

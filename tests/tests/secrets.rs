@@ -14,14 +14,21 @@ use std::time::Duration;
 
 use deployer_commands::{LoadBalancers, ShellBackend};
 use deployer_core::{
-    CommandRegistry, Connector, Event, ExecOptions, Executor, Plan, RemoteHost, ResumeOptions,
-    RunOptions, RunOutcome, Runs, RunsError, TaskEntry, Tasklist, quote,
+    CommandRegistry, Connector, Event, ExecOptions, Executor, Plan, Redactor, RemoteHost,
+    ResumeOptions, RunOptions, RunOutcome, Runs, RunsError, TaskEntry, Tasklist, quote,
 };
 use deployer_remote::LocalConnector;
 use deployer_remote::testing::TestSshd;
 use deployer_report::{LogFormat, TracingSink};
 use deployer_store::SqliteStore;
 use serde_json::{Value, json};
+
+/// The secrets of this test binary's plans, which its log lines are redacted with (a host
+/// application hands its plans and its log formatter the same redactor).
+fn redactor() -> Redactor {
+    static REDACTOR: OnceLock<Redactor> = OnceLock::new();
+    REDACTOR.get_or_init(Redactor::new).clone()
+}
 
 /// Every log line of this test binary: `LogFormat` at TRACE for every target.
 fn logs() -> &'static Mutex<Vec<u8>> {
@@ -40,7 +47,7 @@ fn logs() -> &'static Mutex<Vec<u8>> {
             }
         }
         let subscriber = tracing_subscriber::fmt()
-            .event_format(LogFormat::default())
+            .event_format(LogFormat::default().redactor(redactor()))
             .with_max_level(tracing::Level::TRACE)
             .with_writer(|| Sink)
             .finish();
@@ -169,11 +176,11 @@ async fn deploy_and_grep(
     let registry = registry(work);
     let text = tasklist_json(work, host, lb, db);
     let loaded = Tasklist::from_json_str(&text).unwrap();
-    let plan = Plan::build(&loaded, &registry).unwrap();
+    let plan = Plan::build_with_redactor(&loaded, &registry, redactor()).unwrap();
 
     let store_path = local.path().join("runs.db");
     let store = Arc::new(SqliteStore::open(&store_path).await.unwrap());
-    let runs = Runs::new(store.clone());
+    let runs = Runs::new(store.clone()).redactor(redactor());
     let events = Arc::new(Mutex::new(Vec::<Event>::new()));
     let executor = Executor::new(connector)
         .retry_delay(Duration::ZERO)
@@ -354,9 +361,10 @@ async fn a_resumed_run_takes_its_redacted_secrets_from_the_original_tasklist() {
     let line = format!("printf '%s' \"$DB_PASSWORD\" > {}", q(&out));
     let original = Tasklist::from_json_str(&json(&line)).unwrap();
     let registry = registry(dir.path());
-    let plan = Plan::build(&original, &registry).unwrap();
+    let plan = Plan::build_with_redactor(&original, &registry, redactor()).unwrap();
     let store_path = dir.path().join("runs.db");
-    let runs = Runs::new(Arc::new(SqliteStore::open(&store_path).await.unwrap()));
+    let runs =
+        Runs::new(Arc::new(SqliteStore::open(&store_path).await.unwrap())).redactor(redactor());
     let executor = Executor::new(Arc::new(LocalConnector::new())).retry_delay(Duration::ZERO);
     let (id, report) = runs
         .start(
@@ -373,7 +381,9 @@ async fn a_resumed_run_takes_its_redacted_secrets_from_the_original_tasklist() {
 
     // The stored copy cannot run as it is: the plan names the redacted secret.
     let stored = runs.store().run(&id).await.unwrap().tasklist;
-    let err = Plan::build(&stored, &registry).unwrap_err().to_string();
+    let err = Plan::build_with_redactor(&stored, &registry, redactor())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("stages[1].tasks[0].env.DB_PASSWORD: the secret's value was left out when this tasklist was saved or stored"),
         "{err}"
@@ -440,9 +450,13 @@ async fn validation_problems_never_echo_a_secret() {
          "env": {"A": {"secret": format!("{PW}\nsecond line")}}},
     ]}]})
     .to_string();
-    let err = Plan::build(&Tasklist::from_json_str(&text).unwrap(), &registry)
-        .unwrap_err()
-        .to_string();
+    let err = Plan::build_with_redactor(
+        &Tasklist::from_json_str(&text).unwrap(),
+        &registry,
+        redactor(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(!err.contains(PW), "{err}");
     assert!(err.contains("stages[0].tasks[0].port"), "{err}");
     assert!(
@@ -486,7 +500,7 @@ async fn a_command_logging_its_secret_logs_stars() {
     registry.register::<Careless>("careless");
     let tasklist = Tasklist::new("careless")
         .stage(Stage::new("s", 1).task(Task::new("careless").secret("password", PW)));
-    let plan = Plan::build(&tasklist, &registry).unwrap();
+    let plan = Plan::build_with_redactor(&tasklist, &registry, redactor()).unwrap();
     let report = Executor::new(Arc::new(LocalConnector::new()))
         .run(&plan)
         .await;

@@ -328,12 +328,6 @@ async fn plan_tasklist(
 /// A driver error as this program reports it: bad input (exit 2) or hosts (exit 1).
 fn drive_error(e: DriveError) -> BadInput {
     let message = deployer_core::error_chain(&e);
-    let message = match &e {
-        DriveError::Runs(RunsError::SecretsNeeded { id, .. }) => {
-            format!("{message} (deploy runs resume {id} --tasklist FILE)")
-        }
-        _ => message,
-    };
     if e.exit_code() == exit::BAD_INPUT {
         BadInput::Input(message)
     } else {
@@ -409,9 +403,12 @@ fn finish(cli: &Cli, finished: Finished, summary: &Summary) -> Result<u8, BadInp
             }
             Ok(finished.exit_code())
         }
-        Err(_) => {
+        Err(e) => {
             let code = finished.exit_code();
-            let message = finished.error_message().unwrap_or_default();
+            let mut message = finished.error_message().unwrap_or_default();
+            if let DriveError::Runs(RunsError::SecretsNeeded { id, .. }) = e {
+                message.push_str(&format!(" (deploy runs resume {id} --tasklist FILE)"));
+            }
             Err(if code == exit::BAD_INPUT {
                 BadInput::Input(message)
             } else {

@@ -1,8 +1,11 @@
 //! The `mysite` platform: a generator and a custom command of a host application.
 
+use std::sync::Arc;
+
 use deployer::{
-    Command, CommandError, ExecContext, Generator, GeneratorContext, GeneratorError, Outcome,
-    ShellCommand, Stage, Task, TaskArgs, Tasklist, ValidationErrors, async_trait,
+    Command, CommandError, Connector, Driver, ExecContext, Generator, GeneratorContext,
+    GeneratorError, Outcome, ShellCommand, Stage, Task, TaskArgs, Tasklist, ValidationErrors,
+    async_trait,
 };
 
 /// `announce`: echoes a message on its host.
@@ -19,46 +22,53 @@ impl Command for Announce {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        let line = ShellCommand::new("echo").arg(&self.message).build();
-        ctx.run_checked(&line.map_err(|e| CommandError::failed(e.to_string()))?)
+        ctx.run_checked(&ShellCommand::new("echo").arg(&self.message).build()?)
             .await?;
         Ok(Outcome::done())
     }
 }
 
-/// Plans `platform: mysite`: a directory, then an announcement, on every host of `hosts`.
+/// Plans `platform: mysite`: a directory, `settle` seconds of waiting (when set), then an
+/// announcement, on every host of `hosts`.
 pub struct MySite;
 
 #[async_trait]
 impl Generator for MySite {
     async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
-        let root = ctx
-            .config()
-            .get_as::<String>("root")?
-            .unwrap_or("/tmp/mysite".into());
-        let hosts = ctx
-            .config()
-            .get_as::<Vec<String>>("hosts")?
-            .unwrap_or_default();
-        let task = |command: &str, host: &str| Task::new(command).on(host);
-        let prepare = hosts
-            .iter()
-            .map(|h| task("createdirectory", h).arg("source", root.as_str()));
-        let announce = hosts
-            .iter()
-            .map(|h| task("announce", h).arg("message", format!("{h} ready")));
-        Ok(Tasklist::new("mysite")
-            .stage(Stage::new("Prepare", 10).tasks(prepare))
-            .stage(Stage::new("Announce", 10).tasks(announce)))
+        let root: String = ctx.config().require("root")?;
+        let hosts: Vec<String> = ctx.config().require("hosts")?;
+        let mkdir = each("Prepare", &hosts, "createdirectory", |_| {
+            ("source", root.clone())
+        });
+        let mut plan = Tasklist::new("mysite").stage(mkdir);
+        if let Some(secs) = ctx.config().get_as::<u32>("settle")? {
+            let sleep = format!("sleep {secs}");
+            plan = plan.stage(each("Settle", &hosts, "execute_command", |_| {
+                ("command_line", sleep.clone())
+            }));
+        }
+        Ok(plan.stage(each("Announce", &hosts, "announce", |h| {
+            ("message", format!("{h} ready"))
+        })))
     }
 }
 
-/// The registries of the `mysite` tool: its platform, its command and the standard ones.
-pub fn registries() -> (deployer::GeneratorRegistry, deployer::CommandRegistry) {
-    let mut generators = deployer::GeneratorRegistry::new();
-    generators.register("mysite", MySite);
-    let mut commands = deployer::CommandRegistry::new();
-    deployer_commands::register_all(&mut commands);
-    commands.register::<Announce>("announce");
-    (generators, commands)
+/// A stage running `command` on every host, with one argument made for each.
+fn each(
+    name: &str,
+    hosts: &[String],
+    command: &str,
+    arg: impl Fn(&str) -> (&'static str, String),
+) -> Stage {
+    Stage::new(name, 10).tasks(hosts.iter().map(|h| {
+        let (key, value) = arg(h);
+        Task::new(command).on(h).arg(key, value)
+    }))
+}
+
+/// The `mysite` tool's driver: its platform, its command and the standard ones.
+pub fn driver(connector: Arc<dyn Connector>) -> Driver {
+    let commands = deployer_commands::registry();
+    let driver = Driver::new(connector).generator("mysite", MySite);
+    driver.commands(commands).command::<Announce>("announce")
 }

@@ -1,31 +1,27 @@
-//! Plans `platform: mysite` for this machine and runs it: `cargo run -- [ROOT]`.
+//! `mysite-deploy CONFIG [STORE]`: deploys `platform: mysite` with progress, a recap and a
+//! SQLite run store; SIGINT, SIGTERM and SIGHUP cancel (exit 130). Hosts are played by this
+//! machine (a rehearsal).
 
 use std::sync::Arc;
 
-use deployer::{Config, Executor, GeneratorContext, Plan, remote::LocalConnector};
+use deployer::report::{Progress, Recap};
+use deployer::{Config, Finished, remote::LocalConnector};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    let root = std::env::args().nth(1).unwrap_or("/tmp/mysite".into());
-    let yaml = format!("platform: mysite\nroot: {root}\nhosts: [local]\n");
-    let config = Config::from_yaml_str(&yaml, "mysite.yaml").expect("a valid config");
-    let (generators, commands) = mysite_deploy::registries();
-    let tasklist = generators
-        .generate(GeneratorContext::new(config))
+#[tokio::main]
+async fn main() -> Finished {
+    let args: Vec<String> = std::env::args().collect();
+    let config = match Config::load(args.get(1).map_or("mysite.yaml", String::as_str)) {
+        Ok(config) => config,
+        Err(e) => return e.into(),
+    };
+    let store = match deployer::store::open(args.get(2).map_or("mysite-runs.db", |s| s)).await {
+        Ok(store) => store,
+        Err(e) => return e.into(),
+    };
+    let driver = mysite_deploy::driver(Arc::new(LocalConnector::rehearsal())).store(store);
+    driver
+        .sink(Progress::stderr())
+        .sink(Recap::stderr())
+        .deploy(config)
         .await
-        .expect("a plan");
-    let plan = Plan::build(&tasklist, &commands).expect("a valid plan");
-    let report = Executor::new(Arc::new(LocalConnector::new()))
-        .run(&plan)
-        .await;
-    let c = report.counts;
-    println!(
-        "{}: {} ok, {} failed, {} not run",
-        report.outcome, c.succeeded, c.failed, c.not_run
-    );
-    if report.succeeded() {
-        0.into()
-    } else {
-        1.into()
-    }
 }

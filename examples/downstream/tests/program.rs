@@ -1,0 +1,120 @@
+//! The `mysite-deploy` program as a person runs it: the recap it prints, the run it records in
+//! its SQLite file, and exit 130 after SIGINT.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deployer::{RunState, TaskState};
+
+fn config(dir: &Path, settle: Option<u32>) -> std::path::PathBuf {
+    let mut yaml = format!(
+        "platform: mysite\nroot: {}\nhosts: [fe001, fe002]\n",
+        dir.join("site").display()
+    );
+    if let Some(secs) = settle {
+        yaml.push_str(&format!("settle: {secs}\n"));
+    }
+    let path = dir.join("mysite.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn program(config: &Path, store: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mysite-deploy"));
+    cmd.arg(config).arg(store).stdin(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_deploy_prints_the_recap_and_records_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("runs.db");
+    let out = program(&config(dir.path(), None), &store_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("HOST      OK  FAILED  SKIPPED      TIME\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\nfe001      2       0        0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run \"mysite\" succeeded in ")
+            && stderr.contains("s: 4 ok, 0 failed, 0 skipped, 0 not run\n"),
+        "{stderr}"
+    );
+    assert!(dir.path().join("site").is_dir());
+
+    let store = deployer::store::open(store_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let runs = store.list_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].name, "mysite");
+    assert_eq!(runs[0].state, RunState::Succeeded);
+    let tasks = store.tasks(&runs[0].id).await.unwrap();
+    assert_eq!(tasks.len(), 4);
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Succeeded),
+        "{tasks:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigint_cancels_the_run_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("runs.db");
+    let child = program(&config(dir.path(), Some(60)), &store_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Wait until the run is recorded and its `sleep 60` tasks are running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the settle stage never started");
+        if let Ok(store) = deployer::store::open(store_path.to_str().unwrap()).await
+            && let Ok(runs) = store.list_runs(1).await
+            && let Some(run) = runs.first()
+            && let Ok(tasks) = store.tasks(&run.id).await
+            && tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running)
+                .count()
+                == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first SIGINT drains (the sleeps would go on), the second stops them.
+    let pid = child.id().to_string();
+    let kill = || {
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("run \"mysite\" cancelled in "), "{stderr}");
+    assert!(
+        stderr.contains(", 2 failed, 0 skipped, 2 not run\n"),
+        "{stderr}"
+    );
+
+    let store = deployer::store::open(store_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let run = store.list_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.state, RunState::Cancelled);
+}
