@@ -343,9 +343,12 @@ impl Command for CreateDirectory {
 
 /// Copies a file or directory to another place on the same host (`cp -Rp`).
 ///
-/// When the destination exists: with `remove_if_exists: true` it is removed first; with
-/// `continue_if_exists: true` the copy goes ahead anyway (into it, for a directory); otherwise
-/// the command fails. Copying a path onto itself does nothing.
+/// The copy is made under a temporary name beside the destination
+/// (`<destination>.deployer-tmp`) and renamed into place, so a copy that fails half-way (a full
+/// disk) leaves no partial destination behind. When the destination exists: with
+/// `remove_if_exists: true` it is removed first; with `continue_if_exists: true` the copy goes
+/// ahead anyway, straight into it (into it, for a directory); otherwise the command fails.
+/// Copying a path onto itself does nothing.
 ///
 /// ```json
 /// {"command": "copyfile", "remote_host": "fe001", "source": "/srv/web/current/config",
@@ -406,7 +409,8 @@ impl Command for CopyFile {
         if self.source == self.destination {
             return Ok(Outcome::skipped("source and destination are the same"));
         }
-        if ctx.host().file_exists(&self.destination).await? {
+        let exists = ctx.host().file_exists(&self.destination).await?;
+        if exists {
             if self.remove_if_exists {
                 let rm = ShellCommand::new("rm")
                     .arg("-rf")
@@ -422,15 +426,36 @@ impl Command for CopyFile {
                 )));
             }
         }
-        let cp = ShellCommand::new("cp")
-            .arg("-Rp")
-            .arg("--")
-            .arg(&self.source)
-            .arg(&self.destination);
-        run_as(ctx, self.sudo, &build(&cp)?).await?;
+        let line = if exists && self.continue_if_exists {
+            ShellCommand::new("cp")
+                .arg("-Rp")
+                .arg("--")
+                .arg(&self.source)
+                .arg(&self.destination)
+        } else {
+            ShellCommand::new("sh")
+                .arg("-c")
+                .arg(COPY_SCRIPT)
+                .arg("copyfile")
+                .arg(&self.source)
+                .arg(&self.destination)
+                .arg(format!("{}{TMP_SUFFIX}", self.destination))
+        };
+        run_as(ctx, self.sudo, &build(&line)?)
+            .await
+            .map_err(util::explain(format!(
+                "cannot copy {} to {} on {}",
+                self.source,
+                self.destination,
+                ctx.host().name()
+            )))?;
         Ok(Outcome::done())
     }
 }
+
+/// Copies `$1` to `$2` through `$3` (a temporary name beside `$2`): nothing is left at `$2` or
+/// `$3` when the copy fails.
+pub(crate) const COPY_SCRIPT: &str = "rm -rf -- \"$3\" && cp -Rp -- \"$1\" \"$3\" && mv -fT -- \"$3\" \"$2\" || { s=$?; rm -rf -- \"$3\"; exit $s; }";
 
 /// Moves or renames a file or directory on the host (`mv`).
 ///

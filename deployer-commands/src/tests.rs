@@ -720,11 +720,15 @@ async fn copy_and_move_respect_existing_destinations() {
     .await
     .unwrap();
     assert!(same.skipped.is_some());
+    let copy = format!(
+        "sh -c {} copyfile '/src a' '/dst b' '/dst b.deployer-tmp'",
+        deployer_core::quote(crate::files::COPY_SCRIPT).unwrap()
+    );
     assert_eq!(
         host.commands(),
         [
             "rm -rf -- '/dst b'",
-            "cp -Rp -- '/src a' '/dst b'",
+            copy.as_str(),
             "cp -Rp -- '/src a' '/dst b'",
             "rm -rf -- '/dst b'",
             "mv -- '/src a' '/dst b'",

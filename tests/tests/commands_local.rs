@@ -190,6 +190,16 @@ async fn createdirectory_copy_move_remove() {
     std::fs::write(e.p("orig"), "new").unwrap();
     run(e.host.clone(), json!({"command": "copyfile", "source": e.ps("orig"), "destination": e.ps("copy"), "remove_if_exists": true})).await.unwrap();
     assert_eq!(read(&e.p("copy")), "new");
+    assert!(!e.p("copy.deployer-tmp").exists(), "the temporary copy was renamed");
+    // A copy that fails leaves nothing behind: no destination, no temporary copy.
+    let err = run(
+        e.host.clone(),
+        json!({"command": "copyfile", "source": e.ps("absent"), "destination": e.ps("copy2")}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot copy"), "{err}");
+    assert!(!e.p("copy2").exists() && !e.p("copy2.deployer-tmp").exists());
 
     run(
         e.host.clone(),

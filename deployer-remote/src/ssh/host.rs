@@ -349,7 +349,10 @@ impl RemoteHost for SshHost {
             return Err(self.io_err(
                 "upload to",
                 remote,
-                std::io::Error::other(format!("exit status {:?}: {tail}", raw.status)),
+                std::io::Error::other(match raw.status {
+                    Some(code) => format!("exit status {code}: {tail}"),
+                    None => format!("killed by a signal: {tail}"),
+                }),
             ));
         }
         Ok(())

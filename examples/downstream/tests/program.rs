@@ -77,7 +77,7 @@ async fn sigint_cancels_the_run_and_exits_130() {
     // Wait until both hosts' `sleep 61` run (the store is not opened meanwhile: opening it
     // migrates it, which is the program's business while it runs).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sleeps_running("sleep\061") < 2 {
+    while sleeps_running("sleep\x0061") < 2 {
         assert!(Instant::now() < deadline, "the settle stage never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
