@@ -87,6 +87,8 @@ mod events;
 mod executor;
 mod generator;
 mod host;
+mod json;
+mod names;
 mod plan;
 mod recorder;
 mod redact;
@@ -116,6 +118,9 @@ pub use generator::{Generator, GeneratorContext, GeneratorRegistry};
 pub use host::{
     Connector, ExecOptions, ExecOutput, HostSpec, OutputSink, PutOptions, RemoteHost, Stream,
     tail_lines,
+};
+pub use names::{
+    HostName, MAX_HOST_NAME, MAX_PATH, MAX_USER_NAME, NameError, RemotePath, UserName, shown,
 };
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};

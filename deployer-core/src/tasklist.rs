@@ -303,16 +303,18 @@ impl Tasklist {
 
     /// Parses a tasklist from JSON text, reporting every structural problem at once.
     ///
-    /// Syntax errors name line and column; structural problems (missing or mistyped keys,
+    /// Syntax errors name line and column, and so does a key given twice in one object (a
+    /// duplicate is never "last one wins"); structural problems (missing or mistyped keys,
     /// `concurrency: 0`, unknown stage keys, a task without `command`) are all collected with
     /// their path. Command arguments are checked later, by [`Plan::build`](crate::Plan::build).
     pub fn from_json_str(text: &str) -> Result<Tasklist, TasklistError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| TasklistError::Syntax {
-            origin: "<tasklist>".into(),
-            line: e.line(),
-            column: e.column(),
-            message: strip_position(&e.to_string()),
-        })?;
+        let value: Value =
+            crate::json::from_str_strict(text).map_err(|e| TasklistError::Syntax {
+                origin: "<tasklist>".into(),
+                line: e.line(),
+                column: e.column(),
+                message: strip_position(&e.to_string()),
+            })?;
         Tasklist::from_value(&value).map_err(TasklistError::Invalid)
     }
 

@@ -190,7 +190,10 @@ async fn createdirectory_copy_move_remove() {
     std::fs::write(e.p("orig"), "new").unwrap();
     run(e.host.clone(), json!({"command": "copyfile", "source": e.ps("orig"), "destination": e.ps("copy"), "remove_if_exists": true})).await.unwrap();
     assert_eq!(read(&e.p("copy")), "new");
-    assert!(!e.p("copy.deployer-tmp").exists(), "the temporary copy was renamed");
+    assert!(
+        !e.p("copy.deployer-tmp").exists(),
+        "the temporary copy was renamed"
+    );
     // A copy that fails leaves nothing behind: no destination, no temporary copy.
     let err = run(
         e.host.clone(),
