@@ -54,6 +54,46 @@ pub(crate) struct PlannedTask {
     pub(crate) spec: HostSpec,
 }
 
+/// Checks what `ssh` and the logs will see of a task: its host and user names.
+fn check_login(task: &Task, id: &TaskId, errors: &mut ValidationErrors) {
+    if let Some(host) = &task.remote_host
+        && let Err(e) = crate::HostName::parse(host)
+    {
+        errors.push(
+            ValidationError::new(
+                format!("{id}.remote_host"),
+                format!("{} {}", e.value, e.problem),
+            )
+            .expected(e.expected),
+        );
+    }
+    match (&task.remote_host, &task.remote_user) {
+        (None, Some(user)) => errors.push(
+            ValidationError::new(
+                format!("{id}.remote_user"),
+                format!(
+                    "{} is given for a task without remote_host, which runs on the controller as \
+                     the controller's own user",
+                    crate::shown(user)
+                ),
+            )
+            .expected("remote_user only together with remote_host"),
+        ),
+        (Some(_), Some(user)) => {
+            if let Err(e) = crate::UserName::parse(user) {
+                errors.push(
+                    ValidationError::new(
+                        format!("{id}.remote_user"),
+                        format!("{} {}", e.value, e.problem),
+                    )
+                    .expected(e.expected),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
 impl Plan {
     /// Instantiates every task of `tasklist` with `registry`, collecting all problems.
     ///
@@ -141,6 +181,7 @@ impl Plan {
                         entry: ei,
                         step: is_chain.then_some(ti),
                     };
+                    check_login(task, &id, &mut errors);
                     match registry.build_task(task, &redactor) {
                         Ok((resolved, command)) => steps.push(PlannedTask {
                             task: Arc::new(resolved),

@@ -4,7 +4,7 @@ use crate::events::Event;
 
 /// Records events durably while a run goes on (a run store behind it).
 ///
-/// Unlike an [`EventSink`], the executor *awaits* a journal: a task starts only after its
+/// Unlike an [`EventSink`](crate::EventSink), the executor *awaits* a journal: a task starts only after its
 /// start was recorded, so a resumed run knows which tasks may have run. Output lines are not
 /// journaled.
 #[async_trait::async_trait]
