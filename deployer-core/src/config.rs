@@ -140,7 +140,7 @@ impl Config {
                 origin: origin.to_string(),
                 line,
                 column,
-                message: e.to_string(),
+                message: yaml_message(&e.to_string(), origin),
             }
         };
         // Pass 1: the typed sections, so type errors carry line and column.
@@ -534,6 +534,32 @@ impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Pick<'_, T> {
     fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
         Ok(None)
     }
+}
+
+/// A YAML parser message as this crate shows it: what is wrong (without the parser's own
+/// "error:" and "line N column M:", since the error names the place, and without advice meant
+/// for programmers using the parser), then the parser's snippet of the text, naming `origin`
+/// instead of `<input>`.
+pub(crate) fn yaml_message(message: &str, origin: &str) -> String {
+    let mut lines = message.lines();
+    let mut out = plain(&first_line(message));
+    let _ = lines.next();
+    for line in lines {
+        out.push('\n');
+        out.push_str(&plain(&line.replace("<input>", origin)));
+    }
+    out
+}
+
+/// `message` without the parser's advice to programmers.
+fn plain(message: &str) -> String {
+    message
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+        .replace(
+            "multiple YAML documents detected; use from_str_multiple or from_str_multiple_with_options",
+            "a second YAML document (a file holds one document)",
+        )
+        .replace("duplicate mapping key: ", "duplicate key: ")
 }
 
 /// The first line of a parser message without its own "error:" and "line N column M:" (the
