@@ -117,8 +117,8 @@ pub use host::{
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use runs::{
-    HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
-    TaskRecord, TaskState,
+    HostRecord, HostState, ListedRun, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore,
+    StoreError, TaskRecord, TaskState, UnreadableRun,
 };
 pub use secret::{REDACTED, Secret};
 pub use secrets::{
