@@ -228,12 +228,25 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookE
                 ),
             ));
         }
-        if !(s.estimated_duration.is_finite() && s.estimated_duration >= 0.0) {
+        // Checked as the duration it becomes, so nothing rounds to zero (`1e-300` would be
+        // 0 ns: "unknown"); exactly 0 is "unknown".
+        let estimated_duration = if s.estimated_duration == 0.0 {
+            Some(Duration::ZERO)
+        } else {
+            Duration::try_from_secs_f64(s.estimated_duration)
+                .ok()
+                .filter(|d| !d.is_zero() && super::model::estimate_allowed(*d))
+        };
+        if estimated_duration.is_none() {
             problems.push(problem(
                 sl,
                 sc,
                 &format!("{p}.estimated_duration"),
-                "must be a number of seconds ≥ 0".to_string(),
+                format!(
+                    "found {:?} (expected {})",
+                    s.estimated_duration,
+                    super::model::estimate_expected()
+                ),
             ));
         }
         if let Some(a) = &s.applies {
@@ -249,8 +262,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookE
             description: s.description,
             sequence: s.sequence,
             kind,
-            estimated_duration: Duration::try_from_secs_f64(s.estimated_duration)
-                .unwrap_or_default(),
+            estimated_duration: estimated_duration.unwrap_or_default(),
             estimated_duration_over_stop: s.estimated_duration_over_stop,
             applies: s.applies.map(|a| a.value),
             data,

@@ -180,7 +180,9 @@ pub struct JobStep {
     pub estimate: Option<Duration>,
     /// Where the estimate came from.
     pub estimate_source: EstimateSource,
-    /// A task of it times out after this (estimate × `estimated_duration_over_stop`).
+    /// A task of it times out after this: estimate × `estimated_duration_over_stop`, within
+    /// [`Task::TIMEOUT_MIN`](deployer_core::Task::TIMEOUT_MIN) (1 ms) to
+    /// [`Task::TIMEOUT_MAX`](deployer_core::Task::TIMEOUT_MAX) (365 days).
     #[serde(default, with = "opt_secs", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Retries of a failed task.
@@ -504,7 +506,14 @@ impl<'a> JobBuilder<'a> {
             }
             step.estimate = value;
             step.estimate_source = source;
-            step.timeout = value.map(|d| d.checked_mul(over_stop).unwrap_or(Duration::MAX));
+            // Within a task timeout's range whatever the estimate: an average of 0 µs (a step
+            // that did nothing) must not become a timeout of 0.
+            step.timeout = value.map(|d| {
+                d.checked_mul(over_stop).unwrap_or(Duration::MAX).clamp(
+                    deployer_core::Task::TIMEOUT_MIN,
+                    deployer_core::Task::TIMEOUT_MAX,
+                )
+            });
         }
         Ok(job)
     }

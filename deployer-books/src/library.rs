@@ -393,6 +393,26 @@ impl BookLibrary {
                     ),
                 ));
             }
+            if !super::model::estimate_allowed(step.estimated_duration) {
+                problems.push(entry.problem(
+                    &format!("{p}.estimated_duration"),
+                    format!(
+                        "found {:?} (expected {})",
+                        step.estimated_duration,
+                        super::model::estimate_expected()
+                    ),
+                ));
+            }
+            if step.retries > deployer_core::Task::RETRIES_MAX {
+                problems.push(entry.problem(
+                    &format!("{p}.retries"),
+                    format!(
+                        "found {} (expected an integer from 0 to {})",
+                        step.retries,
+                        deployer_core::Task::RETRIES_MAX
+                    ),
+                ));
+            }
             if step.estimated_duration_over_stop == 0 {
                 problems.push(entry.problem(
                     &format!("{p}.estimated_duration_over_stop"),

@@ -9,6 +9,29 @@ use serde_json::{Map, Value};
 /// The default of [`Step::estimated_duration_over_stop`].
 pub const DEFAULT_OVER_STOP: u32 = 10;
 
+/// Whether `estimate` may be a step's [`Step::estimated_duration`]: zero (unknown), or a
+/// task timeout's range, [`Task::TIMEOUT_MIN`](deployer_core::Task::TIMEOUT_MIN) (1 ms) to
+/// [`Task::TIMEOUT_MAX`](deployer_core::Task::TIMEOUT_MAX) (365 days).
+pub(crate) fn estimate_allowed(estimate: Duration) -> bool {
+    estimate.is_zero()
+        || (deployer_core::Task::TIMEOUT_MIN..=deployer_core::Task::TIMEOUT_MAX).contains(&estimate)
+}
+
+/// What a step's `estimated_duration` may be, in words.
+pub(crate) fn estimate_expected() -> String {
+    let (min, max) = (
+        deployer_core::Task::TIMEOUT_MIN,
+        deployer_core::Task::TIMEOUT_MAX,
+    );
+    format!(
+        "0 for unknown, or a number of seconds from {} ({} ms) to {} ({} days)",
+        min.as_secs_f64(),
+        min.as_millis(),
+        max.as_secs(),
+        max.as_secs() / 86_400
+    )
+}
+
 /// A named, versioned, ordered list of steps: a playbook.
 ///
 /// A book is data: a host application ships books as YAML or JSON files
@@ -153,9 +176,13 @@ pub struct Step {
     pub sequence: i64,
     /// What it does.
     pub kind: StepKind,
-    /// The expected duration per host (zero: unknown). A historical average overrides it.
+    /// The expected duration per host: zero (unknown), or from 1 ms to 365 days (a task
+    /// timeout's range, [`Task::TIMEOUT_MIN`](deployer_core::Task::TIMEOUT_MIN) to
+    /// [`Task::TIMEOUT_MAX`](deployer_core::Task::TIMEOUT_MAX); registering a book checks it).
+    /// A historical average overrides it.
     pub estimated_duration: Duration,
-    /// A task of the step times out after estimate × this (default: 10).
+    /// A task of the step times out after estimate × this (default: 10), kept within a task
+    /// timeout's range.
     pub estimated_duration_over_stop: u32,
     /// A CEL expression over the scope; when it is false the step is skipped (default: runs).
     pub applies: Option<String>,
@@ -163,7 +190,8 @@ pub struct Step {
     /// added to a command step's arguments.
     pub data: IndexMap<String, String>,
     /// How many times a failed task of the step is retried, after the executor's retry delay
-    /// (default: 0, a failure is final).
+    /// (default: 0, a failure is final; at most
+    /// [`Task::RETRIES_MAX`](deployer_core::Task::RETRIES_MAX), 1000).
     pub retries: u32,
 }
 

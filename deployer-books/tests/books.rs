@@ -968,3 +968,109 @@ fn mistakes_in_book_files_say_where() {
     }
     assert_eq!(lib.names().count(), 0);
 }
+
+/// Reported: a step's `estimated_duration` of `1e-300` silently became 0 ("unknown"). An
+/// estimate is 0 (unknown) or within a task timeout's range; retries at most 1000; the path
+/// and what was expected are named, in the file and for a book built in code.
+#[test]
+fn estimates_and_retries_outside_their_limits_are_refused() {
+    let (commands, _) = registry();
+    let expected =
+        "(expected 0 for unknown, or a number of seconds from 0.001 (1 ms) to 31536000 (365 days))";
+    let load = |extra: &str| {
+        let text = format!("name: b\nversion: 1.0.0\nsteps:\n- name: s\n  command: work\n{extra}");
+        let mut lib = BookLibrary::with_commands(&commands);
+        lib.add_str(&text, "b.yaml").map(|()| lib)
+    };
+    for (value, found) in [
+        ("1e-300", "1e-300"),
+        ("5e-324", "5e-324"),
+        ("0.0005", "0.0005"),
+        ("-1", "-1.0"),
+        ("31536000.5", "31536000.5"),
+        (".inf", "inf"),
+    ] {
+        let err = load(&format!("  estimated_duration: {value}\n"))
+            .err()
+            .unwrap_or_else(|| panic!("{value} was accepted"))
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "b.yaml:4:3: steps[0].estimated_duration: found {found} {expected}"
+            )),
+            "{value}: {err}"
+        );
+    }
+    for (value, estimate) in [
+        ("0", Duration::ZERO),
+        ("0.001", Duration::from_millis(1)),
+        ("20", Duration::from_secs(20)),
+        ("31536000", Task::TIMEOUT_MAX),
+    ] {
+        let lib = load(&format!("  estimated_duration: {value}\n")).unwrap();
+        assert_eq!(
+            lib.latest("b").unwrap().steps[0].estimated_duration,
+            estimate
+        );
+    }
+    let err = load("  retries: 1001\n").err().unwrap().to_string();
+    assert!(
+        err.contains("steps[0].retries: found 1001 (expected an integer from 0 to 1000)"),
+        "{err}"
+    );
+    assert!(load("  retries: 1000\n").is_ok());
+
+    // Built in code: checked when registered.
+    let mut lib = BookLibrary::with_commands(&commands);
+    let err = lib
+        .register(
+            Book::new("b", v("1.0.0")).step(
+                Step::command("s", "work")
+                    .estimated_duration(Duration::from_nanos(5))
+                    .retries(5000),
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "steps[0].estimated_duration: found 5ns {expected}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("steps[0].retries: found 5000"), "{err}");
+}
+
+/// A step's timeout is estimate × over-stop kept within a task timeout's range: a history
+/// average of 0 (a step that did nothing) does not become a timeout of 0, a long estimate ×
+/// 10 does not pass 365 days, and the job's tasklist is within every limit.
+#[tokio::test]
+async fn step_timeouts_stay_within_a_task_timeouts_range() {
+    let mut lib = BookLibrary::new();
+    lib.register(
+        Book::new("b", v("1.0.0"))
+            .step(Step::command("instant", "work").estimated_duration(Duration::from_secs(5)))
+            .step(Step::command("tiny", "work").estimated_duration(Duration::from_millis(1)))
+            .step(Step::command("long", "work").estimated_duration(Task::TIMEOUT_MAX)),
+    )
+    .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    record(&store, "b/instant", &[0, 0]).await;
+    let job = JobBuilder::new(&lib, "b")
+        .history(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let s = |p: &str| job.step(p).unwrap();
+    assert_eq!(s("b/instant").estimate, Some(Duration::ZERO));
+    assert_eq!(s("b/instant").timeout, Some(Task::TIMEOUT_MIN));
+    assert_eq!(s("b/tiny").timeout, Some(Duration::from_millis(10)));
+    assert_eq!(s("b/long").timeout, Some(Task::TIMEOUT_MAX));
+    let tasklist = job.tasklist();
+    tasklist.check_limits().unwrap();
+    // And it loads back from its JSON, limits included.
+    assert_eq!(
+        Tasklist::from_json_str(&tasklist.to_json_string()).unwrap(),
+        tasklist
+    );
+}

@@ -309,7 +309,13 @@ fn a_controller_killed_mid_stage_over_ssh_is_resumed_and_nothing_runs_twice_unas
         stderr.contains("stages[0].tasks[2] execute_command on app1"),
         "{stderr}"
     );
-    assert!(stderr.contains("resume with force"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "check them, then run them again with: deploy runs resume {id} --force"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("resume with force"), "{stderr}");
     assert_eq!(count(&log, "t3"), 0, "nothing ran");
 
     // Forced: t2 runs again (as asked), everything else exactly once.
@@ -338,4 +344,233 @@ fn a_controller_killed_mid_stage_over_ssh_is_resumed_and_nothing_runs_twice_unas
     );
     assert_eq!(count(&log, "edited"), 0);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Runs SQL on the SQLite run store, as another version of deploy or a person might.
+fn sql(store: &Path, statement: &str, id: &str) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", store.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+                .bind(id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(done.rows_affected(), 1, "{statement}");
+            conn.close().await.unwrap();
+        });
+}
+
+/// Three recorded runs (ids in creation order) of a one-task tasklist with a 5 s timeout.
+fn three_runs(dir: &Path, store: &Path) -> Vec<String> {
+    let log = dir.join("log");
+    let tasklist = dir.join("t.json");
+    write_tasklist(
+        &tasklist,
+        &[(
+            "one",
+            vec![logged("a", &log, "").replace("{", "{\"timeout\": 5, ")],
+        )],
+    );
+    (0..3)
+        .map(|_| {
+            let out = deploy_in(store, &["--tasklist", tasklist.to_str().unwrap()]);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            run_id(&stderr)
+        })
+        .collect()
+}
+
+/// Reported: one row deploy cannot read made `deploy runs list` fail for every run. Now the
+/// others are listed and it is marked; `runs show` of it names the run and the column (exit
+/// 1); the others still show; deploying goes on.
+#[test]
+fn an_unreadable_run_is_listed_marked_and_the_others_still_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db");
+    let ids = three_runs(dir.path(), &store);
+    // A newer version recorded a state this one does not know.
+    sql(
+        &store,
+        "UPDATE runs SET state = 'PAUSED' WHERE id = ?1",
+        &ids[1],
+    );
+
+    let out = deploy_in(&store, &["runs", "list"]);
+    let (list, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 4, "{list}");
+    assert!(lines[0].starts_with("ID "), "{list}");
+    assert!(
+        lines[1].starts_with(&format!("{}  SUCCEEDED", ids[2])),
+        "{list}"
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            "{}  UNREADABLE  column state: unknown RunState \"PAUSED\"",
+            ids[1]
+        )
+    );
+    assert!(
+        lines[3].starts_with(&format!("{}  SUCCEEDED", ids[0])),
+        "{list}"
+    );
+    assert!(
+        stderr.contains("warning: 1 run cannot be read (marked UNREADABLE)"),
+        "{stderr}"
+    );
+
+    let expected = format!(
+        "error: cannot read run {} from the run store: column state: unknown RunState \"PAUSED\"",
+        ids[1]
+    );
+    for args in [&["runs", "show", &ids[1]][..], &["runs", "resume", &ids[1]]] {
+        let out = deploy_in(&store, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    for id in [&ids[0], &ids[2]] {
+        let out = deploy_in(&store, &["runs", "show", id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("state     SUCCEEDED"));
+    }
+
+    // A task row this version cannot read fails showing that run only, naming the task.
+    sql(
+        &store,
+        "UPDATE run_tasks SET attempts = -1 WHERE run_id = ?1",
+        &ids[0],
+    );
+    let out = deploy_in(&store, &["runs", "show", &ids[0]]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read run {} from the run store: task stages[0].tasks[0]: column attempts: -1 is out of range",
+            ids[0]
+        )),
+        "{stderr}"
+    );
+    let out = deploy_in(&store, &["runs", "list"]);
+    assert_eq!(text(&out.stdout).lines().count(), 4);
+    assert!(text(&out.stdout).contains(&format!("{}  SUCCEEDED", ids[0])));
+}
+
+/// A run recorded before the limits on timeouts (a version that let `1e-300` through stored
+/// `"timeout": 0`) still lists and shows; resuming it is refused, naming the value and the
+/// limits, instead of failing every task at once.
+#[test]
+fn a_run_recorded_with_a_zero_timeout_lists_shows_and_is_refused_resume_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db");
+    let ids = three_runs(dir.path(), &store);
+    let old = &ids[1];
+    sql(
+        &store,
+        "UPDATE runs SET state = 'FAILED', \
+         tasklist = replace(tasklist, '\"timeout\": 5', '\"timeout\": 0') WHERE id = ?1",
+        old,
+    );
+
+    let out = deploy_in(&store, &["runs", "list"]);
+    let list = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(list.contains(&format!("{old}  FAILED")), "{list}");
+    assert!(!list.contains("UNREADABLE"), "{list}");
+    let out = deploy_in(&store, &["runs", "show", old]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("state     FAILED"));
+
+    let out = deploy_in(&store, &["runs", "resume", old]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: run {old} cannot be resumed: its tasklist, recorded by an earlier version, has values outside today's limits")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stages[0].tasks[0].timeout: found 0 (expected a number of seconds from 0.001 (1 ms) to 31536000 (365 days))"),
+        "{stderr}"
+    );
+    assert_eq!(count(&dir.path().join("log"), "a"), 3, "nothing ran");
+}
+
+/// Resuming a run another controller holds says how to wait for it.
+#[test]
+fn resuming_a_run_another_controller_holds_names_it_and_says_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db");
+    let ids = three_runs(dir.path(), &store);
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        + 3_600_000_000;
+    sql(
+        &store,
+        &format!(
+            "UPDATE runs SET state = 'FAILED', owner = 'ctl-elsewhere', lease_expires = {expires} \
+             WHERE id = ?1"
+        ),
+        &ids[0],
+    );
+    let out = deploy_in(&store, &["runs", "resume", &ids[0]]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: run {} is being driven by ctl-elsewhere (its lease expires in ",
+            ids[0]
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "unless renewed); to wait for it: deploy runs resume {} --wait",
+            ids[0]
+        )),
+        "{stderr}"
+    );
+}
+
+/// Reported: two `deploy runs list` in a fresh directory, and one failed with "failed to
+/// migrate SQLite database … table runs already exists" (3 of 5 tries). 8 at once, 5 times.
+#[test]
+fn deploys_opening_a_fresh_store_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let store = dir.path().join(format!("{round}/.deployer/runs.db"));
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_deploy"))
+                    .arg("--store")
+                    .arg(&store)
+                    .args(["runs", "list"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}: {}",
+                text(&out.stderr)
+            );
+            assert!(text(&out.stdout).starts_with("ID "));
+        }
+    }
 }

@@ -126,8 +126,8 @@ pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use redact::Redactor;
 pub use runs::{
-    HostRecord, HostState, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore, StoreError,
-    TaskRecord, TaskState,
+    HostRecord, HostState, ListedRun, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore,
+    StoreError, TaskRecord, TaskState, UnreadableRun,
 };
 pub use secret::{REDACTED, Secret};
 pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_redacted_map};

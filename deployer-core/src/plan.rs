@@ -133,6 +133,10 @@ impl Plan {
         registry.mark_tasklist_secrets(&mut marked);
         let tasklist = &marked;
         let mut errors = ValidationErrors::new();
+        // Timeouts and retries within their limits, also for tasklists built in code.
+        if let Err(problems) = tasklist.check_limits() {
+            errors.extend(problems);
+        }
         let mut stages = Vec::with_capacity(tasklist.stages.len());
         for (si, stage) in tasklist.stages.iter().enumerate() {
             if stage.name.trim().is_empty() {

@@ -285,6 +285,59 @@ impl RunRecord {
     }
 }
 
+/// A stored run that cannot be read back — a value this version does not know (a state added
+/// by a newer version), or a row changed outside the store. [`RunStore::list_runs`] lists it
+/// marked, so one such run never hides the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRun {
+    /// Its id as stored (`?` when even that cannot be read).
+    pub id: String,
+    /// What is wrong, naming the run and the column: `run 0190…: column state: unknown
+    /// RunState "EXPLODED"`. [`RunStore::run`] fails with the same as [`StoreError::Corrupt`].
+    pub problem: String,
+}
+
+impl fmt::Display for UnreadableRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problem)
+    }
+}
+
+/// One entry of [`RunStore::list_runs`]: a run, or a stored run that cannot be read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListedRun {
+    /// A run that reads back.
+    Run(RunRecord),
+    /// A run that does not (see [`UnreadableRun`]).
+    Unreadable(UnreadableRun),
+}
+
+impl ListedRun {
+    /// The run's id as text.
+    pub fn id(&self) -> &str {
+        match self {
+            ListedRun::Run(r) => r.id.as_str(),
+            ListedRun::Unreadable(u) => &u.id,
+        }
+    }
+
+    /// The record, when the run reads back.
+    pub fn record(&self) -> Option<&RunRecord> {
+        match self {
+            ListedRun::Run(r) => Some(r),
+            ListedRun::Unreadable(_) => None,
+        }
+    }
+
+    /// The record, when the run reads back.
+    pub fn into_record(self) -> Option<RunRecord> {
+        match self {
+            ListedRun::Run(r) => Some(r),
+            ListedRun::Unreadable(_) => None,
+        }
+    }
+}
+
 /// The state of one host within a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostRecord {
@@ -425,8 +478,10 @@ pub trait RunStore: Send + Sync {
     /// The run record.
     async fn run(&self, id: &RunId) -> Result<RunRecord, StoreError>;
 
-    /// Runs, newest first, at most `limit`.
-    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+    /// Runs, newest first, at most `limit`. A stored run that cannot be read back is listed as
+    /// [`ListedRun::Unreadable`] in its place: one bad row never fails the listing (only the
+    /// backend itself failing does).
+    async fn list_runs(&self, limit: usize) -> Result<Vec<ListedRun>, StoreError>;
 
     /// The run's host records, in the order hosts were first targeted.
     async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError>;
@@ -566,12 +621,12 @@ impl RunStore for MemoryStore {
         self.with_run(id, |r| Ok(r.record.clone()))
     }
 
-    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+    async fn list_runs(&self, limit: usize) -> Result<Vec<ListedRun>, StoreError> {
         let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<RunRecord> = runs.values().map(|r| r.record.clone()).collect();
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.truncate(limit);
-        Ok(all)
+        Ok(all.into_iter().map(ListedRun::Run).collect())
     }
 
     async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError> {
@@ -692,19 +747,24 @@ impl RunStore for MemoryStore {
 
     async fn average_duration(&self, history_key: &str) -> Result<Option<Duration>, StoreError> {
         let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = Duration::ZERO;
-        let mut count = 0u32;
+        // In nanoseconds as u128: a sum of long durations overflows a Duration.
+        let mut total: u128 = 0;
+        let mut count: u128 = 0;
         for r in runs.values() {
             for t in r.tasks.values() {
                 if t.history_key == history_key
                     && t.state == TaskState::Succeeded
                     && let Some(d) = t.duration
                 {
-                    total += d;
+                    total = total.saturating_add(d.as_nanos());
                     count += 1;
                 }
             }
         }
-        Ok((count > 0).then(|| total / count))
+        Ok((count > 0).then(|| {
+            let average = total / count;
+            let secs = u64::try_from(average / 1_000_000_000).unwrap_or(u64::MAX);
+            Duration::new(secs, (average % 1_000_000_000) as u32)
+        }))
     }
 }

@@ -12,12 +12,15 @@
 //! store_contract::leases(&MemoryStore::new()).await;
 //! # });
 //! ```
+//!
+//! [`an_unreadable_run_is_listed_marked`] needs a way to damage a stored run, which only the
+//! backend has: a backend's tests call it with one (an SQL `UPDATE`, for instance).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::events::{TaskId, TaskInfo};
 use crate::runs::{
-    HostState, NewRun, RunId, RunState, RunStore, StoreError, TaskRecord, TaskState,
+    HostState, ListedRun, NewRun, RunId, RunState, RunStore, StoreError, TaskRecord, TaskState,
 };
 use crate::tasklist::{Stage, Task, Tasklist};
 
@@ -149,8 +152,16 @@ pub async fn create_and_read(store: &dyn RunStore) {
     let second = sample_run("second");
     store.create_run(second.clone()).await.expect("second run");
     let listed = store.list_runs(10).await.expect("list_runs");
-    let listed: Vec<&RunId> = listed.iter().map(|r| &r.id).collect();
-    assert_eq!(listed, [&second.id, &new.id], "newest first");
+    assert!(
+        listed.iter().all(|r| r.record().is_some()),
+        "every run reads back: {listed:?}"
+    );
+    let listed: Vec<&str> = listed.iter().map(|r| r.id()).collect();
+    assert_eq!(
+        listed,
+        [second.id.as_str(), new.id.as_str()],
+        "newest first"
+    );
     assert_eq!(store.list_runs(1).await.unwrap().len(), 1);
 
     let missing = RunId::new();
@@ -365,4 +376,91 @@ pub async fn history(store: &dyn RunStore) {
         "failed tasks do not count"
     );
     assert_eq!(store.average_duration("upload").await.unwrap(), None);
+
+    // Durations whose sum overflows (a 64-bit count of microseconds, a Duration) still
+    // average.
+    let longest = Duration::from_micros(i64::MAX as u64);
+    for _ in 0..3 {
+        let new = sample_run("long");
+        store.create_run(new.clone()).await.unwrap();
+        let mut rec = TaskRecord::pending(&new.tasks[0]);
+        rec.history_key = "long/step".to_string();
+        rec.state = TaskState::Succeeded;
+        rec.duration = Some(longest);
+        store.update_task(&new.id, &rec).await.unwrap();
+    }
+    let average = store
+        .average_duration("long/step")
+        .await
+        .expect("long durations average")
+        .expect("an average");
+    assert!(
+        average.abs_diff(longest) < Duration::from_secs(1),
+        "{average:?}"
+    );
+}
+
+/// A stored run that cannot be read back (`corrupt` damages it, the way the backend can: a
+/// state this version does not know, a value of the wrong type) is listed marked, in its place
+/// and counted by the limit; reading it fails with [`StoreError::Corrupt`] naming the run; the
+/// other runs still list and read.
+///
+/// `corrupt` must leave the run's id readable.
+pub async fn an_unreadable_run_is_listed_marked<F, Fut>(store: &dyn RunStore, corrupt: F)
+where
+    F: FnOnce(RunId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let old = sample_run("old");
+    let bad = sample_run("bad");
+    let new = sample_run("new");
+    for run in [&old, &bad, &new] {
+        store.create_run(run.clone()).await.expect("create_run");
+    }
+    corrupt(bad.id.clone()).await;
+
+    let listed = store
+        .list_runs(10)
+        .await
+        .expect("one unreadable run does not fail the listing");
+    let ids: Vec<&str> = listed.iter().map(|r| r.id()).collect();
+    assert_eq!(
+        ids,
+        [new.id.as_str(), bad.id.as_str(), old.id.as_str()],
+        "newest first, the unreadable one in its place"
+    );
+    assert_eq!(listed[0].record().map(|r| r.name.as_str()), Some("new"));
+    assert_eq!(listed[2].record().map(|r| r.name.as_str()), Some("old"));
+    match &listed[1] {
+        ListedRun::Unreadable(u) => assert!(
+            u.problem.contains(bad.id.as_str()),
+            "the problem names the run: {u:?}"
+        ),
+        other => panic!("expected the damaged run listed as unreadable, got {other:?}"),
+    }
+    let limited: Vec<String> = store
+        .list_runs(2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id().to_string())
+        .collect();
+    assert_eq!(limited, [new.id.to_string(), bad.id.to_string()]);
+
+    match store.run(&bad.id).await {
+        Err(StoreError::Corrupt { message }) => {
+            assert!(message.contains(bad.id.as_str()), "{message}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    for ok in [&old, &new] {
+        assert_eq!(
+            store.run(&ok.id).await.expect("other runs read").name,
+            ok.name
+        );
+        assert_eq!(
+            store.tasks(&ok.id).await.expect("other runs' tasks").len(),
+            4
+        );
+    }
 }

@@ -146,15 +146,25 @@ pub struct Task {
     pub remote_user: Option<String>,
     /// A label shown in logs, usually the service.
     pub tag: Option<String>,
-    /// How long one attempt may run before it is stopped and counted as failed.
+    /// How long one attempt may run before it is stopped and counted as failed: from
+    /// [`Task::TIMEOUT_MIN`] to [`Task::TIMEOUT_MAX`].
     pub timeout: Option<Duration>,
-    /// How many times a failed attempt is tried again (0 = once in all).
+    /// How many times a failed attempt is tried again (0 = once in all), at most
+    /// [`Task::RETRIES_MAX`].
     pub retries: Option<u32>,
     /// The command's own arguments, in the order they were written.
     pub args: Map<String, Value>,
 }
 
 impl Task {
+    /// The shortest timeout a task may have: 1 ms. Anything shorter would round to nothing (a
+    /// timeout of `1e-300` seconds is 0 ns), so it is refused rather than rounded.
+    pub const TIMEOUT_MIN: Duration = Duration::from_millis(1);
+    /// The longest timeout a task may have: 365 days (31,536,000 s).
+    pub const TIMEOUT_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// The most retries a task may have: 1000.
+    pub const RETRIES_MAX: u32 = 1000;
+
     /// A task running `command` on the controller, with no arguments yet.
     pub fn new(command: impl Into<String>) -> Self {
         Task {
@@ -318,6 +328,83 @@ impl Tasklist {
         Tasklist::from_value(&value).map_err(TasklistError::Invalid)
     }
 
+    /// Parses a copy of a tasklist that a run store kept (what
+    /// [`to_json_string`](Self::to_json_string) wrote): the shape is checked as by
+    /// [`from_json_str`](Self::from_json_str), but not the limits on values — timeouts and retries
+    /// outside [`Task::TIMEOUT_MIN`]..=[`Task::TIMEOUT_MAX`] and [`Task::RETRIES_MAX`], zero
+    /// concurrency, empty names, empty chains. A run recorded by an older version (which let a
+    /// timeout of `1e-300` through as 0), or built in code past the limits, still reads back as
+    /// it was; [`check_limits`](Self::check_limits) says what it breaks, and
+    /// [`Plan::build`](crate::Plan::build) refuses what cannot run.
+    ///
+    /// ```
+    /// use deployer_core::Tasklist;
+    ///
+    /// let stored = r#"{"stages": [{"name": "s", "concurrency": 1,
+    ///     "tasks": [{"command": "c", "timeout": 0}]}]}"#;
+    /// assert!(Tasklist::from_json_str(stored).is_err());
+    /// let tasklist = Tasklist::from_stored_json(stored).unwrap();
+    /// let problems = tasklist.check_limits().unwrap_err().to_string();
+    /// assert!(problems.contains("stages[0].tasks[0].timeout: found 0 (expected a number of seconds \
+    ///     from 0.001 (1 ms) to 31536000 (365 days))"), "{problems}");
+    /// ```
+    pub fn from_stored_json(text: &str) -> Result<Tasklist, TasklistError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| TasklistError::Syntax {
+            origin: "<stored tasklist>".into(),
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e.to_string()),
+        })?;
+        Tasklist::parse(&value, Rules::Stored).map_err(TasklistError::Invalid)
+    }
+
+    /// The values outside the limits that input must meet: every task's `timeout` within
+    /// [`Task::TIMEOUT_MIN`]..=[`Task::TIMEOUT_MAX`] and `retries` at most
+    /// [`Task::RETRIES_MAX`], each problem at its path (`stages[1].tasks[0].timeout`).
+    ///
+    /// A tasklist read with [`from_json_str`](Self::from_json_str) always passes; one built in
+    /// code, or read back from a run store with [`from_stored_json`](Self::from_stored_json),
+    /// may not.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use deployer_core::{Stage, Task, Tasklist};
+    ///
+    /// let tasklist = Tasklist::new("t").stage(Stage::new("s", 1).task(
+    ///     Task::new("c").timeout(Duration::from_nanos(1)).retries(5000),
+    /// ));
+    /// let problems = tasklist.check_limits().unwrap_err().to_string();
+    /// assert!(problems.contains("stages[0].tasks[0].timeout: found 1e-9 (expected"), "{problems}");
+    /// assert!(problems.contains("stages[0].tasks[0].retries: found 5000 (expected an integer \
+    ///     from 0 to 1000)"), "{problems}");
+    /// ```
+    pub fn check_limits(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        for (si, stage) in self.stages.iter().enumerate() {
+            for (ei, entry) in stage.tasks.iter().enumerate() {
+                let chain = matches!(entry, TaskEntry::Chain(_));
+                for (ti, task) in entry.tasks().iter().enumerate() {
+                    let path = if chain {
+                        format!("stages[{si}].tasks[{ei}][{ti}]")
+                    } else {
+                        format!("stages[{si}].tasks[{ei}]")
+                    };
+                    if let Some(t) = task.timeout
+                        && !(Task::TIMEOUT_MIN..=Task::TIMEOUT_MAX).contains(&t)
+                    {
+                        errors.push(timeout_error(&path, &duration_to_json(t)));
+                    }
+                    if let Some(r) = task.retries
+                        && r > Task::RETRIES_MAX
+                    {
+                        errors.push(retries_error(&path, &Value::from(r)));
+                    }
+                }
+            }
+        }
+        errors.into_result(())
+    }
+
     /// Reads and parses a tasklist file; errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Tasklist, TasklistError> {
         let path = path.as_ref();
@@ -403,6 +490,10 @@ impl Tasklist {
 
     /// Converts an already parsed JSON value, collecting every structural problem.
     pub fn from_value(value: &Value) -> Result<Tasklist, ValidationErrors> {
+        Tasklist::parse(value, Rules::Input)
+    }
+
+    fn parse(value: &Value, rules: Rules) -> Result<Tasklist, ValidationErrors> {
         let mut errors = ValidationErrors::new();
         let Some(obj) = value.as_object() else {
             errors.push(
@@ -430,7 +521,9 @@ impl Tasklist {
             }
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(stage) = parse_stage(item, &format!("stages[{i}]"), &mut errors) {
+                    if let Some(stage) =
+                        parse_stage(item, &format!("stages[{i}]"), rules, &mut errors)
+                    {
                         stages.push(stage);
                     }
                 }
@@ -568,6 +661,36 @@ impl fmt::Display for Task {
     }
 }
 
+/// Which checks a tasklist read from JSON gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// Input: the shape and every limit on values.
+    Input,
+    /// A copy a run store kept: the shape only (see [`Tasklist::from_stored_json`]).
+    Stored,
+}
+
+/// What a timeout must be, in words.
+fn timeout_expected() -> String {
+    format!(
+        "a number of seconds from {} ({} ms) to {} ({} days)",
+        Task::TIMEOUT_MIN.as_secs_f64(),
+        Task::TIMEOUT_MIN.as_millis(),
+        Task::TIMEOUT_MAX.as_secs(),
+        Task::TIMEOUT_MAX.as_secs() / 86_400
+    )
+}
+
+fn timeout_error(path: &str, found: &Value) -> ValidationError {
+    ValidationError::new(format!("{path}.timeout"), format!("found {found}"))
+        .expected(timeout_expected())
+}
+
+fn retries_error(path: &str, found: &Value) -> ValidationError {
+    ValidationError::new(format!("{path}.retries"), format!("found {found}"))
+        .expected(format!("an integer from 0 to {}", Task::RETRIES_MAX))
+}
+
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -599,7 +722,17 @@ fn unknown_keys(
     }
 }
 
-fn positive_int(value: &Value, path: String, errors: &mut ValidationErrors) -> Option<usize> {
+fn positive_int(
+    value: &Value,
+    path: String,
+    rules: Rules,
+    errors: &mut ValidationErrors,
+) -> Option<usize> {
+    if rules == Rules::Stored
+        && let Some(n) = value.as_u64()
+    {
+        return Some(usize::try_from(n).unwrap_or(usize::MAX));
+    }
     match value.as_u64() {
         Some(0) => {
             errors
@@ -621,7 +754,12 @@ fn positive_int(value: &Value, path: String, errors: &mut ValidationErrors) -> O
     }
 }
 
-fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<Stage> {
+fn parse_stage(
+    value: &Value,
+    path: &str,
+    rules: Rules,
+    errors: &mut ValidationErrors,
+) -> Option<Stage> {
     let Some(obj) = value.as_object() else {
         errors.push(
             ValidationError::new(path, format!("found {}", json_type(value)))
@@ -632,7 +770,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
     let before = errors.len();
     unknown_keys(obj, &STAGE_KEYS, path, "stage", errors);
     let name = match obj.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() || rules == Rules::Stored => s.clone(),
         Some(Value::String(_)) => {
             errors.push(
                 ValidationError::new(format!("{path}.name"), "stage name is empty")
@@ -658,7 +796,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
         }
     };
     let concurrency = match obj.get("concurrency") {
-        Some(v) => positive_int(v, format!("{path}.concurrency"), errors),
+        Some(v) => positive_int(v, format!("{path}.concurrency"), rules, errors),
         None => {
             errors.push(
                 ValidationError::new(format!("{path}.concurrency"), "missing")
@@ -669,7 +807,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
     };
     let concurrency_per_host = match obj.get("concurrency_per_host") {
         None | Some(Value::Null) => None,
-        Some(v) => positive_int(v, format!("{path}.concurrency_per_host"), errors),
+        Some(v) => positive_int(v, format!("{path}.concurrency_per_host"), rules, errors),
     };
     let mut tasks = Vec::new();
     match obj.get("tasks") {
@@ -678,7 +816,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
                 let tpath = format!("{path}.tasks[{i}]");
                 match item {
                     Value::Array(chain) => {
-                        if chain.is_empty() {
+                        if chain.is_empty() && rules == Rules::Input {
                             errors.push(
                                 ValidationError::new(tpath, "empty chain")
                                     .expected("a list of at least one task object"),
@@ -693,7 +831,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
                                     ValidationError::new(spath, "a chain cannot contain a list")
                                         .expected("a task object"),
                                 );
-                            } else if let Some(t) = parse_task(step, &spath, errors) {
+                            } else if let Some(t) = parse_task(step, &spath, rules, errors) {
                                 steps.push(t);
                             }
                         }
@@ -702,7 +840,7 @@ fn parse_stage(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
                         }
                     }
                     other => {
-                        if let Some(t) = parse_task(other, &tpath, errors) {
+                        if let Some(t) = parse_task(other, &tpath, rules, errors) {
                             tasks.push(TaskEntry::Single(t));
                         }
                     }
@@ -753,7 +891,12 @@ fn opt_string(
     }
 }
 
-fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<Task> {
+fn parse_task(
+    value: &Value,
+    path: &str,
+    rules: Rules,
+    errors: &mut ValidationErrors,
+) -> Option<Task> {
     let Some(obj) = value.as_object() else {
         errors.push(
             ValidationError::new(path, format!("found {}", json_type(value)))
@@ -763,7 +906,7 @@ fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Optio
     };
     let before = errors.len();
     let command = match obj.get("command") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() || rules == Rules::Stored => s.clone(),
         Some(Value::String(_)) => {
             errors.push(
                 ValidationError::new(format!("{path}.command"), "command name is empty")
@@ -790,7 +933,7 @@ fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Optio
         }
     };
     let remote_host = opt_string(obj, "remote_host", path, errors);
-    if remote_host.as_deref() == Some("") {
+    if remote_host.as_deref() == Some("") && rules == Rules::Input {
         errors.push(
             ValidationError::new(format!("{path}.remote_host"), "host name is empty")
                 .expected("a host name, or no remote_host to run on the controller"),
@@ -800,28 +943,33 @@ fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Optio
     let tag = opt_string(obj, "tag", path, errors);
     let timeout = match obj.get("timeout") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(secs) if secs > 0.0 && secs.is_finite() && secs <= 31_536_000.0 => {
-                Duration::try_from_secs_f64(secs).ok()
+        Some(v) => match (v.as_f64(), rules) {
+            // Any duration written by `to_json_string` reads back: large ones saturate.
+            (Some(secs), Rules::Stored) if secs >= 0.0 => {
+                Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
             }
+            // Compared as a duration (rounded to the nearest nanosecond), so what is accepted
+            // is what runs: `1e-300` would be 0 ns and is refused, not rounded.
+            (Some(secs), Rules::Input) => match Duration::try_from_secs_f64(secs) {
+                Ok(d) if (Task::TIMEOUT_MIN..=Task::TIMEOUT_MAX).contains(&d) => Some(d),
+                _ => {
+                    errors.push(timeout_error(path, v));
+                    None
+                }
+            },
             _ => {
-                errors.push(
-                    ValidationError::new(format!("{path}.timeout"), format!("found {v}"))
-                        .expected("a number of seconds greater than 0 and at most one year"),
-                );
+                errors.push(timeout_error(path, v));
                 None
             }
         },
     };
     let retries = match obj.get("retries") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n <= 1000 => Some(n as u32),
+        Some(v) => match (v.as_u64(), rules) {
+            (Some(n), Rules::Stored) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            (Some(n), Rules::Input) if n <= u64::from(Task::RETRIES_MAX) => Some(n as u32),
             _ => {
-                errors.push(
-                    ValidationError::new(format!("{path}.retries"), format!("found {v}"))
-                        .expected("an integer from 0 to 1000"),
-                );
+                errors.push(retries_error(path, v));
                 None
             }
         },
@@ -848,6 +996,133 @@ fn parse_task(value: &Value, path: &str, errors: &mut ValidationErrors) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_task(task: &str) -> String {
+        format!(
+            r#"{{"stages": [{{"name": "s", "concurrency": 1, "tasks": [{{"command": "c"}}, {task}]}}]}}"#
+        )
+    }
+
+    /// Reported: a timeout of `1e-300` passed validation as 0 ns, the task "timed out after
+    /// 0ns", and the stored copy (`"timeout": 0`) no longer loaded.
+    #[test]
+    fn timeouts_and_retries_outside_their_limits_are_refused_with_path_and_range() {
+        let expected = "(expected a number of seconds from 0.001 (1 ms) to 31536000 (365 days))";
+        for bad in [
+            "1e-300",
+            "5e-324",
+            "0",
+            "-0.0",
+            "0.0009",
+            "0.0009999994",
+            "-1",
+            "31536000.001",
+            "1e308",
+            "\"30\"",
+            "true",
+            "[1]",
+        ] {
+            let text = one_task(&format!(r#"{{"command": "c", "timeout": {bad}}}"#));
+            let err = Tasklist::from_json_str(&text).unwrap_err().to_string();
+            let found = serde_json::from_str::<Value>(bad).unwrap().to_string();
+            assert!(
+                err.contains(&format!(
+                    "stages[0].tasks[1].timeout: found {found} {expected}"
+                )),
+                "{bad}: {err}"
+            );
+        }
+        for (good, duration) in [
+            ("0.001", Duration::from_millis(1)),
+            ("0.0015", Duration::from_micros(1500)),
+            ("30", Duration::from_secs(30)),
+            ("31536000", Task::TIMEOUT_MAX),
+        ] {
+            let text = one_task(&format!(r#"{{"command": "c", "timeout": {good}}}"#));
+            let tasklist = Tasklist::from_json_str(&text).unwrap();
+            assert_eq!(
+                tasklist.stages[0].tasks[1].tasks()[0].timeout,
+                Some(duration)
+            );
+            assert!(tasklist.check_limits().is_ok());
+        }
+        for bad in ["1001", "4294967296", "-1", "1.5"] {
+            let text = one_task(&format!(r#"{{"command": "c", "retries": {bad}}}"#));
+            let err = Tasklist::from_json_str(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "stages[0].tasks[1].retries: found {bad} (expected an integer from 0 to 1000)"
+                )),
+                "{bad}: {err}"
+            );
+        }
+        let text = one_task(r#"{"command": "c", "retries": 1000}"#);
+        assert!(Tasklist::from_json_str(&text).is_ok());
+    }
+
+    /// A stored copy reads back whatever limits it breaks, so one run recorded by an older
+    /// version (or built in code) never makes a run store unreadable; `check_limits` names
+    /// every value outside them.
+    #[test]
+    fn stored_copies_read_back_past_the_limits() {
+        let built = Tasklist::new("").stage(
+            Stage::new("", 0)
+                .per_host(usize::MAX)
+                .task(
+                    Task::new("")
+                        .on("")
+                        .timeout(Duration::ZERO)
+                        .retries(u32::MAX),
+                )
+                .task(vec![
+                    Task::new("c").timeout(Duration::from_nanos(1)),
+                    Task::new("c").timeout(Duration::from_secs(10 * 365 * 86_400)),
+                    Task::new("c").timeout(Duration::MAX),
+                ])
+                .task(TaskEntry::Chain(Vec::new())),
+        );
+        let saved = built.to_json_string();
+        assert!(Tasklist::from_json_str(&saved).is_err());
+        let read = Tasklist::from_stored_json(&saved).unwrap();
+        let mut expected = built.clone();
+        // Duration::MAX has more nanoseconds than an f64 holds; it reads back saturated.
+        let TaskEntry::Chain(chain) = &mut expected.stages[0].tasks[1] else {
+            unreachable!()
+        };
+        chain[2].timeout = read.stages[0].tasks[1].tasks()[2].timeout;
+        assert!(chain[2].timeout.unwrap() > Duration::from_secs(u64::MAX / 2));
+        assert_eq!(read, expected);
+        assert_eq!(read.to_json_string(), saved, "and saves to the same bytes");
+
+        let problems: Vec<String> = read
+            .check_limits()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.path.clone())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "stages[0].tasks[0].timeout",
+                "stages[0].tasks[0].retries",
+                "stages[0].tasks[1][0].timeout",
+                "stages[0].tasks[1][1].timeout",
+                "stages[0].tasks[1][2].timeout",
+            ]
+        );
+        // The shape is still checked.
+        for bad in [
+            r#"{"stages": [{"name": "s", "concurrency": 1, "tasks": [{"command": "c", "timeout": -1}]}]}"#,
+            r#"{"stages": [{"name": "s", "concurrency": 1, "tasks": [{"command": "c", "retries": "x"}]}]}"#,
+            r#"{"stages": [{"name": "s", "concurrency": 1, "tasks": [{"command": 3}]}]}"#,
+            r#"{"stages": [{"name": "s", "concurrency": -1, "tasks": []}]}"#,
+            r#"{"stages": [{"name": "s", "concurrency": 1, "tasks": [], "new_key": 1}]}"#,
+            r#"{"stages": 3}"#,
+            "{not json",
+        ] {
+            assert!(Tasklist::from_stored_json(bad).is_err(), "{bad}");
+        }
+    }
 
     /// Found by fuzzing (fuzz/regressions/tasklist/float_not_canonical): without serde_json's
     /// `float_roundtrip`, `1e-305` parsed one unit in the last place off, was saved as

@@ -193,7 +193,7 @@ fn every_structural_problem_is_reported_at_once_with_its_path() {
         "stages[3].tasks[1].command: found an integer (expected a string naming a registered command)",
         "stages[3].tasks[2].remote_host: found an integer (expected a string)",
         "stages[3].tasks[2].tag: found a list (expected a string)",
-        "stages[3].tasks[2].timeout: found -3 (expected a number of seconds greater than 0 and at most one year)",
+        "stages[3].tasks[2].timeout: found -3 (expected a number of seconds from 0.001 (1 ms) to 31536000 (365 days))",
         "stages[3].tasks[2].retries: found \"twice\" (expected an integer from 0 to 1000)",
         "stages[3].tasks[3][1]: a chain cannot contain a list (expected a task object)",
         "stages[3].tasks[4]: empty chain (expected a list of at least one task object)",

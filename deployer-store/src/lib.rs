@@ -16,9 +16,27 @@
 //! `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs on top of any
 //! store.
 //!
-//! Timestamps are stored as microseconds since the Unix epoch (finer parts are dropped); leases
-//! on PostgreSQL use the server's clock. NUL characters in a task's stderr tail or error are
-//! stored as U+FFFD, since PostgreSQL text cannot hold them.
+//! Timestamps and durations are stored as microseconds since the Unix epoch (finer parts are
+//! dropped; a duration past 292,000 years is stored as that); leases on PostgreSQL use the
+//! server's clock. NUL characters in any text (names, hosts, tags, owners, stderr tails,
+//! errors) are stored as U+FFFD, since PostgreSQL text cannot hold them; a tasklist is stored
+//! as JSON, exactly. Whatever a plan accepts is stored and reads back on both backends
+//! (`tests/`: a seeded property test).
+//!
+//! A stored run that cannot be read back (a state written by a newer version, a row changed
+//! by hand) fails reading that run only, with [`StoreError::Corrupt`](deployer_core::StoreError)
+//! naming the run and the column; [`list_runs`](deployer_core::RunStore::list_runs) lists it
+//! as [`ListedRun::Unreadable`](deployer_core::ListedRun) in its place. A stored tasklist is
+//! read without the limits on values input must meet
+//! ([`Tasklist::from_stored_json`](deployer_core::Tasklist::from_stored_json)), so runs
+//! recorded before a limit changed still read.
+//!
+//! Opening is safe from many processes at once: on SQLite the migration runs under the
+//! database's write lock (`BEGIN IMMEDIATE`) and an open that finds the new file locked is
+//! tried again for up to the busy timeout; on PostgreSQL the migration runs under sqlx's
+//! advisory lock.
+//! Migrations are append-only (`migrations/0001_runs.sql`, `0002_catalog.sql`; a change is a
+//! new file and a bump of [`SCHEMA_VERSION`]).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -70,7 +70,14 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| backend(format!("connect to PostgreSQL at {location}"), e))?;
-        crate::sql::migrator()
+        // sqlx's migrator holds a session advisory lock (`pg_advisory_lock`, keyed by the
+        // database's name) from before it creates `_sqlx_migrations` until it is done, so
+        // controllers connecting to a new database at once wait for each other instead of
+        // racing to create the same tables. Said explicitly: without it they fail
+        // (`tests/postgres.rs`, 8 processes at once).
+        let mut migrator = crate::sql::migrator();
+        migrator.set_locking(true);
+        migrator
             .run(&pool)
             .await
             .map_err(|e| migrate(format!("migrate PostgreSQL database {location}"), e))?;

@@ -73,25 +73,25 @@ pub(crate) fn time(us: i64, what: &str) -> Result<SystemTime, StoreError> {
     t.ok_or_else(|| corrupt(format!("{what}: timestamp {us} is out of range")))
 }
 
-fn opt_time(us: Option<i64>, what: &str) -> Result<Option<SystemTime>, StoreError> {
-    us.map(|us| time(us, what)).transpose()
-}
-
 /// A duration in whole microseconds, saturating.
 pub(crate) fn duration_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Free-form output (stderr tails, error messages) as stored: NUL characters, which
-/// PostgreSQL text cannot hold, become U+FFFD on every backend alike.
-pub(crate) fn output_text(text: Option<&str>) -> Option<Cow<'_, str>> {
-    text.map(|t| {
-        if t.contains('\0') {
-            Cow::Owned(t.replace('\0', "\u{FFFD}"))
-        } else {
-            Cow::Borrowed(t)
-        }
-    })
+/// Text as stored: NUL characters, which PostgreSQL text cannot hold, become U+FFFD on every
+/// backend alike (so a value the plan accepted never fails to store). Used for every text
+/// column but the tasklist, which is JSON (where NUL is written `\u0000`).
+pub(crate) fn text(t: &str) -> Cow<'_, str> {
+    if t.contains('\0') {
+        Cow::Owned(t.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(t)
+    }
+}
+
+/// [`text`] of a nullable column.
+pub(crate) fn opt_text(t: Option<&str>) -> Option<Cow<'_, str>> {
+    t.map(text)
 }
 
 /// The longest lease: a century (so "now + ttl" cannot overflow a BIGINT).
@@ -100,10 +100,6 @@ const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// A lease's length in microseconds, at least 1 and at most [`MAX_TTL`].
 pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
     duration_micros(ttl.min(MAX_TTL)).max(1)
-}
-
-fn count<T: TryFrom<i64>>(v: i64, what: &str) -> Result<T, StoreError> {
-    T::try_from(v).map_err(|_| corrupt(format!("{what}: {v} is out of range")))
 }
 
 /// A task id's columns: `(stage, entry, step)`, step -1 when the task is not in a chain.
@@ -182,83 +178,165 @@ row_ext!(sqlx::sqlite::SqliteRow);
 #[cfg(feature = "postgres")]
 row_ext!(sqlx::postgres::PgRow);
 
-fn state<S: std::str::FromStr<Err = StoreError>>(text: &str, what: &str) -> Result<S, StoreError> {
-    text.parse().map_err(|e| match e {
-        StoreError::Corrupt { message } => corrupt(format!("{what}: {message}")),
-        other => other,
-    })
+/// Reads the columns of one row on behalf of `what` (`run 0190…`, `run 0190…: task
+/// stages[0].tasks[1]`): every failure is a [`StoreError::Corrupt`] naming `what` and the
+/// column, on one line.
+struct Fields<'r, R> {
+    row: &'r R,
+    what: String,
+}
+
+impl<R: RowExt> Fields<'_, R> {
+    fn fail(&self, col: &str, problem: impl std::fmt::Display) -> StoreError {
+        let problem = problem.to_string().replace("\n  ", "; ").replace('\n', " ");
+        corrupt(format!("{}: column {col}: {problem}", self.what))
+    }
+
+    /// `RowExt` errors already say "column C: …".
+    fn context(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Corrupt { message } => corrupt(format!("{}: {message}", self.what)),
+            other => other,
+        }
+    }
+
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        self.row.int(col).map_err(|e| self.context(e))
+    }
+
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        self.row.opt_int(col).map_err(|e| self.context(e))
+    }
+
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        self.row.text(col).map_err(|e| self.context(e))
+    }
+
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        self.row.opt_text(col).map_err(|e| self.context(e))
+    }
+
+    fn time_of(&self, col: &str, us: i64) -> Result<SystemTime, StoreError> {
+        time(us, "").map_err(|_| self.fail(col, format!("timestamp {us} is out of range")))
+    }
+
+    fn time(&self, col: &str) -> Result<SystemTime, StoreError> {
+        self.time_of(col, self.int(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<SystemTime>, StoreError> {
+        self.opt_int(col)?
+            .map(|us| self.time_of(col, us))
+            .transpose()
+    }
+
+    fn state<S: std::str::FromStr<Err = StoreError>>(&self, col: &str) -> Result<S, StoreError> {
+        self.text(col)?.parse().map_err(|e| match e {
+            StoreError::Corrupt { message } => self.fail(col, message),
+            other => other,
+        })
+    }
+
+    fn count_of<T: TryFrom<i64>>(&self, col: &str, v: i64) -> Result<T, StoreError> {
+        T::try_from(v).map_err(|_| self.fail(col, format!("{v} is out of range")))
+    }
+
+    fn count<T: TryFrom<i64>>(&self, col: &str) -> Result<T, StoreError> {
+        self.count_of(col, self.int(col)?)
+    }
+
+    fn opt_count<T: TryFrom<i64>>(&self, col: &str) -> Result<Option<T>, StoreError> {
+        self.opt_int(col)?
+            .map(|v| self.count_of(col, v))
+            .transpose()
+    }
+}
+
+/// The id of a row of `runs` for listing it as unreadable: `?` when even that cannot be read.
+pub(crate) fn listed_id(row: &impl RowExt) -> String {
+    row.text("id").unwrap_or_else(|_| "?".to_string())
 }
 
 /// A run record from a row of `runs`.
 pub(crate) fn run_record(row: &impl RowExt) -> Result<RunRecord, StoreError> {
-    let id_text = row.text("id")?;
-    let what = format!("run {id_text}");
+    let mut f = Fields {
+        row,
+        what: "a run".to_string(),
+    };
+    let id_text = f.text("id")?;
+    f.what = format!("run {id_text}");
     let id: RunId = id_text
         .parse()
-        .map_err(|_| corrupt(format!("\"{id_text}\" is not a run id")))?;
-    let tasklist = Tasklist::from_json_str(&row.text("tasklist")?)
-        .map_err(|e| corrupt(format!("{what}: stored tasklist: {e}")))?;
+        .map_err(|_| f.fail("id", "not a run id (expected a UUID)"))?;
+    // A stored copy is read without the limits input must meet: a run recorded before they
+    // changed still reads (see `Tasklist::from_stored_json`).
+    let tasklist =
+        Tasklist::from_stored_json(&f.text("tasklist")?).map_err(|e| f.fail("tasklist", e))?;
     Ok(RunRecord {
         id,
-        name: row.text("name")?,
-        source: row.text("source")?,
-        started_by: row.text("started_by")?,
-        state: state::<RunState>(&row.text("state")?, &what)?,
+        name: f.text("name")?,
+        source: f.text("source")?,
+        started_by: f.text("started_by")?,
+        state: f.state::<RunState>("state")?,
         tasklist,
-        created_ts: time(row.int("created_ts")?, &what)?,
-        started_ts: opt_time(row.opt_int("started_ts")?, &what)?,
-        finish_ts: opt_time(row.opt_int("finish_ts")?, &what)?,
-        owner: row.opt_text("owner")?,
-        lease_expires: opt_time(row.opt_int("lease_expires")?, &what)?,
+        created_ts: f.time("created_ts")?,
+        started_ts: f.opt_time("started_ts")?,
+        finish_ts: f.opt_time("finish_ts")?,
+        owner: f.opt_text("owner")?,
+        lease_expires: f.opt_time("lease_expires")?,
     })
 }
 
-/// A host record from a row of `run_hosts`.
-pub(crate) fn host_record(row: &impl RowExt) -> Result<HostRecord, StoreError> {
-    let host = row.text("host")?;
-    let what = format!("host {host}");
+/// A host record from a row of `run_hosts` of run `run`.
+pub(crate) fn host_record(run: &RunId, row: &impl RowExt) -> Result<HostRecord, StoreError> {
+    let mut f = Fields {
+        row,
+        what: format!("run {run}: a host"),
+    };
+    let host = f.text("host")?;
+    f.what = format!("run {run}: host {host}");
     Ok(HostRecord {
-        state: state::<HostState>(&row.text("state")?, &what)?,
-        updated_ts: time(row.int("updated_ts")?, &what)?,
-        finish_ts: opt_time(row.opt_int("finish_ts")?, &what)?,
+        state: f.state::<HostState>("state")?,
+        updated_ts: f.time("updated_ts")?,
+        finish_ts: f.opt_time("finish_ts")?,
         host,
     })
 }
 
-/// A task record from a row of `run_tasks`.
-pub(crate) fn task_record(row: &impl RowExt) -> Result<TaskRecord, StoreError> {
-    let step = row.int("step")?;
+/// A task record from a row of `run_tasks` of run `run`.
+pub(crate) fn task_record(run: &RunId, row: &impl RowExt) -> Result<TaskRecord, StoreError> {
+    let mut f = Fields {
+        row,
+        what: format!("run {run}: a task"),
+    };
+    let step: i64 = f.int("step")?;
     let id = TaskId {
-        stage: count(row.int("stage")?, "task stage")?,
-        entry: count(row.int("entry")?, "task entry")?,
+        stage: f.count("stage")?,
+        entry: f.count("entry")?,
         step: if step < 0 {
             None
         } else {
-            Some(count(step, "task step")?)
+            Some(f.count_of("step", step)?)
         },
     };
-    let what = format!("task {id}");
+    f.what = format!("run {run}: task {id}");
     Ok(TaskRecord {
         id,
-        host: row.text("host")?,
-        tag: row.opt_text("tag")?,
-        command: row.text("command")?,
-        history_key: row.text("history_key")?,
-        state: state::<TaskState>(&row.text("state")?, &what)?,
-        attempts: count(row.int("attempts")?, &format!("{what}: attempts"))?,
-        started_ts: opt_time(row.opt_int("started_ts")?, &what)?,
-        finished_ts: opt_time(row.opt_int("finished_ts")?, &what)?,
-        duration: row
-            .opt_int("duration_us")?
-            .map(|us| count::<u64>(us, &format!("{what}: duration")).map(Duration::from_micros))
-            .transpose()?,
-        exit_status: row
-            .opt_int("exit_status")?
-            .map(|s| count::<i32>(s, &format!("{what}: exit status")))
-            .transpose()?,
-        stderr_tail: row.opt_text("stderr_tail")?,
-        error: row.opt_text("error")?,
-        finish_ts: opt_time(row.opt_int("finish_ts")?, &what)?,
+        host: f.text("host")?,
+        tag: f.opt_text("tag")?,
+        command: f.text("command")?,
+        history_key: f.text("history_key")?,
+        state: f.state::<TaskState>("state")?,
+        attempts: f.count("attempts")?,
+        started_ts: f.opt_time("started_ts")?,
+        finished_ts: f.opt_time("finished_ts")?,
+        duration: f
+            .opt_count::<u64>("duration_us")?
+            .map(Duration::from_micros),
+        exit_status: f.opt_count::<i32>("exit_status")?,
+        stderr_tail: f.opt_text("stderr_tail")?,
+        error: f.opt_text("error")?,
+        finish_ts: f.opt_time("finish_ts")?,
     })
 }
 
@@ -288,6 +366,36 @@ mod tests {
                 .checked_add(ttl_micros(Duration::MAX))
                 .is_some()
         );
+    }
+
+    /// Migrations are append-only: an applied one never changes (sqlx refuses a database whose
+    /// recorded checksum differs, so editing one would lock every existing store out). A schema
+    /// change is a new file, `0003_….sql`, and a bump of `SCHEMA_VERSION`.
+    #[test]
+    fn applied_migrations_never_change() {
+        let released = [
+            (
+                1,
+                "76d91b18ee1c5eccbf8becb5e9ebe8faac7719671800d302ca7570b084973ef463398542c7f0de6735d833f84c287009",
+            ),
+            (
+                2,
+                "52053dd60a65f9721b1036f1d561cdff9c4bc810bc635032aec5f20088109be3edd02820b441180dc0a2ad354ac01529",
+            ),
+        ];
+        let migrator = migrator();
+        for (version, sha384) in released {
+            let migration = migrator
+                .iter()
+                .find(|m| m.version == version)
+                .expect("a released migration is never removed");
+            let hex: String = migration
+                .checksum
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hex, sha384, "migration {version} was edited");
+        }
     }
 
     #[test]

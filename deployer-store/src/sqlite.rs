@@ -2,9 +2,11 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deployer_core::StoreError;
+use sqlx::Connection as _;
+use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -63,13 +65,39 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| backend(format!("open SQLite database {location}"), e))?;
-        Self::migrated(pool, location).await
+            .busy_timeout(BUSY_TIMEOUT);
+        // Processes opening a new file at once can find it locked while another one sets it
+        // up: switching to WAL takes an exclusive lock, and SQLite answers "database is
+        // locked" at once, without waiting, where waiting could deadlock. Such an open is tried
+        // again (backing off, up to the busy timeout); any other failure is final.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let result = match SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => Self::migrated(pool, location.clone()).await,
+                Err(e) => {
+                    let was_busy = busy(&e);
+                    Err((
+                        backend(format!("open SQLite database {location}"), e),
+                        was_busy,
+                    ))
+                }
+            };
+            match result {
+                Ok(store) => return Ok(store),
+                Err((_, true)) if Instant::now() < deadline => {
+                    // A little jitter, so processes that collided do not collide again.
+                    let jitter = Duration::from_micros(u64::from(std::process::id() % 997));
+                    tokio::time::sleep(pause + jitter).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     /// A private database in memory, gone when the store is dropped: for tests and tools that
@@ -87,14 +115,44 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| backend("open an in-memory SQLite database", e))?;
-        Self::migrated(pool, ":memory:".to_string()).await
+        Self::migrated(pool, ":memory:".to_string())
+            .await
+            .map_err(|(e, _)| e)
     }
 
-    async fn migrated(pool: SqlitePool, location: String) -> Result<SqliteStore, StoreError> {
-        crate::sql::migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| migrate(format!("migrate SQLite database {location}"), e))?;
+    /// Migrates under the database's write lock. Processes opening a new file at once would
+    /// otherwise all find it empty and all create the tables, and all but one fail ("table runs
+    /// already exists"): the migrator runs inside a `BEGIN IMMEDIATE` transaction, which takes
+    /// the write lock first (waiting up to the busy timeout), so the next process to get it
+    /// sees what the first applied and has nothing left to do. A failure says whether the
+    /// database was busy (worth trying again).
+    async fn migrated(
+        pool: SqlitePool,
+        location: String,
+    ) -> Result<SqliteStore, (StoreError, bool)> {
+        let doing = format!("migrate SQLite database {location}");
+        let mut conn = pool.acquire().await.map_err(|e| {
+            let was_busy = busy(&e);
+            (backend(&doing, e), was_busy)
+        })?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| {
+            let was_busy = busy(&e);
+            let lock = format!("lock SQLite database {location} to migrate it");
+            (backend(lock, e), was_busy)
+        })?;
+        // sqlx applies each migration in a savepoint of this transaction.
+        crate::sql::migrator().run(&mut *tx).await.map_err(|e| {
+            let was_busy = match &e {
+                MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => busy(e),
+                _ => false,
+            };
+            (migrate(&doing, e), was_busy)
+        })?;
+        tx.commit().await.map_err(|e| {
+            let was_busy = busy(&e);
+            (backend(format!("commit: {doing}"), e), was_busy)
+        })?;
+        drop(conn);
         Ok(SqliteStore { pool, location })
     }
 
@@ -106,6 +164,23 @@ impl SqliteStore {
     /// Closes every connection (waiting for calls in flight); later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// How long a call waits for another connection's lock (SQLite's busy timeout), and how long
+/// opening keeps trying while the database is busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `e` is SQLite's "database is locked" or "table is locked" (SQLITE_BUSY,
+/// SQLITE_LOCKED and their extended codes): another connection holds a lock; trying again
+/// later may succeed.
+fn busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
 

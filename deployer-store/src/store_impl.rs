@@ -100,9 +100,9 @@ macro_rules! impl_run_store {
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id.as_str())
-                .bind(run.name.as_str())
-                .bind(run.source.as_str())
-                .bind(run.started_by.as_str())
+                .bind(crate::sql::text(&run.name))
+                .bind(crate::sql::text(&run.source))
+                .bind(crate::sql::text(&run.started_by))
                 .bind(deployer_core::RunState::Pending.as_str())
                 .bind(run.tasklist.to_json_string())
                 .bind(now_us)
@@ -115,7 +115,7 @@ macro_rules! impl_run_store {
                          VALUES ($1, $2, $3, $4, $5)",
                     )
                     .bind(id.as_str())
-                    .bind(host.as_str())
+                    .bind(crate::sql::text(&host))
                     .bind(i64::try_from(position).unwrap_or(i64::MAX))
                     .bind(deployer_core::HostState::Pending.as_str())
                     .bind(now_us)
@@ -135,21 +135,22 @@ macro_rules! impl_run_store {
                     .bind(stage)
                     .bind(entry)
                     .bind(step)
-                    .bind(record.host.as_str())
-                    .bind(record.tag.as_deref())
-                    .bind(record.command.as_str())
-                    .bind(record.history_key.as_str())
+                    .bind(crate::sql::text(&record.host))
+                    .bind(crate::sql::opt_text(record.tag.as_deref()))
+                    .bind(crate::sql::text(&record.command))
+                    .bind(crate::sql::text(&record.history_key))
                     .bind(record.state.as_str())
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| backend(format!("{doing}: add task {}", record.id), e))?;
                 }
                 tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                // What a read gives back (text as stored).
                 Ok(deployer_core::RunRecord {
                     id: run.id,
-                    name: run.name,
-                    source: run.source,
-                    started_by: run.started_by,
+                    name: crate::sql::text(&run.name).into_owned(),
+                    source: crate::sql::text(&run.source).into_owned(),
+                    started_by: crate::sql::text(&run.started_by).into_owned(),
                     state: deployer_core::RunState::Pending,
                     tasklist: run.tasklist,
                     created_ts,
@@ -178,7 +179,7 @@ macro_rules! impl_run_store {
             async fn list_runs(
                 &self,
                 limit: usize,
-            ) -> Result<Vec<deployer_core::RunRecord>, deployer_core::StoreError> {
+            ) -> Result<Vec<deployer_core::ListedRun>, deployer_core::StoreError> {
                 // Run ids are UUIDv7: in id order is in creation order.
                 let rows = sqlx::query(concat!(
                     "SELECT ",
@@ -189,7 +190,22 @@ macro_rules! impl_run_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| crate::errors::backend("list runs", e))?;
-                rows.iter().map(crate::sql::run_record).collect()
+                // A row that does not decode is listed marked, in its place: it never hides
+                // the other runs.
+                let mut listed = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    listed.push(match crate::sql::run_record(row) {
+                        Ok(record) => deployer_core::ListedRun::Run(record),
+                        Err(deployer_core::StoreError::Corrupt { message }) => {
+                            deployer_core::ListedRun::Unreadable(deployer_core::UnreadableRun {
+                                id: crate::sql::listed_id(row),
+                                problem: message,
+                            })
+                        }
+                        Err(other) => return Err(other),
+                    });
+                }
+                Ok(listed)
             }
 
             async fn hosts(
@@ -215,7 +231,7 @@ macro_rules! impl_run_store {
                 .await
                 .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
                 tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                rows.iter().map(crate::sql::host_record).collect()
+                rows.iter().map(|row| crate::sql::host_record(id, row)).collect()
             }
 
             async fn tasks(
@@ -242,7 +258,7 @@ macro_rules! impl_run_store {
                 .await
                 .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
                 tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                rows.iter().map(crate::sql::task_record).collect()
+                rows.iter().map(|row| crate::sql::task_record(id, row)).collect()
             }
 
             async fn claim(
@@ -252,6 +268,7 @@ macro_rules! impl_run_store {
                 ttl: std::time::Duration,
             ) -> Result<(), deployer_core::StoreError> {
                 let ttl_us = crate::sql::ttl_micros(ttl);
+                let owner = &*crate::sql::text(owner);
                 // One conditional UPDATE decides atomically, also across processes; when it
                 // changes nothing, read back why. A lease released or expired in between makes
                 // the read-back inconclusive: try again, a bounded number of times.
@@ -300,6 +317,7 @@ macro_rules! impl_run_store {
                 owner: &str,
                 ttl: std::time::Duration,
             ) -> Result<(), deployer_core::StoreError> {
+                let owner = &*crate::sql::text(owner);
                 let query = sqlx::query(concat!(
                     "UPDATE runs SET lease_expires = ",
                     $now,
@@ -328,6 +346,7 @@ macro_rules! impl_run_store {
                 id: &deployer_core::RunId,
                 owner: &str,
             ) -> Result<(), deployer_core::StoreError> {
+                let owner = &*crate::sql::text(owner);
                 let done = sqlx::query(
                     "UPDATE runs SET owner = NULL, lease_expires = NULL WHERE id = $1 AND owner = $2",
                 )
@@ -390,7 +409,7 @@ macro_rules! impl_run_store {
                      SET state = excluded.state, updated_ts = excluded.updated_ts",
                 )
                 .bind(id.as_str())
-                .bind(host)
+                .bind(crate::sql::text(host))
                 .bind(state.as_str())
                 .bind(now_us)
                 .execute(&mut *tx)
@@ -434,18 +453,18 @@ macro_rules! impl_run_store {
                 .bind(stage)
                 .bind(entry)
                 .bind(step)
-                .bind(task.host.as_str())
-                .bind(task.tag.as_deref())
-                .bind(task.command.as_str())
-                .bind(task.history_key.as_str())
+                .bind(crate::sql::text(&task.host))
+                .bind(crate::sql::opt_text(task.tag.as_deref()))
+                .bind(crate::sql::text(&task.command))
+                .bind(crate::sql::text(&task.history_key))
                 .bind(task.state.as_str())
                 .bind(i64::from(task.attempts))
                 .bind(task.started_ts.map(micros))
                 .bind(task.finished_ts.map(micros))
                 .bind(task.duration.map(duration_micros))
                 .bind(task.exit_status.map(i64::from))
-                .bind(crate::sql::output_text(task.stderr_tail.as_deref()))
-                .bind(crate::sql::output_text(task.error.as_deref()))
+                .bind(crate::sql::opt_text(task.stderr_tail.as_deref()))
+                .bind(crate::sql::opt_text(task.error.as_deref()))
                 .bind(task.finish_ts.map(micros))
                 .execute(&mut *tx)
                 .await
@@ -523,25 +542,27 @@ macro_rules! impl_run_store {
                 &self,
                 history_key: &str,
             ) -> Result<Option<std::time::Duration>, deployer_core::StoreError> {
-                use crate::sql::RowExt as _;
                 let doing = format!("average the durations of {history_key}");
+                // AVG, not SUM / COUNT: a sum of long durations overflows a BIGINT (SQLite
+                // fails with "integer overflow"); AVG is a float on SQLite and numeric on
+                // PostgreSQL, exact for any duration under 285 years.
                 let row = sqlx::query(
-                    "SELECT CAST(SUM(duration_us) AS BIGINT) AS total, COUNT(duration_us) AS n \
+                    "SELECT CAST(AVG(duration_us) AS DOUBLE PRECISION) AS average \
                      FROM run_tasks WHERE history_key = $1 AND state = $2 AND duration_us IS NOT NULL",
                 )
-                .bind(history_key)
+                .bind(crate::sql::text(history_key))
                 .bind(deployer_core::TaskState::Succeeded.as_str())
                 .fetch_one(&self.pool)
                 .await
                 .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                let (Some(total), n) = (row.opt_int("total")?, row.int("n")?) else {
-                    return Ok(None);
-                };
-                if n <= 0 || total < 0 {
-                    return Ok(None);
-                }
-                let n = u32::try_from(n).unwrap_or(u32::MAX);
-                Ok(Some(std::time::Duration::from_micros(total.unsigned_abs()) / n))
+                let average: Option<f64> = sqlx::Row::try_get(&row, "average")
+                    .map_err(|e| crate::errors::corrupt(format!("{doing}: {e}")))?;
+                Ok(average
+                    .filter(|us| *us >= 0.0)
+                    .map(|us| {
+                        std::time::Duration::try_from_secs_f64(us / 1e6)
+                            .unwrap_or(std::time::Duration::MAX)
+                    }))
             }
         }
     };

@@ -31,7 +31,7 @@ use deployer_core::{
     CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorRegistry,
     Plan, Redactor, TaskEntry, Tasklist, exit,
 };
-use deployer_core::{ResumeOptions, RunId, Runs, RunsError, StoreError};
+use deployer_core::{ListedRun, ResumeOptions, RunId, RunState, Runs, RunsError, StoreError};
 use deployer_release::ReleaseGenerator;
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
@@ -406,8 +406,36 @@ fn finish(cli: &Cli, finished: Finished, summary: &Summary) -> Result<u8, BadInp
         Err(e) => {
             let code = finished.exit_code();
             let mut message = finished.error_message().unwrap_or_default();
-            if let DriveError::Runs(RunsError::SecretsNeeded { id, .. }) = e {
-                message.push_str(&format!(" (deploy runs resume {id} --tasklist FILE)"));
+            // The library's words, with this program's options.
+            match e {
+                DriveError::Runs(RunsError::SecretsNeeded { id, .. }) => {
+                    message.push_str(&format!(" (deploy runs resume {id} --tasklist FILE)"));
+                }
+                DriveError::Runs(RunsError::NeedsConfirmation { id, tasks }) => {
+                    message = format!(
+                        "run {id} was interrupted while these tasks were running, and their \
+                         commands are not idempotent: {}; check them, then run them again \
+                         with: deploy runs resume {id} --force",
+                        tasks.join(", ")
+                    );
+                }
+                DriveError::Runs(RunsError::Store(StoreError::LeaseHeld {
+                    id,
+                    owner,
+                    remaining,
+                })) => {
+                    message = format!(
+                        "run {id} is being driven by {owner} (its lease expires in {} unless \
+                         renewed); to wait for it: deploy runs resume {id} --wait",
+                        humantime::format_duration(Duration::from_secs(
+                            remaining.as_secs_f64().ceil() as u64
+                        ))
+                    );
+                }
+                DriveError::Runs(RunsError::Store(StoreError::Corrupt { message: m })) => {
+                    return Err(unreadable(m.clone()));
+                }
+                _ => {}
             }
             Err(if code == exit::BAD_INPUT {
                 BadInput::Input(message)
@@ -487,6 +515,53 @@ fn with_reporters(
     (driver, summary)
 }
 
+/// A stored run that cannot be read back (exit 1: the store's problem, not the input's):
+/// `cannot read run ID from the run store: column state: unknown RunState "PAUSED"`.
+fn unreadable(message: String) -> BadInput {
+    let (run, rest) = match message
+        .strip_prefix("run ")
+        .and_then(|m| m.split_once(": "))
+    {
+        Some((id, rest)) => (format!("run {id}"), rest.to_string()),
+        None => ("a run".to_string(), message),
+    };
+    BadInput::Hosts(format!(
+        "cannot read {run} from the run store: {rest} (a value this version does not know, or \
+         a damaged row; other runs are not affected)"
+    ))
+}
+
+/// A store error while reading a run: an unreadable run as [`unreadable`], the rest as usual.
+fn read_error(e: StoreError) -> BadInput {
+    match e {
+        StoreError::Corrupt { message } => unreadable(message),
+        other => other.into(),
+    }
+}
+
+/// The table of `deploy runs list`, with each run that cannot be read back in its place,
+/// marked `UNREADABLE` with what is wrong.
+fn render_listed(list: &[ListedRun]) -> String {
+    let mut out = render_runs(&[]);
+    for entry in list {
+        match entry {
+            ListedRun::Run(run) => {
+                let table = render_runs(std::slice::from_ref(run));
+                out.push_str(table.split_once('\n').map_or("", |(_, row)| row));
+            }
+            ListedRun::Unreadable(u) => {
+                let problem = u.problem.strip_prefix(&format!("run {}: ", u.id));
+                out.push_str(&format!(
+                    "{:<36}  UNREADABLE  {}\n",
+                    u.id,
+                    problem.unwrap_or(&u.problem)
+                ));
+            }
+        }
+    }
+    out
+}
+
 async fn runs_main(
     cli: &Cli,
     cmd: &RunsCmd,
@@ -497,14 +572,22 @@ async fn runs_main(
     match cmd {
         RunsCmd::List { limit } => {
             let list = runs.store().list_runs(*limit).await?;
-            print!("{}", render_runs(&list));
+            print!("{}", render_listed(&list));
+            let unreadable = list.iter().filter(|r| r.record().is_none()).count();
+            if unreadable > 0 {
+                eprintln!(
+                    "warning: {unreadable} run{} cannot be read (marked UNREADABLE); \
+                     `deploy runs show ID` says why",
+                    if unreadable == 1 { "" } else { "s" }
+                );
+            }
             Ok(exit::SUCCESS)
         }
         RunsCmd::Show { id } => {
             let id: RunId = id.parse()?;
-            let run = runs.store().run(&id).await?;
-            let hosts = runs.store().hosts(&id).await?;
-            let tasks = runs.store().tasks(&id).await?;
+            let run = runs.store().run(&id).await.map_err(read_error)?;
+            let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
+            let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
             print!("{}", render_run(&run, &hosts, &tasks));
             Ok(exit::SUCCESS)
         }
@@ -524,7 +607,18 @@ async fn runs_main(
                 Some(path) => Some(Tasklist::load(path)?),
                 None => None,
             };
-            let record = runs.store().run(&id).await?;
+            let record = runs.store().run(&id).await.map_err(read_error)?;
+            // A run recorded before today's limits (a timeout of 0) reads back, but would
+            // fail every task at once: refuse it, naming what breaks the limits.
+            if record.state != RunState::Succeeded
+                && let Err(problems) = record.tasklist.check_limits()
+            {
+                return Err(BadInput::Input(format!(
+                    "run {id} cannot be resumed: its tasklist, recorded by an earlier version, \
+                     has values outside today's limits: {problems}\nstart a new run from a \
+                     corrected tasklist (deploy --tasklist FILE)"
+                )));
+            }
             let config = load_config(cli)?;
             let connector: Arc<dyn Connector> =
                 Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
