@@ -54,8 +54,9 @@ pub(crate) struct PlannedTask {
     pub(crate) spec: HostSpec,
 }
 
-/// Checks what `ssh` and the logs will see of a task: its host and user names.
-fn check_login(task: &Task, id: &TaskId, errors: &mut ValidationErrors) {
+/// Checks what `ssh` and the logs will see of a task at `id` (its path): its host and user
+/// names.
+pub(crate) fn check_login(task: &Task, id: &str, errors: &mut ValidationErrors) {
     if let Some(host) = &task.remote_host
         && let Err(e) = crate::HostName::parse(host)
     {
@@ -185,7 +186,7 @@ impl Plan {
                         entry: ei,
                         step: is_chain.then_some(ti),
                     };
-                    check_login(task, &id, &mut errors);
+                    check_login(task, &id.to_string(), &mut errors);
                     match registry.build_task(task, &redactor) {
                         Ok((resolved, command)) => steps.push(PlannedTask {
                             task: Arc::new(resolved),

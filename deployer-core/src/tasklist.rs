@@ -405,6 +405,60 @@ impl Tasklist {
         errors.into_result(())
     }
 
+    /// [`from_json_str`](Self::from_json_str), and when the tasklist has structural problems,
+    /// also every well-formed task built with `registry`: its argument problems and its host
+    /// and user names are reported in the same list, so one dry run shows every problem of the
+    /// file (when the structure is fine, [`Plan::build`](crate::Plan::build) reports the rest).
+    ///
+    /// ```
+    /// use deployer_core::{CommandRegistry, Tasklist, TasklistError};
+    /// # use deployer_core::fixture::Noop;
+    /// #[derive(Debug, serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Args { source: String }
+    /// # #[deployer_core::async_trait]
+    /// # impl deployer_core::Command for Args {
+    /// #     fn initialize(a: &deployer_core::TaskArgs<'_>) -> Result<Self, deployer_core::ValidationErrors> { a.parse() }
+    /// #     async fn execute(&self, _: &deployer_core::ExecContext) -> Result<deployer_core::Outcome, deployer_core::CommandError> { Ok(deployer_core::Outcome::done()) }
+    /// # }
+    /// let mut commands = CommandRegistry::new();
+    /// commands.register::<Args>("mkdir");
+    /// let text = r#"{"stages": [{"name": "s", "concurrency": 0, "tasks": [
+    ///     {"command": "mkdir", "sourse": "/a"}, {"command": "mkdir", "source": "/b"}]}]}"#;
+    /// let Err(TasklistError::Invalid(problems)) = Tasklist::from_json_str_checked(text, &commands)
+    /// else { panic!() };
+    /// let text = problems.to_string();
+    /// assert!(text.contains("stages[0].concurrency: "), "{text}");
+    /// assert!(text.contains("stages[0].tasks[0].sourse: unknown argument"), "{text}");
+    /// ```
+    pub fn from_json_str_checked(
+        text: &str,
+        registry: &crate::CommandRegistry,
+    ) -> Result<Tasklist, TasklistError> {
+        match Tasklist::from_json_str(text) {
+            Err(TasklistError::Invalid(mut problems)) => {
+                if let Ok(value) = crate::json::from_str_strict(text) {
+                    command_problems(&value, registry, &mut problems);
+                }
+                Err(TasklistError::Invalid(problems))
+            }
+            other => other,
+        }
+    }
+
+    /// [`load`](Self::load) with [`from_json_str_checked`](Self::from_json_str_checked).
+    pub fn load_checked(
+        path: impl AsRef<Path>,
+        registry: &crate::CommandRegistry,
+    ) -> Result<Tasklist, TasklistError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| TasklistError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Tasklist::from_json_str_checked(&text, registry).map_err(|e| e.with_origin(path))
+    }
+
     /// Reads and parses a tasklist file; errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Tasklist, TasklistError> {
         let path = path.as_ref();
@@ -869,6 +923,51 @@ fn parse_stage(
     })
 }
 
+/// Adds to `problems` what building each well-formed task of `value` with `registry` finds
+/// (structural problems are already there, so malformed tasks are passed over).
+fn command_problems(
+    value: &Value,
+    registry: &crate::CommandRegistry,
+    problems: &mut ValidationErrors,
+) {
+    let Some(stages) = value.get("stages").and_then(Value::as_array) else {
+        return;
+    };
+    let mut check = |task_value: &Value, path: String| {
+        let mut scratch = ValidationErrors::new();
+        if let Some(task) = parse_task(task_value, &path, Rules::Input, &mut scratch)
+            && scratch.is_empty()
+        {
+            crate::plan::check_login(&task, &path, problems);
+            if let Err(found) = registry.instantiate(&task) {
+                for mut p in found {
+                    p.path = if p.path.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path}.{}", p.path)
+                    };
+                    problems.push(p);
+                }
+            }
+        }
+    };
+    for (si, stage) in stages.iter().enumerate() {
+        let Some(tasks) = stage.get("tasks").and_then(Value::as_array) else {
+            continue;
+        };
+        for (ei, entry) in tasks.iter().enumerate() {
+            match entry {
+                Value::Array(chain) => {
+                    for (ti, step) in chain.iter().enumerate() {
+                        check(step, format!("stages[{si}].tasks[{ei}][{ti}]"));
+                    }
+                }
+                other => check(other, format!("stages[{si}].tasks[{ei}]")),
+            }
+        }
+    }
+}
+
 fn opt_string(
     obj: &Map<String, Value>,
     key: &str,
@@ -932,6 +1031,21 @@ fn parse_task(
             String::new()
         }
     };
+    if rules == Rules::Input {
+        for key in ["remote_host", "remote_user"] {
+            if obj.get(key) == Some(&Value::Null) {
+                errors.push(
+                    ValidationError::new(format!("{path}.{key}"), "is null").expected(
+                        if key == "remote_host" {
+                            "a host name; leave remote_host out to run on the controller"
+                        } else {
+                            "a user name; leave remote_user out for the connector's default"
+                        },
+                    ),
+                );
+            }
+        }
+    }
     let remote_host = opt_string(obj, "remote_host", path, errors);
     if remote_host.as_deref() == Some("") && rules == Rules::Input {
         errors.push(

@@ -306,7 +306,7 @@ async fn plan_tasklist(
                 "Reading task list from {}",
                 path.display()
             );
-            let mut t = Tasklist::load(path)?;
+            let mut t = Tasklist::load_checked(path, driver.command_registry())?;
             if !cli.hostgroups.is_empty() {
                 return Err(BadInput::Input("--hostgroups needs --config".into()));
             }
