@@ -55,9 +55,10 @@ async fn a_deploy_prints_the_recap_and_records_the_run() {
         .unwrap();
     let runs = store.list_runs(10).await.unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].name, "mysite");
-    assert_eq!(runs[0].state, RunState::Succeeded);
-    let tasks = store.tasks(&runs[0].id).await.unwrap();
+    let run = runs[0].record().expect("the run reads back");
+    assert_eq!(run.name, "mysite");
+    assert_eq!(run.state, RunState::Succeeded);
+    let tasks = store.tasks(&run.id).await.unwrap();
     assert_eq!(tasks.len(), 4);
     assert!(
         tasks.iter().all(|t| t.state == TaskState::Succeeded),
@@ -104,8 +105,8 @@ async fn sigint_cancels_the_run_and_exits_130() {
     let store = deployer::store::open(store_path.to_str().unwrap())
         .await
         .unwrap();
-    let run = store.list_runs(1).await.unwrap().remove(0);
-    assert_eq!(run.state, RunState::Cancelled);
+    let runs = store.list_runs(1).await.unwrap();
+    assert_eq!(runs[0].record().unwrap().state, RunState::Cancelled);
 }
 
 /// How many processes run with exactly `cmdline` (arguments joined by NUL).
