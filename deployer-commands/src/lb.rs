@@ -359,7 +359,7 @@ impl LoadBalancerCommand {
     ) -> Result<Self, ValidationErrors> {
         let a: LbArgs = args.parse()?;
         let mut c = Check::new();
-        c.name("lb_hostname", &a.lb_hostname, "host name");
+        c.host("lb_hostname", &a.lb_hostname);
         // Both become words of a backend's command line (`lbctl disable {lb_service}`), where
         // a leading `-` would be read as an option.
         if a.lb_service.starts_with('-') {

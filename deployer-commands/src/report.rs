@@ -80,7 +80,7 @@ impl Command for SendGraphite {
     fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
         let a: SendGraphiteArgs = args.parse()?;
         let mut c = Check::new();
-        c.name("carbon_host", &a.carbon_host, "host name");
+        c.host("carbon_host", &a.carbon_host);
         if a.carbon_port == Some(0) {
             c.fail("carbon_port", "is 0", "a port between 1 and 65535");
         }

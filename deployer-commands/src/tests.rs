@@ -177,7 +177,7 @@ const INVALID: &[(&str, &str)] = &[
     ),
     (
         r#"{"command": "removefile", "source": "/a\u0000b"}"#,
-        "source: contains a NUL byte",
+        r#"source: "/a\0b" contains a NUL byte"#,
     ),
     (
         r#"{"command": "removefile", "source": "/a", "recursive": true}"#,

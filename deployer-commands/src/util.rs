@@ -159,12 +159,13 @@ impl Check {
         }
     }
 
-    /// A path on the host: not empty, no NUL byte.
+    /// A path on the host, as [`deployer_core::RemotePath`] checks it: not empty, no NUL byte,
+    /// newline or other control character, at most 4096 bytes.
     pub(crate) fn path(&mut self, path: &str, value: &str) {
         if value.is_empty() {
             self.fail(path, "is empty", "a path");
-        } else {
-            self.text(path, value);
+        } else if let Err(e) = deployer_core::RemotePath::parse(value) {
+            self.fail(path, format!("{} {}", e.value, e.problem), e.expected);
         }
     }
 
@@ -223,6 +224,13 @@ impl Check {
                     "a {what} without \"/\", whitespace or control characters, not starting with \"-\""
                 ),
             );
+        }
+    }
+
+    /// A host name, as [`deployer_core::HostName`] checks it.
+    pub(crate) fn host(&mut self, path: &str, value: &str) {
+        if let Err(e) = deployer_core::HostName::parse(value) {
+            self.fail(path, format!("{} {}", e.value, e.problem), e.expected);
         }
     }
 
