@@ -86,6 +86,45 @@ fn describe(c: char) -> String {
     }
 }
 
+/// The checks host and user names share: not empty, no leading `-`, no whitespace or control
+/// character, at most `max` bytes, then `special` (which may accept the name as it is, or refuse
+/// it with a reason), then only letters, digits, `-`, `.` and `_`.
+fn check_name(
+    name: &str,
+    max: usize,
+    expected: &'static str,
+    special: impl Fn(&str) -> Result<bool, &'static str>,
+) -> Result<(), NameError> {
+    let problem = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.starts_with('-') {
+        Some("starts with '-'".to_string())
+    } else if let Some(problem) = bad_char(name) {
+        Some(problem)
+    } else if name.len() > max {
+        Some(format!("is {} bytes long", name.len()))
+    } else {
+        match special(name) {
+            Ok(true) => None,
+            Err(reason) => Some(reason.to_string()),
+            Ok(false) => name
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+                .map(|c| {
+                    if c.is_ascii() {
+                        format!("contains {c:?}")
+                    } else {
+                        format!("contains the non-ASCII character U+{:04X}", c as u32)
+                    }
+                }),
+        }
+    };
+    match problem {
+        Some(problem) => Err(refuse(name, problem, expected)),
+        None => Ok(()),
+    }
+}
+
 const HOST_EXPECTED: &str = "a host name (letters, digits, '-', '.', '_'; at most 253 bytes; \
                              not starting with '-'), an IP address, or an ssh_config alias";
 
@@ -113,38 +152,17 @@ pub struct HostName(String);
 impl HostName {
     /// Checks `name`.
     pub fn parse(name: &str) -> Result<HostName, NameError> {
-        let refuse = |problem: &str| Err(refuse(name, problem, HOST_EXPECTED));
-        if name.is_empty() {
-            return refuse("is empty");
-        }
-        if name.starts_with('-') {
-            return refuse("starts with '-'");
-        }
-        if let Some(problem) = bad_char(name) {
-            return refuse(&problem);
-        }
-        if name.len() > MAX_HOST_NAME {
-            return refuse(&format!("is {} bytes long", name.len()));
-        }
-        if name.parse::<IpAddr>().is_ok() {
-            return Ok(HostName(name.to_string()));
-        }
-        if name.contains('@') {
-            return refuse("contains '@' (put the login in remote_user)");
-        }
-        if name.contains(':') {
-            return refuse("contains ':' (put the port in the config's ssh section)");
-        }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
-        {
-            return refuse(&if c.is_ascii() {
-                format!("contains {c:?}")
+        check_name(name, MAX_HOST_NAME, HOST_EXPECTED, |name| {
+            if name.parse::<IpAddr>().is_ok() {
+                Ok(true)
+            } else if name.contains('@') {
+                Err("contains '@' (put the login in remote_user)")
+            } else if name.contains(':') {
+                Err("contains ':' (put the port in the config's ssh section)")
             } else {
-                format!("contains the non-ASCII character U+{:04X}", c as u32)
-            });
-        }
+                Ok(false)
+            }
+        })?;
         Ok(HostName(name.to_string()))
     }
 
@@ -174,29 +192,7 @@ pub struct UserName(String);
 impl UserName {
     /// Checks `name`.
     pub fn parse(name: &str) -> Result<UserName, NameError> {
-        let refuse = |problem: &str| Err(refuse(name, problem, USER_EXPECTED));
-        if name.is_empty() {
-            return refuse("is empty");
-        }
-        if name.starts_with('-') {
-            return refuse("starts with '-'");
-        }
-        if let Some(problem) = bad_char(name) {
-            return refuse(&problem);
-        }
-        if name.len() > MAX_USER_NAME {
-            return refuse(&format!("is {} bytes long", name.len()));
-        }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return refuse(&if c.is_ascii() {
-                format!("contains {c:?}")
-            } else {
-                format!("contains the non-ASCII character U+{:04X}", c as u32)
-            });
-        }
+        check_name(name, MAX_USER_NAME, USER_EXPECTED, |_| Ok(false))?;
         Ok(UserName(name.to_string()))
     }
 
