@@ -320,8 +320,8 @@ impl Config {
         Some(cur)
     }
 
-    /// The section at a dotted key as a typed value `T`, `Ok(None)` when absent: for the
-    /// settings a generator or a host application reads itself. Mistakes are reported as the
+    /// The section at a dotted key (`""` for the whole config) as a typed value `T`, `Ok(None)`
+    /// when absent: for the settings a generator or a host application reads itself. Mistakes are reported as the
     /// config's own are: with file, line and column, what was expected, and for a misspelt key
     /// (`T` with `#[serde(deny_unknown_fields)]`) a "did you mean". A section that command-line
     /// overrides touched is read from its values and names its key instead.
@@ -345,18 +345,28 @@ impl Config {
     /// assert!(err.contains("did you mean `port`?"), "{err}");
     /// ```
     pub fn section<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
-        if matches!(self.get(key), None | Some(Value::Null)) {
-            return Ok(None);
-        }
+        let value = if key.is_empty() {
+            Value::Object(self.values.clone())
+        } else {
+            match self.get(key) {
+                None | Some(Value::Null) => return Ok(None),
+                Some(v) => v.clone(),
+            }
+        };
         let touched = self.overridden.iter().any(|o| {
-            o == key
+            key.is_empty()
+                || o == key
                 || o.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
                 || key
                     .strip_prefix(o.as_str())
                     .is_some_and(|r| r.starts_with('.'))
         });
-        if let (Some(text), false) = (&self.text, touched) {
-            let path: Vec<&str> = key.split('.').collect();
+        if let Some(text) = &self.text {
+            let path: Vec<&str> = if key.is_empty() {
+                Vec::new()
+            } else {
+                key.split('.').collect()
+            };
             let seed = Pick::<T> {
                 path: &path,
                 _t: std::marker::PhantomData,
@@ -364,8 +374,9 @@ impl Config {
             match serde_saphyr::with_deserializer_from_str(text, |de| {
                 serde::de::DeserializeSeed::deserialize(seed, de)
             }) {
-                Ok(Some(value)) => return Ok(Some(value)),
-                Ok(None) => {}
+                // The text as written is fine; what overrides changed is checked below.
+                Ok(Some(value)) if !touched => return Ok(Some(value)),
+                Ok(_) => {}
                 Err(e) => {
                     let (line, column) = e
                         .location()
@@ -381,15 +392,14 @@ impl Config {
                 }
             }
         }
-        let value = self.get(key).cloned().unwrap_or(Value::Null);
         serde_path_to_error::deserialize::<_, T>(value)
             .map(Some)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let key = if path == "." {
-                    key.to_string()
-                } else {
-                    format!("{key}.{path}")
+                let key = match (key.is_empty(), path == ".") {
+                    (true, _) => path,
+                    (false, true) => key.to_string(),
+                    (false, false) => format!("{key}.{path}"),
                 };
                 ConfigError::Invalid {
                     key,
@@ -497,6 +507,9 @@ impl<'de, T: DeserializeOwned> serde::de::DeserializeSeed<'de> for Pick<'_, T> {
     type Value = Option<T>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Option<T>, D::Error> {
+        if self.path.is_empty() {
+            return T::deserialize(de).map(Some);
+        }
         de.deserialize_any(self)
     }
 }

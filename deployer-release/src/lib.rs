@@ -95,6 +95,56 @@ use deployer_core::{
 };
 use serde_json::{Value, json};
 
+/// The keys a `release` config may have, for checking only: an unknown key (`keep_release`,
+/// `shh`) is an error with its line and a "did you mean"; a value of the wrong type
+/// (`check_timeout: ten`) is one too, before any host is asked anything.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Keys {
+    platform: String,
+    deploy_to: Option<String>,
+    directory: Option<String>,
+    user: Option<String>,
+    keep_releases: Option<usize>,
+    graphite: Option<GraphiteKeys>,
+    hostgroup: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    service: Option<std::collections::BTreeMap<String, ServiceKeys>>,
+    ssh: Option<serde::de::IgnoredAny>,
+    // Set by the `deploy` program from its flags.
+    component: Option<Value>,
+    redeploy: Option<bool>,
+    only_hosts: Option<Vec<String>>,
+    only_hostgroups: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct GraphiteKeys {
+    host: String,
+    port: Option<u16>,
+    prefix: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ServiceKeys {
+    hosts: Vec<String>,
+    port: Option<u16>,
+    deploy_to: Option<String>,
+    user: Option<String>,
+    min_nodes_up: Option<u64>,
+    shared_dirs: Option<Vec<String>>,
+    shared_files: Option<Vec<String>>,
+    stop: Option<String>,
+    start: Option<String>,
+    check: Option<String>,
+    check_timeout: Option<u64>,
+    health_url: Option<String>,
+}
+
 const EXTENSIONS: [&str; 5] = [".tar.gz", ".tgz", ".tar", ".zip", ".war"];
 
 /// Registers the `release` generator under the platform name `release`, and the standard
@@ -339,6 +389,8 @@ fn task(command: &str, host: &str, user: &Option<String>, service: &str) -> Task
 impl Generator for ReleaseGenerator {
     async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
         let config = ctx.config();
+        // Every key and its type first: a typo is an error with its line, never ignored.
+        config.section::<Keys>("")?;
         let artifacts = find_artifacts(config)?;
         let root = config.get_as::<String>("deploy_to")?;
         let default_user = config.get_as::<String>("user")?;

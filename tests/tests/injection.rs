@@ -191,6 +191,29 @@ fn as_map(e: Entry, key_refuses: fn(&str) -> bool) -> Entry {
 
 fn nothing(_: &Case, _: &mut Value) {}
 
+/// Arguments the commands check as paths on the host (`RemotePath`).
+fn checked_path(command: &str, arg: &str) -> bool {
+    matches!(
+        (command, arg),
+        ("cleanup", "path" | "current")
+            | (
+                _,
+                "service_dir" | "install_location" | "deploy_to" | "if_exists" | "lb_service"
+            )
+            | (
+                "copyfile"
+                    | "movefile"
+                    | "symlink"
+                    | "unpack"
+                    | "upload"
+                    | "writefile"
+                    | "createdirectory"
+                    | "removefile",
+                "source" | "destination"
+            )
+    )
+}
+
 // The rules of the commands' validation, restated: a value is refused exactly when they say so.
 fn never(_: &str) -> bool {
     false
@@ -1122,7 +1145,12 @@ async fn try_case(
     };
     let reg = registry_for(&case.dir);
     let task = task(&t);
-    let want_refused = refuses(&case.value);
+    // Paths are checked as `RemotePath` (no control character) and load-balancer and carbon hosts as
+    // `HostName`, on top of each argument's own rules.
+    let want_refused = refuses(&case.value)
+        || (checked_path(case.command, arg) && case.value.chars().any(char::is_control))
+        || (matches!(arg, "lb_hostname" | "carbon_host")
+            && deployer_core::HostName::parse(&case.value).is_err());
     let outcome = match reg.instantiate(&task) {
         Err(errors) => {
             let all_here = errors.iter().all(|e| {
@@ -1549,22 +1577,29 @@ fn service_names_with_patterns_are_refused() {
     }
 }
 
-/// Placeholders were filled one after another, so a host name holding `{lb_service}` got the
-/// service put into it; a service starting with `-` became an option of the backend's program.
+/// Placeholders were filled one after another, so a value holding `{lb_hostname}` got the host
+/// put into it; a service starting with `-` became an option of the backend's program. (A host
+/// name holding a placeholder is not a host name at all: refused.)
 #[tokio::test]
 async fn load_balancer_values_stay_literal_in_a_backends_command_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let t = json!({"command": "disable_loadbalancer", "lb_hostname": "{lb_service}",
-                   "lb_service": "web1", "lb_username": "{action}"});
+    let t = json!({"command": "disable_loadbalancer", "lb_hostname": "lb1",
+                   "lb_service": "{lb_hostname}", "lb_username": "{action}"});
     let first = task(&t);
     let cmd = registry_for(tmp.path()).instantiate(&first).unwrap();
     let ctx = ExecContext::new(Arc::new(LocalHost::new()), first, Arc::new(|_, _| {}));
     cmd.execute(&ctx).await.unwrap();
     expect_file(
         &tmp.path().join("lb.args"),
-        "disable\n{lb_service}\nweb1\n{action}\n",
+        "disable\nlb1\n{lb_hostname}\n{action}\n",
     )
     .unwrap();
+    let t = task(
+        &json!({"command": "disable_loadbalancer", "lb_hostname": "{lb_service}",
+                         "lb_service": "web1"}),
+    );
+    let err = registry_for(tmp.path()).instantiate(&t).unwrap_err();
+    assert!(err.iter().all(|e| e.path == "lb_hostname"), "{err}");
     let t = task(
         &json!({"command": "disable_loadbalancer", "lb_hostname": "lb1",
                          "lb_service": "--force-all"}),
