@@ -296,10 +296,18 @@ fn a_good_config_touches_its_hosts_in_the_sandbox() {
         ),
     )
     .unwrap();
-    // Planning reads the live version from each host, even for a dry run.
+    // The dry run contacts no host, even though a real plan reads each host's live version.
     let out = sandbox.run(
         env!("CARGO_BIN_EXE_deploy"),
         &["--config", config.to_str().unwrap(), "--dry-run"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(sandbox.touched().is_empty(), "{stderr}");
+    // The real run does, and the sandbox sees it.
+    let out = sandbox.run(
+        env!("CARGO_BIN_EXE_deploy"),
+        &["--config", config.to_str().unwrap()],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

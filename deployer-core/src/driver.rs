@@ -359,6 +359,18 @@ impl Driver {
         self.plan_tasklist(&tasklist)
     }
 
+    /// The dry run of `config`: generates without host access (a generator that would ask hosts
+    /// plans without their answers, see [`GeneratorContext::has_host_access`]), validates every
+    /// task and checks that the connector can serve every host — and contacts none.
+    pub async fn dry_run(&self, config: Config) -> Result<Plan, DriveError> {
+        self.redactor.add_all(config.redactor());
+        let tasklist = self
+            .generators
+            .generate(GeneratorContext::new(config))
+            .await?;
+        self.plan_tasklist(&tasklist)
+    }
+
     /// Validates `tasklist` (a saved one) and checks that the connector can serve every host.
     pub fn plan_tasklist(&self, tasklist: &Tasklist) -> Result<Plan, DriveError> {
         let plan = Plan::build_with_redactor(tasklist, &self.commands, self.redactor.clone())

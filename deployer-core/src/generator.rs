@@ -35,6 +35,13 @@ impl GeneratorContext {
         self
     }
 
+    /// Whether the generator may ask hosts anything: false for a dry run
+    /// ([`Driver::dry_run`](crate::Driver::dry_run)), where a generator plans without what hosts
+    /// would tell it (e.g. deploys every host instead of skipping those already on a version).
+    pub fn has_host_access(&self) -> bool {
+        self.connector.is_some()
+    }
+
     /// The merged config.
     pub fn config(&self) -> &Config {
         &self.config

@@ -391,6 +391,22 @@ impl Generator for ReleaseGenerator {
         let config = ctx.config();
         // Every key and its type first: a typo is an error with its line, never ignored.
         config.section::<Keys>("")?;
+        // A service's `hosts` name hostgroups or hosts; a name that is not a hostgroup but
+        // reads like one misspelt is a mistake, not a new host.
+        let groups: Vec<&str> = config.hostgroups().keys().map(String::as_str).collect();
+        for service in config.services().values() {
+            for name in &service.hosts {
+                if !groups.contains(&name.as_str())
+                    && let Some(hint) = deployer_core::did_you_mean(name, groups.iter().copied())
+                {
+                    return Err(other(format!(
+                        "service {}: hosts: {name:?} is not a hostgroup; did you mean \"{hint}\"? \
+                         (a host whose name is this close to a hostgroup's is taken for a typo)",
+                        service.name
+                    )));
+                }
+            }
+        }
         let artifacts = find_artifacts(config)?;
         let root = config.get_as::<String>("deploy_to")?;
         let default_user = config.get_as::<String>("user")?;
@@ -410,6 +426,23 @@ impl Generator for ReleaseGenerator {
                 Some(set)
             }
         };
+        // Hosts asked for by name must be hosts of the config's services.
+        if let Some(asked) = &only_hosts {
+            let mut known = BTreeSet::new();
+            for name in config.services().keys() {
+                known.extend(config.service_hosts(name)?);
+            }
+            let unknown: Vec<&String> = asked.iter().filter(|h| !known.contains(*h)).collect();
+            if !unknown.is_empty() {
+                let list =
+                    |v: Vec<&String>| v.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(other(format!(
+                    "no service runs on {} (the config's hosts: {})",
+                    list(unknown),
+                    list(known.iter().collect())
+                )));
+            }
+        }
         let holder = controller_name();
 
         let mut plans = Vec::new();
@@ -651,6 +684,10 @@ async fn live_version(
     user: &Option<String>,
     deploy_to: &str,
 ) -> Result<Option<String>, GeneratorError> {
+    // A dry run asks no host: every host counts as not on the version yet.
+    if !ctx.has_host_access() {
+        return Ok(None);
+    }
     // The controller itself is never logged into.
     let user = if host == deployer_core::LOCAL_HOST {
         None

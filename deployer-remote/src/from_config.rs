@@ -29,6 +29,40 @@ struct SshSection {
     config: Option<Value>,
 }
 
+/// What is wrong with `path` as a private key file, checked without any host: it must be a
+/// readable file that holds a private key.
+fn check_private_key(path: &std::path::Path) -> Result<(), String> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let text = String::from_utf8_lossy(&text);
+    if text.contains("PRIVATE KEY-----") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} holds no private key (expected a file beginning \"-----BEGIN … PRIVATE KEY-----\")",
+            path.display()
+        ))
+    }
+}
+
+/// What is wrong with `path` as a known_hosts file: it must be a readable file, or not exist
+/// yet (accept-new creates it).
+fn check_known_hosts(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(format!(
+            "{} is a directory, expected a known_hosts file",
+            path.display()
+        )),
+        Ok(_) => std::fs::File::open(path)
+            .map(|_| ())
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -53,7 +87,9 @@ impl SshOptions {
     /// ```
     ///
     /// An unknown key in `ssh` is an error with its file, line and column and a "did you mean";
-    /// a value of the wrong kind is an error naming its key.
+    /// a value of the wrong kind is an error naming its key. What can be checked without a host
+    /// is: the identity file exists and holds a private key, known_hosts is a readable file (or
+    /// does not exist yet), the port is 1–65535, the connect timeout is above 0.
     ///
     /// ```
     /// use deployer_core::Config;
@@ -88,24 +124,37 @@ impl SshOptions {
             return Ok(options);
         };
         if let Some(port) = ssh.port {
+            if port == 0 {
+                return Err(invalid(
+                    "ssh.port",
+                    "found 0, expected a port from 1 to 65535",
+                ));
+            }
             options = options.port(port);
         }
         if let Some(key) = ssh.identity_file {
-            options = options.identity_file(expand(&key));
+            let path = expand(&key);
+            check_private_key(&path).map_err(|problem| invalid("ssh.identity_file", problem))?;
+            options = options.identity_file(path);
         }
         if let Some(kh) = ssh.known_hosts {
-            options = options.known_hosts_file(expand(&kh));
+            let path = expand(&kh);
+            check_known_hosts(&path).map_err(|problem| invalid("ssh.known_hosts", problem))?;
+            options = options.known_hosts_file(path);
         }
         if let Some(agent) = ssh.agent {
             options = options.agent(agent);
         }
         if let Some(secs) = ssh.connect_timeout {
-            let d = Duration::try_from_secs_f64(secs).map_err(|_| {
-                invalid(
-                    "ssh.connect_timeout",
-                    format!("expected seconds, found {secs}"),
-                )
-            })?;
+            let d = Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(1))
+                .ok_or_else(|| {
+                    invalid(
+                        "ssh.connect_timeout",
+                        format!("found {secs}, expected a number of seconds above 0"),
+                    )
+                })?;
             options = options.connect_timeout(d);
         }
         if let Some(policy) = ssh.host_key_policy {

@@ -311,12 +311,30 @@ async fn plan_tasklist(
                 return Err(BadInput::Input("--hostgroups needs --config".into()));
             }
             if !cli.hosts.is_empty() {
+                let known: Vec<String> = t.hosts().into_iter().map(str::to_string).collect();
+                let unknown: Vec<&String> =
+                    cli.hosts.iter().filter(|h| !known.contains(h)).collect();
+                if !unknown.is_empty() {
+                    return Err(BadInput::Input(format!(
+                        "--hosts: no task runs on {} (the tasklist's hosts: {})",
+                        unknown
+                            .iter()
+                            .map(|h| h.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        known.join(", ")
+                    )));
+                }
                 filter_hosts(&mut t, &cli.hosts);
             }
             if t.name.is_empty() {
                 t.name = "deploy".into();
             }
             driver.plan_tasklist(&t).map_err(drive_error)
+        }
+        // --dry-run and --dump contact no host.
+        (Some(config), None) if cli.dry_run || cli.dump => {
+            driver.dry_run(config).await.map_err(drive_error)
         }
         (Some(config), None) => driver.plan(config).await.map_err(drive_error),
         (None, None) => Err(BadInput::Input(
@@ -336,6 +354,13 @@ fn drive_error(e: DriveError) -> BadInput {
 }
 
 async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, BadInput> {
+    for (flag, names) in [("--hosts", &cli.hosts), ("--hostgroups", &cli.hostgroups)] {
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(BadInput::Input(format!(
+                "{flag}: an empty name (expected comma-separated names)"
+            )));
+        }
+    }
     if let Some(Sub::Runs(cmd)) = &cli.command {
         return runs_main(&cli, cmd, progress, redactor).await;
     }
