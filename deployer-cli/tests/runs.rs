@@ -113,6 +113,14 @@ fn runs_are_recorded_listed_shown_and_purged() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("\"not-a-run\" is not a run id"));
 
+    // A unique start of an id names the run, as `runs list` shows it.
+    let out = deploy_in(&store, &["runs", "show", &id[..8]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(&format!("run       {id}\n")));
+    let out = deploy_in(&store, &["runs", "show", "ffffffff"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no run id starts with \"ffffffff\""));
+
     let out = deploy_in(&store, &["runs", "purge", "--older-than", "1h"]);
     assert_eq!(text(&out.stdout), "purged 0 runs\n");
     let out = deploy_in(&store, &["runs", "purge", "--older-than", "0s"]);

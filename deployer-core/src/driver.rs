@@ -490,8 +490,9 @@ impl Driver {
     }
 }
 
-/// The OS user name: `$USER`, else `$LOGNAME`, else the numeric user id.
-fn os_user() -> String {
+/// The OS user name: `$USER`, else `$LOGNAME`, else the name `/etc/passwd` gives this
+/// process's user id, else `uid N`.
+pub(crate) fn os_user() -> String {
     for var in ["USER", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
             && !name.is_empty()
@@ -503,7 +504,14 @@ fn os_user() -> String {
     {
         use std::os::unix::fs::MetadataExt;
         if let Ok(meta) = std::fs::metadata("/proc/self") {
-            return format!("uid {}", meta.uid());
+            let uid = meta.uid().to_string();
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            return passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[2] == uid)
+                .map(|f| f[0].to_string())
+                .unwrap_or_else(|| format!("uid {uid}"));
         }
     }
     "unknown".to_string()

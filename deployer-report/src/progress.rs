@@ -18,6 +18,10 @@ struct StageBar {
     /// From the history of past runs: how long the stage should take.
     estimate: Option<Duration>,
     started: std::time::Instant,
+    /// Tasks done, failed and never run so far, for the stage's last word.
+    done: usize,
+    failed: usize,
+    not_run: usize,
 }
 
 /// A progress display: one bar per stage with tasks done/total, the hosts in flight, elapsed
@@ -108,6 +112,9 @@ impl EventSink for Progress {
                     in_flight: BTreeMap::new(),
                     estimate: self.estimates.get(*stage).copied().flatten(),
                     started: std::time::Instant::now(),
+                    done: 0,
+                    failed: 0,
+                    not_run: 0,
                 };
                 Self::update_message(&mut stage_bar);
                 lock(&self.stages).insert(*stage, stage_bar);
@@ -128,6 +135,11 @@ impl EventSink for Progress {
                         }
                     }
                     s.bar.inc(1);
+                    if outcome.is_success() {
+                        s.done += 1;
+                    } else {
+                        s.failed += 1;
+                    }
                     Self::update_message(s);
                     if !outcome.is_success() {
                         let tag = task
@@ -145,12 +157,23 @@ impl EventSink for Progress {
             EventKind::TaskNotRun { task, .. } => {
                 if let Some(s) = lock(&self.stages).get_mut(&task.id.stage) {
                     s.bar.inc(1);
+                    s.not_run += 1;
                 }
             }
             EventKind::StageFinished { stage, outcome, .. } => {
                 if let Some(s) = lock(&self.stages).get_mut(stage) {
                     s.in_flight.clear();
-                    s.bar.finish_with_message(outcome.to_string());
+                    // A stage that did not succeed says what became of its tasks: the bar is
+                    // full, but not every task ran.
+                    let message = if s.failed == 0 && s.not_run == 0 {
+                        outcome.to_string()
+                    } else {
+                        format!(
+                            "{outcome}: {} done, {} failed, {} not run",
+                            s.done, s.failed, s.not_run
+                        )
+                    };
+                    s.bar.finish_with_message(message);
                 }
             }
             _ => {}
@@ -241,7 +264,10 @@ mod tests {
             Some((4, 4)),
             "done and not-run tasks both count"
         );
-        assert_eq!(progress.message(0).as_deref(), Some("failed"));
+        assert_eq!(
+            progress.message(0).as_deref(),
+            Some("failed: 2 done, 1 failed, 1 not run")
+        );
         let hosts = summary.hosts();
         assert_eq!(hosts["fe001"].ok, 1);
         assert_eq!(hosts["fe002"].ok, 1);

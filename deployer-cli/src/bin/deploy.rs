@@ -564,6 +564,44 @@ fn read_error(e: StoreError) -> BadInput {
     }
 }
 
+/// The run `given` names: a whole id, or a prefix of exactly one stored run's id
+/// (`deploy runs show 01a24ef8`).
+async fn resolve_id(runs: &Runs, given: &str) -> Result<RunId, BadInput> {
+    if let Ok(id) = given.parse::<RunId>() {
+        return Ok(id);
+    }
+    let prefix = given.trim().to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(BadInput::Input(format!(
+            "{given:?} is not a run id (expected a run id or the start of one, as `deploy runs list` shows them)"
+        )));
+    }
+    let matching: Vec<String> = runs
+        .store()
+        .list_runs(usize::MAX)
+        .await?
+        .iter()
+        .map(|r| r.id().to_string())
+        .filter(|id| id.starts_with(&prefix))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.parse()?),
+        [] => Err(BadInput::Input(format!(
+            "no run id starts with {given:?} (see deploy runs list)"
+        ))),
+        several => Err(BadInput::Input(format!(
+            "{given:?} is the start of {} run ids ({}…): give more of it",
+            several.len(),
+            several
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// The table of `deploy runs list`, with each run that cannot be read back in its place,
 /// marked `UNREADABLE` with what is wrong.
 fn render_listed(list: &[ListedRun]) -> String {
@@ -609,7 +647,7 @@ async fn runs_main(
             Ok(exit::SUCCESS)
         }
         RunsCmd::Show { id } => {
-            let id: RunId = id.parse()?;
+            let id = resolve_id(&runs, id).await?;
             let run = runs.store().run(&id).await.map_err(read_error)?;
             let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
             let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
@@ -627,7 +665,7 @@ async fn runs_main(
             force,
             wait,
         } => {
-            let id: RunId = id.parse()?;
+            let id = resolve_id(&runs, id).await?;
             let secrets_from = match tasklist {
                 Some(path) => Some(Tasklist::load(path)?),
                 None => None,
@@ -704,6 +742,8 @@ fn main() -> ExitCode {
             level.min(tracing::Level::INFO)
         })
         .with_target("deployer_core", level)
+        // PostgreSQL's notices ("relation … already exists, skipping") are no user's business.
+        .with_target("sqlx", tracing::Level::WARN)
         .with_target("deployer_release", level)
         .with_target("deployer_report", level)
         .with_target("deploy", level);
