@@ -957,11 +957,12 @@ impl Cleanup {
     }
 
     pub(crate) async fn run(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+        // The listing is data for this command, not output for a person: not streamed.
+        let options = deployer_core::ExecOptions::new()
+            .sudo(self.sudo)
+            .output(std::sync::Arc::new(|_, _: &str| {}));
         let out = ctx
-            .run_checked_with(
-                &list_line(&self.path)?,
-                deployer_core::ExecOptions::new().sudo(self.sudo),
-            )
+            .run_checked_with(&list_line(&self.path)?, options)
             .await?;
         let entries = parse_list(&out.stdout);
         let current = match &self.current {

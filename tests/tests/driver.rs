@@ -123,3 +123,43 @@ async fn a_rehearsal_plays_every_host_here_and_counts_agree() {
     );
     assert_eq!(log.max_in_flight_in_stage(0), (2, 1));
 }
+
+/// `cleanup` lists its directory as NUL-separated records for itself: none of that reaches the
+/// events (`deploy -v` printed them as `out:` lines).
+#[tokio::test]
+async fn a_command_reading_machine_output_streams_none_of_it() {
+    use deployer_core::{Executor, Plan, Stage, Task, Tasklist};
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["1.0.0", "1.1.0", "1.2.0"] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+    }
+    let tasklist = Tasklist::new("clean").stage(
+        Stage::new("s", 1).task(
+            Task::new("cleanup")
+                .arg("path", dir.path().display().to_string())
+                .arg("keepversions", 1),
+        ),
+    );
+    let plan = Plan::build(&tasklist, &deployer_tests::registry()).unwrap();
+    let log = Arc::new(EventLog::new());
+    let report = Executor::new(Arc::new(LocalConnector::new()))
+        .sink(log.clone())
+        .run(&plan)
+        .await;
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let lines: Vec<String> = log
+        .kinds()
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::TaskOutput { line, .. } => Some(line),
+            _ => None,
+        })
+        .collect();
+    // What it says to a person, and nothing of the listing (`mtime \t type \t name \0`).
+    assert_eq!(
+        lines,
+        ["removing old version 1.1.0", "removing old version 1.0.0"],
+        "{lines:?}"
+    );
+}
