@@ -582,3 +582,36 @@ fn deploys_opening_a_fresh_store_at_once_all_succeed() {
         }
     }
 }
+
+/// Reported: history was kept per working directory (`./.deployer/runs.db`), so it split by
+/// `cd`. Without `--store`, every run of a user goes to one store under the XDG state dir.
+#[test]
+fn history_is_per_user_wherever_deploy_starts() {
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tasklist = a.path().join("t.json");
+    write_tasklist(
+        &tasklist,
+        &[(
+            "only",
+            vec![r#"{"command": "execute_command", "command_line": "true"}"#.to_string()],
+        )],
+    );
+    let deploy = |dir: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_deploy"))
+            .env_remove("DEPLOYER_STORE")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path())
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = deploy(a.path(), &["--tasklist", tasklist.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = run_id(&text(&out.stderr));
+    let list = deploy(b.path(), &["runs", "list"]);
+    assert!(text(&list.stdout).contains(&id), "{}", text(&list.stdout));
+    assert!(home.path().join(".local/state/deployer/runs.db").exists());
+    assert!(!a.path().join(".deployer").exists() && !b.path().join(".deployer").exists());
+}

@@ -113,8 +113,10 @@ struct Cli {
     /// How to report progress.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
-    /// Where runs are recorded: a SQLite file, `sqlite::memory:`, or `postgres://…`.
-    #[arg(long, value_name = "URL", env = "DEPLOYER_STORE", default_value = deployer_store::DEFAULT_STORE_URL, global = true)]
+    /// Where runs are recorded: a SQLite file, `sqlite::memory:`, or `postgres://…` (default:
+    /// one history per user, `$XDG_STATE_HOME/deployer/runs.db`, else
+    /// `~/.local/state/deployer/runs.db`).
+    #[arg(long, value_name = "URL", env = "DEPLOYER_STORE", default_value_t = default_store(), global = true)]
     store: String,
     /// Finished runs older than this are purged when deploy starts (e.g. 30d, 12h).
     #[arg(long, value_name = "AGE", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
@@ -181,6 +183,20 @@ impl<E: std::error::Error + 'static> From<E> for BadInput {
     /// valid UTF-8`.
     fn from(e: E) -> Self {
         BadInput::Input(deployer_core::error_chain(&e))
+    }
+}
+
+/// The per-user run store: `$XDG_STATE_HOME/deployer/runs.db`, else
+/// `$HOME/.local/state/deployer/runs.db`, else `./.deployer/runs.db` — the same history
+/// wherever `deploy` is started from.
+fn default_store() -> String {
+    let non_empty = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    let state = non_empty("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match state {
+        Some(dir) => dir.join("deployer/runs.db").display().to_string(),
+        None => deployer_store::DEFAULT_STORE_URL.to_string(),
     }
 }
 
