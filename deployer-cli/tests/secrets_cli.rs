@@ -113,7 +113,7 @@ fn deploy_never_prints_or_stores_a_secret_and_resumes_with_the_tasklist() {
         "{dumped}"
     );
 
-    // --output json: every event as a JSON line.
+    // --output json: every event as a JSON line (output lines coalesced).
     let json_run = deploy(&store, true, &["--tasklist", tl, "--output", "json"]);
     assert_eq!(
         json_run.status.code(),
@@ -123,7 +123,7 @@ fn deploy_never_prints_or_stores_a_secret_and_resumes_with_the_tasklist() {
     );
     assert_clean("--output json", &json_run);
     let lines = text(&json_run.stdout);
-    assert!(lines.contains("\"line\":\"using *** and ***\""), "{lines}");
+    assert!(lines.contains("\"lines\":[\"using *** and ***\"]"), "{lines}");
     assert!(
         lines.contains("\"stderr_tail\":\"access denied for ***\""),
         "{lines}"

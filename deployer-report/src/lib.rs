@@ -60,7 +60,7 @@ mod runs;
 
 pub use dot::to_dot;
 pub use estimate::stage_estimates;
-pub use json::JsonLines;
+pub use json::{JsonLines, OUTPUT_BYTES_PER_TASK, OUTPUT_INTERVAL};
 #[cfg(feature = "log")]
 #[cfg_attr(docsrs, doc(cfg(feature = "log")))]
 pub use log::LogFormat;
