@@ -24,7 +24,8 @@ use std::task::{Context, Poll, Waker};
 
 use deployer_books::{BookError, BookLibrary, JobBuilder};
 use deployer_core::{
-    CommandRegistry, Config, ConfigError, Plan, ShellCommand, Tasklist, TasklistError, quote,
+    CommandRegistry, Config, ConfigError, ListedRun, MemoryStore, NewRun, Plan, RunState, RunStore,
+    ShellCommand, TaskState, Tasklist, TasklistError, ValidationErrors, quote,
 };
 use serde_json::Value;
 
@@ -50,11 +51,22 @@ fn text(data: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(data)
 }
 
-/// Tasklist loading, validation and planning never panic; a tasklist that loads saves
-/// canonically: `load(save(x)) == x` and `save(load(save(x))) == save(x)` byte for byte.
+/// Longest problem line a tasklist's validation may print: a hostile value (a 10 MB string, a
+/// 10,000-byte key) is shown cut, never whole.
+pub const MAX_PROBLEM_LINE: usize = 64 * 1024;
+
+/// Tasklist loading, validation and planning never panic; a syntax error has a line and
+/// column; every problem of an input that does not validate is one readable line (see
+/// [`assert_readable`]); a tasklist that loads saves canonically: `load(save(x)) == x` and
+/// `save(load(save(x))) == save(x)` byte for byte; and a tasklist that plans is recorded in a
+/// [`MemoryStore`] and reads back as it was (see [`assert_recorded`]).
+///
+/// Loading is `Tasklist::from_json_str_checked` with the standard commands, what `deploy`
+/// runs: for a tasklist with structural problems, it also reports each well-formed task's
+/// argument, host and user problems.
 pub fn tasklist(data: &[u8]) {
     let text = text(data);
-    let tasklist = match Tasklist::from_json_str(&text) {
+    let tasklist = match Tasklist::from_json_str_checked(&text, registry()) {
         Ok(t) => t,
         Err(e) => {
             let message = e.to_string();
@@ -65,9 +77,11 @@ pub fn tasklist(data: &[u8]) {
                         message.starts_with(&format!("<tasklist>:{line}:{column}: ")),
                         "{message}"
                     );
+                    assert_one_line(&message, "a syntax error");
                 }
                 TasklistError::Invalid(errors) => {
                     assert!(!errors.is_empty(), "an invalid tasklist with no problem");
+                    assert_readable(errors);
                 }
                 _ => panic!("unexpected error loading text: {message}"),
             }
@@ -76,11 +90,121 @@ pub fn tasklist(data: &[u8]) {
     };
     assert_saves_canonically(&tasklist, "a tasklist");
     match Plan::build(&tasklist, registry()) {
-        Ok(plan) => assert_eq!(plan.task_count(), tasklist.task_count()),
+        Ok(plan) => {
+            assert_eq!(plan.task_count(), tasklist.task_count());
+            assert_eq!(
+                plan.tasklist(),
+                &tasklist,
+                "the plan's tasklist is not the input"
+            );
+            assert_recorded(&plan);
+        }
         Err(errors) => {
             assert!(!errors.is_empty(), "a plan refused with no problem");
-            let _ = errors.to_string();
+            assert_readable(&errors);
         }
+    }
+}
+
+/// Problems that print a name from the input as it is, a known bug (found 2026-12-07 by this
+/// check, not fixed yet): an unknown tasklist key, stage key, argument or command is written
+/// `"{name}"` in the path and the message, so a newline in the name breaks the line. Only
+/// these problems, and only their control characters, are let through; remove this list when
+/// the names are shown escaped (`deployer_core::shown`), and the corpus inputs it lets
+/// through (`raw_names.json` and others) then check that they are.
+const KNOWN_RAW_NAMES: [&str; 4] = [
+    "unknown tasklist key \"",
+    "unknown stage key \"",
+    "unknown argument \"",
+    "unknown command \"",
+];
+
+/// Every problem prints as one line (`PATH: MESSAGE (expected …)`) with no control character
+/// in it — a newline, carriage return or NUL of the input is shown escaped, so one problem
+/// cannot pass for several or hide the next — and under [`MAX_PROBLEM_LINE`] bytes; the list
+/// prints a count line and then one line per problem.
+fn assert_readable(errors: &ValidationErrors) {
+    let mut raw_breaks = 0;
+    for problem in errors {
+        let line = problem.to_string();
+        if KNOWN_RAW_NAMES
+            .iter()
+            .any(|p| problem.message.starts_with(p))
+        {
+            // The known bug: the name may be raw, what is said about it may not.
+            for said in problem.expected.iter().chain(&problem.hint) {
+                assert_one_line(said, "what a problem expects or hints");
+            }
+            assert!(
+                line.len() < MAX_PROBLEM_LINE,
+                "a problem is {} bytes long",
+                line.len()
+            );
+            raw_breaks += line.lines().count().max(1) - 1;
+        } else {
+            assert_one_line(&line, "a problem");
+        }
+    }
+    let all = errors.to_string();
+    assert_eq!(
+        all.lines().count(),
+        errors.len() + 1 + raw_breaks,
+        "the problems do not print one per line:\n{all}"
+    );
+}
+
+/// `line` holds no control character and is shorter than [`MAX_PROBLEM_LINE`].
+fn assert_one_line(line: &str, what: &str) {
+    assert!(
+        line.len() < MAX_PROBLEM_LINE,
+        "{what} is {} bytes long: {:?}…",
+        line.len(),
+        line.chars().take(200).collect::<String>()
+    );
+    if let Some(c) = line.chars().find(|c| c.is_control()) {
+        panic!("{what} holds the raw control character {c:?}: {line:?}");
+    }
+}
+
+/// A plan's run is recorded in a [`MemoryStore`] (what `Runs` does before anything runs) and
+/// reads back as it was: listed as a readable [`ListedRun::Run`], read with `run` and `tasks`
+/// (one pending record per task of the plan, in order, on the plan's host), its tasklist equal
+/// to the plan's tasklist with inline secrets redacted; and that stored copy survives the
+/// save/load a SQL store makes (`to_json_string` → `Tasklist::from_stored_json`).
+fn assert_recorded(plan: &Plan) {
+    let store = MemoryStore::new();
+    let new = NewRun::from_plan(plan, "tasklist:fuzz.json", "fuzz");
+    let id = new.id.clone();
+    let created = now(store.create_run(new)).unwrap_or_else(|e| panic!("create_run: {e}"));
+    assert_eq!(created.id, id);
+    assert_eq!(created.state, RunState::Pending);
+    let listed = now(store.list_runs(10)).unwrap_or_else(|e| panic!("list_runs: {e}"));
+    match listed.as_slice() {
+        [ListedRun::Run(run)] => assert_eq!(run, &created, "the listed run is not the created one"),
+        other => panic!("list_runs gave {other:?}, expected the one run, readable"),
+    }
+    let run = now(store.run(&id)).unwrap_or_else(|e| panic!("run: {e}"));
+    assert_eq!(run, created, "the run read back is not the created one");
+    let redacted = plan.tasklist().redacted();
+    assert_eq!(
+        run.tasklist, redacted,
+        "the stored tasklist is not the plan's, redacted"
+    );
+    let saved = run.tasklist.to_json_string();
+    let reloaded = Tasklist::from_stored_json(&saved)
+        .unwrap_or_else(|e| panic!("the stored tasklist does not load back: {e}\n{saved}"));
+    assert_eq!(
+        reloaded, redacted,
+        "the stored tasklist changes when saved and loaded"
+    );
+    let tasks = now(store.tasks(&id)).unwrap_or_else(|e| panic!("tasks: {e}"));
+    assert_eq!(tasks.len(), plan.task_count(), "one task record per task");
+    for (record, info) in tasks.iter().zip(plan.tasks()) {
+        assert_eq!(record.id, info.id);
+        assert_eq!(record.host, info.host);
+        assert_eq!(record.command, info.command);
+        assert_eq!(record.state, TaskState::Pending);
+        assert_eq!(record.attempts, 0);
     }
 }
 
@@ -254,7 +378,8 @@ pub fn book(data: &[u8]) {
     }
 }
 
-/// Polls `future` once: building a job without a history store must not wait.
+/// Polls `future` once: building a job without a history store must not wait, and neither
+/// does a [`MemoryStore`].
 fn now<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     match future
@@ -262,7 +387,7 @@ fn now<F: Future>(future: F) -> F::Output {
         .poll(&mut Context::from_waker(Waker::noop()))
     {
         Poll::Ready(out) => out,
-        Poll::Pending => panic!("building a job without a history store waited"),
+        Poll::Pending => panic!("a future that must not wait waited"),
     }
 }
 
