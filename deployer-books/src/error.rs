@@ -32,9 +32,10 @@ impl fmt::Display for BookProblem {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
         if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", deployer_core::one_line(&self.path))?;
         }
-        write!(f, ": {}", self.message)
+        // One line whatever the book held: no raw newline, no 10 KB value.
+        write!(f, ": {}", deployer_core::one_line(&self.message))
     }
 }
 

@@ -109,8 +109,8 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookE
                 c,
                 "version",
                 format!(
-                    "\"{}\" is not a semantic version (expected MAJOR.MINOR.PATCH such as 1.2.0): {e}",
-                    doc.version.value
+                    "{} is not a semantic version (expected MAJOR.MINOR.PATCH such as 1.2.0): {e}",
+                    deployer_core::shown(&doc.version.value)
                 ),
             ));
             semver::Version::new(0, 0, 0)
@@ -190,8 +190,8 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookE
                                     c,
                                     &format!("{p}.version"),
                                     format!(
-                                        "\"{}\" is not a version requirement (such as ^1.2 or =1.0.3): {e}",
-                                        v.value
+                                        "{} is not a version requirement (such as ^1.2 or =1.0.3): {e}",
+                                        deployer_core::shown(&v.value)
                                     ),
                                 ));
                                 semver::VersionReq::STAR

@@ -426,8 +426,11 @@ impl BookLibrary {
                         problems.push(entry.problem(
                             &path,
                             format!(
-                                "invalid expression \"{source}\": line {}, column {} of the expression: {}",
-                                e.line, e.column, e.message
+                                "invalid expression {}: line {}, column {} of the expression: {}",
+                                deployer_core::shown(source),
+                                e.line,
+                                e.column,
+                                e.message
                             ),
                         ));
                         None
@@ -459,7 +462,8 @@ impl BookLibrary {
                 } else if let Some(known) = &self.commands
                     && !known.contains(&cmd.command)
                 {
-                    let mut message = format!("unknown command \"{}\"", cmd.command);
+                    let mut message =
+                        format!("unknown command {}", deployer_core::shown(&cmd.command));
                     if let Some(s) =
                         deployer_core::did_you_mean(&cmd.command, known.iter().map(String::as_str))
                     {

@@ -480,9 +480,8 @@ fn a_good_book_touches_this_machine_in_the_sandbox() {
     );
 }
 
-// Known bugs found while extending the corpus (2026-12-07), one test each: each fails today
-// and passes once its bug is fixed (then drop its `ignore` and move the inputs into the
-// corpus). `cargo test -p deployer-cli --test bad_input -- --ignored` runs them.
+// Bugs found while extending the corpus (2026-12-07), one test each, all fixed: each failed
+// before its fix.
 
 /// Writes `files` (name, text) in a new directory of the sandbox and returns their paths.
 fn write_inputs(sandbox: &Sandbox, dir: &str, files: &[(&str, String)]) -> Vec<PathBuf> {
@@ -499,7 +498,6 @@ fn write_inputs(sandbox: &Sandbox, dir: &str, files: &[(&str, String)]) -> Vec<P
 }
 
 #[test]
-#[ignore = "bug: unknown keys, command names and platforms are printed as they are (raw newline, 10 KB)"]
 fn bug_unknown_names_are_printed_as_they_are() {
     let sandbox = Sandbox::new();
     let stage = |tasks: &str| {
@@ -565,7 +563,6 @@ fn bug_unknown_names_are_printed_as_they_are() {
 }
 
 #[test]
-#[ignore = "bug: the release generator connects to a config's hosts before checking their names"]
 fn bug_config_hosts_are_contacted_before_they_are_checked() {
     let sandbox = Sandbox::new();
     let artifacts =
@@ -593,7 +590,6 @@ fn bug_config_hosts_are_contacted_before_they_are_checked() {
 }
 
 #[test]
-#[ignore = "bug: books print a book's version, a call's version requirement and a command name as they are"]
 fn bug_books_print_values_as_they_are() {
     let sandbox = Sandbox::new();
     let step =
@@ -644,7 +640,6 @@ fn bug_books_print_values_as_they_are() {
 }
 
 #[test]
-#[ignore = "bug: `books run` exits 1, not 2, when a step's task does not validate"]
 fn bug_books_run_exits_1_for_a_step_that_does_not_validate() {
     let sandbox = Sandbox::new();
     for (i, (step, expected)) in [

@@ -123,7 +123,10 @@ fn deploy_never_prints_or_stores_a_secret_and_resumes_with_the_tasklist() {
     );
     assert_clean("--output json", &json_run);
     let lines = text(&json_run.stdout);
-    assert!(lines.contains("\"lines\":[\"using *** and ***\"]"), "{lines}");
+    assert!(
+        lines.contains("\"lines\":[\"using *** and ***\"]"),
+        "{lines}"
+    );
     assert!(
         lines.contains("\"stderr_tail\":\"access denied for ***\""),
         "{lines}"

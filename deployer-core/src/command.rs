@@ -226,8 +226,11 @@ fn arg_error(path: String, message: &str) -> ValidationError {
     // serde's wording: "unknown field `sourc`, expected one of `source`, `destination`"
     // or "unknown field `x`, expected `y`"; turn it into a hint.
     if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((field, tail)) = rest.split_once('`')
+        && let Some((field, tail)) = rest
+            .rsplit_once("`, expected ")
+            .or_else(|| rest.strip_suffix("`, there are no fields").map(|f| (f, "")))
     {
+        // The field came from the input and may hold backticks; the expected names did not.
         let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
         // serde_path_to_error already ends the path with the unknown key.
         let at = if path == field || path.ends_with(&format!(".{field}")) {
@@ -235,7 +238,7 @@ fn arg_error(path: String, message: &str) -> ValidationError {
         } else {
             join_path(&path, field)
         };
-        let mut e = ValidationError::new(at, format!("unknown argument \"{field}\""));
+        let mut e = ValidationError::new(at, format!("unknown argument {}", crate::shown(field)));
         if !candidates.is_empty() {
             e = e.expected(format!("one of {}", candidates.join(", ")));
         } else {
@@ -427,7 +430,7 @@ impl CommandRegistry {
             None => {
                 let mut e = ValidationError::new(
                     "command",
-                    format!("unknown command \"{}\"", task.command),
+                    format!("unknown command {}", crate::shown(&task.command)),
                 )
                 .expected("a registered command");
                 if let Some(s) = did_you_mean(&task.command, self.names()) {

@@ -387,7 +387,7 @@ impl Config {
                         origin: self.origin.clone(),
                         line,
                         column,
-                        message: with_did_you_mean(&self.redactor.redact(&message)),
+                        message: in_words(&with_did_you_mean(&self.redactor.redact(&message))),
                     });
                 }
             }
@@ -403,7 +403,9 @@ impl Config {
                 };
                 ConfigError::Invalid {
                     key,
-                    message: with_did_you_mean(&self.redactor.redact(&e.inner().to_string())),
+                    message: in_words(&with_did_you_mean(
+                        &self.redactor.redact(&e.inner().to_string()),
+                    )),
                 }
             })
     }
@@ -436,7 +438,7 @@ impl Config {
                 let message = if crate::SecretArg::is_secret(v) {
                     "holds a secret; read it with Config::get and pass the value on unchanged, so it stays secret".to_string()
                 } else {
-                    self.redactor.redact(&e.to_string()).into_owned()
+                    in_words(&self.redactor.redact(&e.to_string()))
                 };
                 ConfigError::Invalid {
                     key: key.to_string(),
@@ -589,6 +591,45 @@ fn first_line(message: &str) -> String {
         return rest.to_string();
     }
     line.to_string()
+}
+
+/// `message` with Rust's type names said in words: `invalid u16` → `expected a whole number from
+/// 0 to 65535`, `expected usize` → `expected a whole number (0 or more)`.
+pub(crate) fn in_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 12] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number (0 or more)"),
+        ("u64", "a whole number (0 or more)"),
+        ("usize", "a whole number (0 or more)"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("isize", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+        ("bool", "true or false"),
+        ("char", "one character"),
+    ];
+    let mut out = message.to_string();
+    for (ty, words) in WORDS {
+        if out == format!("invalid {ty}") {
+            return format!("expected {words}");
+        }
+        for (from, to) in [
+            (format!("expected {ty}"), format!("expected {words}")),
+            (
+                format!("invalid {ty}"),
+                format!("invalid value, expected {words}"),
+            ),
+        ] {
+            let at_end = out.ends_with(&from);
+            let before_sep = out.contains(&format!("{from} ")) || out.contains(&format!("{from},"));
+            if at_end || before_sep {
+                out = out.replace(&from, &to);
+            }
+        }
+    }
+    out
 }
 
 /// `message` with "; did you mean `x`?" when it is serde's "unknown field `y`, expected one of

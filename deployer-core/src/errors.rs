@@ -305,7 +305,7 @@ impl From<crate::ShellError> for CommandError {
 #[non_exhaustive]
 pub enum GeneratorError {
     /// No generator is registered for the config's `platform`.
-    #[error("unknown platform \"{platform}\" (known: {}){}", known.join(", "), hint.as_ref().map(|h| format!("; did you mean \"{h}\"?")).unwrap_or_default())]
+    #[error("unknown platform {} (known: {}){}", crate::shown(platform), known.join(", "), hint.as_ref().map(|h| format!("; did you mean \"{h}\"?")).unwrap_or_default())]
     UnknownPlatform {
         /// The platform asked for.
         platform: String,

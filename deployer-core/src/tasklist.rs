@@ -766,8 +766,9 @@ fn unknown_keys(
             } else {
                 format!("{path}.{key}")
             };
-            let mut e = ValidationError::new(p, format!("unknown {what} key \"{key}\""))
-                .expected(format!("one of {}", known.join(", ")));
+            let mut e =
+                ValidationError::new(p, format!("unknown {what} key {}", crate::shown(key)))
+                    .expected(format!("one of {}", known.join(", ")));
             if let Some(s) = did_you_mean(key, known.iter().copied()) {
                 e = e.hint(format!("did you mean \"{s}\"?"));
             }

@@ -44,20 +44,53 @@ impl ValidationError {
 }
 
 impl fmt::Display for ValidationError {
+    /// One line, whatever the input held: control characters are written escaped (`\n`,
+    /// `\u{7}`) and each part is cut at 512 bytes with its length, so a key or value from the
+    /// input can never forge a line, print a NUL, or make a 10 KB message.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
-            write!(f, "{}", self.message)?;
+            write!(f, "{}", one_line(&self.message))?;
         } else {
-            write!(f, "{}: {}", self.path, self.message)?;
+            write!(f, "{}: {}", one_line(&self.path), one_line(&self.message))?;
         }
         if let Some(expected) = &self.expected {
-            write!(f, " (expected {expected})")?;
+            write!(f, " (expected {})", one_line(expected))?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "; {hint}")?;
+            write!(f, "; {}", one_line(hint))?;
         }
         Ok(())
     }
+}
+
+/// `text` as one line of a message: control characters escaped (`\n`, `\u{7}`), cut at 512
+/// bytes with the full length said. For messages that quote what the input held.
+///
+/// ```
+/// assert_eq!(deployer_core::one_line("a\nb"), "a\\nb");
+/// assert!(deployer_core::one_line(&"x".repeat(600)).ends_with("… (600 bytes)"));
+/// ```
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 512;
+    if text.len() <= MAX && !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= MAX {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Every problem found in one tasklist, in document order.

@@ -391,6 +391,39 @@ impl Generator for ReleaseGenerator {
         let config = ctx.config();
         // Every key and its type first: a typo is an error with its line, never ignored.
         config.section::<Keys>("")?;
+        // What a host, a login or a shell will see is checked before any host is asked.
+        let mut problems = Vec::new();
+        for name in config.services().keys() {
+            for host in config.service_hosts(name)? {
+                if let Err(e) = deployer_core::HostName::parse(&host) {
+                    problems.push(format!("service {name}: hosts: {e}"));
+                }
+            }
+            let settings = &config.services()[name];
+            if let Some(user) = setting_str(settings, "user")?
+                && let Err(e) = deployer_core::UserName::parse(&user)
+            {
+                problems.push(format!("service {name}: user: {e}"));
+            }
+            if let Some(dir) = setting_str(settings, "deploy_to")?
+                && let Err(e) = deployer_core::RemotePath::parse(&dir)
+            {
+                problems.push(format!("service {name}: deploy_to: {e}"));
+            }
+        }
+        if let Some(user) = config.get_as::<String>("user")?
+            && let Err(e) = deployer_core::UserName::parse(&user)
+        {
+            problems.push(format!("user: {e}"));
+        }
+        if let Some(root) = config.get_as::<String>("deploy_to")?
+            && let Err(e) = deployer_core::RemotePath::parse(&root)
+        {
+            problems.push(format!("deploy_to: {e}"));
+        }
+        if !problems.is_empty() {
+            return Err(other(problems.join("; ")));
+        }
         // A service's `hosts` name hostgroups or hosts; a name that is not a hostgroup but
         // reads like one misspelt is a mistake, not a new host.
         let groups: Vec<&str> = config.hostgroups().keys().map(String::as_str).collect();

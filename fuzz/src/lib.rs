@@ -106,49 +106,18 @@ pub fn tasklist(data: &[u8]) {
     }
 }
 
-/// Problems that print a name from the input as it is, a known bug (found 2026-12-07 by this
-/// check, not fixed yet): an unknown tasklist key, stage key, argument or command is written
-/// `"{name}"` in the path and the message, so a newline in the name breaks the line. Only
-/// these problems, and only their control characters, are let through; remove this list when
-/// the names are shown escaped (`deployer_core::shown`), and the corpus inputs it lets
-/// through (`raw_names.json` and others) then check that they are.
-const KNOWN_RAW_NAMES: [&str; 4] = [
-    "unknown tasklist key \"",
-    "unknown stage key \"",
-    "unknown argument \"",
-    "unknown command \"",
-];
-
 /// Every problem prints as one line (`PATH: MESSAGE (expected …)`) with no control character
 /// in it — a newline, carriage return or NUL of the input is shown escaped, so one problem
 /// cannot pass for several or hide the next — and under [`MAX_PROBLEM_LINE`] bytes; the list
 /// prints a count line and then one line per problem.
 fn assert_readable(errors: &ValidationErrors) {
-    let mut raw_breaks = 0;
     for problem in errors {
-        let line = problem.to_string();
-        if KNOWN_RAW_NAMES
-            .iter()
-            .any(|p| problem.message.starts_with(p))
-        {
-            // The known bug: the name may be raw, what is said about it may not.
-            for said in problem.expected.iter().chain(&problem.hint) {
-                assert_one_line(said, "what a problem expects or hints");
-            }
-            assert!(
-                line.len() < MAX_PROBLEM_LINE,
-                "a problem is {} bytes long",
-                line.len()
-            );
-            raw_breaks += line.lines().count().max(1) - 1;
-        } else {
-            assert_one_line(&line, "a problem");
-        }
+        assert_one_line(&problem.to_string(), "a problem");
     }
     let all = errors.to_string();
     assert_eq!(
         all.lines().count(),
-        errors.len() + 1 + raw_breaks,
+        errors.len() + 1,
         "the problems do not print one per line:\n{all}"
     );
 }

@@ -220,10 +220,14 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             if let Some(store) = history {
                 runner = runner.runs(Runs::new(store));
             }
+            // The job's plan is validated before anything runs: a problem there is bad input.
             runner
                 .run(&mut job, &acks, options)
                 .await
-                .map_err(|e| Failure::Internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    deployer_books::BookError::Plan(_) => Failure::Input(e.to_string()),
+                    other => Failure::Internal(other.to_string()),
+                })?;
             println!("job {} {}", job.id, job.state);
             if job.state != JobState::Done {
                 return Err(Failure::Internal(format!("job {}", job.state)));
