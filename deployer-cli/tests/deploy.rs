@@ -637,3 +637,28 @@ fn a_second_ctrl_c_stops_running_tasks() {
         "{rest:?}"
     );
 }
+
+/// `--color always` paints the recap's last line; `never` (and NO_COLOR off a terminal) does
+/// not. `--help` ends with the exit statuses.
+#[test]
+fn the_recap_is_coloured_when_asked_and_help_lists_exit_statuses() {
+    let out = deploy(&["--config", "local.yaml", "--color", "always"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("\u{1b}[1m\u{1b}[32mrun \"Deploy hello-1.0.0\" succeeded"),
+        "{stderr}"
+    );
+    let out = deploy(&["--config", "local.yaml", "--color", "never"]);
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "{}",
+        text(&out.stderr)
+    );
+    let help = text(&deploy(&["--help"]).stdout);
+    assert!(
+        help.contains("Exit status: 0 success; 1 a task failed"),
+        "{help}"
+    );
+    assert!(help.contains("130 cancelled"), "{help}");
+}

@@ -100,7 +100,10 @@ impl EventSink for Progress {
             } => {
                 let bar = self.multi.add(ProgressBar::new(*tasks as u64));
                 let style = ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {pos}/{len} tasks  {elapsed} (eta {eta})  {msg}",
+                    // `wide_msg` is cut to the terminal's width: a narrow terminal truncates
+                    // the hosts in flight instead of wrapping. Colours follow the terminal and
+                    // NO_COLOR.
+                    "{prefix:.bold.cyan} [{bar:30.green/blue}] {pos}/{len} tasks  {elapsed} (eta {eta})  {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");

@@ -50,6 +50,16 @@ enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DumpFormat {
     /// The tasklist as JSON (loads back with --tasklist).
     Json,
@@ -59,7 +69,14 @@ enum DumpFormat {
 
 /// Plan and run a deploy; every run is recorded in a run store and can be resumed.
 #[derive(Debug, Parser)]
-#[command(name = "deploy", version, max_term_width = 100)]
+#[command(
+    name = "deploy",
+    version,
+    max_term_width = 100,
+    after_help = "Exit status: 0 success; 1 a task failed, or a host or the run store could not be \
+                  reached; 2 bad input (nothing ran); 130 cancelled (SIGINT, SIGTERM or SIGHUP: \
+                  the first drains, the second stops running tasks)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
@@ -113,6 +130,9 @@ struct Cli {
     /// How to report progress.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// When to colour the recap and progress.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
     /// Where runs are recorded: a SQLite file, `sqlite::memory:`, or `postgres://…` (default:
     /// one history per user, `$XDG_STATE_HOME/deployer/runs.db`, else
     /// `~/.local/state/deployer/runs.db`).
@@ -430,12 +450,52 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     finish(&cli, finished, &summary)
 }
 
+/// Whether to colour: `--color`, and for `auto` a terminal without NO_COLOR.
+fn colour(cli: &Cli) -> bool {
+    match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+/// The recap with its last line and failures in colour, when colour is on.
+fn painted(cli: &Cli, recap: &str) -> String {
+    if !colour(cli) {
+        return recap.to_string();
+    }
+    use anstyle::{AnsiColor, Style};
+    let style = |c: AnsiColor| Style::new().fg_color(Some(c.into())).bold();
+    recap
+        .lines()
+        .map(|line| {
+            let s = if line.starts_with("run \"") {
+                if line.contains("\" succeeded in ") {
+                    style(AnsiColor::Green)
+                } else if line.contains("\" cancelled in ") {
+                    style(AnsiColor::Yellow)
+                } else {
+                    style(AnsiColor::Red)
+                }
+            } else if line == "failures:" || line.starts_with("  stages[") {
+                style(AnsiColor::Red)
+            } else {
+                Style::new()
+            };
+            format!("{}{line}{}\n", s.render(), s.render_reset())
+        })
+        .collect()
+}
+
 /// Prints the recap and what to do next; the exit status.
 fn finish(cli: &Cli, finished: Finished, summary: &Summary) -> Result<u8, BadInput> {
     match &finished.result {
         Ok(report) => {
             if cli.output == Output::Text {
-                eprint!("{}", summary.render(report));
+                eprint!("{}", painted(cli, &summary.render(report)));
             }
             if !report.succeeded()
                 && let Some(id) = &finished.run_id
