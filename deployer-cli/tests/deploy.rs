@@ -662,3 +662,35 @@ fn the_recap_is_coloured_when_asked_and_help_lists_exit_statuses() {
     );
     assert!(help.contains("130 cancelled"), "{help}");
 }
+
+/// `deploy plan` asks the hosts and changes nothing: what would be deployed (exit 3), then,
+/// after the deploy, nothing (exit 0); a held lock is named.
+#[test]
+fn plan_reads_live_versions_and_says_whether_anything_would_change() {
+    let s = Setup::new("");
+    let out = deploy(&["--config", &s.config(), "plan"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("local  hello         deploy nothing → 1.0.0"),
+        "{stdout}"
+    );
+    assert!(!s.srv().exists(), "a plan changes nothing");
+
+    let out = deploy(&["--config", &s.config()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = deploy(&["--config", &s.config(), "plan", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts[0]["action"], "skip");
+    assert_eq!(hosts[0]["live"], "1.0.0");
+
+    std::fs::create_dir_all(s.srv().join(".deploy.lock")).unwrap();
+    std::fs::write(s.srv().join(".deploy.lock/holder"), "run 0190 by alice\n").unwrap();
+    let out = deploy(&["--config", &s.config(), "plan"]);
+    assert!(
+        text(&out.stdout).contains("locked by run 0190 by alice"),
+        "{}",
+        text(&out.stdout)
+    );
+}

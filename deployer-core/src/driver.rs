@@ -27,6 +27,7 @@ use crate::validation::ValidationErrors;
 /// | 0 | [`SUCCESS`](exit::SUCCESS): every task succeeded (or was skipped by its command) |
 /// | 1 | [`FAILED`](exit::FAILED): a task failed, or a host or the run store could not be reached |
 /// | 2 | [`BAD_INPUT`](exit::BAD_INPUT): the config, tasklist or options are wrong; nothing ran |
+/// | 3 | [`CHANGES_PENDING`](exit::CHANGES_PENDING): a plan (`deploy plan`) would change something |
 /// | 130 | [`CANCELLED`](exit::CANCELLED): cancelled (a signal or a [`CancelHandle`]) |
 pub mod exit {
     /// Every task succeeded (or was skipped by its command).
@@ -35,6 +36,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The input (config, tasklist, options) is wrong; no host was touched.
     pub const BAD_INPUT: u8 = 2;
+    /// A plan (not a run) found something that a deploy would change.
+    pub const CHANGES_PENDING: u8 = 3;
     /// The run was cancelled (SIGINT, SIGTERM, SIGHUP or a cancel handle).
     pub const CANCELLED: u8 = 130;
 }

@@ -385,139 +385,165 @@ fn task(command: &str, host: &str, user: &Option<String>, service: &str) -> Task
     t
 }
 
+/// A release config read and checked: its artifacts, each with its service's plan (hosts after
+/// `only_hosts`/`only_hostgroups`, directory, user) and the service's host count; `keep_releases`
+/// and `redeploy`. What [`ReleaseGenerator`] plans from, and what [`survey`] asks hosts about.
+struct Reading<'a> {
+    plans: Vec<(&'a Artifact, ServicePlan<'a>, usize)>,
+    keep: usize,
+    redeploy: bool,
+}
+
+fn read_config<'a>(
+    config: &'a Config,
+    artifacts: &'a [Artifact],
+) -> Result<Reading<'a>, GeneratorError> {
+    // What a host, a login or a shell will see is checked before any host is asked.
+    let mut problems = Vec::new();
+    for name in config.services().keys() {
+        for host in config.service_hosts(name)? {
+            if let Err(e) = deployer_core::HostName::parse(&host) {
+                problems.push(format!("service {name}: hosts: {e}"));
+            }
+        }
+        let settings = &config.services()[name];
+        if let Some(user) = setting_str(settings, "user")?
+            && let Err(e) = deployer_core::UserName::parse(&user)
+        {
+            problems.push(format!("service {name}: user: {e}"));
+        }
+        if let Some(dir) = setting_str(settings, "deploy_to")?
+            && let Err(e) = deployer_core::RemotePath::parse(&dir)
+        {
+            problems.push(format!("service {name}: deploy_to: {e}"));
+        }
+    }
+    if let Some(user) = config.get_as::<String>("user")?
+        && let Err(e) = deployer_core::UserName::parse(&user)
+    {
+        problems.push(format!("user: {e}"));
+    }
+    if let Some(root) = config.get_as::<String>("deploy_to")?
+        && let Err(e) = deployer_core::RemotePath::parse(&root)
+    {
+        problems.push(format!("deploy_to: {e}"));
+    }
+    if !problems.is_empty() {
+        return Err(other(problems.join("; ")));
+    }
+    // A service's `hosts` name hostgroups or hosts; a name that is not a hostgroup but
+    // reads like one misspelt is a mistake, not a new host.
+    let groups: Vec<&str> = config.hostgroups().keys().map(String::as_str).collect();
+    for service in config.services().values() {
+        for name in &service.hosts {
+            if !groups.contains(&name.as_str())
+                && let Some(hint) = deployer_core::did_you_mean(name, groups.iter().copied())
+            {
+                return Err(other(format!(
+                    "service {}: hosts: {name:?} is not a hostgroup; did you mean \"{hint}\"? \
+                     (a host whose name is this close to a hostgroup's is taken for a typo)",
+                    service.name
+                )));
+            }
+        }
+    }
+    let root = config.get_as::<String>("deploy_to")?;
+    let default_user = config.get_as::<String>("user")?;
+    let keep = config.get_as::<usize>("keep_releases")?.unwrap_or(5);
+    let redeploy = config.get_as::<bool>("redeploy")?.unwrap_or(false);
+    let only_hosts: Option<BTreeSet<String>> = config
+        .get_as::<Vec<String>>("only_hosts")?
+        .map(|v| v.into_iter().collect());
+    let only_groups: Option<Vec<String>> = config.get_as::<Vec<String>>("only_hostgroups")?;
+    let group_hosts: Option<BTreeSet<String>> = match &only_groups {
+        None => None,
+        Some(groups) => {
+            let mut set = BTreeSet::new();
+            for g in groups {
+                set.extend(config.hostgroup(g)?.iter().cloned());
+            }
+            Some(set)
+        }
+    };
+    // Hosts asked for by name must be hosts of the config's services.
+    if let Some(asked) = &only_hosts {
+        let mut known = BTreeSet::new();
+        for name in config.services().keys() {
+            known.extend(config.service_hosts(name)?);
+        }
+        let unknown: Vec<&String> = asked.iter().filter(|h| !known.contains(*h)).collect();
+        if !unknown.is_empty() {
+            let list =
+                |v: Vec<&String>| v.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(other(format!(
+                "no service runs on {} (the config's hosts: {})",
+                list(unknown),
+                list(known.iter().collect())
+            )));
+        }
+    }
+
+    let mut plans = Vec::new();
+    for artifact in artifacts {
+        let settings = config.service(&artifact.service)?;
+        let deploy_to = match setting_str(settings, "deploy_to")? {
+            Some(d) => d,
+            None => match &root {
+                Some(r) => join(r, &artifact.service),
+                None => {
+                    return Err(other(format!(
+                        "service {}: no deploy_to (set `deploy_to` at the top level or in the service)",
+                        artifact.service
+                    )));
+                }
+            },
+        };
+        let all_hosts = config.service_hosts(&artifact.service)?;
+        if all_hosts.is_empty() {
+            return Err(other(format!("service {} has no hosts", artifact.service)));
+        }
+        let hosts: Vec<String> = all_hosts
+            .iter()
+            .filter(|h| only_hosts.as_ref().is_none_or(|s| s.contains(*h)))
+            .filter(|h| group_hosts.as_ref().is_none_or(|s| s.contains(*h)))
+            .cloned()
+            .collect();
+        let user = setting_str(settings, "user")?.or_else(|| default_user.clone());
+        let min_nodes_up = setting_u64(settings, "min_nodes_up")?.map(|n| n as usize);
+        plans.push((
+            artifact,
+            ServicePlan {
+                name: &artifact.service,
+                deploy_to,
+                hosts,
+                user,
+                min_nodes_up,
+                settings,
+            },
+            all_hosts.len(),
+        ));
+    }
+
+    Ok(Reading {
+        plans,
+        keep,
+        redeploy,
+    })
+}
+
 #[async_trait]
 impl Generator for ReleaseGenerator {
     async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
         let config = ctx.config();
         // Every key and its type first: a typo is an error with its line, never ignored.
         config.section::<Keys>("")?;
-        // What a host, a login or a shell will see is checked before any host is asked.
-        let mut problems = Vec::new();
-        for name in config.services().keys() {
-            for host in config.service_hosts(name)? {
-                if let Err(e) = deployer_core::HostName::parse(&host) {
-                    problems.push(format!("service {name}: hosts: {e}"));
-                }
-            }
-            let settings = &config.services()[name];
-            if let Some(user) = setting_str(settings, "user")?
-                && let Err(e) = deployer_core::UserName::parse(&user)
-            {
-                problems.push(format!("service {name}: user: {e}"));
-            }
-            if let Some(dir) = setting_str(settings, "deploy_to")?
-                && let Err(e) = deployer_core::RemotePath::parse(&dir)
-            {
-                problems.push(format!("service {name}: deploy_to: {e}"));
-            }
-        }
-        if let Some(user) = config.get_as::<String>("user")?
-            && let Err(e) = deployer_core::UserName::parse(&user)
-        {
-            problems.push(format!("user: {e}"));
-        }
-        if let Some(root) = config.get_as::<String>("deploy_to")?
-            && let Err(e) = deployer_core::RemotePath::parse(&root)
-        {
-            problems.push(format!("deploy_to: {e}"));
-        }
-        if !problems.is_empty() {
-            return Err(other(problems.join("; ")));
-        }
-        // A service's `hosts` name hostgroups or hosts; a name that is not a hostgroup but
-        // reads like one misspelt is a mistake, not a new host.
-        let groups: Vec<&str> = config.hostgroups().keys().map(String::as_str).collect();
-        for service in config.services().values() {
-            for name in &service.hosts {
-                if !groups.contains(&name.as_str())
-                    && let Some(hint) = deployer_core::did_you_mean(name, groups.iter().copied())
-                {
-                    return Err(other(format!(
-                        "service {}: hosts: {name:?} is not a hostgroup; did you mean \"{hint}\"? \
-                         (a host whose name is this close to a hostgroup's is taken for a typo)",
-                        service.name
-                    )));
-                }
-            }
-        }
         let artifacts = find_artifacts(config)?;
-        let root = config.get_as::<String>("deploy_to")?;
-        let default_user = config.get_as::<String>("user")?;
-        let keep = config.get_as::<usize>("keep_releases")?.unwrap_or(5);
-        let redeploy = config.get_as::<bool>("redeploy")?.unwrap_or(false);
-        let only_hosts: Option<BTreeSet<String>> = config
-            .get_as::<Vec<String>>("only_hosts")?
-            .map(|v| v.into_iter().collect());
-        let only_groups: Option<Vec<String>> = config.get_as::<Vec<String>>("only_hostgroups")?;
-        let group_hosts: Option<BTreeSet<String>> = match &only_groups {
-            None => None,
-            Some(groups) => {
-                let mut set = BTreeSet::new();
-                for g in groups {
-                    set.extend(config.hostgroup(g)?.iter().cloned());
-                }
-                Some(set)
-            }
-        };
-        // Hosts asked for by name must be hosts of the config's services.
-        if let Some(asked) = &only_hosts {
-            let mut known = BTreeSet::new();
-            for name in config.services().keys() {
-                known.extend(config.service_hosts(name)?);
-            }
-            let unknown: Vec<&String> = asked.iter().filter(|h| !known.contains(*h)).collect();
-            if !unknown.is_empty() {
-                let list =
-                    |v: Vec<&String>| v.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(other(format!(
-                    "no service runs on {} (the config's hosts: {})",
-                    list(unknown),
-                    list(known.iter().collect())
-                )));
-            }
-        }
+        let Reading {
+            plans,
+            keep,
+            redeploy,
+        } = read_config(config, &artifacts)?;
         let holder = controller_name();
-
-        let mut plans = Vec::new();
-        for artifact in &artifacts {
-            let settings = config.service(&artifact.service)?;
-            let deploy_to = match setting_str(settings, "deploy_to")? {
-                Some(d) => d,
-                None => match &root {
-                    Some(r) => join(r, &artifact.service),
-                    None => {
-                        return Err(other(format!(
-                            "service {}: no deploy_to (set `deploy_to` at the top level or in the service)",
-                            artifact.service
-                        )));
-                    }
-                },
-            };
-            let all_hosts = config.service_hosts(&artifact.service)?;
-            if all_hosts.is_empty() {
-                return Err(other(format!("service {} has no hosts", artifact.service)));
-            }
-            let hosts: Vec<String> = all_hosts
-                .iter()
-                .filter(|h| only_hosts.as_ref().is_none_or(|s| s.contains(*h)))
-                .filter(|h| group_hosts.as_ref().is_none_or(|s| s.contains(*h)))
-                .cloned()
-                .collect();
-            let user = setting_str(settings, "user")?.or_else(|| default_user.clone());
-            let min_nodes_up = setting_u64(settings, "min_nodes_up")?.map(|n| n as usize);
-            plans.push((
-                artifact,
-                ServicePlan {
-                    name: &artifact.service,
-                    deploy_to,
-                    hosts,
-                    user,
-                    min_nodes_up,
-                    settings,
-                },
-                all_hosts.len(),
-            ));
-        }
 
         // Which hosts already run the version?
         let mut work = Vec::new();
@@ -708,6 +734,107 @@ fn graphite_stage(g: &Value, marker: &str, work: &[Work<'_>]) -> Result<Stage, G
         );
     }
     Ok(stage)
+}
+
+/// What a deploy would do on one host ([`survey`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostPlan {
+    /// The service.
+    pub service: String,
+    /// The host.
+    pub host: String,
+    /// The version the artifact would deploy.
+    pub version: String,
+    /// The version the host runs now (`current`), if any.
+    pub live: Option<String>,
+    /// Who holds the host's deploy lock, if anyone.
+    pub locked_by: Option<String>,
+    /// What a deploy would do.
+    pub action: PlanAction,
+}
+
+/// What a deploy would do on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PlanAction {
+    /// Deploy the version (the host runs another one, or none).
+    Deploy,
+    /// Deploy it again (`redeploy`): the host already runs it.
+    Redeploy,
+    /// Nothing: the host already runs the version.
+    Skip,
+    /// Nothing can be done now: another deploy holds the host's lock.
+    Locked,
+}
+
+impl PlanAction {
+    /// Whether the host would change.
+    pub fn changes(self) -> bool {
+        matches!(self, PlanAction::Deploy | PlanAction::Redeploy)
+    }
+}
+
+/// Asks every host of a `release` config what a deploy would do there — its live version and
+/// who holds its deploy lock — and changes nothing (what `deploy plan` prints). The config is
+/// checked as [`ReleaseGenerator`] checks it.
+pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorError> {
+    let config = ctx.config();
+    config.section::<Keys>("")?;
+    let artifacts = find_artifacts(config)?;
+    let reading = read_config(config, &artifacts)?;
+    let mut out = Vec::new();
+    for (artifact, plan, _) in &reading.plans {
+        for host in &plan.hosts {
+            let dir = plan.dir(host);
+            let live = live_version(ctx, host, &plan.user, &dir).await?;
+            let locked_by = lock_holder(ctx, host, &plan.user, &dir).await?;
+            let action = match (
+                &locked_by,
+                live.as_deref() == Some(artifact.version.as_str()),
+            ) {
+                (Some(_), _) => PlanAction::Locked,
+                (None, true) if reading.redeploy => PlanAction::Redeploy,
+                (None, true) => PlanAction::Skip,
+                (None, false) => PlanAction::Deploy,
+            };
+            out.push(HostPlan {
+                service: artifact.service.clone(),
+                host: host.clone(),
+                version: artifact.version.clone(),
+                live,
+                locked_by,
+                action,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Who holds the deploy lock of `deploy_to` on `host`, if anyone.
+async fn lock_holder(
+    ctx: &GeneratorContext,
+    host: &str,
+    user: &Option<String>,
+    deploy_to: &str,
+) -> Result<Option<String>, GeneratorError> {
+    if !ctx.has_host_access() {
+        return Ok(None);
+    }
+    let user = if host == deployer_core::LOCAL_HOST {
+        None
+    } else {
+        user.as_deref()
+    };
+    let remote = ctx.host(host, user).await?;
+    let cmd = ShellCommand::new("cat")
+        .arg("--")
+        .arg(join(&join(deploy_to, ".deploy.lock"), "holder"))
+        .build()
+        .map_err(|e| other(e.to_string()))?;
+    let out = remote.execute(&cmd, &ExecOptions::new()).await?;
+    let holder = out.stdout_str().trim().to_string();
+    Ok((out.success() && !holder.is_empty()).then_some(holder))
 }
 
 /// The version `current` points to on `host`, if any.

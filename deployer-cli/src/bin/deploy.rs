@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use deployer_core::{
-    CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorRegistry,
-    Plan, Redactor, TaskEntry, Tasklist, exit,
+    CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorContext,
+    GeneratorError, GeneratorRegistry, Plan, Redactor, TaskEntry, Tasklist, exit,
 };
 use deployer_core::{ListedRun, ResumeOptions, RunId, RunState, Runs, RunsError, StoreError};
-use deployer_release::ReleaseGenerator;
+use deployer_release::{PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
     JsonLines, LogFormat, Progress, Summary, TracingSink, render_run, render_runs, stage_estimates,
@@ -74,8 +74,9 @@ enum DumpFormat {
     version,
     max_term_width = 100,
     after_help = "Exit status: 0 success; 1 a task failed, or a host or the run store could not be \
-                  reached; 2 bad input (nothing ran); 130 cancelled (SIGINT, SIGTERM or SIGHUP: \
-                  the first drains, the second stops running tasks)."
+                  reached; 2 bad input (nothing ran); 3 `deploy plan`: something would change; \
+                  130 cancelled (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops \
+                  running tasks)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -128,7 +129,7 @@ struct Cli {
     #[arg(short, long)]
     debug: bool,
     /// How to report progress.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
     /// When to colour the recap and progress.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
@@ -147,9 +148,13 @@ struct Cli {
     lease_ttl: Duration,
 }
 
-/// Recorded runs.
+/// Recorded runs, and the live plan.
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
+    /// What a deploy of --config would do on each host, asked live (the version each host
+    /// runs, who holds its deploy lock); changes nothing. Exit 0: nothing would change; 3:
+    /// something would.
+    Plan,
     /// Inspect, resume and purge recorded runs.
     #[command(subcommand)]
     Runs(RunsCmd),
@@ -310,6 +315,50 @@ fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
     Ok(Some(Config::load_with(path, overrides(cli, &dir)?)?))
 }
 
+/// `deploy plan`: the release generator's survey of every host, as a table or JSON.
+async fn plan_main(cli: &Cli) -> Result<u8, BadInput> {
+    let Some(config) = load_config(cli)? else {
+        return Err(BadInput::Input("deploy plan needs --config FILE".into()));
+    };
+    if config.platform() != "release" {
+        return Err(BadInput::Input(format!(
+            "deploy plan knows the release platform only, not {:?}",
+            config.platform()
+        )));
+    }
+    let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(Some(&config))?)?);
+    let ctx = GeneratorContext::new(config).with_connector(connector);
+    let hosts = deployer_release::survey(&ctx).await.map_err(|e| match e {
+        GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
+        other => BadInput::Input(other.to_string()),
+    })?;
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&hosts).map_err(|e| BadInput::Hosts(e.to_string()))?
+        ),
+        Output::Text => {
+            let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+            println!("{:<width$}  {:<12}  WHAT", "HOST", "SERVICE");
+            for h in &hosts {
+                let live = h.live.as_deref().unwrap_or("nothing");
+                let what = match (h.action, &h.locked_by) {
+                    (_, Some(by)) => format!("locked by {by}"),
+                    (PlanAction::Skip, _) => format!("skip: already on {}", h.version),
+                    (PlanAction::Redeploy, _) => format!("redeploy {}", h.version),
+                    _ => format!("deploy {live} → {}", h.version),
+                };
+                println!("{:<width$}  {:<12}  {what}", h.host, h.service);
+            }
+        }
+    }
+    Ok(if hosts.iter().any(|h| h.action.changes()) {
+        exit::CHANGES_PENDING
+    } else {
+        exit::SUCCESS
+    })
+}
+
 /// The driver of this program: the registries, the connector, the store and the sinks.
 fn driver(
     cli: &Cli,
@@ -399,6 +448,9 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     }
     if let Some(Sub::Runs(cmd)) = &cli.command {
         return runs_main(&cli, cmd, progress, redactor).await;
+    }
+    if let Some(Sub::Plan) = &cli.command {
+        return plan_main(&cli).await;
     }
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
