@@ -68,7 +68,7 @@ pub use log::TracingSink;
 #[cfg(feature = "progress")]
 #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
 pub use progress::Progress;
-pub use recap::{HostSummary, Recap, Summary};
+pub use recap::{HostSummary, RECAP_GROUP_ABOVE, Recap, Summary};
 pub use runs::{render_run, render_runs};
 
 /// Re-exported so a host application draws on the same indicatif version as [`Progress`].

@@ -33,12 +33,24 @@ pub struct Summary {
     hosts: Mutex<BTreeMap<String, HostSummary>>,
     name: Mutex<String>,
     failures: Mutex<Vec<FailedTask>>,
+    full: bool,
 }
+
+/// Above this many hosts, the recap groups hosts with the same counts into one row (unless
+/// [`Summary::full`]); failures are always listed one by one.
+pub const RECAP_GROUP_ABOVE: usize = 20;
 
 impl Summary {
     /// An empty summary.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A row for every host however many there are (default: above [`RECAP_GROUP_ABOVE`]
+    /// hosts, hosts with the same counts share a row, `fe001 … fe250 (250 hosts)`).
+    pub fn full(mut self, full: bool) -> Self {
+        self.full = full;
+        self
     }
 
     /// The per-host counts so far.
@@ -87,15 +99,43 @@ impl Summary {
             "{:<width$}  {:>5}  {:>6}  {:>7}  {:>8}",
             "HOST", "OK", "FAILED", "SKIPPED", "TIME"
         );
-        for (host, h) in &hosts {
+        if self.full || hosts.len() <= RECAP_GROUP_ABOVE {
+            for (host, h) in &hosts {
+                let _ = writeln!(
+                    s,
+                    "{host:<width$}  {:>5}  {:>6}  {:>7}  {:>7.1}s",
+                    h.ok,
+                    h.failed,
+                    h.skipped,
+                    h.busy.as_secs_f64()
+                );
+            }
+        } else {
+            // One row per outcome: the hosts that ended alike, their longest time.
+            let mut groups: BTreeMap<(usize, usize, usize), (Vec<&String>, Duration)> =
+                BTreeMap::new();
+            for (host, h) in &hosts {
+                let g = groups.entry((h.ok, h.failed, h.skipped)).or_default();
+                g.0.push(host);
+                g.1 = g.1.max(h.busy);
+            }
             let _ = writeln!(
                 s,
-                "{host:<width$}  {:>5}  {:>6}  {:>7}  {:>7.1}s",
-                h.ok,
-                h.failed,
-                h.skipped,
-                h.busy.as_secs_f64()
+                "(hosts with the same counts share a row; --recap full lists each)"
             );
+            for ((ok, failed, skipped), (names, busy)) in &groups {
+                let label = match names.as_slice() {
+                    [one] => one.to_string(),
+                    [first, .., last] => format!("{first} … {last} ({} hosts)", names.len()),
+                    [] => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{label}\n{:<width$}  {ok:>5}  {failed:>6}  {skipped:>7}  {:>7.1}s",
+                    "",
+                    busy.as_secs_f64()
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -198,6 +238,12 @@ impl<W: std::io::Write> Recap<W> {
         }
     }
 
+    /// A row for every host however many there are (see [`Summary::full`]).
+    pub fn full(mut self, full: bool) -> Self {
+        self.summary = self.summary.full(full);
+        self
+    }
+
     /// What was collected so far.
     pub fn summary(&self) -> &Summary {
         &self.summary
@@ -220,5 +266,61 @@ impl<W: std::io::Write + Send> EventSink for Recap<W> {
             // A closed output must not disturb the run.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deployer_core::{TaskId, TaskInfo};
+
+    fn finished(host: &str, outcome: TaskOutcome) -> Event {
+        Event::new(
+            Duration::ZERO,
+            EventKind::TaskFinished {
+                task: TaskInfo {
+                    id: TaskId {
+                        stage: 0,
+                        entry: 0,
+                        step: None,
+                    },
+                    host: host.to_string(),
+                    tag: None,
+                    command: "c".into(),
+                },
+                outcome,
+                duration: Duration::from_secs(1),
+                attempts: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn a_large_fleet_is_grouped_and_its_failures_listed_in_full() {
+        let summary = Summary::new();
+        for i in 0..250 {
+            summary.event(&finished(&format!("fe{i:03}"), TaskOutcome::Succeeded));
+        }
+        for host in ["fe007", "fe100"] {
+            summary.event(&finished(
+                host,
+                TaskOutcome::Failed {
+                    message: "boom".into(),
+                    exit_status: Some(1),
+                    stderr_tail: String::new(),
+                },
+            ));
+        }
+        let text = summary.render_seen(RunOutcome::Failed, Duration::ZERO, TaskCounts::default());
+        assert!(text.contains("fe000 … fe249 (248 hosts)"), "{text}");
+        assert!(text.contains("fe007 … fe100 (2 hosts)"), "{text}");
+        assert_eq!(text.matches("failed: boom").count(), 2, "{text}");
+        assert!(text.lines().count() < 15, "{text}");
+        let full = Summary::new().full(true);
+        for i in 0..30 {
+            full.event(&finished(&format!("h{i:02}"), TaskOutcome::Succeeded));
+        }
+        let text = full.render_seen(RunOutcome::Succeeded, Duration::ZERO, TaskCounts::default());
+        assert!(text.contains("\nh29 "), "{text}");
     }
 }

@@ -50,6 +50,14 @@ enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RecapStyle {
+    /// Above 20 hosts, hosts with the same counts share a row; failures listed one by one.
+    Grouped,
+    /// A row for every host.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Color {
     /// On a terminal, unless NO_COLOR is set.
     Auto,
@@ -131,6 +139,9 @@ struct Cli {
     /// How to report progress.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+    /// How the recap lists hosts.
+    #[arg(long, value_enum, default_value_t = RecapStyle::Grouped, global = true)]
+    recap: RecapStyle,
     /// When to colour the recap and progress.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
@@ -647,7 +658,7 @@ fn with_reporters(
     progress: bool,
     estimates: Vec<Option<Duration>>,
 ) -> (Driver, Arc<Summary>) {
-    let summary = Arc::new(Summary::new());
+    let summary = Arc::new(Summary::new().full(cli.recap == RecapStyle::Full));
     // The run's id, as soon as it is recorded (to resume it after a crash).
     driver = driver.sink(|event: &deployer_core::Event| {
         if let (EventKind::RunStarted { .. }, Some(id)) = (&event.kind, &event.run_id) {
