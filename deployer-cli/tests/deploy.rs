@@ -130,6 +130,12 @@ fn deploys_the_bundled_artifact_locally_and_skips_it_the_second_time() {
         stderr.contains("No services require deployment"),
         "{stderr}"
     );
+    // A run with nothing to do says so, not "0 ok, 0 failed".
+    assert!(
+        stderr.contains("run \"Deploy hello-1.0.0\": nothing to do (the plan has no task)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("0 ok, 0 failed"), "{stderr}");
     let log = std::fs::read_to_string(srv.join("releases.log")).unwrap();
     assert_eq!(log.lines().count(), 1, "{log}");
 
@@ -642,14 +648,15 @@ fn a_second_ctrl_c_stops_running_tasks() {
 /// not. `--help` ends with the exit statuses.
 #[test]
 fn the_recap_is_coloured_when_asked_and_help_lists_exit_statuses() {
-    let out = deploy(&["--config", "local.yaml", "--color", "always"]);
+    let s = Setup::new("");
+    let out = deploy(&["--config", &s.config(), "--color", "always"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("\u{1b}[1m\u{1b}[32mrun \"Deploy hello-1.0.0\" succeeded"),
         "{stderr}"
     );
-    let out = deploy(&["--config", "local.yaml", "--color", "never"]);
+    let out = deploy(&["--config", &s.config(), "--color", "never", "--redeploy"]);
     assert!(
         !text(&out.stderr).contains('\u{1b}'),
         "{}",

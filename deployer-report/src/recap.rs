@@ -137,6 +137,11 @@ impl Summary {
                 );
             }
         }
+        if counts.total() == 0 && outcome == RunOutcome::Succeeded {
+            // A plan with no task (every host already on the version): say so.
+            let _ = writeln!(s, "run \"{name}\": nothing to do (the plan has no task)");
+            return s;
+        }
         let _ = writeln!(
             s,
             "run \"{name}\" {outcome} in {:.1}s: {} ok, {} failed, {} skipped, {} not run",
