@@ -701,3 +701,49 @@ fn plan_reads_live_versions_and_says_whether_anything_would_change() {
         text(&out.stdout)
     );
 }
+
+/// On a terminal (a pseudo-terminal from `script`): progress bars per stage, in colour, and a
+/// coloured recap; with NO_COLOR the recap is plain.
+#[test]
+fn a_terminal_gets_progress_bars_and_colour_unless_no_color() {
+    let s = Setup::new("");
+    let run = |no_color: bool| {
+        let line = format!(
+            "{} --store sqlite::memory: --config {} --redeploy",
+            env!("CARGO_BIN_EXE_deploy"),
+            s.config()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_remove("DEPLOYER_STORE")
+            .env("TERM", "xterm")
+            .env("COLUMNS", "120");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        let out = cmd.output().expect("script (util-linux) runs");
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, screen) = run(false);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("Prepare releases"), "{screen}");
+    assert!(screen.contains("6/6 tasks"), "{screen}");
+    assert!(
+        screen.contains("\u{1b}[32m"),
+        "colour on a terminal: {screen}"
+    );
+    assert!(
+        screen.contains("\u{1b}[1m\u{1b}[32mrun \"Deploy hello-1.0.0\" succeeded"),
+        "{screen}"
+    );
+    let (code, screen) = run(true);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("run \"Deploy hello-1.0.0\" succeeded"),
+        "{screen}"
+    );
+    assert!(!screen.contains("\u{1b}[32m"), "NO_COLOR: {screen}");
+    assert!(!screen.contains("\u{1b}[1m\u{1b}["), "NO_COLOR: {screen}");
+}

@@ -103,7 +103,7 @@ impl EventSink for Progress {
                     // `wide_msg` is cut to the terminal's width: a narrow terminal truncates
                     // the hosts in flight instead of wrapping. Colours follow the terminal and
                     // NO_COLOR.
-                    "{prefix:.bold.cyan} [{bar:30.green/blue}] {pos}/{len} tasks  {elapsed} (eta {eta})  {wide_msg}",
+                    "{prefix:.bold.cyan} [{bar:20.green/blue}] {pos}/{len} tasks  {elapsed} (eta {eta})  {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");

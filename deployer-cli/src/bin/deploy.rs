@@ -536,7 +536,7 @@ fn painted(cli: &Cli, recap: &str) -> String {
         .lines()
         .map(|line| {
             let s = if line.starts_with("run \"") {
-                if line.contains("\" succeeded in ") {
+                if line.contains("\" succeeded in ") || line.contains("\": nothing to do") {
                     style(AnsiColor::Green)
                 } else if line.contains("\" cancelled in ") {
                     style(AnsiColor::Yellow)
