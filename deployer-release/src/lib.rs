@@ -811,40 +811,15 @@ pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorEr
     Ok(out)
 }
 
-/// Who holds the deploy lock of `deploy_to` on `host`, if anyone.
-async fn lock_holder(
+/// What `program -- path` prints on `host` when it succeeds; `None` when it fails, and for a
+/// dry run (no host access: nothing is asked, every host counts as new).
+async fn ask(
     ctx: &GeneratorContext,
     host: &str,
     user: &Option<String>,
-    deploy_to: &str,
+    program: &str,
+    path: &str,
 ) -> Result<Option<String>, GeneratorError> {
-    if !ctx.has_host_access() {
-        return Ok(None);
-    }
-    let user = if host == deployer_core::LOCAL_HOST {
-        None
-    } else {
-        user.as_deref()
-    };
-    let remote = ctx.host(host, user).await?;
-    let cmd = ShellCommand::new("cat")
-        .arg("--")
-        .arg(join(&join(deploy_to, ".deploy.lock"), "holder"))
-        .build()
-        .map_err(|e| other(e.to_string()))?;
-    let out = remote.execute(&cmd, &ExecOptions::new()).await?;
-    let holder = out.stdout_str().trim().to_string();
-    Ok((out.success() && !holder.is_empty()).then_some(holder))
-}
-
-/// The version `current` points to on `host`, if any.
-async fn live_version(
-    ctx: &GeneratorContext,
-    host: &str,
-    user: &Option<String>,
-    deploy_to: &str,
-) -> Result<Option<String>, GeneratorError> {
-    // A dry run asks no host: every host counts as not on the version yet.
     if !ctx.has_host_access() {
         return Ok(None);
     }
@@ -855,17 +830,48 @@ async fn live_version(
         user.as_deref()
     };
     let remote = ctx.host(host, user).await?;
-    let cmd = ShellCommand::new("readlink")
+    let cmd = ShellCommand::new(program)
         .arg("--")
-        .arg(join(deploy_to, "current"))
+        .arg(path)
         .build()
         .map_err(|e| other(e.to_string()))?;
     let out = remote.execute(&cmd, &ExecOptions::new()).await?;
-    if !out.success() {
+    Ok(out
+        .success()
+        .then(|| out.stdout_str().trim_end().to_string()))
+}
+
+/// Who holds the deploy lock of `deploy_to` on `host`, if anyone.
+async fn lock_holder(
+    ctx: &GeneratorContext,
+    host: &str,
+    user: &Option<String>,
+    deploy_to: &str,
+) -> Result<Option<String>, GeneratorError> {
+    let holder = ask(
+        ctx,
+        host,
+        user,
+        "cat",
+        &join(&join(deploy_to, ".deploy.lock"), "holder"),
+    )
+    .await?;
+    Ok(holder
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty()))
+}
+
+/// The version `current` points to on `host`, if any.
+async fn live_version(
+    ctx: &GeneratorContext,
+    host: &str,
+    user: &Option<String>,
+    deploy_to: &str,
+) -> Result<Option<String>, GeneratorError> {
+    let Some(target) = ask(ctx, host, user, "readlink", &join(deploy_to, "current")).await? else {
         return Ok(None);
-    }
-    let target = out.stdout_str();
-    let target = target.trim_end();
+    };
+    let target = target.as_str();
     Ok(Path::new(target)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned()))
