@@ -132,17 +132,7 @@ pub(crate) async fn run_task(
                 exit_status: None,
                 stderr_tail: String::new(),
             };
-            let duration = started.elapsed();
-            shared
-                .emitter
-                .note(|| EventKind::TaskFinished {
-                    task: TaskInfo::clone(&step.info),
-                    outcome: outcome.clone(),
-                    duration,
-                    attempts: attempt,
-                })
-                .await;
-            return (outcome, attempt, None);
+            return finished(shared, step, outcome, started, attempt, None).await;
         }
         let work = async {
             let host = match shared.connector.host(&step.spec).await {
@@ -206,17 +196,7 @@ pub(crate) async fn run_task(
                     Some(reason) => TaskOutcome::Skipped { reason },
                     None => TaskOutcome::Succeeded,
                 };
-                let duration = started.elapsed();
-                shared
-                    .emitter
-                    .note(|| EventKind::TaskFinished {
-                        task: TaskInfo::clone(&step.info),
-                        outcome: task_outcome.clone(),
-                        duration,
-                        attempts: attempt,
-                    })
-                    .await;
-                return (task_outcome, attempt, outcome.data);
+                return finished(shared, step, task_outcome, started, attempt, outcome.data).await;
             }
             Attempt::Failed(outcome) => {
                 let retry = attempt < max_attempts
@@ -246,20 +226,32 @@ pub(crate) async fn run_task(
                 } else {
                     outcome
                 };
-                let duration = started.elapsed();
-                shared
-                    .emitter
-                    .note(|| EventKind::TaskFinished {
-                        task: TaskInfo::clone(&step.info),
-                        outcome: outcome.clone(),
-                        duration,
-                        attempts: attempt,
-                    })
-                    .await;
-                return (outcome, attempt, None);
+                return finished(shared, step, outcome, started, attempt, None).await;
             }
         }
     }
+}
+
+/// Records the end of `step`'s last attempt and returns what `run_task` returns.
+async fn finished(
+    shared: &Shared,
+    step: &PlannedTask,
+    outcome: TaskOutcome,
+    started: Instant,
+    attempt: u32,
+    data: Option<Value>,
+) -> (TaskOutcome, u32, Option<Value>) {
+    let duration = started.elapsed();
+    shared
+        .emitter
+        .note(|| EventKind::TaskFinished {
+            task: TaskInfo::clone(&step.info),
+            outcome: outcome.clone(),
+            duration,
+            attempts: attempt,
+        })
+        .await;
+    (outcome, attempt, data)
 }
 
 /// The longest output line a [`EventKind::TaskOutput`] event carries: a longer line (a command

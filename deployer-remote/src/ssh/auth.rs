@@ -13,6 +13,17 @@ use super::options::SshOptions;
 use super::target::Target;
 use crate::config::home_dir;
 
+/// The RSA signature hash the server prefers, for an RSA key (`None` for other keys).
+async fn rsa_hash(
+    handle: &Handle<Client>,
+    is_rsa: bool,
+) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
+    if !is_rsa {
+        return Ok(None);
+    }
+    Ok(handle.best_supported_rsa_hash().await?.flatten())
+}
+
 /// Authenticates `handle` as the target's user, or says what was tried.
 pub(super) async fn authenticate(
     name: &str,
@@ -36,15 +47,9 @@ pub(super) async fn authenticate(
                 let identities = agent.request_identities().await.unwrap_or_default();
                 for identity in identities {
                     let key = identity.public_key().into_owned();
-                    let hash = if key.algorithm().is_rsa() {
-                        handle
-                            .best_supported_rsa_hash()
-                            .await
-                            .map_err(lost)?
-                            .flatten()
-                    } else {
-                        None
-                    };
+                    let hash = rsa_hash(handle, key.algorithm().is_rsa())
+                        .await
+                        .map_err(lost)?;
                     match handle
                         .authenticate_publickey_with(user, key, hash, &mut agent)
                         .await
@@ -93,15 +98,9 @@ pub(super) async fn authenticate(
                 continue;
             }
         };
-        let hash = if key.algorithm().is_rsa() {
-            handle
-                .best_supported_rsa_hash()
-                .await
-                .map_err(lost)?
-                .flatten()
-        } else {
-            None
-        };
+        let hash = rsa_hash(handle, key.algorithm().is_rsa())
+            .await
+            .map_err(lost)?;
         let result = handle
             .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
             .await
