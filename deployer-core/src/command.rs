@@ -457,6 +457,7 @@ pub struct ExecContext {
     pub(crate) output: OutputSink,
     pub(crate) cancel: CancellationToken,
     pub(crate) redactor: Redactor,
+    pub(crate) run_id: Option<crate::RunId>,
 }
 
 impl ExecContext {
@@ -481,7 +482,20 @@ impl ExecContext {
             output,
             cancel: CancellationToken::new(),
             redactor: Redactor::new(),
+            run_id: None,
         }
+    }
+
+    /// The same context inside the run record `id` (what [`run_id`](Self::run_id) returns).
+    pub fn with_run_id(mut self, id: crate::RunId) -> Self {
+        self.run_id = Some(id);
+        self
+    }
+
+    /// The run record this task belongs to, when the run is recorded: an identity that
+    /// survives a resume or a takeover of the run (a deploy lock names it).
+    pub fn run_id(&self) -> Option<&crate::RunId> {
+        self.run_id.as_ref()
     }
 
     /// The run's [`Redactor`]: the secrets of the plan. A command that obtains a secret while

@@ -149,6 +149,7 @@ pub(crate) async fn run_task(
                 output: output.clone(),
                 cancel: shared.hard.clone(),
                 redactor: shared.redactor.clone(),
+                run_id: shared.emitter.run_id.clone(),
             };
             match AssertUnwindSafe(step.command.execute(&ctx))
                 .catch_unwind()
