@@ -149,9 +149,10 @@ pub struct Event {
     #[serde(flatten)]
     pub kind: EventKind,
     /// The run's task counts so far, on the events that change them or end a stage or the
-    /// run (`task_finished`, `task_not_run`, `stage_skipped`, `stage_finished`,
-    /// `run_finished`): reporters read totals here instead of recounting. On `run_finished`
-    /// they equal [`RunReport::counts`](crate::RunReport::counts).
+    /// run (`task_finished`, `task_not_run`, `task_done_earlier`, `stage_skipped`,
+    /// `stage_finished`, `run_finished`): reporters read totals here instead of recounting.
+    /// On `run_finished` they equal [`RunReport::counts`](crate::RunReport::counts). Every
+    /// task of the plan ends with exactly one of those three task events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<TaskCounts>,
     /// The run record this event belongs to, when the run is recorded.
@@ -172,38 +173,181 @@ impl Event {
     }
 }
 
-/// Task counts of a run: running totals on events, final ones in the report.
+/// What became of one task: the categories every count of the project uses — the recap's
+/// table and last line, the `stats` of JSON events, `runs show` and `runs list`.
+///
+/// Each task of a run ends in exactly one category. Later categories (hosts dropped by a
+/// failure budget, hosts rolled back) are added here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TaskCategory {
+    /// Its command succeeded in this attempt of the run.
+    Succeeded,
+    /// It was done by an earlier attempt of the run (before a resume) and not run again.
+    DoneEarlier,
+    /// Its command found nothing to do (the reason is in its outcome).
+    Skipped,
+    /// It failed or timed out on its last attempt.
+    Failed,
+    /// A hard cancellation (a second Ctrl-C) stopped it while it ran.
+    Cancelled,
+    /// It never started: its stage stopped starting tasks, an earlier step of its chain
+    /// failed, its host was removed, or the run was cancelled before it.
+    NotRun,
+}
+
+impl TaskCategory {
+    /// The category of a task that ended with `outcome`.
+    pub fn of_outcome(outcome: &TaskOutcome) -> TaskCategory {
+        match outcome {
+            TaskOutcome::Succeeded => TaskCategory::Succeeded,
+            TaskOutcome::Skipped { .. } => TaskCategory::Skipped,
+            TaskOutcome::Failed { .. } | TaskOutcome::TimedOut { .. } => TaskCategory::Failed,
+            TaskOutcome::Cancelled => TaskCategory::Cancelled,
+        }
+    }
+
+    /// The category of the event that ends a task (`task_finished`, `task_not_run`,
+    /// `task_done_earlier`), `None` for every other event.
+    pub fn of_event(kind: &EventKind) -> Option<TaskCategory> {
+        match kind {
+            EventKind::TaskFinished { outcome, .. } => Some(TaskCategory::of_outcome(outcome)),
+            EventKind::TaskNotRun { .. } => Some(TaskCategory::NotRun),
+            EventKind::TaskDoneEarlier { .. } => Some(TaskCategory::DoneEarlier),
+            _ => None,
+        }
+    }
+
+    /// The category of a stored task record of a run whose current attempt is `drive`
+    /// ([`RunRecord::drives`](crate::RunRecord::drives)): a task done by an earlier drive is
+    /// [`DoneEarlier`](Self::DoneEarlier); a task still pending or running counts as not run.
+    pub fn of_record(task: &crate::TaskRecord, drive: u32) -> TaskCategory {
+        use crate::TaskState as S;
+        match task.state {
+            S::Succeeded | S::Skipped if task.drive.is_some_and(|d| d < drive) => {
+                TaskCategory::DoneEarlier
+            }
+            S::Succeeded => TaskCategory::Succeeded,
+            S::Skipped => TaskCategory::Skipped,
+            S::Failed | S::TimedOut => TaskCategory::Failed,
+            S::Cancelled => TaskCategory::Cancelled,
+            S::Pending | S::Running | S::NotRun => TaskCategory::NotRun,
+        }
+    }
+}
+
+/// How many tasks of a run (or of one host, or one stage) ended in each [`TaskCategory`]:
+/// running totals on events, final ones in the report, recounted from the store by `runs show`.
+/// Its [`Display`](fmt::Display) is the one line every report prints.
+///
+/// ```
+/// use deployer_core::{TaskCategory, TaskCounts};
+/// let mut counts = TaskCounts::default();
+/// for c in [TaskCategory::Succeeded, TaskCategory::Succeeded, TaskCategory::Failed,
+///           TaskCategory::DoneEarlier, TaskCategory::NotRun] {
+///     counts.add(c);
+/// }
+/// assert_eq!(counts.to_string(), "2 ok, 1 done earlier, 1 failed, 1 not run");
+/// assert_eq!(TaskCounts::default().to_string(), "nothing to do");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskCounts {
-    /// Succeeded.
+    /// Succeeded in this attempt.
     pub succeeded: usize,
+    /// Done by an earlier attempt of the run, not run again.
+    #[serde(default)]
+    pub done_earlier: usize,
     /// Skipped by their command.
     pub skipped: usize,
-    /// Failed, timed out or cancelled.
+    /// Failed or timed out.
     pub failed: usize,
-    /// Never started (stage stopped, chain broken, later stage, or already done on resume).
+    /// Stopped by a hard cancellation.
+    #[serde(default)]
+    pub cancelled: usize,
+    /// Never started.
     pub not_run: usize,
 }
 
 impl TaskCounts {
     /// Tasks counted so far.
     pub fn total(&self) -> usize {
-        self.succeeded + self.skipped + self.failed + self.not_run
+        self.succeeded + self.done_earlier + self.skipped + self.failed + self.cancelled + self.not_run
     }
 
-    /// Counts the end of one task.
-    pub(crate) fn count(&mut self, kind: &EventKind) {
-        match kind {
-            EventKind::TaskFinished { outcome, .. } => match outcome {
-                TaskOutcome::Succeeded => self.succeeded += 1,
-                TaskOutcome::Skipped { .. } => self.skipped += 1,
-                _ => self.failed += 1,
-            },
-            EventKind::TaskNotRun { .. } => self.not_run += 1,
-            EventKind::StageSkipped { tasks, .. } => self.not_run += tasks,
-            _ => {}
+    /// Counts one task ending in `category`.
+    pub fn add(&mut self, category: TaskCategory) {
+        *match category {
+            TaskCategory::Succeeded => &mut self.succeeded,
+            TaskCategory::DoneEarlier => &mut self.done_earlier,
+            TaskCategory::Skipped => &mut self.skipped,
+            TaskCategory::Failed => &mut self.failed,
+            TaskCategory::Cancelled => &mut self.cancelled,
+            TaskCategory::NotRun => &mut self.not_run,
+        } += 1;
+    }
+
+    /// Counts the event if it ends a task ([`TaskCategory::of_event`]); true if it did.
+    pub fn count(&mut self, kind: &EventKind) -> bool {
+        match TaskCategory::of_event(kind) {
+            Some(category) => {
+                self.add(category);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// The counts of a stored run's task records ([`TaskCategory::of_record`]).
+    pub fn of_records<'a>(
+        run: &crate::RunRecord,
+        tasks: impl IntoIterator<Item = &'a crate::TaskRecord>,
+    ) -> TaskCounts {
+        let mut counts = TaskCounts::default();
+        for task in tasks {
+            counts.add(TaskCategory::of_record(task, run.drives));
+        }
+        counts
+    }
+
+    /// Whether there was nothing to do: no task at all.
+    pub fn is_nothing_to_do(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// Each category with its count, in the order reports print them.
+    pub fn categories(&self) -> [(TaskCategory, usize, &'static str); 6] {
+        [
+            (TaskCategory::Succeeded, self.succeeded, "ok"),
+            (TaskCategory::DoneEarlier, self.done_earlier, "done earlier"),
+            (TaskCategory::Failed, self.failed, "failed"),
+            (TaskCategory::Skipped, self.skipped, "skipped"),
+            (TaskCategory::Cancelled, self.cancelled, "cancelled"),
+            (TaskCategory::NotRun, self.not_run, "not run"),
+        ]
+    }
+}
+
+impl fmt::Display for TaskCounts {
+    /// `7 ok, 1 failed, 1 skipped, 2 not run`: the number of ok tasks always, every other
+    /// category when it is not zero; `nothing to do` when there is no task.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_nothing_to_do() {
+            return f.write_str("nothing to do");
+        }
+        let mut first = true;
+        for (category, n, label) in self.categories() {
+            if n == 0 && category != TaskCategory::Succeeded {
+                continue;
+            }
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{n} {label}")?;
+        }
+        Ok(())
     }
 }
 
@@ -284,6 +428,13 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A task was done by an earlier attempt of the run (before a resume) and is not run
+    /// again; sent when its stage starts or is skipped.
+    TaskDoneEarlier {
+        /// The task.
+        #[serde(flatten)]
+        task: TaskInfo,
+    },
     /// A stage ended.
     StageFinished {
         /// Its index.
@@ -296,7 +447,8 @@ pub enum EventKind {
         #[serde(with = "secs")]
         duration: Duration,
     },
-    /// A stage did not run because an earlier one failed or the run was cancelled.
+    /// A stage did not run because an earlier one failed or the run was cancelled (each of
+    /// its tasks then gets its own `task_not_run` or `task_done_earlier`).
     StageSkipped {
         /// Its index.
         stage: usize,

@@ -257,19 +257,19 @@ impl Runs {
             .filter(|h| h.state == HostState::Removed)
             .map(|h| h.host.clone())
             .collect();
+        self.store.set_run_state(id, RunState::Running).await?;
+        let drive = self.store.run(id).await?.drives;
         let recorder = Arc::new(Recorder {
             store: self.store.clone(),
             id: id.clone(),
+            drive,
             state: Mutex::new(RecorderState {
                 tasks: stored,
                 hosts: progress,
                 removed,
-                stopped_by: None,
             }),
             targets: options.targets.clone(),
-            skip: options.skip.clone(),
         });
-        self.store.set_run_state(id, RunState::Running).await?;
 
         // Renew the lease in the background; losing it stops the run at once.
         let stop_renewing = CancellationToken::new();
@@ -461,18 +461,17 @@ struct RecorderState {
     tasks: HashMap<TaskId, TaskRecord>,
     hosts: HashMap<String, HostProgress>,
     removed: HashSet<String>,
-    /// How the last stage that did not succeed ended (why later stages are skipped).
-    stopped_by: Option<RunOutcome>,
 }
 
 /// Writes task and host progress of one run to the store as the executor reports it.
 struct Recorder {
     store: Arc<dyn RunStore>,
     id: RunId,
+    /// This drive of the run ([`RunRecord::drives`](crate::RunRecord::drives)), stamped on
+    /// every task it starts or ends.
+    drive: u32,
     state: Mutex<RecorderState>,
     targets: crate::TargetSet,
-    /// Tasks done in an earlier attempt: not run, not counted.
-    skip: HashSet<TaskId>,
 }
 
 impl Recorder {
@@ -516,6 +515,7 @@ impl Journal for Recorder {
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
                     rec.state = TaskState::Running;
+                    rec.drive = Some(self.drive);
                     rec.attempts += 1;
                     if *attempt == 1 {
                         rec.started_ts = Some(event.timestamp);
@@ -547,6 +547,7 @@ impl Journal for Recorder {
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
                     rec.finished_ts = Some(event.timestamp);
+                    rec.drive = Some(self.drive);
                     rec.duration = Some(*duration);
                     rec.exit_status = None;
                     rec.stderr_tail = None;
@@ -586,41 +587,6 @@ impl Journal for Recorder {
                         .await?;
                 }
             }
-            EventKind::StageFinished { outcome, .. } if *outcome != RunOutcome::Succeeded => {
-                self.lock().stopped_by = Some(*outcome);
-            }
-            EventKind::StageSkipped { stage, .. } => {
-                // The executor reports a skipped stage as a whole: each of its tasks still
-                // needs a final state, and its host one when it was the host's last task.
-                let ended = {
-                    let mut st = self.lock();
-                    let reason = match st.stopped_by {
-                        Some(RunOutcome::Failed) => "an earlier stage failed",
-                        _ => "the run was cancelled",
-                    };
-                    let mut ended = Vec::new();
-                    for rec in st.tasks.values_mut() {
-                        if rec.id.stage == *stage
-                            && !self.skip.contains(&rec.id)
-                            && !rec.state.is_done()
-                        {
-                            rec.state = TaskState::NotRun;
-                            rec.error = Some(reason.to_string());
-                            ended.push(rec.clone());
-                        }
-                    }
-                    ended.sort_by_key(|r| r.id);
-                    ended
-                };
-                for record in ended {
-                    self.store.update_task(&self.id, &record).await?;
-                    if let Some(state) = self.host_task_ended(&record.host, false, false) {
-                        self.store
-                            .set_host_state(&self.id, &record.host, state)
-                            .await?;
-                    }
-                }
-            }
             EventKind::TaskNotRun { task, reason } => {
                 let record = {
                     let mut st = self.lock();
@@ -629,6 +595,7 @@ impl Journal for Recorder {
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
                     rec.state = TaskState::NotRun;
+                    rec.drive = Some(self.drive);
                     rec.error = Some(reason.clone());
                     rec.clone()
                 };

@@ -276,6 +276,10 @@ pub struct RunRecord {
     pub owner: Option<String>,
     /// When that controller's lease expires unless renewed.
     pub lease_expires: Option<SystemTime>,
+    /// How many times a controller started driving it: 1 after the first start, 2 after a
+    /// resume, … (0 before it starts). Tasks done by an earlier drive count as
+    /// [`TaskCategory::DoneEarlier`](crate::TaskCategory::DoneEarlier).
+    pub drives: u32,
 }
 
 impl RunRecord {
@@ -382,6 +386,9 @@ pub struct TaskRecord {
     pub error: Option<String>,
     /// Stamped when the run finished.
     pub finish_ts: Option<SystemTime>,
+    /// Which drive of the run ([`RunRecord::drives`]) last started or ended it; `None` until
+    /// one does.
+    pub drive: Option<u32>,
 }
 
 impl TaskRecord {
@@ -402,6 +409,7 @@ impl TaskRecord {
             stderr_tail: None,
             error: None,
             finish_ts: None,
+            drive: None,
         }
     }
 }
@@ -499,7 +507,9 @@ pub trait RunStore: Send + Sync {
     /// Gives up `owner`'s lease (no error if it holds none).
     async fn release(&self, id: &RunId, owner: &str) -> Result<(), StoreError>;
 
-    /// Sets the run's state; `RUNNING` also sets `started_ts` the first time.
+    /// Sets the run's state; `RUNNING` also sets `started_ts` the first time and counts one
+    /// more drive ([`RunRecord::drives`]): a controller sets it once each time it starts
+    /// driving the run.
     async fn set_run_state(&self, id: &RunId, state: RunState) -> Result<(), StoreError>;
 
     /// Sets one host's state, adding the host record when it is new.
@@ -583,6 +593,7 @@ impl RunStore for MemoryStore {
             finish_ts: None,
             owner: None,
             lease_expires: None,
+            drives: 0,
         };
         let hosts = run
             .hosts()
@@ -683,8 +694,11 @@ impl RunStore for MemoryStore {
     async fn set_run_state(&self, id: &RunId, state: RunState) -> Result<(), StoreError> {
         self.with_run(id, |r| {
             r.record.state = state;
-            if state == RunState::Running && r.record.started_ts.is_none() {
-                r.record.started_ts = Some(SystemTime::now());
+            if state == RunState::Running {
+                r.record.drives += 1;
+                if r.record.started_ts.is_none() {
+                    r.record.started_ts = Some(SystemTime::now());
+                }
             }
             Ok(())
         })

@@ -129,6 +129,16 @@ impl EventSink for TracingSink {
                     task.command
                 )
             }
+            EventKind::TaskDoneEarlier { task } => {
+                let tag = task.tag.as_deref().unwrap_or("*");
+                log_at!(
+                    Level::DEBUG,
+                    task.host.as_str(),
+                    tag,
+                    "Done in an earlier attempt: {}",
+                    task.command
+                )
+            }
             EventKind::StageFinished {
                 name,
                 outcome,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deployer_core::{Event, EventKind, EventSink};
+use deployer_core::{Event, EventKind, EventSink, TaskCounts};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -18,10 +18,8 @@ struct StageBar {
     /// From the history of past runs: how long the stage should take.
     estimate: Option<Duration>,
     started: std::time::Instant,
-    /// Tasks done, failed and never run so far, for the stage's last word.
-    done: usize,
-    failed: usize,
-    not_run: usize,
+    /// What became of the stage's tasks so far, for its last word.
+    counts: TaskCounts,
 }
 
 /// A progress display: one bar per stage with tasks done/total, the hosts in flight, elapsed
@@ -115,9 +113,7 @@ impl EventSink for Progress {
                     in_flight: BTreeMap::new(),
                     estimate: self.estimates.get(*stage).copied().flatten(),
                     started: std::time::Instant::now(),
-                    done: 0,
-                    failed: 0,
-                    not_run: 0,
+                    counts: TaskCounts::default(),
                 };
                 Self::update_message(&mut stage_bar);
                 lock(&self.stages).insert(*stage, stage_bar);
@@ -138,11 +134,7 @@ impl EventSink for Progress {
                         }
                     }
                     s.bar.inc(1);
-                    if outcome.is_success() {
-                        s.done += 1;
-                    } else {
-                        s.failed += 1;
-                    }
+                    s.counts.count(&event.kind);
                     Self::update_message(s);
                     if !outcome.is_success() {
                         let tag = task
@@ -157,10 +149,10 @@ impl EventSink for Progress {
                     }
                 }
             }
-            EventKind::TaskNotRun { task, .. } => {
+            EventKind::TaskNotRun { task, .. } | EventKind::TaskDoneEarlier { task } => {
                 if let Some(s) = lock(&self.stages).get_mut(&task.id.stage) {
                     s.bar.inc(1);
-                    s.not_run += 1;
+                    s.counts.count(&event.kind);
                 }
             }
             EventKind::StageFinished { stage, outcome, .. } => {
@@ -168,13 +160,11 @@ impl EventSink for Progress {
                     s.in_flight.clear();
                     // A stage that did not succeed says what became of its tasks: the bar is
                     // full, but not every task ran.
-                    let message = if s.failed == 0 && s.not_run == 0 {
+                    let c = &s.counts;
+                    let message = if c.total() == c.succeeded {
                         outcome.to_string()
                     } else {
-                        format!(
-                            "{outcome}: {} done, {} failed, {} not run",
-                            s.done, s.failed, s.not_run
-                        )
+                        format!("{outcome}: {c}")
                     };
                     s.bar.finish_with_message(message);
                 }
@@ -269,22 +259,29 @@ mod tests {
         );
         assert_eq!(
             progress.message(0).as_deref(),
-            Some("failed: 2 done, 1 failed, 1 not run")
+            Some("failed: 2 ok, 1 failed, 1 not run")
         );
         let hosts = summary.hosts();
-        assert_eq!(hosts["fe001"].ok, 1);
-        assert_eq!(hosts["fe002"].ok, 1);
-        assert_eq!(hosts["fe002"].failed, 1);
-        assert_eq!(hosts["fe003"].skipped, 1);
+        assert_eq!(hosts["fe001"].counts.succeeded, 1);
+        assert_eq!(hosts["fe002"].counts.succeeded, 1);
+        assert_eq!(hosts["fe002"].counts.failed, 1);
+        assert_eq!(hosts["fe003"].counts.not_run, 1);
         let table = summary.render(&report);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "HOST      OK  FAILED  SKIPPED      TIME");
+        assert_eq!(
+            lines[0],
+            "HOST   OK  EARLIER  FAILED  SKIPPED  CANCELLED  NOT RUN      TIME"
+        );
         assert!(
-            lines[2].starts_with("fe002      1       1        0"),
+            lines[2].starts_with("fe002   1        0       1        0          0        0"),
+            "{table}"
+        );
+        assert!(
+            table.contains("run \"t\" failed in 0.0s: 2 ok, 1 failed, 1 not run")
+                || table.contains(": 2 ok, 1 failed, 1 not run\n"),
             "{table}"
         );
         assert!(table.contains("run \"t\" failed in"), "{table}");
-        assert!(table.contains("1 ok") || table.contains("2 ok"), "{table}");
         assert!(
             table.contains("stages[0].tasks[2] fail on fe002 [web]: failed: boom (exit status 4)"),
             "{table}"

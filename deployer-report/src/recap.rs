@@ -16,12 +16,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Per-host counts, for the summary table.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct HostSummary {
-    /// Tasks that succeeded.
-    pub ok: usize,
-    /// Tasks that failed, timed out or were cancelled.
-    pub failed: usize,
-    /// Tasks skipped by their command or never run.
-    pub skipped: usize,
+    /// What became of the host's tasks, in the categories of every report.
+    pub counts: TaskCounts,
     /// Sum of the host's task durations.
     pub busy: Duration,
 }
@@ -33,12 +29,25 @@ pub struct Summary {
     hosts: Mutex<BTreeMap<String, HostSummary>>,
     name: Mutex<String>,
     failures: Mutex<Vec<FailedTask>>,
+    /// Tasks skipped by their command: (command, reason) → hosts.
+    skipped: Mutex<BTreeMap<(String, String), Vec<String>>>,
     full: bool,
 }
 
 /// Above this many hosts, the recap groups hosts with the same counts into one row (unless
 /// [`Summary::full`]); failures are always listed one by one.
 pub const RECAP_GROUP_ABOVE: usize = 20;
+
+/// The columns of the recap's table, in the order of [`TaskCounts::categories`].
+const COLUMNS: [&str; 6] = ["OK", "EARLIER", "FAILED", "SKIPPED", "CANCELLED", "NOT RUN"];
+
+fn row(s: &mut String, label: &str, width: usize, counts: &TaskCounts, busy: Duration) {
+    let _ = write!(s, "{label:<width$}");
+    for ((_, n, _), column) in counts.categories().iter().zip(COLUMNS) {
+        let _ = write!(s, "  {n:>w$}", w = column.len());
+    }
+    let _ = writeln!(s, "  {:>7.1}s", busy.as_secs_f64());
+}
 
 impl Summary {
     /// An empty summary.
@@ -91,66 +100,67 @@ impl Summary {
         counts: TaskCounts,
         failures: &[FailedTask],
     ) -> String {
+        let mut s = String::new();
+        if counts.is_nothing_to_do() && outcome == RunOutcome::Succeeded {
+            // A plan with no task (every host already on the version): say so, no table.
+            let _ = writeln!(s, "run \"{name}\": nothing to do (the plan has no task)");
+            return s;
+        }
         let hosts = self.hosts();
         let width = hosts.keys().map(String::len).max().unwrap_or(4).max(4);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<width$}  {:>5}  {:>6}  {:>7}  {:>8}",
-            "HOST", "OK", "FAILED", "SKIPPED", "TIME"
-        );
+        let _ = write!(s, "{:<width$}", "HOST");
+        for column in COLUMNS {
+            let _ = write!(s, "  {column}");
+        }
+        let _ = writeln!(s, "  {:>8}", "TIME");
         if self.full || hosts.len() <= RECAP_GROUP_ABOVE {
             for (host, h) in &hosts {
-                let _ = writeln!(
-                    s,
-                    "{host:<width$}  {:>5}  {:>6}  {:>7}  {:>7.1}s",
-                    h.ok,
-                    h.failed,
-                    h.skipped,
-                    h.busy.as_secs_f64()
-                );
+                row(&mut s, host, width, &h.counts, h.busy);
             }
         } else {
             // One row per outcome: the hosts that ended alike, their longest time.
-            let mut groups: BTreeMap<(usize, usize, usize), (Vec<&String>, Duration)> =
+            let mut groups: BTreeMap<[usize; 6], (Vec<&String>, Duration, TaskCounts)> =
                 BTreeMap::new();
             for (host, h) in &hosts {
-                let g = groups.entry((h.ok, h.failed, h.skipped)).or_default();
+                let key = h.counts.categories().map(|(_, n, _)| n);
+                let g = groups.entry(key).or_default();
                 g.0.push(host);
                 g.1 = g.1.max(h.busy);
+                g.2 = h.counts;
             }
             let _ = writeln!(
                 s,
                 "(hosts with the same counts share a row; --recap full lists each)"
             );
-            for ((ok, failed, skipped), (names, busy)) in &groups {
+            for (names, busy, counts) in groups.values() {
                 let label = match names.as_slice() {
                     [one] => one.to_string(),
                     [first, .., last] => format!("{first} … {last} ({} hosts)", names.len()),
                     [] => String::new(),
                 };
-                let _ = writeln!(
-                    s,
-                    "{label}\n{:<width$}  {ok:>5}  {failed:>6}  {skipped:>7}  {:>7.1}s",
-                    "",
-                    busy.as_secs_f64()
-                );
+                let _ = writeln!(s, "{label}");
+                row(&mut s, "", width, counts, *busy);
             }
-        }
-        if counts.total() == 0 && outcome == RunOutcome::Succeeded {
-            // A plan with no task (every host already on the version): say so.
-            let _ = writeln!(s, "run \"{name}\": nothing to do (the plan has no task)");
-            return s;
         }
         let _ = writeln!(
             s,
-            "run \"{name}\" {outcome} in {:.1}s: {} ok, {} failed, {} skipped, {} not run",
+            "run \"{name}\" {outcome} in {:.1}s: {counts}",
             duration.as_secs_f64(),
-            counts.succeeded,
-            counts.failed,
-            counts.skipped,
-            counts.not_run
         );
+        let skipped = lock(&self.skipped);
+        if !skipped.is_empty() {
+            let _ = writeln!(s, "skipped by their command:");
+            for ((command, reason), hosts) in skipped.iter() {
+                let on = match hosts.as_slice() {
+                    [one] => one.clone(),
+                    [first, .., last] if hosts.len() > 3 => {
+                        format!("{first} … {last} ({} hosts)", hosts.len())
+                    }
+                    many => many.join(", "),
+                };
+                let _ = writeln!(s, "  {command} on {on}: {reason}");
+            }
+        }
         if !failures.is_empty() {
             let _ = writeln!(s, "failures:");
             for f in failures {
@@ -171,27 +181,31 @@ impl EventSink for Summary {
                 duration,
                 attempts,
             } => {
-                if !outcome.is_success() {
-                    lock(&self.failures).push(FailedTask {
+                match outcome {
+                    TaskOutcome::Succeeded => {}
+                    TaskOutcome::Skipped { reason } => {
+                        lock(&self.skipped)
+                            .entry((task.command.clone(), reason.clone()))
+                            .or_default()
+                            .push(task.host.clone());
+                    }
+                    _ => lock(&self.failures).push(FailedTask {
                         task: task.clone(),
                         outcome: outcome.clone(),
                         attempts: *attempts,
-                    });
+                    }),
                 }
                 let mut hosts = lock(&self.hosts);
                 let h = hosts.entry(task.host.clone()).or_default();
                 h.busy += *duration;
-                match outcome {
-                    TaskOutcome::Succeeded => h.ok += 1,
-                    TaskOutcome::Skipped { .. } => h.skipped += 1,
-                    _ => h.failed += 1,
-                }
+                h.counts.count(&event.kind);
             }
-            EventKind::TaskNotRun { task, .. } => {
+            EventKind::TaskNotRun { task, .. } | EventKind::TaskDoneEarlier { task } => {
                 lock(&self.hosts)
                     .entry(task.host.clone())
                     .or_default()
-                    .skipped += 1;
+                    .counts
+                    .count(&event.kind);
             }
             _ => {}
         }
@@ -218,7 +232,7 @@ impl EventSink for Summary {
 ///     .await;
 /// let text = String::from_utf8(Arc::try_unwrap(recap).unwrap().into_inner()).unwrap();
 /// assert!(text.contains("run \"demo\" succeeded in "), "{text}");
-/// assert!(text.contains(": 1 ok, 0 failed, 0 skipped, 0 not run"), "{text}");
+/// assert!(text.contains(": 1 ok\n"), "{text}");
 /// # });
 /// ```
 #[derive(Debug)]
@@ -325,7 +339,9 @@ mod tests {
         for i in 0..30 {
             full.event(&finished(&format!("h{i:02}"), TaskOutcome::Succeeded));
         }
-        let text = full.render_seen(RunOutcome::Succeeded, Duration::ZERO, TaskCounts::default());
+        let mut counts = TaskCounts::default();
+        counts.succeeded = 30;
+        let text = full.render_seen(RunOutcome::Succeeded, Duration::ZERO, counts);
         assert!(text.contains("\nh29 "), "{text}");
     }
 }

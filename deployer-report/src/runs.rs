@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use deployer_core::{HostRecord, RunRecord, TaskRecord, TaskState};
+use deployer_core::{HostRecord, ListedRun, RunRecord, TaskCounts, TaskRecord};
 
 fn ts(t: Option<std::time::SystemTime>) -> String {
     match t {
@@ -11,25 +11,62 @@ fn ts(t: Option<std::time::SystemTime>) -> String {
     }
 }
 
-/// The table of `deploy runs list`.
-pub fn render_runs(runs: &[RunRecord]) -> String {
+/// The table of `deploy runs list`: each run with what became of its tasks (the counts of
+/// [`TaskCounts::of_records`], `nothing to do` for a run without tasks); a stored run that
+/// cannot be read back is listed in its place, marked `UNREADABLE` with what is wrong.
+///
+/// ```
+/// use deployer_core::*;
+/// use deployer_report::render_runs;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let plan = Plan::build(&Tasklist::new("empty"), &CommandRegistry::new()).unwrap();
+/// store.create_run(NewRun::from_plan(&plan, "test", "alice")).await.unwrap();
+/// let listed = store.list_runs(10).await.unwrap();
+/// let text = render_runs(&[(listed[0].clone(), Some(TaskCounts::default()))]);
+/// assert!(text.contains("alice"), "{text}");
+/// assert!(text.contains("nothing to do"), "{text}");
+/// # });
+/// ```
+pub fn render_runs(runs: &[(ListedRun, Option<TaskCounts>)]) -> String {
     let mut s = String::new();
+    let name_width = runs
+        .iter()
+        .filter_map(|(r, _)| r.record())
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 40);
     let _ = writeln!(
         s,
-        "{:<36}  {:<9}  {:<20}  {:<20}  {:<10}  NAME",
-        "ID", "STATE", "CREATED", "FINISHED", "BY"
+        "{:<36}  {:<9}  {:<20}  {:<20}  {:<10}  {:<name_width$}  TASKS",
+        "ID", "STATE", "CREATED", "FINISHED", "BY", "NAME"
     );
-    for r in runs {
-        let _ = writeln!(
-            s,
-            "{:<36}  {:<9}  {:<20}  {:<20}  {:<10}  {}",
-            r.id.as_str(),
-            r.state.as_str(),
-            ts(Some(r.created_ts)),
-            ts(r.finish_ts),
-            r.started_by,
-            r.name
-        );
+    for (listed, counts) in runs {
+        match listed {
+            ListedRun::Run(r) => {
+                let _ = writeln!(
+                    s,
+                    "{:<36}  {:<9}  {:<20}  {:<20}  {:<10}  {:<name_width$}  {}",
+                    r.id.as_str(),
+                    r.state.as_str(),
+                    ts(Some(r.created_ts)),
+                    ts(r.finish_ts),
+                    r.started_by,
+                    r.name,
+                    counts.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                );
+            }
+            ListedRun::Unreadable(u) => {
+                let problem = u.problem.strip_prefix(&format!("run {}: ", u.id));
+                let _ = writeln!(
+                    s,
+                    "{:<36}  UNREADABLE  {}",
+                    u.id,
+                    problem.unwrap_or(&u.problem)
+                );
+            }
+        }
     }
     s
 }
@@ -52,33 +89,30 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
             ts(run.lease_expires)
         );
     }
-    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(
-        s,
-        "\n{:<width$}  {:<8}  {:>4}  {:>6}  {:>7}",
-        "HOST", "STATE", "OK", "FAILED", "PENDING"
-    );
-    for h in hosts {
-        let mine = tasks.iter().filter(|t| t.host == h.host);
-        let (mut ok, mut failed, mut pending) = (0, 0, 0);
-        for t in mine {
-            if t.state.is_done() {
-                ok += 1;
-            } else if matches!(
-                t.state,
-                TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled
-            ) {
-                failed += 1;
-            } else {
-                pending += 1;
-            }
-        }
+    let _ = writeln!(s, "tasks     {}", TaskCounts::of_records(run, tasks));
+    if run.drives > 1 {
         let _ = writeln!(
             s,
-            "{:<width$}  {:<8}  {ok:>4}  {failed:>6}  {pending:>7}",
-            h.host,
-            h.state.as_str()
+            "attempts  {} (resumed {} time{})",
+            run.drives,
+            run.drives - 1,
+            if run.drives == 2 { "" } else { "s" }
         );
+    }
+    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    const COLUMNS: [&str; 6] = ["OK", "EARLIER", "FAILED", "SKIPPED", "CANCELLED", "NOT RUN"];
+    let _ = write!(s, "\n{:<width$}  {:<8}", "HOST", "STATE");
+    for column in COLUMNS {
+        let _ = write!(s, "  {column}");
+    }
+    s.push('\n');
+    for h in hosts {
+        let counts = TaskCounts::of_records(run, tasks.iter().filter(|t| t.host == h.host));
+        let _ = write!(s, "{:<width$}  {:<8}", h.host, h.state.as_str());
+        for ((_, n, _), column) in counts.categories().iter().zip(COLUMNS) {
+            let _ = write!(s, "  {n:>w$}", w = column.len());
+        }
+        s.push('\n');
     }
     let _ = writeln!(
         s,

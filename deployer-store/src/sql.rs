@@ -26,10 +26,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the catalog (object model) and monitor logs",
         include_str!("../migrations/0002_catalog.sql"),
     ),
+    (
+        3,
+        "which drive (attempt) of a run did each task",
+        include_str!("../migrations/0003_drives.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {
@@ -284,6 +289,7 @@ pub(crate) fn run_record(row: &impl RowExt) -> Result<RunRecord, StoreError> {
         finish_ts: f.opt_time("finish_ts")?,
         owner: f.opt_text("owner")?,
         lease_expires: f.opt_time("lease_expires")?,
+        drives: f.count("drives")?,
     })
 }
 
@@ -337,6 +343,7 @@ pub(crate) fn task_record(run: &RunId, row: &impl RowExt) -> Result<TaskRecord, 
         stderr_tail: f.opt_text("stderr_tail")?,
         error: f.opt_text("error")?,
         finish_ts: f.opt_time("finish_ts")?,
+        drive: f.opt_count("drive")?,
     })
 }
 

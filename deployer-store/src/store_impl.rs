@@ -158,6 +158,7 @@ macro_rules! impl_run_store {
                     finish_ts: None,
                     owner: None,
                     lease_expires: None,
+                    drives: 0,
                 })
             }
 
@@ -250,7 +251,7 @@ macro_rules! impl_run_store {
                 }
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
-                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts \
+                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive \
                      FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
                 )
                 .bind(id.as_str())
@@ -368,7 +369,8 @@ macro_rules! impl_run_store {
             ) -> Result<(), deployer_core::StoreError> {
                 let started = (state == deployer_core::RunState::Running).then(crate::sql::now_micros);
                 let done = sqlx::query(
-                    "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3) WHERE id = $1",
+                    "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3), \
+                     drives = drives + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END WHERE id = $1",
                 )
                 .bind(id.as_str())
                 .bind(state.as_str())
@@ -439,15 +441,15 @@ macro_rules! impl_run_store {
                 sqlx::query(
                     "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
                      history_key, state, attempts, started_ts, finished_ts, duration_us, \
-                     exit_status, stderr_tail, error, finish_ts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                     exit_status, stderr_tail, error, finish_ts, drive) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                      ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
                      host = excluded.host, tag = excluded.tag, command = excluded.command, \
                      history_key = excluded.history_key, state = excluded.state, \
                      attempts = excluded.attempts, started_ts = excluded.started_ts, \
                      finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
                      exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
-                     error = excluded.error, finish_ts = excluded.finish_ts",
+                     error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive",
                 )
                 .bind(id.as_str())
                 .bind(stage)
@@ -466,6 +468,7 @@ macro_rules! impl_run_store {
                 .bind(crate::sql::opt_text(task.stderr_tail.as_deref()))
                 .bind(crate::sql::opt_text(task.error.as_deref()))
                 .bind(task.finish_ts.map(micros))
+                .bind(task.drive.map(i64::from))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;
@@ -572,6 +575,6 @@ macro_rules! impl_run_store {
 macro_rules! run_columns {
     () => {
         "id, name, source, started_by, state, tasklist, created_ts, started_ts, finish_ts, owner, \
-         lease_expires"
+         lease_expires, drives"
     };
 }

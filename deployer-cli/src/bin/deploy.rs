@@ -31,7 +31,7 @@ use deployer_core::{
     CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorContext,
     GeneratorError, GeneratorRegistry, Plan, Redactor, TaskEntry, Tasklist, exit,
 };
-use deployer_core::{ListedRun, ResumeOptions, RunId, RunState, Runs, RunsError, StoreError};
+use deployer_core::{ResumeOptions, RunId, RunState, Runs, RunsError, StoreError, TaskCounts};
 use deployer_release::{PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
@@ -741,29 +741,6 @@ async fn resolve_id(runs: &Runs, given: &str) -> Result<RunId, BadInput> {
     }
 }
 
-/// The table of `deploy runs list`, with each run that cannot be read back in its place,
-/// marked `UNREADABLE` with what is wrong.
-fn render_listed(list: &[ListedRun]) -> String {
-    let mut out = render_runs(&[]);
-    for entry in list {
-        match entry {
-            ListedRun::Run(run) => {
-                let table = render_runs(std::slice::from_ref(run));
-                out.push_str(table.split_once('\n').map_or("", |(_, row)| row));
-            }
-            ListedRun::Unreadable(u) => {
-                let problem = u.problem.strip_prefix(&format!("run {}: ", u.id));
-                out.push_str(&format!(
-                    "{:<36}  UNREADABLE  {}\n",
-                    u.id,
-                    problem.unwrap_or(&u.problem)
-                ));
-            }
-        }
-    }
-    out
-}
-
 async fn runs_main(
     cli: &Cli,
     cmd: &RunsCmd,
@@ -774,8 +751,19 @@ async fn runs_main(
     match cmd {
         RunsCmd::List { limit } => {
             let list = runs.store().list_runs(*limit).await?;
-            print!("{}", render_listed(&list));
-            let unreadable = list.iter().filter(|r| r.record().is_none()).count();
+            let mut rows = Vec::with_capacity(list.len());
+            for listed in list {
+                let counts = match listed.record() {
+                    Some(run) => {
+                        let tasks = runs.store().tasks(&run.id).await.map_err(read_error)?;
+                        Some(TaskCounts::of_records(run, &tasks))
+                    }
+                    None => None,
+                };
+                rows.push((listed, counts));
+            }
+            print!("{}", render_runs(&rows));
+            let unreadable = rows.iter().filter(|(r, _)| r.record().is_none()).count();
             if unreadable > 0 {
                 eprintln!(
                     "warning: {unreadable} run{} cannot be read (marked UNREADABLE); \

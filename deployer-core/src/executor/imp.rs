@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, error_chain};
+use super::{
+    JobQueue, Journal, done_earlier, not_run, RunOptions, RunReport, StageReport, TargetSet, error_chain};
 use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId};
 use crate::host::{Connector, OutputSink};
 use crate::plan::Plan;
@@ -172,7 +173,14 @@ impl Executor {
                     tasks,
                 })
                 .await;
-                report.counts.not_run += stage.task_count;
+                let reason = match report.outcome {
+                    RunOutcome::Failed => "an earlier stage failed",
+                    _ => "the run was cancelled",
+                };
+                for entry in &stage.entries {
+                    done_earlier(entry, &shared).await;
+                    not_run(entry, &shared, reason).await;
+                }
                 report.stages.push(StageReport {
                     name: stage.name.clone(),
                     outcome: None,
@@ -189,6 +197,9 @@ impl Executor {
                 concurrency_per_host: stage.per_host,
             })
             .await;
+            for entry in &stage.entries {
+                done_earlier(entry, &shared).await;
+            }
             let limit = match self.max_concurrency {
                 Some(cap) => stage.concurrency.min(cap),
                 None => stage.concurrency,
@@ -217,6 +228,8 @@ impl Executor {
         let (outcome, duration) = (report.outcome, report.duration);
         em.note(|| EventKind::RunFinished { outcome, duration })
             .await;
+        // The counts the events carried: one source for the report and every reporter.
+        report.counts = *em.stats.lock().unwrap_or_else(|e| e.into_inner());
         report
     }
 }
@@ -279,15 +292,14 @@ impl Emitter {
         let kind = kind();
         let stats = {
             let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            stats.count(&kind);
-            matches!(
-                kind,
-                EventKind::TaskFinished { .. }
-                    | EventKind::TaskNotRun { .. }
-                    | EventKind::StageSkipped { .. }
-                    | EventKind::StageFinished { .. }
-                    | EventKind::RunFinished { .. }
-            )
+            let counted = stats.count(&kind);
+            (counted
+                || matches!(
+                    kind,
+                    EventKind::StageSkipped { .. }
+                        | EventKind::StageFinished { .. }
+                        | EventKind::RunFinished { .. }
+                ))
             .then_some(*stats)
         };
         if self.sinks.is_empty() && self.journals.is_empty() {

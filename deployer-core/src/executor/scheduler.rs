@@ -8,14 +8,13 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::{CancelHandle, FailedTask, REMOVED_REASON, RunReport, Shared, not_run, run_entry};
-use crate::events::{RunOutcome, TaskCounts, TaskId, TaskOutcome};
+use crate::events::{RunOutcome, TaskId, TaskOutcome};
 use crate::plan::PlannedStage;
 
 /// What one entry (a task or a chain) produced.
 #[derive(Default)]
 pub(crate) struct EntryResult {
     pub(crate) success: bool,
-    pub(crate) counts: TaskCounts,
     pub(crate) failures: Vec<FailedTask>,
     pub(crate) data: Vec<(TaskId, Value)>,
 }
@@ -50,7 +49,7 @@ impl<'a> JobQueue<'a> {
         for (ei, entry) in stage.entries.iter().enumerate() {
             let all_done = entry.steps.iter().all(|s| shared.is_skipped(s.info.id));
             if all_done && !entry.steps.is_empty() {
-                report.counts.not_run += entry.steps.len();
+                // Done by an earlier attempt (reported when the stage started).
                 continue;
             }
             pending[entry.host].push_back(ei as u32);
@@ -99,8 +98,7 @@ impl<'a> JobQueue<'a> {
                             self.ready.push(Reverse((next, host)));
                         }
                         let entry = self.stage.entries[entry as usize].clone();
-                        self.report.counts.not_run +=
-                            not_run(&entry, &self.shared, REMOVED_REASON).await;
+                        not_run(&entry, &self.shared, REMOVED_REASON).await;
                         continue;
                     }
                     self.running_on[h] += 1;
@@ -144,11 +142,6 @@ impl<'a> JobQueue<'a> {
                         .failures
                         .iter()
                         .all(|f| f.outcome == TaskOutcome::Cancelled);
-                    let c = &mut self.report.counts;
-                    c.succeeded += result.counts.succeeded;
-                    c.skipped += result.counts.skipped;
-                    c.failed += result.counts.failed;
-                    c.not_run += result.counts.not_run;
                     self.report.failures.extend(result.failures);
                     self.report.data.extend(result.data);
                     if !result.success {
@@ -178,7 +171,7 @@ impl<'a> JobQueue<'a> {
         for queue in &self.pending {
             for &ei in queue {
                 let entry = &self.stage.entries[ei as usize];
-                self.report.counts.not_run += not_run(entry, &self.shared, reason).await;
+                not_run(entry, &self.shared, reason).await;
             }
         }
         if failed {

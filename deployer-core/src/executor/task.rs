@@ -14,14 +14,26 @@ use crate::events::{EventKind, TaskInfo, TaskOutcome};
 use crate::host::{OutputSink, tail_lines};
 use crate::plan::{PlannedEntry, PlannedTask};
 
-/// Reports every step of `entry` that is not already done as never run; returns how many.
-pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) -> usize {
-    let mut n = 0;
+/// Reports every step of `entry` done by an earlier attempt of the run.
+pub(crate) async fn done_earlier(entry: &PlannedEntry, shared: &Shared) {
+    for step in &entry.steps {
+        if shared.is_skipped(step.info.id) {
+            shared
+                .emitter
+                .note(|| EventKind::TaskDoneEarlier {
+                    task: TaskInfo::clone(&step.info),
+                })
+                .await;
+        }
+    }
+}
+
+/// Reports every step of `entry` that is not already done as never run.
+pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) {
     for step in &entry.steps {
         if shared.is_skipped(step.info.id) {
             continue;
         }
-        n += 1;
         shared
             .emitter
             .note(|| EventKind::TaskNotRun {
@@ -30,7 +42,6 @@ pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str)
             })
             .await;
     }
-    n
 }
 
 pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult {
@@ -43,7 +54,6 @@ pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> 
             continue;
         }
         if shared.targets.is_removed(&step.info.host) {
-            result.counts.not_run += 1;
             shared
                 .emitter
                 .note(|| EventKind::TaskNotRun {
@@ -54,7 +64,6 @@ pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> 
             continue;
         }
         if !result.success {
-            result.counts.not_run += 1;
             shared
                 .emitter
                 .note(|| EventKind::TaskNotRun {
@@ -66,10 +75,8 @@ pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> 
         }
         let (outcome, attempts, data) = run_task(step, &shared).await;
         match &outcome {
-            TaskOutcome::Succeeded => result.counts.succeeded += 1,
-            TaskOutcome::Skipped { .. } => result.counts.skipped += 1,
+            TaskOutcome::Succeeded | TaskOutcome::Skipped { .. } => {}
             _ => {
-                result.counts.failed += 1;
                 result.success = false;
                 result.failures.push(FailedTask {
                     task: TaskInfo::clone(&step.info),
