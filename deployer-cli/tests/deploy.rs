@@ -119,7 +119,10 @@ fn deploys_the_bundled_artifact_locally_and_skips_it_the_second_time() {
         stderr.contains("[local] [hello] out: hello 1.0.0"),
         "-v shows output\n{stderr}"
     );
-    assert!(stderr.contains("HOST      OK  FAILED  SKIPPED"), "{stderr}");
+    assert!(
+        stderr.contains("HOST   OK  EARLIER  FAILED  SKIPPED  CANCELLED  NOT RUN"),
+        "{stderr}"
+    );
     assert!(stderr.contains("succeeded in"), "{stderr}");
 
     let out = deploy(&["--config", &s.config()]);
@@ -498,7 +501,10 @@ fn a_terminal_gets_progress_bars() {
     let screen = std::fs::read_to_string(&log).unwrap();
     assert!(screen.contains("Prepare releases"), "{screen}");
     assert!(screen.contains("tasks"), "{screen}");
-    assert!(screen.contains("HOST      OK  FAILED  SKIPPED"), "{screen}");
+    assert!(
+        screen.contains("HOST   OK  EARLIER  FAILED  SKIPPED  CANCELLED  NOT RUN"),
+        "{screen}"
+    );
     assert!(
         !screen.contains("[INFO    ]"),
         "no log lines on a terminal\n{screen}"
@@ -596,7 +602,8 @@ fn ctrl_c_lets_the_running_task_finish_and_starts_nothing_new() {
             .iter()
             .filter(|e| e["event"] == "task_not_run")
             .count(),
-        2
+        3,
+        "the two queued tasks and the later stage's"
     );
     assert!(
         events

@@ -273,7 +273,12 @@ pub struct TaskCounts {
 impl TaskCounts {
     /// Tasks counted so far.
     pub fn total(&self) -> usize {
-        self.succeeded + self.done_earlier + self.skipped + self.failed + self.cancelled + self.not_run
+        self.succeeded
+            + self.done_earlier
+            + self.skipped
+            + self.failed
+            + self.cancelled
+            + self.not_run
     }
 
     /// Counts one task ending in `category`.
@@ -330,15 +335,15 @@ impl TaskCounts {
 }
 
 impl fmt::Display for TaskCounts {
-    /// `7 ok, 1 failed, 1 skipped, 2 not run`: the number of ok tasks always, every other
-    /// category when it is not zero; `nothing to do` when there is no task.
+    /// `7 ok, 1 failed, 1 skipped, 2 not run`: every category that is not zero, in the order
+    /// of [`categories`](Self::categories); `nothing to do` when there is no task.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_nothing_to_do() {
             return f.write_str("nothing to do");
         }
         let mut first = true;
-        for (category, n, label) in self.categories() {
-            if n == 0 && category != TaskCategory::Succeeded {
+        for (_, n, label) in self.categories() {
+            if n == 0 {
                 continue;
             }
             if !first {

@@ -108,8 +108,8 @@ pub use config::{Config, ServiceConfig};
 pub use driver::{DriveError, Driver, Finished, exit};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{
-    ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCategory, TaskCounts, TaskId, TaskInfo,
-    TaskOutcome,
+    ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCategory, TaskCounts, TaskId,
+    TaskInfo, TaskOutcome,
 };
 pub use executor::{
     CancelHandle, Executor, FailedTask, Journal, RunError, RunOptions, RunReport, StageReport,

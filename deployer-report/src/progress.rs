@@ -159,13 +159,24 @@ impl EventSink for Progress {
                 if let Some(s) = lock(&self.stages).get_mut(stage) {
                     s.in_flight.clear();
                     // A stage that did not succeed says what became of its tasks: the bar is
-                    // full, but not every task ran.
+                    // full, but not every task ran. The line above the bars is never cut to
+                    // the terminal's width; the bar's own message may be.
                     let c = &s.counts;
                     let message = if c.total() == c.succeeded {
                         outcome.to_string()
                     } else {
                         format!("{outcome}: {c}")
                     };
+                    if *outcome != deployer_core::RunOutcome::Succeeded {
+                        let _ = self
+                            .multi
+                            .println(format!("stage {} {message}", s.bar.prefix()));
+                    }
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{prefix:.bold.cyan} [{bar:20.green/blue}] {pos}/{len} tasks  {elapsed}  {wide_msg}",
+                    ) {
+                        s.bar.set_style(style.progress_chars("=> "));
+                    }
                     s.bar.finish_with_message(message);
                 }
             }

@@ -45,7 +45,7 @@ use serde_json::Value;
 enum Output {
     /// Progress bars on a terminal, log lines otherwise, and a summary table.
     Text,
-    /// Every event as a JSON object per line on stdout.
+    /// Every event as a JSON object per line on stdout (the recap still goes to stderr).
     Json,
 }
 
@@ -557,9 +557,8 @@ fn painted(cli: &Cli, recap: &str) -> String {
 fn finish(cli: &Cli, finished: Finished, summary: &Summary) -> Result<u8, BadInput> {
     match &finished.result {
         Ok(report) => {
-            if cli.output == Output::Text {
-                eprint!("{}", painted(cli, &summary.render(report)));
-            }
+            // With `--output json` too: events go to stdout, the recap to stderr.
+            eprint!("{}", painted(cli, &summary.render(report)));
             if !report.succeeded()
                 && let Some(id) = &finished.run_id
             {
@@ -665,10 +664,10 @@ fn with_reporters(
             eprintln!("run {id}");
         }
     });
+    driver = driver.sink(summary.clone());
     match cli.output {
         Output::Json => driver = driver.sink(JsonLines::stdout()),
         Output::Text => {
-            driver = driver.sink(summary.clone());
             if progress {
                 driver = driver.sink(Progress::stderr().with_estimates(estimates));
             } else {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    JobQueue, Journal, done_earlier, not_run, RunOptions, RunReport, StageReport, TargetSet, error_chain};
+    JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, done_earlier, error_chain,
+    not_run,
+};
 use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId};
 use crate::host::{Connector, OutputSink};
 use crate::plan::Plan;
