@@ -24,10 +24,11 @@ use crate::validation::ValidationErrors;
 ///
 /// | code | meaning |
 /// |---|---|
-/// | 0 | [`SUCCESS`](exit::SUCCESS): every task succeeded (or was skipped by its command) |
+/// | 0 | [`SUCCESS`](exit::SUCCESS): every task succeeded (or was skipped by its command), or there was nothing to do |
 /// | 1 | [`FAILED`](exit::FAILED): a task failed, or a host or the run store could not be reached |
 /// | 2 | [`BAD_INPUT`](exit::BAD_INPUT): the config, tasklist or options are wrong; nothing ran |
 /// | 3 | [`CHANGES_PENDING`](exit::CHANGES_PENDING): a plan (`deploy plan`) would change something |
+/// | 4 | reserved: the run completed, but hosts were dropped within a failure budget |
 /// | 130 | [`CANCELLED`](exit::CANCELLED): cancelled (a signal or a [`CancelHandle`]) |
 pub mod exit {
     /// Every task succeeded (or was skipped by its command).

@@ -189,6 +189,7 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
     rec.exit_status = Some(2);
     rec.stderr_tail = Some("tar: unexpected EOF\nline two ✓".to_string());
     rec.error = Some("`tar -xzf` exited with status 2".to_string());
+    rec.drive = Some(3);
     store.update_task(&new.id, &rec).await.unwrap();
     let tasks = store.tasks(&new.id).await.unwrap();
     assert_eq!(tasks[1], rec, "every field round-trips");
@@ -209,6 +210,17 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
         store.run(&new.id).await.unwrap().started_ts,
         Some(started_ts),
         "only once"
+    );
+    assert_eq!(first.drives, 1, "RUNNING counts a drive");
+    assert_eq!(store.run(&new.id).await.unwrap().drives, 2, "each time");
+    store
+        .set_run_state(&new.id, RunState::Failed)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.run(&new.id).await.unwrap().drives,
+        2,
+        "other states do not"
     );
 
     store

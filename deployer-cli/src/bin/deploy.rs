@@ -16,9 +16,10 @@
 //! secret: resuming a run with inline secrets needs `--tasklist` with the file it was started
 //! from; `{"secret_env": "VAR"}` secrets are read from the environment again.
 //!
-//! Exit codes (`deployer_core::exit`): 0 success, 1 the deploy failed, 2 bad input (nothing
-//! ran), 130 cancelled (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops
-//! running tasks).
+//! Exit codes (`deployer_core::exit`): 0 success (or nothing to do), 1 the deploy failed, 2
+//! bad input (nothing ran), 3 `deploy plan` found changes, 130 cancelled (SIGINT, SIGTERM or
+//! SIGHUP: the first drains, the second stops running tasks); 4 is reserved for a run that
+//! completed with hosts dropped within a failure budget.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -81,10 +82,12 @@ enum DumpFormat {
     name = "deploy",
     version,
     max_term_width = 100,
-    after_help = "Exit status: 0 success; 1 a task failed, or a host or the run store could not be \
-                  reached; 2 bad input (nothing ran); 3 `deploy plan`: something would change; \
-                  130 cancelled (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops \
-                  running tasks)."
+    after_help = "Exit status: 0 success (also when there was nothing to do: the recap says so); \
+                  1 a task failed, or a host or the run store could not be reached; 2 bad \
+                  input (nothing ran); 3 `deploy plan`: something would change; 4 (reserved) \
+                  completed with hosts dropped within a failure budget; 130 cancelled \
+                  (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops running \
+                  tasks)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -752,11 +755,14 @@ async fn runs_main(
             let list = runs.store().list_runs(*limit).await?;
             let mut rows = Vec::with_capacity(list.len());
             for listed in list {
+                // A run whose task records cannot be read lists with `?` (runs show says why).
                 let counts = match listed.record() {
-                    Some(run) => {
-                        let tasks = runs.store().tasks(&run.id).await.map_err(read_error)?;
-                        Some(TaskCounts::of_records(run, &tasks))
-                    }
+                    Some(run) => runs
+                        .store()
+                        .tasks(&run.id)
+                        .await
+                        .ok()
+                        .map(|tasks| TaskCounts::of_records(run, &tasks)),
                     None => None,
                 };
                 rows.push((listed, counts));
