@@ -133,7 +133,7 @@ pub use runs::{
 pub use secret::{REDACTED, Secret};
 pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_redacted_map};
 pub use shell::{ShellCommand, ShellError, quote};
-pub use tasklist::{LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
+pub use tasklist::{Finally, LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type, one_line};
 
 /// Re-exported so implementors of the async traits use the same macro version.

@@ -1,6 +1,6 @@
 //! A validated tasklist: every command instantiated, every host key resolved.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::command::{Command, CommandRegistry};
@@ -40,6 +40,8 @@ pub(crate) struct PlannedStage {
     pub(crate) hosts: Vec<String>,
     pub(crate) entries: Vec<Arc<PlannedEntry>>,
     pub(crate) task_count: usize,
+    /// Set on a `finally` stage.
+    pub(crate) finally: Option<crate::Finally>,
 }
 
 pub(crate) struct PlannedEntry {
@@ -224,6 +226,7 @@ impl Plan {
                 hosts,
                 entries,
                 task_count,
+                finally: stage.finally.clone(),
             });
         }
         errors.into_result(Plan {
@@ -264,6 +267,68 @@ impl Plan {
         let entry = self.stages.get(id.stage)?.entries.get(id.entry)?;
         let step = entry.steps.get(id.step.unwrap_or(0))?;
         Some(step.command.idempotent())
+    }
+
+    /// Of the tasks an earlier attempt of the run finished (`done`), those a resume does not
+    /// run again: all of them except the tasks of `finally` stages (clean-up runs again), and
+    /// the chains holding a task that reaches a point a finally stage undid on its host (that
+    /// stage's `if_reached` entry for the host is done: e.g. the lock was released, so it is
+    /// taken again).
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use deployer_core::fixture::Noop;
+    /// use deployer_core::*;
+    ///
+    /// let mut commands = CommandRegistry::new();
+    /// commands.register::<Noop>("noop");
+    /// let t = |host: &str| Task::new("noop").on(host);
+    /// let tasklist = Tasklist::new("t")
+    ///     .stage(Stage::new("lock", 2).tasks([t("a").reaches("locked"), t("b").reaches("locked")]))
+    ///     .stage(Stage::new("work", 2).tasks([t("a"), t("b")]))
+    ///     .stage(Stage::new("unlock", 2).finally(Finally::if_reached("locked")).tasks([t("a"), t("b")]));
+    /// let plan = Plan::build(&tasklist, &commands).unwrap();
+    /// let id = |stage, entry| TaskId { stage, entry, step: None };
+    /// // The first attempt locked both, worked on a, failed on b, unlocked both.
+    /// let done: HashSet<TaskId> = [id(0, 0), id(0, 1), id(1, 0), id(2, 0), id(2, 1)].into();
+    /// let skip = plan.skipped_on_resume(&done);
+    /// assert_eq!(skip, [id(1, 0)].into(), "lock again, work on b, unlock again");
+    /// ```
+    pub fn skipped_on_resume(&self, done: &HashSet<TaskId>) -> HashSet<TaskId> {
+        let mut undone: HashSet<(&str, &str)> = HashSet::new();
+        for stage in self.stages.iter() {
+            let Some(point) = stage.finally.as_ref().and_then(|f| f.if_reached.as_deref()) else {
+                continue;
+            };
+            for entry in &stage.entries {
+                if entry.steps.iter().any(|s| done.contains(&s.info.id)) {
+                    undone.insert((stage.hosts[entry.host].as_str(), point));
+                }
+            }
+        }
+        let mut skip = HashSet::new();
+        for stage in self.stages.iter().filter(|s| s.finally.is_none()) {
+            for entry in &stage.entries {
+                let again = entry.steps.iter().any(|s| {
+                    done.contains(&s.info.id)
+                        && s.task
+                            .reaches
+                            .as_deref()
+                            .is_some_and(|p| undone.contains(&(s.info.host.as_str(), p)))
+                });
+                if again {
+                    continue;
+                }
+                skip.extend(
+                    entry
+                        .steps
+                        .iter()
+                        .map(|s| s.info.id)
+                        .filter(|id| done.contains(id)),
+                );
+            }
+        }
+        skip
     }
 }
 

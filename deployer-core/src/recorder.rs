@@ -368,10 +368,17 @@ impl Runs {
             },
         )?;
         let tasks = self.store.tasks(id).await?;
+        let done: HashSet<TaskId> = tasks
+            .iter()
+            .filter(|t| t.state.is_done())
+            .map(|t| t.id)
+            .collect();
+        // Clean-up runs again, and what it undid is done again (see `Finally`).
+        options.skip.extend(plan.skipped_on_resume(&done));
         let mut unsure = Vec::new();
         for t in &tasks {
             if t.state.is_done() {
-                options.skip.insert(t.id);
+                continue;
             } else if t.state == TaskState::Running
                 && !resume.force
                 && plan.is_idempotent(t.id) == Some(false)

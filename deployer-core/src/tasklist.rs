@@ -12,16 +12,24 @@ use crate::errors::TasklistError;
 use crate::validation::{ValidationError, ValidationErrors, did_you_mean, json_type};
 
 /// Keys of a task object that belong to the task rather than to its command.
-pub const RESERVED_TASK_KEYS: [&str; 6] = [
+pub const RESERVED_TASK_KEYS: [&str; 7] = [
     "command",
     "remote_host",
     "remote_user",
     "tag",
     "timeout",
     "retries",
+    "reaches",
 ];
 
-const STAGE_KEYS: [&str; 4] = ["name", "concurrency", "concurrency_per_host", "tasks"];
+const STAGE_KEYS: [&str; 5] = [
+    "name",
+    "concurrency",
+    "concurrency_per_host",
+    "finally",
+    "tasks",
+];
+const FINALLY_KEYS: [&str; 2] = ["if_reached", "unless_reached"];
 const TASKLIST_KEYS: [&str; 2] = ["name", "stages"];
 
 /// The host key of tasks that name no host: they run on the controller itself.
@@ -74,8 +82,99 @@ pub struct Stage {
     /// At most this many entries run at once on one host; unlimited when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency_per_host: Option<usize>,
+    /// Set on a clean-up stage that runs whatever happened before it (see [`Finally`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_finally"
+    )]
+    pub finally: Option<Finally>,
     /// The entries, started in this order as the limits allow.
     pub tasks: Vec<TaskEntry>,
+}
+
+/// What makes a stage a `finally` stage: it runs when its turn comes whether the run has
+/// succeeded, failed or been cancelled (a first cancel) before it — the one exception to the
+/// abort rule — and for which hosts.
+///
+/// Hosts reach named points: a task with [`Task::reaches`] that succeeds (or is skipped by its
+/// command) makes its host reach that point. A finally stage with `if_reached` runs an entry
+/// only when the entry's host reached that point (e.g. took the deploy lock); with
+/// `unless_reached`, only when the host did not reach that one (e.g. passed its health check);
+/// the other entries end as not run, with the reason. A second cancel stops finally stages too.
+///
+/// Within a finally stage a failure does not stop the other entries (every host gets its
+/// clean-up); it fails the run. On resume, a finally stage runs again, and a task reaching a
+/// point that a finally stage undid on its host (its `if_reached` entry for that host is done)
+/// runs again, with the rest of its chain — so a resumed run takes its lock again.
+///
+/// In JSON: `"finally": true`, or `"finally": {"if_reached": "locked"}`.
+///
+/// ```
+/// use deployer_core::{Finally, Stage, Task, Tasklist};
+///
+/// let tasklist = Tasklist::new("t")
+///     .stage(Stage::new("Lock", 5).task(Task::new("lock").on("fe001").reaches("locked")))
+///     .stage(Stage::new("Work", 5).task(Task::new("work").on("fe001")))
+///     .stage(Stage::new("Unlock", 5).finally(Finally::if_reached("locked"))
+///         .task(Task::new("unlock").on("fe001")));
+/// let json = tasklist.to_json_string();
+/// assert!(json.contains(r#""finally": {"#) && json.contains(r#""if_reached": "locked""#));
+/// assert_eq!(Tasklist::from_json_str(&json).unwrap(), tasklist);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Finally {
+    /// Run an entry only for hosts that reached this point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_reached: Option<String>,
+    /// Run an entry only for hosts that did not reach this point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unless_reached: Option<String>,
+}
+
+impl Finally {
+    /// A finally stage for every host.
+    pub fn always() -> Finally {
+        Finally::default()
+    }
+
+    /// A finally stage for the hosts that reached `point`.
+    pub fn if_reached(point: impl Into<String>) -> Finally {
+        Finally {
+            if_reached: Some(point.into()),
+            unless_reached: None,
+        }
+    }
+
+    /// Also only for the hosts that did not reach `point`.
+    pub fn unless_reached(mut self, point: impl Into<String>) -> Finally {
+        self.unless_reached = Some(point.into());
+        self
+    }
+
+    /// Why the entry on a host that reached `reached` does not run, if it does not.
+    pub fn excludes(&self, reached: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(p) = &self.if_reached
+            && !reached(p)
+        {
+            return Some(format!("its host did not reach \"{p}\""));
+        }
+        if let Some(p) = &self.unless_reached
+            && reached(p)
+        {
+            return Some(format!("its host reached \"{p}\""));
+        }
+        None
+    }
+}
+
+fn serialize_finally<S: Serializer>(f: &Option<Finally>, serializer: S) -> Result<S::Ok, S::Error> {
+    match f {
+        Some(f) if f.if_reached.is_none() && f.unless_reached.is_none() => {
+            serializer.serialize_bool(true)
+        }
+        Some(f) => f.serialize(serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// One entry of a stage: a single task, or a chain of tasks that run in order and hold one slot.
@@ -152,6 +251,9 @@ pub struct Task {
     /// How many times a failed attempt is tried again (0 = once in all), at most
     /// [`Task::RETRIES_MAX`].
     pub retries: Option<u32>,
+    /// When it succeeds (or its command skips it), its host reached this point: `finally`
+    /// stages choose their hosts by points (see [`Finally`]).
+    pub reaches: Option<String>,
     /// The command's own arguments, in the order they were written.
     pub args: Map<String, Value>,
 }
@@ -174,8 +276,15 @@ impl Task {
             tag: None,
             timeout: None,
             retries: None,
+            reaches: None,
             args: Map::new(),
         }
+    }
+
+    /// When the task succeeds, its host reaches `point` (see [`Finally`]).
+    pub fn reaches(mut self, point: impl Into<String>) -> Self {
+        self.reaches = Some(point.into());
+        self
     }
 
     /// Runs the task on `host`.
@@ -259,6 +368,9 @@ impl Serialize for Task {
         if let Some(v) = &self.retries {
             map.serialize_entry("retries", v)?;
         }
+        if let Some(v) = &self.reaches {
+            map.serialize_entry("reaches", v)?;
+        }
         for (k, v) in &self.args {
             map.serialize_entry(k, &crate::secrets::RedactedJson(v))?;
         }
@@ -275,6 +387,7 @@ impl fmt::Debug for Task {
             .field("tag", &self.tag)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("reaches", &self.reaches)
             .field("args", &crate::secrets::DebugArgs(&self.args))
             .finish()
     }
@@ -360,7 +473,8 @@ impl Tasklist {
 
     /// The values outside the limits that input must meet: every task's `timeout` within
     /// [`Task::TIMEOUT_MIN`]..=[`Task::TIMEOUT_MAX`] and `retries` at most
-    /// [`Task::RETRIES_MAX`], each problem at its path (`stages[1].tasks[0].timeout`).
+    /// [`Task::RETRIES_MAX`], each problem at its path (`stages[1].tasks[0].timeout`); and every
+    /// point a `finally` stage names is reached by some task.
     ///
     /// A tasklist read with [`from_json_str`](Self::from_json_str) always passes; one built in
     /// code, or read back from a run store with [`from_stored_json`](Self::from_stored_json),
@@ -402,6 +516,7 @@ impl Tasklist {
                 }
             }
         }
+        self.check_points(&mut errors);
         errors.into_result(())
     }
 
@@ -544,7 +659,43 @@ impl Tasklist {
 
     /// Converts an already parsed JSON value, collecting every structural problem.
     pub fn from_value(value: &Value) -> Result<Tasklist, ValidationErrors> {
-        Tasklist::parse(value, Rules::Input)
+        let tasklist = Tasklist::parse(value, Rules::Input)?;
+        let mut errors = ValidationErrors::new();
+        tasklist.check_points(&mut errors);
+        errors.into_result(tasklist)
+    }
+
+    /// Every point a `finally` stage names must be reached by some task: a misspelt point
+    /// would silently skip (or always run) the clean-up.
+    fn check_points(&self, errors: &mut ValidationErrors) {
+        let reached: Vec<&str> = self
+            .stages
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .flat_map(TaskEntry::tasks)
+            .filter_map(|t| t.reaches.as_deref())
+            .collect();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let Some(f) = &stage.finally else { continue };
+            for (key, point) in [
+                ("if_reached", &f.if_reached),
+                ("unless_reached", &f.unless_reached),
+            ] {
+                let Some(point) = point else { continue };
+                if reached.contains(&point.as_str()) {
+                    continue;
+                }
+                let mut e = ValidationError::new(
+                    format!("stages[{i}].finally.{key}"),
+                    format!("no task reaches {}", crate::shown(point)),
+                )
+                .expected("a point named by some task's \"reaches\"");
+                if let Some(s) = did_you_mean(point, reached.iter().copied()) {
+                    e = e.hint(format!("did you mean \"{s}\"?"));
+                }
+                errors.push(e);
+            }
+        }
     }
 
     fn parse(value: &Value, rules: Rules) -> Result<Tasklist, ValidationErrors> {
@@ -682,8 +833,15 @@ impl Stage {
             name: name.into(),
             concurrency,
             concurrency_per_host: None,
+            finally: None,
             tasks: Vec::new(),
         }
+    }
+
+    /// Makes it a `finally` stage (see [`Finally`]).
+    pub fn finally(mut self, finally: Finally) -> Self {
+        self.finally = Some(finally);
+        self
     }
 
     /// Sets the per-host limit.
@@ -864,6 +1022,42 @@ fn parse_stage(
         None | Some(Value::Null) => None,
         Some(v) => positive_int(v, format!("{path}.concurrency_per_host"), rules, errors),
     };
+    let finally = match obj.get("finally") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(Finally::always()),
+        Some(Value::Object(f)) => {
+            let fpath = format!("{path}.finally");
+            unknown_keys(f, &FINALLY_KEYS, &fpath, "finally", errors);
+            let mut point = |key: &str| match f.get(key) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => point_name(p, &format!("{fpath}.{key}"), errors),
+                Some(other) => {
+                    errors.push(
+                        ValidationError::new(
+                            format!("{fpath}.{key}"),
+                            format!("found {}", json_type(other)),
+                        )
+                        .expected("the name of a point that tasks reach"),
+                    );
+                    None
+                }
+            };
+            Some(Finally {
+                if_reached: point("if_reached"),
+                unless_reached: point("unless_reached"),
+            })
+        }
+        Some(other) => {
+            errors.push(
+                ValidationError::new(
+                    format!("{path}.finally"),
+                    format!("found {}", json_type(other)),
+                )
+                .expected("true, or an object with if_reached and/or unless_reached"),
+            );
+            None
+        }
+    };
     let mut tasks = Vec::new();
     match obj.get("tasks") {
         Some(Value::Array(items)) => {
@@ -920,6 +1114,7 @@ fn parse_stage(
         name,
         concurrency: concurrency?,
         concurrency_per_host,
+        finally,
         tasks,
     })
 }
@@ -1089,6 +1284,20 @@ fn parse_task(
             }
         },
     };
+    let reaches = match obj.get("reaches") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => point_name(p, &format!("{path}.reaches"), errors),
+        Some(other) => {
+            errors.push(
+                ValidationError::new(
+                    format!("{path}.reaches"),
+                    format!("found {}", json_type(other)),
+                )
+                .expected("the name of a point, e.g. \"locked\""),
+            );
+            None
+        }
+    };
     if errors.len() > before {
         return None;
     }
@@ -1104,8 +1313,27 @@ fn parse_task(
         tag,
         timeout,
         retries,
+        reaches,
         args,
     })
+}
+
+/// A point's name: letters, digits, `_`, `-`, `.` and `:`, 1 to 64 of them.
+fn point_name(p: &str, path: &str, errors: &mut ValidationErrors) -> Option<String> {
+    let ok = !p.is_empty()
+        && p.len() <= 64
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Some(p.to_string())
+    } else {
+        errors.push(
+            ValidationError::new(path, format!("found {}", crate::shown(p))).expected(
+                "a point name: 1 to 64 letters, digits, '_', '-', '.' or ':', e.g. \"locked\"",
+            ),
+        );
+        None
+    }
 }
 
 #[cfg(test)]

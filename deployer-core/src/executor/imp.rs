@@ -140,6 +140,7 @@ impl Executor {
             targets: options.targets,
             quiet: Arc::new(|_, _: &str| {}),
             redactor: plan.redactor.clone(),
+            reached: Default::default(),
         });
         let em = &shared.emitter;
         let name = plan.tasklist.name.clone();
@@ -158,11 +159,22 @@ impl Executor {
             failures: Vec::new(),
             data: Vec::new(),
         };
-        for (si, stage) in plan.stages.iter().enumerate() {
-            if report.outcome != RunOutcome::Succeeded || options.cancel.is_cancelled() {
-                if report.outcome == RunOutcome::Succeeded {
-                    report.outcome = RunOutcome::Cancelled;
+        // Points reached by tasks an earlier attempt did.
+        for stage in plan.stages.iter() {
+            for step in stage.entries.iter().flat_map(|e| &e.steps) {
+                if shared.is_skipped(step.info.id) {
+                    shared.reach(&step.info.host, step.task.reaches.as_deref());
                 }
+            }
+        }
+        for (si, stage) in plan.stages.iter().enumerate() {
+            if report.outcome == RunOutcome::Succeeded && options.cancel.is_cancelled() {
+                report.outcome = RunOutcome::Cancelled;
+            }
+            let stopped = report.outcome != RunOutcome::Succeeded;
+            // A finally stage runs after a failure or a first cancel; a second cancel stops it.
+            let finally = stage.finally.is_some();
+            if stopped && (!finally || options.cancel.is_stopping()) {
                 let tasks = stage
                     .entries
                     .iter()
@@ -176,7 +188,10 @@ impl Executor {
                 })
                 .await;
                 let reason = match report.outcome {
-                    RunOutcome::Failed => "an earlier stage failed",
+                    RunOutcome::Failed if !options.cancel.is_stopping() => {
+                        "an earlier stage failed"
+                    }
+                    _ if options.cancel.is_stopping() => "the run was stopped (a second cancel)",
                     _ => "the run was cancelled",
                 };
                 for entry in &stage.entries {
@@ -202,11 +217,23 @@ impl Executor {
             for entry in &stage.entries {
                 done_earlier(entry, &shared).await;
             }
+            // A finally stage runs an entry only for the hosts its points select.
+            let mut excluded = HashSet::new();
+            if let Some(f) = &stage.finally {
+                for (ei, entry) in stage.entries.iter().enumerate() {
+                    let host = &stage.hosts[entry.host];
+                    if let Some(reason) = f.excludes(|p| shared.has_reached(host, p)) {
+                        excluded.insert(ei);
+                        not_run(entry, &shared, &reason).await;
+                    }
+                }
+            }
             let limit = match self.max_concurrency {
                 Some(cap) => stage.concurrency.min(cap),
                 None => stage.concurrency,
             };
             let outcome = JobQueue::new(stage, limit, shared.clone(), &options.cancel, &mut report)
+                .excluding(excluded)
                 .run()
                 .await;
             let duration = started.elapsed();
@@ -222,7 +249,9 @@ impl Executor {
                 outcome: Some(outcome),
                 duration,
             });
-            if outcome != RunOutcome::Succeeded {
+            // A failed finally stage fails a run that had succeeded; a cancelled or failed
+            // run stays as it was.
+            if outcome != RunOutcome::Succeeded && report.outcome == RunOutcome::Succeeded {
                 report.outcome = outcome;
             }
         }
@@ -240,6 +269,24 @@ impl Shared {
     pub(crate) fn is_skipped(&self, id: TaskId) -> bool {
         !self.skip.is_empty() && self.skip.contains(&id)
     }
+
+    /// Records that `host` reached `point` (a task with `reaches` succeeded there).
+    pub(crate) fn reach(&self, host: &str, point: Option<&str>) {
+        if let Some(point) = point {
+            self.reached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((host.to_string(), point.to_string()));
+        }
+    }
+
+    /// Whether `host` reached `point` in this run.
+    pub(crate) fn has_reached(&self, host: &str, point: &str) -> bool {
+        self.reached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(host.to_string(), point.to_string()))
+    }
 }
 
 pub(crate) const REMOVED_REASON: &str = "its host was removed from the targeted set";
@@ -256,6 +303,8 @@ pub(crate) struct Shared {
     pub(crate) quiet: OutputSink,
     /// The plan's secrets: nothing emitted or reported shows them.
     pub(crate) redactor: crate::Redactor,
+    /// (host, point) pairs reached so far (see `Finally`).
+    pub(crate) reached: std::sync::Mutex<HashSet<(String, String)>>,
 }
 
 pub(crate) struct Emitter {

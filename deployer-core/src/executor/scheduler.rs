@@ -1,7 +1,7 @@
 //! The job queue of one stage: entries start in order under the stage and per-host limits.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -35,6 +35,8 @@ pub(crate) struct JobQueue<'a> {
     pub(crate) pending: Vec<VecDeque<u32>>,
     pub(crate) running_on: Vec<u32>,
     pub(crate) ready: BinaryHeap<Reverse<(u32, u32)>>,
+    /// A finally stage: a failure or a first cancel does not stop it starting entries.
+    pub(crate) finally: bool,
 }
 
 impl<'a> JobQueue<'a> {
@@ -69,6 +71,34 @@ impl<'a> JobQueue<'a> {
             running_on: vec![0; stage.hosts.len()],
             pending,
             ready,
+            finally: stage.finally.is_some(),
+        }
+    }
+
+    /// Leaves out the entries at these positions (already reported as not run).
+    pub(crate) fn excluding(mut self, excluded: HashSet<usize>) -> Self {
+        if excluded.is_empty() {
+            return self;
+        }
+        for queue in &mut self.pending {
+            queue.retain(|&e| !excluded.contains(&(e as usize)));
+        }
+        self.ready = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter_map(|(h, q)| q.front().map(|&e| Reverse((e, h as u32))))
+            .collect();
+        self
+    }
+
+    /// Whether the run is being stopped for this stage: a first cancel for an ordinary stage,
+    /// only a second one for a finally stage.
+    fn stopping(&self) -> bool {
+        if self.finally {
+            self.cancel.is_stopping()
+        } else {
+            self.cancel.is_cancelled()
         }
     }
 
@@ -81,7 +111,7 @@ impl<'a> JobQueue<'a> {
         loop {
             // A cancel that arrived together with an entry's end (the select below takes the
             // end first) must still stop new starts.
-            if !stop_starting && self.cancel.is_cancelled() {
+            if !stop_starting && self.stopping() {
                 cancelled = true;
                 stop_starting = true;
             }
@@ -147,19 +177,25 @@ impl<'a> JobQueue<'a> {
                     if !result.success {
                         if only_cancelled && self.cancel.is_stopping() {
                             cancelled = true;
+                            stop_starting = true;
                         } else {
                             failed = true;
+                            // Every host gets its clean-up, whoever failed.
+                            stop_starting |= !self.finally;
                         }
-                        stop_starting = true;
                     }
                 }
-                _ = self.cancel.graceful.cancelled(), if !stop_starting => {
+                _ = self.cancel.graceful.cancelled(), if !stop_starting && !self.finally => {
+                    cancelled = true;
+                    stop_starting = true;
+                }
+                _ = self.cancel.hard.cancelled(), if !stop_starting && self.finally => {
                     cancelled = true;
                     stop_starting = true;
                 }
             }
         }
-        if self.cancel.is_cancelled() {
+        if self.stopping() {
             cancelled = true;
         }
         // Everything still queued was never started.

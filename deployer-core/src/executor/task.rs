@@ -75,7 +75,9 @@ pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> 
         }
         let (outcome, attempts, data) = run_task(step, &shared).await;
         match &outcome {
-            TaskOutcome::Succeeded | TaskOutcome::Skipped { .. } => {}
+            TaskOutcome::Succeeded | TaskOutcome::Skipped { .. } => {
+                shared.reach(&step.info.host, step.task.reaches.as_deref());
+            }
             _ => {
                 result.success = false;
                 result.failures.push(FailedTask {
