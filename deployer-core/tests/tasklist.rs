@@ -185,7 +185,7 @@ fn every_structural_problem_is_reported_at_once_with_its_path() {
         "extra: unknown tasklist key \"extra\" (expected one of name, stages)",
         "stages[0].concurrency: must be at least 1 (expected an integer ≥ 1)",
         "stages[1].name: stage name is empty (expected a non-empty string)",
-        "stages[2].concurrancy: unknown stage key \"concurrancy\" (expected one of name, concurrency, concurrency_per_host, tasks); did you mean \"concurrency\"?",
+        "stages[2].concurrancy: unknown stage key \"concurrancy\" (expected one of name, concurrency, concurrency_per_host, finally, tasks); did you mean \"concurrency\"?",
         "stages[2].concurrency: missing (expected an integer ≥ 1)",
         "stages[3].concurrency: found a string (expected an integer from 1 to 4294967295)",
         "stages[3].concurrency_per_host: found -1 (expected an integer from 1 to 4294967295)",
