@@ -61,12 +61,18 @@ pub enum TaskOutcome {
     },
     /// The task was stopped by a hard cancellation.
     Cancelled,
+    /// The task, of a rollback stage (see [`Finally::rollback`](crate::Finally::rollback)),
+    /// switched its host back to the release it ran before.
+    RolledBack,
 }
 
 impl TaskOutcome {
     /// Whether the task counts as successful (succeeded or skipped by its command).
     pub fn is_success(&self) -> bool {
-        matches!(self, TaskOutcome::Succeeded | TaskOutcome::Skipped { .. })
+        matches!(
+            self,
+            TaskOutcome::Succeeded | TaskOutcome::Skipped { .. } | TaskOutcome::RolledBack
+        )
     }
 }
 
@@ -95,6 +101,7 @@ impl fmt::Display for TaskOutcome {
             }
             TaskOutcome::TimedOut { after } => write!(f, "timed out after {after:?}"),
             TaskOutcome::Cancelled => f.write_str("cancelled"),
+            TaskOutcome::RolledBack => f.write_str("rolled back"),
         }
     }
 }
@@ -195,6 +202,9 @@ pub enum TaskCategory {
     /// It never started: its stage stopped starting tasks, an earlier step of its chain
     /// failed, its host was removed, or the run was cancelled before it.
     NotRun,
+    /// It rolled its host back to the release before (a task of a rollback stage that
+    /// succeeded): one per host rolled back.
+    RolledBack,
 }
 
 impl TaskCategory {
@@ -205,6 +215,7 @@ impl TaskCategory {
             TaskOutcome::Skipped { .. } => TaskCategory::Skipped,
             TaskOutcome::Failed { .. } | TaskOutcome::TimedOut { .. } => TaskCategory::Failed,
             TaskOutcome::Cancelled => TaskCategory::Cancelled,
+            TaskOutcome::RolledBack => TaskCategory::RolledBack,
         }
     }
 
@@ -232,6 +243,7 @@ impl TaskCategory {
             S::Skipped => TaskCategory::Skipped,
             S::Failed | S::TimedOut => TaskCategory::Failed,
             S::Cancelled => TaskCategory::Cancelled,
+            S::RolledBack => TaskCategory::RolledBack,
             S::Pending | S::Running | S::NotRun => TaskCategory::NotRun,
         }
     }
@@ -268,6 +280,9 @@ pub struct TaskCounts {
     pub cancelled: usize,
     /// Never started.
     pub not_run: usize,
+    /// Rolled their host back (one per host rolled back).
+    #[serde(default)]
+    pub rolled_back: usize,
 }
 
 impl TaskCounts {
@@ -279,6 +294,7 @@ impl TaskCounts {
             + self.failed
             + self.cancelled
             + self.not_run
+            + self.rolled_back
     }
 
     /// Counts one task ending in `category`.
@@ -290,6 +306,7 @@ impl TaskCounts {
             TaskCategory::Failed => &mut self.failed,
             TaskCategory::Cancelled => &mut self.cancelled,
             TaskCategory::NotRun => &mut self.not_run,
+            TaskCategory::RolledBack => &mut self.rolled_back,
         } += 1;
     }
 
@@ -322,7 +339,7 @@ impl TaskCounts {
     }
 
     /// Each category with its count, in the order reports print them.
-    pub fn categories(&self) -> [(TaskCategory, usize, &'static str); 6] {
+    pub fn categories(&self) -> [(TaskCategory, usize, &'static str); 7] {
         [
             (TaskCategory::Succeeded, self.succeeded, "ok"),
             (TaskCategory::DoneEarlier, self.done_earlier, "done earlier"),
@@ -330,6 +347,7 @@ impl TaskCounts {
             (TaskCategory::Skipped, self.skipped, "skipped"),
             (TaskCategory::Cancelled, self.cancelled, "cancelled"),
             (TaskCategory::NotRun, self.not_run, "not run"),
+            (TaskCategory::RolledBack, self.rolled_back, "rolled back"),
         ]
     }
 }

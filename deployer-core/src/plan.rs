@@ -50,6 +50,8 @@ pub(crate) struct PlannedEntry {
 }
 
 pub(crate) struct PlannedTask {
+    /// Of a rollback stage: success counts as rolled back.
+    pub(crate) rolls_back: bool,
     pub(crate) task: Arc<Task>,
     pub(crate) command: Arc<dyn Command>,
     pub(crate) info: Arc<TaskInfo>,
@@ -191,6 +193,7 @@ impl Plan {
                     check_login(task, &id.to_string(), &mut errors);
                     match registry.build_task(task, &redactor) {
                         Ok((resolved, command)) => steps.push(PlannedTask {
+                            rolls_back: stage.finally.as_ref().is_some_and(|f| f.rollback),
                             task: Arc::new(resolved),
                             command: Arc::from(command),
                             info: Arc::new(TaskInfo {

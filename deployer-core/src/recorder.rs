@@ -460,6 +460,7 @@ fn with_secrets(
 struct HostProgress {
     remaining: usize,
     failed: bool,
+    rolled_back: bool,
     ran: bool,
     running: bool,
 }
@@ -487,20 +488,29 @@ impl Recorder {
     }
 
     /// Marks one task of `host` as ended; returns the host's final state when it was its last.
-    fn host_task_ended(&self, host: &str, ran: bool, failed: bool) -> Option<HostState> {
+    fn host_task_ended(
+        &self,
+        host: &str,
+        ran: bool,
+        outcome: Option<&TaskOutcome>,
+    ) -> Option<HostState> {
+        let failed = outcome.is_some_and(|o| !o.is_success());
         let mut st = self.lock();
         let removed = st.removed.contains(host) || self.targets.is_removed(host);
         let p = st.hosts.entry(host.to_string()).or_default();
         p.remaining = p.remaining.saturating_sub(1);
         p.ran |= ran;
         p.failed |= failed;
+        p.rolled_back |= outcome == Some(&TaskOutcome::RolledBack);
         if p.remaining > 0 {
             return None;
         }
         if removed {
             return Some(HostState::Removed);
         }
-        Some(if p.failed {
+        Some(if p.rolled_back {
+            HostState::RolledBack
+        } else if p.failed {
             HostState::Failed
         } else if p.ran {
             HostState::Done
@@ -584,11 +594,12 @@ impl Journal for Recorder {
                             rec.state = TaskState::Cancelled;
                             rec.error = Some("cancelled".to_string());
                         }
+                        TaskOutcome::RolledBack => rec.state = TaskState::RolledBack,
                     }
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, true, !outcome.is_success()) {
+                if let Some(state) = self.host_task_ended(&task.host, true, Some(outcome)) {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
                         .await?;
@@ -607,7 +618,7 @@ impl Journal for Recorder {
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, false, false) {
+                if let Some(state) = self.host_task_ended(&task.host, false, None) {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
                         .await?;

@@ -125,6 +125,8 @@ string_enum! {
         Failed = "FAILED",
         /// None of its tasks ran.
         Skipped = "SKIPPED",
+        /// A task failed, and the host was switched back to the release it ran before.
+        RolledBack = "ROLLED_BACK",
     }
 }
 
@@ -147,13 +149,18 @@ string_enum! {
         Cancelled = "CANCELLED",
         /// Never started (stage stopped, chain broken, host removed).
         NotRun = "NOT_RUN",
+        /// A rollback task that switched its host back to the release before.
+        RolledBack = "ROLLED_BACK",
     }
 }
 
 impl TaskState {
     /// Whether the task is done for good (a resume does not run it again).
     pub fn is_done(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Skipped)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Skipped | TaskState::RolledBack
+        )
     }
 }
 

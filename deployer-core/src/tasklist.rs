@@ -29,7 +29,7 @@ const STAGE_KEYS: [&str; 5] = [
     "finally",
     "tasks",
 ];
-const FINALLY_KEYS: [&str; 2] = ["if_reached", "unless_reached"];
+const FINALLY_KEYS: [&str; 3] = ["if_reached", "unless_reached", "rollback"];
 const TASKLIST_KEYS: [&str; 2] = ["name", "stages"];
 
 /// The host key of tasks that name no host: they run on the controller itself.
@@ -129,6 +129,11 @@ pub struct Finally {
     /// Run an entry only for hosts that did not reach this point.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unless_reached: Option<String>,
+    /// A rollback stage: its tasks switch hosts back to the release before, and one that
+    /// succeeds counts as [`TaskCategory::RolledBack`](crate::TaskCategory::RolledBack) (its
+    /// host is recorded `ROLLED_BACK`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 impl Finally {
@@ -142,7 +147,14 @@ impl Finally {
         Finally {
             if_reached: Some(point.into()),
             unless_reached: None,
+            rollback: false,
         }
+    }
+
+    /// Makes it a rollback stage (see [`rollback`](Self::rollback)).
+    pub fn rolling_back(mut self) -> Finally {
+        self.rollback = true;
+        self
     }
 
     /// Also only for the hosts that did not reach `point`.
@@ -169,7 +181,7 @@ impl Finally {
 
 fn serialize_finally<S: Serializer>(f: &Option<Finally>, serializer: S) -> Result<S::Ok, S::Error> {
     match f {
-        Some(f) if f.if_reached.is_none() && f.unless_reached.is_none() => {
+        Some(f) if f.if_reached.is_none() && f.unless_reached.is_none() && !f.rollback => {
             serializer.serialize_bool(true)
         }
         Some(f) => f.serialize(serializer),
@@ -1042,9 +1054,26 @@ fn parse_stage(
                     None
                 }
             };
+            let if_reached = point("if_reached");
+            let unless_reached = point("unless_reached");
+            let rollback = match f.get("rollback") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    errors.push(
+                        ValidationError::new(
+                            format!("{fpath}.rollback"),
+                            format!("found {}", json_type(other)),
+                        )
+                        .expected("true or false"),
+                    );
+                    false
+                }
+            };
             Some(Finally {
-                if_reached: point("if_reached"),
-                unless_reached: point("unless_reached"),
+                if_reached,
+                unless_reached,
+                rollback,
             })
         }
         Some(other) => {

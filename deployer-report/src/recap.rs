@@ -38,14 +38,18 @@ pub struct Summary {
 /// [`Summary::full`]); failures are always listed one by one.
 pub const RECAP_GROUP_ABOVE: usize = 20;
 
-/// The columns of the recap's table, in the order of [`TaskCounts::categories`].
-const COLUMNS: [&str; 6] = ["OK", "EARLIER", "FAILED", "SKIPPED", "CANCELLED", "NOT RUN"];
+type Columns = [(usize, &'static str)];
 
-fn row(s: &mut String, label: &str, width: usize, counts: &TaskCounts, busy: Duration) {
+fn row(
+    s: &mut String,
+    label: &str,
+    width: usize,
+    columns: &Columns,
+    counts: &TaskCounts,
+    busy: Duration,
+) {
     let _ = write!(s, "{label:<width$}");
-    for ((_, n, _), column) in counts.categories().iter().zip(COLUMNS) {
-        let _ = write!(s, "  {n:>w$}", w = column.len());
-    }
+    crate::columns::cells(s, columns, counts);
     let _ = writeln!(s, "  {:>7.1}s", busy.as_secs_f64());
 }
 
@@ -108,18 +112,17 @@ impl Summary {
         }
         let hosts = self.hosts();
         let width = hosts.keys().map(String::len).max().unwrap_or(4).max(4);
+        let columns = crate::columns::columns(hosts.values().map(|h| &h.counts));
         let _ = write!(s, "{:<width$}", "HOST");
-        for column in COLUMNS {
-            let _ = write!(s, "  {column}");
-        }
+        crate::columns::headings(&mut s, &columns);
         let _ = writeln!(s, "  {:>8}", "TIME");
         if self.full || hosts.len() <= RECAP_GROUP_ABOVE {
             for (host, h) in &hosts {
-                row(&mut s, host, width, &h.counts, h.busy);
+                row(&mut s, host, width, &columns, &h.counts, h.busy);
             }
         } else {
             // One row per outcome: the hosts that ended alike, their longest time.
-            let mut groups: BTreeMap<[usize; 6], (Vec<&String>, Duration, TaskCounts)> =
+            let mut groups: BTreeMap<[usize; 7], (Vec<&String>, Duration, TaskCounts)> =
                 BTreeMap::new();
             for (host, h) in &hosts {
                 let key = h.counts.categories().map(|(_, n, _)| n);
@@ -139,7 +142,7 @@ impl Summary {
                     [] => String::new(),
                 };
                 let _ = writeln!(s, "{label}");
-                row(&mut s, "", width, counts, *busy);
+                row(&mut s, "", width, &columns, counts, *busy);
             }
         }
         let _ = writeln!(

@@ -100,18 +100,17 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
         );
     }
     let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
-    const COLUMNS: [&str; 6] = ["OK", "EARLIER", "FAILED", "SKIPPED", "CANCELLED", "NOT RUN"];
-    let _ = write!(s, "\n{:<width$}  {:<8}", "HOST", "STATE");
-    for column in COLUMNS {
-        let _ = write!(s, "  {column}");
-    }
+    let per_host: Vec<TaskCounts> = hosts
+        .iter()
+        .map(|h| TaskCounts::of_records(run, tasks.iter().filter(|t| t.host == h.host)))
+        .collect();
+    let columns = crate::columns::columns(&per_host);
+    let _ = write!(s, "\n{:<width$}  {:<11}", "HOST", "STATE");
+    crate::columns::headings(&mut s, &columns);
     s.push('\n');
-    for h in hosts {
-        let counts = TaskCounts::of_records(run, tasks.iter().filter(|t| t.host == h.host));
-        let _ = write!(s, "{:<width$}  {:<8}", h.host, h.state.as_str());
-        for ((_, n, _), column) in counts.categories().iter().zip(COLUMNS) {
-            let _ = write!(s, "  {n:>w$}", w = column.len());
-        }
+    for (h, counts) in hosts.iter().zip(&per_host) {
+        let _ = write!(s, "{:<width$}  {:<11}", h.host, h.state.as_str());
+        crate::columns::cells(&mut s, &columns, counts);
         s.push('\n');
     }
     let _ = writeln!(

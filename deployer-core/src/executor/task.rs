@@ -204,6 +204,7 @@ pub(crate) async fn run_task(
             Attempt::Done(outcome) => {
                 let task_outcome = match outcome.skipped {
                     Some(reason) => TaskOutcome::Skipped { reason },
+                    None if step.rolls_back => TaskOutcome::RolledBack,
                     None => TaskOutcome::Succeeded,
                 };
                 return finished(shared, step, task_outcome, started, attempt, outcome.data).await;
