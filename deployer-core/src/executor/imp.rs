@@ -187,12 +187,13 @@ impl Executor {
                     tasks,
                 })
                 .await;
-                let reason = match report.outcome {
-                    RunOutcome::Failed if !options.cancel.is_stopping() => {
-                        "an earlier stage failed"
-                    }
-                    _ if options.cancel.is_stopping() => "the run was stopped (a second cancel)",
-                    _ => "the run was cancelled",
+                let reason = if finally {
+                    // Only a second cancel skips clean-up.
+                    "the run was stopped (a second cancel)"
+                } else if report.outcome == RunOutcome::Failed {
+                    "an earlier stage failed"
+                } else {
+                    "the run was cancelled"
                 };
                 for entry in &stage.entries {
                     done_earlier(entry, &shared).await;
