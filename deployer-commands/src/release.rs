@@ -701,7 +701,8 @@ impl ReleaseState {
     }
 
     /// The release directory a rollback without a version goes to: the newest one below the
-    /// live one in the releases log that still exists (what the `rollback` command picks).
+    /// live one in the releases log that still exists and holds another version (an earlier
+    /// copy of the live version is not a way back) — what the `rollback` command picks.
     pub fn previous(&self) -> Option<String> {
         let names: Vec<String> = self.releases.iter().map(|r| r.name.clone()).collect();
         previous_version(&self.log, self.live.as_deref(), &names)
@@ -972,6 +973,12 @@ struct RollbackArgs {
 /// rollback pops back to its version); the answer is the newest entry below the live one that
 /// still exists.
 fn previous_version(log: &str, current: Option<&str>, existing: &[String]) -> Option<String> {
+    // Copies of the live version are no way back.
+    let live_version = current.map(release_version);
+    let existing: Vec<&String> = existing
+        .iter()
+        .filter(|e| Some(release_version(e)) != live_version)
+        .collect();
     let mut stack: Vec<&str> = Vec::new();
     for line in log.lines() {
         let fields: Vec<&str> = line.split('\t').collect();
@@ -992,7 +999,7 @@ fn previous_version(log: &str, current: Option<&str>, existing: &[String]) -> Op
     stack[..end]
         .iter()
         .rev()
-        .find(|v| Some(**v) != current && existing.iter().any(|e| e == *v))
+        .find(|v| Some(**v) != current && existing.iter().any(|e| e.as_str() == **v))
         .map(|v| v.to_string())
 }
 

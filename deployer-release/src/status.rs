@@ -31,7 +31,7 @@ pub struct HostStatus {
     pub live: Option<String>,
     /// The live release directory (`1.2`, or `1.2@<suffix>` for a fresh copy).
     pub live_release: Option<String>,
-    /// The versions of the other releases on the host, newest first.
+    /// The versions of the other releases on the host (not the live version), newest first.
     pub previous: Vec<String>,
     /// The version `deploy rollback` (without `--to`) would go back to.
     pub rollback_to: Option<String>,
@@ -103,8 +103,9 @@ pub async fn status(ctx: &GeneratorContext) -> Result<Vec<HostStatus>, Generator
                 .await?
                 .unwrap_or_default();
             let mut previous: Vec<String> = Vec::new();
+            let live = state.live_version();
             for r in &state.releases {
-                if Some(&r.name) != state.live.as_ref() && !previous.contains(&r.version) {
+                if Some(r.version.as_str()) != live && !previous.contains(&r.version) {
                     previous.push(r.version.clone());
                 }
             }
