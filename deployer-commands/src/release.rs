@@ -24,7 +24,7 @@ use deployer_core::{
 };
 use serde::Deserialize;
 
-use crate::files::{Cleanup, read_link};
+use crate::files::{Entry, list_line, parse_list, read_link};
 use crate::util::{Check, build, explain, join};
 
 /// The paths of the release layout under one `deploy_to` directory.
@@ -1078,8 +1078,11 @@ impl Command for Rollback {
     }
 }
 
-/// Removes old releases, keeping the newest `keep` (by modification time) and never the live
-/// one. Needs GNU `find` (Linux).
+/// Removes old releases: keeps the newest `keep` versions (by modification time) and the live
+/// release, and removes the rest — also earlier copies of a version that a redeploy replaced
+/// (`1.2` when `1.2@<suffix>` is newer), so a redeploy never pushes an earlier version, the way
+/// back, out. Only directories are releases; hidden ones (`.name`) are left alone. Needs GNU
+/// `find` (Linux).
 ///
 /// ```json
 /// {"command": "keep_releases", "remote_host": "fe001", "deploy_to": "/srv/web", "keep": 5}
@@ -1088,7 +1091,8 @@ impl Command for Rollback {
 /// Idempotent.
 #[derive(Debug)]
 pub struct KeepReleases {
-    cleanup: Cleanup,
+    layout: ReleaseLayout,
+    keep: usize,
 }
 
 #[derive(Deserialize)]
@@ -1096,6 +1100,36 @@ pub struct KeepReleases {
 struct KeepArgs {
     deploy_to: String,
     keep: usize,
+}
+
+/// The release directories to remove, newest first: `entries` is the listing of `releases/`,
+/// `live` the directory `current` points to.
+fn doomed_releases(entries: &[Entry], live: Option<&str>, keep: usize) -> Vec<String> {
+    let mut dirs: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == 'd' && !e.name.starts_with('.'))
+        .collect();
+    dirs.sort_by(|a, b| {
+        b.mtime
+            .partial_cmp(&a.mtime)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| b.name.cmp(&a.name))
+    });
+    let mut kept: Vec<&str> = Vec::new();
+    let mut doomed = Vec::new();
+    for d in dirs {
+        let version = release_version(&d.name);
+        let is_live = Some(d.name.as_str()) == live;
+        if kept.contains(&version) || kept.len() >= keep {
+            // An earlier copy of a kept version, or beyond the newest `keep`.
+            if !is_live {
+                doomed.push(d.name.clone());
+            }
+        } else {
+            kept.push(version);
+        }
+    }
+    doomed
 }
 
 #[async_trait]
@@ -1111,21 +1145,32 @@ impl Command for KeepReleases {
                 "at least 1 (the live release is always kept)",
             );
         }
-        let layout = ReleaseLayout::new(a.deploy_to);
         c.finish(KeepReleases {
-            cleanup: Cleanup {
-                path: layout.releases(),
-                filespec: "*".to_string(),
-                keep: a.keep,
-                exclude: None,
-                current: Some(layout.current()),
-                sudo: false,
-            },
+            layout: ReleaseLayout::new(a.deploy_to),
+            keep: a.keep,
         })
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        self.cleanup.run(ctx).await
+        // The listing is data for this command, not output for a person: not streamed.
+        let options = ExecOptions::new().output(std::sync::Arc::new(|_, _: &str| {}));
+        let releases = self.layout.releases();
+        let out = ctx.run_with(&list_line(&releases)?, options).await?;
+        if !out.success() {
+            return Ok(Outcome::skipped("no releases directory"));
+        }
+        let live = current_version(ctx, &self.layout).await?;
+        let doomed = doomed_releases(&parse_list(&out.stdout), live.as_deref(), self.keep);
+        if doomed.is_empty() {
+            return Ok(Outcome::skipped("nothing to clean up"));
+        }
+        let mut rm = ShellCommand::new("rm").arg("-rf").arg("--");
+        for name in &doomed {
+            ctx.log(&format!("removing old release {name}"));
+            rm = rm.arg(join(&releases, name));
+        }
+        ctx.run_checked(&build(&rm)?).await?;
+        Ok(Outcome::done().with_data(serde_json::json!({ "removed": doomed })))
     }
 
     fn idempotent(&self) -> bool {
@@ -1136,6 +1181,47 @@ impl Command for KeepReleases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(name: &str, mtime: f64) -> Entry {
+        Entry {
+            mtime,
+            kind: 'd',
+            name: name.to_string(),
+            link: String::new(),
+        }
+    }
+
+    #[test]
+    fn keep_releases_counts_versions_and_drops_earlier_copies() {
+        let entries = [
+            entry("1.0", 100.0),
+            entry("2.0", 200.0),
+            entry("2.0@ab12", 300.0),
+            entry(".incoming", 400.0),
+            Entry {
+                kind: 'f',
+                ..entry("web-3.0.tar.gz", 500.0)
+            },
+        ];
+        // The earlier copy of 2.0 goes; 1.0, the way back, stays.
+        assert_eq!(doomed_releases(&entries, Some("2.0@ab12"), 2), ["2.0"]);
+        assert_eq!(
+            doomed_releases(&entries, Some("2.0@ab12"), 1),
+            ["2.0", "1.0"]
+        );
+        // The live release stays whatever its age.
+        assert_eq!(doomed_releases(&entries, Some("1.0"), 1), ["2.0"]);
+    }
+
+    #[test]
+    fn a_rollback_goes_to_another_version_than_the_live_one() {
+        let log = "t\tactivate\t1.0\ta\nt\tactivate\t2.0\ta\nt\tactivate\t2.0@ab\ta\n";
+        let all: Vec<String> = ["1.0", "2.0", "2.0@ab"].map(String::from).to_vec();
+        assert_eq!(
+            previous_version(log, Some("2.0@ab"), &all).as_deref(),
+            Some("1.0")
+        );
+    }
 
     #[test]
     fn rollback_picks_the_release_before_the_live_one() {
