@@ -1128,7 +1128,9 @@ async fn release_commands_build_quoted_lines() {
         cmds[0]
     );
     assert!(
-        cmds[0].ends_with("' release_lock '/srv/my app' '/srv/my app/.deploy.lock' 'alice $(id)' '' ''"),
+        cmds[0].ends_with(
+            "' release_lock '/srv/my app' '/srv/my app/.deploy.lock' 'alice $(id)' '' ''"
+        ),
         "{}",
         cmds[0]
     );

@@ -110,10 +110,10 @@
 
 mod status;
 
+use status::rollback_plan;
 pub use status::{
     HostStatus, LockVerdict, RollbackHost, free_lock, judge_lock, rollback_survey, status,
 };
-use status::rollback_plan;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -59,7 +59,9 @@ fn needs_hosts(ctx: &GeneratorContext, what: &str) -> Result<(), GeneratorError>
     if ctx.has_host_access() {
         Ok(())
     } else {
-        Err(other(format!("{what} asks the hosts: it needs host access")))
+        Err(other(format!(
+            "{what} asks the hosts: it needs host access"
+        )))
     }
 }
 
@@ -258,9 +260,7 @@ pub struct RollbackHost {
 /// version; it must be on every host), else to the release that was live before the live one
 /// (from `releases.log`). Every host that cannot go there is named in one error, with the
 /// versions it has.
-pub async fn rollback_survey(
-    ctx: &GeneratorContext,
-) -> Result<Vec<RollbackHost>, GeneratorError> {
+pub async fn rollback_survey(ctx: &GeneratorContext) -> Result<Vec<RollbackHost>, GeneratorError> {
     needs_hosts(ctx, "a rollback")?;
     let to = ctx.config().get_as::<String>("rollback_to")?;
     if let Some(v) = &to

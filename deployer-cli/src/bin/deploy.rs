@@ -357,10 +357,7 @@ fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
 }
 
 /// The config with the flags' overrides and `extra` ones.
-fn load_config_with(
-    cli: &Cli,
-    extra: Vec<(String, Value)>,
-) -> Result<Option<Config>, BadInput> {
+fn load_config_with(cli: &Cli, extra: Vec<(String, Value)>) -> Result<Option<Config>, BadInput> {
     let Some(path) = &cli.config else {
         return Ok(None);
     };
@@ -376,11 +373,7 @@ fn load_config_with(
 }
 
 /// The config of a subcommand that knows the release platform only, with `extra` overrides.
-fn release_config(
-    cli: &Cli,
-    what: &str,
-    extra: Vec<(String, Value)>,
-) -> Result<Config, BadInput> {
+fn release_config(cli: &Cli, what: &str, extra: Vec<(String, Value)>) -> Result<Config, BadInput> {
     let Some(config) = load_config_with(cli, extra)? else {
         return Err(BadInput::Input(format!("{what} needs --config FILE")));
     };

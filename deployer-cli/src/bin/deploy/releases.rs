@@ -183,11 +183,7 @@ pub(crate) async fn lock_main(cli: &Cli, cmd: &LockCmd) -> Result<u8, BadInput> 
                     let dash = || "-".to_string();
                     for (h, v) in &hosts {
                         let Some(lock) = &h.lock else {
-                            rows.push(vec![
-                                h.host.clone(),
-                                h.service.clone(),
-                                "unlocked".into(),
-                            ]);
+                            rows.push(vec![h.host.clone(), h.service.clone(), "unlocked".into()]);
                             continue;
                         };
                         let stale = v.as_ref().is_some_and(|v| v.stale);
@@ -280,7 +276,8 @@ pub(crate) async fn rollback_main(
     }
     let config = release_config(cli, "deploy rollback", extra)?;
     let connector = super::connector_for(&config)?;
-    let ctx = deployer_core::GeneratorContext::new(config.clone()).with_connector(connector.clone());
+    let ctx =
+        deployer_core::GeneratorContext::new(config.clone()).with_connector(connector.clone());
     let hosts = deployer_release::rollback_survey(&ctx)
         .await
         .map_err(generator_error)?;
