@@ -8,6 +8,10 @@
 //! deploy --config deploy.yaml --dry-run               # validate: "Syntax ok" or every problem
 //! deploy --config deploy.yaml --dump --format dot     # the plan as a Graphviz graph
 //! deploy --tasklist saved.json --output json          # run a saved plan, events as JSON lines
+//! deploy --config deploy.yaml status                  # live and earlier versions, locks
+//! deploy --config deploy.yaml lock status             # who holds each deploy lock; STALE ones
+//! deploy --config deploy.yaml lock release [--force]  # free stale locks
+//! deploy --config deploy.yaml rollback [--to 1.0.0] [--dry-run] [--yes]
 //! ```
 //!
 //! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
@@ -170,15 +174,22 @@ enum Sub {
     /// runs, who holds its deploy lock); changes nothing. Exit 0: nothing would change; 3:
     /// something would.
     Plan,
-    /// Per host and service of --config: the live version, the earlier ones on the host, and
-    /// the deploy lock (holder, age, STALE when no live run holds it); changes nothing.
+    /// Live and earlier versions and the deploy lock, per host and service.
+    ///
+    /// Asks every host of --config (or --hosts/--hostgroups) for the version `current` points
+    /// to, the other versions in its releases directory, and its deploy lock (holder, age,
+    /// STALE when no live run holds it); changes nothing.
     Status,
-    /// Deploy locks of --config's hosts: who holds them, and freeing stale ones.
+    /// Deploy locks: who holds them; free stale ones.
     #[command(subcommand)]
     Lock(LockCmd),
-    /// Switch every host of --config (or --hosts/--hostgroups) back to the release that was
-    /// live before, or to --to VERSION, through the same rolling window as a deploy (stop,
-    /// switch, start, check; min_nodes_up hosts keep serving), under the deploy lock.
+    /// Switch hosts back to the version live before (or --to VERSION).
+    ///
+    /// Every host of --config (or --hosts/--hostgroups) goes back through the same rolling
+    /// window as a deploy (stop, switch, start, check; min_nodes_up hosts keep serving), under
+    /// the deploy lock. On a terminal it asks first; answering no exits 1 with nothing changed.
+    /// A version missing on a targeted host is bad input (exit 2), naming the hosts and what
+    /// they have.
     Rollback {
         /// The version to go back to; every targeted host must have it.
         #[arg(long, value_name = "VERSION")]
@@ -197,12 +208,15 @@ enum Sub {
 
 #[derive(Debug, clap::Subcommand)]
 enum LockCmd {
-    /// Per host and service: locked or not, the holder's run id, user, controller, age, and
-    /// STALE when that run is finished, not in the run store, or no longer driven (its lease
-    /// expired).
+    /// Per host and service: locked or not, run id, user, controller, age, STALE.
+    ///
+    /// A lock is STALE when its run is finished, is not in the run store, or is no longer
+    /// driven (its controller's lease expired).
     Status,
-    /// Free the stale locks (all of them with --force); says what it freed and what it refused
-    /// and why. Exit 1 when a lock was refused.
+    /// Free stale locks (any with --force); exit 1 when one was refused.
+    ///
+    /// Says what it freed and what it refused, and why. A lock taken again since it was read
+    /// is left alone.
     Release {
         /// Free live locks too.
         #[arg(long)]
