@@ -547,16 +547,20 @@ fn status_and_rollback_through_the_rolling_window() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("add --yes"), "{stderr}");
     let out = fleet.deploy(&["rollback", "--dry-run"]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        stderr.contains("web3  hello    2.0.0  1.0.0  -"),
-        "{stderr}"
+        stdout.contains("web3  hello    2.0.0  1.0.0  -"),
+        "{stdout}"
     );
     assert!(
-        stderr.contains("stage \"Roll back hello\": 3 hosts, at most 1 at a time"),
-        "{stderr}"
+        stdout.contains("stage \"Roll back hello\": 3 hosts, at most 1 at a time"),
+        "{stdout}"
     );
+    let out = fleet.deploy(&["rollback", "--dry-run", "--output", "json"]);
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["stages"][1]["concurrency"], 1, "{plan}");
+    assert_eq!(plan["hosts"][0]["to"], "1.0.0", "{plan}");
     for h in fleet.hosts() {
         assert_eq!(
             fleet.current(h),

@@ -322,11 +322,24 @@ pub(crate) async fn rollback_main(
             stage.concurrency
         ));
     }
-    if dry_run || cli.output == Output::Text {
-        eprint!("{shown}");
-    }
     if dry_run {
+        match cli.output {
+            Output::Text => print!("{shown}"),
+            Output::Json => {
+                let stages: Vec<Value> = tasklist
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        json!({"name": s.name, "hosts": s.tasks.len(), "concurrency": s.concurrency})
+                    })
+                    .collect();
+                print_json(&json!({"hosts": hosts, "stages": stages}))?;
+            }
+        }
         return Ok(exit::SUCCESS);
+    }
+    if cli.output == Output::Text {
+        eprint!("{shown}");
     }
     if ask {
         let mut services: Vec<&str> = Vec::new();
