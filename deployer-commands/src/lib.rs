@@ -16,7 +16,7 @@
 //! | health | [`http_check`](HttpCheck), [`wait_for_port`](WaitForPort) |
 //! | traffic | `disable_loadbalancer`, `enable_loadbalancer` ([`LoadBalancerCommand`], backends: [`ShellBackend`], [`HttpBackend`], or your own [`LoadBalancerBackend`]) |
 //! | reporting | [`send_graphite`](SendGraphite), [`get_remote_versions`](GetRemoteVersions) (also `getremoteversions`) |
-//! | releases | [`release_lock`](ReleaseLock), [`release_unlock`](ReleaseUnlock), [`release_create`](ReleaseCreate), [`release_link_shared`](ReleaseLinkShared), [`release_activate`](ReleaseActivate), [`rollback`](Rollback), [`keep_releases`](KeepReleases); layout: [`ReleaseLayout`] |
+//! | releases | [`release_lock`](ReleaseLock), [`release_unlock`](ReleaseUnlock), [`release_create`](ReleaseCreate), [`release_link_shared`](ReleaseLinkShared), [`release_activate`](ReleaseActivate), [`rollback`](Rollback), [`keep_releases`](KeepReleases); layout: [`ReleaseLayout`], read back as [`ReleaseState`] (with its [`LockInfo`]) |
 //!
 //! # Conventions
 //!
@@ -112,8 +112,9 @@ pub use lb::{
 pub use monitor::CurlChecker;
 pub use process::{CheckService, ExecuteCommand, MigrationScript};
 pub use release::{
-    KeepReleases, ReleaseActivate, ReleaseCreate, ReleaseLayout, ReleaseLinkShared, ReleaseLock,
-    ReleaseUnlock, Rollback,
+    KeepReleases, LockInfo, ReleaseActivate, ReleaseCreate, ReleaseDir, ReleaseLayout,
+    ReleaseLinkShared, ReleaseLock, ReleaseState, ReleaseUnlock, Rollback, Unlocked,
+    release_version,
 };
 pub use report::{GetRemoteVersions, SendGraphite, parse_versions, remote_versions};
 pub use services::{

@@ -1123,12 +1123,14 @@ async fn release_commands_build_quoted_lines() {
     run(&host, r#"{"command": "release_link_shared", "deploy_to": "/srv/my app", "version": "1.2", "shared_dirs": ["log"], "shared_files": ["config/app 1.yml"]}"#).await.unwrap();
     let cmds = host.commands();
     assert!(
-        cmds[0].starts_with("sh -c 'mkdir -p -- \"$1\""),
+        cmds[0].starts_with("sh -c ") && cmds[0].contains("mkdir -p -- \"$1\""),
         "{}",
         cmds[0]
     );
     assert!(
-        cmds[0].ends_with("' release_lock '/srv/my app' '/srv/my app/.deploy.lock' 'alice $(id)'"),
+        cmds[0].ends_with(
+            "' release_lock '/srv/my app' '/srv/my app/.deploy.lock' 'alice $(id)' '' ''"
+        ),
         "{}",
         cmds[0]
     );
@@ -1145,7 +1147,7 @@ async fn a_held_lock_names_its_holder() {
         "release_lock",
         FakeReply {
             exit_status: 3,
-            stdout: "bob\n".into(),
+            stdout: "now=1000\nmtime=990\nuser=bob\ncontroller=ci-7\ntaken=995\nholder=0190f5c2-7b1a-7cc3-9a51-2f3e0c1d2b4a\n".into(),
             ..FakeReply::default()
         },
     ));
@@ -1157,7 +1159,9 @@ async fn a_held_lock_names_its_holder() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "/srv/web on fe001 is locked by bob: another deploy is running (if it is not, remove /srv/web/.deploy.lock)"
+        "/srv/web on fe001 is locked by run 0190f5c2-7b1a-7cc3-9a51-2f3e0c1d2b4a (user bob, \
+         controller ci-7, taken 5s ago): another run holds it (if that run is over, free the \
+         lock with `deploy lock release`, or remove /srv/web/.deploy.lock)"
     );
 }
 
@@ -1169,6 +1173,7 @@ fn idempotent_commands_say_so() {
         r#"{"command": "symlink", "source": "/a", "destination": "/b"}"#,
         r#"{"command": "check_service", "check_command": "true"}"#,
         r#"{"command": "release_activate", "deploy_to": "/srv", "version": "1"}"#,
+        r#"{"command": "rollback", "deploy_to": "/srv", "version": "1"}"#,
     ];
     let no = [
         r#"{"command": "execute_command", "command_line": "x"}"#,

@@ -3,7 +3,10 @@
 //! For every service that has an artifact to deploy it plans, per host:
 //!
 //! 1. **Prepare** (all hosts at once, as `--parallel` allows): take the deploy lock, create
-//!    `releases/<version>/`, upload the artifact, unpack it, link the shared paths.
+//!    `releases/<version>/` empty, upload the artifact, unpack it, link the shared paths. A
+//!    version that is live on the host (`redeploy`) goes into a fresh directory beside it,
+//!    `releases/<version>@<suffix>/`, never over the live copy, so nothing of the earlier
+//!    copy survives and `current` still switches atomically.
 //! 2. **Activate** (rolling, one stage per service): stop, switch `current` atomically, start,
 //!    check health, release the lock. The stage's concurrency is `hosts − min_nodes_up`, so at
 //!    least `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
@@ -12,6 +15,24 @@
 //!
 //! Hosts already running the version are skipped unless `redeploy` is set; graphite start and
 //! end markers are sent when `graphite` is configured.
+//!
+//! # The deploy lock
+//!
+//! Its identity is the run's id ([`ExecContext::run_id`](deployer_core::ExecContext::run_id)):
+//! a resumed run keeps its lock, any other run is refused — also one of the same user — with
+//! an error naming the holder's run id, user, controller and age. A plan that runs outside a
+//! recorded run (a library with no run store) is identified by the `plan-<uuid>` this
+//! generator gives each plan it makes. [`status`] shows every host's lock, [`judge_lock`] says
+//! whether it is stale by the run store, [`free_lock`] frees one.
+//!
+//! # Rollback
+//!
+//! With `rollback: true` the generator plans a rollback instead of a deploy: every host of
+//! every service (after `only_hosts`/`only_hostgroups`) goes back to the release that was live
+//! before (from `releases.log`), or to `rollback_to: <version>`, which every targeted host must
+//! have ([`rollback_survey`] names those that do not). It takes the locks, then rolls back
+//! service by service through the same window as an activation (stop, switch, start, check,
+//! health URL, unlock).
 //!
 //! # Config
 //!
@@ -42,7 +63,8 @@
 //! one of `tar.gz`, `tgz`, `tar`, `zip`, `war`.
 //!
 //! Keys the `deploy` program sets from its flags: `component` (list of artifact files or
-//! names), `directory`, `redeploy`, `only_hosts`, `only_hostgroups`.
+//! names), `directory`, `redeploy`, `only_hosts`, `only_hostgroups`, `rollback`,
+//! `rollback_to`.
 
 //! # What this crate does not know
 //!
@@ -86,12 +108,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+mod status;
 
+use status::rollback_plan;
+pub use status::{
+    HostStatus, LockVerdict, RollbackHost, free_lock, judge_lock, rollback_survey, status,
+};
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use deployer_commands::{LockInfo, ReleaseLayout, ReleaseState, release_version};
 use deployer_core::{
-    CommandRegistry, Config, ExecOptions, Generator, GeneratorContext, GeneratorError,
-    GeneratorRegistry, ServiceConfig, ShellCommand, Stage, Task, TaskEntry, Tasklist, async_trait,
+    CommandRegistry, Config, Generator, GeneratorContext, GeneratorError, GeneratorRegistry,
+    ServiceConfig, Stage, Task, TaskEntry, Tasklist, async_trait,
 };
 use serde_json::{Value, json};
 
@@ -114,6 +144,8 @@ struct Keys {
     // Set by the `deploy` program from its flags.
     component: Option<Value>,
     redeploy: Option<bool>,
+    rollback: Option<bool>,
+    rollback_to: Option<String>,
     only_hosts: Option<Vec<String>>,
     only_hostgroups: Option<Vec<String>>,
 }
@@ -361,12 +393,63 @@ fn setting_u64(service: &ServiceConfig, key: &str) -> Result<Option<u64>, Genera
     }
 }
 
-fn controller_name() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "deployer".to_string());
+/// Who plans, for people: the user (`$USER`, else `$LOGNAME`, else `deployer`) and the
+/// controller machine (`/etc/hostname`, else `controller`), without control characters.
+fn controller_identity() -> (String, String) {
+    let clean = |s: String| -> Option<String> {
+        let s: String = s.trim().chars().filter(|c| !c.is_control()).collect();
+        (!s.is_empty()).then_some(s)
+    };
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(clean))
+        .unwrap_or_else(|| "deployer".to_string());
     let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "controller".to_string());
-    format!("{user}@{host}")
+        .ok()
+        .and_then(clean)
+        .unwrap_or_else(|| "controller".to_string());
+    (user, host)
+}
+
+/// What one generated plan calls itself: the deploy lock's identity when its tasks run outside
+/// a recorded run (`plan-<uuid>`; inside one, the run id is), the suffix of the fresh copy of a
+/// version that is live (`<version>@<suffix>`), and who planned it, for people.
+struct PlanIdentity {
+    holder: String,
+    suffix: String,
+    user: String,
+    controller: String,
+}
+
+impl PlanIdentity {
+    fn new() -> PlanIdentity {
+        let id = deployer_core::RunId::new().to_string();
+        let suffix = id.rsplit('-').next().unwrap_or("fresh").to_string();
+        let (user, controller) = controller_identity();
+        PlanIdentity {
+            holder: format!("plan-{id}"),
+            suffix,
+            user,
+            controller,
+        }
+    }
+
+    /// Who made a switch, for the releases log.
+    fn by(&self) -> String {
+        format!("{}@{}", self.user, self.controller)
+    }
+
+    fn lock(&self, t: Task, deploy_to: &str) -> Task {
+        t.arg("deploy_to", deploy_to)
+            .arg("holder", self.holder.clone())
+            .arg("user", self.user.clone())
+            .arg("controller", self.controller.clone())
+    }
+
+    fn unlock(&self, t: Task, deploy_to: &str) -> Task {
+        t.arg("deploy_to", deploy_to)
+            .arg("holder", self.holder.clone())
+    }
 }
 
 fn join(base: &str, rest: &str) -> String {
@@ -385,18 +468,19 @@ fn task(command: &str, host: &str, user: &Option<String>, service: &str) -> Task
     t
 }
 
-/// A release config read and checked: its artifacts, each with its service's plan (hosts after
-/// `only_hosts`/`only_hostgroups`, directory, user) and the service's host count; `keep_releases`
-/// and `redeploy`. What [`ReleaseGenerator`] plans from, and what [`survey`] asks hosts about.
+/// A release config read and checked: for each named service, its plan (hosts after
+/// `only_hosts`/`only_hostgroups`, directory, user) and its host count; `keep_releases` and
+/// `redeploy`. What [`ReleaseGenerator`] plans from, and what [`survey`] and [`status`] ask
+/// hosts about.
 struct Reading<'a> {
-    plans: Vec<(&'a Artifact, ServicePlan<'a>, usize)>,
+    plans: Vec<(ServicePlan<'a>, usize)>,
     keep: usize,
     redeploy: bool,
 }
 
 fn read_config<'a>(
     config: &'a Config,
-    artifacts: &'a [Artifact],
+    services: &[&'a str],
 ) -> Result<Reading<'a>, GeneratorError> {
     // What a host, a login or a shell will see is checked before any host is asked.
     let mut problems = Vec::new();
@@ -484,23 +568,22 @@ fn read_config<'a>(
     }
 
     let mut plans = Vec::new();
-    for artifact in artifacts {
-        let settings = config.service(&artifact.service)?;
+    for &service in services {
+        let settings = config.service(service)?;
         let deploy_to = match setting_str(settings, "deploy_to")? {
             Some(d) => d,
             None => match &root {
-                Some(r) => join(r, &artifact.service),
+                Some(r) => join(r, service),
                 None => {
                     return Err(other(format!(
-                        "service {}: no deploy_to (set `deploy_to` at the top level or in the service)",
-                        artifact.service
+                        "service {service}: no deploy_to (set `deploy_to` at the top level or in the service)",
                     )));
                 }
             },
         };
-        let all_hosts = config.service_hosts(&artifact.service)?;
+        let all_hosts = config.service_hosts(service)?;
         if all_hosts.is_empty() {
-            return Err(other(format!("service {} has no hosts", artifact.service)));
+            return Err(other(format!("service {service} has no hosts")));
         }
         let hosts: Vec<String> = all_hosts
             .iter()
@@ -511,9 +594,8 @@ fn read_config<'a>(
         let user = setting_str(settings, "user")?.or_else(|| default_user.clone());
         let min_nodes_up = setting_u64(settings, "min_nodes_up")?.map(|n| n as usize);
         plans.push((
-            artifact,
             ServicePlan {
-                name: &artifact.service,
+                name: service,
                 deploy_to,
                 hosts,
                 user,
@@ -537,33 +619,46 @@ impl Generator for ReleaseGenerator {
         let config = ctx.config();
         // Every key and its type first: a typo is an error with its line, never ignored.
         config.section::<Keys>("")?;
+        if config.get_as::<bool>("rollback")?.unwrap_or(false) {
+            return rollback_plan(ctx).await;
+        }
+        if config.get_as::<String>("rollback_to")?.is_some() {
+            return Err(other("rollback_to: only with `rollback: true`"));
+        }
         let artifacts = find_artifacts(config)?;
+        let names: Vec<&str> = artifacts.iter().map(|a| a.service.as_str()).collect();
         let Reading {
             plans,
             keep,
             redeploy,
-        } = read_config(config, &artifacts)?;
-        let holder = controller_name();
+        } = read_config(config, &names)?;
+        let me = PlanIdentity::new();
 
-        // Which hosts already run the version?
+        // Which hosts already run the version, and where each host's copy goes.
         let mut work = Vec::new();
-        for (artifact, plan, total) in plans {
+        for (artifact, (plan, total)) in artifacts.iter().zip(plans) {
             let mut todo = Vec::new();
             for host in &plan.hosts {
-                if !redeploy {
-                    let live = live_version(ctx, host, &plan.user, &plan.dir(host)).await?;
-                    if live.as_deref() == Some(artifact.version.as_str()) {
-                        tracing::info!(
-                            component = "ReleaseGenerator",
-                            host = host.as_str(),
-                            tag = plan.name,
-                            "already on {}; skipping (use --redeploy to deploy again)",
-                            artifact.version
-                        );
-                        continue;
-                    }
+                let live = read_state(ctx, host, &plan.user, &plan.dir(host))
+                    .await?
+                    .and_then(|s| s.live);
+                if !redeploy && live.as_deref().map(release_version) == Some(&artifact.version) {
+                    tracing::info!(
+                        component = "ReleaseGenerator",
+                        host = host.as_str(),
+                        tag = plan.name,
+                        "already on {}; skipping (use --redeploy to deploy again)",
+                        artifact.version
+                    );
+                    continue;
                 }
-                todo.push(host.clone());
+                // A version is never unpacked over its live copy: a fresh one goes beside it.
+                let release = if live.as_deref() == Some(artifact.version.as_str()) {
+                    format!("{}@{}", artifact.version, me.suffix)
+                } else {
+                    artifact.version.clone()
+                };
+                todo.push((host.clone(), release));
             }
             if !todo.is_empty() {
                 work.push((artifact, plan, total, todo));
@@ -583,40 +678,41 @@ impl Generator for ReleaseGenerator {
             return Ok(tasklist);
         }
         let graphite = config.get("graphite").cloned();
+        let services: Vec<&str> = work.iter().map(|(a, ..)| a.service.as_str()).collect();
         if let Some(g) = &graphite {
-            tasklist = tasklist.stage(graphite_stage(g, "start", &work)?);
+            tasklist = tasklist.stage(graphite_stage(g, "start", &services)?);
         }
 
-        // 1. Prepare everything, everywhere.
+        // 1. Prepare everything, everywhere: each copy in a directory of its own, emptied
+        // first, so nothing of an earlier copy survives.
         let mut prepare = Stage::new("Prepare releases", 10).per_host(2);
         for (artifact, plan, _, hosts) in &work {
             let shared_dirs = setting_list(plan.settings, "shared_dirs")?;
             let shared_files = setting_list(plan.settings, "shared_files")?;
-            for host in hosts {
+            for (host, release) in hosts {
                 let deploy_to = plan.dir(host);
                 let releases = join(&deploy_to, "releases");
                 let uploaded = join(&releases, &artifact.file_name());
                 let t = |c: &str| task(c, host, &plan.user, plan.name);
                 let mut chain = vec![
-                    t("release_lock")
-                        .arg("deploy_to", plan.dir(host))
-                        .arg("holder", holder.clone()),
+                    me.lock(t("release_lock"), &deploy_to),
                     t("release_create")
-                        .arg("deploy_to", plan.dir(host))
-                        .arg("version", artifact.version.clone()),
+                        .arg("deploy_to", deploy_to.clone())
+                        .arg("version", release.clone())
+                        .arg("fresh", true),
                     t("upload")
                         .arg("source", artifact.path.to_string_lossy().into_owned())
                         .arg("destination", format!("{releases}/")),
                     t("unpack")
                         .arg("source", uploaded.clone())
-                        .arg("destination", join(&releases, &artifact.version)),
+                        .arg("destination", join(&releases, release)),
                     t("removefile").arg("source", uploaded.clone()),
                 ];
                 if !shared_dirs.is_empty() || !shared_files.is_empty() {
                     chain.push(
                         t("release_link_shared")
-                            .arg("deploy_to", plan.dir(host))
-                            .arg("version", artifact.version.clone())
+                            .arg("deploy_to", deploy_to.clone())
+                            .arg("version", release.clone())
                             .arg("shared_dirs", json!(shared_dirs))
                             .arg("shared_files", json!(shared_files)),
                     );
@@ -628,66 +724,29 @@ impl Generator for ReleaseGenerator {
 
         // 2. Activate, rolling, service by service.
         for (artifact, plan, total, hosts) in &work {
-            let min_up = plan.min_nodes_up.unwrap_or(if *total > 1 { 1 } else { 0 });
-            if min_up >= *total {
-                return Err(other(format!(
-                    "service {}: min_nodes_up is {min_up} but the service has only {total} host{}; at least one host must be free to restart",
-                    plan.name,
-                    if *total == 1 { "" } else { "s" }
-                )));
-            }
-            let concurrency = (*total - min_up).min(hosts.len()).max(1);
-            let stop = setting_str(plan.settings, "stop")?;
-            let start = setting_str(plan.settings, "start")?;
-            let check = setting_str(plan.settings, "check")?;
-            let check_timeout = setting_u64(plan.settings, "check_timeout")?.unwrap_or(30);
-            let health_url = setting_str(plan.settings, "health_url")?;
-            let mut stage = Stage::new(
+            let switches = hosts
+                .iter()
+                .map(|(host, release)| {
+                    let switch = task("release_activate", host, &plan.user, plan.name)
+                        .arg("deploy_to", plan.dir(host))
+                        .arg("version", release.clone())
+                        .arg("holder", me.by());
+                    (host.clone(), switch)
+                })
+                .collect();
+            tasklist = tasklist.stage(rolling_stage(
                 format!("Activate {} {}", plan.name, artifact.version),
-                concurrency,
-            )
-            .per_host(1);
-            for host in hosts {
-                let t = |c: &str| task(c, host, &plan.user, plan.name);
-                let current = join(&plan.dir(host), "current");
-                let fill = |line: &String| line.replace("{current}", &current);
-                let mut chain = Vec::new();
-                if let Some(stop) = &stop {
-                    chain.push(t("execute_command").arg("command_line", fill(stop)));
-                }
-                chain.push(
-                    t("release_activate")
-                        .arg("deploy_to", plan.dir(host))
-                        .arg("version", artifact.version.clone())
-                        .arg("holder", holder.clone()),
-                );
-                if let Some(start) = &start {
-                    chain.push(t("execute_command").arg("command_line", fill(start)));
-                }
-                if let Some(check) = &check {
-                    chain.push(
-                        t("check_service")
-                            .arg("check_command", fill(check))
-                            .arg("wait_timeout", check_timeout),
-                    );
-                }
-                if let Some(url) = &health_url {
-                    chain.push(t("http_check").arg("url", url.clone()));
-                }
-                chain.push(
-                    t("release_unlock")
-                        .arg("deploy_to", plan.dir(host))
-                        .arg("holder", holder.clone()),
-                );
-                stage = stage.task(TaskEntry::Chain(chain));
-            }
-            tasklist = tasklist.stage(stage);
+                plan,
+                *total,
+                switches,
+                &me,
+            )?);
         }
 
         // 3. Clean up.
         let mut cleanup = Stage::new("Clean up old releases", 10).per_host(2);
         for (_, plan, _, hosts) in &work {
-            for host in hosts {
+            for (host, _) in hosts {
                 cleanup = cleanup.task(
                     task("keep_releases", host, &plan.user, plan.name)
                         .arg("deploy_to", plan.dir(host))
@@ -697,15 +756,66 @@ impl Generator for ReleaseGenerator {
         }
         tasklist = tasklist.stage(cleanup);
         if let Some(g) = &graphite {
-            tasklist = tasklist.stage(graphite_stage(g, "end", &work)?);
+            tasklist = tasklist.stage(graphite_stage(g, "end", &services)?);
         }
         Ok(tasklist)
     }
 }
 
-type Work<'a> = (&'a Artifact, ServicePlan<'a>, usize, Vec<String>);
+/// The rolling stage of one service: per host a chain — stop, `switch` (the task that makes
+/// the release live), start, check, health URL, release the lock — with at most
+/// `hosts − min_nodes_up` hosts in it at once, so `min_nodes_up` hosts keep serving.
+fn rolling_stage(
+    name: String,
+    plan: &ServicePlan<'_>,
+    total: usize,
+    switches: Vec<(String, Task)>,
+    me: &PlanIdentity,
+) -> Result<Stage, GeneratorError> {
+    let min_up = plan.min_nodes_up.unwrap_or(if total > 1 { 1 } else { 0 });
+    if min_up >= total {
+        return Err(other(format!(
+            "service {}: min_nodes_up is {min_up} but the service has only {total} host{}; at least one host must be free to restart",
+            plan.name,
+            if total == 1 { "" } else { "s" }
+        )));
+    }
+    let concurrency = (total - min_up).min(switches.len()).max(1);
+    let stop = setting_str(plan.settings, "stop")?;
+    let start = setting_str(plan.settings, "start")?;
+    let check = setting_str(plan.settings, "check")?;
+    let check_timeout = setting_u64(plan.settings, "check_timeout")?.unwrap_or(30);
+    let health_url = setting_str(plan.settings, "health_url")?;
+    let mut stage = Stage::new(name, concurrency).per_host(1);
+    for (host, switch) in switches {
+        let t = |c: &str| task(c, &host, &plan.user, plan.name);
+        let current = join(&plan.dir(&host), "current");
+        let fill = |line: &String| line.replace("{current}", &current);
+        let mut chain = Vec::new();
+        if let Some(stop) = &stop {
+            chain.push(t("execute_command").arg("command_line", fill(stop)));
+        }
+        chain.push(switch);
+        if let Some(start) = &start {
+            chain.push(t("execute_command").arg("command_line", fill(start)));
+        }
+        if let Some(check) = &check {
+            chain.push(
+                t("check_service")
+                    .arg("check_command", fill(check))
+                    .arg("wait_timeout", check_timeout),
+            );
+        }
+        if let Some(url) = &health_url {
+            chain.push(t("http_check").arg("url", url.clone()));
+        }
+        chain.push(me.unlock(t("release_unlock"), &plan.dir(&host)));
+        stage = stage.task(TaskEntry::Chain(chain));
+    }
+    Ok(stage)
+}
 
-fn graphite_stage(g: &Value, marker: &str, work: &[Work<'_>]) -> Result<Stage, GeneratorError> {
+fn graphite_stage(g: &Value, marker: &str, services: &[&str]) -> Result<Stage, GeneratorError> {
     let host = g
         .get("host")
         .and_then(Value::as_str)
@@ -719,15 +829,15 @@ fn graphite_stage(g: &Value, marker: &str, work: &[Work<'_>]) -> Result<Stage, G
     };
     let prefix = g.get("prefix").and_then(Value::as_str).unwrap_or("deploys");
     let mut stage = Stage::new(format!("Graphite {marker} markers"), 10);
-    for (artifact, _, _, _) in work {
+    for service in services {
         stage = stage.task(
             Task::new("send_graphite")
-                .tag(artifact.service.clone())
+                .tag(*service)
                 .arg("carbon_host", host)
                 .arg("carbon_port", port)
                 .arg(
                     "metric_name",
-                    format!("{prefix}.{}.{marker}", artifact.service.replace('.', "_")),
+                    format!("{prefix}.{}.{marker}", service.replace('.', "_")),
                 )
                 .arg("metric_value", 1)
                 .arg("continue_on_fail", true),
@@ -782,13 +892,16 @@ pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorEr
     let config = ctx.config();
     config.section::<Keys>("")?;
     let artifacts = find_artifacts(config)?;
-    let reading = read_config(config, &artifacts)?;
+    let names: Vec<&str> = artifacts.iter().map(|a| a.service.as_str()).collect();
+    let reading = read_config(config, &names)?;
     let mut out = Vec::new();
-    for (artifact, plan, _) in &reading.plans {
+    for (artifact, (plan, _)) in artifacts.iter().zip(&reading.plans) {
         for host in &plan.hosts {
-            let dir = plan.dir(host);
-            let live = live_version(ctx, host, &plan.user, &dir).await?;
-            let locked_by = lock_holder(ctx, host, &plan.user, &dir).await?;
+            let state = read_state(ctx, host, &plan.user, &plan.dir(host))
+                .await?
+                .unwrap_or_default();
+            let live = state.live_version().map(str::to_string);
+            let locked_by = state.lock.as_ref().map(LockInfo::to_string);
             let action = match (
                 &locked_by,
                 live.as_deref() == Some(artifact.version.as_str()),
@@ -811,70 +924,45 @@ pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorEr
     Ok(out)
 }
 
-/// What `program -- path` prints on `host` when it succeeds; `None` when it fails, and for a
-/// dry run (no host access: nothing is asked, every host counts as new).
-async fn ask(
+/// What `deploy_to` on `host` holds ([`ReleaseLayout::read_state`]); `None` for a dry run (no
+/// host access: nothing is asked, every host counts as new).
+async fn read_state(
     ctx: &GeneratorContext,
     host: &str,
     user: &Option<String>,
-    program: &str,
-    path: &str,
-) -> Result<Option<String>, GeneratorError> {
+    deploy_to: &str,
+) -> Result<Option<ReleaseState>, GeneratorError> {
     if !ctx.has_host_access() {
         return Ok(None);
     }
-    // The controller itself is never logged into.
+    let remote = connect(ctx, host, user).await?;
+    ReleaseLayout::new(deploy_to)
+        .read_state(remote.as_ref())
+        .await
+        .map(Some)
+        .map_err(command_error)
+}
+
+/// The host object for `host`; the controller itself is never logged into.
+async fn connect(
+    ctx: &GeneratorContext,
+    host: &str,
+    user: &Option<String>,
+) -> Result<std::sync::Arc<dyn deployer_core::RemoteHost>, GeneratorError> {
     let user = if host == deployer_core::LOCAL_HOST {
         None
     } else {
         user.as_deref()
     };
-    let remote = ctx.host(host, user).await?;
-    let cmd = ShellCommand::new(program)
-        .arg("--")
-        .arg(path)
-        .build()
-        .map_err(|e| other(e.to_string()))?;
-    let out = remote.execute(&cmd, &ExecOptions::new()).await?;
-    Ok(out
-        .success()
-        .then(|| out.stdout_str().trim_end().to_string()))
+    ctx.host(host, user).await
 }
 
-/// Who holds the deploy lock of `deploy_to` on `host`, if anyone.
-async fn lock_holder(
-    ctx: &GeneratorContext,
-    host: &str,
-    user: &Option<String>,
-    deploy_to: &str,
-) -> Result<Option<String>, GeneratorError> {
-    let holder = ask(
-        ctx,
-        host,
-        user,
-        "cat",
-        &join(&join(deploy_to, ".deploy.lock"), "holder"),
-    )
-    .await?;
-    Ok(holder
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty()))
-}
-
-/// The version `current` points to on `host`, if any.
-async fn live_version(
-    ctx: &GeneratorContext,
-    host: &str,
-    user: &Option<String>,
-    deploy_to: &str,
-) -> Result<Option<String>, GeneratorError> {
-    let Some(target) = ask(ctx, host, user, "readlink", &join(deploy_to, "current")).await? else {
-        return Ok(None);
-    };
-    let target = target.as_str();
-    Ok(Path::new(target)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned()))
+/// A host's failure as the generator reports it: unreachable hosts stay [`GeneratorError::Remote`].
+fn command_error(e: deployer_core::CommandError) -> GeneratorError {
+    match e {
+        deployer_core::CommandError::Remote(r) => GeneratorError::Remote(r),
+        other => GeneratorError::Other(deployer_core::error_chain(&other)),
+    }
 }
 
 #[cfg(test)]

@@ -645,6 +645,26 @@ fn entry(command: &str, arg: &str) -> Option<Entry> {
             },
         ),
         ("release_lock" | "release_unlock", "force") => Entry::Refused,
+        ("release_lock", "user" | "controller") => text(RAW, control, nothing, |c, ran| {
+            ok(ran)?;
+            let info = std::fs::read_to_string(c.p("app/.deploy.lock/info"))
+                .map_err(|e| format!("no lock info: {e}"))?;
+            expect(
+                info.lines()
+                    .any(|l| l.split_once('=').map(|(_, v)| v) == Some(&c.value)),
+                format!("the lock's info holds no literal {:?}: {info:?}", c.value),
+            )
+        }),
+        ("release_unlock", "user" | "controller") => text(
+            RAW,
+            control,
+            |c, _| write(&c.p("app/.deploy.lock/holder"), "alice\n"),
+            |c, ran| {
+                ok(ran)?;
+                expect(!c.p("app/.deploy.lock").exists(), "the lock is still there")
+            },
+        ),
+        ("release_create", "fresh") => Entry::Refused,
         ("release_create", "deploy_to") => text(PATH, not_absolute, nothing, |c, ran| {
             ok(ran)?;
             expect(
@@ -751,7 +771,7 @@ fn entry(command: &str, arg: &str) -> Option<Entry> {
             PATH,
             not_absolute,
             |c, _| {
-                versions(&c.at().join("releases"));
+                release_dirs(&c.at().join("releases"));
                 link("releases/r1", &c.at().join("current"));
             },
             |c, ran| {
@@ -841,7 +861,7 @@ fn base(command: &str, c: &Case) -> Option<Value> {
             json!({"deploy_to": d("app"), "version": "1.0"})
         }
         "keep_releases" => {
-            versions(&c.p("app/releases"));
+            release_dirs(&c.p("app/releases"));
             link("releases/r1", &c.p("app/current"));
             json!({"deploy_to": d("app"), "keep": 1})
         }
@@ -1271,6 +1291,18 @@ fn versions(dir: &Path) {
         std::fs::File::options()
             .write(true)
             .open(&p)
+            .and_then(|f| f.set_modified(when))
+            .unwrap();
+    }
+}
+
+/// Release directories `r1`, `r2`, `r3` in `dir`, oldest first (releases are directories).
+fn release_dirs(dir: &Path) {
+    for (i, name) in ["r1", "r2", "r3"].iter().enumerate() {
+        let p = dir.join(name);
+        mkdir(&p);
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 * (i as u64 + 1));
+        std::fs::File::open(&p)
             .and_then(|f| f.set_modified(when))
             .unwrap();
     }

@@ -8,6 +8,10 @@
 //! deploy --config deploy.yaml --dry-run               # validate: "Syntax ok" or every problem
 //! deploy --config deploy.yaml --dump --format dot     # the plan as a Graphviz graph
 //! deploy --tasklist saved.json --output json          # run a saved plan, events as JSON lines
+//! deploy --config deploy.yaml status                  # live and earlier versions, locks
+//! deploy --config deploy.yaml lock status             # who holds each deploy lock; STALE ones
+//! deploy --config deploy.yaml lock release [--force]  # free stale locks
+//! deploy --config deploy.yaml rollback [--to 1.0.0] [--dry-run] [--yes]
 //! ```
 //!
 //! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
@@ -33,7 +37,7 @@ use deployer_core::{
     GeneratorError, GeneratorRegistry, Plan, Redactor, TaskEntry, Tasklist, exit,
 };
 use deployer_core::{ResumeOptions, RunId, RunState, Runs, RunsError, StoreError, TaskCounts};
-use deployer_release::{PlanAction, ReleaseGenerator};
+use deployer_release::{HostStatus, LockVerdict, PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
     JsonLines, LogFormat, Progress, Summary, TracingSink, render_run, render_runs, stage_estimates,
@@ -41,6 +45,10 @@ use deployer_report::{
 };
 use deployer_store::StoreUrl;
 use serde_json::Value;
+
+#[path = "deploy/releases.rs"]
+mod releases;
+use releases::{lock_main, rollback_main, status_main};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -119,10 +127,10 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
     /// Only these hosts (comma-separated; repeatable).
-    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',', global = true)]
     hosts: Vec<String>,
     /// Only hosts of these hostgroups (comma-separated; repeatable; needs --config).
-    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', global = true)]
     hostgroups: Vec<String>,
     /// Deploy to hosts that already run the version, too.
     #[arg(long)]
@@ -169,9 +177,54 @@ enum Sub {
     /// runs, who holds its deploy lock); changes nothing. Exit 0: nothing would change; 3:
     /// something would.
     Plan,
+    /// Live and earlier versions and the deploy lock, per host and service.
+    ///
+    /// Asks every host of --config (or --hosts/--hostgroups) for the version `current` points
+    /// to, the other versions in its releases directory, and its deploy lock (holder, age,
+    /// STALE when no live run holds it); changes nothing.
+    Status,
+    /// Deploy locks: who holds them; free stale ones.
+    #[command(subcommand)]
+    Lock(LockCmd),
+    /// Switch hosts back to the version live before (or --to VERSION).
+    ///
+    /// Every host of --config (or --hosts/--hostgroups) goes back through the same rolling
+    /// window as a deploy (stop, switch, start, check; min_nodes_up hosts keep serving), under
+    /// the deploy lock. On a terminal it asks first; answering no exits 1 with nothing changed.
+    /// A version missing on a targeted host is bad input (exit 2), naming the hosts and what
+    /// they have.
+    Rollback {
+        /// The version to go back to; every targeted host must have it.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Print the plan and stop (the hosts are asked what they run, nothing changes).
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Inspect, resume and purge recorded runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LockCmd {
+    /// Per host and service: locked or not, run id, user, controller, age, STALE.
+    ///
+    /// A lock is STALE when its run is finished, is not in the run store, or is no longer
+    /// driven (its controller's lease expired).
+    Status,
+    /// Free stale locks (any with --force); exit 1 when one was refused.
+    ///
+    /// Says what it freed and what it refused, and why. A lock taken again since it was read
+    /// is left alone.
+    Release {
+        /// Free live locks too.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -317,6 +370,11 @@ fn ssh_options(config: Option<&Config>) -> Result<SshOptions, BadInput> {
 }
 
 fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
+    load_config_with(cli, Vec::new())
+}
+
+/// The config with the flags' overrides and `extra` ones.
+fn load_config_with(cli: &Cli, extra: Vec<(String, Value)>) -> Result<Option<Config>, BadInput> {
     let Some(path) = &cli.config else {
         return Ok(None);
     };
@@ -326,26 +384,50 @@ fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
         path.display()
     );
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    Ok(Some(Config::load_with(path, overrides(cli, &dir)?)?))
+    let mut overrides = overrides(cli, &dir)?;
+    overrides.extend(extra);
+    Ok(Some(Config::load_with(path, overrides)?))
+}
+
+/// The config of a subcommand that knows the release platform only, with `extra` overrides.
+fn release_config(cli: &Cli, what: &str, extra: Vec<(String, Value)>) -> Result<Config, BadInput> {
+    let Some(config) = load_config_with(cli, extra)? else {
+        return Err(BadInput::Input(format!("{what} needs --config FILE")));
+    };
+    if config.platform() != "release" {
+        return Err(BadInput::Input(format!(
+            "{what} knows the release platform only, not {:?}",
+            config.platform()
+        )));
+    }
+    Ok(config)
+}
+
+/// The SSH connector `config` asks for.
+fn connector_for(config: &Config) -> Result<Arc<dyn Connector>, BadInput> {
+    Ok(Arc::new(SshConnector::new(ssh_options(Some(config))?)?))
+}
+
+/// A generator context over SSH for `config`.
+fn release_context(config: Config) -> Result<GeneratorContext, BadInput> {
+    let connector = connector_for(&config)?;
+    Ok(GeneratorContext::new(config).with_connector(connector))
+}
+
+/// A release generator error: a host that cannot be reached is exit 1, the rest bad input.
+fn generator_error(e: GeneratorError) -> BadInput {
+    match e {
+        GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
+        other => BadInput::Input(other.to_string()),
+    }
 }
 
 /// `deploy plan`: the release generator's survey of every host, as a table or JSON.
 async fn plan_main(cli: &Cli) -> Result<u8, BadInput> {
-    let Some(config) = load_config(cli)? else {
-        return Err(BadInput::Input("deploy plan needs --config FILE".into()));
-    };
-    if config.platform() != "release" {
-        return Err(BadInput::Input(format!(
-            "deploy plan knows the release platform only, not {:?}",
-            config.platform()
-        )));
-    }
-    let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(Some(&config))?)?);
-    let ctx = GeneratorContext::new(config).with_connector(connector);
-    let hosts = deployer_release::survey(&ctx).await.map_err(|e| match e {
-        GeneratorError::Remote(e) => BadInput::Hosts(deployer_core::error_chain(&e)),
-        other => BadInput::Input(other.to_string()),
-    })?;
+    let ctx = release_context(release_config(cli, "deploy plan", Vec::new())?)?;
+    let hosts = deployer_release::survey(&ctx)
+        .await
+        .map_err(generator_error)?;
     match cli.output {
         Output::Json => println!(
             "{}",
@@ -463,8 +545,14 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     if let Some(Sub::Runs(cmd)) = &cli.command {
         return runs_main(&cli, cmd, progress, redactor).await;
     }
-    if let Some(Sub::Plan) = &cli.command {
-        return plan_main(&cli).await;
+    match &cli.command {
+        Some(Sub::Plan) => return plan_main(&cli).await,
+        Some(Sub::Status) => return status_main(&cli).await,
+        Some(Sub::Lock(cmd)) => return lock_main(&cli, cmd).await,
+        Some(Sub::Rollback { to, dry_run, yes }) => {
+            return rollback_main(&cli, to.as_deref(), *dry_run, *yes, progress, redactor).await;
+        }
+        _ => {}
     }
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
