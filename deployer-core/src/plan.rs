@@ -193,7 +193,9 @@ impl Plan {
                     check_login(task, &id.to_string(), &mut errors);
                     match registry.build_task(task, &redactor) {
                         Ok((resolved, command)) => steps.push(PlannedTask {
-                            rolls_back: stage.finally.as_ref().is_some_and(|f| f.rollback),
+                            // A host's rollback is done when its entry's last step is.
+                            rolls_back: stage.finally.as_ref().is_some_and(|f| f.rollback)
+                                && ti + 1 == entry.tasks().len(),
                             task: Arc::new(resolved),
                             command: Arc::from(command),
                             info: Arc::new(TaskInfo {

@@ -100,7 +100,8 @@ pub struct Stage {
 /// command) makes its host reach that point. A finally stage with `if_reached` runs an entry
 /// only when the entry's host reached that point (e.g. took the deploy lock); with
 /// `unless_reached`, only when the host did not reach that one (e.g. passed its health check);
-/// the other entries end as not run, with the reason. A second cancel stops finally stages too.
+/// the other entries have nothing to do and end as skipped, with the reason. A second cancel
+/// stops finally stages too.
 ///
 /// Within a finally stage a failure does not stop the other entries (every host gets its
 /// clean-up); it fails the run. On resume, a finally stage runs again, and a task reaching a
@@ -129,9 +130,9 @@ pub struct Finally {
     /// Run an entry only for hosts that did not reach this point.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unless_reached: Option<String>,
-    /// A rollback stage: its tasks switch hosts back to the release before, and one that
-    /// succeeds counts as [`TaskCategory::RolledBack`](crate::TaskCategory::RolledBack) (its
-    /// host is recorded `ROLLED_BACK`).
+    /// A rollback stage: its entries switch hosts back to the release before; an entry's last
+    /// task that succeeds counts as [`TaskCategory::RolledBack`](crate::TaskCategory::RolledBack)
+    /// (one per host; its host is recorded `ROLLED_BACK`), its other tasks as ok.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,
 }

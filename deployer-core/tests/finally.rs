@@ -94,19 +94,24 @@ async fn after_a_failure_it_still_runs_for_the_hosts_that_locked() {
     assert_eq!(tracker.entered("later"), 0);
     assert_eq!(tracker.completed("unlock-a"), 1, "the finally stage ran");
     assert_eq!(tracker.entered("unlock-b"), 0, "b never reached \"locked\"");
-    let not_run: Vec<String> = log
+    let skipped: Vec<String> = log
         .events()
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::TaskNotRun { task, reason } if task.id.stage == 3 => {
-                Some(format!("{}: {reason}", task.host))
-            }
+            EventKind::TaskFinished {
+                task,
+                outcome: TaskOutcome::Skipped { reason },
+                ..
+            } if task.id.stage == 3 => Some(format!("{}: {reason}", task.host)),
             _ => None,
         })
         .collect();
-    assert_eq!(not_run, ["b: its host did not reach \"locked\""]);
-    // lock-a ok, unlock-a ok; lock-b failed; work ×2, later, unlock-b not run.
-    assert_eq!(report.counts.to_string(), "2 ok, 1 failed, 4 not run");
+    assert_eq!(skipped, ["b: its host did not reach \"locked\""]);
+    // lock-a ok, unlock-a ok; lock-b failed; work ×2 and later not run; unlock-b: nothing to do.
+    assert_eq!(
+        report.counts.to_string(),
+        "2 ok, 1 failed, 1 skipped, 3 not run"
+    );
 }
 
 #[tokio::test]
@@ -177,13 +182,22 @@ async fn unless_reached_selects_the_hosts_that_did_not_get_there() {
         ]))
         .stage(
             Stage::new("Roll back", 2)
-                .finally(Finally::if_reached("switched").unless_reached("healthy"))
+                .finally(
+                    Finally::if_reached("switched")
+                        .unless_reached("healthy")
+                        .rolling_back(),
+                )
                 .tasks([work("a", "rollback-a"), work("b", "rollback-b")]),
         );
     let (report, _, tracker) = run_with(&tasklist, 0).await;
     assert_eq!(report.outcome, RunOutcome::Failed);
     assert_eq!(tracker.entered("rollback-a"), 0, "a is healthy");
     assert_eq!(tracker.completed("rollback-b"), 1, "b is rolled back");
+    // A rollback stage's successes count as rolled back, one per host.
+    assert_eq!(
+        report.counts.to_string(),
+        "3 ok, 1 failed, 1 skipped, 1 rolled back"
+    );
 }
 
 #[test]

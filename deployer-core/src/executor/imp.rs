@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, done_earlier, error_chain,
-    not_run,
+    not_run, skipped,
 };
 use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId};
 use crate::host::{Connector, OutputSink};
@@ -218,14 +218,15 @@ impl Executor {
             for entry in &stage.entries {
                 done_earlier(entry, &shared).await;
             }
-            // A finally stage runs an entry only for the hosts its points select.
+            // A finally stage runs an entry only for the hosts its points select; for the
+            // others it has nothing to do.
             let mut excluded = HashSet::new();
             if let Some(f) = &stage.finally {
                 for (ei, entry) in stage.entries.iter().enumerate() {
                     let host = &stage.hosts[entry.host];
                     if let Some(reason) = f.excludes(|p| shared.has_reached(host, p)) {
                         excluded.insert(ei);
-                        not_run(entry, &shared, &reason).await;
+                        skipped(entry, &shared, &reason).await;
                     }
                 }
             }

@@ -17,4 +17,4 @@ pub use journal::Journal;
 pub use options::{CancelHandle, RunOptions, TargetSet};
 pub use report::{FailedTask, RunError, RunReport, StageReport, error_chain};
 pub(crate) use scheduler::{EntryResult, JobQueue};
-pub(crate) use task::{done_earlier, not_run, run_entry};
+pub(crate) use task::{done_earlier, not_run, run_entry, skipped};

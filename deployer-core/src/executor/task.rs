@@ -28,6 +28,24 @@ pub(crate) async fn done_earlier(entry: &PlannedEntry, shared: &Shared) {
     }
 }
 
+/// Reports every step of `entry` as skipped for `reason` without running it: a `finally`
+/// entry whose host its points leave out has nothing to do.
+pub(crate) async fn skipped(entry: &PlannedEntry, shared: &Shared, reason: &str) {
+    for step in &entry.steps {
+        shared
+            .emitter
+            .note(|| EventKind::TaskFinished {
+                task: TaskInfo::clone(&step.info),
+                outcome: TaskOutcome::Skipped {
+                    reason: reason.to_string(),
+                },
+                duration: std::time::Duration::ZERO,
+                attempts: 0,
+            })
+            .await;
+    }
+}
+
 /// Reports every step of `entry` that is not already done as never run.
 pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) {
     for step in &entry.steps {
