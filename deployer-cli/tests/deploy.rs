@@ -213,9 +213,11 @@ fn dump_save_and_tasklist_round_trip() {
     assert_eq!(
         stages,
         [
+            "Lock hosts",
             "Prepare releases",
             "Activate hello 1.0.0",
-            "Clean up old releases"
+            "Clean up old releases",
+            "Unlock hello"
         ]
     );
     assert!(!s.srv().exists());
@@ -310,8 +312,9 @@ fn a_failing_deploy_exits_1_with_the_failure_in_the_summary() {
     );
     assert!(stderr.contains("(exit status 3)"), "{stderr}");
     assert!(stderr.contains("stderr: cannot bind port 8080"), "{stderr}");
-    // The deploy lock stays, naming who holds it, so nobody deploys over a broken release.
-    assert!(s.srv().join(".deploy.lock").exists());
+    // The lock is released all the same (a finally stage), and the recap says so.
+    assert!(!s.srv().join(".deploy.lock").exists(), "{stderr}");
+    assert!(stderr.contains(" failed in "), "{stderr}");
 }
 
 #[test]
@@ -383,7 +386,8 @@ fn rolling_limits_and_host_filters_shape_the_plan() {
     let out = deploy(&["--config", config, "--redeploy", "--dump"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let t = deployer_core::Tasklist::from_json_str(&text(&out.stdout)).unwrap();
-    let activate = &t.stages[1];
+    let activate = &t.stages[2];
+    assert!(activate.name.starts_with("Activate"), "{}", activate.name);
     assert_eq!(activate.concurrency, 3, "5 hosts, 2 must stay up");
     assert_eq!(activate.concurrency_per_host, Some(1));
     assert_eq!(t.hosts(), ["fe1", "fe2", "fe3", "fe4", "fe5"]);
@@ -403,7 +407,7 @@ fn rolling_limits_and_host_filters_shape_the_plan() {
     let t = deployer_core::Tasklist::from_json_str(&text(&out.stdout)).unwrap();
     assert_eq!(t.hosts(), ["fe2", "fe4"]);
     assert_eq!(
-        t.stages[1].concurrency, 2,
+        t.stages[2].concurrency, 2,
         "still only 3 may be down, 2 are deployed"
     );
 
@@ -738,7 +742,7 @@ fn a_terminal_gets_progress_bars_and_colour_unless_no_color() {
     let (code, screen) = run(false);
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("Prepare releases"), "{screen}");
-    assert!(screen.contains("6/6 tasks"), "{screen}");
+    assert!(screen.contains("5/5 tasks"), "{screen}");
     assert!(
         screen.contains("\u{1b}[32m"),
         "colour on a terminal: {screen}"

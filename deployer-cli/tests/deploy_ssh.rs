@@ -134,7 +134,8 @@ fn deploys_over_ssh_one_host_at_a_time() {
             now += 1;
             max = std::cmp::max(max, now);
         }
-        if e["event"] == "task_finished" && e["command"] == "release_unlock" {
+        // The chain: release_activate, then the start command.
+        if e["event"] == "task_finished" && e["command"] == "execute_command" {
             now -= 1;
         }
     }

@@ -2,16 +2,26 @@
 //!
 //! For every service that has an artifact to deploy it plans, per host:
 //!
-//! 1. **Prepare** (all hosts at once, as `--parallel` allows): take the deploy lock, create
-//!    `releases/<version>/` empty, upload the artifact, unpack it, link the shared paths. A
-//!    version that is live on the host (`redeploy`) goes into a fresh directory beside it,
-//!    `releases/<version>@<suffix>/`, never over the live copy, so nothing of the earlier
-//!    copy survives and `current` still switches atomically.
-//! 2. **Activate** (rolling, one stage per service): stop, switch `current` atomically, start,
-//!    check health, release the lock. The stage's concurrency is `hosts − min_nodes_up`, so at
-//!    least `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
+//! 1. **Lock** every host of every service (the deploy lock, below).
+//! 2. **Prepare** (all hosts at once, as `--parallel` allows): create `releases/<version>/`
+//!    empty, upload the artifact, unpack it, link the shared paths. A version that is live on
+//!    the host (`redeploy`) goes into a fresh directory beside it, `releases/<version>@<suffix>/`,
+//!    never over the live copy, so nothing of the earlier copy survives and `current` still
+//!    switches atomically.
+//! 3. **Activate** (rolling, one stage per service): stop, switch `current` atomically, start,
+//!    check health. The stage's concurrency is `hosts − min_nodes_up`, so at least
+//!    `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
 //!    finishes — no waiting for a whole batch.
-//! 3. **Clean up**: keep the newest `keep_releases` releases (never the live one).
+//! 4. **Clean up**: keep the newest `keep_releases` releases (never the live one).
+//! 5. **Roll back** (a `finally` stage per service, see [`Finally`](deployer_core::Finally)):
+//!    a host whose checks after the switch failed (the `start` command, `check`, `health_url`)
+//!    is switched back to the release it ran before, stopped and started again and checked,
+//!    before the run ends as failed; its host is recorded `ROLLED_BACK` and counted "rolled
+//!    back". On by default; `auto_rollback: false` (top level or per service) turns it off. A
+//!    host with no release before (a first deploy) has nothing to go back to.
+//! 6. **Unlock** (a `finally` stage per service): every host that took the lock releases it,
+//!    whether the run succeeded, failed or was cancelled (a first Ctrl-C; a second one skips
+//!    it, and `deploy lock release` frees what is left).
 //!
 //! Hosts already running the version are skipped unless `redeploy` is set; graphite start and
 //! end markers are sent when `graphite` is configured.
@@ -32,7 +42,7 @@
 //! before (from `releases.log`), or to `rollback_to: <version>`, which every targeted host must
 //! have ([`rollback_survey`] names those that do not). It takes the locks, then rolls back
 //! service by service through the same window as an activation (stop, switch, start, check,
-//! health URL, unlock).
+//! health URL), and unlocks in a `finally` stage.
 //!
 //! # Config
 //!
@@ -57,6 +67,7 @@
 //!     check: curl -fsS localhost:8080/health   # polled until it succeeds, optional
 //!     check_timeout: 30
 //!     health_url: http://127.0.0.1:8080/health  # http_check on the host, optional
+//!     auto_rollback: true    # default (or at the top level): switch a failed host back
 //! ```
 //!
 //! Artifacts are named `<service>-<version>.<ext>` or `<service>_<version>.<ext>` with `ext`
@@ -120,8 +131,8 @@ use std::path::PathBuf;
 
 use deployer_commands::{LockInfo, ReleaseLayout, ReleaseState, release_version};
 use deployer_core::{
-    CommandRegistry, Config, Generator, GeneratorContext, GeneratorError, GeneratorRegistry,
-    ServiceConfig, Stage, Task, TaskEntry, Tasklist, async_trait,
+    CommandRegistry, Config, Finally, Generator, GeneratorContext, GeneratorError,
+    GeneratorRegistry, ServiceConfig, Stage, Task, TaskEntry, Tasklist, async_trait,
 };
 use serde_json::{Value, json};
 
@@ -137,6 +148,7 @@ struct Keys {
     directory: Option<String>,
     user: Option<String>,
     keep_releases: Option<usize>,
+    auto_rollback: Option<bool>,
     graphite: Option<GraphiteKeys>,
     hostgroup: Option<std::collections::BTreeMap<String, Vec<String>>>,
     service: Option<std::collections::BTreeMap<String, ServiceKeys>>,
@@ -175,6 +187,7 @@ struct ServiceKeys {
     check: Option<String>,
     check_timeout: Option<u64>,
     health_url: Option<String>,
+    auto_rollback: Option<bool>,
 }
 
 const EXTENSIONS: [&str; 5] = [".tar.gz", ".tgz", ".tar", ".zip", ".war"];
@@ -658,7 +671,7 @@ impl Generator for ReleaseGenerator {
                 } else {
                     artifact.version.clone()
                 };
-                todo.push((host.clone(), release));
+                todo.push((host.clone(), release, live));
             }
             if !todo.is_empty() {
                 work.push((artifact, plan, total, todo));
@@ -683,19 +696,25 @@ impl Generator for ReleaseGenerator {
             tasklist = tasklist.stage(graphite_stage(g, "start", &services)?);
         }
 
-        // 1. Prepare everything, everywhere: each copy in a directory of its own, emptied
+        // 1. Lock every host.
+        let locks: Vec<(&ServicePlan<'_>, Vec<String>)> = work
+            .iter()
+            .map(|(_, plan, _, hosts)| (plan, hosts.iter().map(|(h, ..)| h.clone()).collect()))
+            .collect();
+        tasklist = tasklist.stage(lock_stage(&locks, &me));
+
+        // 2. Prepare everything, everywhere: each copy in a directory of its own, emptied
         // first, so nothing of an earlier copy survives.
         let mut prepare = Stage::new("Prepare releases", 10).per_host(2);
         for (artifact, plan, _, hosts) in &work {
             let shared_dirs = setting_list(plan.settings, "shared_dirs")?;
             let shared_files = setting_list(plan.settings, "shared_files")?;
-            for (host, release) in hosts {
+            for (host, release, _) in hosts {
                 let deploy_to = plan.dir(host);
                 let releases = join(&deploy_to, "releases");
                 let uploaded = join(&releases, &artifact.file_name());
                 let t = |c: &str| task(c, host, &plan.user, plan.name);
                 let mut chain = vec![
-                    me.lock(t("release_lock"), &deploy_to),
                     t("release_create")
                         .arg("deploy_to", deploy_to.clone())
                         .arg("version", release.clone())
@@ -722,15 +741,17 @@ impl Generator for ReleaseGenerator {
         }
         tasklist = tasklist.stage(prepare);
 
-        // 2. Activate, rolling, service by service.
+        // 3. Activate, rolling, service by service: the switch reaches "switched", the last
+        // check "healthy" (what automatic rollback looks at).
         for (artifact, plan, total, hosts) in &work {
             let switches = hosts
                 .iter()
-                .map(|(host, release)| {
+                .map(|(host, release, _)| {
                     let switch = task("release_activate", host, &plan.user, plan.name)
                         .arg("deploy_to", plan.dir(host))
                         .arg("version", release.clone())
-                        .arg("holder", me.by());
+                        .arg("holder", me.by())
+                        .reaches(point("switched", plan.name));
                     (host.clone(), switch)
                 })
                 .collect();
@@ -739,14 +760,14 @@ impl Generator for ReleaseGenerator {
                 plan,
                 *total,
                 switches,
-                &me,
+                Some(point("healthy", plan.name)),
             )?);
         }
 
-        // 3. Clean up.
+        // 4. Clean up.
         let mut cleanup = Stage::new("Clean up old releases", 10).per_host(2);
         for (_, plan, _, hosts) in &work {
-            for (host, _) in hosts {
+            for (host, ..) in hosts {
                 cleanup = cleanup.task(
                     task("keep_releases", host, &plan.user, plan.name)
                         .arg("deploy_to", plan.dir(host))
@@ -755,6 +776,23 @@ impl Generator for ReleaseGenerator {
             }
         }
         tasklist = tasklist.stage(cleanup);
+
+        // 5. Whatever happened: roll back the hosts whose checks failed, then unlock.
+        let auto = config.get_as::<bool>("auto_rollback")?.unwrap_or(true);
+        for (_, plan, _, hosts) in &work {
+            let auto = match plan.settings.settings.get("auto_rollback") {
+                Some(Value::Bool(b)) => *b,
+                _ => auto,
+            };
+            let before: Vec<(String, String)> = hosts
+                .iter()
+                .filter_map(|(host, _, live)| live.clone().map(|l| (host.clone(), l)))
+                .collect();
+            if auto && let Some(stage) = auto_rollback_stage(plan, &before, &me)? {
+                tasklist = tasklist.stage(stage);
+            }
+        }
+        tasklist = unlock_stages(tasklist, &locks, &me);
         if let Some(g) = &graphite {
             tasklist = tasklist.stage(graphite_stage(g, "end", &services)?);
         }
@@ -762,15 +800,118 @@ impl Generator for ReleaseGenerator {
     }
 }
 
+/// A point a task reaches on its host (see [`Finally`]): `locked:web`, `switched:web`,
+/// `healthy:web` — the service name kept to the characters points allow.
+fn point(what: &str, service: &str) -> String {
+    let service: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    format!("{what}:{service}")
+}
+
+/// Takes the deploy lock of every service on each of its hosts; a host that took it reached
+/// `locked:<service>`, which its unlock stage looks at.
+fn lock_stage(locks: &[(&ServicePlan<'_>, Vec<String>)], me: &PlanIdentity) -> Stage {
+    let mut stage = Stage::new("Lock hosts", 10).per_host(2);
+    for (plan, hosts) in locks {
+        for host in hosts {
+            stage = stage.task(
+                me.lock(
+                    task("release_lock", host, &plan.user, plan.name),
+                    &plan.dir(host),
+                )
+                .reaches(point("locked", plan.name)),
+            );
+        }
+    }
+    stage
+}
+
+/// One `finally` stage per service releasing the lock on the hosts that took it.
+fn unlock_stages(
+    mut tasklist: Tasklist,
+    locks: &[(&ServicePlan<'_>, Vec<String>)],
+    me: &PlanIdentity,
+) -> Tasklist {
+    for (plan, hosts) in locks {
+        let mut stage = Stage::new(format!("Unlock {}", plan.name), 10)
+            .per_host(2)
+            .finally(Finally::if_reached(point("locked", plan.name)));
+        for host in hosts {
+            stage = stage.task(me.unlock(
+                task("release_unlock", host, &plan.user, plan.name),
+                &plan.dir(host),
+            ));
+        }
+        tasklist = tasklist.stage(stage);
+    }
+    tasklist
+}
+
+/// The automatic rollback of one service: a `finally` stage that, on each host that switched
+/// (`switched:<service>`) but did not pass its checks (`healthy:<service>`), switches back to
+/// the release that was live before (`before`: host → release), stops, starts and checks it
+/// again. None when the activation has no check after its switch (nothing can fail there) or
+/// no host had a release before.
+fn auto_rollback_stage(
+    plan: &ServicePlan<'_>,
+    before: &[(String, String)],
+    me: &PlanIdentity,
+) -> Result<Option<Stage>, GeneratorError> {
+    let checked = ["start", "check", "health_url"]
+        .iter()
+        .any(|k| !matches!(plan.settings.settings.get(*k), None | Some(Value::Null)));
+    if !checked || before.is_empty() {
+        return Ok(None);
+    }
+    let switches = before
+        .iter()
+        .map(|(host, release)| {
+            let switch = task("rollback", host, &plan.user, plan.name)
+                .arg("deploy_to", plan.dir(host))
+                .arg("version", release.clone())
+                .arg("holder", me.by());
+            (host.clone(), switch)
+        })
+        .collect::<Vec<_>>();
+    let hosts = switches.len();
+    // Every failed host at once: they are down already, and the activation's window kept
+    // the others serving.
+    let mut stage = rolling_stage(
+        format!("Roll back {} where its checks failed", plan.name),
+        plan,
+        hosts + 1,
+        switches,
+        None,
+    )?;
+    stage.concurrency = hosts.max(1);
+    Ok(Some(
+        stage.finally(
+            Finally::if_reached(point("switched", plan.name))
+                .unless_reached(point("healthy", plan.name))
+                .rolling_back(),
+        ),
+    ))
+}
+
 /// The rolling stage of one service: per host a chain — stop, `switch` (the task that makes
-/// the release live), start, check, health URL, release the lock — with at most
-/// `hosts − min_nodes_up` hosts in it at once, so `min_nodes_up` hosts keep serving.
+/// the release live), start, check, health URL — with at most `hosts − min_nodes_up` hosts in
+/// it at once, so `min_nodes_up` hosts keep serving. With `healthy`, the chain's last step
+/// after the switch reaches that point.
 fn rolling_stage(
     name: String,
     plan: &ServicePlan<'_>,
     total: usize,
     switches: Vec<(String, Task)>,
-    me: &PlanIdentity,
+    healthy: Option<String>,
 ) -> Result<Stage, GeneratorError> {
     let min_up = plan.min_nodes_up.unwrap_or(if total > 1 { 1 } else { 0 });
     if min_up >= total {
@@ -809,7 +950,12 @@ fn rolling_stage(
         if let Some(url) = &health_url {
             chain.push(t("http_check").arg("url", url.clone()));
         }
-        chain.push(me.unlock(t("release_unlock"), &plan.dir(&host)));
+        if let Some(healthy) = &healthy
+            && chain.last().is_some_and(|t| t.reaches.is_none())
+        {
+            let last = chain.pop().expect("a chain holds its switch");
+            chain.push(last.reaches(healthy.clone()));
+        }
         stage = stage.task(TaskEntry::Chain(chain));
     }
     Ok(stage)

@@ -5,11 +5,12 @@ use std::time::SystemTime;
 
 use deployer_commands::{LockInfo, ReleaseLayout, Unlocked, release_version};
 use deployer_core::{
-    GeneratorContext, GeneratorError, RunId, RunState, RunStore, Stage, StoreError, Tasklist,
+    Finally, GeneratorContext, GeneratorError, RunId, RunState, RunStore, Stage, StoreError,
+    Tasklist,
 };
 
 use super::{
-    Keys, PlanIdentity, ServicePlan, command_error, connect, other, read_config, read_state,
+    Keys, PlanIdentity, ServicePlan, command_error, connect, other, point, read_config, read_state,
     rolling_stage, task,
 };
 
@@ -366,10 +367,13 @@ pub(crate) async fn rollback_plan(ctx: &GeneratorContext) -> Result<Tasklist, Ge
     }
     let mut lock = Stage::new("Lock hosts", 10).per_host(2);
     for h in &moving {
-        lock = lock.task(me.lock(
-            task("release_lock", &h.host, &h.user, &h.service),
-            &h.deploy_to,
-        ));
+        lock = lock.task(
+            me.lock(
+                task("release_lock", &h.host, &h.user, &h.service),
+                &h.deploy_to,
+            )
+            .reaches(point("locked", &h.service)),
+        );
     }
     tasklist = tasklist.stage(lock);
     for (plan, total) in &services {
@@ -392,8 +396,25 @@ pub(crate) async fn rollback_plan(ctx: &GeneratorContext) -> Result<Tasklist, Ge
             plan,
             *total,
             switches,
-            &me,
+            None,
         )?);
+    }
+    // Whatever happens, unlock the hosts that took the lock.
+    for (plan, _) in &services {
+        let mut unlock = Stage::new(format!("Unlock {}", plan.name), 10)
+            .per_host(2)
+            .finally(Finally::if_reached(point("locked", plan.name)));
+        let mut any = false;
+        for h in moving.iter().filter(|h| h.service == plan.name) {
+            any = true;
+            unlock = unlock.task(me.unlock(
+                task("release_unlock", &h.host, &h.user, &h.service),
+                &h.deploy_to,
+            ));
+        }
+        if any {
+            tasklist = tasklist.stage(unlock);
+        }
     }
     Ok(tasklist)
 }
