@@ -681,6 +681,20 @@ impl Tasklist {
     /// Every point a `finally` stage names must be reached by some task: a misspelt point
     /// would silently skip (or always run) the clean-up.
     fn check_points(&self, errors: &mut ValidationErrors) {
+        // Names, for a tasklist built in code (read ones were checked while parsing).
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (e, entry) in stage.tasks.iter().enumerate() {
+                for (t, task) in entry.tasks().iter().enumerate() {
+                    if let Some(p) = &task.reaches {
+                        let path = match entry {
+                            TaskEntry::Single(_) => format!("stages[{i}].tasks[{e}].reaches"),
+                            TaskEntry::Chain(_) => format!("stages[{i}].tasks[{e}][{t}].reaches"),
+                        };
+                        point_name(p, &path, errors);
+                    }
+                }
+            }
+        }
         let reached: Vec<&str> = self
             .stages
             .iter()
@@ -695,6 +709,9 @@ impl Tasklist {
                 ("unless_reached", &f.unless_reached),
             ] {
                 let Some(point) = point else { continue };
+                if point_name(point, &format!("stages[{i}].finally.{key}"), errors).is_none() {
+                    continue;
+                }
                 if reached.contains(&point.as_str()) {
                     continue;
                 }

@@ -280,3 +280,24 @@ async fn a_resumed_run_locks_again_does_what_is_left_and_unlocks() {
     }
     assert_eq!(report.counts.to_string(), "5 ok, 1 done earlier");
 }
+
+#[test]
+fn a_tasklist_built_in_code_gets_its_points_checked_by_the_plan() {
+    let (registry, _) = registry();
+    let tasklist = Tasklist::new("t")
+        .stage(Stage::new("Lock", 1).task(work("a", "lock").reaches("is locked")))
+        .stage(
+            Stage::new("Unlock", 1)
+                .finally(Finally::if_reached("locked"))
+                .task(work("a", "unlock")),
+        );
+    let err = Plan::build(&tasklist, &registry).unwrap_err().to_string();
+    assert!(
+        err.contains("stages[0].tasks[0].reaches: found \"is locked\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("stages[1].finally.if_reached: no task reaches \"locked\""),
+        "{err}"
+    );
+}
