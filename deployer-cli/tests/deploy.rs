@@ -760,3 +760,67 @@ fn a_terminal_gets_progress_bars_and_colour_unless_no_color() {
     assert!(!screen.contains("\u{1b}[32m"), "NO_COLOR: {screen}");
     assert!(!screen.contains("\u{1b}[1m\u{1b}["), "NO_COLOR: {screen}");
 }
+
+/// A first Ctrl-C during the activation: the running chain finishes, nothing new starts, and
+/// the finally stage still releases the lock (exit 130). Before, a cancelled run always left
+/// `.deploy.lock` behind.
+#[test]
+fn a_cancelled_deploy_releases_its_lock() {
+    let s = Setup::new("");
+    let gate = s.dir.path().join("gate");
+    let config = std::fs::read_to_string(s.config()).unwrap().replace(
+        "    start: ",
+        &format!(
+            "    start: while [ ! -f {} ]; do sleep 0.05; done; ",
+            gate.display()
+        ),
+    );
+    std::fs::write(s.config(), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .env("DEPLOYER_STORE", "sqlite::memory:")
+        .args(["--config", &s.config(), "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains(r#""event":"task_started""#)
+            && line.contains(r#""command":"execute_command""#)
+        {
+            break;
+        }
+    }
+    assert!(
+        s.srv().join(".deploy.lock").exists(),
+        "locked while it runs"
+    );
+    interrupt(&child);
+    // Let the first signal be handled, then let the start command end.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(&gate, "").unwrap();
+    let events: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        events.iter().any(|e| e["event"] == "task_finished"
+            && e["command"] == "release_unlock"
+            && e["outcome"]["status"] == "succeeded"),
+        "{stderr}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "stage_skipped" && e["name"] == "Clean up old releases"),
+        "{stderr}"
+    );
+    assert!(!s.srv().join(".deploy.lock").exists(), "{stderr}");
+    assert!(
+        stderr.contains("run \"Deploy hello-1.0.0\" cancelled in "),
+        "{stderr}"
+    );
+}
