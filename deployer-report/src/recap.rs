@@ -27,6 +27,8 @@ pub struct HostSummary {
 #[derive(Debug, Default)]
 pub struct Summary {
     hosts: Mutex<BTreeMap<String, HostSummary>>,
+    /// Hosts in the order their first task ended (the plan's order, roughly): rows follow it.
+    order: Mutex<Vec<String>>,
     name: Mutex<String>,
     failures: Mutex<Vec<FailedTask>>,
     /// Tasks skipped by their command: (command, reason) → hosts.
@@ -110,21 +112,24 @@ impl Summary {
             let _ = writeln!(s, "run \"{name}\": nothing to do (the plan has no task)");
             return s;
         }
-        let hosts = self.hosts();
-        let width = hosts.keys().map(String::len).max().unwrap_or(4).max(4);
-        let columns = crate::columns::columns(hosts.values().map(|h| &h.counts));
+        let all = self.hosts();
+        let order = lock(&self.order).clone();
+        let hosts: Vec<(&String, &HostSummary)> =
+            order.iter().filter_map(|h| all.get_key_value(h)).collect();
+        let width = hosts.iter().map(|(h, _)| h.len()).max().unwrap_or(4).max(4);
+        let columns = crate::columns::columns(hosts.iter().map(|(_, h)| &h.counts));
         let _ = write!(s, "{:<width$}", "HOST");
         crate::columns::headings(&mut s, &columns);
         let _ = writeln!(s, "  {:>8}", "TIME");
         if self.full || hosts.len() <= RECAP_GROUP_ABOVE {
-            for (host, h) in &hosts {
+            for (host, h) in hosts.iter().copied() {
                 row(&mut s, host, width, &columns, &h.counts, h.busy);
             }
         } else {
             // One row per outcome: the hosts that ended alike, their longest time.
             let mut groups: BTreeMap<[usize; 7], (Vec<&String>, Duration, TaskCounts)> =
                 BTreeMap::new();
-            for (host, h) in &hosts {
+            for (host, h) in hosts.iter().copied() {
                 let key = h.counts.categories().map(|(_, n, _)| n);
                 let g = groups.entry(key).or_default();
                 g.0.push(host);
@@ -174,6 +179,21 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Updates `host`'s row, adding it (and its place in the order) the first time.
+    fn with_host(&self, host: &str, f: impl FnOnce(&mut HostSummary)) {
+        let mut hosts = lock(&self.hosts);
+        let h = match hosts.entry(host.to_string()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                lock(&self.order).push(host.to_string());
+                e.insert(HostSummary::default())
+            }
+        };
+        f(h);
+    }
+}
+
 impl EventSink for Summary {
     fn event(&self, event: &Event) {
         match &event.kind {
@@ -192,23 +212,22 @@ impl EventSink for Summary {
                             .or_default()
                             .push(task.host.clone());
                     }
-                    _ => lock(&self.failures).push(FailedTask {
+                    other if !other.is_success() => lock(&self.failures).push(FailedTask {
                         task: task.clone(),
                         outcome: outcome.clone(),
                         attempts: *attempts,
                     }),
+                    _ => {}
                 }
-                let mut hosts = lock(&self.hosts);
-                let h = hosts.entry(task.host.clone()).or_default();
-                h.busy += *duration;
-                h.counts.count(&event.kind);
+                self.with_host(&task.host, |h| {
+                    h.busy += *duration;
+                    h.counts.count(&event.kind);
+                });
             }
             EventKind::TaskNotRun { task, .. } | EventKind::TaskDoneEarlier { task } => {
-                lock(&self.hosts)
-                    .entry(task.host.clone())
-                    .or_default()
-                    .counts
-                    .count(&event.kind);
+                self.with_host(&task.host, |h| {
+                    h.counts.count(&event.kind);
+                });
             }
             _ => {}
         }

@@ -115,13 +115,13 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
     }
     let _ = writeln!(
         s,
-        "\n{:<24}  {:<width$}  {:<20}  {:<9}  {:>3}  {:>4}  ERROR",
+        "\n{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  ERROR",
         "TASK", "HOST", "COMMAND", "STATE", "TRY", "EXIT"
     );
     for t in tasks {
         let _ = writeln!(
             s,
-            "{:<24}  {:<width$}  {:<20}  {:<9}  {:>3}  {:>4}  {}",
+            "{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  {}",
             t.id.to_string(),
             t.host,
             t.command,
