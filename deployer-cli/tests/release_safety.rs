@@ -1,11 +1,14 @@
 //! Release safety over real SSH (sshd "hosts" on loopback, the real `deploy` binary): the deploy
-//! lock holds against other runs — also of the same user — and is kept by a resumed run;
-//! `deploy lock status|release` tell stale locks from live ones; `deploy status` and
-//! `deploy rollback` show and switch versions through the rolling window; a redeploy never
-//! unpacks over the live release.
+//! lock holds against other runs — also of the same user — one run at a time, and every run
+//! frees what it took in its `finally` stage, failed or not; a controller killed with SIGKILL
+//! (no `finally`) keeps its locks, which its resumed run holds still and any other run is
+//! refused by; `deploy lock status|release` tell stale locks (lease expired, run finished, run
+//! unknown) from live ones; `deploy status` and `deploy rollback` show and switch versions
+//! through the rolling window; a redeploy never unpacks over the live release.
 
+use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use deployer_remote::testing::TestSshd;
@@ -216,8 +219,8 @@ fn events(out: &Output) -> Vec<Value> {
 }
 
 /// The hosts on which a run's `release_lock` succeeded.
-fn locks_won(out: &Output) -> Vec<String> {
-    events(out)
+fn locks_won(events: &[Value]) -> Vec<String> {
+    events
         .iter()
         .filter(|e| {
             e["event"] == "task_finished"
@@ -228,17 +231,28 @@ fn locks_won(out: &Output) -> Vec<String> {
         .collect()
 }
 
-/// The most chains of the rolling stage in flight at once: from the switch (`command`)
-/// starting to the lock's release finishing.
-fn max_in_flight(out: &Output, command: &str) -> usize {
-    let (mut now, mut max) = (0usize, 0usize);
-    for e in events(out) {
-        if e["event"] == "task_started" && e["command"] == command {
-            now += 1;
-            max = max.max(now);
-        }
-        if e["event"] == "task_finished" && e["command"] == "release_unlock" {
-            now = now.saturating_sub(1);
+/// How a run's `release_unlock` ended on `host` (`succeeded`, `skipped`…), if it ended.
+fn unlock_on(events: &[Value], host: &str) -> Option<String> {
+    events
+        .iter()
+        .find(|e| {
+            e["event"] == "task_finished" && e["command"] == "release_unlock" && e["host"] == host
+        })
+        .map(|e| e["outcome"]["status"].as_str().unwrap().to_string())
+}
+
+/// The most chains of the rolling stage in flight at once: a host's chain from its switch
+/// (`switch` starting) to its last step (`last` finishing on that host).
+fn max_in_flight(events: &[Value], switch: &str, last: &str) -> usize {
+    let mut in_flight = std::collections::BTreeSet::new();
+    let mut max = 0;
+    for e in events {
+        let host = e["host"].as_str().unwrap_or_default().to_string();
+        if e["event"] == "task_started" && e["command"] == switch {
+            in_flight.insert(host);
+            max = max.max(in_flight.len());
+        } else if e["event"] == "task_finished" && e["command"] == last {
+            in_flight.remove(&host);
         }
     }
     max
@@ -253,21 +267,172 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// `n` deploys of the same version started at once on the same hosts: every host has exactly
-/// one winner; every loser fails naming the run id of the host's winner; a lock is never
-/// removed by a run that does not hold it, and a run that won every host leaves no lock.
+/// A `start` command that waits (at most 30 s) until `file` exists, and fails without it: the
+/// test holds an activation there.
+fn waits_for(file: &Path) -> String {
+    format!(
+        "i=0; while [ ! -f {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; test -f {f}",
+        f = file.display()
+    )
+}
+
+/// Whether an event is the start of the service's `start` command (the activation is under
+/// way: the host is locked and switched).
+fn start_started(e: &Value) -> bool {
+    e["event"] == "task_started" && e["command"] == "execute_command"
+}
+
+/// A `deploy … --output json` running in the background, its events read up to one the test
+/// waited for.
+struct Running {
+    child: Child,
+    events: Vec<Value>,
+    rest: Lines<BufReader<ChildStdout>>,
+}
+
+impl Fleet {
+    /// Appends lines to the `hello` service's section (the config's last).
+    fn add_to_service(&self, lines: &str) {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), config + lines).unwrap();
+    }
+
+    /// Starts `deploy ARGS --output json` and reads its events until one satisfies `until`.
+    fn start_until(&self, args: &[&str], until: impl Fn(&Value) -> bool) -> Running {
+        let mut child = self.spawn(&[args, &["--output", "json"]].concat());
+        let mut rest = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut events = Vec::new();
+        for line in rest.by_ref() {
+            let Ok(event) = serde_json::from_str::<Value>(&line.unwrap()) else {
+                continue;
+            };
+            let done = until(&event);
+            events.push(event);
+            if done {
+                return Running {
+                    child,
+                    events,
+                    rest,
+                };
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "deploy ended (exit {:?}) before the event awaited\n{events:#?}\n{}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+    }
+}
+
+impl Running {
+    /// The run's id, from its events.
+    fn id(&self) -> String {
+        self.events
+            .iter()
+            .find_map(|e| e["run_id"].as_str().map(str::to_string))
+            .expect("the events name their run")
+    }
+
+    /// SIGKILL: the controller has no chance to clean up, nor to run its `finally` stages.
+    fn kill(mut self) -> Output {
+        self.child.kill().unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+
+    fn interrupt(&self) {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Cancels twice (SIGINT, and again once the first is handled: running tasks stop and the
+    /// `finally` stages are skipped); the exit status, stderr and every event.
+    fn cancel_twice(mut self) -> (Output, Vec<Value>) {
+        self.interrupt();
+        let mut stderr = BufReader::new(self.child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        for line in stderr.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("cancelling: no new tasks start") {
+                break;
+            }
+        }
+        self.interrupt();
+        for line in stderr {
+            seen.push_str(&line.unwrap());
+            seen.push('\n');
+        }
+        let (mut out, events) = self.wait();
+        out.stderr = seen.into_bytes();
+        (out, events)
+    }
+
+    /// Waits for the end: the exit status, stderr and every event.
+    fn wait(mut self) -> (Output, Vec<Value>) {
+        for line in self.rest.by_ref() {
+            if let Ok(event) = serde_json::from_str(&line.unwrap()) {
+                self.events.push(event);
+            }
+        }
+        (self.child.wait_with_output().unwrap(), self.events)
+    }
+}
+
+/// When a run's `event` (`task_started`, `task_finished`) of `command` on `host` happened.
+fn when(events: &[Value], event: &str, command: &str, host: &str) -> Option<f64> {
+    events
+        .iter()
+        .find(|e| e["event"] == event && e["command"] == command && e["host"] == host)
+        .map(|e| e["timestamp"].as_f64().unwrap())
+}
+
+/// `n` deploys of the same version started at once on the same hosts. A host's lock is held by
+/// one run at a time: a run takes it only after the run before it began freeing it (a run
+/// that lost a host frees what it took in its `finally` stage, so a run arriving then may take
+/// it; when all meet at once, each host has exactly one winner). Every run that did not take
+/// every host exits 1, each refusal naming the run id of a run holding the host then; every run
+/// frees exactly the locks it took, so no host is left locked whatever the split. At most one
+/// run deploys: one that took every host, whose activation waits until the others have ended.
 fn race(n: usize) {
-    let fleet = Fleet::start(2, "", "    min_nodes_up: 1\n");
+    let fleet = Fleet::start(2, "", "");
+    let go = fleet.file("go");
+    fleet.add_to_service(&format!(
+        "    min_nodes_up: 1\n    start: '{}'\n",
+        waits_for(&go)
+    ));
     let artifact = fleet.artifact("1.0.0");
-    let children: Vec<Child> = (0..n)
-        .map(|_| fleet.spawn(&["--component", &artifact, "--output", "json"]))
-        .collect();
-    let outs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..n {
+        let child = fleet.spawn(&["--component", &artifact, "--output", "json"]);
+        let tx = tx.clone();
+        std::thread::spawn(move || tx.send((i, child.wait_with_output().unwrap())));
+    }
+    let mut ended: Vec<Option<Output>> = (0..n).map(|_| None).collect();
+    let mut timeouts = 0;
+    while ended.iter().any(Option::is_none) {
+        if ended.iter().filter(|o| o.is_some()).count() + 1 >= n {
+            std::fs::write(&go, "").unwrap();
+        }
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok((i, out)) => ended[i] = Some(out),
+            Err(_) => {
+                // Runs held in their activation: more than one proceeded. Let them end; the
+                // checks below say which.
+                std::fs::write(&go, "").unwrap();
+                timeouts += 1;
+                assert!(timeouts < 3, "the deploys do not end");
+            }
+        }
+    }
+    let outs: Vec<Output> = ended.into_iter().map(Option::unwrap).collect();
+    let events: Vec<Vec<Value>> = outs.iter().map(events).collect();
     let ids: Vec<String> = outs.iter().map(run_id).collect();
-    let won: Vec<Vec<String>> = outs.iter().map(locks_won).collect();
+    let won: Vec<Vec<String>> = events.iter().map(|e| locks_won(e)).collect();
     let report = || {
         outs.iter()
             .zip(&ids)
@@ -282,76 +447,110 @@ fn race(n: usize) {
             .collect::<Vec<_>>()
             .join("\n----\n")
     };
-    let winner = |host: &str| {
-        let winners: Vec<usize> = (0..n)
+    let mut holders = Vec::new();
+    for host in ["web1", "web2"] {
+        // Who held the host, in the order they took it, from taking to having freed it.
+        let mut held: Vec<(usize, f64, f64, f64, f64)> = (0..n)
             .filter(|&i| won[i].iter().any(|h| h == host))
-            .collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "{host}: winners {winners:?}\n{}",
-            report()
-        );
-        winners[0]
-    };
-    let winners = [winner("web1"), winner("web2")];
-    for i in 0..n {
-        // The lock attempts it lost, each naming the host's winner.
-        let lost: Vec<(String, String)> = events(&outs[i])
-            .iter()
-            .filter(|e| {
-                e["event"] == "task_finished"
-                    && e["command"] == "release_lock"
-                    && e["outcome"]["status"] == "failed"
-            })
-            .map(|e| {
+            .map(|i| {
+                let at = |event, command| {
+                    when(&events[i], event, command, host).unwrap_or_else(|| {
+                        panic!(
+                            "run {}: no {event} {command} on {host}\n{}",
+                            ids[i],
+                            report()
+                        )
+                    })
+                };
                 (
-                    e["host"].as_str().unwrap().to_string(),
-                    e["outcome"]["message"].as_str().unwrap().to_string(),
+                    i,
+                    at("task_started", "release_lock"),
+                    at("task_finished", "release_lock"),
+                    at("task_started", "release_unlock"),
+                    at("task_finished", "release_unlock"),
                 )
             })
             .collect();
-        if winners.contains(&i) && won[i].len() == 2 {
-            continue;
-        }
-        assert_ne!(outs[i].status.code(), Some(0), "{}", report());
-        assert!(
-            !lost.is_empty(),
-            "run {} lost no lock\n{}",
-            ids[i],
-            report()
-        );
-        for (host, message) in lost {
-            let holder = &ids[winners[if host == "web1" { 0 } else { 1 }]];
+        held.sort_by(|a, b| a.2.total_cmp(&b.2));
+        assert!(!held.is_empty(), "nobody took {host}\n{}", report());
+        for pair in held.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
             assert!(
-                message.contains(&format!("is locked by run {holder} (user ")),
-                "run {} lost {host} without naming the holder {holder}: {message}",
-                ids[i]
+                after.2 > before.3,
+                "{host}: run {} took the lock before run {} began freeing it\n{}",
+                ids[after.0],
+                ids[before.0],
+                report()
             );
+        }
+        // Every refusal names a run that held the host meanwhile.
+        for i in 0..n {
+            let Some(refused) = events[i].iter().find(|e| {
+                e["event"] == "task_finished"
+                    && e["command"] == "release_lock"
+                    && e["host"] == host
+                    && e["outcome"]["status"] == "failed"
+            }) else {
+                continue;
+            };
+            let message = refused["outcome"]["message"].as_str().unwrap();
+            let (tried, refused) = (
+                when(&events[i], "task_started", "release_lock", host).unwrap(),
+                refused["timestamp"].as_f64().unwrap(),
+            );
+            let meanwhile = |h: &(usize, f64, f64, f64, f64)| h.1 < refused && h.4 > tried;
+            // A run meeting the lock between the holder's `mkdir` and its writing the holder
+            // file cannot tell the run id.
+            let being_taken =
+                message.contains(" is locked by nobody yet (the lock is being taken)");
+            let named = held
+                .iter()
+                .find(|h| message.contains(&format!(" is locked by run {} (", ids[h.0])));
+            match named {
+                Some(h) => assert!(
+                    meanwhile(h),
+                    "run {} was refused {host} by run {}, which did not hold it then\n{}",
+                    ids[i],
+                    ids[h.0],
+                    report()
+                ),
+                None => assert!(
+                    being_taken && held.iter().any(meanwhile),
+                    "run {} was refused {host} without naming a run that held it: {message}\n{}",
+                    ids[i],
+                    report()
+                ),
+            }
+        }
+        holders.push(held.iter().map(|h| h.0).collect::<Vec<_>>());
+    }
+    eprintln!("{n} deploys at once: the hosts' holders, in turn, are runs {holders:?}");
+    for i in 0..n {
+        // Every run frees what it took, and only that.
+        for host in ["web1", "web2"] {
+            let unlock = unlock_on(&events[i], host);
+            if won[i].iter().any(|h| h == host) {
+                assert_eq!(unlock.as_deref(), Some("succeeded"), "{}", report());
+            } else {
+                assert_ne!(unlock.as_deref(), Some("succeeded"), "{}", report());
+            }
+        }
+        if won[i].len() < 2 {
+            assert_eq!(outs[i].status.code(), Some(1), "{}", report());
         }
     }
-    eprintln!("{n} deploys at once: the hosts' winners are runs {winners:?}");
-    match (0..n).find(|&i| won[i].len() == 2) {
-        Some(i) => {
-            // One run won every host: it deployed and released its locks.
-            assert_eq!(outs[i].status.code(), Some(0), "{}", report());
-            for h in fleet.hosts() {
-                assert!(!fleet.lock(h).exists(), "web{h} still locked\n{}", report());
-                assert_eq!(fleet.current(h), "releases/1.0.0");
-            }
-            assert_eq!(
-                outs.iter().filter(|o| o.status.code() == Some(0)).count(),
-                1
-            );
+    let deployed: Vec<usize> = (0..n)
+        .filter(|&i| outs[i].status.code() == Some(0))
+        .collect();
+    assert!(deployed.len() <= 1, "{deployed:?}\n{}", report());
+    if let [i] = deployed[..] {
+        assert_eq!(won[i].len(), 2, "{}", report());
+        for h in fleet.hosts() {
+            assert_eq!(fleet.current(h), "releases/1.0.0");
         }
-        None => {
-            // Each host has its own winner, which failed on the other host: each lock is
-            // still its winner's (no loser removed it) until the coming `finally` frees it.
-            for (h, host) in [(1, "web1"), (2, "web2")] {
-                let i = (0..n).find(|&i| won[i].iter().any(|w| w == host)).unwrap();
-                assert_eq!(fleet.holder(h).as_deref(), Some(ids[i].as_str()));
-            }
-        }
+    }
+    for h in fleet.hosts() {
+        assert!(!fleet.lock(h).exists(), "web{h} still locked\n{}", report());
     }
 }
 
@@ -365,30 +564,32 @@ fn three_deploys_at_once_have_one_winner_per_host() {
     race(3);
 }
 
-/// A run that failed keeps its locks; another run — the same user's — is refused naming it;
-/// the resumed run is accepted by its own locks, finishes and releases them.
+/// A controller killed (SIGKILL) during the activation keeps its locks: its `finally` stage
+/// never ran. Another run — the same user's — is refused naming it and leaves the locks alone;
+/// the resumed run is the same run, holds them still (its lock tasks are done earlier, not
+/// taken again), finishes the activation and frees them.
 #[test]
 fn a_resumed_run_keeps_its_lock_and_another_run_is_refused() {
     let fleet = Fleet::start(2, "", "");
-    let ok = fleet.file("ok");
-    std::fs::write(
-        fleet.config(),
-        std::fs::read_to_string(fleet.config()).unwrap()
-            + &format!(
-                "    min_nodes_up: 1\n    start: 'test -f {}'\n",
-                ok.display()
-            ),
-    )
-    .unwrap();
+    let go = fleet.file("go");
+    fleet.add_to_service(&format!(
+        "    min_nodes_up: 1\n    start: '{}'\n",
+        waits_for(&go)
+    ));
     let artifact = fleet.artifact("1.0.0");
-    let first = fleet.deploy(&["--component", &artifact]);
-    assert_eq!(first.status.code(), Some(1), "{}", text(&first.stderr));
-    let id = run_id(&first);
+    let first = fleet.start_until(
+        &["--component", &artifact, "--lease-ttl", "1s"],
+        start_started,
+    );
+    let id = first.id();
+    let killed = first.kill();
+    assert_eq!(killed.status.code(), None, "killed by a signal");
     for h in fleet.hosts() {
         assert_eq!(fleet.holder(h).as_deref(), Some(id.as_str()), "web{h}");
     }
 
-    let second = fleet.deploy(&["--component", &artifact]);
+    std::fs::write(&go, "").unwrap();
+    let second = fleet.deploy(&["--component", &artifact, "--output", "json"]);
     let stderr = text(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(
@@ -396,43 +597,144 @@ fn a_resumed_run_keeps_its_lock_and_another_run_is_refused() {
         "{stderr}"
     );
     assert_ne!(run_id(&second), id);
+    assert!(locks_won(&events(&second)).is_empty(), "{stderr}");
     for h in fleet.hosts() {
         assert_eq!(fleet.holder(h).as_deref(), Some(id.as_str()), "web{h}");
     }
 
-    std::fs::write(&ok, "").unwrap();
-    let resumed = fleet.deploy(&["runs", "resume", &id]);
-    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    // Its lease (1 s) expires; the interrupted `start` is not idempotent: --force.
+    let resumed = fleet.deploy(&[
+        "runs", "resume", &id, "--force", "--wait", "--output", "json",
+    ]);
+    let stderr = text(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(0), "{stderr}");
+    let resumed = events(&resumed);
+    for host in ["web1", "web2"] {
+        assert!(
+            resumed.iter().any(|e| e["event"] == "task_done_earlier"
+                && e["command"] == "release_lock"
+                && e["host"] == host),
+            "{host}: the lock was the run's already\n{stderr}"
+        );
+        assert_eq!(
+            unlock_on(&resumed, host).as_deref(),
+            Some("succeeded"),
+            "{stderr}"
+        );
+    }
     for h in fleet.hosts() {
         assert!(!fleet.lock(h).exists(), "web{h} is still locked");
         assert_eq!(fleet.current(h), "releases/1.0.0");
     }
 }
 
-/// `deploy lock status` tells a live run's lock from stale ones (finished run, run not in the
-/// store); `deploy lock release` frees stale locks only, a live one with --force.
+/// The issue's acceptance: a controller killed (SIGKILL) after it locked leaves its lock;
+/// `deploy lock status` shows it live while the run's lease is valid and STALE once the lease
+/// (2 s) expired; a deploy is still refused by it; `deploy lock release` frees it, and the next
+/// deploy runs.
+#[test]
+fn a_killed_controllers_lock_goes_stale_with_its_lease_and_lock_release_frees_it() {
+    let fleet = Fleet::start(1, "", "");
+    let go = fleet.file("go");
+    fleet.add_to_service(&format!("    start: '{}'\n", waits_for(&go)));
+    // A lease of 2 s, renewed every third of it: still valid 1.3 s after the kill, time enough
+    // to ask, and over within 2 s.
+    let run = fleet.start_until(
+        &["--component", &fleet.artifact("1.0.0"), "--lease-ttl", "2s"],
+        start_started,
+    );
+    let id = run.id();
+    let killed = Instant::now();
+    run.kill();
+    assert_eq!(fleet.holder(1).as_deref(), Some(id.as_str()));
+
+    let lock = || {
+        let out = fleet.deploy(&["lock", "status", "--output", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows[0]["host"], "web1");
+        assert_eq!(rows[0]["locked"], true, "{rows}");
+        assert_eq!(rows[0]["lock"]["run_id"], id.as_str(), "{rows}");
+        rows[0]["lock"].clone()
+    };
+    let live = lock();
+    let asked = killed.elapsed();
+    assert_eq!(
+        live["stale"], false,
+        "asked {asked:?} after the kill: {live}"
+    );
+    let reason = live["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("run {id} is RUNNING, driven by ")),
+        "{reason}"
+    );
+
+    let mut stale = Value::Null;
+    wait_until("the lock is stale", || {
+        stale = lock();
+        stale["stale"] == true
+    });
+    let asked = killed.elapsed();
+    assert!(
+        asked >= Duration::from_secs(1),
+        "stale {asked:?} after the kill, within the lease: {stale}"
+    );
+    assert_eq!(
+        stale["reason"],
+        format!(
+            "run {id} is RUNNING but no controller drives it (its lease expired; resuming it \
+             takes the lock again)"
+        )
+    );
+    let out = fleet.deploy(&["lock", "status"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("STALE  {id}")), "{stdout}");
+
+    // Stale is for people to judge: a deploy is still refused until the lock is released.
+    std::fs::write(&go, "").unwrap();
+    let out = fleet.deploy(&["--component", &fleet.artifact("2.0.0")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is locked by run {id} (user ")),
+        "{stderr}"
+    );
+    assert_eq!(fleet.holder(1).as_deref(), Some(id.as_str()));
+
+    let out = fleet.deploy(&["lock", "release"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("freed web1 hello") && stdout.contains(&id),
+        "{stdout}"
+    );
+    assert!(!fleet.lock(1).exists());
+
+    let out = fleet.deploy(&["--component", &fleet.artifact("2.0.0")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fleet.current(1), "releases/2.0.0");
+    assert!(!fleet.lock(1).exists());
+}
+
+/// `deploy lock status` tells a live run's lock from stale ones (a run cancelled twice, which
+/// skipped its `finally` stage and is finished; a run not in the store); `deploy lock release`
+/// frees stale locks only, a live one with --force.
 #[test]
 fn lock_status_shows_stale_locks_and_lock_release_frees_only_those() {
     let fleet = Fleet::start(2, "", "");
-    let (go, fail) = (fleet.file("go"), fleet.file("fail"));
-    std::fs::write(
-        fleet.config(),
-        std::fs::read_to_string(fleet.config()).unwrap()
-            + &format!(
-                "    min_nodes_up: 1\n    start: 'test ! -f {fail} && while [ ! -f {go} ]; do sleep 0.05; done'\n",
-                fail = fail.display(),
-                go = go.display()
-            ),
-    )
-    .unwrap();
+    let go = fleet.file("go");
+    fleet.add_to_service(&format!(
+        "    min_nodes_up: 1\n    start: '{}'\n",
+        waits_for(&go)
+    ));
     let artifact = fleet.artifact("1.0.0");
 
     // A live run: it holds both locks while web1's start waits.
-    let live = fleet.spawn(&["--component", &artifact]);
-    wait_until("the running deploy holds both locks", || {
-        fleet.hosts().all(|h| fleet.holder(h).is_some())
-    });
-    let holder = fleet.holder(1).unwrap();
+    let live = fleet.start_until(&["--component", &artifact], start_started);
+    let holder = live.id();
+    for h in fleet.hosts() {
+        assert_eq!(fleet.holder(h).as_deref(), Some(holder.as_str()), "web{h}");
+    }
     let out = fleet.deploy(&["lock", "status"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -450,16 +752,24 @@ fn lock_status_shows_stale_locks_and_lock_release_frees_only_those() {
     assert!(stdout.contains("use --force"), "{stdout}");
     assert!(fleet.hosts().all(|h| fleet.lock(h).exists()));
     std::fs::write(&go, "").unwrap();
-    let out = live.wait_with_output().unwrap();
+    let (out, _) = live.wait();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(fleet.hosts().all(|h| !fleet.lock(h).exists()));
 
-    // A failed run leaves its locks: stale, its run is finished. web2's lock names a run
-    // this store never saw: stale too.
-    std::fs::write(&fail, "").unwrap();
-    let failed = fleet.deploy(&["--component", &artifact, "--redeploy"]);
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
-    let id = run_id(&failed);
+    // A run cancelled twice skips its `finally` stage: its locks stay, stale (the run is
+    // finished). web2's lock names a run this store never saw: stale too.
+    std::fs::remove_file(&go).unwrap();
+    let cancelled = fleet.start_until(&["--component", &artifact, "--redeploy"], start_started);
+    let id = cancelled.id();
+    let (out, events) = cancelled.cancel_twice();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(locks_won(&events).len(), 2, "{}", text(&out.stderr));
+    for host in ["web1", "web2"] {
+        assert_eq!(unlock_on(&events, host), None, "{}", text(&out.stderr));
+    }
+    for h in fleet.hosts() {
+        assert_eq!(fleet.holder(h).as_deref(), Some(id.as_str()), "web{h}");
+    }
     let stranger = "0190f5c2-7b1a-7cc3-9a51-2f3e0c1d2b4a";
     std::fs::write(fleet.lock(2).join("holder"), format!("{stranger}\n")).unwrap();
     let out = fleet.deploy(&["lock", "status", "--output", "json"]);
@@ -470,7 +780,7 @@ fn lock_status_shows_stale_locks_and_lock_release_frees_only_those() {
     assert_eq!(rows[0]["lock"]["stale"], true);
     assert_eq!(
         rows[0]["lock"]["reason"],
-        format!("run {id} is finished (FAILED)")
+        format!("run {id} is finished (CANCELLED)")
     );
     assert!(rows[0]["lock"]["user"].is_string() && rows[0]["lock"]["age_seconds"].is_u64());
     assert_eq!(rows[1]["lock"]["stale"], true);
@@ -559,6 +869,13 @@ fn status_and_rollback_through_the_rolling_window() {
     );
     let out = fleet.deploy(&["rollback", "--dry-run", "--output", "json"]);
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["Lock hosts", "Roll back hello", "Unlock hello"]);
     assert_eq!(plan["stages"][1]["concurrency"], 1, "{plan}");
     assert_eq!(plan["hosts"][0]["to"], "1.0.0", "{plan}");
     for h in fleet.hosts() {
@@ -571,7 +888,41 @@ fn status_and_rollback_through_the_rolling_window() {
 
     let out = fleet.deploy(&["rollback", "--yes", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(max_in_flight(&out, "rollback"), 1, "min_nodes_up 2 of 3");
+    // Each host's chain: switch back, then start.
+    assert_eq!(
+        max_in_flight(&events(&out), "rollback", "execute_command"),
+        1,
+        "min_nodes_up 2 of 3"
+    );
+    // Under the lock: each host locked before its chain, unlocked (the finally stage) after
+    // every chain ended. Per host: lock, switch back, start, unlock — all ok.
+    let events = events(&out);
+    let last = |event: &str, command: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == event && e["command"] == command)
+            .map(|e| e["timestamp"].as_f64().unwrap())
+            .fold(f64::NAN, f64::max)
+    };
+    for host in ["web1", "web2", "web3"] {
+        let locked = when(&events, "task_finished", "release_lock", host).unwrap();
+        let switched = when(&events, "task_started", "rollback", host).unwrap();
+        let unlocked = when(&events, "task_started", "release_unlock", host).unwrap();
+        assert!(locked < switched, "{host}");
+        assert!(
+            unlocked > last("task_finished", "execute_command"),
+            "{host}"
+        );
+        assert_eq!(unlock_on(&events, host).as_deref(), Some("succeeded"));
+    }
+    let end = events.last().unwrap();
+    assert_eq!(end["event"], "run_finished");
+    assert_eq!(
+        end["stats"],
+        serde_json::json!({"succeeded": 12, "done_earlier": 0, "skipped": 0, "failed": 0,
+            "cancelled": 0, "not_run": 0, "rolled_back": 0}),
+        "a rollback asked for is work done, not an automatic rollback"
+    );
     for h in fleet.hosts() {
         assert_eq!(fleet.current(h), "releases/1.0.0");
         let served = std::fs::read_to_string(fleet.srv(h).join("shared/log/served")).unwrap();
