@@ -824,3 +824,57 @@ fn a_cancelled_deploy_releases_its_lock() {
         "{stderr}"
     );
 }
+
+/// `deploy rollback` on a terminal asks first: anything but yes changes nothing (exit 1); yes
+/// rolls back. Run through a pseudo-terminal (script), the answer typed on its input.
+#[test]
+fn rollback_on_a_terminal_asks_before_it_changes_anything() {
+    let s = Setup::new("");
+    let config = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace("keep_releases: 1", "keep_releases: 3");
+    std::fs::write(s.config(), config).unwrap();
+    assert_eq!(deploy(&["--config", &s.config()]).status.code(), Some(0));
+    let artifact = s.artifact("1.1.0");
+    let out = deploy(&[
+        "--config",
+        &s.config(),
+        "--component",
+        artifact.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let current = || std::fs::read_link(s.srv().join("current")).unwrap();
+    assert_eq!(current(), PathBuf::from("releases/1.1.0"));
+    let rollback = |answer: &str| {
+        let line = format!(
+            "{} --store sqlite::memory: --config {} --color never rollback",
+            env!("CARGO_BIN_EXE_deploy"),
+            s.config()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env_remove("DEPLOYER_STORE")
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, screen) = rollback("no\n");
+    assert!(
+        screen.contains("Roll back hello on 1 host to 1.0.0? [y/N]"),
+        "{screen}"
+    );
+    assert!(screen.contains("nothing rolled back"), "{screen}");
+    assert_eq!(code, Some(1), "{screen}");
+    assert_eq!(current(), PathBuf::from("releases/1.1.0"), "{screen}");
+    let (code, screen) = rollback("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(current(), PathBuf::from("releases/1.0.0"), "{screen}");
+    assert!(!s.srv().join(".deploy.lock").exists(), "{screen}");
+}
