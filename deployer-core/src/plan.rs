@@ -275,10 +275,14 @@ impl Plan {
     }
 
     /// Of the tasks an earlier attempt of the run finished (`done`), those a resume does not
-    /// run again: all of them except the tasks of `finally` stages (clean-up runs again), and
-    /// the chains holding a task that reaches a point a finally stage undid on its host (that
-    /// stage's `if_reached` entry for the host is done: e.g. the lock was released, so it is
-    /// taken again).
+    /// run again: all of them except
+    /// * the tasks of `finally` stages (clean-up runs again);
+    /// * the tasks that take what a (non-rollback) finally stage releases — they reach a point
+    ///   it names in `if_reached`, e.g. the deploy lock — with their chains: what was taken may
+    ///   have been released since (by the finally stage, or by a person freeing a stale lock),
+    ///   and taking again what one still holds succeeds;
+    /// * the chains holding a task that reaches a point a rollback stage undid on its host
+    ///   (its entry for the host is done: the host was switched back, so it is switched again).
     ///
     /// ```
     /// use std::collections::HashSet;
@@ -300,11 +304,18 @@ impl Plan {
     /// assert_eq!(skip, [id(1, 0)].into(), "lock again, work on b, unlock again");
     /// ```
     pub fn skipped_on_resume(&self, done: &HashSet<TaskId>) -> HashSet<TaskId> {
+        // Points taken again on every host, and points undone on some hosts.
+        let mut released: HashSet<&str> = HashSet::new();
         let mut undone: HashSet<(&str, &str)> = HashSet::new();
         for stage in self.stages.iter() {
-            let Some(point) = stage.finally.as_ref().and_then(|f| f.if_reached.as_deref()) else {
+            let Some(f) = &stage.finally else { continue };
+            let Some(point) = f.if_reached.as_deref() else {
                 continue;
             };
+            if !f.rollback {
+                released.insert(point);
+                continue;
+            }
             for entry in &stage.entries {
                 if entry.steps.iter().any(|s| done.contains(&s.info.id)) {
                     undone.insert((stage.hosts[entry.host].as_str(), point));
@@ -316,10 +327,9 @@ impl Plan {
             for entry in &stage.entries {
                 let again = entry.steps.iter().any(|s| {
                     done.contains(&s.info.id)
-                        && s.task
-                            .reaches
-                            .as_deref()
-                            .is_some_and(|p| undone.contains(&(s.info.host.as_str(), p)))
+                        && s.task.reaches.as_deref().is_some_and(|p| {
+                            released.contains(p) || undone.contains(&(s.info.host.as_str(), p))
+                        })
                 });
                 if again {
                     continue;

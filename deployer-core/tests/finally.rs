@@ -301,3 +301,69 @@ fn a_tasklist_built_in_code_gets_its_points_checked_by_the_plan() {
         "{err}"
     );
 }
+
+#[test]
+fn on_resume_locks_are_taken_again_and_only_rolled_back_hosts_switch_again() {
+    let (registry, _) = registry();
+    let tasklist = Tasklist::new("t")
+        .stage(Stage::new("Lock", 2).tasks([
+            work("a", "lock-a").reaches("locked"),
+            work("b", "lock-b").reaches("locked"),
+        ]))
+        .stage(Stage::new("Activate", 1).tasks([
+            TaskEntry::Chain(vec![
+                work("a", "switch-a").reaches("switched"),
+                work("a", "check-a").reaches("healthy"),
+            ]),
+            TaskEntry::Chain(vec![
+                work("b", "switch-b").reaches("switched"),
+                work("b", "check-b").reaches("healthy"),
+            ]),
+        ]))
+        .stage(
+            Stage::new("Roll back", 2)
+                .finally(
+                    Finally::if_reached("switched")
+                        .unless_reached("healthy")
+                        .rolling_back(),
+                )
+                .tasks([work("a", "rollback-a"), work("b", "rollback-b")]),
+        )
+        .stage(
+            Stage::new("Unlock", 2)
+                .finally(Finally::if_reached("locked"))
+                .tasks([work("a", "unlock-a"), work("b", "unlock-b")]),
+        );
+    let plan = Plan::build(&tasklist, &registry).unwrap();
+    let id = |stage, entry, step| TaskId { stage, entry, step };
+    // A controller killed after a's activation: no finally stage ran. The locks may have been
+    // freed by a person since, so the resume takes them again; a's activation stays done.
+    let done = [
+        id(0, 0, None),
+        id(0, 1, None),
+        id(1, 0, Some(0)),
+        id(1, 0, Some(1)),
+    ]
+    .into();
+    assert_eq!(
+        plan.skipped_on_resume(&done),
+        [id(1, 0, Some(0)), id(1, 0, Some(1))].into()
+    );
+    // A failed attempt: b's check failed, b was rolled back, both unlocked. The resume locks
+    // both again and switches b again (its whole chain), not a.
+    let done = [
+        id(0, 0, None),
+        id(0, 1, None),
+        id(1, 0, Some(0)),
+        id(1, 0, Some(1)),
+        id(1, 1, Some(0)),
+        id(2, 1, None),
+        id(3, 0, None),
+        id(3, 1, None),
+    ]
+    .into();
+    assert_eq!(
+        plan.skipped_on_resume(&done),
+        [id(1, 0, Some(0)), id(1, 0, Some(1))].into()
+    );
+}
