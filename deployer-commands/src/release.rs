@@ -117,11 +117,13 @@ const DESCRIBE_FN: &str = "describe() { printf 'now=%s\\n' \"$(date +%s)\"; prin
 
 /// `$1` root, `$2` lock dir, `$3` identity, `$4` user, `$5` controller. `mkdir` is the one
 /// atomic step that takes the lock; `info` is written next and `holder` last (under a
-/// temporary name, renamed), so a lock with a `holder` file is complete. Exit 0 when we hold
-/// the lock (also when we already did), 3 (describing the lock) when someone else does.
+/// temporary name, renamed), so a lock with a `holder` file is complete; a lock found without
+/// one is being taken, and its holder is waited for (up to a second) so a refusal names it.
+/// Exit 0 when we hold the lock (also when we already did), 3 (describing the lock) when
+/// someone else does.
 fn lock_script() -> String {
     format!(
-        "{DESCRIBE_FN}mkdir -p -- \"$1\" || exit 1; if mkdir -- \"$2\" 2>/dev/null; then {{ printf 'user=%s\\ncontroller=%s\\ntaken=%s\\n' \"$4\" \"$5\" \"$(date +%s)\" > \"$2/info\" && printf '%s\\n' \"$3\" > \"$2/holder.tmp\" && mv -f -- \"$2/holder.tmp\" \"$2/holder\"; }} || exit 1; exit 0; fi; h=$(cat -- \"$2/holder\" 2>/dev/null); if [ -n \"$h\" ] && [ \"$h\" = \"$3\" ]; then exit 0; fi; describe \"$2\"; exit 3"
+        "{DESCRIBE_FN}mkdir -p -- \"$1\" || exit 1; if mkdir -- \"$2\" 2>/dev/null; then {{ printf 'user=%s\\ncontroller=%s\\ntaken=%s\\n' \"$4\" \"$5\" \"$(date +%s)\" > \"$2/info\" && printf '%s\\n' \"$3\" > \"$2/holder.tmp\" && mv -f -- \"$2/holder.tmp\" \"$2/holder\"; }} || exit 1; exit 0; fi; i=0; while [ -d \"$2\" ] && [ ! -f \"$2/holder\" ] && [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; h=$(cat -- \"$2/holder\" 2>/dev/null); if [ -n \"$h\" ] && [ \"$h\" = \"$3\" ]; then exit 0; fi; describe \"$2\"; exit 3"
     )
 }
 
