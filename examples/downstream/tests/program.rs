@@ -35,14 +35,8 @@ async fn a_deploy_prints_the_recap_and_records_the_run() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("HOST   OK  FAILED      TIME\n"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("\nfe001   2       0"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("HOST   OK  FAILED      TIME\n"), "{stderr}");
+    assert!(stderr.contains("\nfe001   2       0"), "{stderr}");
     assert!(
         stderr.contains("run \"mysite\" succeeded in ") && stderr.contains("s: 4 ok\n"),
         "{stderr}"
