@@ -13,7 +13,7 @@
 //!    `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
 //!    finishes — no waiting for a whole batch.
 //! 4. **Clean up**: keep the newest `keep_releases` releases (never the live one).
-//! 5. **Roll back** (a `finally` stage per service, see [`Finally`](deployer_core::Finally)):
+//! 5. **Roll back** (a `finally` stage per service, see [`Finally`]):
 //!    a host whose checks after the switch failed (the `start` command, `check`, `health_url`)
 //!    is switched back to the release it ran before, stopped and started again and checked,
 //!    before the run ends as failed; its host is recorded `ROLLED_BACK` and counted "rolled
