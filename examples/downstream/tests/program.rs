@@ -91,7 +91,7 @@ async fn sigint_cancels_the_run_and_exits_130() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("run \"mysite\" cancelled in "), "{stderr}");
     assert!(
-        stderr.contains(", 2 failed, 0 skipped, 2 not run\n"),
+        stderr.contains(": 2 ok, 2 cancelled, 2 not run\n"),
         "{stderr}"
     );
 
