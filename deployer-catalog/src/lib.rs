@@ -141,3 +141,6 @@ pub mod fixture;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod access_tests;
