@@ -17,7 +17,8 @@ use super::slug::Slug;
 use super::store::{CatalogStore, MemoryCatalog};
 
 /// The object model behind a [`CatalogStore`]: every call names the acting user and is refused
-/// with [`CatalogError::Forbidden`] when their role does not allow it (see [`Role`]).
+/// with [`CatalogError::Forbidden`] when their effective role does not allow it ([`Catalog::may`];
+/// the matrix is in the crate docs, [access](crate#access)).
 ///
 /// A change loads the catalog, applies itself, validates the whole result (nothing invalid is
 /// ever saved) and saves it if nobody saved in between, retrying otherwise. Cloning is cheap.
