@@ -87,6 +87,15 @@ impl FromStr for Role {
 /// | [`Publish`](Action::Publish) | developer on the repository's project, and trigger on every subscriber | `publish_image` |
 /// | [`Administer`](Action::Administer) | admin | users and overrides, groups, project datasources and repositories |
 /// | [`ManageCatalog`](Action::ManageCatalog) | catalog admin | projects, shared clusters, repositories, datasources, import, export |
+///
+/// ```
+/// use deployer_catalog::{Action, Role};
+///
+/// assert_eq!(Action::Approve.min_role(), Some(Role::Developer));
+/// assert_eq!(Action::Scope.min_role(), Some(Role::User));
+/// assert_eq!(Action::ManageCatalog.min_role(), None, "catalog admins only");
+/// assert_eq!(Action::Approve.to_string(), "approve");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {

@@ -521,3 +521,37 @@ async fn the_owner_is_admin_of_the_project_whatever_the_overrides() {
         "user \"u\" may not manage the catalog (projects and shared objects): only catalog admins may"
     );
 }
+
+#[tokio::test]
+async fn only_the_owner_or_a_catalog_admin_hands_a_project_over() {
+    // u is a project admin, olga the owner.
+    let catalog = Catalog::in_memory(small_catalog(ADMIN, None, None, None, false, false));
+    let shop = slug("shop");
+    let err = catalog
+        .edit_project("u", &shop, |p| p.owner = "u".to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "project shop: owner: user \"u\" may not change it: only the owner (olga) or a \
+         catalog admin may"
+    );
+    // Other changes a project admin may make.
+    catalog
+        .edit_project("u", &shop, |p| p.name = "The Shop".to_string())
+        .await
+        .unwrap();
+    catalog
+        .edit_project("olga", &shop, |p| p.owner = "u".to_string())
+        .await
+        .unwrap();
+    let project = catalog.project("u", &shop).await.unwrap();
+    assert_eq!(
+        (project.owner.as_str(), project.name.as_str()),
+        ("u", "The Shop")
+    );
+    catalog
+        .edit_project("root", &shop, |p| p.owner = "olga".to_string())
+        .await
+        .unwrap();
+}

@@ -296,7 +296,8 @@ impl Catalog {
 
     /// Changes a project with `edit` (project admins): its name, owner, users, groups with their
     /// scopes, defaults, cluster links and deployments. The slug and the namespace cannot
-    /// change (remote resources are named after them).
+    /// change (remote resources are named after them), and only the owner or a catalog admin
+    /// may hand the project to another owner (the owner is admin whatever the roles say).
     pub async fn edit_project(
         &self,
         actor: &str,
@@ -306,13 +307,23 @@ impl Catalog {
         let target = Target::Project(project.clone());
         self.update(|data| {
             check_existing(data, actor, Action::Administer, &target)?;
+            let catalog_admin = data.is_catalog_admin(actor);
             let p = data.project_mut(project.as_str())?;
-            let (slug, namespace) = (p.slug.clone(), p.namespace.clone());
+            let (slug, namespace, owner) = (p.slug.clone(), p.namespace.clone(), p.owner.clone());
             edit(p);
             if p.slug != slug || p.namespace != namespace {
                 return Err(CatalogError::Invalid {
                     what: format!("project {project}"),
                     message: "its slug and namespace cannot change".to_string(),
+                });
+            }
+            if p.owner != owner && actor != owner && !catalog_admin {
+                return Err(CatalogError::Invalid {
+                    what: format!("project {project}: owner"),
+                    message: format!(
+                        "user \"{actor}\" may not change it: only the owner ({owner}) or a \
+                         catalog admin may"
+                    ),
                 });
             }
             Ok(())

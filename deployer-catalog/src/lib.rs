@@ -24,7 +24,8 @@
 //!
 //! 1. Catalog `admins` are admin on everything, the catalog included.
 //! 2. A project's `owner` is admin on the project and everything in it (overrides do not
-//!    lower it: the owner could change them anyway).
+//!    lower it: the owner could change them anyway). Only the owner or a catalog admin may
+//!    hand the project to another owner.
 //! 3. Otherwise the most specific grant wins: **deployment override > group override >
 //!    project role > none**. An override may lower a role (dave, a project developer, is
 //!    only a user on `prod`) as well as raise it.
