@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::access::{Member, Permission, Role};
+use super::access::{Action, Member, Role};
 use super::cluster::{Cluster, ClusterState};
 use super::data::{CatalogData, Target};
 use super::datasource::Datasource;
@@ -17,7 +17,8 @@ use super::slug::Slug;
 use super::store::{CatalogStore, MemoryCatalog};
 
 /// The object model behind a [`CatalogStore`]: every call names the acting user and is refused
-/// with [`CatalogError::Forbidden`] when their role does not allow it (see [`Role`]).
+/// with [`CatalogError::Forbidden`] when their effective role does not allow it ([`Catalog::may`];
+/// the matrix is in the crate docs, [access](crate#access)).
 ///
 /// A change loads the catalog, applies itself, validates the whole result (nothing invalid is
 /// ever saved) and saves it if nobody saved in between, retrying otherwise. Cloning is cheap.
@@ -95,7 +96,7 @@ impl Catalog {
         self.update(|current| {
             let empty = current.projects.is_empty() && current.admins.is_empty();
             if !empty {
-                current.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+                current.check(actor, Action::ManageCatalog, &Target::Catalog)?;
             }
             *current = data.clone();
             Ok(())
@@ -106,38 +107,108 @@ impl Catalog {
     /// The whole catalog (catalog admins only).
     pub async fn export(&self, actor: &str) -> Result<CatalogData, CatalogError> {
         let data = self.read().await?;
-        data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+        data.check(actor, Action::ManageCatalog, &Target::Catalog)?;
         Ok(data)
     }
 
-    /// The projects `actor` may view.
+    /// The projects `actor` may view, each as much as they may see of it
+    /// ([`CatalogData::visible_project`]: with only a group or deployment override, just the
+    /// groups and deployments they have a role on).
     pub async fn projects(&self, actor: &str) -> Result<Vec<Project>, CatalogError> {
         let data = self.read().await?;
         Ok(data
             .projects
             .iter()
-            .filter(|p| {
-                data.check(actor, Permission::View, &Target::Project(p.slug.clone()))
-                    .is_ok()
-            })
-            .cloned()
+            .filter_map(|p| data.visible_project(actor, p))
             .collect())
     }
 
-    /// One project.
+    /// One project, as much as `actor` may see of it.
     pub async fn project(&self, actor: &str, project: &Slug) -> Result<Project, CatalogError> {
         let data = self.read().await?;
-        let p = data.project(project.as_str())?.clone();
-        data.check(actor, Permission::View, &Target::Project(project.clone()))?;
-        Ok(p)
+        let p = data.project(project.as_str())?;
+        data.check(actor, Action::View, &Target::Project(project.clone()))?;
+        data.visible_project(actor, p)
+            .ok_or_else(|| CatalogError::NotFound {
+                kind: "project",
+                name: project.to_string(),
+            })
     }
 
     /// The scope of a deployment (what books see).
     pub async fn scope(&self, actor: &str, r: &DeploymentRef) -> Result<Scope, CatalogError> {
         let data = self.read().await?;
         let target = Target::Deployment(r.clone());
-        check_existing(&data, actor, Permission::View, &target)?;
+        check_existing(&data, actor, Action::Scope, &target)?;
         Scope::build(&data, r)
+    }
+
+    /// The effective role of `user` on `target` ([`CatalogData::effective_role`]: catalog
+    /// admins and the project's owner are admin; otherwise deployment override > group
+    /// override > project role > none). A target that does not exist is
+    /// [`CatalogError::NotFound`].
+    pub async fn effective_role(
+        &self,
+        user: &str,
+        target: &Target,
+    ) -> Result<Option<Role>, CatalogError> {
+        let data = self.read().await?;
+        check_exists(&data, target)?;
+        Ok(data.effective_role(user, target))
+    }
+
+    /// Whether `user` may do `action` on `target` ([`CatalogData::may`]), the one check
+    /// every call of this API goes through. A target that does not exist is
+    /// [`CatalogError::NotFound`].
+    ///
+    /// Who may approve a manual step of a job running for a deployment:
+    ///
+    /// ```
+    /// use deployer_catalog::*;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let data = CatalogData::from_yaml_str(r#"
+    /// projects:
+    /// - slug: shop
+    ///   owner: alice
+    ///   users: [{user: bob, role: user}]
+    ///   groups:
+    ///   - {slug: web, group_type: odoo, users: [{user: carol, role: developer}], deployments: [{slug: prod}]}
+    /// "#, "catalog.yaml").unwrap();
+    /// let catalog = Catalog::in_memory(data);
+    /// let prod = Target::Deployment("shop/prod".parse().unwrap());
+    /// assert!(catalog.may("carol", Action::Approve, &prod).await.unwrap());
+    /// assert!(catalog.may("alice", Action::Approve, &prod).await.unwrap());
+    /// assert!(!catalog.may("bob", Action::Approve, &prod).await.unwrap());
+    /// assert_eq!(
+    ///     catalog.authorize("bob", Action::Approve, &prod).await.unwrap_err().to_string(),
+    ///     "user \"bob\" may not approve manual steps on deployment shop/prod: \
+    ///      their role there is user (needs role developer or admin)"
+    /// );
+    /// # });
+    /// ```
+    pub async fn may(
+        &self,
+        user: &str,
+        action: Action,
+        target: &Target,
+    ) -> Result<bool, CatalogError> {
+        let data = self.read().await?;
+        check_exists(&data, target)?;
+        Ok(data.may(user, action, target))
+    }
+
+    /// [`may`](Self::may) as a `Result`: [`CatalogError::NotFound`] when the target does not
+    /// exist, [`CatalogError::Forbidden`] (naming the user, the action, the target, their role
+    /// there and the roles that would do) when they may not.
+    pub async fn authorize(
+        &self,
+        user: &str,
+        action: Action,
+        target: &Target,
+    ) -> Result<(), CatalogError> {
+        let data = self.read().await?;
+        check_existing(&data, user, action, target)
     }
 
     /// The effective role of `user` on `target` (readable by anybody who may view it).
@@ -149,7 +220,7 @@ impl Catalog {
     ) -> Result<Option<Role>, CatalogError> {
         let data = self.read().await?;
         if actor != user {
-            data.check(actor, Permission::View, target)?;
+            data.check(actor, Action::View, target)?;
         }
         Ok(data.role_of(user, target))
     }
@@ -157,7 +228,7 @@ impl Catalog {
     /// Adds a project (catalog admins).
     pub async fn create_project(&self, actor: &str, project: Project) -> Result<(), CatalogError> {
         self.update(|data| {
-            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.check(actor, Action::ManageCatalog, &Target::Catalog)?;
             data.projects.push(project.clone());
             Ok(())
         })
@@ -174,7 +245,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Project(project.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageProject, &target)?;
+            check_existing(data, actor, Action::Administer, &target)?;
             let p = data.project_mut(project.as_str())?;
             set_role(&mut p.users, user, role);
             Ok(())
@@ -191,7 +262,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Project(project.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageProject, &target)?;
+            check_existing(data, actor, Action::Administer, &target)?;
             data.project_mut(project.as_str())?
                 .groups
                 .push(group.clone());
@@ -212,7 +283,7 @@ impl Catalog {
         let target = Target::Project(project.clone());
         self.update(|data| {
             data.group(project.as_str(), group.as_str())?;
-            data.check(actor, Permission::ManageProject, &target)?;
+            data.check(actor, Action::Administer, &target)?;
             set_role(
                 &mut data.group_mut(project.as_str(), group.as_str())?.users,
                 user,
@@ -225,7 +296,8 @@ impl Catalog {
 
     /// Changes a project with `edit` (project admins): its name, owner, users, groups with their
     /// scopes, defaults, cluster links and deployments. The slug and the namespace cannot
-    /// change (remote resources are named after them).
+    /// change (remote resources are named after them), and only the owner or a catalog admin
+    /// may hand the project to another owner (the owner is admin whatever the roles say).
     pub async fn edit_project(
         &self,
         actor: &str,
@@ -234,14 +306,24 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Project(project.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageProject, &target)?;
+            check_existing(data, actor, Action::Administer, &target)?;
+            let catalog_admin = data.is_catalog_admin(actor);
             let p = data.project_mut(project.as_str())?;
-            let (slug, namespace) = (p.slug.clone(), p.namespace.clone());
+            let (slug, namespace, owner) = (p.slug.clone(), p.namespace.clone(), p.owner.clone());
             edit(p);
             if p.slug != slug || p.namespace != namespace {
                 return Err(CatalogError::Invalid {
                     what: format!("project {project}"),
                     message: "its slug and namespace cannot change".to_string(),
+                });
+            }
+            if p.owner != owner && actor != owner && !catalog_admin {
+                return Err(CatalogError::Invalid {
+                    what: format!("project {project}: owner"),
+                    message: format!(
+                        "user \"{actor}\" may not change it: only the owner ({owner}) or a \
+                         catalog admin may"
+                    ),
                 });
             }
             Ok(())
@@ -260,7 +342,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Group(project.clone(), group.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             data.group_mut(project.as_str(), group.as_str())?.defaults = defaults.clone();
             Ok(())
         })
@@ -277,7 +359,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Group(project.clone(), group.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             data.group_mut(project.as_str(), group.as_str())?
                 .deployments
                 .push(deployment.clone());
@@ -295,7 +377,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Deployment(r.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             data.deployment_mut(r)?.settings = settings.clone();
             Ok(())
         })
@@ -310,7 +392,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Deployment(r.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             for g in &mut data.project_mut(r.project.as_str())?.groups {
                 g.deployments.retain(|d| d.slug != r.deployment);
             }
@@ -330,7 +412,7 @@ impl Catalog {
         let target = Target::Project(r.project.clone());
         self.update(|data| {
             data.deployment(r)?;
-            data.check(actor, Permission::ManageProject, &target)?;
+            data.check(actor, Action::Administer, &target)?;
             set_role(&mut data.deployment_mut(r)?.users, user, role);
             Ok(())
         })
@@ -346,7 +428,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Deployment(r.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             data.deployment_mut(r)?.monitors.push(monitor.clone());
             Ok(())
         })
@@ -362,7 +444,7 @@ impl Catalog {
     ) -> Result<Vec<MonitorStatus>, CatalogError> {
         let data = self.read().await?;
         let (_, _, deployment) = data.deployment(r)?;
-        data.check(actor, Permission::View, &Target::Deployment(r.clone()))?;
+        data.check(actor, Action::View, &Target::Deployment(r.clone()))?;
         let mut out = Vec::new();
         for m in &deployment.monitors {
             let window = m.thresholds.error_after_failures.max(1) as usize;
@@ -391,7 +473,7 @@ impl Catalog {
     ) -> Result<LifecycleRequest, CatalogError> {
         let data = self.read().await?;
         let target = Target::Deployment(r.clone());
-        check_existing(&data, actor, Permission::TriggerActions, &target)?;
+        check_existing(&data, actor, Action::Trigger, &target)?;
         request(
             &data,
             r,
@@ -403,7 +485,7 @@ impl Catalog {
     }
 
     /// The connection secret of a datasource linked to the deployment's scope, for a step that
-    /// must connect (a backup); needs [`Permission::TriggerActions`] on the deployment. The scope
+    /// must connect (a backup); needs [`Action::Trigger`] on the deployment. The scope
     /// itself only shows `***`.
     pub async fn datasource_secret(
         &self,
@@ -413,7 +495,7 @@ impl Catalog {
     ) -> Result<deployer_core::Secret, CatalogError> {
         let data = self.read().await?;
         let target = Target::Deployment(r.clone());
-        check_existing(&data, actor, Permission::TriggerActions, &target)?;
+        check_existing(&data, actor, Action::Trigger, &target)?;
         let scope = Scope::build(&data, r)?;
         if !scope
             .datasources
@@ -439,7 +521,7 @@ impl Catalog {
     /// Adds a shared cluster (catalog admins).
     pub async fn create_cluster(&self, actor: &str, cluster: Cluster) -> Result<(), CatalogError> {
         self.update(|data| {
-            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.check(actor, Action::ManageCatalog, &Target::Catalog)?;
             data.clusters.push(cluster.clone());
             Ok(())
         })
@@ -455,7 +537,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         self.update(|data| {
             data.cluster(cluster.as_str())?;
-            data.check(actor, Permission::ManageCatalog, &Target::Catalog)?;
+            data.check(actor, Action::ManageCatalog, &Target::Catalog)?;
             data.cluster_mut(cluster.as_str())?.transition(to)
         })
         .await
@@ -470,7 +552,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let target = Target::Deployment(r.clone());
         self.update(|data| {
-            check_existing(data, actor, Permission::ManageDeployments, &target)?;
+            check_existing(data, actor, Action::Edit, &target)?;
             let d = data.deployment_mut(r)?;
             if !d.clusters.contains(cluster) {
                 d.clusters.push(cluster.clone());
@@ -512,9 +594,10 @@ impl Catalog {
 
     /// Publishes `version` of an image and returns one deploy request per deployment that
     /// subscribes to it (its own or inherited `image` is this one and `subscribe_image` is
-    /// true), in catalog order. Publishing to a repository reserved to a project needs
-    /// [`Permission::TriggerActions`] there; to a shared one, a catalog admin. Publishing the
-    /// current version again is an error.
+    /// true), in catalog order. Publishing needs [`Action::Publish`] on the repository
+    /// (developers and admins of the project it is reserved to, its owner included; catalog
+    /// admins only for a shared one) and [`Action::Trigger`] on every subscribed deployment
+    /// (publishing deploys them). Publishing the current version again is an error.
     pub async fn publish_image(
         &self,
         actor: &str,
@@ -529,15 +612,12 @@ impl Catalog {
             });
         }
         self.update(|data| {
-            let repo = data.repository(repository.as_str())?;
-            match &repo.project {
-                Some(p) => data.check(
-                    actor,
-                    Permission::TriggerActions,
-                    &Target::Project(p.clone()),
-                )?,
-                None => data.check(actor, Permission::ManageCatalog, &Target::Catalog)?,
-            }
+            check_existing(
+                data,
+                actor,
+                Action::Publish,
+                &Target::Repository(repository.clone()),
+            )?;
             let img = data.image_mut(repository.as_str(), image.as_str())?;
             if img.current() == Some(version) {
                 return Err(CatalogError::Invalid {
@@ -555,6 +635,25 @@ impl Catalog {
                         .as_ref()
                         .is_some_and(|i| &i.repository == repository && &i.image == image);
                 if subscribed {
+                    data.check(actor, Action::Trigger, &Target::Deployment(r.clone()))
+                        .map_err(|e| match e {
+                            CatalogError::Forbidden {
+                                user,
+                                permission,
+                                target,
+                                role,
+                                catalog_admins_only,
+                            } => CatalogError::Forbidden {
+                                user,
+                                permission,
+                                target: format!(
+                                    "{target}, which subscribes to {repository}/{image}"
+                                ),
+                                role,
+                                catalog_admins_only,
+                            },
+                            other => other,
+                        })?;
                     requests.push(request(
                         data,
                         &r,
@@ -618,24 +717,25 @@ fn check_owner(
     project: Option<&Slug>,
 ) -> Result<(), CatalogError> {
     match project {
-        Some(p) => check_existing(
-            data,
-            actor,
-            Permission::ManageProject,
-            &Target::Project(p.clone()),
-        ),
-        None => data.check(actor, Permission::ManageCatalog, &Target::Catalog),
+        Some(p) => check_existing(data, actor, Action::Administer, &Target::Project(p.clone())),
+        None => data.check(actor, Action::ManageCatalog, &Target::Catalog),
     }
 }
 
-/// Checks that `target` exists (else [`CatalogError::NotFound`]) and then that `actor` has
-/// `permission` on it (else [`CatalogError::Forbidden`]), in that order.
+/// Checks that `target` exists (else [`CatalogError::NotFound`]) and then that `actor` may do
+/// `action` on it (else [`CatalogError::Forbidden`]), in that order.
 fn check_existing(
     data: &CatalogData,
     actor: &str,
-    permission: Permission,
+    action: Action,
     target: &Target,
 ) -> Result<(), CatalogError> {
+    check_exists(data, target)?;
+    data.check(actor, action, target)
+}
+
+/// [`CatalogError::NotFound`] when `target` does not exist.
+fn check_exists(data: &CatalogData, target: &Target) -> Result<(), CatalogError> {
     match target {
         Target::Catalog => {}
         Target::Project(p) => {
@@ -647,6 +747,9 @@ fn check_existing(
         Target::Deployment(r) => {
             data.deployment(r)?;
         }
+        Target::Repository(r) => {
+            data.repository(r.as_str())?;
+        }
     }
-    data.check(actor, permission, target)
+    Ok(())
 }

@@ -5,7 +5,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::access::{Permission, Role, role_in};
 use super::cluster::Cluster;
 use super::datasource::Datasource;
 use super::error::CatalogError;
@@ -64,7 +63,7 @@ pub struct CatalogData {
     pub datasources: Vec<Datasource>,
 }
 
-/// What an operation acts on, for role checks.
+/// What an action acts on, for access checks ([`CatalogData::may`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// The catalog as a whole (projects, shared objects).
@@ -75,6 +74,9 @@ pub enum Target {
     Group(Slug, Slug),
     /// A deployment.
     Deployment(DeploymentRef),
+    /// A repository: one reserved to a project belongs to that project, a shared one to the
+    /// catalog (its images are published by catalog admins only).
+    Repository(Slug),
 }
 
 impl fmt::Display for Target {
@@ -84,6 +86,7 @@ impl fmt::Display for Target {
             Target::Project(p) => write!(f, "project {p}"),
             Target::Group(p, g) => write!(f, "group {p}/{g}"),
             Target::Deployment(d) => write!(f, "deployment {d}"),
+            Target::Repository(r) => write!(f, "repository {r}"),
         }
     }
 }
@@ -366,54 +369,6 @@ impl CatalogData {
             .filter(|s| seen.insert(*s))
             .map(|s| self.cluster(s.as_str()))
             .collect()
-    }
-
-    /// The effective role of `user` on `target`: admin everywhere for catalog admins;
-    /// otherwise, on a deployment, its override, else its group's, else the project role; on
-    /// a group, its override, else the project role; on a project, the project role; on the
-    /// catalog, none.
-    pub fn role_of(&self, user: &str, target: &Target) -> Option<Role> {
-        if self.admins.iter().any(|a| a == user) {
-            return Some(Role::Admin);
-        }
-        match target {
-            Target::Catalog => None,
-            Target::Project(p) => role_in(&self.project(p.as_str()).ok()?.users, user),
-            Target::Group(p, g) => {
-                let project = self.project(p.as_str()).ok()?;
-                let group = project.groups.iter().find(|x| &x.slug == g)?;
-                role_in(&group.users, user).or_else(|| role_in(&project.users, user))
-            }
-            Target::Deployment(r) => {
-                let (project, group, deployment) = self.deployment(r).ok()?;
-                role_in(&deployment.users, user)
-                    .or_else(|| role_in(&group.users, user))
-                    .or_else(|| role_in(&project.users, user))
-            }
-        }
-    }
-
-    /// Whether `user` may do what needs `permission` on `target`; the error names the user,
-    /// the target, their role there and the roles that would do.
-    pub fn check(
-        &self,
-        user: &str,
-        permission: Permission,
-        target: &Target,
-    ) -> Result<(), CatalogError> {
-        let is_admin = self.admins.iter().any(|a| a == user);
-        let role = self.role_of(user, target);
-        let allowed = is_admin || role.is_some_and(|r| r.allows(permission));
-        if allowed {
-            Ok(())
-        } else {
-            Err(CatalogError::Forbidden {
-                user: user.to_string(),
-                permission,
-                target: target.to_string(),
-                role,
-            })
-        }
     }
 
     /// Checks the whole catalog: unique slugs, namespaces and uids; every reference resolves;

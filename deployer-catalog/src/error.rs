@@ -2,7 +2,7 @@
 
 use deployer_core::StoreError;
 
-use super::access::{Permission, Role};
+use super::access::{Action, Role};
 use super::cluster::ClusterState;
 
 /// Failure of a catalog operation: bad input, a refused actor, or the store.
@@ -64,16 +64,18 @@ pub enum CatalogError {
         to: ClusterState,
     },
     /// The acting user's role does not allow the operation.
-    #[error("{}", forbidden(user, *permission, target, *role))]
+    #[error("{}", forbidden(user, *permission, target, *role, *catalog_admins_only))]
     Forbidden {
         /// The acting user.
         user: String,
-        /// What the operation needs.
-        permission: Permission,
+        /// The action refused.
+        permission: Action,
         /// What it acts on (`deployment shop/prod`).
         target: String,
         /// The user's effective role there, if any.
         role: Option<Role>,
+        /// Whether only catalog admins may (a catalog-level action, or a shared object).
+        catalog_admins_only: bool,
     },
     /// A value that is well-formed but not acceptable here.
     #[error("{what}: {message}")]
@@ -147,23 +149,31 @@ fn allowed_hint(from: ClusterState) -> String {
     }
 }
 
-fn forbidden(user: &str, permission: Permission, target: &str, role: Option<Role>) -> String {
-    if permission == Permission::ManageCatalog {
+fn forbidden(
+    user: &str,
+    action: Action,
+    target: &str,
+    role: Option<Role>,
+    catalog_admins_only: bool,
+) -> String {
+    if action == Action::ManageCatalog {
         return format!(
             "user \"{user}\" may not {}: only catalog admins may",
-            permission.describe()
+            action.describe()
         );
     }
-    let on = if permission == Permission::View {
-        ""
-    } else {
-        " on"
-    };
+    if catalog_admins_only {
+        return format!(
+            "user \"{user}\" may not {} {target}: it belongs to no project, so only catalog \
+             admins may",
+            action.describe()
+        );
+    }
     format!(
-        "user \"{user}\" may not {}{on} {target}: {} (needs {})",
-        permission.describe(),
+        "user \"{user}\" may not {} {target}: {} (needs {})",
+        action.describe(),
         role_hint(role),
-        needs_hint(permission)
+        needs_hint(action)
     )
 }
 
@@ -174,10 +184,10 @@ fn role_hint(role: Option<Role>) -> String {
     }
 }
 
-fn needs_hint(permission: Permission) -> String {
+fn needs_hint(action: Action) -> String {
     let roles: Vec<String> = Role::ALL
         .iter()
-        .filter(|r| r.allows(permission))
+        .filter(|r| r.allows(action))
         .map(ToString::to_string)
         .collect();
     format!("role {}", roles.join(" or "))

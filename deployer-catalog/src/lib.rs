@@ -12,9 +12,48 @@
 //!   [`LifecycleRequest`] per subscribed deployment.
 //! * [`Datasource`]s (buckets, databases) keep their connection in a [`Secret`].
 //! * [`Monitor`]s are health checks; [`MonitorRunner`] runs the due ones and keeps their log.
-//! * [`Role`]s (with group and deployment overrides) decide what [`Permission`]s a user has.
+//! * [`Role`]s (with group and deployment overrides) decide which [`Action`]s a user may do:
+//!   see [Access](#access).
 //! * [`Scope`] is the resolved JSON view of a deployment that books evaluate against.
 
+//!
+//! # Access
+//!
+//! Every check of the [`Catalog`] API, and what `show` lists, derives from one rule: the user's
+//! **effective role** on the object ([`CatalogData::effective_role`]).
+//!
+//! 1. Catalog `admins` are admin on everything, the catalog included.
+//! 2. A project's `owner` is admin on the project and everything in it (overrides do not
+//!    lower it: the owner could change them anyway). Only the owner or a catalog admin may
+//!    hand the project to another owner.
+//! 3. Otherwise the most specific grant wins: **deployment override > group override >
+//!    project role > none**. An override may lower a role (dave, a project developer, is
+//!    only a user on `prod`) as well as raise it.
+//! 4. A repository reserved to a project takes the project's role; the catalog itself and a
+//!    shared repository belong to no project: only catalog admins act on them.
+//!
+//! An [`Action`] is allowed when the effective role on its object is at least the role the
+//! table names ([`Action::min_role`], [`CatalogData::may`]):
+//!
+//! | action | object | user | developer | admin (and owner) | catalog admin |
+//! |---|---|---|---|---|---|
+//! | `view` (`show`) | project, group, deployment | yes | yes | yes | yes |
+//! | `scope` | deployment | yes | yes | yes | yes |
+//! | `trigger` (and datasource secrets) | deployment | | yes | yes | yes |
+//! | `approve` a manual step of its job | deployment | | yes | yes | yes |
+//! | `edit` deployments, monitors, group defaults | group, deployment | | yes | yes | yes |
+//! | `publish` an image version | repository reserved to the project | | yes ¹ | yes ¹ | yes |
+//! | `administer`: users, overrides, groups, project datasources and repositories | project | | | yes | yes |
+//! | `publish` to a shared repository; projects, clusters, shared objects, import, export | catalog | | | | yes |
+//!
+//! With no role anywhere a user sees nothing and may do nothing. Visibility follows the same
+//! rule: a project or group is also visible to whoever has a role on something inside it,
+//! and then shows only that ([`CatalogData::visible_project`]) — carol, with only a developer
+//! override on group `web`, sees project `shop`, group `web` and its deployments (and may
+//! trigger and approve there), but no other group, and may not administer the project.
+//! Whoever may do anything to an object may view it.
+//!
+//! ¹ Publishing deploys every subscribed deployment, so it also needs `trigger` on each.
 //!
 //! # What this crate does not know
 //!
@@ -73,7 +112,7 @@ mod slug;
 mod store;
 mod update;
 
-pub use access::{Member, Permission, Role};
+pub use access::{Action, Member, Permission, Role};
 pub use api::Catalog;
 pub use cluster::{Cluster, ClusterState};
 pub use data::{CatalogData, Target};
@@ -103,3 +142,6 @@ pub mod fixture;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod access_tests;

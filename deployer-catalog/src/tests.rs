@@ -839,6 +839,8 @@ async fn a_missing_object_is_reported_before_any_refusal() {
 /// What each operation of the matrix needs, written out independently of the code.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Needs {
+    /// A role on the object or on something inside it.
+    Visible,
     View,
     Manage,
     Trigger,
@@ -855,7 +857,7 @@ fn expected(role: Option<Role>, catalog_admin: bool, needs: Needs) -> bool {
     }
     match (role, needs) {
         (_, Needs::CatalogAdmin) | (None, _) => false,
-        (Some(_), Needs::View) => true,
+        (Some(_), Needs::View | Needs::Visible) => true,
         (Some(Role::User), _) => false,
         (Some(Role::Developer), Needs::Manage | Needs::Trigger) => true,
         (Some(Role::Developer), _) => false,
@@ -992,7 +994,7 @@ async fn run_op(
 }
 
 const OPS: &[(&str, Level, Needs)] = &[
-    ("view project", Level::Project, Needs::View),
+    ("view project", Level::Project, Needs::Visible),
     ("view scope", Level::Deployment, Needs::View),
     ("monitor status", Level::Deployment, Needs::View),
     ("trigger", Level::Deployment, Needs::Trigger),
@@ -1089,6 +1091,10 @@ async fn every_role_times_every_action_with_and_without_overrides() {
             for &(op, level, needs) in OPS {
                 let role = match level {
                     Level::Catalog => None,
+                    // Visible to whoever has a role on it or on something inside it.
+                    Level::Project if needs == Needs::Visible => {
+                        project_role.or(group_role).or(prod_role).or(staging_role)
+                    }
                     Level::Project => project_role,
                     Level::Group => group_role,
                     Level::Deployment => deployment_role,
@@ -1155,7 +1161,7 @@ async fn refusals_say_who_what_where_and_what_would_do() {
     let cases: Vec<(Result<(), CatalogError>, &str)> = vec![
         (
             catalog.scope("zed", &dep("shop/prod")).await.map(drop),
-            "user \"zed\" may not view deployment shop/prod: they have no role there (needs role user or developer or admin)",
+            "user \"zed\" may not read the scope of deployment shop/prod: they have no role there (needs role user or developer or admin)",
         ),
         (
             catalog.remove_deployment("dave", &dep("shop/prod")).await,

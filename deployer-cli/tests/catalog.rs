@@ -53,7 +53,7 @@ fn show_lists_what_the_user_may_see() {
     );
     let out = catalog(&example(), &["show", "--as", "mallory"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "(no project visible)\n");
+    assert_eq!(text(&out.stdout), "(no project visible to mallory)\n");
     let out = catalog(&example(), &["show", "--as", "alice", "--json"]);
     assert_eq!(json(&out)[0]["slug"], "shop");
     assert!(!text(&out.stdout).contains("wJalrXUtnFEMI"));
@@ -150,15 +150,6 @@ fn publishing_an_image_requests_a_deploy_of_subscribers() {
     assert_eq!(
         requests[0]["scope"]["deployment"]["image"]["version"],
         "1.5.0"
-    );
-    let out = catalog(
-        &example(),
-        &["publish", "shop-app/app", "1.5.0", "--as", "alice"],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "a shared repository needs a catalog admin"
     );
 }
 
@@ -415,4 +406,169 @@ fn the_monitors_command_runs_due_checks_and_keeps_their_log() {
     // Checked a moment ago (interval 60 s): not due, the stored result stands.
     let out = catalog_in(&store, None, &["monitors"]);
     assert_eq!(text(&out.stdout), "shop/prod/health ok\n");
+}
+
+/// The example catalog with `from` replaced by `to` (which must occur), written to `dir`.
+fn example_with(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let yaml = std::fs::read_to_string(example()).unwrap();
+    assert!(yaml.contains(from), "{from}");
+    let path = dir.join("catalog.yaml");
+    std::fs::write(&path, yaml.replacen(from, to, 1)).unwrap();
+    path
+}
+
+/// A refusal: exit 2, nothing on stdout, `message` on stderr.
+fn assert_refused(out: &Output, message: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stderr), format!("error: {message}\n"));
+}
+
+/// Issue 19: carol, with no project role and a developer override on group web, was shown
+/// "(no project visible)" and yet could trigger and read scopes. Now what she sees and what
+/// she may do come from the same rule.
+#[test]
+fn carol_sees_and_acts_on_her_group_only() {
+    let out = catalog(&example(), &["show", "--as", "carol"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "project shop (Shop) owner alice namespace ns-9a2f3b5c6d7e8f90 role=none\n\
+         \x20 group web [odoo] role=developer\n\
+         \x20   deployment shop/prod scope=production clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n\
+         \x20   deployment shop/staging scope=staging clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n",
+        "group db is not shown"
+    );
+    let out = catalog(&example(), &["show", "--as", "carol", "--json"]);
+    let groups = &json(&out)[0]["groups"];
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["slug"], "web");
+
+    // What she sees she may act on.
+    let out = catalog(&example(), &["scope", "shop/prod", "--as", "carol"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["deployment"]["ref"], "shop/prod");
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/prod", "deploy", "--as", "carol"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out)[0]["triggered_by"]["user"], "carol");
+
+    // What she does not see she may not act on.
+    let out = catalog(
+        &example(),
+        &["trigger", "shop/main-db", "backup", "--as", "carol"],
+    );
+    assert_refused(
+        &out,
+        "user \"carol\" may not trigger actions on deployment shop/main-db: they have no role \
+         there (needs role developer or admin)",
+    );
+    let out = catalog(&example(), &["scope", "shop/main-db", "--as", "carol"]);
+    assert_refused(
+        &out,
+        "user \"carol\" may not read the scope of deployment shop/main-db: they have no role \
+         there (needs role user or developer or admin)",
+    );
+    // Publishing is the project's, not the group's.
+    let out = catalog(
+        &example(),
+        &["publish", "shop-app/app", "1.5.0", "--as", "carol"],
+    );
+    assert_refused(
+        &out,
+        "user \"carol\" may not publish images of repository shop-app: they have no role there \
+         (needs role developer or admin)",
+    );
+}
+
+/// A user with no role anywhere sees nothing and may do nothing.
+#[test]
+fn a_user_with_nothing_sees_nothing_and_may_do_nothing() {
+    let out = catalog(&example(), &["show", "--as", "mallory", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out), serde_json::json!([]));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["scope", "shop/staging", "--as", "mallory"],
+            "user \"mallory\" may not read the scope of deployment shop/staging: they have no \
+             role there (needs role user or developer or admin)",
+        ),
+        (
+            &["trigger", "shop/staging", "deploy", "--as", "mallory"],
+            "user \"mallory\" may not trigger actions on deployment shop/staging: they have no \
+             role there (needs role developer or admin)",
+        ),
+        (
+            &["publish", "shop-app/app", "1.5.0", "--as", "mallory"],
+            "user \"mallory\" may not publish images of repository shop-app: they have no role \
+             there (needs role developer or admin)",
+        ),
+    ];
+    for (args, message) in cases {
+        assert_refused(&catalog(&example(), args), message);
+    }
+}
+
+/// Issue 19: alice, the project owner, was refused `publish` (only catalog admins could).
+/// The owner is admin of the project, and a project's images are the project's to publish; a
+/// shared repository stays the catalog admins'.
+#[test]
+fn alice_the_owner_publishes_her_projects_image() {
+    let out = catalog(
+        &example(),
+        &["publish", "shop-app/app", "1.5.0", "--as", "alice"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let requests = json(&out);
+    assert_eq!(requests.as_array().unwrap().len(), 1, "{requests}");
+    assert_eq!(requests[0]["deployment"]["deployment"], "prod");
+    assert_eq!(requests[0]["triggered_by"]["user"], "alice");
+
+    // As owner alone, without a project role, she still may: the owner is admin.
+    let dir = tempfile::tempdir().unwrap();
+    let owner_only = example_with(dir.path(), "      - {user: alice, role: admin}\n", "");
+    let out = catalog(
+        &owner_only,
+        &["publish", "shop-app/app", "1.5.0", "--as", "alice"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = catalog(&owner_only, &["show", "--as", "alice"]);
+    assert!(
+        text(&out.stdout).starts_with(
+            "project shop (Shop) owner alice namespace ns-9a2f3b5c6d7e8f90 role=admin\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // dave develops the project but is only a user on prod, which the publish would deploy.
+    let out = catalog(
+        &example(),
+        &["publish", "shop-app/app", "1.5.0", "--as", "dave"],
+    );
+    assert_refused(
+        &out,
+        "user \"dave\" may not trigger actions on deployment shop/prod, which subscribes to \
+         shop-app/app: their role there is user (needs role developer or admin)",
+    );
+
+    // A shared repository belongs to no project: only catalog admins publish there.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = example_with(dir.path(), "    project: shop\n", "");
+    let out = catalog(
+        &shared,
+        &["publish", "shop-app/app", "1.5.0", "--as", "alice"],
+    );
+    assert_refused(
+        &out,
+        "user \"alice\" may not publish images of repository shop-app: it belongs to no \
+         project, so only catalog admins may",
+    );
+    let out = catalog(
+        &shared,
+        &["publish", "shop-app/app", "1.5.0", "--as", "root"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

@@ -4,10 +4,21 @@
 //! ```text
 //! catalog --file examples/catalog.yaml check                      # validate: "Catalog ok"
 //! catalog --file examples/catalog.yaml show --as bob              # what bob may see
+//! catalog --file examples/catalog.yaml show --as carol            # her group only
 //! catalog --file examples/catalog.yaml scope shop/prod --as bob   # the scope books see (JSON)
 //! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice
-//! catalog --file examples/catalog.yaml publish shop-app/app 1.5.0 --as root
+//! catalog --file examples/catalog.yaml publish shop-app/app 1.5.0 --as alice
 //! ```
+//!
+//! Every command acts as the `--as` user and is allowed by one rule, the user's effective role
+//! on the object: catalog admins are admin everywhere, a project's owner is admin of the
+//! project, otherwise a deployment override beats a group override, which beats the project
+//! role. `show` lists what the user may see with their role on each object (a group or
+//! deployment override shows its project with only that group or deployment); `scope` needs
+//! the role user, `trigger` and `publish` (of a project's image; a shared repository's are
+//! the catalog admins') developer. A refusal names the user, the object, their role there and
+//! the role that would do, and exits 2. The whole matrix is in the crate docs of
+//! `deployer-catalog`.
 //!
 //! With `--store URL` (a SQLite file or a PostgreSQL URL, as `deploy --store`) the catalog is
 //! kept in that store: `import --as USER` loads `--file` into it (anybody may seed an empty
@@ -43,7 +54,7 @@ use std::sync::Arc;
 use deployer_books::{Acknowledgements, BookLibrary, JobBuilder, JobRunner, JobState, JobStepKind};
 use deployer_catalog::{
     Catalog, CatalogData, CatalogError, DeploymentRef, LifecycleAction, LifecycleRequest,
-    MonitorRunner, Project, Slug, Trigger,
+    MonitorRunner, Project, Slug, Target, Trigger,
 };
 use deployer_commands::CurlChecker;
 use deployer_core::{CommandRegistry, Event, EventKind, Executor, RunOptions};
@@ -237,20 +248,30 @@ fn print_requests(requests: &[LifecycleRequest]) -> Result<(), Failure> {
     print_json(&requests)
 }
 
-fn show(data: &CatalogData, projects: &[Project]) {
+/// The user's effective role on `target`, as `show` prints it.
+fn role_there(data: &CatalogData, actor: &str, target: &Target) -> &'static str {
+    data.effective_role(actor, target)
+        .map(|r| r.as_str())
+        .unwrap_or("none")
+}
+
+/// What `actor` may see (`projects`, already pruned to it), with their role on each object.
+fn show(data: &CatalogData, actor: &str, projects: &[Project]) {
     if projects.is_empty() {
-        println!("(no project visible)");
+        println!("(no project visible to {actor})");
     }
     for p in projects {
+        let role = role_there(data, actor, &Target::Project(p.slug.clone()));
         println!(
-            "project {} ({}) owner {} namespace {}",
+            "project {} ({}) owner {} namespace {} role={role}",
             p.slug,
             p.name,
             p.owner,
             p.namespace.name()
         );
         for g in &p.groups {
-            println!("  group {} [{}]", g.slug, g.group_type);
+            let role = role_there(data, actor, &Target::Group(p.slug.clone(), g.slug.clone()));
+            println!("  group {} [{}] role={role}", g.slug, g.group_type);
             for d in &g.deployments {
                 let s = CatalogData::effective_settings(g, d);
                 let r = DeploymentRef::new(p.slug.clone(), d.slug.clone());
@@ -272,8 +293,9 @@ fn show(data: &CatalogData, projects: &[Project]) {
                     .iter()
                     .filter_map(|a| s.books.get(*a).map(|b| format!("{a}={b}")))
                     .collect();
+                let role = role_there(data, actor, &Target::Deployment(r.clone()));
                 println!(
-                    "    deployment {r} scope={} clusters=[{}] books=[{}]",
+                    "    deployment {r} scope={} clusters=[{}] books=[{}] role={role}",
                     s.scope.as_ref().map(Slug::as_str).unwrap_or("-"),
                     clusters.join(", "),
                     books.join(", ")
@@ -347,7 +369,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if *json {
                 print_json(&projects)
             } else {
-                show(&data, &projects);
+                show(&data, actor, &projects);
                 Ok(())
             }
         }
