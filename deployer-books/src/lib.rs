@@ -61,7 +61,10 @@ mod model;
 mod run;
 
 pub use error::{BookError, BookProblem};
-pub use job::{BookRequest, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind};
+pub use job::{
+    BookRequest, CleanupWhen, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind,
+    StepCleanup,
+};
 pub use library::BookLibrary;
 pub use model::{Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind};
-pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND};
+pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND, STARTED_COMMAND};
