@@ -244,6 +244,31 @@ impl JobStep {
     }
 }
 
+/// The point a called book's `started` stage reaches: `started:` and the call's path in the
+/// letters a point may have (`/` as `.`, others as `_`), shortened, then `.` and the index of
+/// the book's first step that runs (which makes it unique).
+fn started_point(call: &str, first: usize) -> String {
+    let suffix = format!(".{first}");
+    let name: String = call
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':') => c,
+            _ => '_',
+        })
+        .collect();
+    let keep = 64 - "started:".len() - suffix.len();
+    let name: String = name
+        .chars()
+        .rev()
+        .take(keep)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("started:{name}{suffix}")
+}
+
 impl Job {
     /// The tasklist the job runs: one stage per step that runs (skipped steps have none), in
     /// order. A command step has one task per host (tagged with the step's path) carrying the
@@ -255,7 +280,7 @@ impl Job {
     /// cancel), `on_failure` ones only when the run failed or was cancelled. A called book's
     /// clean-up runs only if the book started: before its first step that runs, a stage
     /// `<call> started` runs one [`STARTED_COMMAND`] task (which does nothing) on each host of
-    /// that clean-up, reaching point `started.<step index>`, and the clean-up stages run
+    /// that clean-up, reaching point `started:<call>.<step index>`, and the clean-up stages run
     /// `if_reached` it — so on the hosts where the book started.
     ///
     /// ```
@@ -277,7 +302,7 @@ impl Job {
     ///                    "deploy/pause/unflag", "deploy/tell"]);
     /// let unflag = tasklist.stages[3].finally.as_ref().unwrap();
     /// assert!(unflag.on_failure);
-    /// assert_eq!(unflag.if_reached.as_deref(), Some("started.1"));
+    /// assert_eq!(unflag.if_reached.as_deref(), Some("started:deploy.pause.1"));
     /// assert_eq!(tasklist.stages[4].finally, Some(deployer_core::Finally::always()));
     /// # });
     /// ```
@@ -295,12 +320,14 @@ impl Job {
             .filter(|(_, s)| s.runs())
             .filter_map(|(i, s)| s.stage().map(|stage| (i, stage)))
             .collect();
-        // Per step starting a called book that has clean-up: the calls, and the hosts of
-        // their clean-up (remote host, else load balancer).
-        let mut markers: BTreeMap<
-            usize,
-            (Vec<String>, BTreeSet<(Option<String>, Option<String>)>),
-        > = BTreeMap::new();
+        // Per step starting a called book that has clean-up: the point, the calls, and the
+        // hosts of their clean-up (remote host, else load balancer).
+        type Marker = (
+            String,
+            Vec<String>,
+            BTreeSet<(Option<String>, Option<String>)>,
+        );
+        let mut markers: BTreeMap<usize, Marker> = BTreeMap::new();
         for (i, stage) in stages.iter_mut() {
             let Some(cleanup) = &self.steps[*i].cleanup else {
                 continue;
@@ -319,8 +346,10 @@ impl Job {
                 else {
                     continue;
                 };
-                finally.if_reached = Some(format!("started.{first}"));
-                let (calls, hosts) = markers.entry(first).or_default();
+                let (point, calls, hosts) = markers
+                    .entry(first)
+                    .or_insert_with(|| (started_point(after, first), Vec::new(), BTreeSet::new()));
+                finally.if_reached = Some(point.clone());
                 if !calls.contains(after) {
                     calls.push(after.clone());
                 }
@@ -337,8 +366,7 @@ impl Job {
         let mut tasklist = Tasklist::new(format!("{} {}", self.source(), self.id));
         let mut map = Vec::new();
         for (i, stage) in stages {
-            if let Some((calls, hosts)) = markers.remove(&i) {
-                let point = format!("started.{i}");
+            if let Some((point, calls, hosts)) = markers.remove(&i) {
                 let tasks: Vec<Task> = hosts
                     .into_iter()
                     .map(|(remote, lb)| {
