@@ -366,7 +366,9 @@ impl Job {
         let mut tasklist = Tasklist::new(format!("{} {}", self.source(), self.id));
         let mut map = Vec::new();
         for (i, stage) in stages {
-            if let Some((point, calls, hosts)) = markers.remove(&i) {
+            if let Some((point, mut calls, hosts)) = markers.remove(&i) {
+                // Outermost first.
+                calls.sort();
                 let tasks: Vec<Task> = hosts
                     .into_iter()
                     .map(|(remote, lb)| {
