@@ -30,6 +30,10 @@ struct BookDoc {
     should_notify: bool,
     #[serde(default)]
     steps: Vec<Spanned<StepDoc>>,
+    #[serde(default)]
+    on_failure: Vec<Spanned<StepDoc>>,
+    #[serde(default)]
+    always: Vec<Spanned<StepDoc>>,
 }
 
 fn default_over_stop() -> u32 {
@@ -121,157 +125,181 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<(Book, Locations), BookE
     book.deployment_group_type = doc.deployment_group_type;
     book.deployment_type = doc.deployment_type;
     book.should_notify = doc.should_notify;
-    for (i, s) in doc.steps.into_iter().enumerate() {
-        let p = format!("steps[{i}]");
-        locs.insert(p.clone(), at(&s));
-        let (sl, sc) = at(&s);
-        let s = s.value;
-        locs.insert(format!("{p}.name"), at(&s.name));
-        let kinds = [s.manual, s.command.is_some(), s.book.is_some()]
-            .iter()
-            .filter(|k| **k)
-            .count();
-        if kinds != 1 {
-            problems.push(problem(
-                sl,
-                sc,
-                &p,
-                format!(
-                    "step \"{}\" must have exactly one of `command`, `book` or `manual: true`",
-                    s.name.value
-                ),
-            ));
-            continue;
-        }
-        let mut misplaced = Vec::new();
-        let kind = if let Some(command) = &s.command {
-            locs.insert(format!("{p}.command"), at(command));
-            if let Some(h) = &s.hosts {
-                locs.insert(format!("{p}.hosts"), at(h));
-            }
-            if let Some(a) = &s.args {
-                locs.insert(format!("{p}.args"), at(a));
-            }
-            for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
-                if set {
-                    misplaced.push(key);
+    for (key, docs) in [
+        ("steps", doc.steps),
+        ("on_failure", doc.on_failure),
+        ("always", doc.always),
+    ] {
+        for (i, s) in docs.into_iter().enumerate() {
+            if let Some(step) = parse_step(key, i, s, &mut locs, &mut problems, &problem) {
+                match key {
+                    "steps" => book.steps.push(step),
+                    "on_failure" => book.on_failure.push(step),
+                    _ => book.always.push(step),
                 }
             }
-            StepKind::Command(CommandStep {
-                command: command.value.clone(),
-                args: s.args.map(|a| a.value).unwrap_or_default(),
-                hosts: s.hosts.map(|h| h.value),
-                concurrency: s.concurrency.unwrap_or(1),
-                concurrency_per_host: s.concurrency_per_host,
-            })
-        } else {
-            for (key, set) in [
-                ("args", s.args.is_some()),
-                ("hosts", s.hosts.is_some()),
-                ("concurrency", s.concurrency.is_some()),
-                ("concurrency_per_host", s.concurrency_per_host.is_some()),
-            ] {
-                if set {
-                    misplaced.push(key);
-                }
-            }
-            if let Some(child) = &s.book {
-                locs.insert(format!("{p}.book"), at(child));
-                let version = match &s.version {
-                    None => semver::VersionReq::STAR,
-                    Some(v) => {
-                        locs.insert(format!("{p}.version"), at(v));
-                        match v.value.trim().parse::<semver::VersionReq>() {
-                            Ok(r) => r,
-                            Err(e) => {
-                                let (l, c) = at(v);
-                                problems.push(problem(
-                                    l,
-                                    c,
-                                    &format!("{p}.version"),
-                                    format!(
-                                        "{} is not a version requirement (such as ^1.2 or =1.0.3): {e}",
-                                        deployer_core::shown(&v.value)
-                                    ),
-                                ));
-                                semver::VersionReq::STAR
-                            }
-                        }
-                    }
-                };
-                if let Some(st) = &s.step {
-                    locs.insert(format!("{p}.step"), at(st));
-                }
-                StepKind::Book(ChildBook {
-                    book: child.value.clone(),
-                    version,
-                    step: s.step.map(|s| s.value),
-                })
-            } else {
-                for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
-                    if set {
-                        misplaced.push(key);
-                    }
-                }
-                StepKind::Manual
-            }
-        };
-        if !misplaced.is_empty() {
-            problems.push(problem(
-                sl,
-                sc,
-                &p,
-                format!(
-                    "step \"{}\" sets {} which do not apply to its kind",
-                    s.name.value,
-                    misplaced.join(", ")
-                ),
-            ));
         }
-        // Checked as the duration it becomes, so nothing rounds to zero (`1e-300` would be
-        // 0 ns: "unknown"); exactly 0 is "unknown".
-        let estimated_duration = if s.estimated_duration == 0.0 {
-            Some(Duration::ZERO)
-        } else {
-            Duration::try_from_secs_f64(s.estimated_duration)
-                .ok()
-                .filter(|d| !d.is_zero() && super::model::estimate_allowed(*d))
-        };
-        if estimated_duration.is_none() {
-            problems.push(problem(
-                sl,
-                sc,
-                &format!("{p}.estimated_duration"),
-                format!(
-                    "found {:?} (expected {})",
-                    s.estimated_duration,
-                    super::model::estimate_expected()
-                ),
-            ));
-        }
-        if let Some(a) = &s.applies {
-            locs.insert(format!("{p}.applies"), at(a));
-        }
-        let mut data = IndexMap::new();
-        for (k, v) in s.data {
-            locs.insert(format!("{p}.data.{k}"), at(&v));
-            data.insert(k, v.value);
-        }
-        book.steps.push(Step {
-            name: s.name.value,
-            description: s.description,
-            sequence: s.sequence,
-            kind,
-            estimated_duration: estimated_duration.unwrap_or_default(),
-            estimated_duration_over_stop: s.estimated_duration_over_stop,
-            applies: s.applies.map(|a| a.value),
-            data,
-            retries: s.retries,
-        });
     }
     if problems.is_empty() {
         Ok((book, locs))
     } else {
         Err(BookError::Invalid { problems })
     }
+}
+
+/// One step of a section (`steps`, `on_failure`, `always`); `None` when its kind is unclear.
+fn parse_step(
+    key: &str,
+    i: usize,
+    s: Spanned<StepDoc>,
+    locs: &mut Locations,
+    problems: &mut Vec<BookProblem>,
+    problem: &impl Fn(u64, u64, &str, String) -> BookProblem,
+) -> Option<Step> {
+    let p = format!("{key}[{i}]");
+    locs.insert(p.clone(), at(&s));
+    let (sl, sc) = at(&s);
+    let s = s.value;
+    locs.insert(format!("{p}.name"), at(&s.name));
+    let kinds = [s.manual, s.command.is_some(), s.book.is_some()]
+        .iter()
+        .filter(|k| **k)
+        .count();
+    if kinds != 1 {
+        problems.push(problem(
+            sl,
+            sc,
+            &p,
+            format!(
+                "step \"{}\" must have exactly one of `command`, `book` or `manual: true`",
+                s.name.value
+            ),
+        ));
+        return None;
+    }
+    let mut misplaced = Vec::new();
+    let kind = if let Some(command) = &s.command {
+        locs.insert(format!("{p}.command"), at(command));
+        if let Some(h) = &s.hosts {
+            locs.insert(format!("{p}.hosts"), at(h));
+        }
+        if let Some(a) = &s.args {
+            locs.insert(format!("{p}.args"), at(a));
+        }
+        for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
+            if set {
+                misplaced.push(key);
+            }
+        }
+        StepKind::Command(CommandStep {
+            command: command.value.clone(),
+            args: s.args.map(|a| a.value).unwrap_or_default(),
+            hosts: s.hosts.map(|h| h.value),
+            concurrency: s.concurrency.unwrap_or(1),
+            concurrency_per_host: s.concurrency_per_host,
+        })
+    } else {
+        for (key, set) in [
+            ("args", s.args.is_some()),
+            ("hosts", s.hosts.is_some()),
+            ("concurrency", s.concurrency.is_some()),
+            ("concurrency_per_host", s.concurrency_per_host.is_some()),
+        ] {
+            if set {
+                misplaced.push(key);
+            }
+        }
+        if let Some(child) = &s.book {
+            locs.insert(format!("{p}.book"), at(child));
+            let version = match &s.version {
+                None => semver::VersionReq::STAR,
+                Some(v) => {
+                    locs.insert(format!("{p}.version"), at(v));
+                    match v.value.trim().parse::<semver::VersionReq>() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let (l, c) = at(v);
+                            problems.push(problem(
+                                l,
+                                c,
+                                &format!("{p}.version"),
+                                format!(
+                                    "{} is not a version requirement (such as ^1.2 or =1.0.3): {e}",
+                                    deployer_core::shown(&v.value)
+                                ),
+                            ));
+                            semver::VersionReq::STAR
+                        }
+                    }
+                }
+            };
+            if let Some(st) = &s.step {
+                locs.insert(format!("{p}.step"), at(st));
+            }
+            StepKind::Book(ChildBook {
+                book: child.value.clone(),
+                version,
+                step: s.step.map(|s| s.value),
+            })
+        } else {
+            for (key, set) in [("version", s.version.is_some()), ("step", s.step.is_some())] {
+                if set {
+                    misplaced.push(key);
+                }
+            }
+            StepKind::Manual
+        }
+    };
+    if !misplaced.is_empty() {
+        problems.push(problem(
+            sl,
+            sc,
+            &p,
+            format!(
+                "step \"{}\" sets {} which do not apply to its kind",
+                s.name.value,
+                misplaced.join(", ")
+            ),
+        ));
+    }
+    // Checked as the duration it becomes, so nothing rounds to zero (`1e-300` would be
+    // 0 ns: "unknown"); exactly 0 is "unknown".
+    let estimated_duration = if s.estimated_duration == 0.0 {
+        Some(Duration::ZERO)
+    } else {
+        Duration::try_from_secs_f64(s.estimated_duration)
+            .ok()
+            .filter(|d| !d.is_zero() && super::model::estimate_allowed(*d))
+    };
+    if estimated_duration.is_none() {
+        problems.push(problem(
+            sl,
+            sc,
+            &format!("{p}.estimated_duration"),
+            format!(
+                "found {:?} (expected {})",
+                s.estimated_duration,
+                super::model::estimate_expected()
+            ),
+        ));
+    }
+    if let Some(a) = &s.applies {
+        locs.insert(format!("{p}.applies"), at(a));
+    }
+    let mut data = IndexMap::new();
+    for (k, v) in s.data {
+        locs.insert(format!("{p}.data.{k}"), at(&v));
+        data.insert(k, v.value);
+    }
+    Some(Step {
+        name: s.name.value,
+        description: s.description,
+        sequence: s.sequence,
+        kind,
+        estimated_duration: estimated_duration.unwrap_or_default(),
+        estimated_duration_over_stop: s.estimated_duration_over_stop,
+        applies: s.applies.map(|a| a.value),
+        data,
+        retries: s.retries,
+    })
 }

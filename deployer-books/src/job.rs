@@ -15,7 +15,7 @@ use deployer_core::RunStore;
 use super::error::BookError;
 use super::expr::Env;
 use super::library::{BookLibrary, Entry};
-use super::model::StepKind;
+use super::model::{Step, StepKind};
 
 /// How deep child books may nest (cycles are refused at registration; this bounds the
 /// inlining anyway).
@@ -151,6 +151,52 @@ impl fmt::Debug for JobStepKind {
     }
 }
 
+/// When a clean-up step of a [`Job`] runs (see [`Book::on_failure`](crate::Book::on_failure)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupWhen {
+    /// Only when the job failed (a step failed, a manual step was rejected) or was cancelled.
+    OnFailure,
+    /// Whatever happened.
+    Always,
+}
+
+/// What makes a [`JobStep`] a clean-up step: when it runs, and which called book must have
+/// started for it to run.
+///
+/// ```
+/// use deployer_books::{Book, BookLibrary, CleanupWhen, JobBuilder, Step};
+///
+/// let mut library = BookLibrary::new();
+/// library.register(Book::new("pause", "1.0.0".parse().unwrap())
+///     .step(Step::command("flag", "writefile"))
+///     .on_failure(Step::command("unflag", "removefile"))).unwrap();
+/// library.register(Book::new("deploy", "1.0.0".parse().unwrap())
+///     .step(Step::book("pause", "pause", "^1".parse().unwrap()))
+///     .step(Step::command("release", "writefile"))
+///     .always(Step::command("tell", "execute_command"))).unwrap();
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let job = JobBuilder::new(&library, "deploy").build().await.unwrap();
+/// let paths: Vec<&str> = job.steps.iter().map(|s| s.path.as_str()).collect();
+/// // Clean-up comes after the steps: the called books' first (the last started first).
+/// assert_eq!(paths, ["deploy/pause/flag", "deploy/release", "deploy/pause/unflag", "deploy/tell"]);
+/// let unflag = job.steps[2].cleanup.as_ref().unwrap();
+/// assert_eq!(unflag.when, CleanupWhen::OnFailure);
+/// assert_eq!(unflag.after.as_deref(), Some("deploy/pause"), "only if pause started");
+/// assert_eq!(job.steps[3].cleanup.as_ref().unwrap().after, None);
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCleanup {
+    /// When it runs.
+    pub when: CleanupWhen,
+    /// The path of the book call (`deploy/pause`) whose first step that runs must have been
+    /// reached; `None` for the clean-up of the job's own book, which runs whenever the job
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
 /// One resolved step of a [`Job`].
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStep {
@@ -190,6 +236,10 @@ pub struct JobStep {
     /// How it ended, once the job ran (`None` before, and for skipped steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<RunOutcome>,
+    /// Set on a clean-up step (a book's `on_failure` or `always`): it runs after every
+    /// ordinary step, when its condition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<StepCleanup>,
 }
 
 impl fmt::Debug for JobStep {
@@ -208,6 +258,7 @@ impl fmt::Debug for JobStep {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("outcome", &self.outcome)
+            .field("cleanup", &self.cleanup)
             .finish()
     }
 }
@@ -225,6 +276,10 @@ impl JobStep {
 
 /// A book resolved against a scope: a snapshot of the steps to run (child books inlined),
 /// with the scope, the versions of every book used, the data and the timeouts.
+///
+/// Clean-up steps ([`JobStep::cleanup`]) come after every ordinary step: those of the book
+/// started last first (a called book's before its caller's, a later call's before an
+/// earlier one's), each book's `on_failure` steps before its `always` steps.
 ///
 /// Build one with a [`JobBuilder`]; run it with a [`JobRunner`](crate::JobRunner).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -471,14 +526,36 @@ impl<'a> JobBuilder<'a> {
         let mut estimates = Vec::new();
         {
             let env = Env::new(&self.scope).map_err(|message| BookError::Scope { message })?;
+            let mut deferred = Vec::new();
             let mut r = Resolver {
                 library: self.library,
                 scope: &self.scope,
                 env: &env,
                 job: &mut job,
                 estimates: &mut estimates,
+                deferred: &mut deferred,
             };
-            r.inline(&root, None, &root.book.name, 0)?;
+            r.inline(&root, None, &root.book.name, 0, None)?;
+            // Clean-up after every step, the book started last first.
+            for (steps, step_estimates) in deferred.into_iter().rev() {
+                job.steps.extend(steps);
+                estimates.extend(step_estimates);
+            }
+            // A called book's clean-up runs only if the book started: without a step that
+            // runs, it never does.
+            let started: Vec<String> = job
+                .steps
+                .iter()
+                .filter(|s| s.cleanup.is_none() && s.runs())
+                .map(|s| s.path.clone())
+                .collect();
+            for step in job.steps.iter_mut().filter(|s| s.skipped.is_none()) {
+                if let Some(after) = step.cleanup.as_ref().and_then(|c| c.after.as_ref())
+                    && !started.iter().any(|p| p.starts_with(&format!("{after}/")))
+                {
+                    step.skipped = Some(format!("book call {after} has no step that runs"));
+                }
+            }
         }
         for (step, (estimate, over_stop, manual)) in job.steps.iter_mut().zip(estimates) {
             if !step.runs() {
@@ -579,6 +656,10 @@ struct Resolver<'r> {
     job: &'r mut Job,
     /// Per job step: the step's own estimate, its over-stop factor, whether it is manual.
     estimates: &'r mut Vec<(Duration, u32, bool)>,
+    /// Per book inlined as a step (not as clean-up), in the order they started: its clean-up
+    /// steps and their estimates.
+    #[allow(clippy::type_complexity)]
+    deferred: &'r mut Vec<(Vec<JobStep>, Vec<(Duration, u32, bool)>)>,
 }
 
 impl Resolver<'_> {
@@ -611,26 +692,93 @@ impl Resolver<'_> {
         Ok(())
     }
 
+    /// Inlines the steps of `entry` at `prefix`. As ordinary steps (`cleanup` is `None`), its
+    /// clean-up steps are deferred to the end of the job, to run only if it started (for a
+    /// called book); as clean-up (`cleanup` set), its steps and clean-up steps all are
+    /// clean-up steps with that condition (an `on_failure` inside makes them `on_failure`).
     fn inline(
         &mut self,
         entry: &Entry,
         only: Option<&str>,
         prefix: &str,
         depth: usize,
+        cleanup: Option<&StepCleanup>,
     ) -> Result<(), BookError> {
         self.check_filters(entry)?;
         let book = &entry.book;
         self.job
             .books
             .insert(book.name.clone(), book.version.clone());
-        let mut order: Vec<usize> = (0..book.steps.len()).collect();
-        order.sort_by_key(|i| book.steps[*i].sequence);
+        let slot = cleanup.is_none().then(|| {
+            self.deferred.push((Vec::new(), Vec::new()));
+            self.deferred.len() - 1
+        });
+        let mut offset = 0;
+        for (key, steps) in book.sections() {
+            let when = match key {
+                "steps" => None,
+                "on_failure" => Some(CleanupWhen::OnFailure),
+                _ => Some(CleanupWhen::Always),
+            };
+            let section_cleanup = match (cleanup, when) {
+                (None, None) => None,
+                (Some(c), None) => Some(c.clone()),
+                (None, Some(when)) => Some(StepCleanup {
+                    when,
+                    after: (depth > 0).then(|| prefix.to_string()),
+                }),
+                (Some(c), Some(when)) => Some(StepCleanup {
+                    when: if when == CleanupWhen::OnFailure {
+                        when
+                    } else {
+                        c.when
+                    },
+                    after: c.after.clone(),
+                }),
+            };
+            // Deferred clean-up is resolved in place, then moved to its slot.
+            let mark = self.job.steps.len();
+            self.section(
+                entry,
+                steps,
+                offset,
+                if when.is_none() { only } else { None },
+                prefix,
+                depth,
+                section_cleanup.as_ref(),
+            )?;
+            if let (Some(slot), Some(_)) = (slot, when) {
+                let steps = self.job.steps.split_off(mark);
+                let estimates = self.estimates.split_off(mark);
+                self.deferred[slot].0.extend(steps);
+                self.deferred[slot].1.extend(estimates);
+            }
+            offset += steps.len();
+        }
+        Ok(())
+    }
+
+    /// Inlines one section of `entry` (`steps`, whose first compiled step is at `offset`).
+    #[allow(clippy::too_many_arguments)]
+    fn section(
+        &mut self,
+        entry: &Entry,
+        steps: &[Step],
+        offset: usize,
+        only: Option<&str>,
+        prefix: &str,
+        depth: usize,
+        cleanup: Option<&StepCleanup>,
+    ) -> Result<(), BookError> {
+        let book = &entry.book;
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by_key(|i| steps[*i].sequence);
         for i in order {
-            let step = &book.steps[i];
+            let step = &steps[i];
             if only.is_some_and(|o| o != step.name) {
                 continue;
             }
-            let compiled = &entry.compiled[i];
+            let compiled = &entry.compiled[offset + i];
             let path = format!("{prefix}/{}", step.name);
             let fail = |what: &str, expression: &str, message: String| BookError::Expression {
                 book: book.id(),
@@ -682,7 +830,7 @@ impl Resolver<'_> {
                                 from: path,
                             });
                         }
-                        self.inline(&c, child.step.as_deref(), &path, depth + 1)?;
+                        self.inline(&c, child.step.as_deref(), &path, depth + 1, cleanup)?;
                         continue;
                     }
                     JobStepKind::Book {
@@ -758,6 +906,7 @@ impl Resolver<'_> {
                 timeout: None,
                 retries: step.retries,
                 outcome: None,
+                cleanup: cleanup.cloned(),
             });
         }
         Ok(())
@@ -818,6 +967,7 @@ mod tests {
             timeout: None,
             retries: 0,
             outcome: None,
+            cleanup: None,
         };
         let debug = format!("{step:?}");
         let json = serde_json::to_string(&step).unwrap();

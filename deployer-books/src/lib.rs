@@ -11,7 +11,9 @@
 //!   The result is a [`Job`], a serializable snapshot.
 //! * A [`JobRunner`] compiles the job to a [`Tasklist`](deployer_core::Tasklist) and runs it
 //!   through the [`Executor`](deployer_core::Executor); manual steps wait on
-//!   [`Acknowledgements`].
+//!   [`Acknowledgements`]. A book's clean-up steps ([`Book::on_failure`], [`Book::always`])
+//!   run after its steps as the executor's `finally` stages — after a failure, a rejection or
+//!   a first cancel too — and a called book's only if it started.
 //!
 //! # What this crate does not know
 //!
@@ -61,7 +63,10 @@ mod model;
 mod run;
 
 pub use error::{BookError, BookProblem};
-pub use job::{BookRequest, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind};
+pub use job::{
+    BookRequest, CleanupWhen, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind,
+    StepCleanup,
+};
 pub use library::BookLibrary;
 pub use model::{Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind};
-pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND};
+pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND, STARTED_COMMAND};

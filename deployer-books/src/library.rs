@@ -23,7 +23,8 @@ pub(crate) struct Entry {
     locs: Arc<Locations>,
 }
 
-/// The compiled expressions of one step (same index as in `Book::steps`).
+/// The compiled expressions of one step (same index as in `Book::all_steps`: the ordinary
+/// steps, then `on_failure`, then `always`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CompiledStep {
     pub(crate) applies: Option<Expr>,
@@ -129,7 +130,11 @@ impl BookLibrary {
     ///
     /// # File format
     ///
-    /// One book per file. A step has exactly one of `command`, `book` or `manual: true`;
+    /// One book per file. A step has exactly one of `command`, `book` or `manual: true`.
+    /// `on_failure` and `always` list clean-up steps (commands or books, not manual) that run
+    /// after the steps: `on_failure` only when the job failed, was rejected or cancelled,
+    /// `always` in any case (see [`Book::on_failure`]). Step names are unique across the three
+    /// lists;
     /// expressions (`applies`, `hosts`, `data` values) are CEL over the scope's top-level
     /// keys, and a missing key is an error (test for an optional one with `has(x.key)`);
     /// durations are seconds.
@@ -166,6 +171,15 @@ impl BookLibrary {
     ///   estimated_duration: 20           # default: 0, unknown
     ///   estimated_duration_over_stop: 5  # default: 10
     ///   retries: 2                       # default: 0
+    /// on_failure:                        # clean-up when the job fails or is cancelled
+    /// - name: tell
+    ///   command: execute_command
+    ///   args: {command_line: "echo failed"}
+    /// always:                            # clean-up in any case, after on_failure
+    /// - name: resume
+    ///   command: restart_service
+    ///   args: {service: web}
+    ///   hosts: cluster.hosts
     /// "#, "deploy.yaml").unwrap();
     /// let deploy = library.latest("deploy").unwrap();
     /// assert!(matches!(&deploy.steps[2].kind, StepKind::Command(c) if c.concurrency == 2));
@@ -311,7 +325,7 @@ impl BookLibrary {
         // already registered (a new version of a child may lack a step they call).
         let all: Vec<&Entry> = books.values().flat_map(|v| v.values()).collect();
         for entry in all {
-            for (i, step) in entry.book.steps.iter().enumerate() {
+            for (p, step) in entry.book.all_steps() {
                 let StepKind::Book(child) = &step.kind else {
                     continue;
                 };
@@ -342,14 +356,14 @@ impl BookLibrary {
                         ) {
                             message.push_str(&format!("; did you mean \"{s}\"?"));
                         }
-                        problems.push(entry.problem(&format!("steps[{i}].book"), message));
+                        problems.push(entry.problem(&format!("{p}.book"), message));
                     }
                     Some(c) => {
                         if let Some(only) = &child.step
                             && !c.book.steps.iter().any(|s| &s.name == only)
                         {
                             problems.push(entry.problem(
-                                &format!("steps[{i}].step"),
+                                &format!("{p}.step"),
                                 format!("book {} has no step \"{only}\"", c.book.id()),
                             ));
                         }
@@ -375,20 +389,27 @@ impl BookLibrary {
         } else if book.name.contains('/') || book.name.contains('@') {
             problems.push(entry.problem("name", "a book's name cannot contain '/' or '@'"));
         }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        let mut compiled = Vec::with_capacity(book.steps.len());
-        for (i, step) in book.steps.iter().enumerate() {
-            let p = format!("steps[{i}]");
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        let mut compiled = Vec::new();
+        for (p, step) in book.all_steps() {
             if step.name.trim().is_empty() || step.name.contains('/') {
                 problems.push(entry.problem(
                     &format!("{p}.name"),
                     "a step's name must be non-empty and cannot contain '/'",
                 ));
-            } else if let Some(first) = seen.insert(&step.name, i) {
+            } else if let Some(first) = seen.insert(&step.name, p.clone()) {
                 problems.push(entry.problem(
                     &format!("{p}.name"),
+                    format!("step name \"{}\" is already used by {first}", step.name),
+                ));
+            }
+            if !p.starts_with("steps[") && matches!(step.kind, StepKind::Manual) {
+                problems.push(entry.problem(
+                    &p,
                     format!(
-                        "step name \"{}\" is already used by steps[{first}]",
+                        "clean-up step \"{}\" cannot be manual: clean-up runs after a failure \
+                         or a cancel, when nobody may be there to acknowledge it (expected a \
+                         `command` or a `book`)",
                         step.name
                     ),
                 ));
@@ -459,6 +480,14 @@ impl BookLibrary {
                         &format!("{p}.command"),
                         "\"manual\" is the built-in command of manual steps; write `manual: true`",
                     ));
+                } else if cmd.command == super::run::STARTED_COMMAND {
+                    problems.push(entry.problem(
+                        &format!("{p}.command"),
+                        format!(
+                            "\"{}\" is the built-in command that arms a called book's clean-up",
+                            super::run::STARTED_COMMAND
+                        ),
+                    ));
                 } else if let Some(known) = &self.commands
                     && !known.contains(&cmd.command)
                 {
@@ -519,7 +548,7 @@ fn find_cycle(books: &BTreeMap<String, BTreeMap<Version, Entry>>) -> Option<Vec<
     }
     for (name, versions) in books {
         for entry in versions.values() {
-            for step in &entry.book.steps {
+            for (_, step) in entry.book.all_steps() {
                 if let StepKind::Book(child) = &step.kind
                     && let Some(&to) = nodes.get(child.book.as_str())
                 {

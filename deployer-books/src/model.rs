@@ -49,8 +49,12 @@ pub(crate) fn estimate_expected() -> String {
 ///             .arg("service", "web")
 ///             .hosts("cluster.hosts")
 ///             .applies("deployment.scope == 'production'"),
-///     );
+///     )
+///     // Clean-up: runs after the steps when the job failed, was rejected or cancelled.
+///     .on_failure(Step::command("restart", "start_service").arg("service", "web")
+///         .hosts("cluster.hosts"));
 /// assert_eq!(book.steps.len(), 2);
+/// assert_eq!(book.on_failure.len(), 1);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Book {
@@ -68,6 +72,15 @@ pub struct Book {
     pub should_notify: bool,
     /// Its steps; they run ordered by [`Step::sequence`], ties in the order given.
     pub steps: Vec<Step>,
+    /// Clean-up steps that run after the job's steps only when the job failed (a step
+    /// failed, a manual step was rejected) or was cancelled (a first cancel; a second one
+    /// skips clean-up). Command steps or calls of other books, not manual steps. In a called
+    /// book they run only if that book started (its first step that runs was reached).
+    pub on_failure: Vec<Step>,
+    /// Clean-up steps that run after the job's steps whatever happened (success, failure,
+    /// rejection, a first cancel), after this book's [`on_failure`](Self::on_failure) steps;
+    /// same rules otherwise.
+    pub always: Vec<Step>,
 }
 
 impl Book {
@@ -81,6 +94,8 @@ impl Book {
             deployment_type: None,
             should_notify: false,
             steps: Vec::new(),
+            on_failure: Vec::new(),
+            always: Vec::new(),
         }
     }
 
@@ -112,6 +127,39 @@ impl Book {
     pub fn step(mut self, step: Step) -> Self {
         self.steps.push(step);
         self
+    }
+
+    /// Appends a clean-up step that runs only when the job fails or is cancelled (see
+    /// [`on_failure`](Self::on_failure)).
+    pub fn on_failure(mut self, step: Step) -> Self {
+        self.on_failure.push(step);
+        self
+    }
+
+    /// Appends a clean-up step that runs whatever happened (see [`always`](Self::always)).
+    pub fn always(mut self, step: Step) -> Self {
+        self.always.push(step);
+        self
+    }
+
+    /// Its three lists of steps with their keys in a file: `steps`, `on_failure`, `always`.
+    pub(crate) fn sections(&self) -> [(&'static str, &[Step]); 3] {
+        [
+            ("steps", &self.steps),
+            ("on_failure", &self.on_failure),
+            ("always", &self.always),
+        ]
+    }
+
+    /// Every step of every section with its place in a file (`on_failure[1]`), ordinary steps
+    /// first: the order of the compiled steps of a library entry.
+    pub(crate) fn all_steps(&self) -> impl Iterator<Item = (String, &Step)> {
+        self.sections().into_iter().flat_map(|(key, steps)| {
+            steps
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (format!("{key}[{i}]"), s))
+        })
     }
 
     /// `name@version`.

@@ -1074,3 +1074,312 @@ async fn step_timeouts_stay_within_a_task_timeouts_range() {
         tasklist
     );
 }
+
+/// Clean-up: pause has `on_failure` (start again) on the cluster's hosts; backup has an
+/// `always` step on the controller and calls snapshot, whose clean-up is on the controller;
+/// deploy has its own `on_failure` and `always`.
+fn cleanup_library() -> BookLibrary {
+    let (commands, _) = registry();
+    let mut lib = BookLibrary::with_commands(&commands);
+    lib.register_all([
+        Book::new("pause", v("1.0.0"))
+            .step(Step::manual("confirm"))
+            .step(Step::command("stop", "stop_service").hosts("cluster.hosts"))
+            .on_failure(Step::command("restart", "start_service").hosts("cluster.hosts")),
+        Book::new("snapshot", v("1.0.0"))
+            .step(Step::command("freeze", "work"))
+            .always(Step::command("thaw", "work")),
+        Book::new("backup", v("1.0.0"))
+            .step(Step::book("snapshot", "snapshot", req("^1")))
+            .always(Step::command("tidy", "work")),
+        Book::new("notify", v("1.0.0"))
+            .step(Step::command("send", "work"))
+            .on_failure(Step::command("page", "work")),
+        Book::new("deploy", v("1.0.0"))
+            .step(Step::book("pause", "pause", req("^1")))
+            .step(Step::book("backup", "backup", req("^1")))
+            .step(Step::command("release", "work").hosts("cluster.hosts"))
+            .on_failure(Step::command("tell", "work"))
+            .always(Step::book("notify", "notify", req("^1"))),
+    ])
+    .unwrap();
+    lib
+}
+
+#[tokio::test]
+async fn clean_up_comes_last_the_book_started_last_first() {
+    let lib = cleanup_library();
+    let job = build(&lib, "deploy").await;
+    assert_eq!(
+        paths(&job),
+        [
+            "deploy/pause/confirm",
+            "deploy/pause/stop",
+            "deploy/backup/snapshot/freeze",
+            "deploy/release",
+            // snapshot started after backup, backup after pause, pause after deploy.
+            "deploy/backup/snapshot/thaw",
+            "deploy/backup/tidy",
+            "deploy/pause/restart",
+            "deploy/tell",
+            // A book called in clean-up: its steps, then its own clean-up, all clean-up.
+            "deploy/notify/send",
+            "deploy/notify/page",
+        ]
+    );
+    let when = |path: &str| {
+        let c = job.step(path).unwrap().cleanup.clone();
+        c.map(|c| (c.when, c.after))
+    };
+    assert_eq!(when("deploy/release"), None);
+    assert_eq!(
+        when("deploy/backup/snapshot/thaw"),
+        Some((CleanupWhen::Always, Some("deploy/backup/snapshot".into())))
+    );
+    assert_eq!(
+        when("deploy/pause/restart"),
+        Some((CleanupWhen::OnFailure, Some("deploy/pause".into())))
+    );
+    assert_eq!(when("deploy/tell"), Some((CleanupWhen::OnFailure, None)));
+    assert_eq!(
+        when("deploy/notify/send"),
+        Some((CleanupWhen::Always, None))
+    );
+    // An on_failure inside an always call runs only on failure.
+    assert_eq!(
+        when("deploy/notify/page"),
+        Some((CleanupWhen::OnFailure, None))
+    );
+
+    // Compiled: a `started` stage before each called book with clean-up, on the hosts of
+    // its clean-up; clean-up stages are finally stages for the hosts that reached it.
+    let tasklist = job.tasklist();
+    let stages: Vec<(&str, Option<&Finally>, Vec<&str>)> = tasklist
+        .stages
+        .iter()
+        .map(|s| {
+            let hosts = s.tasks.iter().map(|e| e.host_key()).collect();
+            (s.name.as_str(), s.finally.as_ref(), hosts)
+        })
+        .collect();
+    let pause = Finally::if_reached("started:deploy.pause.0");
+    let snapshot = Finally::if_reached("started:deploy.backup.snapshot.2");
+    assert_eq!(
+        stages,
+        [
+            ("deploy/pause started", None, vec!["fe001", "fe002"]),
+            ("deploy/pause/confirm", None, vec!["local"]),
+            ("deploy/pause/stop", None, vec!["fe001", "fe002"]),
+            (
+                "deploy/backup, deploy/backup/snapshot started",
+                None,
+                vec!["local"]
+            ),
+            ("deploy/backup/snapshot/freeze", None, vec!["local"]),
+            ("deploy/release", None, vec!["fe001", "fe002"]),
+            (
+                "deploy/backup/snapshot/thaw",
+                Some(&snapshot),
+                vec!["local"]
+            ),
+            ("deploy/backup/tidy", Some(&snapshot), vec!["local"]),
+            (
+                "deploy/pause/restart",
+                Some(&pause.clone().only_on_failure()),
+                vec!["fe001", "fe002"]
+            ),
+            ("deploy/tell", Some(&Finally::on_failure()), vec!["local"]),
+            (
+                "deploy/notify/send",
+                Some(&Finally::always()),
+                vec!["local"]
+            ),
+            (
+                "deploy/notify/page",
+                Some(&Finally::on_failure()),
+                vec!["local"]
+            ),
+        ]
+    );
+    let started = &tasklist.stages[0].tasks[0].tasks()[0];
+    assert_eq!(started.command, STARTED_COMMAND);
+    assert_eq!(started.reaches.as_deref(), Some("started:deploy.pause.0"));
+    // The whole plan validates (every point is reached by some task).
+    let (commands, _) = registry();
+    JobRunner::new(Executor::new(Arc::new(FakeConnector::new())), &commands)
+        .plan(&job, &Acknowledgements::all())
+        .unwrap();
+}
+
+async fn run_cleanup(
+    lib: &BookLibrary,
+    book: &str,
+    scope: Value,
+    acks: Acknowledgements,
+    cancel: Option<&str>,
+) -> (Job, Vec<String>) {
+    let mut job = JobBuilder::new(lib, book)
+        .scope(&scope)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let (commands, seen) = registry();
+    let (sink, mut events) = ChannelSink::new();
+    let runner = JobRunner::new(
+        Executor::new(Arc::new(FakeConnector::new()))
+            .sink(sink)
+            .retry_delay(Duration::ZERO),
+        &commands,
+    );
+    let options = RunOptions::default();
+    if let Some(step) = cancel {
+        let (cancel, step) = (options.cancel.clone(), step.to_string());
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                if let EventKind::TaskStarted { task, .. } = &e.kind
+                    && task.tag.as_deref() == Some(step.as_str())
+                {
+                    cancel.cancel();
+                }
+            }
+        });
+    }
+    runner.run(&mut job, &acks, options).await.unwrap();
+    let ran = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(tag, host, _)| format!("{tag}@{host}"))
+        .collect();
+    (job, ran)
+}
+
+#[tokio::test]
+async fn a_job_runs_its_clean_up_by_what_happened() {
+    let lib = cleanup_library();
+    // Success: always steps only.
+    let (job, ran) = run_cleanup(&lib, "deploy", scope(), Acknowledgements::all(), None).await;
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(
+        ran,
+        [
+            "deploy/pause/stop@fe001",
+            "deploy/pause/stop@fe002",
+            "deploy/backup/snapshot/freeze@local",
+            "deploy/release@fe001",
+            "deploy/release@fe002",
+            "deploy/backup/snapshot/thaw@local",
+            "deploy/backup/tidy@local",
+            "deploy/notify/send@local",
+        ]
+    );
+    let step = |path: &str| job.step(path).unwrap().outcome;
+    assert_eq!(
+        step("deploy/tell"),
+        Some(RunOutcome::Succeeded),
+        "nothing to do"
+    );
+    assert_eq!(step("deploy/backup/tidy"), Some(RunOutcome::Succeeded));
+
+    // A failure in backup: pause and snapshot started, so their clean-up runs with the job's.
+    let lib = {
+        let (commands, _) = registry();
+        let mut lib = BookLibrary::with_commands(&commands);
+        let mut books: Vec<Book> = ["pause", "snapshot", "backup", "notify", "deploy"]
+            .iter()
+            .map(|n| cleanup_library().latest(n).unwrap().clone())
+            .collect();
+        // freeze fails.
+        books[1].steps[0] = Step::command("freeze", "work").arg("fail_attempts", 1);
+        lib.register_all(books).unwrap();
+        lib
+    };
+    let (job, ran) = run_cleanup(&lib, "deploy", scope(), Acknowledgements::all(), None).await;
+    assert_eq!(job.state, JobState::Error);
+    assert_eq!(
+        ran,
+        [
+            "deploy/pause/stop@fe001",
+            "deploy/pause/stop@fe002",
+            "deploy/backup/snapshot/freeze@local",
+            "deploy/backup/snapshot/thaw@local",
+            "deploy/backup/tidy@local",
+            "deploy/pause/restart@fe001",
+            "deploy/pause/restart@fe002",
+            "deploy/tell@local",
+            "deploy/notify/send@local",
+            "deploy/notify/page@local",
+        ]
+    );
+
+    // A first cancel while pause stops fe001 (a manual step would wait on after a first
+    // cancel, so it is acknowledged in advance): pause started, its clean-up runs on both
+    // hosts; backup never started, so snapshot's thaw and backup's tidy have nothing to do.
+    let (job, ran) = run_cleanup(
+        &cleanup_library(),
+        "deploy",
+        scope(),
+        Acknowledgements::all(),
+        Some("deploy/pause/stop"),
+    )
+    .await;
+    assert_eq!(job.state, JobState::Cancel);
+    assert_eq!(
+        ran,
+        [
+            "deploy/pause/stop@fe001",
+            "deploy/pause/restart@fe001",
+            "deploy/pause/restart@fe002",
+            "deploy/tell@local",
+            "deploy/notify/send@local",
+            "deploy/notify/page@local",
+        ],
+        "snapshot never started: no thaw, no tidy"
+    );
+    assert_eq!(
+        job.step("deploy/backup/tidy").unwrap().outcome,
+        Some(RunOutcome::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn a_called_book_without_a_step_that_runs_has_its_clean_up_skipped() {
+    let (commands, _) = registry();
+    let mut lib = BookLibrary::with_commands(&commands);
+    lib.register_all([
+        Book::new("pause", v("1.0.0"))
+            .step(Step::command("stop", "work").applies("false"))
+            .on_failure(Step::command("restart", "work")),
+        Book::new("deploy", v("1.0.0")).step(Step::book("pause", "pause", req("^1"))),
+    ])
+    .unwrap();
+    let job = build(&lib, "deploy").await;
+    assert_eq!(
+        job.step("deploy/pause/restart").unwrap().skipped.as_deref(),
+        Some("book call deploy/pause has no step that runs")
+    );
+    assert!(job.tasklist().stages.is_empty());
+}
+
+#[test]
+fn clean_up_mistakes_say_where() {
+    let (commands, _) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        "name: b\nversion: 1.0.0\nsteps:\n- name: s\n  command: work\non_failure:\n- name: s\n  command: work\nalways:\n- name: ask\n  manual: true\n- name: t\n  command: wrok\n- name: u\n  command: book_started\n",
+    );
+    let mut lib = BookLibrary::with_commands(&commands);
+    let err = lib.load_file(&path).unwrap_err().to_string();
+    let at = |s: &str| format!("{}:{s}", path.display());
+    for expected in [
+        at("7:9: on_failure[0].name: step name \"s\" is already used by steps[0]"),
+        at("10:3: always[0]: clean-up step \"ask\" cannot be manual"),
+        at("13:12: always[1].command: unknown command \"wrok\""),
+        at("15:12: always[2].command: \"book_started\" is the built-in command"),
+    ] {
+        assert!(err.contains(&expected), "{err}\nexpected: {expected}");
+    }
+}

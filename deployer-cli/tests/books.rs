@@ -93,8 +93,14 @@ fn show_prints_the_job_with_children_inlined() {
             "deploy/backup/dump",
             "deploy/approve",
             "deploy/release",
-            "deploy/resume"
+            "deploy/resume",
+            "deploy/pause/remove maintenance flag"
         ]
+    );
+    // pause's clean-up: only if the job fails, and only if pause started.
+    assert_eq!(
+        job["steps"][7]["cleanup"],
+        serde_json::json!({"when": "on_failure", "after": "deploy/pause"})
     );
     assert_eq!(
         job["steps"][3]["data"]["contents"],
@@ -155,7 +161,7 @@ fn run_deploys_on_this_machine_and_records_durations() {
     // Without an answer the run stops at the manual step; --yes acknowledges in advance.
     let out = books(&args, None);
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(out.status.code(), Some(130), "a cancelled job: {stdout}");
     assert!(
         stdout.contains("no acknowledgement (end of input): stopping"),
         "{stdout}"

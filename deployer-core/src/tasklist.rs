@@ -29,7 +29,7 @@ const STAGE_KEYS: [&str; 5] = [
     "finally",
     "tasks",
 ];
-const FINALLY_KEYS: [&str; 3] = ["if_reached", "unless_reached", "rollback"];
+const FINALLY_KEYS: [&str; 4] = ["if_reached", "unless_reached", "rollback", "on_failure"];
 const TASKLIST_KEYS: [&str; 2] = ["name", "stages"];
 
 /// The host key of tasks that name no host: they run on the controller itself.
@@ -100,15 +100,18 @@ pub struct Stage {
 /// command) makes its host reach that point. A finally stage with `if_reached` runs an entry
 /// only when the entry's host reached that point (e.g. took the deploy lock); with
 /// `unless_reached`, only when the host did not reach that one (e.g. passed its health check);
-/// the other entries have nothing to do and end as skipped, with the reason. A second cancel
-/// stops finally stages too.
+/// the other entries have nothing to do and end as skipped, with the reason. With
+/// [`on_failure`](Self::on_failure) it runs only when the run has failed (a failed finally stage
+/// before it counts) or been cancelled before its turn; after a success every entry ends as
+/// skipped. A second cancel stops finally stages too.
 ///
 /// Within a finally stage a failure does not stop the other entries (every host gets its
 /// clean-up); it fails the run. On resume, a finally stage runs again, and a task reaching a
 /// point that a finally stage undid on its host (its `if_reached` entry for that host is done)
 /// runs again, with the rest of its chain — so a resumed run takes its lock again.
 ///
-/// In JSON: `"finally": true`, or `"finally": {"if_reached": "locked"}`.
+/// In JSON: `"finally": true`, or an object such as `"finally": {"if_reached": "locked"}` or
+/// `"finally": {"on_failure": true}`.
 ///
 /// ```
 /// use deployer_core::{Finally, Stage, Task, Tasklist};
@@ -135,6 +138,11 @@ pub struct Finally {
     /// (one per host; its host is recorded `ROLLED_BACK`), its other tasks as ok.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,
+    /// Run only when the run has failed or been cancelled before this stage (a failed
+    /// finally stage before it counts): clean-up for failures only. After a success every
+    /// entry ends as skipped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_failure: bool,
 }
 
 impl Finally {
@@ -147,9 +155,35 @@ impl Finally {
     pub fn if_reached(point: impl Into<String>) -> Finally {
         Finally {
             if_reached: Some(point.into()),
-            unless_reached: None,
-            rollback: false,
+            ..Finally::default()
         }
+    }
+
+    /// A finally stage for every host, only when the run has failed or been cancelled (see
+    /// [`on_failure`](Self::on_failure)).
+    ///
+    /// ```
+    /// use deployer_core::{Finally, Stage, Task, Tasklist};
+    ///
+    /// let tasklist = Tasklist::new("t")
+    ///     .stage(Stage::new("Work", 1).task(Task::new("work")))
+    ///     .stage(Stage::new("Tell", 1).finally(Finally::on_failure()).task(Task::new("page")));
+    /// let json = tasklist.to_json_string();
+    /// assert!(json.contains(r#""on_failure": true"#), "{json}");
+    /// assert_eq!(Tasklist::from_json_str(&json).unwrap(), tasklist);
+    /// ```
+    pub fn on_failure() -> Finally {
+        Finally {
+            on_failure: true,
+            ..Finally::default()
+        }
+    }
+
+    /// Also only when the run has failed or been cancelled (see
+    /// [`on_failure`](Self::on_failure)).
+    pub fn only_on_failure(mut self) -> Finally {
+        self.on_failure = true;
+        self
     }
 
     /// Makes it a rollback stage (see [`rollback`](Self::rollback)).
@@ -182,9 +216,7 @@ impl Finally {
 
 fn serialize_finally<S: Serializer>(f: &Option<Finally>, serializer: S) -> Result<S::Ok, S::Error> {
     match f {
-        Some(f) if f.if_reached.is_none() && f.unless_reached.is_none() && !f.rollback => {
-            serializer.serialize_bool(true)
-        }
+        Some(f) if *f == Finally::always() => serializer.serialize_bool(true),
         Some(f) => f.serialize(serializer),
         None => serializer.serialize_none(),
     }
@@ -1088,10 +1120,25 @@ fn parse_stage(
                     false
                 }
             };
+            let on_failure = match f.get("on_failure") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    errors.push(
+                        ValidationError::new(
+                            format!("{fpath}.on_failure"),
+                            format!("found {}", json_type(other)),
+                        )
+                        .expected("true or false"),
+                    );
+                    false
+                }
+            };
             Some(Finally {
                 if_reached,
                 unless_reached,
                 rollback,
+                on_failure,
             })
         }
         Some(other) => {
@@ -1100,7 +1147,9 @@ fn parse_stage(
                     format!("{path}.finally"),
                     format!("found {}", json_type(other)),
                 )
-                .expected("true, or an object with if_reached and/or unless_reached"),
+                .expected(
+                    "true, or an object with if_reached, unless_reached, rollback and/or on_failure",
+                ),
             );
             None
         }

@@ -367,3 +367,107 @@ fn on_resume_locks_are_taken_again_and_only_rolled_back_hosts_switch_again() {
         [id(1, 0, Some(0)), id(1, 0, Some(1))].into()
     );
 }
+
+/// Work on a (failing when `fails`), then an `on_failure` stage and an always stage.
+fn with_on_failure(fails: bool, ms: u64) -> Tasklist {
+    Tasklist::new("t")
+        .stage(Stage::new("Lock", 1).task(work("a", "lock-a").reaches("locked")))
+        .stage(Stage::new("Work", 1).task(work("a", "work-a").arg("fail", fails).arg("ms", ms)))
+        .stage(
+            Stage::new("Tell", 1)
+                .finally(Finally::on_failure())
+                .task(work("a", "tell-a")),
+        )
+        .stage(
+            Stage::new("Unlock", 1)
+                .finally(Finally::if_reached("locked"))
+                .task(work("a", "unlock-a")),
+        )
+}
+
+#[tokio::test]
+async fn an_on_failure_stage_is_skipped_after_a_success() {
+    let (report, log, tracker) = run_with(&with_on_failure(false, 0), 0).await;
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(tracker.entered("tell-a"), 0, "the run did not fail");
+    assert_eq!(tracker.completed("unlock-a"), 1, "the always stage ran");
+    assert!(log.events().iter().any(|e| matches!(
+        &e.kind,
+        EventKind::TaskFinished { task, outcome: TaskOutcome::Skipped { reason }, .. }
+            if task.id.stage == 2 && reason == "the run has not failed"
+    )));
+    assert_eq!(report.counts.to_string(), "3 ok, 1 skipped");
+}
+
+#[tokio::test]
+async fn an_on_failure_stage_runs_after_a_failure() {
+    let (report, _, tracker) = run_with(&with_on_failure(true, 0), 0).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(tracker.completed("tell-a"), 1);
+    assert_eq!(tracker.completed("unlock-a"), 1);
+    let order = tracker.order();
+    let pos = |name: &str| order.iter().position(|n| n == name).unwrap();
+    assert!(pos("tell-a") < pos("unlock-a"), "in stage order: {order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_failure_stage_runs_after_a_first_cancel_not_after_a_second() {
+    let (report, _, tracker) = run_with(&with_on_failure(false, 300), 1).await;
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
+    assert_eq!(tracker.completed("work-a"), 1, "the running task finished");
+    assert_eq!(
+        tracker.completed("tell-a"),
+        1,
+        "a cancelled run counts as failed"
+    );
+    let (report, _, tracker) = run_with(&with_on_failure(false, 3_600_000), 2).await;
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
+    assert_eq!(tracker.entered("tell-a") + tracker.entered("unlock-a"), 0);
+}
+
+#[tokio::test]
+async fn a_failed_finally_stage_before_it_counts_as_a_failure() {
+    let tasklist = Tasklist::new("t")
+        .stage(Stage::new("Work", 1).task(work("a", "work-a")))
+        .stage(
+            Stage::new("Clean", 1)
+                .finally(Finally::always())
+                .task(work("a", "clean-a").arg("fail", true)),
+        )
+        .stage(
+            Stage::new("Tell", 1)
+                .finally(Finally::on_failure())
+                .task(work("a", "tell-a")),
+        );
+    let (report, _, tracker) = run_with(&tasklist, 0).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(tracker.completed("tell-a"), 1);
+}
+
+#[test]
+fn on_failure_reads_and_saves_and_a_wrong_type_is_named() {
+    let json = r#"{"name": "t", "stages": [
+        {"name": "Lock", "concurrency": 1, "tasks": [{"command": "c", "reaches": "locked"}]},
+        {"name": "Tell", "concurrency": 1, "finally": {"on_failure": true}, "tasks": []},
+        {"name": "Unlock", "concurrency": 1,
+         "finally": {"if_reached": "locked", "on_failure": true}, "tasks": []}
+    ]}"#;
+    let tasklist = Tasklist::from_json_str(json).unwrap();
+    assert_eq!(tasklist.stages[1].finally, Some(Finally::on_failure()));
+    assert_eq!(
+        tasklist.stages[2].finally,
+        Some(Finally::if_reached("locked").only_on_failure())
+    );
+    let saved = tasklist.to_json_string();
+    assert!(saved.contains(r#""on_failure": true"#), "{saved}");
+    assert_eq!(Tasklist::from_json_str(&saved).unwrap(), tasklist);
+    let json = r#"{"name": "t", "stages": [
+        {"name": "Tell", "concurrency": 1, "finally": {"on_failure": "yes", "when": 1}, "tasks": []}
+    ]}"#;
+    let err = Tasklist::from_json_str(json).unwrap_err().to_string();
+    assert!(
+        err.contains("stages[0].finally.on_failure: found a string (expected true or false)"),
+        "{err}"
+    );
+    assert!(err.contains("stages[0].finally.when"), "{err}");
+}

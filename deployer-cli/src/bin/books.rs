@@ -13,7 +13,13 @@
 //! in advance. With `--store FILE` the run is recorded in a SQLite run store, and the next
 //! job's timeouts come from the durations recorded there.
 //!
-//! Exit codes: 0 success, 1 the job failed or an internal failure, 2 bad input.
+//! A book's clean-up steps (`on_failure`, `always`) run after its steps when the job fails
+//! or is cancelled: the first SIGINT (Ctrl-C), SIGTERM or SIGHUP cancels (no new step starts,
+//! running tasks finish, then the clean-up runs); a second one stops running tasks and skips
+//! the clean-up.
+//!
+//! Exit codes: 0 success, 1 the job failed or an internal failure, 2 bad input, 130
+//! cancelled.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -74,6 +80,39 @@ enum Cmd {
 enum Failure {
     Input(String),
     Internal(String),
+    Cancelled(String),
+}
+
+/// Cancels on the first SIGINT, SIGTERM or SIGHUP (the clean-up still runs) and stops hard on
+/// the next (it does not).
+fn watch_signals(cancel: deployer_core::CancelHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            eprintln!("warning: cannot listen for signals");
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            };
+            if cancel.is_cancelled() {
+                eprintln!("{name} again: stopping running tasks, skipping clean-up");
+            } else {
+                eprintln!(
+                    "{name}: cancelling — no new step starts, running ones finish, then the \
+                     clean-up runs ({name} again stops them and skips it)"
+                );
+            }
+            cancel.cancel();
+        }
+    })
 }
 
 fn input(e: impl std::fmt::Display) -> Failure {
@@ -220,19 +259,26 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             if let Some(store) = history {
                 runner = runner.runs(Runs::new(store));
             }
+            let signals = watch_signals(options.cancel.clone());
             // The job's plan is validated before anything runs: a problem there is bad input.
-            runner
+            let ran = runner
                 .run(&mut job, &acks, options)
                 .await
                 .map_err(|e| match e {
                     deployer_books::BookError::Plan(_) => Failure::Input(e.to_string()),
                     other => Failure::Internal(other.to_string()),
-                })?;
-            println!("job {} {}", job.id, job.state);
-            if job.state != JobState::Done {
-                return Err(Failure::Internal(format!("job {}", job.state)));
+                });
+            signals.abort();
+            ran?;
+            if let Some(run) = &job.run_id {
+                println!("run {run} (deploy --store FILE runs show {run})");
             }
-            Ok(())
+            println!("job {} {}", job.id, job.state);
+            match job.state {
+                JobState::Done => Ok(()),
+                JobState::Cancel => Err(Failure::Cancelled(format!("job {}", job.state))),
+                state => Err(Failure::Internal(format!("job {state}"))),
+            }
         }
     }
 }
@@ -248,6 +294,10 @@ async fn main() -> ExitCode {
         Err(Failure::Internal(m)) => {
             eprintln!("error: {m}");
             ExitCode::from(1)
+        }
+        Err(Failure::Cancelled(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(deployer_core::exit::CANCELLED)
         }
     }
 }

@@ -218,13 +218,20 @@ impl Executor {
             for entry in &stage.entries {
                 done_earlier(entry, &shared).await;
             }
-            // A finally stage runs an entry only for the hosts its points select; for the
-            // others it has nothing to do.
+            // A finally stage runs an entry only for the hosts its points select (an
+            // `on_failure` one, only after a failure or a cancel); for the others it has
+            // nothing to do.
             let mut excluded = HashSet::new();
             if let Some(f) = &stage.finally {
+                let unfailed = f.on_failure && report.outcome == RunOutcome::Succeeded;
                 for (ei, entry) in stage.entries.iter().enumerate() {
                     let host = &stage.hosts[entry.host];
-                    if let Some(reason) = f.excludes(|p| shared.has_reached(host, p)) {
+                    let reason = if unfailed {
+                        Some("the run has not failed".to_string())
+                    } else {
+                        f.excludes(|p| shared.has_reached(host, p))
+                    };
+                    if let Some(reason) = reason {
                         excluded.insert(ei);
                         skipped(entry, &shared, &reason).await;
                     }
