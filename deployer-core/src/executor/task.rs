@@ -32,6 +32,10 @@ pub(crate) async fn done_earlier(entry: &PlannedEntry, shared: &Shared) {
 /// entry whose host its points leave out has nothing to do.
 pub(crate) async fn skipped(entry: &PlannedEntry, shared: &Shared, reason: &str) {
     for step in &entry.steps {
+        // Done by an earlier attempt: already reported as such.
+        if shared.is_skipped(step.info.id) {
+            continue;
+        }
         shared
             .emitter
             .note(|| EventKind::TaskFinished {
