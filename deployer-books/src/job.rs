@@ -633,6 +633,7 @@ impl Resolver<'_> {
             let compiled = &entry.compiled[i];
             let path = format!("{prefix}/{}", step.name);
             let fail = |what: &str, expression: &str, message: String| BookError::Expression {
+                at: entry.location(&format!("steps[{i}].{what}")),
                 book: book.id(),
                 step: path.clone(),
                 what: what.to_string(),
