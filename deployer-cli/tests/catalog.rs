@@ -47,7 +47,7 @@ fn show_lists_what_the_user_may_see() {
     );
     assert!(
         shown.contains(
-            "deployment shop/prod scope=production clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup]"
+            "deployment shop/prod scope=production clusters=[local (active)] books=[deploy=deploy, pause=pause, backup=backup]"
         ),
         "{shown}"
     );
@@ -172,7 +172,7 @@ fn scope_prints_what_books_see() {
         "unset fields are empty"
     );
     assert_eq!(scope["deployment"]["branch"]["branch"], "develop");
-    assert_eq!(scope["cluster"]["hosts"][0], "fe001.example.com");
+    assert_eq!(scope["cluster"]["hosts"][0], "local");
     assert_eq!(
         scope["deployment"]["resource_prefix"],
         "ns-9a2f3b5c6d7e8f90-staging"
