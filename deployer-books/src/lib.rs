@@ -59,6 +59,7 @@ mod job;
 mod library;
 mod model;
 mod run;
+mod tree;
 
 pub use error::{BookError, BookProblem};
 pub use job::{BookRequest, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind};

@@ -1111,7 +1111,8 @@ async fn a_failing_expression_names_its_file_line_and_column() {
             file.display()
         )
     );
-    let scope = serde_json::json!({"deployment": {"values": {"root": "/r"}, "scope": "production"}});
+    let scope =
+        serde_json::json!({"deployment": {"values": {"root": "/r"}, "scope": "production"}});
     let err = JobBuilder::new(&lib, "deploy")
         .scope(&scope)
         .unwrap()
