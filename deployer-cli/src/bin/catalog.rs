@@ -24,7 +24,7 @@
 //!
 //! `trigger` and `publish` print the lifecycle requests (JSON) they hand to the books engine.
 //! With `--library DIR`, `trigger` also builds the job of the deployment's book for that action
-//! (printed as JSON), and with `--run` runs it — on this machine for hosts named `local`, over
+//! (printed as a tree of its steps, or as JSON with `--output json`), and with `--run` runs it — on this machine for hosts named `local`, over
 //! SSH for the others — manual steps acknowledged in advance with `--yes`:
 //!
 //! ```text
@@ -114,6 +114,9 @@ enum Cmd {
         /// Acknowledge the job's manual steps in advance (a job with manual steps needs it).
         #[arg(long, short = 'y', requires = "run")]
         yes: bool,
+        /// How the job built with --library is printed: `text` (a tree) or `json`.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, requires = "library")]
+        output: Output,
     },
     /// Publish an image version: prints a deploy request per subscribed deployment.
     Publish {
@@ -125,6 +128,15 @@ enum Cmd {
         #[arg(long = "as", value_name = "USER")]
         actor: String,
     },
+}
+
+/// How `trigger --library` prints the job it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A tree a person reads at a glance.
+    Text,
+    /// The job as JSON, for scripts.
+    Json,
 }
 
 /// Why the program stops: bad input or a refusal (exit 2), or anything else (exit 1).
@@ -165,6 +177,7 @@ async fn run_job(
     dir: &std::path::Path,
     run: bool,
     yes: bool,
+    output: Output,
 ) -> Result<(), Failure> {
     let mut commands = CommandRegistry::new();
     deployer_commands::register_all(&mut commands);
@@ -178,7 +191,10 @@ async fn run_job(
         .await
         .map_err(|e| Failure::Input(e.to_string()))?;
     if !run {
-        return print_json(&job);
+        return match output {
+            Output::Text => out(job.tree().trim_end()),
+            Output::Json => print_json(&job),
+        };
     }
     let manual: Vec<&str> = job
         .steps
@@ -362,13 +378,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             library,
             run,
             yes,
+            output,
         } => {
             let r: DeploymentRef = deployment.parse()?;
             let action: LifecycleAction = action.parse()?;
             let request = catalog.trigger(actor, &r, action).await?;
             match library {
                 None => print_requests(std::slice::from_ref(&request)),
-                Some(dir) => run_job(&request, dir, *run, *yes).await,
+                Some(dir) => run_job(&request, dir, *run, *yes, *output).await,
             }
         }
         Cmd::Publish {
