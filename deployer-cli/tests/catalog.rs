@@ -416,3 +416,85 @@ fn the_monitors_command_runs_due_checks_and_keeps_their_log() {
     let out = catalog_in(&store, None, &["monitors"]);
     assert_eq!(text(&out.stdout), "shop/prod/health ok\n");
 }
+
+/// A catalog of one project whose deployments each have one monitor checking `url`.
+fn monitors_catalog(dir: &Path, urls: &[(&str, &str)]) -> PathBuf {
+    let mut yaml =
+        "projects:\n  - slug: shop\n    owner: a\n    groups:\n      - slug: web\n        \
+                    group_type: odoo\n        deployments:\n"
+            .to_string();
+    for (slug, url) in urls {
+        yaml.push_str(&format!(
+            "          - slug: {slug}\n            monitors:\n              - slug: health\n                \
+             check: {{type: http_request, url: \"{url}\", timeout_seconds: 5}}\n"
+        ));
+    }
+    let file = dir.join("monitors.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// `monitors` tells a target that failed its check (exit 3: refused, a name that does not
+/// resolve) from a check that could not be made (exit 4: no curl on this machine), and
+/// says which on each line.
+#[test]
+fn monitors_exit_non_zero_and_tell_a_down_target_from_a_broken_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = http_server(vec![(200, "ok")]);
+    let file = monitors_catalog(
+        dir.path(),
+        &[
+            ("up", up.as_str()),
+            ("refused", "http://127.0.0.1:1/"),
+            ("unresolved", "http://shop.invalid/"),
+        ],
+    );
+    let out = catalog(&file, &["monitors"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "shop/up/health ok", "{stdout}");
+    assert!(
+        lines[1].starts_with("shop/refused/health warning target down: curl: (7) "),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("shop/unresolved/health warning target down: curl: (6) "),
+        "{stdout}"
+    );
+    assert_eq!(text(&out.stderr), "2 monitor(s) found their target down\n");
+
+    // Without curl on this machine no check can be made: nothing is known of the targets.
+    let empty = dir.path().join("no-curl");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .arg("--file")
+        .arg(&file)
+        .arg("monitors")
+        .env_remove("DEPLOYER_CATALOG")
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    for line in stdout.lines() {
+        assert!(
+            line.contains(" warning check broken: ") && line.contains("curl"),
+            "{stdout}"
+        );
+    }
+    assert_eq!(text(&out.stderr), "3 monitor check(s) could not be made\n");
+
+    // The exit statuses are documented where a user looks.
+    let out = catalog(&file, &["monitors", "--help"]);
+    let help = text(&out.stdout);
+    for documented in [
+        "  3  a target is down",
+        "  4  a check is broken",
+        "target down: MESSAGE",
+        "check broken: MESSAGE",
+    ] {
+        assert!(help.contains(documented), "{help}");
+    }
+}
