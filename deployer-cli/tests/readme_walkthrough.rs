@@ -48,7 +48,7 @@ fn expected_exit(command: &str) -> i32 {
     command
         .split_once('#')
         .and_then(|(_, comment)| comment.split("exit ").nth(1))
-        .and_then(|n| n.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
