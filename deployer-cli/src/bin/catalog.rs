@@ -28,7 +28,7 @@
 //! SSH for the others — manual steps acknowledged in advance with `--yes`:
 //!
 //! ```text
-//! catalog --file catalog.yaml trigger shop/prod deploy --as alice \
+//! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice \
 //!     --library examples/books/library --run --yes
 //! ```
 //!
