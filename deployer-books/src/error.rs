@@ -111,17 +111,20 @@ pub enum BookError {
         /// What is wrong.
         message: String,
     },
-    /// An expression failed when the job was built.
-    #[error("{step} ({book}): {what} \"{expression}\": {message}")]
+    /// An expression failed when the job was built; `at` names the book file, line and column
+    /// of the expression (`library/pause.yaml:7:13`), or `name@version` for a book built in code.
+    #[error("{}{step} ({book}): {what} \"{expression}\": {message}", if **at == **book { String::new() } else { format!("{at}: ") })]
     Expression {
+        /// Where the expression is: `FILE:LINE:COLUMN`, or `name@version` without a file.
+        at: Box<str>,
         /// `name@version` of the book holding the step.
         book: String,
         /// The step's path in the job: `deploy/pause/stop`.
         step: String,
         /// `applies`, `hosts` or `data.<key>`.
-        what: String,
+        what: Box<str>,
         /// The expression.
-        expression: String,
+        expression: Box<str>,
         /// What went wrong (a missing key, a wrong type).
         message: String,
     },

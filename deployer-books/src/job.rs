@@ -781,10 +781,11 @@ impl Resolver<'_> {
             let compiled = &entry.compiled[offset + i];
             let path = format!("{prefix}/{}", step.name);
             let fail = |what: &str, expression: &str, message: String| BookError::Expression {
+                at: entry.location(&format!("steps[{i}].{what}")).into(),
                 book: book.id(),
                 step: path.clone(),
-                what: what.to_string(),
-                expression: expression.to_string(),
+                what: what.into(),
+                expression: expression.into(),
                 message,
             };
             let mut skipped = None;

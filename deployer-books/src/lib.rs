@@ -61,6 +61,7 @@ mod job;
 mod library;
 mod model;
 mod run;
+mod tree;
 
 pub use error::{BookError, BookProblem};
 pub use job::{

@@ -42,6 +42,17 @@ impl Entry {
         }
     }
 
+    /// Where `path` (`steps[2].data.source`) is: `FILE:LINE:COLUMN` for a book from a file,
+    /// `FILE` or `name@version` when the position is unknown.
+    pub(crate) fn location(&self, path: &str) -> String {
+        let p = self.problem(path, "");
+        if p.line > 0 {
+            format!("{}:{}:{}", p.origin, p.line, p.column)
+        } else {
+            p.origin
+        }
+    }
+
     fn problem(&self, path: &str, message: impl Into<String>) -> BookProblem {
         let mut key = path;
         let (line, column) = loop {

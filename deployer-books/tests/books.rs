@@ -1383,3 +1383,57 @@ fn clean_up_mistakes_say_where() {
         assert!(err.contains(&expected), "{err}\nexpected: {expected}");
     }
 }
+
+/// An expression that fails when the job is built names the book file, and the line and
+/// column of the expression in it, also when the book is a child of the one asked for.
+#[tokio::test]
+async fn a_failing_expression_names_its_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pause.yaml"),
+        "name: pause\nversion: 1.0.0\nsteps:\n- name: flag\n  command: writefile\n  \
+         args: {contents: x}\n  data:\n    destination: deployment.values.root + '/flag'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("deploy.yaml"),
+        "name: deploy\nversion: 1.0.0\nsteps:\n- {name: pause, book: pause}\n- name: go\n  \
+         manual: true\n  applies: deployment.scope\n",
+    )
+    .unwrap();
+    let mut commands = deployer_core::CommandRegistry::new();
+    commands.register_fn("writefile", |_| Ok(Box::new(deployer_core::fixture::Noop)));
+    let mut lib = BookLibrary::with_commands(&commands);
+    lib.load_dir(dir.path()).unwrap();
+    let scope = serde_json::json!({"deployment": {"values": {}, "scope": "production"}});
+    let err = JobBuilder::new(&lib, "deploy")
+        .scope(&scope)
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+    let file = dir.path().join("pause.yaml");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:8:18: deploy/pause/flag (pause@1.0.0): data.destination \"deployment.values.root + '/flag'\": no such key: root",
+            file.display()
+        )
+    );
+    let scope =
+        serde_json::json!({"deployment": {"values": {"root": "/r"}, "scope": "production"}});
+    let err = JobBuilder::new(&lib, "deploy")
+        .scope(&scope)
+        .unwrap()
+        .build()
+        .await
+        .unwrap_err();
+    let file = dir.path().join("deploy.yaml");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:7:12: deploy/go (deploy@1.0.0): applies \"deployment.scope\": the condition gave a string",
+            file.display()
+        )),
+        "{err}"
+    );
+}

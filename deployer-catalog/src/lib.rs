@@ -125,8 +125,8 @@ pub use hierarchy::{
 };
 pub use lifecycle::{LifecycleAction, LifecycleRequest, Trigger};
 pub use monitor::{
-    HttpCheck, HttpChecker, HttpResponse, Monitor, MonitorCheck, MonitorLogEntry, MonitorRunner,
-    MonitorState, MonitorStatus, Thresholds, monitor_key, monitor_state,
+    CheckFailure, HttpCheck, HttpChecker, HttpResponse, Monitor, MonitorCheck, MonitorLogEntry,
+    MonitorRunner, MonitorState, MonitorStatus, Thresholds, monitor_key, monitor_state,
 };
 pub use repository::{BranchRef, Image, ImageRef, Repository};
 pub use scope::{

@@ -179,6 +179,61 @@ pub enum MonitorState {
     Unknown,
 }
 
+/// Why a check did not pass: the target's fault, or the check's.
+///
+/// ```
+/// use deployer_catalog::CheckFailure;
+///
+/// assert_eq!(CheckFailure::Down.as_str(), "down");
+/// assert_eq!("broken".parse::<CheckFailure>(), Ok(CheckFailure::Broken));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckFailure {
+    /// The check ran and the target failed it: unreachable (its name does not resolve from
+    /// where the check runs, the connection is refused or times out, TLS fails) or it answered
+    /// wrong (an unexpected status, a body without the expected text).
+    Down,
+    /// The check could not be made: the checker itself is broken (no `curl` on the probing
+    /// host, the probing host unreachable, a URL or option the client rejects). Nothing is
+    /// known of the target.
+    Broken,
+}
+
+impl CheckFailure {
+    /// The spelling in logs and stores: `down`, `broken`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckFailure::Down => "down",
+            CheckFailure::Broken => "broken",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckFailure::Down => "target down",
+            CheckFailure::Broken => "check broken",
+        })
+    }
+}
+
+impl std::str::FromStr for CheckFailure {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "down" => Ok(CheckFailure::Down),
+            "broken" => Ok(CheckFailure::Broken),
+            other => Err(format!(
+                "\"{}\" is not a check failure (expected down or broken)",
+                deployer_core::one_line(other)
+            )),
+        }
+    }
+}
+
 /// One check result, as kept in the monitor log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorLogEntry {
@@ -195,6 +250,10 @@ pub struct MonitorLogEntry {
     pub duration: Duration,
     /// What went wrong, or `""`.
     pub message: String,
+    /// Why the check did not pass (`None` when it passed; a failure recorded before this was
+    /// kept counts as [`CheckFailure::Down`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<CheckFailure>,
 }
 
 /// The key a monitor's log is kept under: `project/deployment/monitor`.
@@ -261,6 +320,9 @@ pub struct HttpResponse {
     pub body: String,
     /// Why no response came, if none did.
     pub error: Option<String>,
+    /// With `error`: the check could not be made at all (the checker's fault, not the
+    /// target's; see [`CheckFailure::Broken`]).
+    pub broken: bool,
 }
 
 /// Performs HTTP checks for the [`MonitorRunner`]: a host application plugs in its HTTP client,
@@ -269,7 +331,7 @@ pub struct HttpResponse {
 #[async_trait]
 pub trait HttpChecker: Send + Sync {
     /// Performs `check` (within its timeout) and reports what came back; a failure to connect
-    /// is an `error`, not a panic.
+    /// is an `error`, not a panic, and a check that cannot be made at all is also `broken`.
     async fn check(&self, check: &HttpCheck) -> HttpResponse;
 }
 
@@ -401,6 +463,14 @@ impl MonitorRunner {
                 _ => String::new(),
             },
         };
+        let failure = match (
+            message.is_empty(),
+            response.broken && response.error.is_some(),
+        ) {
+            (true, _) => None,
+            (false, true) => Some(CheckFailure::Broken),
+            (false, false) => Some(CheckFailure::Down),
+        };
         MonitorLogEntry {
             monitor: key.to_string(),
             ts: now,
@@ -408,6 +478,7 @@ impl MonitorRunner {
             status: response.status,
             duration,
             message,
+            failure,
         }
     }
 }

@@ -1215,6 +1215,7 @@ impl Scripted {
             status,
             body: body.to_string(),
             error: status.is_none().then(|| "connection refused".to_string()),
+            broken: false,
         });
         self
     }
@@ -1382,6 +1383,7 @@ fn states_follow_the_thresholds() {
         status: None,
         duration: Duration::from_millis(ms),
         message: String::new(),
+        failure: (!ok).then_some(CheckFailure::Down),
     };
     let now = at(300);
     let cases: Vec<(Vec<MonitorLogEntry>, MonitorState)> = vec![

@@ -57,23 +57,71 @@ fn the_example_library_is_valid() {
 }
 
 #[test]
-fn show_prints_the_job_with_children_inlined() {
+fn show_prints_the_job_as_a_tree_with_children_inlined() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("srv");
     let scope = scope(dir.path(), &root);
     let lib = library();
-    let out = books(
-        &[
-            "show",
-            "--action",
-            "deploy",
-            "--library",
-            lib.to_str().unwrap(),
-            "--scope",
-            scope.to_str().unwrap(),
-        ],
-        None,
+    let args = [
+        "show",
+        "--action",
+        "deploy",
+        "--library",
+        lib.to_str().unwrap(),
+        "--scope",
+        scope.to_str().unwrap(),
+    ];
+    let out = books(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].starts_with("deploy@1.0.0 for action deploy (draft, job "),
+        "{shown}"
     );
+    assert_eq!(
+        &lines[1..],
+        [
+            "├─ pause: book pause@1.0.0",
+            "│  ├─ root directory: createdirectory on local",
+            "│  └─ maintenance flag: writefile on local · estimate 1s, timeout 10s · Write the flag the web server checks",
+            "├─ backup: book backup@1.0.0",
+            "│  ├─ backup directory: createdirectory on local",
+            "│  └─ dump: writefile on local · estimate 30s, timeout 5m, 2 retries",
+            "├─ approve: manual · Check the backup before the new version goes live",
+            "├─ release: writefile on local · estimate 5s, timeout 50s",
+            "└─ resume: removefile on local · Remove the maintenance flag",
+            "7 steps to run · estimated 36s (3 without an estimate)",
+        ],
+        "{shown}"
+    );
+
+    // A staging deployment skips the backup, and says why.
+    let mut staging: Value =
+        serde_json::from_str(&std::fs::read_to_string(&scope).unwrap()).unwrap();
+    staging["deployment"]["scope"] = "staging".into();
+    let staging_file = dir.path().join("staging.json");
+    std::fs::write(&staging_file, staging.to_string()).unwrap();
+    let mut staging_args = args.to_vec();
+    staging_args[6] = staging_file.to_str().unwrap();
+    let out = books(&staging_args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(
+            "\n├─ backup: book backup ^1 · skipped: its condition is false: deployment.scope == 'production'\n├─ approve"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("\n5 steps to run, 1 skipped · estimated 6s (2 without an estimate)\n"),
+        "{shown}"
+    );
+
+    // The whole job as JSON.
+    let mut json = args.to_vec();
+    json.extend(["--output", "json"]);
+    let out = books(&json, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["state"], "draft");
@@ -153,10 +201,18 @@ fn run_deploys_on_this_machine_and_records_durations() {
     // The next job takes its estimates from the recorded run.
     let mut show = args.to_vec();
     show[0] = "show";
+    show.extend(["--output", "json"]);
     let out = books(&show, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["steps"][3]["estimate_source"], "history");
+    let out = books(&show[..show.len() - 2], None);
+    let tree = text(&out.stdout);
+    assert!(
+        tree.contains("└─ dump: writefile on local · estimate ")
+            && tree.contains(" (history), timeout "),
+        "{tree}"
+    );
 
     // Without an answer the run stops at the manual step; --yes acknowledges in advance.
     let out = books(&args, None);

@@ -47,7 +47,7 @@ fn show_lists_what_the_user_may_see() {
     );
     assert!(
         shown.contains(
-            "deployment shop/prod scope=production clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup]"
+            "deployment shop/prod scope=production clusters=[local (active)] books=[deploy=deploy, pause=pause, backup=backup]"
         ),
         "{shown}"
     );
@@ -163,7 +163,7 @@ fn scope_prints_what_books_see() {
         "unset fields are empty"
     );
     assert_eq!(scope["deployment"]["branch"]["branch"], "develop");
-    assert_eq!(scope["cluster"]["hosts"][0], "fe001.example.com");
+    assert_eq!(scope["cluster"]["hosts"][0], "local");
     assert_eq!(
         scope["deployment"]["resource_prefix"],
         "ns-9a2f3b5c6d7e8f90-staging"
@@ -435,8 +435,8 @@ fn carol_sees_and_acts_on_her_group_only() {
         text(&out.stdout),
         "project shop (Shop) owner alice namespace ns-9a2f3b5c6d7e8f90 role=none\n\
          \x20 group web [odoo] role=developer\n\
-         \x20   deployment shop/prod scope=production clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n\
-         \x20   deployment shop/staging scope=staging clusters=[eu-1 (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n",
+         \x20   deployment shop/prod scope=production clusters=[local (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n\
+         \x20   deployment shop/staging scope=staging clusters=[local (active)] books=[deploy=deploy, pause=pause, backup=backup] role=developer\n",
         "group db is not shown"
     );
     let out = catalog(&example(), &["show", "--as", "carol", "--json"]);
@@ -571,4 +571,86 @@ fn alice_the_owner_publishes_her_projects_image() {
         &["publish", "shop-app/app", "1.5.0", "--as", "root"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A catalog of one project whose deployments each have one monitor checking `url`.
+fn monitors_catalog(dir: &Path, urls: &[(&str, &str)]) -> PathBuf {
+    let mut yaml =
+        "projects:\n  - slug: shop\n    owner: a\n    groups:\n      - slug: web\n        \
+                    group_type: odoo\n        deployments:\n"
+            .to_string();
+    for (slug, url) in urls {
+        yaml.push_str(&format!(
+            "          - slug: {slug}\n            monitors:\n              - slug: health\n                \
+             check: {{type: http_request, url: \"{url}\", timeout_seconds: 5}}\n"
+        ));
+    }
+    let file = dir.join("monitors.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// `monitors` tells a target that failed its check (exit 3: refused, a name that does not
+/// resolve) from a check that could not be made (exit 4: no curl on this machine), and
+/// says which on each line.
+#[test]
+fn monitors_exit_non_zero_and_tell_a_down_target_from_a_broken_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = http_server(vec![(200, "ok")]);
+    let file = monitors_catalog(
+        dir.path(),
+        &[
+            ("up", up.as_str()),
+            ("refused", "http://127.0.0.1:1/"),
+            ("unresolved", "http://shop.invalid/"),
+        ],
+    );
+    let out = catalog(&file, &["monitors"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "shop/up/health ok", "{stdout}");
+    assert!(
+        lines[1].starts_with("shop/refused/health warning target down: curl: (7) "),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("shop/unresolved/health warning target down: curl: (6) "),
+        "{stdout}"
+    );
+    assert_eq!(text(&out.stderr), "2 monitor(s) found their target down\n");
+
+    // Without curl on this machine no check can be made: nothing is known of the targets.
+    let empty = dir.path().join("no-curl");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .arg("--file")
+        .arg(&file)
+        .arg("monitors")
+        .env_remove("DEPLOYER_CATALOG")
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    for line in stdout.lines() {
+        assert!(
+            line.contains(" warning check broken: ") && line.contains("curl"),
+            "{stdout}"
+        );
+    }
+    assert_eq!(text(&out.stderr), "3 monitor check(s) could not be made\n");
+
+    // The exit statuses are documented where a user looks.
+    let out = catalog(&file, &["monitors", "--help"]);
+    let help = text(&out.stdout);
+    for documented in [
+        "  3  a target is down",
+        "  4  a check is broken",
+        "target down: MESSAGE",
+        "check broken: MESSAGE",
+    ] {
+        assert!(help.contains(documented), "{help}");
+    }
 }

@@ -72,6 +72,18 @@ fn triggering_deploy_runs_the_deploy_book_which_calls_pause_and_backup() {
     args.extend(["--as", "alice", "--library", "books/library"]);
     let out = catalog(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tree = text(&out.stdout);
+    assert!(
+        tree.starts_with("deploy@1.0.0 for action deploy (draft, job "),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("│  └─ dump: writefile on local · estimate 30s, timeout 5m, 2 retries\n"),
+        "{tree}"
+    );
+    args.extend(["--output", "json"]);
+    let out = catalog(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let paths: Vec<&str> = job["steps"]
         .as_array()

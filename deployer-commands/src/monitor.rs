@@ -17,6 +17,17 @@ pub struct CurlChecker {
 /// Marks the status line curl writes after the body.
 const STATUS_MARK: &str = "\n__deployer_status__=";
 
+/// Whether curl's exit status says the check itself could not be made (not the target's
+/// fault): 1 unsupported protocol, 2 failed to initialize, 3 malformed URL, 4 a feature not
+/// built in, 5 the proxy's name does not resolve, 27 out of memory, 43 internal error, 48 an
+/// unknown option, 126 and 127 curl cannot run or is not installed. Every other failure (6
+/// the target's name does not resolve, 7 connection refused, 28 timeout, 35 and 60 TLS, 52
+/// empty reply, 56 connection reset, ...) is the target's: unreachable from where the check
+/// runs.
+fn curl_failure_is_broken(exit_status: i32) -> bool {
+    matches!(exit_status, 1..=5 | 27 | 43 | 48 | 126 | 127)
+}
+
 impl CurlChecker {
     /// Checks through `curl` on `host`.
     pub fn new(host: Arc<dyn RemoteHost>) -> CurlChecker {
@@ -43,6 +54,7 @@ impl HttpChecker for CurlChecker {
             Err(e) => {
                 return HttpResponse {
                     error: Some(e),
+                    broken: true,
                     ..HttpResponse::default()
                 };
             }
@@ -52,8 +64,10 @@ impl HttpChecker for CurlChecker {
             ..ExecOptions::default()
         };
         match self.host.execute(&line, &options).await {
+            // The probing host could not run curl: nothing is known of the target.
             Err(e) => HttpResponse {
                 error: Some(e.to_string()),
+                broken: true,
                 ..HttpResponse::default()
             },
             Ok(out) => {
@@ -83,10 +97,17 @@ impl HttpChecker for CurlChecker {
                         }
                     })
                 };
+                let broken = error.is_some()
+                    && match out.exit_status {
+                        Some(code) => curl_failure_is_broken(code),
+                        // Killed by a signal: the check did not finish.
+                        None => true,
+                    };
                 HttpResponse {
                     status,
                     body,
                     error,
+                    broken,
                 }
             }
         }
@@ -134,5 +155,13 @@ mod tests {
             response.error.as_deref(),
             Some("curl: (7) Failed to connect to x port 443: Connection refused")
         );
+        assert!(!response.broken, "the target's fault");
+
+        let missing = Arc::new(
+            FakeHost::new("probe").reply("curl", FakeReply::fail(127, "sh: 1: curl: not found")),
+        );
+        let response = CurlChecker::new(missing).check(&check).await;
+        assert_eq!(response.error.as_deref(), Some("sh: 1: curl: not found"));
+        assert!(response.broken, "the checker's fault");
     }
 }

@@ -68,8 +68,8 @@ macro_rules! impl_catalog_store {
                 entry: &deployer_catalog::MonitorLogEntry,
             ) -> Result<(), deployer_core::StoreError> {
                 sqlx::query(
-                    "INSERT INTO monitor_log (monitor, ts, ok, status, duration_us, message) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO monitor_log (monitor, ts, ok, status, duration_us, message, \
+                     failure) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(entry.monitor.as_str())
                 .bind(crate::sql::micros(entry.ts))
@@ -77,6 +77,7 @@ macro_rules! impl_catalog_store {
                 .bind(entry.status.map(i64::from))
                 .bind(crate::sql::duration_micros(entry.duration))
                 .bind(entry.message.as_str())
+                .bind(entry.failure.map(deployer_catalog::CheckFailure::as_str))
                 .execute(&self.pool)
                 .await
                 .map_err(|e| {
@@ -95,7 +96,7 @@ macro_rules! impl_catalog_store {
             ) -> Result<Vec<deployer_catalog::MonitorLogEntry>, deployer_core::StoreError> {
                 use crate::sql::RowExt as _;
                 let rows = sqlx::query(
-                    "SELECT ts, ok, status, duration_us, message FROM monitor_log \
+                    "SELECT ts, ok, status, duration_us, message, failure FROM monitor_log \
                      WHERE monitor = $1 ORDER BY ts DESC LIMIT $2",
                 )
                 .bind(monitor)
@@ -117,15 +118,26 @@ macro_rules! impl_catalog_store {
                                 })
                             })
                             .transpose()?;
+                        let ok = row.int("ok")? != 0;
+                        // A failure logged before migration 0004 has none: it was the target's.
+                        let failure = match row.opt_text("failure")? {
+                            Some(f) => {
+                                Some(f.parse::<deployer_catalog::CheckFailure>().map_err(|e| {
+                                    crate::errors::corrupt(format!("monitor {monitor}: {e}"))
+                                })?)
+                            }
+                            None => (!ok).then_some(deployer_catalog::CheckFailure::Down),
+                        };
                         Ok(deployer_catalog::MonitorLogEntry {
                             monitor: monitor.to_string(),
                             ts: crate::sql::time(row.int("ts")?, "monitor log ts")?,
-                            ok: row.int("ok")? != 0,
+                            ok,
                             status,
                             duration: std::time::Duration::from_micros(
                                 row.int("duration_us")?.max(0).unsigned_abs(),
                             ),
                             message: row.text("message")?,
+                            failure,
                         })
                     })
                     .collect()

@@ -31,10 +31,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "which drive (attempt) of a run did each task",
         include_str!("../migrations/0003_drives.sql"),
     ),
+    (
+        4,
+        "why a monitor check did not pass (target down or check broken)",
+        include_str!("../migrations/0004_monitor_failure.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {

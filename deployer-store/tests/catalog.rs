@@ -64,6 +64,7 @@ async fn the_catalog_and_monitor_logs_survive_reopen() {
             status: Some(200),
             duration: Duration::from_millis(20),
             message: String::new(),
+            failure: None,
         })
         .await
         .unwrap();

@@ -4,6 +4,7 @@
 //! ```text
 //! books check --library examples/books/library
 //! books show deploy --library examples/books/library --scope examples/books/scope.json
+//! books show deploy --library examples/books/library --scope examples/books/scope.json --output json
 //! books run --action deploy --library examples/books/library --scope examples/books/scope.json
 //! ```
 //!
@@ -65,8 +66,16 @@ struct JobArgs {
 enum Cmd {
     /// Load and check the library; list its books.
     Check,
-    /// Print the job (JSON) a book builds against the scope, after checking its tasklist.
-    Show(JobArgs),
+    /// Print the job a book builds against the scope, after checking its tasklist: a tree of
+    /// its steps (child books inlined, skipped steps with the reason, estimates, timeouts), or
+    /// JSON with `--output json`.
+    Show {
+        #[command(flatten)]
+        job: JobArgs,
+        /// `text` (a tree) or `json` (the whole job).
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Build the job and run it on this machine.
     Run {
         #[command(flatten)]
@@ -75,6 +84,15 @@ enum Cmd {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+}
+
+/// How `show` prints the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A tree a person reads at a glance.
+    Text,
+    /// The job as JSON, for scripts.
+    Json,
 }
 
 enum Failure {
@@ -195,7 +213,7 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Show(args) => {
+        Cmd::Show { job: args, output } => {
             let history = store(&args.store).await?;
             let job = build(&library, &args, history).await?;
             let runner = JobRunner::new(
@@ -203,10 +221,14 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                 &registry,
             );
             runner.plan(&job, &Acknowledgements::new()).map_err(input)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&job).map_err(|e| Failure::Internal(e.to_string()))?
-            );
+            match output {
+                Output::Text => print!("{}", job.tree()),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&job)
+                        .map_err(|e| Failure::Internal(e.to_string()))?
+                ),
+            }
             Ok(())
         }
         Cmd::Run { job: args, yes } => {

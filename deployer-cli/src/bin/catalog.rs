@@ -35,15 +35,16 @@
 //!
 //! `trigger` and `publish` print the lifecycle requests (JSON) they hand to the books engine.
 //! With `--library DIR`, `trigger` also builds the job of the deployment's book for that action
-//! (printed as JSON), and with `--run` runs it — on this machine for hosts named `local`, over
+//! (printed as a tree of its steps, or as JSON with `--output json`), and with `--run` runs it — on this machine for hosts named `local`, over
 //! SSH for the others — manual steps acknowledged in advance with `--yes`:
 //!
 //! ```text
-//! catalog --file catalog.yaml trigger shop/prod deploy --as alice \
+//! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice \
 //!     --library examples/books/library --run --yes
 //! ```
 //!
-//! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user.
+//! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user; `monitors`
+//! also 3 (a target is down) and 4 (a check could not be made), see `catalog monitors --help`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,8 @@ use std::sync::Arc;
 
 use deployer_books::{Acknowledgements, BookLibrary, JobBuilder, JobRunner, JobState, JobStepKind};
 use deployer_catalog::{
-    Catalog, CatalogData, CatalogError, DeploymentRef, LifecycleAction, LifecycleRequest,
-    MonitorRunner, Project, Slug, Target, Trigger,
+    Catalog, CatalogData, CatalogError, CheckFailure, DeploymentRef, LifecycleAction,
+    LifecycleRequest, MonitorRunner, Project, Slug, Target, Trigger,
 };
 use deployer_commands::CurlChecker;
 use deployer_core::{CommandRegistry, Event, EventKind, Executor, RunOptions};
@@ -64,7 +65,10 @@ use deployer_remote::{SshConnector, SshOptions};
 #[command(
     name = "catalog",
     version,
-    about = "Show a deployment catalog and trigger lifecycle actions"
+    about = "Show a deployment catalog and trigger lifecycle actions",
+    after_help = "Exit status: 0 success, 1 internal failure, 2 bad input or a refused user; \
+                  `monitors` also 3 (a target is down) and 4 (a check is broken), see \
+                  `catalog monitors --help`."
 )]
 struct Cli {
     /// The catalog file (YAML or JSON): the catalog itself, or what `import` stores.
@@ -88,6 +92,24 @@ enum Cmd {
         actor: String,
     },
     /// Run the monitors that are due and print the state of each.
+    ///
+    /// One line per monitor, `PROJECT/DEPLOYMENT/MONITOR STATE`, where STATE (ok, warning,
+    /// error, unknown) applies the monitor's thresholds to its recent checks. When the newest
+    /// check did not pass, the line says why:
+    ///
+    ///   target down: MESSAGE    the check ran and the target failed it: its name does not
+    ///                           resolve from this machine, the connection is refused or
+    ///                           times out, TLS fails, or it answered with an unexpected
+    ///                           status or body
+    ///   check broken: MESSAGE   the check could not be made (curl missing, or rejecting the
+    ///                           URL or an option): nothing is known of the target
+    ///
+    /// Exit status, from each monitor's newest check:
+    ///   0  every newest check passed (a slow answer changes the state, not the exit status)
+    ///   3  a target is down (wins over 4: a known problem before an unknown one)
+    ///   4  a check is broken, and no target is known to be down
+    ///   1  the store failed;  2  bad input
+    #[command(verbatim_doc_comment)]
     Monitors,
     /// Show the projects, groups and deployments the user may see.
     Show {
@@ -125,6 +147,9 @@ enum Cmd {
         /// Acknowledge the job's manual steps in advance (a job with manual steps needs it).
         #[arg(long, short = 'y', requires = "run")]
         yes: bool,
+        /// How the job built with --library is printed: `text` (a tree) or `json`.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, requires = "library")]
+        output: Output,
     },
     /// Publish an image version: prints a deploy request per subscribed deployment.
     Publish {
@@ -138,12 +163,28 @@ enum Cmd {
     },
 }
 
+/// How `trigger --library` prints the job it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A tree a person reads at a glance.
+    Text,
+    /// The job as JSON, for scripts.
+    Json,
+}
+
 /// Why the program stops: bad input or a refusal (exit 2), or anything else (exit 1).
 #[derive(Debug)]
 enum Failure {
     Input(String),
     Internal(String),
+    /// `monitors` found a problem: its exit status and a summary.
+    Monitors(u8, String),
 }
+
+/// `monitors`: a target failed its check.
+const EXIT_TARGET_DOWN: u8 = 3;
+/// `monitors`: a check could not be made.
+const EXIT_CHECK_BROKEN: u8 = 4;
 
 impl From<CatalogError> for Failure {
     fn from(e: CatalogError) -> Self {
@@ -176,6 +217,7 @@ async fn run_job(
     dir: &std::path::Path,
     run: bool,
     yes: bool,
+    output: Output,
 ) -> Result<(), Failure> {
     let mut commands = CommandRegistry::new();
     deployer_commands::register_all(&mut commands);
@@ -189,7 +231,10 @@ async fn run_job(
         .await
         .map_err(|e| Failure::Input(e.to_string()))?;
     if !run {
-        return print_json(&job);
+        return match output {
+            Output::Text => out(job.tree().trim_end()),
+            Output::Json => print_json(&job),
+        };
     }
     let manual: Vec<&str> = job
         .steps
@@ -354,15 +399,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 catalog.store().clone(),
                 std::sync::Arc::new(CurlChecker::new(host)),
             );
+            let (mut down, mut broken) = (0, 0);
             for s in runner.run_due(std::time::SystemTime::now()).await? {
-                let message = s.last.as_ref().map(|l| l.message.as_str()).unwrap_or("");
                 let state = serde_json::to_value(s.state)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default();
-                out(format!("{}/{} {state} {message}", s.deployment, s.monitor).trim_end())?;
+                let why = match &s.last {
+                    Some(l) if !l.ok => {
+                        let failure = l.failure.unwrap_or(CheckFailure::Down);
+                        match failure {
+                            CheckFailure::Down => down += 1,
+                            CheckFailure::Broken => broken += 1,
+                        }
+                        format!(" {failure}: {}", deployer_core::one_line(&l.message))
+                    }
+                    _ => String::new(),
+                };
+                out(&format!("{}/{} {state}{why}", s.deployment, s.monitor))?;
             }
-            Ok(())
+            if down > 0 {
+                Err(Failure::Monitors(
+                    EXIT_TARGET_DOWN,
+                    format!("{down} monitor(s) found their target down"),
+                ))
+            } else if broken > 0 {
+                Err(Failure::Monitors(
+                    EXIT_CHECK_BROKEN,
+                    format!("{broken} monitor check(s) could not be made"),
+                ))
+            } else {
+                Ok(())
+            }
         }
         Cmd::Show { actor, json } => {
             let projects = catalog.projects(actor).await?;
@@ -384,13 +452,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             library,
             run,
             yes,
+            output,
         } => {
             let r: DeploymentRef = deployment.parse()?;
             let action: LifecycleAction = action.parse()?;
             let request = catalog.trigger(actor, &r, action).await?;
             match library {
                 None => print_requests(std::slice::from_ref(&request)),
-                Some(dir) => run_job(&request, dir, *run, *yes).await,
+                Some(dir) => run_job(&request, dir, *run, *yes, *output).await,
             }
         }
         Cmd::Publish {
@@ -433,6 +502,10 @@ fn main() -> ExitCode {
         Err(Failure::Internal(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(1)
+        }
+        Err(Failure::Monitors(code, message)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
         }
     }
 }
