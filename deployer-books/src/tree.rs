@@ -186,6 +186,12 @@ fn step_label(name: &str, step: &JobStep) -> String {
         }
     };
     let mut label = format!("{}: {what}", deployer_core::one_line(name));
+    if let Some(cleanup) = &step.cleanup {
+        label.push_str(match cleanup.when {
+            crate::CleanupWhen::OnFailure => " · clean-up if the job fails",
+            crate::CleanupWhen::Always => " · clean-up, always",
+        });
+    }
     if let Some(reason) = &step.skipped {
         let _ = write!(label, " · skipped: {}", deployer_core::one_line(reason));
         return label;

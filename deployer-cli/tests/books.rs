@@ -90,8 +90,10 @@ fn show_prints_the_job_as_a_tree_with_children_inlined() {
             "│  └─ dump: writefile on local · estimate 30s, timeout 5m, 2 retries",
             "├─ approve: manual · Check the backup before the new version goes live",
             "├─ release: writefile on local · estimate 5s, timeout 50s",
-            "└─ resume: removefile on local · Remove the maintenance flag",
-            "7 steps to run · estimated 36s (3 without an estimate)",
+            "├─ resume: removefile on local · Remove the maintenance flag",
+            "└─ pause: book pause@1.0.0",
+            "   └─ remove maintenance flag: removefile on local · clean-up if the job fails · Take the deployment out of maintenance again",
+            "8 steps to run · estimated 36s (4 without an estimate)",
         ],
         "{shown}"
     );
@@ -114,7 +116,7 @@ fn show_prints_the_job_as_a_tree_with_children_inlined() {
         "{shown}"
     );
     assert!(
-        shown.ends_with("\n5 steps to run, 1 skipped · estimated 6s (2 without an estimate)\n"),
+        shown.ends_with("\n6 steps to run, 1 skipped · estimated 6s (3 without an estimate)\n"),
         "{shown}"
     );
 
