@@ -400,16 +400,31 @@ impl CatalogData {
 
     /// What `user` may see of `project`: all of it when they have a role on the project
     /// (or are its owner or a catalog admin); with only overrides, the project with just the
-    /// groups and deployments they have a role on; `None` when they may not view it.
+    /// groups and deployments they have a role on; `None` when they may not view it. Only
+    /// project admins (owner and catalog admins included) see every member list; anyone else
+    /// sees only their own entries in the `users` lists.
     pub fn visible_project(&self, user: &str, project: &Project) -> Option<Project> {
         let target = Target::Project(project.slug.clone());
         if !self.may(user, Action::View, &target) {
             return None;
         }
-        if self.effective_role(user, &target).is_some() {
+        let role = self.effective_role(user, &target);
+        if role == Some(Role::Admin) {
             return Some(project.clone());
         }
+        // Who holds which role is the project admins' business: anyone else sees only their
+        // own entries.
         let mut shown = project.clone();
+        shown.users.retain(|m| m.user == user);
+        for g in &mut shown.groups {
+            g.users.retain(|m| m.user == user);
+            for d in &mut g.deployments {
+                d.users.retain(|m| m.user == user);
+            }
+        }
+        if role.is_some() {
+            return Some(shown);
+        }
         shown.groups.retain_mut(|g| {
             g.deployments.retain(|d| {
                 let r = crate::DeploymentRef::new(project.slug.clone(), d.slug.clone());

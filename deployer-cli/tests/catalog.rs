@@ -654,3 +654,38 @@ fn monitors_exit_non_zero_and_tell_a_down_target_from_a_broken_check() {
         assert!(help.contains(documented), "{help}");
     }
 }
+
+/// Who holds which role is for project admins to see: bob (a project user) and carol (a group
+/// override) see only their own entries in the member lists; alice (project admin) sees all.
+#[test]
+fn member_lists_are_shown_only_to_project_admins() {
+    let users = |who: &str| -> Vec<String> {
+        let out = catalog(&example(), &["show", "--as", who, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let shown: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+        let mut names = Vec::new();
+        let mut collect = |v: &serde_json::Value| {
+            for m in v["users"].as_array().into_iter().flatten() {
+                names.push(m["user"].as_str().unwrap().to_string());
+            }
+        };
+        for p in shown.as_array().unwrap() {
+            collect(p);
+            for g in p["groups"].as_array().unwrap() {
+                collect(g);
+                for d in g["deployments"].as_array().unwrap() {
+                    collect(d);
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(users("bob"), ["bob"]);
+    assert_eq!(users("carol"), ["carol"]);
+    let all = users("alice");
+    for name in ["alice", "bob", "carol", "dave"] {
+        assert!(all.iter().any(|n| n == name), "{name} in {all:?}");
+    }
+}

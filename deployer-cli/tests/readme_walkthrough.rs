@@ -136,13 +136,15 @@ fn the_examples_walkthrough_runs_verbatim() {
     for line in [
         "\n├─ pause: book pause@1.0.0\n│  ├─ root directory: createdirectory on local\n",
         "\n│  └─ dump: writefile on local · estimate 30s, timeout 5m, 2 retries\n",
-        "\n└─ resume: removefile on local · Remove the maintenance flag\n7 steps to run",
+        "\n├─ resume: removefile on local · Remove the maintenance flag\n",
+        "\n   └─ remove maintenance flag: removefile on local · clean-up if the job fails · ",
+        "\n8 steps to run",
     ] {
         assert!(tree.contains(line), "{tree}");
     }
     let (json, _) = output("--scope examples/books/scope.json --output json");
     let job: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(job["steps"].as_array().unwrap().len(), 7, "{json}");
+    assert_eq!(job["steps"].as_array().unwrap().len(), 8, "{json}");
     let (run, _) = output("books -- run --action deploy");
     assert!(
         run.contains("step deploy/backup/dump\n  writefile on local: succeeded"),
