@@ -190,6 +190,9 @@ pub struct JobStep {
     /// How it ended, once the job ran (`None` before, and for skipped steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<RunOutcome>,
+    /// How a manual step is approved (default for other kinds).
+    #[serde(default, skip_serializing_if = "crate::ApprovalRule::is_default")]
+    pub approval: crate::ApprovalRule,
 }
 
 impl fmt::Debug for JobStep {
@@ -208,6 +211,7 @@ impl fmt::Debug for JobStep {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("outcome", &self.outcome)
+            .field("approval", &self.approval)
             .finish()
     }
 }
@@ -758,13 +762,18 @@ impl Resolver<'_> {
                 timeout: None,
                 retries: step.retries,
                 outcome: None,
+                approval: if matches!(step.kind, StepKind::Manual) {
+                    step.approval.clone()
+                } else {
+                    crate::ApprovalRule::default()
+                },
             });
         }
         Ok(())
     }
 }
 
-mod opt_secs {
+pub(crate) mod opt_secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -818,6 +827,7 @@ mod tests {
             timeout: None,
             retries: 0,
             outcome: None,
+            approval: Default::default(),
         };
         let debug = format!("{step:?}");
         let json = serde_json::to_string(&step).unwrap();

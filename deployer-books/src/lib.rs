@@ -63,5 +63,7 @@ mod run;
 pub use error::{BookError, BookProblem};
 pub use job::{BookRequest, EstimateSource, Job, JobBuilder, JobState, JobStep, JobStepKind};
 pub use library::BookLibrary;
-pub use model::{Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind};
+pub use model::{
+    APPROVER_ROLES, ApprovalRule, Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind,
+};
 pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND};
