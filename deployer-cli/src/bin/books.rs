@@ -153,7 +153,7 @@ fn commands() -> CommandRegistry {
     registry
 }
 
-/// `--as USER`, else the OS user.
+/// `--as USER`, else the OS user (`$USER`, else `$LOGNAME`).
 fn actor(who: &Identity) -> Result<String, Failure> {
     if let Some(a) = &who.actor {
         if a.trim().is_empty() {
@@ -472,7 +472,9 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             yes,
             comment,
         } => {
-            let me = actor(&who)?;
+            // Who runs the job; needed (and an error when unknown) only to decide a manual
+            // step.
+            let me = actor(&who);
             let history = store(&args.store).await?;
             let mut job = build(&library, &args, history.clone()).await?;
             for step in job.steps.iter().filter(|s| s.skipped.is_some()) {
@@ -490,10 +492,14 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             let has_manual = job.steps.iter().any(|s| {
                 s.skipped.is_none() && matches!(s.kind, deployer_books::JobStepKind::Manual)
             });
-            let my_roles = if has_manual {
-                roles(&who, &me, deployment.as_deref()).await?
-            } else {
-                None
+            let (me, my_roles) = match me {
+                Ok(me) if has_manual => {
+                    let roles = roles(&who, &me, deployment.as_deref()).await?;
+                    (me, roles)
+                }
+                Ok(me) => (me, None),
+                Err(e) if has_manual => return Err(e),
+                Err(_) => ("unknown user".to_string(), None),
             };
             let approver = Approver {
                 name: me.clone(),
