@@ -76,6 +76,20 @@ struct StepDoc {
     data: IndexMap<String, Spanned<String>>,
     #[serde(default)]
     retries: u32,
+    #[serde(default)]
+    approvers: Option<Spanned<ApproversDoc>>,
+    #[serde(default)]
+    four_eyes: Option<bool>,
+    #[serde(default)]
+    expires_after: Option<Spanned<f64>>,
+}
+
+/// `approvers: developer` (a role) or `approvers: [bob, carol]` (users).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ApproversDoc {
+    Role(String),
+    Users(Vec<String>),
 }
 
 fn at<T>(s: &Spanned<T>) -> (u64, u64) {
@@ -178,6 +192,67 @@ fn parse_step(
         return None;
     }
     let mut misplaced = Vec::new();
+    let mut approval = super::model::ApprovalRule::default();
+    if !s.manual {
+        for (key, set) in [
+            ("approvers", s.approvers.is_some()),
+            ("four_eyes", s.four_eyes.is_some()),
+            ("expires_after", s.expires_after.is_some()),
+        ] {
+            if set {
+                misplaced.push(key);
+            }
+        }
+    } else {
+        approval.four_eyes = s.four_eyes.unwrap_or(false);
+        if let Some(a) = &s.approvers {
+            let (l, c) = at(a);
+            locs.insert(format!("{p}.approvers"), (l, c));
+            let mut bad =
+                |message: String| problems.push(problem(l, c, &format!("{p}.approvers"), message));
+            approval.approvers = match &a.value {
+                ApproversDoc::Role(role) => {
+                    if !super::model::APPROVER_ROLES.contains(&role.as_str()) {
+                        bad(format!(
+                            "{} is not a role (expected {}, or a list of user names such as [bob, carol])",
+                            deployer_core::shown(role),
+                            super::model::APPROVER_ROLES.join(", ")
+                        ));
+                    }
+                    deployer_core::Approvers::Role(role.clone())
+                }
+                ApproversDoc::Users(users) => {
+                    if users.is_empty() {
+                        bad("an empty list: nobody could approve the step (expected a role or at least one user name)".to_string());
+                    } else if let Some(u) = users.iter().find(|u| u.trim().is_empty()) {
+                        bad(format!("user name {} is blank", deployer_core::shown(u)));
+                    }
+                    deployer_core::Approvers::Users(users.clone())
+                }
+            };
+        }
+        if let Some(e) = &s.expires_after {
+            let (l, c) = at(e);
+            locs.insert(format!("{p}.expires_after"), (l, c));
+            match Duration::try_from_secs_f64(e.value)
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= deployer_core::Task::TIMEOUT_MAX)
+            {
+                Some(d) => approval.expires_after = Some(d),
+                None => problems.push(problem(
+                    l,
+                    c,
+                    &format!("{p}.expires_after"),
+                    format!(
+                        "found {:?} (expected a number of seconds above 0, at most {} ({} days))",
+                        e.value,
+                        deployer_core::Task::TIMEOUT_MAX.as_secs(),
+                        deployer_core::Task::TIMEOUT_MAX.as_secs() / 86_400
+                    ),
+                )),
+            }
+        }
+    }
     let kind = if let Some(command) = &s.command {
         locs.insert(format!("{p}.command"), at(command));
         if let Some(h) = &s.hosts {
@@ -301,5 +376,6 @@ fn parse_step(
         applies: s.applies.map(|a| a.value),
         data,
         retries: s.retries,
+        approval,
     })
 }

@@ -240,6 +240,9 @@ pub struct JobStep {
     /// ordinary step, when its condition holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<StepCleanup>,
+    /// How a manual step is approved (default for other kinds).
+    #[serde(default, skip_serializing_if = "crate::ApprovalRule::is_default")]
+    pub approval: crate::ApprovalRule,
 }
 
 impl fmt::Debug for JobStep {
@@ -259,6 +262,7 @@ impl fmt::Debug for JobStep {
             .field("retries", &self.retries)
             .field("outcome", &self.outcome)
             .field("cleanup", &self.cleanup)
+            .field("approval", &self.approval)
             .finish()
     }
 }
@@ -908,13 +912,18 @@ impl Resolver<'_> {
                 retries: step.retries,
                 outcome: None,
                 cleanup: cleanup.cloned(),
+                approval: if matches!(step.kind, StepKind::Manual) {
+                    step.approval.clone()
+                } else {
+                    crate::ApprovalRule::default()
+                },
             });
         }
         Ok(())
     }
 }
 
-mod opt_secs {
+pub(crate) mod opt_secs {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -969,6 +978,7 @@ mod tests {
             retries: 0,
             outcome: None,
             cleanup: None,
+            approval: Default::default(),
         };
         let debug = format!("{step:?}");
         let json = serde_json::to_string(&step).unwrap();

@@ -69,5 +69,7 @@ pub use job::{
     StepCleanup,
 };
 pub use library::BookLibrary;
-pub use model::{Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind};
+pub use model::{
+    APPROVER_ROLES, ApprovalRule, Book, ChildBook, CommandStep, DEFAULT_OVER_STOP, Step, StepKind,
+};
 pub use run::{Acknowledgements, JobRunner, MANUAL_COMMAND, STARTED_COMMAND};

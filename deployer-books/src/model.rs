@@ -32,6 +32,54 @@ pub(crate) fn estimate_expected() -> String {
     )
 }
 
+/// The roles a step's `approvers` may name: the catalog's roles.
+pub const APPROVER_ROLES: [&str; 3] = ["user", "developer", "admin"];
+
+/// How a manual step is approved: who may decide it, whether its starter may, and how long
+/// the decision may take.
+///
+/// ```
+/// use std::time::Duration;
+/// use deployer_books::{ApprovalRule, Step};
+/// use deployer_core::Approvers;
+///
+/// let step = Step::manual("approve")
+///     .approvers(Approvers::Users(vec!["bob".into(), "carol".into()]))
+///     .four_eyes(true)
+///     .expires_after(Duration::from_secs(3600));
+/// assert!(step.approval.four_eyes);
+/// assert!(ApprovalRule::default().is_default());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ApprovalRule {
+    /// Who may decide (default: [`Approvers::Default`](deployer_core::Approvers::Default),
+    /// role `developer` where roles are known).
+    #[serde(default, skip_serializing_if = "is_default_approvers")]
+    pub approvers: deployer_core::Approvers,
+    /// Whether whoever started the job may not approve it (default: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub four_eyes: bool,
+    /// A step not decided this long after it asked fails (default: it waits as long as it
+    /// takes).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::job::opt_secs"
+    )]
+    pub expires_after: Option<Duration>,
+}
+
+fn is_default_approvers(a: &deployer_core::Approvers) -> bool {
+    *a == deployer_core::Approvers::Default
+}
+
+impl ApprovalRule {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == ApprovalRule::default()
+    }
+}
+
 /// A named, versioned, ordered list of steps: a playbook.
 ///
 /// A book is data: a host application ships books as YAML or JSON files
@@ -178,7 +226,8 @@ impl Book {
 /// What a step does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
-    /// Waits for a person's acknowledgement (see [`Acknowledgements`](crate::Acknowledgements)).
+    /// Waits for a person's approval (see [`Step::approval`] and
+    /// [`Acknowledgements`](crate::Acknowledgements)).
     Manual,
     /// Runs a registered command.
     Command(CommandStep),
@@ -241,6 +290,8 @@ pub struct Step {
     /// (default: 0, a failure is final; at most
     /// [`Task::RETRIES_MAX`](deployer_core::Task::RETRIES_MAX), 1000).
     pub retries: u32,
+    /// How a manual step is approved (ignored by other kinds).
+    pub approval: ApprovalRule,
 }
 
 impl Step {
@@ -255,6 +306,7 @@ impl Step {
             applies: None,
             data: IndexMap::new(),
             retries: 0,
+            approval: ApprovalRule::default(),
         }
     }
 
@@ -360,6 +412,24 @@ impl Step {
         if let StepKind::Command(c) = &mut self.kind {
             c.concurrency_per_host = Some(limit);
         }
+        self
+    }
+
+    /// Sets who may approve a manual step (default: role `developer` where roles are known).
+    pub fn approvers(mut self, approvers: deployer_core::Approvers) -> Self {
+        self.approval.approvers = approvers;
+        self
+    }
+
+    /// Forbids whoever started the job to approve a manual step (default: allowed).
+    pub fn four_eyes(mut self, on: bool) -> Self {
+        self.approval.four_eyes = on;
+        self
+    }
+
+    /// Fails a manual step nobody decided within `after` (default: no expiry).
+    pub fn expires_after(mut self, after: Duration) -> Self {
+        self.approval.expires_after = Some(after);
         self
     }
 

@@ -1,7 +1,8 @@
 //! Running jobs: the tasklist a job compiles to, manual acknowledgements, and the runner.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -12,6 +13,10 @@ use deployer_core::NewRun;
 use deployer_core::Plan;
 use deployer_core::RunOutcome;
 use deployer_core::ValidationErrors;
+use deployer_core::{
+    Approval, ApprovalRequest, ApprovalState, Approver, Approvers, DecideError, EventKind,
+    MemoryStore, RunId, RunStore, StoreError,
+};
 use deployer_core::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 use deployer_core::{Executor, RunOptions, RunReport};
 use deployer_core::{Finally, Stage, Task, Tasklist};
@@ -24,23 +29,40 @@ use super::job::{CleanupWhen, Job, JobState, JobStep, JobStepKind};
 /// its own under this name for jobs: the [`JobRunner`] replaces it.
 pub const MANUAL_COMMAND: &str = "manual";
 
-#[derive(Debug, Default)]
-struct AckState {
-    all: bool,
-    steps: HashSet<String>,
+/// A decision given in this process, waiting for its manual step to take it.
+#[derive(Debug, Clone)]
+struct Given {
+    /// Counts decisions, so a step takes each one once.
+    seq: u64,
+    /// `None`: whoever started the job.
+    approver: Option<Approver>,
+    approved: bool,
+    comment: Option<String>,
 }
 
-/// Acknowledgements of a job's manual steps, by step path (`deploy/approve`).
+#[derive(Debug, Default)]
+struct AckState {
+    seq: u64,
+    all: Option<Given>,
+    steps: HashMap<String, Given>,
+}
+
+/// Decisions on a job's manual steps given in this process, by step path (`deploy/approve`).
 ///
-/// A manual step compiles to a task of the built-in [`MANUAL_COMMAND`], which waits until its
-/// step is acknowledged (or the run is cancelled). Acknowledge through this handle from
-/// anywhere (an API call, a chat bot); [`Acknowledgements::all`] pre-acknowledges every step
-/// (what a `--yes` flag of a command-line tool does). Cheap to clone; clones share state.
+/// A manual step compiles to a task of the built-in [`MANUAL_COMMAND`], which asks for an
+/// approval in the run store ([`RunStore::request_approval`]) and waits until it is decided:
+/// through the store by any process ([`deployer_core::decide`], e.g. `books approve`), or
+/// through this handle, whose decisions the step hands to the same checks
+/// ([`Approval::check`]: approvers, four-eyes) before storing them. A refused decision is
+/// logged as the step's output and the step waits on, except a decision for every step
+/// ([`all`](Self::all), what `--yes` does), whose refusal fails the step. Cheap to clone;
+/// clones share state.
 ///
 /// ```
+/// use deployer_core::Approver;
 /// let acks = deployer_books::Acknowledgements::new();
 /// assert!(!acks.is_acknowledged("deploy/approve"));
-/// acks.acknowledge("deploy/approve");
+/// acks.decide("deploy/approve", Approver::new("bob"), true, Some("backup checked".into()));
 /// assert!(acks.is_acknowledged("deploy/approve"));
 /// assert!(deployer_books::Acknowledgements::all().is_acknowledged("anything"));
 /// ```
@@ -56,43 +78,121 @@ impl Default for Acknowledgements {
 }
 
 impl Acknowledgements {
-    /// Nothing acknowledged yet.
+    /// Nothing decided yet.
     pub fn new() -> Self {
         Acknowledgements {
             state: Arc::new(watch::Sender::new(AckState::default())),
         }
     }
 
-    /// Every step acknowledged in advance.
+    /// Every step approved in advance by whoever started the job (roles unknown).
     pub fn all() -> Self {
         let acks = Self::new();
         acks.acknowledge_all();
         acks
     }
 
-    /// Acknowledges the step at `path`; a task waiting for it goes on.
-    pub fn acknowledge(&self, path: &str) {
+    /// Every step approved in advance by `approver`, with `comment` (what `--yes --as USER`
+    /// does).
+    pub fn all_as(approver: Approver, comment: Option<String>) -> Self {
+        let acks = Self::new();
+        acks.state.send_modify(|s| {
+            s.seq += 1;
+            s.all = Some(Given {
+                seq: s.seq,
+                approver: Some(approver),
+                approved: true,
+                comment,
+            });
+        });
+        acks
+    }
+
+    fn give(
+        &self,
+        path: &str,
+        approver: Option<Approver>,
+        approved: bool,
+        comment: Option<String>,
+    ) {
         self.state.send_modify(|s| {
-            s.steps.insert(path.to_string());
+            s.seq += 1;
+            let given = Given {
+                seq: s.seq,
+                approver,
+                approved,
+                comment,
+            };
+            s.steps.insert(path.to_string(), given);
         });
     }
 
-    /// Acknowledges every step, now and later.
-    pub fn acknowledge_all(&self) {
-        self.state.send_modify(|s| s.all = true);
+    /// Approves the step at `path` in the name of whoever started the job.
+    pub fn acknowledge(&self, path: &str) {
+        self.give(path, None, true, None);
     }
 
-    /// Whether the step at `path` is acknowledged.
+    /// Approves (or rejects) the step at `path` as `approver`; the waiting step checks that
+    /// they may, then stores the decision.
+    pub fn decide(&self, path: &str, approver: Approver, approved: bool, comment: Option<String>) {
+        self.give(path, Some(approver), approved, comment);
+    }
+
+    /// Approves every step, now and later, in the name of whoever started the job.
+    pub fn acknowledge_all(&self) {
+        self.state.send_modify(|s| {
+            s.seq += 1;
+            s.all = Some(Given {
+                seq: s.seq,
+                approver: None,
+                approved: true,
+                comment: None,
+            });
+        });
+    }
+
+    /// Whether a decision on the step at `path` was given here.
     pub fn is_acknowledged(&self, path: &str) -> bool {
         let s = self.state.borrow();
-        s.all || s.steps.contains(path)
+        s.all.is_some() || s.steps.contains_key(path)
     }
 
-    /// Waits until the step at `path` is acknowledged.
+    /// Waits until a decision on the step at `path` is given here.
     pub async fn wait(&self, path: &str) {
         let mut rx = self.state.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = rx.wait_for(|s| s.all || s.steps.contains(path)).await;
+        let _ = rx
+            .wait_for(|s| s.all.is_some() || s.steps.contains_key(path))
+            .await;
+    }
+
+    /// The decision for `path` newer than `seen`, and whether it is the one for every step.
+    fn newer(&self, path: &str, seen: u64) -> Option<(Given, bool)> {
+        let s = self.state.borrow();
+        if let Some(g) = s.steps.get(path).filter(|g| g.seq > seen) {
+            return Some((g.clone(), false));
+        }
+        s.all
+            .as_ref()
+            .filter(|g| g.seq > seen)
+            .map(|g| (g.clone(), true))
+    }
+}
+
+/// Where a job's manual steps keep their approvals: the run store recording the job (or a
+/// private one in memory), the run, and who started it.
+struct ApprovalPlace {
+    store: Arc<dyn RunStore>,
+    run: RunId,
+    started_by: String,
+}
+
+impl std::fmt::Debug for ApprovalPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalPlace")
+            .field("run", &self.run)
+            .field("started_by", &self.started_by)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,13 +204,56 @@ struct ManualArgs {
     message: String,
     #[serde(default)]
     data: Option<Value>,
+    #[serde(default)]
+    approvers: Approvers,
+    #[serde(default)]
+    four_eyes: bool,
+    /// Seconds.
+    #[serde(default)]
+    expires_after: Option<f64>,
+    /// The deployment the job is about (`shop/prod`), for role lookups.
+    #[serde(default)]
+    deployment: Option<String>,
 }
+
+/// How often a waiting manual step reads its approval from the store (decisions made in this
+/// process through [`Acknowledgements`] are seen at once).
+const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 struct ManualStep {
-    step: String,
-    message: String,
+    args: ManualArgs,
     acks: Acknowledgements,
+    place: Arc<ApprovalPlace>,
+}
+
+impl std::fmt::Debug for ManualArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualArgs")
+            .field("step", &self.step)
+            .field("approvers", &self.approvers)
+            .field("four_eyes", &self.four_eyes)
+            .field("expires_after", &self.expires_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_failure(step: &str, e: impl std::fmt::Display) -> CommandError {
+    CommandError::failed(format!("approval of step {step}: {e}"))
+}
+
+impl ManualStep {
+    async fn read(&self, run: &RunId) -> Result<Approval, CommandError> {
+        let step = &self.args.step;
+        self.place
+            .store
+            .approvals(run)
+            .await
+            .map_err(|e| store_failure(step, e))?
+            .into_iter()
+            .find(|a| &a.request.step == step)
+            .ok_or_else(|| store_failure(step, "the request is no longer in the run store"))
+    }
 }
 
 #[async_trait::async_trait]
@@ -120,27 +263,133 @@ impl Command for ManualStep {
     }
 
     async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
-        if !self.acks.is_acknowledged(&self.step) {
-            let msg = if self.message.is_empty() {
-                format!("waiting for the acknowledgement of step {}", self.step)
-            } else {
-                format!(
-                    "waiting for the acknowledgement of step {}: {}",
-                    self.step, self.message
-                )
-            };
+        let a = &self.args;
+        let step = a.step.as_str();
+        let run = ctx
+            .run_id()
+            .cloned()
+            .unwrap_or_else(|| self.place.run.clone());
+        let mut request = ApprovalRequest::new(run.clone(), step, &self.place.started_by)
+            .message(a.message.clone())
+            .approvers(a.approvers.clone())
+            .four_eyes(a.four_eyes);
+        if let Some(d) = &a.deployment {
+            request = request.target(d.clone());
+        }
+        if let Some(secs) = a.expires_after {
+            let after = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+            if let Some(at) = SystemTime::now().checked_add(after) {
+                request = request.expires(at);
+            }
+        }
+        let mut approval = self
+            .place
+            .store
+            .request_approval(request)
+            .await
+            .map_err(|e| store_failure(step, e))?;
+        let r = &approval.request;
+        ctx.emit(EventKind::ApprovalRequested {
+            task: ctx.info().clone(),
+            step: r.step.clone(),
+            message: r.message.clone(),
+            approvers: r.approvers.clone(),
+            four_eyes: r.four_eyes,
+            started_by: r.started_by.clone(),
+            target: r.target.clone(),
+            expires_ts: r.expires_ts,
+        });
+        if approval.decision.is_none() {
+            let mut msg = format!(
+                "waiting for the approval of step {step} (run {run}, approvers: {})",
+                r.approvers
+            );
+            if !a.message.is_empty() {
+                msg.push_str(": ");
+                msg.push_str(&a.message);
+            }
             ctx.log(&msg);
+        }
+        let mut changes = self.acks.state.subscribe();
+        let mut seen = 0;
+        loop {
+            match approval.state(SystemTime::now()) {
+                ApprovalState::Pending => {}
+                ApprovalState::Expired => {
+                    return Err(CommandError::failed(approval.outcome_message()));
+                }
+                ApprovalState::Approved | ApprovalState::Rejected => {
+                    let d = approval.decision.as_ref().expect("a decided approval");
+                    ctx.emit(EventKind::ApprovalDecided {
+                        task: ctx.info().clone(),
+                        step: step.to_string(),
+                        approved: d.approved,
+                        by: d.by.clone(),
+                        at: d.at,
+                        comment: d.comment.clone(),
+                    });
+                    if !d.approved {
+                        return Err(CommandError::failed(approval.outcome_message()));
+                    }
+                    return Ok(Outcome::done().with_data(serde_json::json!({
+                        "approved": step,
+                        "by": d.by,
+                        "at": humantime::format_rfc3339_seconds(d.at).to_string(),
+                        "comment": d.comment,
+                    })));
+                }
+            }
+            if let Some((given, for_all)) = self.acks.newer(step, seen) {
+                seen = given.seq;
+                let approver = given
+                    .approver
+                    .unwrap_or_else(|| Approver::new(&self.place.started_by));
+                match deployer_core::decide(
+                    &*self.place.store,
+                    &run,
+                    step,
+                    &approver,
+                    given.approved,
+                    given.comment,
+                )
+                .await
+                {
+                    Ok(decided) => {
+                        approval = decided;
+                        continue;
+                    }
+                    Err(DecideError::Refused(refused)) if for_all => {
+                        return Err(CommandError::failed(format!(
+                            "approved in advance, but {refused}"
+                        )));
+                    }
+                    Err(DecideError::Refused(refused)) => ctx.log(&format!("refused: {refused}")),
+                    // Decided or expired meanwhile: the next read says how.
+                    Err(DecideError::Store(StoreError::ApprovalClosed { .. })) => {}
+                    Err(e) => return Err(store_failure(step, e)),
+                }
+                approval = self.read(&run).await?;
+                continue;
+            }
+            let mut pause = POLL;
+            if let Some(left) = approval
+                .request
+                .expires_ts
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            {
+                pause = pause.min(left + Duration::from_millis(1));
+            }
             tokio::select! {
-                _ = self.acks.wait(&self.step) => {}
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = ctx.cancelled() => {
                     return Err(CommandError::failed(format!(
-                        "stopped before step {} was acknowledged",
-                        self.step
+                        "stopped before step {step} was decided"
                     )));
                 }
             }
+            approval = self.read(&run).await?;
         }
-        Ok(Outcome::done().with_data(serde_json::json!({"acknowledged": self.step})))
     }
 
     fn idempotent(&self) -> bool {
@@ -150,14 +399,15 @@ impl Command for ManualStep {
 
 fn manual_factory(
     acks: Acknowledgements,
+    place: Arc<ApprovalPlace>,
 ) -> impl Fn(&TaskArgs<'_>) -> Result<Box<dyn Command>, ValidationErrors> + Send + Sync + 'static {
     move |args: &TaskArgs<'_>| {
         let a: ManualArgs = args.parse()?;
-        let _ = a.data;
+        let _ = &a.data;
         Ok(Box::new(ManualStep {
-            step: a.step,
-            message: a.message,
+            args: a,
             acks: acks.clone(),
+            place: place.clone(),
         }) as Box<dyn Command>)
     }
 }
@@ -198,7 +448,7 @@ impl Command for Started {
 
 impl JobStep {
     /// The stage of a step that runs.
-    fn stage(&self) -> Option<Stage> {
+    fn stage(&self, deployment: Option<&str>) -> Option<Stage> {
         let finish = |mut t: Task| {
             t = t.tag(self.path.clone()).retries(self.retries);
             if let Some(timeout) = self.timeout {
@@ -213,6 +463,22 @@ impl JobStep {
                     .arg("message", self.description.clone());
                 if !self.data.is_empty() {
                     t = t.arg("data", Value::Object(self.data.clone()));
+                }
+                let rule = &self.approval;
+                if rule.approvers != Approvers::Default {
+                    t = t.arg(
+                        "approvers",
+                        serde_json::to_value(&rule.approvers).unwrap_or_default(),
+                    );
+                }
+                if rule.four_eyes {
+                    t = t.arg("four_eyes", true);
+                }
+                if let Some(after) = rule.expires_after {
+                    t = t.arg("expires_after", after.as_secs_f64());
+                }
+                if let Some(d) = deployment {
+                    t = t.arg("deployment", d);
                 }
                 Stage::new(self.path.clone(), 1).task(finish(t))
             }
@@ -313,12 +579,16 @@ impl Job {
     /// The tasklist, and per stage the index of its step in `steps` (`None` for a
     /// `started` stage).
     pub(crate) fn compile(&self) -> (Tasklist, Vec<Option<usize>>) {
+        let deployment = self
+            .scope
+            .pointer("/deployment/ref")
+            .and_then(Value::as_str);
         let mut stages: Vec<(usize, Stage)> = self
             .steps
             .iter()
             .enumerate()
             .filter(|(_, s)| s.runs())
-            .filter_map(|(i, s)| s.stage().map(|stage| (i, stage)))
+            .filter_map(|(i, s)| s.stage(deployment).map(|stage| (i, stage)))
             .collect();
         // Per step starting a called book that has clean-up: the point, the calls, and the
         // hosts of their clean-up (remote host, else load balancer).
@@ -441,8 +711,22 @@ impl JobRunner {
 
     /// The validated plan of `job` (the dry run): every task instantiated by its command.
     pub fn plan(&self, job: &Job, acks: &Acknowledgements) -> Result<Plan, BookError> {
+        let place = Arc::new(ApprovalPlace {
+            store: Arc::new(MemoryStore::new()),
+            run: RunId::new(),
+            started_by: self.started_by.clone(),
+        });
+        self.plan_with(job, acks, place)
+    }
+
+    fn plan_with(
+        &self,
+        job: &Job,
+        acks: &Acknowledgements,
+        place: Arc<ApprovalPlace>,
+    ) -> Result<Plan, BookError> {
         let mut registry = self.commands.clone();
-        registry.register_fn(MANUAL_COMMAND, manual_factory(acks.clone()));
+        registry.register_fn(MANUAL_COMMAND, manual_factory(acks.clone(), place));
         registry.register::<Started>(STARTED_COMMAND);
         Plan::build_with_redactor(&job.tasklist(), &registry, self.redactor.clone())
             .map_err(BookError::Plan)
@@ -450,7 +734,10 @@ impl JobRunner {
 
     /// Runs `job` (a draft is scheduled first): `scheduled` → `running` → `done`, `error` or
     /// `cancel` by the run's outcome (`cancel` whenever `options.cancel` was used); each step
-    /// that ran gets its outcome. Manual steps wait on `acks` (a first cancellation lets a
+    /// that ran gets its outcome. Manual steps ask for an approval in the run store (with
+    /// [`runs`](Self::runs), that store, where other processes can decide it; otherwise a
+    /// private one in memory) and wait for a decision, given there or through `acks`; a
+    /// rejection or an expiry fails the step, naming who and why (a first cancellation lets a
     /// waiting manual step wait on; stopping hard ends it). Fails before running anything
     /// when the job's tasklist does not validate.
     pub async fn run(
@@ -468,11 +755,28 @@ impl JobRunner {
                 to: JobState::Running,
             });
         }
-        let plan = self.plan(job, acks)?;
+        let run_id = RunId::new();
+        let store: Arc<dyn RunStore> = match &self.runs {
+            Some(runs) => runs.store().clone(),
+            None => Arc::new(MemoryStore::new()),
+        };
+        let place = Arc::new(ApprovalPlace {
+            store: store.clone(),
+            run: run_id.clone(),
+            started_by: self.started_by.clone(),
+        });
+        let plan = self.plan_with(job, acks, place)?;
         let (_, stage_steps) = job.compile();
         let cancel = options.cancel.clone();
         let report = match &self.runs {
             None => {
+                // Approvals belong to a run: an unrecorded job's live in a private store.
+                let mut new = NewRun::from_plan(&plan, job.source(), &self.started_by);
+                new.id = run_id;
+                store
+                    .create_run(new)
+                    .await
+                    .map_err(deployer_core::RunsError::from)?;
                 job.transition(JobState::Running)?;
                 self.executor.run_with(&plan, options).await
             }
@@ -482,8 +786,9 @@ impl JobRunner {
                     .iter()
                     .map(|i| i.map(|i| job.steps[i].history_key()))
                     .collect();
-                let new = NewRun::from_plan(&plan, job.source(), &self.started_by)
+                let mut new = NewRun::from_plan(&plan, job.source(), &self.started_by)
                     .with_history_keys(|task| keys.get(task.id.stage).cloned().flatten());
+                new.id = run_id;
                 let id = runs
                     .store()
                     .create_run(new)

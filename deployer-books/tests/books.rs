@@ -1437,3 +1437,200 @@ async fn a_failing_expression_names_its_file_line_and_column() {
         "{err}"
     );
 }
+
+/// A book of one manual step with `step`'s approval rule.
+fn approval_book(step: Step) -> BookLibrary {
+    let mut lib = BookLibrary::new();
+    lib.register(Book::new("gate", v("1.0.0")).step(step))
+        .unwrap();
+    lib
+}
+
+async fn run_gate(
+    lib: &BookLibrary,
+    acks: &Acknowledgements,
+    started_by: &str,
+) -> (Job, RunReport, Vec<Event>, Arc<MemoryStore>) {
+    let (commands, _) = registry();
+    let mut job = build(lib, "gate").await;
+    let (sink, mut rx) = ChannelSink::new();
+    let store = Arc::new(MemoryStore::new());
+    let runner = JobRunner::new(
+        Executor::new(Arc::new(FakeConnector::new())).sink(sink),
+        &commands,
+    )
+    .started_by(started_by)
+    .runs(Runs::new(store.clone()));
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        runner.run(&mut job, acks, RunOptions::default()),
+    )
+    .await
+    .expect("the step ends")
+    .unwrap();
+    drop(runner);
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (job, report, events, store)
+}
+
+fn failure(report: &RunReport) -> String {
+    report
+        .failures
+        .iter()
+        .map(|f| f.outcome.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[tokio::test]
+async fn a_rejection_fails_the_job_naming_who_and_why_and_is_recorded() {
+    let lib = approval_book(Step::manual("approve"));
+    let acks = Acknowledgements::new();
+    acks.decide(
+        "gate/approve",
+        Approver::new("bob"),
+        false,
+        Some("not during the sale".into()),
+    );
+    let (job, report, events, store) = run_gate(&lib, &acks, "alice").await;
+    assert_eq!(job.state, JobState::Error);
+    let why = failure(&report);
+    assert!(
+        why.contains("step gate/approve rejected by bob at ")
+            && why.ends_with(": \"not during the sale\""),
+        "{why}"
+    );
+    let id: RunId = job.run_id.unwrap().parse().unwrap();
+    let approvals = store.approvals(&id).await.unwrap();
+    let d = approvals[0].decision.as_ref().expect("recorded");
+    assert_eq!((d.by.as_str(), d.approved), ("bob", false));
+    assert_eq!(approvals[0].request.started_by, "alice");
+    let kinds: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
+    assert!(
+        kinds.iter().any(
+            |k| matches!(k, EventKind::ApprovalRequested { step, .. } if step == "gate/approve")
+        ),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::ApprovalDecided { by, approved: false, comment: Some(c), .. } if by == "bob" && c == "not during the sale")),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn four_eyes_refuses_the_starter_and_a_list_refuses_others() {
+    // Approved in advance by the starter: refused, and the job fails saying why.
+    let lib = approval_book(Step::manual("approve").four_eyes(true));
+    let (job, report, _, _) = run_gate(&lib, &Acknowledgements::all(), "alice").await;
+    assert_eq!(job.state, JobState::Error);
+    let why = failure(&report);
+    assert!(why.contains("alice started the run"), "{why}");
+    assert!(why.contains("four-eyes"), "{why}");
+    // Another person is fine.
+    let acks = Acknowledgements::all_as(Approver::new("bob"), None);
+    let (job, _, _, store) = run_gate(&lib, &acks, "alice").await;
+    assert_eq!(job.state, JobState::Done);
+    let id: RunId = job.run_id.unwrap().parse().unwrap();
+    assert_eq!(
+        store.approvals(&id).await.unwrap()[0]
+            .decision
+            .as_ref()
+            .unwrap()
+            .by,
+        "bob"
+    );
+
+    // A step for named users refuses anybody else: the refusal is logged and the step waits
+    // for a decision it accepts.
+    let lib =
+        approval_book(Step::manual("approve").approvers(Approvers::Users(vec!["carol".into()])));
+    let acks = Acknowledgements::new();
+    acks.decide("gate/approve", Approver::new("dave"), true, None);
+    let later = acks.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.decide("gate/approve", Approver::new("carol"), true, None);
+    });
+    let (job, _, events, _) = run_gate(&lib, &acks, "alice").await;
+    assert_eq!(job.state, JobState::Done);
+    assert!(
+        events.iter().any(|e| matches!(&e.kind, EventKind::TaskOutput { line, .. }
+            if line.contains("refused: dave may not decide step gate/approve: only carol may decide it"))),
+        "{events:?}"
+    );
+    // A role requirement cannot be checked without roles.
+    let lib = approval_book(Step::manual("approve").approvers(Approvers::Role("admin".into())));
+    let acks = Acknowledgements::all_as(Approver::new("bob"), None);
+    let (job, report, _, _) = run_gate(&lib, &acks, "alice").await;
+    assert_eq!(job.state, JobState::Error);
+    assert!(
+        failure(&report).contains("needs role admin"),
+        "{}",
+        failure(&report)
+    );
+    let acks = Acknowledgements::all_as(
+        Approver::new("bob").with_roles(["user", "developer", "admin"]),
+        None,
+    );
+    let (job, _, _, _) = run_gate(&lib, &acks, "alice").await;
+    assert_eq!(job.state, JobState::Done);
+}
+
+#[tokio::test]
+async fn an_approval_nobody_decides_expires_and_fails_the_job() {
+    let lib = approval_book(Step::manual("approve").expires_after(Duration::from_millis(300)));
+    let started = std::time::Instant::now();
+    let (job, report, _, _) = run_gate(&lib, &Acknowledgements::new(), "alice").await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(job.state, JobState::Error);
+    let why = failure(&report);
+    assert!(
+        why.contains("step gate/approve expired at ") && why.contains("without a decision"),
+        "{why}"
+    );
+}
+
+#[test]
+fn approval_keys_in_book_files_are_checked_with_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(
+        dir.path(),
+        "ok.yaml",
+        "name: ok\nversion: 1.0.0\nsteps:\n- name: a\n  manual: true\n  approvers: [bob, carol]\n  four_eyes: true\n  expires_after: 3600\n- name: b\n  manual: true\n  approvers: admin\n",
+    );
+    let mut lib = BookLibrary::new();
+    lib.load_file(&ok).unwrap();
+    let book = lib.get("ok", &req("*")).unwrap();
+    assert_eq!(
+        book.steps[0].approval.approvers,
+        Approvers::Users(vec!["bob".into(), "carol".into()])
+    );
+    assert!(book.steps[0].approval.four_eyes);
+    assert_eq!(
+        book.steps[0].approval.expires_after,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(
+        book.steps[1].approval.approvers,
+        Approvers::Role("admin".into())
+    );
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "name: bad\nversion: 1.0.0\nsteps:\n- name: a\n  manual: true\n  approvers: admn\n  expires_after: 0\n- name: b\n  command: work\n  four_eyes: true\n- name: c\n  manual: true\n  approvers: []\n",
+    );
+    let err = BookLibrary::new().load_file(&bad).unwrap_err().to_string();
+    for expected in [
+        "bad.yaml:6:14: steps[0].approvers: \"admn\" is not a role (expected user, developer, admin, or a list of user names such as [bob, carol])",
+        "bad.yaml:7:18: steps[0].expires_after: found 0.0",
+        "steps[1]: step \"b\" sets four_eyes which do not apply to its kind",
+        "bad.yaml:13:14: steps[2].approvers: an empty list",
+    ] {
+        assert!(err.contains(expected), "{expected}\n{err}");
+    }
+}

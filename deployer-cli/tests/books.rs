@@ -28,6 +28,7 @@ fn scope(dir: &Path, root: &Path) -> PathBuf {
 fn books(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_books"))
         .args(args)
+        .env("USER", "tester")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -177,19 +178,19 @@ fn run_deploys_on_this_machine_and_records_durations() {
         "--store",
         store.to_str().unwrap(),
     ];
-    // The manual step is acknowledged on the terminal.
-    let out = books(&args, Some("\n"));
+    // The manual step is approved on the terminal (an empty line asks again).
+    let out = books(&args, Some("\nyes\n\n"));
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("waiting: press Enter to acknowledge deploy/approve"),
+        stdout.contains("approve deploy/approve as tester? [yes/no]"),
         "{stdout}"
     );
     assert!(
         stdout.contains("step deploy/backup/dump\n  writefile on local: succeeded"),
         "{stdout}"
     );
-    assert!(stdout.ends_with(" done\n"), "{stdout}");
+    assert!(stdout.contains(" done\nrun "), "{stdout}");
     assert_eq!(
         std::fs::read_to_string(root.join("prod.version")).unwrap(),
         "1.4.2\n"
@@ -221,16 +222,16 @@ fn run_deploys_on_this_machine_and_records_durations() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "a cancelled job: {stdout}");
     assert!(
-        stdout.contains("no acknowledgement (end of input): stopping"),
+        stdout.contains("no decision (end of input): stopping"),
         "{stdout}"
     );
-    assert!(stdout.ends_with(" cancel\n"), "{stdout}");
+    assert!(stdout.contains(" cancel\nrun "), "{stdout}");
     assert!(!stdout.contains("step deploy/release"), "{stdout}");
     let mut yes = args.to_vec();
     yes.push("--yes");
     let out = books(&yes, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!text(&out.stdout).contains("waiting"));
+    assert!(!text(&out.stdout).contains("[yes/no]"));
 }
 
 #[test]

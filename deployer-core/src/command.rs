@@ -458,6 +458,7 @@ pub struct ExecContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) redactor: Redactor,
     pub(crate) run_id: Option<crate::RunId>,
+    pub(crate) emitter: Option<Arc<crate::executor::Emitter>>,
 }
 
 impl ExecContext {
@@ -483,6 +484,7 @@ impl ExecContext {
             cancel: CancellationToken::new(),
             redactor: Redactor::new(),
             run_id: None,
+            emitter: None,
         }
     }
 
@@ -535,6 +537,16 @@ impl ExecContext {
     /// on it.
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
+    }
+
+    /// Sends an event of the run to its event sinks (not to its journals): what a command
+    /// tells the run's observers beyond output lines, such as
+    /// [`EventKind::ApprovalRequested`](crate::EventKind::ApprovalRequested). Outside an
+    /// executor (a context from [`new`](Self::new)) it goes nowhere.
+    pub fn emit(&self, kind: crate::EventKind) {
+        if let Some(emitter) = &self.emitter {
+            emitter.emit(|| kind);
+        }
     }
 
     /// Reports a line of progress (shown as the task's output).

@@ -480,6 +480,52 @@ pub enum EventKind {
         /// How many of its tasks did not run (tasks already done on resume are not counted).
         tasks: usize,
     },
+    /// A manual step asked for an approval and waits for a decision (sent by the step's task
+    /// once the request is stored; again by a resumed run's).
+    ApprovalRequested {
+        /// The manual step's task.
+        #[serde(flatten)]
+        task: TaskInfo,
+        /// The step's path.
+        step: String,
+        /// What the step says to the people deciding it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message: String,
+        /// Who may decide it.
+        approvers: crate::Approvers,
+        /// Whether whoever started the run may not decide it.
+        four_eyes: bool,
+        /// Who started the run.
+        started_by: String,
+        /// What the run is about (a deployment), for role lookups.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// When it expires (seconds since the Unix epoch).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_unix_secs"
+        )]
+        expires_ts: Option<SystemTime>,
+    },
+    /// A manual step's approval was decided (the waiting task saw the decision).
+    ApprovalDecided {
+        /// The manual step's task.
+        #[serde(flatten)]
+        task: TaskInfo,
+        /// The step's path.
+        step: String,
+        /// Approved or rejected.
+        approved: bool,
+        /// Who decided.
+        by: String,
+        /// When (seconds since the Unix epoch).
+        #[serde(with = "unix_secs")]
+        at: SystemTime,
+        /// Why, if they said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
     /// The run ended.
     RunFinished {
         /// How.
@@ -574,5 +620,26 @@ mod unix_secs {
         let v = f64::deserialize(d)?;
         let d = Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)?;
         Ok(UNIX_EPOCH + d)
+    }
+}
+
+mod opt_unix_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_secs::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            None => Ok(None),
+            Some(v) => std::time::Duration::try_from_secs_f64(v)
+                .map(|d| Some(std::time::UNIX_EPOCH + d))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }

@@ -79,6 +79,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod approvals;
 mod command;
 mod config;
 mod driver;
@@ -103,6 +104,10 @@ mod validation;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
 pub mod fixture;
 
+pub use approvals::{
+    Approval, ApprovalRefused, ApprovalRequest, ApprovalState, Approver, Approvers,
+    DEFAULT_APPROVER_ROLE, DecideError, Decision, decide,
+};
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use driver::{DriveError, Driver, Finished, exit};
@@ -128,7 +133,7 @@ pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use redact::Redactor;
 pub use runs::{
     HostRecord, HostState, ListedRun, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore,
-    StoreError, TaskRecord, TaskState, UnreadableRun,
+    StoreError, TaskRecord, TaskState, UnreadableRun, approval_closed,
 };
 pub use secret::{REDACTED, Secret};
 pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_redacted_map};

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::approvals::{Approval, ApprovalRequest, Decision};
 use crate::errors::BoxError;
 use crate::events::{TaskId, TaskInfo};
 use crate::plan::Plan;
@@ -455,6 +456,24 @@ pub enum StoreError {
         /// This controller.
         owner: String,
     },
+    /// The run has no approval request for this step.
+    #[error("run {run} has no approval request for step {step}")]
+    NoApproval {
+        /// The run.
+        run: RunId,
+        /// The step asked for.
+        step: String,
+    },
+    /// The approval can no longer be decided: it was decided already, or it expired.
+    #[error("step {step} of run {run} cannot be decided: {why}")]
+    ApprovalClosed {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: String,
+        /// What became of it (`approved by bob at …`, `expired at …`).
+        why: String,
+    },
     /// Stored data could not be read back.
     #[error("corrupt run record: {message}")]
     Corrupt {
@@ -540,6 +559,31 @@ pub trait RunStore: Send + Sync {
 
     /// The average duration of successful tasks recorded under `history_key`, over all runs.
     async fn average_duration(&self, history_key: &str) -> Result<Option<Duration>, StoreError>;
+
+    /// Asks for the approval of a manual step, stamped `requested_ts` now. A run has one
+    /// approval per step: when one exists already (a resumed run asks again) it is returned
+    /// as stored, decision included, and the request is ignored. Fails with
+    /// [`StoreError::NotFound`] when the run does not exist.
+    async fn request_approval(&self, request: ApprovalRequest) -> Result<Approval, StoreError>;
+
+    /// Stores `decision` on the approval of `step` in `run`, atomically — also across
+    /// processes: only a pending approval whose expiry is after `decision.at` is decided, and
+    /// only once. Otherwise fails with [`StoreError::ApprovalClosed`] (saying what became of
+    /// it) or [`StoreError::NoApproval`]. Who may decide is not checked here: see
+    /// [`decide`](crate::decide).
+    async fn decide(
+        &self,
+        run: &RunId,
+        step: &str,
+        decision: Decision,
+    ) -> Result<Approval, StoreError>;
+
+    /// The run's approvals, in the order they were requested.
+    async fn approvals(&self, run: &RunId) -> Result<Vec<Approval>, StoreError>;
+
+    /// Every approval waiting for a decision (undecided, unexpired, of an unfinished run),
+    /// oldest first.
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError>;
 }
 
 #[derive(Debug, Clone)]
@@ -547,6 +591,7 @@ struct MemRun {
     record: RunRecord,
     hosts: Vec<HostRecord>,
     tasks: BTreeMap<TaskId, TaskRecord>,
+    approvals: Vec<Approval>,
 }
 
 /// A [`RunStore`] in memory: for tests and for tools that need no durability.
@@ -630,6 +675,7 @@ impl RunStore for MemoryStore {
                 record: record.clone(),
                 hosts,
                 tasks,
+                approvals: Vec::new(),
             },
         );
         Ok(record)
@@ -788,4 +834,76 @@ impl RunStore for MemoryStore {
             Duration::new(secs, (average % 1_000_000_000) as u32)
         }))
     }
+
+    async fn request_approval(&self, request: ApprovalRequest) -> Result<Approval, StoreError> {
+        let id = request.run.clone();
+        self.with_run(&id, |r| {
+            if let Some(existing) = r.approvals.iter().find(|a| a.request.step == request.step) {
+                return Ok(existing.clone());
+            }
+            let approval = Approval {
+                request,
+                requested_ts: SystemTime::now(),
+                decision: None,
+            };
+            r.approvals.push(approval.clone());
+            Ok(approval)
+        })
+    }
+
+    async fn decide(
+        &self,
+        run: &RunId,
+        step: &str,
+        decision: Decision,
+    ) -> Result<Approval, StoreError> {
+        self.with_run(run, |r| {
+            let approval = r
+                .approvals
+                .iter_mut()
+                .find(|a| a.request.step == step)
+                .ok_or_else(|| StoreError::NoApproval {
+                    run: run.clone(),
+                    step: step.to_string(),
+                })?;
+            approval_closed(approval, decision.at)?;
+            approval.decision = Some(decision);
+            Ok(approval.clone())
+        })
+    }
+
+    async fn approvals(&self, run: &RunId) -> Result<Vec<Approval>, StoreError> {
+        self.with_run(run, |r| Ok(r.approvals.clone()))
+    }
+
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        let now = SystemTime::now();
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending: Vec<Approval> = runs
+            .values()
+            .filter(|r| r.record.finish_ts.is_none())
+            .flat_map(|r| r.approvals.iter())
+            .filter(|a| a.state(now) == crate::ApprovalState::Pending)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|a| a.requested_ts);
+        Ok(pending)
+    }
+}
+
+/// Fails with [`StoreError::ApprovalClosed`] unless `approval` can be decided at `at`: what
+/// every store checks before it stores a decision.
+pub fn approval_closed(approval: &Approval, at: SystemTime) -> Result<(), StoreError> {
+    let why = match (&approval.decision, approval.request.expires_ts) {
+        (Some(d), _) => format!("already {}", d.describe()),
+        (None, Some(t)) if t <= at => {
+            format!("it expired at {}", humantime::format_rfc3339_seconds(t))
+        }
+        (None, _) => return Ok(()),
+    };
+    Err(StoreError::ApprovalClosed {
+        run: approval.request.run.clone(),
+        step: approval.request.step.clone(),
+        why,
+    })
 }

@@ -37,6 +37,154 @@ where
     finish_and_purge(&make().await).await;
     history(&make().await).await;
     history_keys(&make().await).await;
+    approvals(&make().await).await;
+}
+
+/// Approvals of manual steps: a request is stored once per step (asking again returns it as
+/// stored), every field round-trips, a decision is taken only while the approval is pending
+/// and unexpired, and only once; pending approvals list across runs, finished runs' not;
+/// purging a run removes its approvals.
+pub async fn approvals(store: &dyn RunStore) {
+    use crate::approvals::{ApprovalRequest, ApprovalState, Approvers, Decision};
+    let new = sample_run("approvals");
+    store.create_run(new.clone()).await.expect("create_run");
+    let other = sample_run("other");
+    store.create_run(other.clone()).await.expect("create_run");
+    let expires = micros(SystemTime::now() + Duration::from_secs(3600));
+    let request = ApprovalRequest::new(new.id.clone(), "deploy/approve", "alice")
+        .message("Check the backup ✓")
+        .target("shop/prod")
+        .approvers(Approvers::Users(vec!["bob".into(), "carol".into()]))
+        .four_eyes(true)
+        .expires(expires);
+    let asked = store
+        .request_approval(request.clone())
+        .await
+        .expect("request_approval");
+    assert_eq!(asked.request, request, "every field round-trips");
+    assert!(asked.decision.is_none());
+    let age = SystemTime::now()
+        .duration_since(asked.requested_ts)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "requested_ts is now");
+
+    // Asking again (a resumed run) returns the stored request, not a new one.
+    let again = store
+        .request_approval(request.clone().approvers(Approvers::Role("admin".into())))
+        .await
+        .unwrap();
+    assert_eq!(again, asked, "one approval per step");
+    let second = ApprovalRequest::new(new.id.clone(), "deploy/second", "alice")
+        .approvers(Approvers::Role("admin".into()));
+    store.request_approval(second.clone()).await.unwrap();
+    let expired = ApprovalRequest::new(other.id.clone(), "x/expired", "alice")
+        .expires(micros(SystemTime::now() - Duration::from_secs(1)));
+    store.request_approval(expired).await.unwrap();
+    let listed = store.approvals(&new.id).await.unwrap();
+    let steps: Vec<&str> = listed.iter().map(|a| a.request.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["deploy/approve", "deploy/second"],
+        "in request order"
+    );
+    assert_eq!(listed[1].request.approvers, Approvers::Role("admin".into()));
+    assert_eq!(listed[1].request.expires_ts, None);
+    assert_eq!(listed[1].request.target, None);
+    let pending: Vec<String> = store
+        .pending_approvals()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.request.step.clone())
+        .collect();
+    assert_eq!(
+        pending,
+        ["deploy/approve", "deploy/second"],
+        "expired ones are not pending"
+    );
+
+    // One decision, once.
+    let at = micros(SystemTime::now());
+    let decision = Decision {
+        by: "bob".into(),
+        at,
+        approved: false,
+        comment: Some("not during the sale".into()),
+    };
+    let decided = store
+        .decide(&new.id, "deploy/approve", decision.clone())
+        .await
+        .expect("a pending approval is decided");
+    assert_eq!(decided.decision.as_ref(), Some(&decision));
+    assert_eq!(decided.state(SystemTime::now()), ApprovalState::Rejected);
+    match store
+        .decide(
+            &new.id,
+            "deploy/approve",
+            Decision::new("carol", true, None),
+        )
+        .await
+    {
+        Err(StoreError::ApprovalClosed { why, .. }) => {
+            assert!(why.contains("rejected by bob"), "{why}")
+        }
+        other => panic!("expected ApprovalClosed, got {other:?}"),
+    }
+    assert_eq!(
+        store.approvals(&new.id).await.unwrap()[0].decision,
+        Some(decision),
+        "the first decision stays"
+    );
+    match store
+        .decide(&other.id, "x/expired", Decision::new("bob", true, None))
+        .await
+    {
+        Err(StoreError::ApprovalClosed { why, .. }) => assert!(why.contains("expired"), "{why}"),
+        other => panic!("expected ApprovalClosed, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .decide(&new.id, "deploy/nothing", Decision::new("bob", true, None))
+            .await,
+        Err(StoreError::NoApproval { .. })
+    ));
+    assert!(matches!(
+        store
+            .request_approval(ApprovalRequest::new(RunId::new(), "s", "a"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let approved = store
+        .decide(
+            &new.id,
+            "deploy/second",
+            Decision::new("dave", true, Some(" ".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.state(SystemTime::now()), ApprovalState::Approved);
+    assert_eq!(
+        approved.decision.unwrap().comment,
+        None,
+        "a blank comment is none"
+    );
+    assert!(store.pending_approvals().await.unwrap().is_empty());
+
+    // A finished run's approvals are not pending; purging removes them with the run.
+    store
+        .request_approval(ApprovalRequest::new(other.id.clone(), "x/open", "alice"))
+        .await
+        .unwrap();
+    assert_eq!(store.pending_approvals().await.unwrap().len(), 1);
+    store.finish_run(&other.id, RunState::Failed).await.unwrap();
+    assert!(store.pending_approvals().await.unwrap().is_empty());
+    let later = SystemTime::now() + Duration::from_secs(1);
+    store.purge_finished(later).await.unwrap();
+    assert!(matches!(
+        store.approvals(&other.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.approvals(&new.id).await.unwrap().len(), 2);
 }
 
 /// Tasks are recorded under the history keys the new run gives them (books key steps as

@@ -11,7 +11,7 @@
 //!   flight and the time left by history ([`stage_estimates`]).
 //! * [`TracingSink`] turns events into `tracing` events; [`LogFormat`] (feature `log`,
 //!   tracing-subscriber) prints them as `time [LEVEL] [component] [host] [tag] message`.
-//! * [`to_dot`]: a plan as a Graphviz graph; [`render_runs`] and [`render_run`]: the run
+//! * [`to_dot`]: a plan as a Graphviz graph; [`render_runs`], [`render_run`] and [`render_approvals`]: the run
 //!   store's listings.
 //!
 //! # Example
@@ -71,7 +71,7 @@ pub use log::TracingSink;
 #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
 pub use progress::Progress;
 pub use recap::{HostSummary, RECAP_GROUP_ABOVE, Recap, Summary};
-pub use runs::{render_run, render_runs};
+pub use runs::{render_approvals, render_run, render_runs};
 
 /// Re-exported so a host application draws on the same indicatif version as [`Progress`].
 #[cfg(feature = "progress")]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use deployer_core::{HostRecord, ListedRun, RunRecord, TaskCounts, TaskRecord};
+use deployer_core::{Approval, HostRecord, ListedRun, RunRecord, TaskCounts, TaskRecord};
 
 fn ts(t: Option<std::time::SystemTime>) -> String {
     match t {
@@ -136,6 +136,89 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
                 .lines()
                 .next()
                 .unwrap_or("")
+        );
+    }
+    s
+}
+
+/// The approvals part of `runs show`: a row per manual step that asked (step, state, who
+/// decided, when, the comment), after the approvers each needed; empty when none asked.
+///
+/// ```
+/// use deployer_core::*;
+/// use deployer_report::render_approvals;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let plan = Plan::build(&Tasklist::new("empty"), &CommandRegistry::new()).unwrap();
+/// let run = store.create_run(NewRun::from_plan(&plan, "book:deploy@1.0.0", "alice")).await.unwrap();
+/// store.request_approval(ApprovalRequest::new(run.id.clone(), "deploy/approve", "alice")).await.unwrap();
+/// store.decide(&run.id, "deploy/approve", Decision::new("bob", false, Some("not now".into()))).await.unwrap();
+/// let text = render_approvals(&store.approvals(&run.id).await.unwrap());
+/// assert!(text.contains("deploy/approve"), "{text}");
+/// assert!(text.contains("rejected  bob"), "{text}");
+/// assert!(text.contains("\"not now\""), "{text}");
+/// # });
+/// ```
+pub fn render_approvals(approvals: &[Approval]) -> String {
+    let mut s = String::new();
+    if approvals.is_empty() {
+        return s;
+    }
+    let now = std::time::SystemTime::now();
+    let width = approvals
+        .iter()
+        .map(|a| a.request.step.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(8);
+    let by_width = approvals
+        .iter()
+        .filter_map(|a| a.decision.as_ref().map(|d| d.by.chars().count()))
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let _ = writeln!(
+        s,
+        "\n{:<width$}  {:<8}  {:<by_width$}  {:<20}  COMMENT / APPROVERS",
+        "APPROVAL", "DECISION", "BY", "AT"
+    );
+    for a in approvals {
+        let r = &a.request;
+        let state = a.state(now);
+        let (by, at, note) = match &a.decision {
+            Some(d) => (
+                d.by.as_str(),
+                ts(Some(d.at)),
+                d.comment
+                    .as_deref()
+                    .map(|c| format!("\"{}\"", c.lines().next().unwrap_or("")))
+                    .unwrap_or_default(),
+            ),
+            None => {
+                let mut note = format!("needs {}", r.approvers);
+                if r.four_eyes {
+                    note.push_str(&format!(", not {} (four-eyes)", r.started_by));
+                }
+                match r.expires_ts {
+                    Some(t) if state == deployer_core::ApprovalState::Expired => {
+                        ("-", ts(Some(t)), format!("expired; {note}"))
+                    }
+                    Some(t) => (
+                        "-",
+                        "-".to_string(),
+                        format!("{note}; expires {}", ts(Some(t))),
+                    ),
+                    None => ("-", "-".to_string(), note),
+                }
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:<8}  {:<by_width$}  {:<20}  {note}",
+            r.step,
+            state.as_str(),
+            by,
+            at
         );
     }
     s

@@ -11,7 +11,9 @@
 //! migration is applied whatever the features, so one database serves every build.
 //!
 //! A store keeps each run's record (with a full copy of its tasklist), per-host state and
-//! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`) whose schema is migrated
+//! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`), and the approvals of
+//! its manual steps (`run_approvals`: the request and its one decision, taken by a single
+//! conditional `UPDATE`, so two processes deciding at once cannot both win), whose schema is migrated
 //! when the store opens. [`StoreUrl`] and [`open`] pick a backend from a URL, as a CLI's
 //! `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs on top of any
 //! store.
@@ -35,7 +37,7 @@
 //! database's write lock (`BEGIN IMMEDIATE`) and an open that finds the new file locked is
 //! tried again for up to the busy timeout; on PostgreSQL the migration runs under sqlx's
 //! advisory lock.
-//! Migrations are append-only (`migrations/0001_runs.sql`, `0002_catalog.sql`; a change is a
+//! Migrations are append-only (`migrations/0001_runs.sql` … `0004_approvals.sql`; a change is a
 //! new file and a bump of [`SCHEMA_VERSION`]).
 //!
 //! ```

@@ -36,10 +36,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "why a monitor check did not pass (target down or check broken)",
         include_str!("../migrations/0004_monitor_failure.sql"),
     ),
+    (
+        5,
+        "approvals of manual steps",
+        include_str!("../migrations/0005_approvals.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {
@@ -295,6 +300,45 @@ pub(crate) fn run_record(row: &impl RowExt) -> Result<RunRecord, StoreError> {
         owner: f.opt_text("owner")?,
         lease_expires: f.opt_time("lease_expires")?,
         drives: f.count("drives")?,
+    })
+}
+
+/// An approval from a row of `run_approvals`.
+pub(crate) fn approval(row: &impl RowExt) -> Result<deployer_core::Approval, StoreError> {
+    let mut f = Fields {
+        row,
+        what: "an approval".to_string(),
+    };
+    let run_text = f.text("run_id")?;
+    let step = f.text("step")?;
+    f.what = format!("run {run_text}: approval of step {step}");
+    let run: RunId = run_text
+        .parse()
+        .map_err(|_| f.fail("run_id", "not a run id (expected a UUID)"))?;
+    let approvers: deployer_core::Approvers =
+        serde_json::from_str(&f.text("approvers")?).map_err(|e| f.fail("approvers", e))?;
+    let decision = match f.opt_text("decided_by")? {
+        None => None,
+        Some(by) => Some(deployer_core::Decision {
+            by,
+            at: f.time("decided_ts")?,
+            approved: f.int("approved")? != 0,
+            comment: f.opt_text("comment")?,
+        }),
+    };
+    Ok(deployer_core::Approval {
+        request: deployer_core::ApprovalRequest {
+            run,
+            step,
+            message: f.text("message")?,
+            target: f.opt_text("target")?,
+            approvers,
+            four_eyes: f.int("four_eyes")? != 0,
+            started_by: f.text("started_by")?,
+            expires_ts: f.opt_time("expires_ts")?,
+        },
+        requested_ts: f.time("requested_ts")?,
+        decision,
     })
 }
 

@@ -521,6 +521,8 @@ macro_rules! impl_run_store {
                 let mut tx = self.begin(doing).await?;
                 // Explicit deletes rather than relying on the foreign keys' cascade alone.
                 for sql in [
+                    "DELETE FROM run_approvals WHERE run_id IN \
+                     (SELECT id FROM runs WHERE finish_ts IS NOT NULL AND finish_ts < $1)",
                     "DELETE FROM run_tasks WHERE run_id IN \
                      (SELECT id FROM runs WHERE finish_ts IS NOT NULL AND finish_ts < $1)",
                     "DELETE FROM run_hosts WHERE run_id IN \
@@ -567,6 +569,161 @@ macro_rules! impl_run_store {
                             .unwrap_or(std::time::Duration::MAX)
                     }))
             }
+
+            async fn request_approval(
+                &self,
+                request: deployer_core::ApprovalRequest,
+            ) -> Result<deployer_core::Approval, deployer_core::StoreError> {
+                use crate::errors::backend;
+                let id = request.run.clone();
+                let doing = format!("ask for the approval of step {} in run {id}", request.step);
+                let approvers = serde_json::to_string(&request.approvers).map_err(|e| {
+                    deployer_core::StoreError::Backend {
+                        message: format!("failed to {doing}"),
+                        source: Box::new(e),
+                    }
+                })?;
+                let mut tx = self.begin(&doing).await?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                // One approval per step: asking again keeps the stored one.
+                sqlx::query(
+                    "INSERT INTO run_approvals (run_id, step, position, message, target, approvers, \
+                     four_eyes, started_by, requested_ts, expires_ts) \
+                     SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $4, $5, $6, $7, $8, $9 \
+                     FROM run_approvals WHERE run_id = $1 \
+                     ON CONFLICT (run_id, step) DO NOTHING",
+                )
+                .bind(id.as_str())
+                .bind(crate::sql::text(&request.step))
+                .bind(crate::sql::text(&request.message))
+                .bind(crate::sql::opt_text(request.target.as_deref()))
+                .bind(approvers)
+                .bind(i64::from(request.four_eyes))
+                .bind(crate::sql::text(&request.started_by))
+                .bind(crate::sql::now_micros())
+                .bind(request.expires_ts.map(crate::sql::micros))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    approval_columns!(),
+                    " FROM run_approvals WHERE run_id = $1 AND step = $2"
+                ))
+                .bind(id.as_str())
+                .bind(crate::sql::text(&request.step))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                crate::sql::approval(&row)
+            }
+
+            async fn decide(
+                &self,
+                run: &deployer_core::RunId,
+                step: &str,
+                decision: deployer_core::Decision,
+            ) -> Result<deployer_core::Approval, deployer_core::StoreError> {
+                use crate::errors::backend;
+                let doing = format!("decide the approval of step {step} in run {run}");
+                let step = &*crate::sql::text(step);
+                let at = crate::sql::micros(decision.at);
+                // One conditional UPDATE decides atomically, also across processes: only a
+                // pending, unexpired approval takes a decision.
+                let done = sqlx::query(
+                    "UPDATE run_approvals SET decided_by = $3, decided_ts = $4, approved = $5, \
+                     comment = $6 WHERE run_id = $1 AND step = $2 AND decided_by IS NULL \
+                     AND (expires_ts IS NULL OR expires_ts > $4)",
+                )
+                .bind(run.as_str())
+                .bind(step)
+                .bind(crate::sql::text(&decision.by))
+                .bind(at)
+                .bind(i64::from(decision.approved))
+                .bind(crate::sql::opt_text(decision.comment.as_deref()))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    approval_columns!(),
+                    " FROM run_approvals WHERE run_id = $1 AND step = $2"
+                ))
+                .bind(run.as_str())
+                .bind(step)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                let Some(row) = row else {
+                    self.require(run).await?;
+                    return Err(deployer_core::StoreError::NoApproval {
+                        run: run.clone(),
+                        step: step.to_string(),
+                    });
+                };
+                let approval = crate::sql::approval(&row)?;
+                if done.rows_affected() == 0 {
+                    deployer_core::approval_closed(&approval, decision.at)?;
+                    return Err(deployer_core::StoreError::Backend {
+                        message: format!("failed to {doing}"),
+                        source: "the approval changed while deciding".into(),
+                    });
+                }
+                Ok(approval)
+            }
+
+            async fn approvals(
+                &self,
+                run: &deployer_core::RunId,
+            ) -> Result<Vec<deployer_core::Approval>, deployer_core::StoreError> {
+                let doing = format!("read the approvals of run {run}");
+                let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(run.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: run.to_string() });
+                }
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    approval_columns!(),
+                    " FROM run_approvals WHERE run_id = $1 ORDER BY position"
+                ))
+                .bind(run.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                rows.iter().map(crate::sql::approval).collect()
+            }
+
+            async fn pending_approvals(
+                &self,
+            ) -> Result<Vec<deployer_core::Approval>, deployer_core::StoreError> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    approval_columns!(),
+                    " FROM run_approvals WHERE decided_by IS NULL \
+                     AND (expires_ts IS NULL OR expires_ts > $1) \
+                     AND run_id IN (SELECT id FROM runs WHERE finish_ts IS NULL) \
+                     ORDER BY requested_ts, run_id, position"
+                ))
+                .bind(crate::sql::now_micros())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| crate::errors::backend("list pending approvals", e))?;
+                rows.iter().map(crate::sql::approval).collect()
+            }
         }
     };
 }
@@ -576,5 +733,13 @@ macro_rules! run_columns {
     () => {
         "id, name, source, started_by, state, tasklist, created_ts, started_ts, finish_ts, owner, \
          lease_expires, drives"
+    };
+}
+
+/// The columns of `run_approvals` that `sql::approval` reads.
+macro_rules! approval_columns {
+    () => {
+        "run_id, step, message, target, approvers, four_eyes, started_by, requested_ts, \
+         expires_ts, decided_by, decided_ts, approved, comment"
     };
 }

@@ -9,17 +9,42 @@
 //! ```
 //!
 //! The scope is a JSON file shaped like `catalog scope` prints. `run` runs the job with the
-//! standard commands against the local host (commands whose host is `local`); each manual
-//! step asks for an acknowledgement on the terminal (Enter), unless `--yes` acknowledged them
-//! in advance. With `--store FILE` the run is recorded in a SQLite run store, and the next
-//! job's timeouts come from the durations recorded there.
+//! standard commands against the local host (commands whose host is `local`). With
+//! `--store FILE` the run is recorded in a SQLite run store, and the next job's timeouts come
+//! from the durations recorded there.
 //!
 //! A book's clean-up steps (`on_failure`, `always`) run after its steps when the job fails
 //! or is cancelled: the first SIGINT (Ctrl-C), SIGTERM or SIGHUP cancels (no new step starts,
 //! running tasks finish, then the clean-up runs); a second one stops running tasks and skips
 //! the clean-up.
 //!
-//! Exit codes: 0 success, 1 the job failed or an internal failure, 2 bad input, 130
+//! # Approvals
+//!
+//! Whoever runs the job is `--as USER` (default: the OS user, `$USER`): the run records them
+//! as its starter. Each manual step asks on the terminal `approve STEP? [yes/no]` — `yes`
+//! approves, `no` rejects (the job fails naming who and why), anything else asks again, end
+//! of input stops the run — then for an optional comment; `--yes` approves every step in
+//! advance as `--as USER` (with `--comment`). The decision (who, when, comment) is stored in
+//! the run record (`deploy --store sqlite://FILE runs show ID` lists it).
+//!
+//! A step may name its approvers (`approvers: admin`, or `approvers: [bob, carol]`; default
+//! role `developer`), forbid the starter to approve it (`four_eyes: true`) and expire
+//! (`expires_after: SECONDS`). Roles come from a catalog: with `--catalog FILE` the approver's
+//! role on the scope's deployment (`deployment.ref`) is looked up there. Without a catalog no
+//! role is known: a list of users and the four-eyes rule are still checked, a step that
+//! declares a role cannot be approved, and a step that declares nothing may be approved by
+//! whoever is named.
+//!
+//! A step waiting in a run recorded with `--store` can be decided from another process:
+//!
+//! ```text
+//! books pending --store runs.db
+//! books approve RUN_ID deploy/approve --store runs.db --as bob --comment "backup checked"
+//! books reject RUN_ID deploy/approve --store runs.db --as bob --comment "not during the sale"
+//! ```
+//!
+//! Exit codes: 0 success, 1 the job failed (a step failed, a manual step was rejected or
+//! expired) or an internal failure, 2 bad input (and a refused or impossible decision), 130
 //! cancelled.
 
 use std::io::BufRead;
@@ -28,11 +53,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use deployer_books::{
-    Acknowledgements, BookLibrary, Job, JobBuilder, JobRunner, JobState, MANUAL_COMMAND,
-};
+use deployer_books::{Acknowledgements, BookLibrary, Job, JobBuilder, JobRunner, JobState};
 use deployer_catalog::LifecycleAction;
-use deployer_core::{CommandRegistry, EventKind, EventSink, Executor, RunOptions, RunStore, Runs};
+use deployer_core::{
+    Approval, ApprovalRequest, Approver, CancelHandle, CommandRegistry, DecideError, Event,
+    EventKind, EventSink, Executor, RunOptions, RunStore, Runs,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +88,32 @@ struct JobArgs {
     store: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct Identity {
+    /// Who acts (default: the OS user, $USER).
+    #[arg(long = "as", value_name = "USER")]
+    actor: Option<String>,
+    /// A catalog file: roles are looked up there (the approver's role on the deployment).
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DecideArgs {
+    /// The run's id.
+    run: String,
+    /// The manual step's path (deploy/approve).
+    step: String,
+    /// The SQLite run store the run is recorded in.
+    #[arg(long, value_name = "FILE")]
+    store: PathBuf,
+    #[command(flatten)]
+    who: Identity,
+    /// Why.
+    #[arg(long)]
+    comment: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Load and check the library; list its books.
@@ -80,9 +132,24 @@ enum Cmd {
     Run {
         #[command(flatten)]
         job: JobArgs,
-        /// Acknowledge every manual step in advance.
+        #[command(flatten)]
+        who: Identity,
+        /// Approve every manual step in advance (as --as USER).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// The comment of the approvals --yes gives.
+        #[arg(long, requires = "yes")]
+        comment: Option<String>,
+    },
+    /// Approve a waiting manual step of a recorded run (from any process).
+    Approve(DecideArgs),
+    /// Reject a waiting manual step of a recorded run (the job fails, naming who and why).
+    Reject(DecideArgs),
+    /// List the manual steps waiting for a decision in a run store.
+    Pending {
+        /// The SQLite run store.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
     },
 }
 
@@ -143,6 +210,101 @@ fn commands() -> CommandRegistry {
     registry
 }
 
+/// `--as USER`, else the OS user (`$USER`, else `$LOGNAME`).
+fn actor(who: &Identity) -> Result<String, Failure> {
+    if let Some(a) = &who.actor {
+        if a.trim().is_empty() {
+            return Err(input("--as: a user name may not be blank"));
+        }
+        return Ok(a.clone());
+    }
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .ok_or_else(|| input("who are you? give --as USER ($USER is not set)"))
+}
+
+/// Every role `user` holds on `deployment` in the catalog of `who` (weaker roles included);
+/// `None` without a catalog.
+async fn roles(
+    who: &Identity,
+    user: &str,
+    deployment: Option<&str>,
+) -> Result<Option<Vec<String>>, Failure> {
+    use deployer_catalog::{Catalog, CatalogData, DeploymentRef, Role, Target};
+    let Some(file) = &who.catalog else {
+        return Ok(None);
+    };
+    let data = CatalogData::load(file).map_err(input)?;
+    let deployment = deployment.ok_or_else(|| {
+        input(format!(
+            "--catalog {}: the job names no deployment (the scope has no deployment.ref), so no role can be looked up",
+            file.display()
+        ))
+    })?;
+    let r: DeploymentRef = deployment.parse().map_err(input)?;
+    let role = Catalog::in_memory(data)
+        .role_of(user, user, &Target::Deployment(r))
+        .await
+        .map_err(input)?;
+    Ok(Some(
+        Role::ALL
+            .into_iter()
+            .filter(|r| role.is_some_and(|held| *r <= held))
+            .map(|r| r.as_str().to_string())
+            .collect(),
+    ))
+}
+
+/// Decides a waiting step of a recorded run (`books approve` / `books reject`).
+async fn decide_from_here(args: &DecideArgs, approved: bool) -> Result<(), Failure> {
+    let store = deployer_store::SqliteStore::open(&args.store)
+        .await
+        .map_err(|e| {
+            Failure::Internal(format!(
+                "cannot open run store {}: {e}",
+                args.store.display()
+            ))
+        })?;
+    let run: deployer_core::RunId = args.run.parse().map_err(input)?;
+    let name = actor(&args.who)?;
+    let approvals = store.approvals(&run).await.map_err(|e| match e {
+        deployer_core::StoreError::NotFound { .. } => input(e),
+        other => Failure::Internal(other.to_string()),
+    })?;
+    let target = approvals
+        .iter()
+        .find(|a| a.request.step == args.step)
+        .and_then(|a| a.request.target.clone());
+    let approver = Approver {
+        roles: roles(&args.who, &name, target.as_deref()).await?,
+        name,
+    };
+    match deployer_core::decide(
+        &store,
+        &run,
+        &args.step,
+        &approver,
+        approved,
+        args.comment.clone(),
+    )
+    .await
+    {
+        Ok(a) => {
+            println!("{} (run {run})", a.outcome_message());
+            Ok(())
+        }
+        Err(DecideError::Store(
+            e @ (deployer_core::StoreError::Backend { .. }
+            | deployer_core::StoreError::Corrupt { .. }),
+        )) => Err(Failure::Internal(format!(
+            "cannot decide: {}",
+            deployer_core::error_chain(&e)
+        ))),
+        Err(e) => Err(input(e)),
+    }
+}
+
 async fn store(path: &Option<PathBuf>) -> Result<Option<Arc<dyn RunStore>>, Failure> {
     let Some(path) = path else {
         return Ok(None);
@@ -194,7 +356,141 @@ impl EventSink for Printer {
     }
 }
 
+/// Lines of standard input, read on a thread of their own (so a decision made elsewhere never
+/// leaves the program waiting on the terminal); `None` at the end of input.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<Option<String>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(Some(l)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(None);
+    });
+    rx
+}
+
+/// Asks on the terminal for a decision on each manual step that waits: `yes` or `no` (anything
+/// else asks again), then an optional comment. End of input stops the run.
+async fn prompt(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    acks: Acknowledgements,
+    cancel: CancelHandle,
+    me: Approver,
+    store: Option<PathBuf>,
+) {
+    let mut lines = None;
+    while let Some(e) = events.recv().await {
+        let EventKind::ApprovalRequested {
+            step,
+            message,
+            approvers,
+            four_eyes,
+            started_by,
+            target,
+            expires_ts,
+            ..
+        } = e.kind
+        else {
+            continue;
+        };
+        let run = e.run_id.as_ref().map(|r| r.to_string()).unwrap_or_default();
+        let approval = Approval {
+            request: ApprovalRequest {
+                run: e.run_id.clone().unwrap_or_default(),
+                step: step.clone(),
+                message,
+                target,
+                approvers,
+                four_eyes,
+                started_by,
+                expires_ts,
+            },
+            requested_ts: e.timestamp,
+            decision: None,
+        };
+        if let Err(refused) = approval.check(&me) {
+            match &store {
+                Some(path) => println!(
+                    "  {refused}\n  waiting for a decision from another process: books approve {run} {step} --store {} --as USER",
+                    path.display()
+                ),
+                None => {
+                    println!(
+                        "  {refused}\n  and without --store nobody else can decide it: stopping"
+                    );
+                    cancel.stop_now();
+                }
+            }
+            continue;
+        }
+        let lines = lines.get_or_insert_with(stdin_lines);
+        let approved = loop {
+            println!("  approve {step} as {}? [yes/no]", me.name);
+            match lines.recv().await.flatten() {
+                None => break None,
+                Some(l) => match l.trim() {
+                    "yes" => break Some(true),
+                    "no" => break Some(false),
+                    other => println!("  answer yes or no (not {other:?})"),
+                },
+            }
+        };
+        let Some(approved) = approved else {
+            println!("  no decision (end of input): stopping");
+            cancel.stop_now();
+            continue;
+        };
+        println!("  comment (optional, Enter for none):");
+        let comment = lines.recv().await.flatten();
+        acks.decide(&step, me.clone(), approved, comment);
+    }
+}
+
 async fn main_inner(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Cmd::Approve(args) => return decide_from_here(args, true).await,
+        Cmd::Reject(args) => return decide_from_here(args, false).await,
+        Cmd::Pending { store } => {
+            let store = deployer_store::SqliteStore::open(store)
+                .await
+                .map_err(|e| {
+                    Failure::Internal(format!("cannot open run store {}: {e}", store.display()))
+                })?;
+            let pending = store
+                .pending_approvals()
+                .await
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            if pending.is_empty() {
+                println!("nothing waits for a decision");
+            }
+            for a in pending {
+                let r = &a.request;
+                let mut line = format!("{} {}  needs {}", r.run, r.step, r.approvers);
+                if r.four_eyes {
+                    line.push_str(&format!(", not {}", r.started_by));
+                }
+                if let Some(t) = r.expires_ts {
+                    line.push_str(&format!(
+                        "; expires {}",
+                        humantime::format_rfc3339_seconds(t)
+                    ));
+                }
+                if !r.message.is_empty() {
+                    line.push_str(&format!(": {}", r.message));
+                }
+                println!("{line}");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let library_dir = cli
         .library
         .ok_or_else(|| input("--library DIR is required"))?;
@@ -231,7 +527,15 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Run { job: args, yes } => {
+        Cmd::Run {
+            job: args,
+            who,
+            yes,
+            comment,
+        } => {
+            // Who runs the job; needed (and an error when unknown) only to decide a manual
+            // step.
+            let me = actor(&who);
             let history = store(&args.store).await?;
             let mut job = build(&library, &args, history.clone()).await?;
             for step in job.steps.iter().filter(|s| s.skipped.is_some()) {
@@ -241,43 +545,47 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                     step.skipped.as_deref().unwrap_or("")
                 );
             }
+            let deployment = job
+                .scope
+                .pointer("/deployment/ref")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string);
+            let has_manual = job.steps.iter().any(|s| {
+                s.skipped.is_none() && matches!(s.kind, deployer_books::JobStepKind::Manual)
+            });
+            let (me, my_roles) = match me {
+                Ok(me) if has_manual => {
+                    let roles = roles(&who, &me, deployment.as_deref()).await?;
+                    (me, roles)
+                }
+                Ok(me) => (me, None),
+                Err(e) if has_manual => return Err(e),
+                Err(_) => ("unknown user".to_string(), None),
+            };
+            let approver = Approver {
+                name: me.clone(),
+                roles: my_roles,
+            };
             let acks = if yes {
-                Acknowledgements::all()
+                Acknowledgements::all_as(approver.clone(), comment)
             } else {
                 Acknowledgements::new()
             };
-            let (sink, mut events) = deployer_core::ChannelSink::new();
+            let (sink, events) = deployer_core::ChannelSink::new();
             let options = RunOptions::default();
-            // Ask on the terminal when a manual step starts waiting; without an answer (end of
-            // input) the run stops.
             if !yes {
-                let acks = acks.clone();
-                let cancel = options.cancel.clone();
-                tokio::spawn(async move {
-                    while let Some(e) = events.recv().await {
-                        if let EventKind::TaskStarted { task, .. } = &e.kind
-                            && task.command == MANUAL_COMMAND
-                        {
-                            let step = task.tag.clone().unwrap_or_default();
-                            println!("  waiting: press Enter to acknowledge {step}");
-                            let line = tokio::task::spawn_blocking(|| {
-                                std::io::stdin().lock().lines().next()
-                            })
-                            .await;
-                            if matches!(line, Ok(Some(Ok(_)))) {
-                                acks.acknowledge(&step);
-                            } else {
-                                println!("  no acknowledgement (end of input): stopping");
-                                cancel.stop_now();
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(prompt(
+                    events,
+                    acks.clone(),
+                    options.cancel.clone(),
+                    approver,
+                    args.store.clone(),
+                ));
             }
             let executor = Executor::new(Arc::new(deployer_remote::LocalConnector::new()))
                 .sink(Printer)
                 .sink(sink);
-            let mut runner = JobRunner::new(executor, &registry).started_by("books");
+            let mut runner = JobRunner::new(executor, &registry).started_by(me);
             if let Some(store) = history {
                 runner = runner.runs(Runs::new(store));
             }
@@ -301,6 +609,9 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                 JobState::Cancel => Err(Failure::Cancelled(format!("job {}", job.state))),
                 state => Err(Failure::Internal(format!("job {state}"))),
             }
+        }
+        Cmd::Approve(_) | Cmd::Reject(_) | Cmd::Pending { .. } => {
+            unreachable!("handled before the library is loaded")
         }
     }
 }

@@ -218,6 +218,7 @@ async fn run_job(
     run: bool,
     yes: bool,
     output: Output,
+    approver: deployer_core::Approver,
 ) -> Result<(), Failure> {
     let mut commands = CommandRegistry::new();
     deployer_commands::register_all(&mut commands);
@@ -260,8 +261,10 @@ async fn run_job(
             );
         }
     });
+    // --yes approves as the acting user, with their role on the deployment: a step for other
+    // approvers, or one the four-eyes rule keeps from them, fails naming why.
     let acks = if yes {
-        Acknowledgements::all()
+        Acknowledgements::all_as(approver, None)
     } else {
         Acknowledgements::new()
     };
@@ -459,7 +462,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let request = catalog.trigger(actor, &r, action).await?;
             match library {
                 None => print_requests(std::slice::from_ref(&request)),
-                Some(dir) => run_job(&request, dir, *run, *yes, *output).await,
+                Some(dir) => {
+                    let role = data.role_of(actor, &deployer_catalog::Target::Deployment(r));
+                    let approver = deployer_core::Approver::new(actor.as_str()).with_roles(
+                        deployer_catalog::Role::ALL
+                            .into_iter()
+                            .filter(|x| role.is_some_and(|held| *x <= held))
+                            .map(|x| x.as_str()),
+                    );
+                    run_job(&request, dir, *run, *yes, *output, approver).await
+                }
             }
         }
         Cmd::Publish {

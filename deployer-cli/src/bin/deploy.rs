@@ -40,8 +40,8 @@ use deployer_core::{ResumeOptions, RunId, RunState, Runs, RunsError, StoreError,
 use deployer_release::{HostStatus, LockVerdict, PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
-    JsonLines, LogFormat, Progress, Summary, TracingSink, render_run, render_runs, stage_estimates,
-    to_dot,
+    JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run,
+    render_runs, stage_estimates, to_dot,
 };
 use deployer_store::StoreUrl;
 use serde_json::Value;
@@ -871,7 +871,9 @@ async fn runs_main(
             let run = runs.store().run(&id).await.map_err(read_error)?;
             let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
             let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
+            let approvals = runs.store().approvals(&id).await.map_err(read_error)?;
             print!("{}", render_run(&run, &hosts, &tasks));
+            print!("{}", render_approvals(&approvals));
             Ok(exit::SUCCESS)
         }
         RunsCmd::Purge { older_than } => {

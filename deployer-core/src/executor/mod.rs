@@ -12,7 +12,7 @@ mod scheduler;
 mod task;
 
 pub use imp::Executor;
-pub(crate) use imp::{REMOVED_REASON, Shared};
+pub(crate) use imp::{Emitter, REMOVED_REASON, Shared};
 pub use journal::Journal;
 pub use options::{CancelHandle, RunOptions, TargetSet};
 pub use report::{FailedTask, RunError, RunReport, StageReport, error_chain};

@@ -181,6 +181,7 @@ pub(crate) async fn run_task(
                 cancel: shared.hard.clone(),
                 redactor: shared.redactor.clone(),
                 run_id: shared.emitter.run_id.clone(),
+                emitter: Some(shared.emitter.clone()),
             };
             match AssertUnwindSafe(step.command.execute(&ctx))
                 .catch_unwind()
