@@ -45,6 +45,8 @@ struct AckState {
     seq: u64,
     all: Option<Given>,
     steps: HashMap<String, Given>,
+    /// Steps nobody here can or will decide, with why: they fail without a decision.
+    abandoned: HashMap<String, String>,
 }
 
 /// Decisions on a job's manual steps given in this process, by step path (`deploy/approve`).
@@ -136,6 +138,28 @@ impl Acknowledgements {
     /// they may, then stores the decision.
     pub fn decide(&self, path: &str, approver: Approver, approved: bool, comment: Option<String>) {
         self.give(path, Some(approver), approved, comment);
+    }
+
+    /// Gives up on the step at `path`: nobody here can or will decide it (the terminal's input
+    /// ended, or whoever is there may not decide and no other process can). The waiting step
+    /// fails — so the job fails and its `on_failure` clean-up runs — naming `reason`; no
+    /// decision is recorded.
+    ///
+    /// ```
+    /// let acks = deployer_books::Acknowledgements::new();
+    /// acks.abandon("deploy/approve", "end of input at the terminal");
+    /// assert!(!acks.is_acknowledged("deploy/approve"));
+    /// ```
+    pub fn abandon(&self, path: &str, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.state.send_modify(|s| {
+            s.seq += 1;
+            s.abandoned.insert(path.to_string(), reason);
+        });
+    }
+
+    fn abandoned(&self, path: &str) -> Option<String> {
+        self.state.borrow().abandoned.get(path).cloned()
     }
 
     /// Approves every step, now and later, in the name of whoever started the job.
@@ -338,6 +362,11 @@ impl Command for ManualStep {
                         "comment": d.comment,
                     })));
                 }
+            }
+            if let Some(reason) = self.acks.abandoned(step) {
+                return Err(CommandError::failed(format!(
+                    "step {step} got no decision: {reason}"
+                )));
             }
             if let Some((given, for_all)) = self.acks.newer(step, seen) {
                 seen = given.seq;

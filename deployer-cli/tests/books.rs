@@ -217,16 +217,29 @@ fn run_deploys_on_this_machine_and_records_durations() {
         "{tree}"
     );
 
-    // Without an answer the run stops at the manual step; --yes acknowledges in advance.
+    // Without an answer (end of input, Ctrl-D) the manual step fails without a decision: the
+    // job fails, nothing after it runs, and pause's clean-up takes the deployment out of
+    // maintenance again. --yes approves in advance.
     let out = books(&args, None);
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(130), "a cancelled job: {stdout}");
+    assert_eq!(out.status.code(), Some(1), "a failed job: {stdout}");
     assert!(
         stdout.contains("no decision (end of input): stopping"),
         "{stdout}"
     );
-    assert!(stdout.contains(" cancel\nrun "), "{stdout}");
+    assert!(
+        stdout.contains("failed: step deploy/approve got no decision: the terminal's input ended"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "step deploy/pause/remove maintenance flag\n  removefile on local: succeeded"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" error\nrun "), "{stdout}");
     assert!(!stdout.contains("step deploy/release"), "{stdout}");
+    assert!(!root.join("ns-9a2f3b5c6d7e8f90-prod.maintenance").exists());
     let mut yes = args.to_vec();
     yes.push("--yes");
     let out = books(&yes, None);

@@ -56,8 +56,8 @@ use clap::{Parser, Subcommand};
 use deployer_books::{Acknowledgements, BookLibrary, Job, JobBuilder, JobRunner, JobState};
 use deployer_catalog::LifecycleAction;
 use deployer_core::{
-    Approval, ApprovalRequest, Approver, CancelHandle, CommandRegistry, DecideError, Event,
-    EventKind, EventSink, Executor, RunOptions, RunStore, Runs,
+    Approval, ApprovalRequest, Approver, CommandRegistry, DecideError, Event, EventKind, EventSink,
+    Executor, RunOptions, RunStore, Runs,
 };
 
 #[derive(Debug, Parser)]
@@ -377,11 +377,12 @@ fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<Option<String>> {
 }
 
 /// Asks on the terminal for a decision on each manual step that waits: `yes` or `no` (anything
-/// else asks again), then an optional comment. End of input stops the run.
+/// else asks again), then an optional comment. End of input (or a user who may not decide,
+/// with nobody else able to) fails the step without a decision: the job fails and its
+/// `on_failure` clean-up runs.
 async fn prompt(
     mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
     acks: Acknowledgements,
-    cancel: CancelHandle,
     me: Approver,
     store: Option<PathBuf>,
 ) {
@@ -425,7 +426,10 @@ async fn prompt(
                     println!(
                         "  {refused}\n  and without --store nobody else can decide it: stopping"
                     );
-                    cancel.stop_now();
+                    acks.abandon(
+                        &step,
+                        format!("{refused}, and without --store nobody else can decide it"),
+                    );
                 }
             }
             continue;
@@ -444,7 +448,7 @@ async fn prompt(
         };
         let Some(approved) = approved else {
             println!("  no decision (end of input): stopping");
-            cancel.stop_now();
+            acks.abandon(&step, "the terminal's input ended");
             continue;
         };
         println!("  comment (optional, Enter for none):");
@@ -574,13 +578,7 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             let (sink, events) = deployer_core::ChannelSink::new();
             let options = RunOptions::default();
             if !yes {
-                tokio::spawn(prompt(
-                    events,
-                    acks.clone(),
-                    options.cancel.clone(),
-                    approver,
-                    args.store.clone(),
-                ));
+                tokio::spawn(prompt(events, acks.clone(), approver, args.store.clone()));
             }
             let executor = Executor::new(Arc::new(deployer_remote::LocalConnector::new()))
                 .sink(Printer)
@@ -600,10 +598,10 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                 });
             signals.abort();
             ran?;
-            if let Some(run) = &job.run_id {
-                println!("run {run} (deploy --store FILE runs show {run})");
-            }
             println!("job {} {}", job.id, job.state);
+            if let Some(run) = &job.run_id {
+                println!("run {run}");
+            }
             match job.state {
                 JobState::Done => Ok(()),
                 JobState::Cancel => Err(Failure::Cancelled(format!("job {}", job.state))),
