@@ -43,6 +43,23 @@ macro_rules! impl_run_store {
                 }
             }
 
+            /// Fails with `NotFound` unless run `id` exists, read inside `tx`.
+            async fn require_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                id: &deployer_core::RunId,
+                doing: &str,
+            ) -> Result<(), deployer_core::StoreError> {
+                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(|e| crate::errors::backend(doing, e))?;
+                if found.is_none() {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                }
+                Ok(())
+            }
+
             async fn begin(
                 &self,
                 doing: &str,
@@ -215,14 +232,7 @@ macro_rules! impl_run_store {
             ) -> Result<Vec<deployer_core::HostRecord>, deployer_core::StoreError> {
                 let doing = format!("read the hosts of run {id}");
                 let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
-                }
+                Self::require_in(&mut tx, id, doing.as_str()).await?;
                 let rows = sqlx::query(
                     "SELECT host, state, updated_ts, finish_ts FROM run_hosts \
                      WHERE run_id = $1 ORDER BY position, host",
@@ -241,14 +251,7 @@ macro_rules! impl_run_store {
             ) -> Result<Vec<deployer_core::TaskRecord>, deployer_core::StoreError> {
                 let doing = format!("read the tasks of run {id}");
                 let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
-                }
+                Self::require_in(&mut tx, id, doing.as_str()).await?;
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
                      started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive \
@@ -394,14 +397,7 @@ macro_rules! impl_run_store {
                 let doing = format!("set the state of host {host} in run {id} to {state}");
                 let now_us = crate::sql::now_micros();
                 let mut tx = self.begin(&doing).await?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
-                }
+                Self::require_in(&mut tx, id, doing.as_str()).await?;
                 // A new host goes after every host already targeted.
                 sqlx::query(
                     "INSERT INTO run_hosts (run_id, host, position, state, updated_ts) \
@@ -430,14 +426,7 @@ macro_rules! impl_run_store {
                 let doing = format!("record task {} of run {id}", task.id);
                 let (stage, entry, step) = crate::sql::task_key(task.id)?;
                 let mut tx = self.begin(&doing).await?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
-                }
+                Self::require_in(&mut tx, id, doing.as_str()).await?;
                 sqlx::query(
                     "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
                      history_key, state, attempts, started_ts, finished_ts, duration_us, \
@@ -584,14 +573,7 @@ macro_rules! impl_run_store {
                     }
                 })?;
                 let mut tx = self.begin(&doing).await?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
-                }
+                Self::require_in(&mut tx, &id, doing.as_str()).await?;
                 // One approval per step: asking again keeps the stored one.
                 sqlx::query(
                     "INSERT INTO run_approvals (run_id, step, position, message, target, approvers, \
@@ -686,14 +668,7 @@ macro_rules! impl_run_store {
             ) -> Result<Vec<deployer_core::Approval>, deployer_core::StoreError> {
                 let doing = format!("read the approvals of run {run}");
                 let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
-                    .bind(run.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
-                if found.is_none() {
-                    return Err(deployer_core::StoreError::NotFound { id: run.to_string() });
-                }
+                Self::require_in(&mut tx, run, doing.as_str()).await?;
                 let rows = sqlx::query(concat!(
                     "SELECT ",
                     approval_columns!(),
