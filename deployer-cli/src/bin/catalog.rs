@@ -35,15 +35,25 @@
 //!
 //! `trigger` and `publish` print the lifecycle requests (JSON) they hand to the books engine.
 //! With `--library DIR`, `trigger` also builds the job of the deployment's book for that action
-//! (printed as a tree of its steps, or as JSON with `--output json`), and with `--run` runs it — on this machine for hosts named `local`, over
-//! SSH for the others — manual steps acknowledged in advance with `--yes`:
+//! (printed as a tree of its steps, or as JSON with `--output json`), and with `--run` runs it
+//! — on this machine for hosts named `local`, over SSH for the others. Its manual steps are
+//! decided as `books run` decides them, by the `--as` user with their role on the deployment:
+//! each asks on the terminal `approve STEP as USER? [yes/no]` (`yes` approves, `no` rejects and
+//! the job fails naming who and why, anything else asks again, end of input fails the step so
+//! the book's clean-up runs), then for an optional comment; `--yes` approves them in advance.
+//! With `--store FILE` (a SQLite run store, not the catalog's `--store`) the run and its
+//! decisions are recorded (`deploy --store sqlite://FILE runs show ID`), and a step the user
+//! may not decide waits for `books approve RUN_ID STEP --store FILE --as USER`:
 //!
 //! ```text
+//! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice \
+//!     --library examples/books/library --run --store runs.db
 //! catalog --file examples/catalog.yaml trigger shop/prod deploy --as alice \
 //!     --library examples/books/library --run --yes
 //! ```
 //!
-//! Exit codes: 0 success, 1 an internal failure, 2 bad input or a refused user; `monitors`
+//! Exit codes: 0 success, 1 an internal failure or a job that failed (a step failed, a manual
+//! step was rejected), 2 bad input or a refused user; `monitors`
 //! also 3 (a target is down) and 4 (a check could not be made), see `catalog monitors --help`.
 
 use std::path::PathBuf;
@@ -52,21 +62,25 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use deployer_books::{Acknowledgements, BookLibrary, JobBuilder, JobRunner, JobState, JobStepKind};
+use deployer_books::{Acknowledgements, BookLibrary, JobBuilder, JobRunner, JobState};
 use deployer_catalog::{
     Catalog, CatalogData, CatalogError, CheckFailure, DeploymentRef, LifecycleAction,
     LifecycleRequest, MonitorRunner, Project, Slug, Target, Trigger,
 };
 use deployer_commands::CurlChecker;
-use deployer_core::{CommandRegistry, Event, EventKind, Executor, RunOptions};
+use deployer_core::{CommandRegistry, Event, EventKind, Executor, RunOptions, RunStore, Runs};
 use deployer_remote::{SshConnector, SshOptions};
+
+#[path = "common/approve.rs"]
+mod approve;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "catalog",
     version,
     about = "Show a deployment catalog and trigger lifecycle actions",
-    after_help = "Exit status: 0 success, 1 internal failure, 2 bad input or a refused user; \
+    after_help = "Exit status: 0 success, 1 internal failure or a failed job, 2 bad input or a \
+                  refused user; \
                   `monitors` also 3 (a target is down) and 4 (a check is broken), see \
                   `catalog monitors --help`."
 )]
@@ -141,12 +155,21 @@ enum Cmd {
         /// A directory of book files: build the job of the deployment's book for the action.
         #[arg(long, value_name = "DIR")]
         library: Option<PathBuf>,
-        /// Run the job (needs --library).
+        /// Run the job (needs --library). Each manual step asks on the terminal
+        /// `approve STEP as USER? [yes/no]` (the --as user, with their role on the
+        /// deployment): yes approves, no rejects and the job fails, anything else asks
+        /// again, end of input fails the step (the clean-up runs); then an optional comment.
         #[arg(long, requires = "library")]
         run: bool,
-        /// Acknowledge the job's manual steps in advance (a job with manual steps needs it).
+        /// Approve the job's manual steps in advance, as the --as user (no prompt).
         #[arg(long, short = 'y', requires = "run")]
         yes: bool,
+        /// Record the run in this SQLite run store (not the catalog's --store): the decisions
+        /// are kept there (`deploy --store sqlite://FILE runs show ID`), a waiting step can be
+        /// decided from another process (`books approve RUN_ID STEP --store FILE --as USER`),
+        /// and the durations of earlier runs set the timeouts.
+        #[arg(long = "store", value_name = "FILE", requires = "run")]
+        runs: Option<PathBuf>,
         /// How the job built with --library is printed: `text` (a tree) or `json`.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, requires = "library")]
         output: Output,
@@ -211,13 +234,22 @@ fn out(line: &str) -> Result<(), Failure> {
     }
 }
 
+/// What `trigger --library` does with the job it builds.
+struct JobMode {
+    /// Run it (else print it).
+    run: bool,
+    /// Approve its manual steps in advance (else ask on the terminal).
+    yes: bool,
+    /// The SQLite run store recording the run.
+    runs: Option<PathBuf>,
+    output: Output,
+}
+
 /// Builds the job of `request` from the books in `dir`; prints it, or runs it.
 async fn run_job(
     request: &LifecycleRequest,
     dir: &std::path::Path,
-    run: bool,
-    yes: bool,
-    output: Output,
+    mode: JobMode,
     approver: deployer_core::Approver,
 ) -> Result<(), Failure> {
     let mut commands = CommandRegistry::new();
@@ -226,32 +258,33 @@ async fn run_job(
     library
         .load_dir(dir)
         .map_err(|e| Failure::Input(e.to_string()))?;
-    let mut job = JobBuilder::for_request(&library, request)
-        .map_err(|e| Failure::Input(e.to_string()))?
+    let history: Option<Arc<dyn RunStore>> = match &mode.runs {
+        Some(path) if mode.run => Some(Arc::new(
+            deployer_store::SqliteStore::open(path).await.map_err(|e| {
+                Failure::Internal(format!("cannot open run store {}: {e}", path.display()))
+            })?,
+        )),
+        _ => None,
+    };
+    let mut builder =
+        JobBuilder::for_request(&library, request).map_err(|e| Failure::Input(e.to_string()))?;
+    if let Some(store) = &history {
+        builder = builder.history(store.clone());
+    }
+    let mut job = builder
         .build()
         .await
         .map_err(|e| Failure::Input(e.to_string()))?;
-    if !run {
-        return match output {
+    if !mode.run {
+        return match mode.output {
             Output::Text => out(job.tree().trim_end()),
             Output::Json => print_json(&job),
         };
     }
-    let manual: Vec<&str> = job
-        .steps
-        .iter()
-        .filter(|s| s.skipped.is_none() && matches!(s.kind, JobStepKind::Manual))
-        .map(|s| s.path.as_str())
-        .collect();
-    if !manual.is_empty() && !yes {
-        return Err(Failure::Input(format!(
-            "the job has manual steps ({}); acknowledge them in advance with --yes, or run the book with the books program, which asks",
-            manual.join(", ")
-        )));
-    }
     let connector =
         SshConnector::new(SshOptions::new()).map_err(|e| Failure::Input(e.to_string()))?;
-    let executor = Executor::new(Arc::new(connector)).sink(|e: &Event| {
+    let (sink, events) = deployer_core::ChannelSink::new();
+    let mut executor = Executor::new(Arc::new(connector)).sink(|e: &Event| {
         if let EventKind::TaskFinished { task, outcome, .. } = &e.kind {
             println!(
                 "{} {} on {}: {outcome}",
@@ -261,21 +294,39 @@ async fn run_job(
             );
         }
     });
-    // --yes approves as the acting user, with their role on the deployment: a step for other
-    // approvers, or one the four-eyes rule keeps from them, fails naming why.
-    let acks = if yes {
+    // The acting user approves, with their role on the deployment: in advance with --yes, else
+    // at the terminal. A step for other approvers, or one the four-eyes rule keeps from them,
+    // fails naming why (or, with --store, waits for a decision from another process).
+    let acks = if mode.yes {
         Acknowledgements::all_as(approver, None)
     } else {
-        Acknowledgements::new()
+        executor = executor.sink(sink);
+        let acks = Acknowledgements::new();
+        tokio::spawn(approve::prompt(
+            events,
+            acks.clone(),
+            approver,
+            mode.runs.clone(),
+        ));
+        acks
     };
-    JobRunner::new(executor, &commands)
-        .started_by(match &request.triggered_by {
-            Trigger::User { user } | Trigger::ImagePublished { user, .. } => user.clone(),
-        })
+    let mut runner = JobRunner::new(executor, &commands).started_by(match &request.triggered_by {
+        Trigger::User { user } | Trigger::ImagePublished { user, .. } => user.clone(),
+    });
+    if let Some(store) = history {
+        runner = runner.runs(Runs::new(store));
+    }
+    runner
         .run(&mut job, &acks, RunOptions::default())
         .await
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            deployer_books::BookError::Plan(_) => Failure::Input(e.to_string()),
+            other => Failure::Internal(other.to_string()),
+        })?;
     println!("job {} {}", job.id, job.state);
+    if let Some(run) = &job.run_id {
+        println!("run {run}");
+    }
     if job.state == JobState::Done {
         Ok(())
     } else {
@@ -455,6 +506,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             library,
             run,
             yes,
+            runs,
             output,
         } => {
             let r: DeploymentRef = deployment.parse()?;
@@ -470,7 +522,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             .filter(|x| role.is_some_and(|held| *x <= held))
                             .map(|x| x.as_str()),
                     );
-                    run_job(&request, dir, *run, *yes, *output, approver).await
+                    let mode = JobMode {
+                        run: *run,
+                        yes: *yes,
+                        runs: runs.clone(),
+                        output: *output,
+                    };
+                    run_job(&request, dir, mode, approver).await
                 }
             }
         }
