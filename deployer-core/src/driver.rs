@@ -495,8 +495,13 @@ impl Driver {
 }
 
 /// The OS user name: `$USER`, else `$LOGNAME`, else the name `/etc/passwd` gives this
-/// process's user id, else `uid N`.
-pub(crate) fn os_user() -> String {
+/// process's user id, else `uid N`: who a run is recorded as started by when the host
+/// application names nobody (the `Driver`, the `books` program's default `--as`).
+///
+/// ```
+/// assert!(!deployer_core::os_user().is_empty());
+/// ```
+pub fn os_user() -> String {
     for var in ["USER", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
             && !name.is_empty()

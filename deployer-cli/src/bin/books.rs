@@ -212,7 +212,7 @@ fn commands() -> CommandRegistry {
     registry
 }
 
-/// `--as USER`, else the OS user (`$USER`, else `$LOGNAME`).
+/// `--as USER`, else the OS user (`$USER`, else `$LOGNAME`, else the passwd name).
 fn actor(who: &Identity) -> Result<String, Failure> {
     if let Some(a) = &who.actor {
         if a.trim().is_empty() {
@@ -220,10 +220,7 @@ fn actor(who: &Identity) -> Result<String, Failure> {
         }
         return Ok(a.clone());
     }
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .ok_or_else(|| input("who are you? give --as USER ($USER is not set)"))
+    Ok(deployer_core::os_user())
 }
 
 /// Every role `user` holds on `deployment` in the catalog of `who` (weaker roles included);
