@@ -867,7 +867,13 @@ fn status_and_rollback_through_the_rolling_window() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("stage \"Roll back hello\": 3 hosts, at most 1 at a time"),
+        stdout.contains("stage \"Roll back hello\": 3 hosts, at most 1 at a time\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "stage \"Unlock hello\": 3 hosts, at most 10 at a time (finally: runs whatever happens before it)"
+        ),
         "{stdout}"
     );
     let out = fleet.deploy(&["rollback", "--dry-run", "--output", "json"]);
@@ -880,6 +886,17 @@ fn status_and_rollback_through_the_rolling_window() {
         .collect();
     assert_eq!(stages, ["Lock hosts", "Roll back hello", "Unlock hello"]);
     assert_eq!(plan["stages"][1]["concurrency"], 1, "{plan}");
+    let finally: Vec<bool> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["finally"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        finally,
+        [false, false, true],
+        "the unlock runs whatever happens"
+    );
     assert_eq!(plan["hosts"][0]["to"], "1.0.0", "{plan}");
     for h in fleet.hosts() {
         assert_eq!(

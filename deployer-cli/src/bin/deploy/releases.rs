@@ -315,11 +315,16 @@ pub(crate) async fn rollback_main(
     let mut shown = table(&rows);
     for stage in &tasklist.stages {
         shown.push_str(&format!(
-            "stage \"{}\": {} host{}, at most {} at a time\n",
+            "stage \"{}\": {} host{}, at most {} at a time{}\n",
             stage.name,
             stage.tasks.len(),
             if stage.tasks.len() == 1 { "" } else { "s" },
-            stage.concurrency
+            stage.concurrency,
+            if stage.finally.is_some() {
+                " (finally: runs whatever happens before it)"
+            } else {
+                ""
+            }
         ));
     }
     if dry_run {
@@ -330,7 +335,8 @@ pub(crate) async fn rollback_main(
                     .stages
                     .iter()
                     .map(|s| {
-                        json!({"name": s.name, "hosts": s.tasks.len(), "concurrency": s.concurrency})
+                        json!({"name": s.name, "hosts": s.tasks.len(), "concurrency": s.concurrency,
+                               "finally": s.finally.is_some()})
                     })
                     .collect();
                 print_json(&json!({"hosts": hosts, "stages": stages}))?;
