@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need when it is missing:
-# the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, and PostgreSQL
-# (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1).
+# the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, PostgreSQL
+# (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1), curl,
+# python3 and script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,12 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # sudo: the tests of sudo uploads and commands log in as a user with passwordless sudo.
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# curl: the monitors and the rollout checks; python3 (the system one, which an ordinary SSH
+# login can run): the rollout test's HTTP service on each host; script (util-linux): the
+# pseudo-terminal tests of prompts and progress bars.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/python3 ] || need+=(python3)
+command -v script >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq
