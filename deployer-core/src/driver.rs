@@ -526,8 +526,11 @@ pub fn os_user() -> String {
     "unknown".to_string()
 }
 
-/// Cancels `cancel` on SIGINT, SIGTERM and SIGHUP while the guard lives.
-struct SignalGuard(tokio::task::JoinHandle<()>);
+/// Cancels a run on SIGINT, SIGTERM and SIGHUP while it lives (see [`cancel_on_signals`]);
+/// dropping it stops listening.
+#[must_use = "signals are listened for only while the guard lives"]
+#[derive(Debug)]
+pub struct SignalGuard(tokio::task::JoinHandle<()>);
 
 impl Drop for SignalGuard {
     fn drop(&mut self) {
@@ -535,7 +538,33 @@ impl Drop for SignalGuard {
     }
 }
 
-fn watch_signals(cancel: CancelHandle) -> SignalGuard {
+/// Cancels `cancel` on SIGINT, SIGTERM and SIGHUP (Ctrl-C elsewhere) while the returned guard
+/// lives: the first signal cancels (nothing new starts, running tasks finish, then `finally`
+/// stages — the clean-up — run), the second stops running tasks and skips the clean-up.
+/// `say` is told what each signal did, in words (the [`Driver`] logs it; a program without a
+/// log prints it). Must be called inside a Tokio runtime.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cancel = deployer_core::CancelHandle::new();
+/// let _signals = deployer_core::cancel_on_signals(cancel.clone(), |what| eprintln!("{what}"));
+/// assert!(!cancel.is_cancelled());
+/// # });
+/// ```
+pub fn cancel_on_signals(cancel: CancelHandle, say: impl Fn(&str) + Send + 'static) -> SignalGuard {
+    let cancelled = move |signal: &str| {
+        if cancel.is_cancelled() {
+            say(&format!(
+                "{signal} again: stopping running tasks and skipping the clean-up"
+            ));
+        } else {
+            say(&format!(
+                "{signal}: cancelling: no new tasks start, running ones finish, then the clean-up \
+                 runs ({signal} again stops them and skips it)"
+            ));
+        }
+        cancel.cancel();
+    };
     SignalGuard(tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -554,27 +583,19 @@ fn watch_signals(cancel: CancelHandle) -> SignalGuard {
                     _ = term.recv() => "SIGTERM",
                     _ = hup.recv() => "SIGHUP",
                 };
-                cancelled(&cancel, name);
+                cancelled(name);
             }
         }
         #[cfg(not(unix))]
         while tokio::signal::ctrl_c().await.is_ok() {
-            cancelled(&cancel, "Ctrl-C");
+            cancelled("Ctrl-C");
         }
     }))
 }
 
-fn cancelled(cancel: &CancelHandle, signal: &str) {
-    if cancel.is_cancelled() {
-        tracing::warn!(
-            component = "Driver",
-            "{signal} again: stopping running tasks"
-        );
-    } else {
-        tracing::warn!(
-            component = "Driver",
-            "{signal} received, cancelling: no new tasks start, running ones finish ({signal} again stops them)"
-        );
-    }
-    cancel.cancel();
+/// The driver's signal handling: what each signal did goes to the log.
+fn watch_signals(cancel: CancelHandle) -> SignalGuard {
+    cancel_on_signals(cancel, |what| {
+        tracing::warn!(component = "Driver", "{what}")
+    })
 }

@@ -110,7 +110,7 @@ pub use approvals::{
 };
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
-pub use driver::{DriveError, Driver, Finished, exit, os_user};
+pub use driver::{DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{
     ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCategory, TaskCounts, TaskId,

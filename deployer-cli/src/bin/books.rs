@@ -170,38 +170,6 @@ enum Failure {
     Cancelled(String),
 }
 
-/// Cancels on the first SIGINT, SIGTERM or SIGHUP (the clean-up still runs) and stops hard on
-/// the next (it does not).
-fn watch_signals(cancel: deployer_core::CancelHandle) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            eprintln!("warning: cannot listen for signals");
-            return;
-        };
-        loop {
-            let name = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-                _ = hup.recv() => "SIGHUP",
-            };
-            if cancel.is_cancelled() {
-                eprintln!("{name} again: stopping running tasks, skipping clean-up");
-            } else {
-                eprintln!(
-                    "{name}: cancelling — no new step starts, running ones finish, then the \
-                     clean-up runs ({name} again stops them and skips it)"
-                );
-            }
-            cancel.cancel();
-        }
-    })
-}
-
 fn input(e: impl std::fmt::Display) -> Failure {
     Failure::Input(e.to_string())
 }
@@ -490,7 +458,9 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
             if let Some(store) = history {
                 runner = runner.runs(Runs::new(store));
             }
-            let signals = watch_signals(options.cancel.clone());
+            let signals = deployer_core::cancel_on_signals(options.cancel.clone(), |what| {
+                eprintln!("{what}")
+            });
             // The job's plan is validated before anything runs: a problem there is bad input.
             let ran = runner
                 .run(&mut job, &acks, options)
@@ -499,7 +469,7 @@ async fn main_inner(cli: Cli) -> Result<(), Failure> {
                     deployer_books::BookError::Plan(_) => Failure::Input(e.to_string()),
                     other => Failure::Internal(other.to_string()),
                 });
-            signals.abort();
+            drop(signals);
             ran?;
             println!("job {} {}", job.id, job.state);
             if let Some(run) = &job.run_id {
