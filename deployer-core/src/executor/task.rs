@@ -14,56 +14,53 @@ use crate::events::{EventKind, TaskInfo, TaskOutcome};
 use crate::host::{OutputSink, tail_lines};
 use crate::plan::{PlannedEntry, PlannedTask};
 
-/// Reports every step of `entry` done by an earlier attempt of the run.
-pub(crate) async fn done_earlier(entry: &PlannedEntry, shared: &Shared) {
+/// Sends `kind(step)` for every step of `entry` that was (`done`) or was not done by an
+/// earlier attempt of the run.
+async fn report_steps(
+    entry: &PlannedEntry,
+    shared: &Shared,
+    done: bool,
+    kind: impl Fn(TaskInfo) -> EventKind,
+) {
     for step in &entry.steps {
-        if shared.is_skipped(step.info.id) {
+        if shared.is_skipped(step.info.id) == done {
             shared
                 .emitter
-                .note(|| EventKind::TaskDoneEarlier {
-                    task: TaskInfo::clone(&step.info),
-                })
+                .note(|| kind(TaskInfo::clone(&step.info)))
                 .await;
         }
     }
 }
 
-/// Reports every step of `entry` as skipped for `reason` without running it: a `finally`
-/// entry whose host its points leave out has nothing to do.
+/// Reports every step of `entry` done by an earlier attempt of the run.
+pub(crate) async fn done_earlier(entry: &PlannedEntry, shared: &Shared) {
+    report_steps(entry, shared, true, |task| EventKind::TaskDoneEarlier {
+        task,
+    })
+    .await;
+}
+
+/// Reports every step of `entry` not done earlier as skipped for `reason` without running
+/// it: a `finally` entry whose host its points leave out has nothing to do.
 pub(crate) async fn skipped(entry: &PlannedEntry, shared: &Shared, reason: &str) {
-    for step in &entry.steps {
-        // Done by an earlier attempt: already reported as such.
-        if shared.is_skipped(step.info.id) {
-            continue;
-        }
-        shared
-            .emitter
-            .note(|| EventKind::TaskFinished {
-                task: TaskInfo::clone(&step.info),
-                outcome: TaskOutcome::Skipped {
-                    reason: reason.to_string(),
-                },
-                duration: std::time::Duration::ZERO,
-                attempts: 0,
-            })
-            .await;
-    }
+    report_steps(entry, shared, false, |task| EventKind::TaskFinished {
+        task,
+        outcome: TaskOutcome::Skipped {
+            reason: reason.to_string(),
+        },
+        duration: std::time::Duration::ZERO,
+        attempts: 0,
+    })
+    .await;
 }
 
 /// Reports every step of `entry` that is not already done as never run.
 pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) {
-    for step in &entry.steps {
-        if shared.is_skipped(step.info.id) {
-            continue;
-        }
-        shared
-            .emitter
-            .note(|| EventKind::TaskNotRun {
-                task: TaskInfo::clone(&step.info),
-                reason: reason.to_string(),
-            })
-            .await;
-    }
+    report_steps(entry, shared, false, |task| EventKind::TaskNotRun {
+        task,
+        reason: reason.to_string(),
+    })
+    .await;
 }
 
 pub(crate) async fn run_entry(entry: Arc<PlannedEntry>, shared: Arc<Shared>) -> EntryResult {
