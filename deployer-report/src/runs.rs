@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use deployer_core::{Approval, HostRecord, ListedRun, RunRecord, TaskCounts, TaskRecord};
+use deployer_core::{
+    Approval, HostRecord, ListedRun, RunRecord, TaskCategory, TaskCounts, TaskRecord,
+};
 
 fn ts(t: Option<std::time::SystemTime>) -> String {
     match t {
@@ -100,9 +102,17 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
         );
     }
     let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    // One pass over the tasks, not one per host.
+    let mut by_host: std::collections::HashMap<&str, TaskCounts> = Default::default();
+    for t in tasks {
+        by_host
+            .entry(t.host.as_str())
+            .or_default()
+            .add(TaskCategory::of_record(t, run.drives));
+    }
     let per_host: Vec<TaskCounts> = hosts
         .iter()
-        .map(|h| TaskCounts::of_records(run, tasks.iter().filter(|t| t.host == h.host)))
+        .map(|h| by_host.get(h.host.as_str()).copied().unwrap_or_default())
         .collect();
     let columns = crate::columns::columns(&per_host);
     let _ = write!(s, "\n{:<width$}  {:<11}", "HOST", "STATE");
