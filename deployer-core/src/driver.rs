@@ -28,7 +28,7 @@ use crate::validation::ValidationErrors;
 /// | 1 | [`FAILED`](exit::FAILED): a task failed, or a host or the run store could not be reached |
 /// | 2 | [`BAD_INPUT`](exit::BAD_INPUT): the config, tasklist or options are wrong; nothing ran |
 /// | 3 | [`CHANGES_PENDING`](exit::CHANGES_PENDING): a plan (`deploy plan`) would change something |
-/// | 4 | reserved: the run completed, but hosts were dropped within a failure budget |
+/// | 4 | [`WITHIN_BUDGET`](exit::WITHIN_BUDGET): the run completed, but hosts failed within its failure budget and were dropped |
 /// | 130 | [`CANCELLED`](exit::CANCELLED): cancelled (a signal or a [`CancelHandle`]) |
 pub mod exit {
     /// Every task succeeded (or was skipped by its command).
@@ -39,6 +39,10 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 2;
     /// A plan (not a run) found something that a deploy would change.
     pub const CHANGES_PENDING: u8 = 3;
+    /// The run went on to its end, but hosts failed within its failure budget and were
+    /// dropped ([`RunOutcome::Degraded`](crate::RunOutcome::Degraded)); a resume runs what
+    /// they did not finish.
+    pub const WITHIN_BUDGET: u8 = 4;
     /// The run was cancelled (SIGINT, SIGTERM, SIGHUP or a cancel handle).
     pub const CANCELLED: u8 = 130;
 }
@@ -123,6 +127,7 @@ impl Finished {
                 RunOutcome::Succeeded => exit::SUCCESS,
                 RunOutcome::Cancelled => exit::CANCELLED,
                 RunOutcome::Failed => exit::FAILED,
+                RunOutcome::Degraded => exit::WITHIN_BUDGET,
             },
             Err(e) => e.exit_code(),
         }

@@ -117,6 +117,17 @@ pub enum RunOutcome {
     Failed,
     /// A cancellation stopped it.
     Cancelled,
+    /// It ran to its end, but hosts failed within the failure budget and were dropped (see
+    /// [`FailureBudget`](crate::FailureBudget)); `deploy` exits 4.
+    Degraded,
+}
+
+impl RunOutcome {
+    /// Whether it went on to its end: succeeded, or degraded (hosts dropped within the
+    /// failure budget).
+    pub fn completed(self) -> bool {
+        matches!(self, RunOutcome::Succeeded | RunOutcome::Degraded)
+    }
 }
 
 impl fmt::Display for RunOutcome {
@@ -125,6 +136,7 @@ impl fmt::Display for RunOutcome {
             RunOutcome::Succeeded => "succeeded",
             RunOutcome::Failed => "failed",
             RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Degraded => "completed within its failure budget",
         })
     }
 }
@@ -205,6 +217,9 @@ pub enum TaskCategory {
     /// It rolled its host back to the release before (a task of a rollback stage that
     /// succeeded): one per host rolled back.
     RolledBack,
+    /// It never started because its host was dropped: the host failed earlier within the
+    /// run's failure budget (see [`FailureBudget`](crate::FailureBudget)).
+    Dropped,
 }
 
 impl TaskCategory {
@@ -226,6 +241,7 @@ impl TaskCategory {
             EventKind::TaskFinished { outcome, .. } => Some(TaskCategory::of_outcome(outcome)),
             EventKind::TaskNotRun { .. } => Some(TaskCategory::NotRun),
             EventKind::TaskDoneEarlier { .. } => Some(TaskCategory::DoneEarlier),
+            EventKind::TaskDropped { .. } => Some(TaskCategory::Dropped),
             _ => None,
         }
     }
@@ -244,6 +260,7 @@ impl TaskCategory {
             S::Failed | S::TimedOut => TaskCategory::Failed,
             S::Cancelled => TaskCategory::Cancelled,
             S::RolledBack => TaskCategory::RolledBack,
+            S::Dropped => TaskCategory::Dropped,
             S::Pending | S::Running | S::NotRun => TaskCategory::NotRun,
         }
     }
@@ -283,6 +300,9 @@ pub struct TaskCounts {
     /// Rolled their host back (one per host rolled back).
     #[serde(default)]
     pub rolled_back: usize,
+    /// Never started because their host was dropped within the failure budget.
+    #[serde(default)]
+    pub dropped: usize,
 }
 
 impl TaskCounts {
@@ -295,6 +315,7 @@ impl TaskCounts {
             + self.cancelled
             + self.not_run
             + self.rolled_back
+            + self.dropped
     }
 
     /// Counts one task ending in `category`.
@@ -307,6 +328,7 @@ impl TaskCounts {
             TaskCategory::Cancelled => &mut self.cancelled,
             TaskCategory::NotRun => &mut self.not_run,
             TaskCategory::RolledBack => &mut self.rolled_back,
+            TaskCategory::Dropped => &mut self.dropped,
         } += 1;
     }
 
@@ -339,13 +361,14 @@ impl TaskCounts {
     }
 
     /// Each category with its count, in the order reports print them.
-    pub fn categories(&self) -> [(TaskCategory, usize, &'static str); 7] {
+    pub fn categories(&self) -> [(TaskCategory, usize, &'static str); 8] {
         [
             (TaskCategory::Succeeded, self.succeeded, "ok"),
             (TaskCategory::DoneEarlier, self.done_earlier, "done earlier"),
             (TaskCategory::Failed, self.failed, "failed"),
             (TaskCategory::Skipped, self.skipped, "skipped"),
             (TaskCategory::Cancelled, self.cancelled, "cancelled"),
+            (TaskCategory::Dropped, self.dropped, "dropped"),
             (TaskCategory::NotRun, self.not_run, "not run"),
             (TaskCategory::RolledBack, self.rolled_back, "rolled back"),
         ]
@@ -450,6 +473,30 @@ pub enum EventKind {
         task: TaskInfo,
         /// Why.
         reason: String,
+    },
+    /// A task was never started because its host was dropped: the host failed earlier,
+    /// within the failure budget (see [`FailureBudget`](crate::FailureBudget)).
+    TaskDropped {
+        /// The task.
+        #[serde(flatten)]
+        task: TaskInfo,
+        /// Why its host was dropped (the failure that dropped it).
+        reason: String,
+    },
+    /// A host failed within the run's failure budget and is dropped from the rest of the run:
+    /// its later tasks are not run (`task_dropped`), its `finally` stages still run, the other
+    /// hosts go on. Sent once per host, right after the failure.
+    HostDropped {
+        /// The host key.
+        host: String,
+        /// The stage it failed in.
+        stage: usize,
+        /// What failed: the task's path and command, and its error.
+        reason: String,
+        /// Hosts failed so far in the run, this one included.
+        failed_hosts: usize,
+        /// The budget it was counted against (`max_failures 10`, …).
+        budget: String,
     },
     /// A task was done by an earlier attempt of the run (before a resume) and is not run
     /// again; sent when its stage starts or is skipped.

@@ -80,6 +80,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod approvals;
+mod budget;
 mod command;
 mod config;
 mod driver;
@@ -108,6 +109,7 @@ pub use approvals::{
     Approval, ApprovalRefused, ApprovalRequest, ApprovalState, Approver, Approvers,
     DEFAULT_APPROVER_ROLE, DecideError, Decision, decide,
 };
+pub use budget::FailureBudget;
 pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use driver::{DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user};
@@ -117,8 +119,8 @@ pub use events::{
     TaskInfo, TaskOutcome,
 };
 pub use executor::{
-    CancelHandle, Executor, FailedTask, Journal, RunError, RunOptions, RunReport, StageReport,
-    TargetSet, error_chain,
+    CancelHandle, DroppedHost, Executor, FailedTask, Journal, RunError, RunOptions, RunReport,
+    StageReport, TargetSet, error_chain,
 };
 pub use generator::{Generator, GeneratorContext, GeneratorRegistry};
 pub use host::{

@@ -42,6 +42,10 @@ pub(crate) struct PlannedStage {
     pub(crate) task_count: usize,
     /// Set on a `finally` stage.
     pub(crate) finally: Option<crate::Finally>,
+    /// The stage's own failure budget (unset: the run's).
+    pub(crate) budget: crate::FailureBudget,
+    /// At least this many of its hosts stay up.
+    pub(crate) min_hosts_up: Option<usize>,
 }
 
 pub(crate) struct PlannedEntry {
@@ -156,6 +160,35 @@ impl Plan {
                         .expected("an integer ≥ 1"),
                 );
             }
+            if stage.finally.is_some() {
+                for (key, set) in [
+                    ("max_failures", stage.budget.max_failures.is_some()),
+                    (
+                        "max_fail_percentage",
+                        stage.budget.max_fail_percentage.is_some(),
+                    ),
+                    ("min_hosts_up", stage.min_hosts_up.is_some()),
+                ] {
+                    if set {
+                        errors.push(
+                            ValidationError::new(
+                                format!("stages[{si}].{key}"),
+                                "a finally stage runs every host's clean-up whatever fails",
+                            )
+                            .expected(format!("no {key} on a finally stage")),
+                        );
+                    }
+                }
+            }
+            if stage.budget.max_fail_percentage.is_some_and(|p| p > 100) {
+                errors.push(
+                    ValidationError::new(
+                        format!("stages[{si}].max_fail_percentage"),
+                        "more than 100",
+                    )
+                    .expected("a whole percentage from 0 to 100"),
+                );
+            }
             if stage.concurrency_per_host == Some(0) {
                 errors.push(
                     ValidationError::new(
@@ -232,7 +265,31 @@ impl Plan {
                 entries,
                 task_count,
                 finally: stage.finally.clone(),
+                budget: stage.budget,
+                min_hosts_up: stage.min_hosts_up,
             });
+            let stage_hosts = stages.last().map_or(0, |s: &PlannedStage| s.hosts.len());
+            if let Some(min) = stage.min_hosts_up
+                && min > 0
+                && min >= stage_hosts
+            {
+                errors.push(
+                    ValidationError::new(
+                        format!("stages[{si}].min_hosts_up"),
+                        format!(
+                            "{min} of the stage's {stage_hosts} host{} must stay up, so none could be worked on",
+                            if stage_hosts == 1 { "" } else { "s" }
+                        ),
+                    )
+                    .expected(format!("fewer than {stage_hosts}")),
+                );
+            }
+        }
+        if tasklist.budget.max_fail_percentage.is_some_and(|p| p > 100) {
+            errors.push(
+                ValidationError::new("max_fail_percentage", "more than 100")
+                    .expected("a whole percentage from 0 to 100"),
+            );
         }
         errors.into_result(Plan {
             tasklist: Arc::new(marked),

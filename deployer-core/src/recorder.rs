@@ -328,6 +328,7 @@ impl Runs {
             RunOutcome::Succeeded => RunState::Succeeded,
             RunOutcome::Failed => RunState::Failed,
             RunOutcome::Cancelled => RunState::Cancelled,
+            RunOutcome::Degraded => RunState::Degraded,
         };
         self.store.finish_run(id, state).await?;
         Ok(report)
@@ -461,6 +462,7 @@ struct HostProgress {
     remaining: usize,
     failed: bool,
     rolled_back: bool,
+    dropped: bool,
     ran: bool,
     running: bool,
 }
@@ -493,6 +495,7 @@ impl Recorder {
         host: &str,
         ran: bool,
         outcome: Option<&TaskOutcome>,
+        dropped: bool,
     ) -> Option<HostState> {
         let failed = outcome.is_some_and(|o| !o.is_success());
         let mut st = self.lock();
@@ -502,6 +505,7 @@ impl Recorder {
         p.ran |= ran;
         p.failed |= failed;
         p.rolled_back |= outcome == Some(&TaskOutcome::RolledBack);
+        p.dropped |= dropped;
         if p.remaining > 0 {
             return None;
         }
@@ -510,6 +514,8 @@ impl Recorder {
         }
         Some(if p.rolled_back {
             HostState::RolledBack
+        } else if p.dropped {
+            HostState::Dropped
         } else if p.failed {
             HostState::Failed
         } else if p.ran {
@@ -599,7 +605,7 @@ impl Journal for Recorder {
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, true, Some(outcome)) {
+                if let Some(state) = self.host_task_ended(&task.host, true, Some(outcome), false) {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
                         .await?;
@@ -618,9 +624,42 @@ impl Journal for Recorder {
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, false, None) {
+                if let Some(state) = self.host_task_ended(&task.host, false, None, false) {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
+                        .await?;
+                }
+            }
+            EventKind::TaskDropped { task, reason } => {
+                let record = {
+                    let mut st = self.lock();
+                    let rec = st
+                        .tasks
+                        .entry(task.id)
+                        .or_insert_with(|| TaskRecord::pending(task));
+                    rec.state = TaskState::Dropped;
+                    rec.drive = Some(self.drive);
+                    rec.error = Some(reason.clone());
+                    rec.clone()
+                };
+                self.store.update_task(&self.id, &record).await?;
+                if let Some(state) = self.host_task_ended(&task.host, false, None, true) {
+                    self.store
+                        .set_host_state(&self.id, &task.host, state)
+                        .await?;
+                }
+            }
+            EventKind::HostDropped { host, .. } => {
+                // A host whose failing task was its last has no dropped task to say so.
+                let done = {
+                    let mut st = self.lock();
+                    let p = st.hosts.entry(host.clone()).or_default();
+                    p.dropped = true;
+                    p.remaining == 0
+                };
+                if done {
+                    self.store
+                        .set_host_state(&self.id, host, HostState::Dropped)
                         .await?;
                 }
             }

@@ -106,6 +106,9 @@ string_enum! {
         Failed = "FAILED",
         /// Cancelled by a person or a signal.
         Cancelled = "CANCELLED",
+        /// Ran to its end with hosts dropped within the failure budget; a resume runs what
+        /// they did not finish.
+        Degraded = "DEGRADED",
     }
 }
 
@@ -128,6 +131,9 @@ string_enum! {
         Skipped = "SKIPPED",
         /// A task failed, and the host was switched back to the release it ran before.
         RolledBack = "ROLLED_BACK",
+        /// A task failed within the failure budget: the host was dropped from the rest of the
+        /// run (its later tasks did not run).
+        Dropped = "DROPPED",
     }
 }
 
@@ -152,6 +158,8 @@ string_enum! {
         NotRun = "NOT_RUN",
         /// A rollback task that switched its host back to the release before.
         RolledBack = "ROLLED_BACK",
+        /// Never started: its host was dropped within the failure budget.
+        Dropped = "DROPPED",
     }
 }
 
@@ -170,7 +178,7 @@ impl RunState {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Degraded
         )
     }
 }

@@ -22,15 +22,18 @@ pub const RESERVED_TASK_KEYS: [&str; 7] = [
     "reaches",
 ];
 
-const STAGE_KEYS: [&str; 5] = [
+const STAGE_KEYS: [&str; 8] = [
     "name",
     "concurrency",
     "concurrency_per_host",
+    "max_failures",
+    "max_fail_percentage",
+    "min_hosts_up",
     "finally",
     "tasks",
 ];
 const FINALLY_KEYS: [&str; 4] = ["if_reached", "unless_reached", "rollback", "on_failure"];
-const TASKLIST_KEYS: [&str; 2] = ["name", "stages"];
+const TASKLIST_KEYS: [&str; 4] = ["name", "max_failures", "max_fail_percentage", "stages"];
 
 /// The host key of tasks that name no host: they run on the controller itself.
 pub const LOCAL_HOST: &str = "local";
@@ -68,6 +71,10 @@ pub struct Tasklist {
     /// A name shown in logs and run records.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// How many hosts of the run may fail before it stops (default: none); see
+    /// [`FailureBudget`](crate::FailureBudget).
+    #[serde(flatten)]
+    pub budget: crate::FailureBudget,
     /// Stages, run one after another.
     pub stages: Vec<Stage>,
 }
@@ -82,6 +89,16 @@ pub struct Stage {
     /// At most this many entries run at once on one host; unlimited when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency_per_host: Option<usize>,
+    /// How many of the stage's hosts may fail, counted over the stage's hosts; unset: the
+    /// tasklist's budget (see [`FailureBudget`](crate::FailureBudget)).
+    #[serde(flatten)]
+    pub budget: crate::FailureBudget,
+    /// At least this many of the stage's hosts stay up: at most `hosts − min_hosts_up −
+    /// hosts down` hosts (down: failed, dropped or removed from the run) have work of the stage
+    /// under way at once, and a failure that would leave fewer up stops the run whatever the
+    /// budget. For rolling restarts behind a load balancer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_hosts_up: Option<usize>,
     /// Set on a clean-up stage that runs whatever happened before it (see [`Finally`]).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -459,6 +476,7 @@ impl Tasklist {
     pub fn new(name: impl Into<String>) -> Self {
         Tasklist {
             name: name.into(),
+            budget: crate::FailureBudget::default(),
             stages: Vec::new(),
         }
     }
@@ -466,6 +484,18 @@ impl Tasklist {
     /// Adds a stage.
     pub fn stage(mut self, stage: Stage) -> Self {
         self.stages.push(stage);
+        self
+    }
+
+    /// Sets the run's failure budget (see [`FailureBudget`](crate::FailureBudget)).
+    ///
+    /// ```
+    /// use deployer_core::{FailureBudget, Tasklist};
+    /// let t = Tasklist::new("t").budget(FailureBudget::max_failures(10));
+    /// assert!(t.to_json_string().contains(r#""max_failures": 10"#));
+    /// ```
+    pub fn budget(mut self, budget: crate::FailureBudget) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -800,7 +830,12 @@ impl Tasklist {
                     .expected("a list of stages"),
             ),
         }
-        errors.into_result(Tasklist { name, stages })
+        let budget = crate::FailureBudget::parse(obj, "", &mut errors);
+        errors.into_result(Tasklist {
+            name,
+            budget,
+            stages,
+        })
     }
 
     /// A copy with every inline secret replaced by the redacted form `{"secret": "***"}`:
@@ -895,9 +930,30 @@ impl Stage {
             name: name.into(),
             concurrency,
             concurrency_per_host: None,
+            budget: crate::FailureBudget::default(),
+            min_hosts_up: None,
             finally: None,
             tasks: Vec::new(),
         }
+    }
+
+    /// Sets the stage's own failure budget (see [`FailureBudget`](crate::FailureBudget)).
+    pub fn budget(mut self, budget: crate::FailureBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Keeps at least `n` of the stage's hosts up (see [`Stage::min_hosts_up`]).
+    ///
+    /// ```
+    /// use deployer_core::{Stage, Task};
+    /// let stage = Stage::new("Restart", 10).min_hosts_up(8)
+    ///     .tasks((1..=10).map(|i| Task::new("restart").on(format!("fe{i:03}"))));
+    /// assert_eq!(stage.min_hosts_up, Some(8));
+    /// ```
+    pub fn min_hosts_up(mut self, n: usize) -> Self {
+        self.min_hosts_up = Some(n);
+        self
     }
 
     /// Makes it a `finally` stage (see [`Finally`]).
@@ -1084,6 +1140,20 @@ fn parse_stage(
         None | Some(Value::Null) => None,
         Some(v) => positive_int(v, format!("{path}.concurrency_per_host"), rules, errors),
     };
+    let budget = crate::FailureBudget::parse(obj, path, errors);
+    let min_hosts_up = match obj.get("min_hosts_up") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => {
+                errors.push(
+                    ValidationError::new(format!("{path}.min_hosts_up"), format!("found {v}"))
+                        .expected("a whole number of hosts (0 or more)"),
+                );
+                None
+            }
+        },
+    };
     let finally = match obj.get("finally") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(Finally::always()),
@@ -1210,6 +1280,8 @@ fn parse_stage(
         name,
         concurrency: concurrency?,
         concurrency_per_host,
+        budget,
+        min_hosts_up,
         finally,
         tasks,
     })

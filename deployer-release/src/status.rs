@@ -180,7 +180,7 @@ pub async fn judge_lock(lock: &LockInfo, store: &dyn RunStore, now: SystemTime) 
     };
     match store.run(&id).await {
         Ok(run) => match run.state {
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled => {
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Degraded => {
                 verdict(true, format!("run {id} is finished ({})", run.state))
             }
             RunState::Pending | RunState::Running if run.is_claimed(now) => {

@@ -15,6 +15,7 @@ fn heading(category: TaskCategory) -> &'static str {
         TaskCategory::Cancelled => "CANCELLED",
         TaskCategory::NotRun => "NOT RUN",
         TaskCategory::RolledBack => "ROLLED BACK",
+        TaskCategory::Dropped => "DROPPED",
         _ => "OTHER",
     }
 }
@@ -23,7 +24,7 @@ fn heading(category: TaskCategory) -> &'static str {
 pub(crate) fn columns<'a>(
     rows: impl IntoIterator<Item = &'a TaskCounts>,
 ) -> Vec<(usize, &'static str)> {
-    let mut any = [false; 7];
+    let mut any = vec![false; TaskCounts::default().categories().len()];
     for counts in rows {
         for (i, (_, n, _)) in counts.categories().iter().enumerate() {
             any[i] |= *n > 0;

@@ -196,7 +196,9 @@ impl<W: Write + Send> EventSink for JsonLines<W> {
                     state.write(&value);
                 }
             }
-            EventKind::TaskRetrying { task, .. } | EventKind::TaskNotRun { task, .. } => {
+            EventKind::TaskRetrying { task, .. }
+            | EventKind::TaskNotRun { task, .. }
+            | EventKind::TaskDropped { task, .. } => {
                 state.flush(task.id);
             }
             EventKind::RunFinished { .. } => {

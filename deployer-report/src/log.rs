@@ -129,6 +129,30 @@ impl EventSink for TracingSink {
                     task.command
                 )
             }
+            EventKind::TaskDropped { task, reason } => {
+                let tag = task.tag.as_deref().unwrap_or("*");
+                log_at!(
+                    Level::WARN,
+                    task.host.as_str(),
+                    tag,
+                    "Not running {}: its host was dropped ({reason})",
+                    task.command
+                )
+            }
+            EventKind::HostDropped {
+                host,
+                reason,
+                failed_hosts,
+                budget,
+                ..
+            } => {
+                log_at!(
+                    Level::ERROR,
+                    host.as_str(),
+                    "*",
+                    "Dropping the host from the run ({failed_hosts} failed so far, within {budget}): {reason}"
+                )
+            }
             EventKind::TaskDoneEarlier { task } => {
                 let tag = task.tag.as_deref().unwrap_or("*");
                 log_at!(
@@ -145,7 +169,7 @@ impl EventSink for TracingSink {
                 duration,
                 ..
             } => {
-                if *outcome == deployer_core::RunOutcome::Succeeded {
+                if outcome.completed() {
                     log_at!(
                         Level::INFO,
                         "*",
@@ -163,6 +187,8 @@ impl EventSink for TracingSink {
             EventKind::RunFinished { outcome, duration } => {
                 let level = if *outcome == deployer_core::RunOutcome::Succeeded {
                     Level::INFO
+                } else if *outcome == deployer_core::RunOutcome::Degraded {
+                    Level::WARN
                 } else {
                     Level::ERROR
                 };

@@ -149,11 +149,25 @@ impl EventSink for Progress {
                     }
                 }
             }
-            EventKind::TaskNotRun { task, .. } | EventKind::TaskDoneEarlier { task } => {
+            EventKind::TaskNotRun { task, .. }
+            | EventKind::TaskDoneEarlier { task }
+            | EventKind::TaskDropped { task, .. } => {
                 if let Some(s) = lock(&self.stages).get_mut(&task.id.stage) {
                     s.bar.inc(1);
                     s.counts.count(&event.kind);
                 }
+            }
+            EventKind::HostDropped {
+                host,
+                reason,
+                failed_hosts,
+                budget,
+                ..
+            } => {
+                let _ = self.multi.println(format!(
+                    "DROPPED {host} ({failed_hosts} failed host{} so far, within {budget}): {reason}",
+                    if *failed_hosts == 1 { "" } else { "s" }
+                ));
             }
             EventKind::StageFinished { stage, outcome, .. } => {
                 if let Some(s) = lock(&self.stages).get_mut(stage) {

@@ -33,6 +33,10 @@ pub struct Summary {
     failures: Mutex<Vec<FailedTask>>,
     /// Tasks skipped by their command: (command, reason) → hosts.
     skipped: Mutex<BTreeMap<(String, String), Vec<String>>>,
+    /// Stage names by index.
+    stages: Mutex<BTreeMap<usize, String>>,
+    /// Hosts dropped within the failure budget: host, stage name, reason; and the budget.
+    dropped: Mutex<(Vec<(String, String, String)>, String)>,
     full: bool,
 }
 
@@ -127,7 +131,7 @@ impl Summary {
             }
         } else {
             // One row per outcome: the hosts that ended alike, their longest time.
-            let mut groups: BTreeMap<[usize; 7], (Vec<&String>, Duration, TaskCounts)> =
+            let mut groups: BTreeMap<[usize; 8], (Vec<&String>, Duration, TaskCounts)> =
                 BTreeMap::new();
             for (host, h) in hosts.iter().copied() {
                 let key = h.counts.categories().map(|(_, n, _)| n);
@@ -175,7 +179,25 @@ impl Summary {
                 let _ = writeln!(s, "  {f}");
             }
         }
+        let dropped = lock(&self.dropped);
+        if !dropped.0.is_empty() {
+            let n = dropped.0.len();
+            let _ = writeln!(
+                s,
+                "dropped within the failure budget ({}): {n} host{}; `deploy runs resume` retries their remaining tasks",
+                dropped.1,
+                if n == 1 { "" } else { "s" }
+            );
+            for (host, stage, reason) in &dropped.0 {
+                let _ = writeln!(s, "  {host} (in {stage}): {reason}");
+            }
+        }
         s
+    }
+
+    /// The hosts dropped within the failure budget so far: host, stage name, reason.
+    pub fn dropped(&self) -> Vec<(String, String, String)> {
+        lock(&self.dropped).0.clone()
     }
 }
 
@@ -198,6 +220,24 @@ impl EventSink for Summary {
     fn event(&self, event: &Event) {
         match &event.kind {
             EventKind::RunStarted { name, .. } => *lock(&self.name) = name.clone(),
+            EventKind::StageStarted { stage, name, .. } => {
+                lock(&self.stages).insert(*stage, name.clone());
+            }
+            EventKind::HostDropped {
+                host,
+                stage,
+                reason,
+                budget,
+                ..
+            } => {
+                let name = lock(&self.stages)
+                    .get(stage)
+                    .cloned()
+                    .unwrap_or_else(|| format!("stage {stage}"));
+                let mut dropped = lock(&self.dropped);
+                dropped.0.push((host.clone(), name, reason.clone()));
+                dropped.1 = budget.clone();
+            }
             EventKind::TaskFinished {
                 task,
                 outcome,
@@ -224,7 +264,9 @@ impl EventSink for Summary {
                     h.counts.count(&event.kind);
                 });
             }
-            EventKind::TaskNotRun { task, .. } | EventKind::TaskDoneEarlier { task } => {
+            EventKind::TaskNotRun { task, .. }
+            | EventKind::TaskDoneEarlier { task }
+            | EventKind::TaskDropped { task, .. } => {
                 self.with_host(&task.host, |h| {
                     h.counts.count(&event.kind);
                 });

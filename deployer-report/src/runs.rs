@@ -101,6 +101,45 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
             if run.drives == 2 { "" } else { "s" }
         );
     }
+    let dropped: Vec<&HostRecord> = hosts
+        .iter()
+        .filter(|h| h.state == deployer_core::HostState::Dropped)
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            s,
+            "dropped   {} host{} within the failure budget (a resume runs their remaining tasks)",
+            dropped.len(),
+            if dropped.len() == 1 { "" } else { "s" }
+        );
+        for h in dropped {
+            // Why: the host's failed task.
+            let why = tasks
+                .iter()
+                .find(|t| {
+                    t.host == h.host
+                        && matches!(
+                            t.state,
+                            deployer_core::TaskState::Failed | deployer_core::TaskState::TimedOut
+                        )
+                })
+                .map(|t| {
+                    format!(
+                        "{} {} failed: {}",
+                        t.id,
+                        t.command,
+                        t.error
+                            .as_deref()
+                            .unwrap_or("")
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                    )
+                })
+                .unwrap_or_else(|| "a task failed".to_string());
+            let _ = writeln!(s, "  {}: {why}", h.host);
+        }
+    }
     let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
     // One pass over the tasks, not one per host.
     let mut by_host: std::collections::HashMap<&str, TaskCounts> = Default::default();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, done_earlier, error_chain,
-    not_run, skipped,
+    DroppedHost, JobQueue, Journal, RunOptions, RunReport, StageReport, TargetSet, done_earlier,
+    dropped, error_chain, not_run, skipped,
 };
 use crate::events::{Event, EventKind, EventSink, RunOutcome, TaskCounts, TaskId};
 use crate::host::{Connector, OutputSink};
@@ -141,6 +141,15 @@ impl Executor {
             quiet: Arc::new(|_, _: &str| {}),
             redactor: plan.redactor.clone(),
             reached: Default::default(),
+            run_budget: plan.tasklist.budget,
+            run_hosts: plan
+                .stages
+                .iter()
+                .filter(|s| s.finally.is_none())
+                .flat_map(|s| &s.hosts)
+                .collect::<HashSet<_>>()
+                .len(),
+            fleet: Default::default(),
         });
         let em = &shared.emitter;
         let name = plan.tasklist.name.clone();
@@ -158,6 +167,7 @@ impl Executor {
             counts: TaskCounts::default(),
             failures: Vec::new(),
             data: Vec::new(),
+            dropped: Vec::new(),
         };
         // Points reached by tasks an earlier attempt did.
         for stage in plan.stages.iter() {
@@ -168,10 +178,10 @@ impl Executor {
             }
         }
         for (si, stage) in plan.stages.iter().enumerate() {
-            if report.outcome == RunOutcome::Succeeded && options.cancel.is_cancelled() {
+            if report.outcome.completed() && options.cancel.is_cancelled() {
                 report.outcome = RunOutcome::Cancelled;
             }
-            let stopped = report.outcome != RunOutcome::Succeeded;
+            let stopped = !report.outcome.completed();
             // A finally stage runs after a failure or a first cancel; a second cancel stops it.
             let finally = stage.finally.is_some();
             if stopped && (!finally || options.cancel.is_stopping()) {
@@ -197,7 +207,10 @@ impl Executor {
                 };
                 for entry in &stage.entries {
                     done_earlier(entry, &shared).await;
-                    not_run(entry, &shared, reason).await;
+                    match shared.dropped_reason(&stage.hosts[entry.host]) {
+                        Some(why) if !finally => dropped(entry, &shared, &why).await,
+                        _ => not_run(entry, &shared, reason).await,
+                    }
                 }
                 report.stages.push(StageReport {
                     name: stage.name.clone(),
@@ -224,10 +237,14 @@ impl Executor {
             let mut excluded = HashSet::new();
             if let Some(f) = &stage.finally {
                 let unfailed = f.on_failure && report.outcome == RunOutcome::Succeeded;
+                // Within a failure budget, the run failed only on the dropped hosts.
+                let only_dropped = f.on_failure && report.outcome == RunOutcome::Degraded;
                 for (ei, entry) in stage.entries.iter().enumerate() {
                     let host = &stage.hosts[entry.host];
                     let reason = if unfailed {
                         Some("the run has not failed".to_string())
+                    } else if only_dropped && shared.dropped_reason(host).is_none() {
+                        Some("the run has not failed on this host".to_string())
                     } else {
                         f.excludes(|p| shared.has_reached(host, p))
                     };
@@ -236,15 +253,30 @@ impl Executor {
                         skipped(entry, &shared, &reason).await;
                     }
                 }
+            } else if shared.any_dropped() {
+                // A dropped host does no more ordinary work.
+                for (ei, entry) in stage.entries.iter().enumerate() {
+                    if let Some(reason) = shared.dropped_reason(&stage.hosts[entry.host]) {
+                        excluded.insert(ei);
+                        dropped(entry, &shared, &reason).await;
+                    }
+                }
             }
             let limit = match self.max_concurrency {
                 Some(cap) => stage.concurrency.min(cap),
                 None => stage.concurrency,
             };
-            let outcome = JobQueue::new(stage, limit, shared.clone(), &options.cancel, &mut report)
-                .excluding(excluded)
-                .run()
-                .await;
+            let outcome = JobQueue::new(
+                si,
+                stage,
+                limit,
+                shared.clone(),
+                &options.cancel,
+                &mut report,
+            )
+            .excluding(excluded)
+            .run()
+            .await;
             let duration = started.elapsed();
             em.note(|| EventKind::StageFinished {
                 stage: si,
@@ -259,11 +291,23 @@ impl Executor {
                 duration,
             });
             // A failed finally stage fails a run that had succeeded; a cancelled or failed
-            // run stays as it was.
-            if outcome != RunOutcome::Succeeded && report.outcome == RunOutcome::Succeeded {
+            // run stays as it was; hosts dropped within the budget make it degraded.
+            if outcome != RunOutcome::Succeeded && report.outcome.completed() {
                 report.outcome = outcome;
             }
         }
+        report.dropped = shared
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped
+            .iter()
+            .map(|(host, (stage, reason))| DroppedHost {
+                host: host.clone(),
+                stage: stage.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
         report.duration = em.start.elapsed();
         let (outcome, duration) = (report.outcome, report.duration);
         em.note(|| EventKind::RunFinished { outcome, duration })
@@ -287,6 +331,44 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((host.to_string(), point.to_string()));
         }
+    }
+
+    /// Why `host` was dropped, if it was.
+    pub(crate) fn dropped_reason(&self, host: &str) -> Option<String> {
+        let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        fleet.dropped.get(host).map(|(_, reason)| reason.clone())
+    }
+
+    /// Whether any host was dropped.
+    pub(crate) fn any_dropped(&self) -> bool {
+        !self
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped
+            .is_empty()
+    }
+
+    /// Counts a failure of `host` (in an ordinary stage) over the run: how many hosts have
+    /// failed so far, and whether that goes past the run's budget (never, when it has none:
+    /// then each stage's budget decides alone).
+    pub(crate) fn count_failed_host(&self, host: &str) -> (usize, bool) {
+        let mut fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        fleet.failed.insert(host.to_string());
+        let n = fleet.failed.len();
+        (
+            n,
+            self.run_budget.is_set() && self.run_budget.exceeded(n, self.run_hosts),
+        )
+    }
+
+    /// Drops `host` from the rest of the run.
+    pub(crate) fn drop_host(&self, host: &str, stage: &str, reason: &str) {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped
+            .insert(host.to_string(), (stage.to_string(), reason.to_string()));
     }
 
     /// Whether `host` reached `point` in this run.
@@ -314,6 +396,20 @@ pub(crate) struct Shared {
     pub(crate) redactor: crate::Redactor,
     /// (host, point) pairs reached so far (see `Finally`).
     pub(crate) reached: std::sync::Mutex<HashSet<(String, String)>>,
+    /// The run's failure budget and the number of hosts it counts over.
+    pub(crate) run_budget: crate::FailureBudget,
+    pub(crate) run_hosts: usize,
+    /// Hosts failed and dropped so far.
+    pub(crate) fleet: std::sync::Mutex<FleetState>,
+}
+
+/// The hosts of a run that failed, and those dropped within the failure budget.
+#[derive(Default)]
+pub(crate) struct FleetState {
+    /// Hosts with a failure in an ordinary stage.
+    pub(crate) failed: HashSet<String>,
+    /// Dropped hosts, in the order they were dropped: (stage name, reason).
+    pub(crate) dropped: indexmap::IndexMap<String, (String, String)>,
 }
 
 pub(crate) struct Emitter {

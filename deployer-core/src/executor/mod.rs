@@ -15,6 +15,6 @@ pub use imp::Executor;
 pub(crate) use imp::{Emitter, REMOVED_REASON, Shared};
 pub use journal::Journal;
 pub use options::{CancelHandle, RunOptions, TargetSet};
-pub use report::{FailedTask, RunError, RunReport, StageReport, error_chain};
+pub use report::{DroppedHost, FailedTask, RunError, RunReport, StageReport, error_chain};
 pub(crate) use scheduler::{EntryResult, JobQueue};
-pub(crate) use task::{done_earlier, not_run, run_entry, skipped};
+pub(crate) use task::{done_earlier, dropped, not_run, run_entry, skipped};

@@ -50,6 +50,24 @@ impl fmt::Display for FailedTask {
     }
 }
 
+/// A host that failed within the run's failure budget and was dropped from the rest of the
+/// run (see [`FailureBudget`](crate::FailureBudget)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedHost {
+    /// The host key.
+    pub host: String,
+    /// The name of the stage it failed in.
+    pub stage: String,
+    /// What failed: the task's path and command, and its error.
+    pub reason: String,
+}
+
+impl fmt::Display for DroppedHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (in {}): {}", self.host, self.stage, self.reason)
+    }
+}
+
 /// What one stage did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageReport {
@@ -78,6 +96,8 @@ pub struct RunReport {
     pub failures: Vec<FailedTask>,
     /// Data returned by commands through [`Outcome::with_data`](crate::Outcome::with_data).
     pub data: Vec<(TaskId, Value)>,
+    /// The hosts dropped within the failure budget, in the order they failed.
+    pub dropped: Vec<DroppedHost>,
 }
 
 impl RunReport {
@@ -113,6 +133,11 @@ impl fmt::Display for RunError {
             .stages
             .iter()
             .find(|s| matches!(s.outcome, Some(RunOutcome::Failed | RunOutcome::Cancelled)))
+            .or_else(|| {
+                r.stages
+                    .iter()
+                    .find(|s| s.outcome == Some(RunOutcome::Degraded))
+            })
             .map(|s| format!(" in stage \"{}\"", s.name))
             .unwrap_or_default();
         write!(f, "run \"{}\" {}{stage}", r.name, r.outcome)?;
@@ -126,6 +151,17 @@ impl fmt::Display for RunError {
         }
         for failure in &r.failures {
             write!(f, "\n  {failure}")?;
+        }
+        if !r.dropped.is_empty() {
+            write!(
+                f,
+                "\n{} host{} dropped within the failure budget:",
+                r.dropped.len(),
+                if r.dropped.len() == 1 { "" } else { "s" }
+            )?;
+            for host in &r.dropped {
+                write!(f, "\n  {host}")?;
+            }
         }
         Ok(())
     }

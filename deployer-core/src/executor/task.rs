@@ -54,6 +54,16 @@ pub(crate) async fn skipped(entry: &PlannedEntry, shared: &Shared, reason: &str)
     .await;
 }
 
+/// Reports every step of `entry` that is not already done as dropped: its host failed within
+/// the failure budget for `reason`.
+pub(crate) async fn dropped(entry: &PlannedEntry, shared: &Shared, reason: &str) {
+    report_steps(entry, shared, false, |task| EventKind::TaskDropped {
+        task,
+        reason: reason.to_string(),
+    })
+    .await;
+}
+
 /// Reports every step of `entry` that is not already done as never run.
 pub(crate) async fn not_run(entry: &PlannedEntry, shared: &Shared, reason: &str) {
     report_steps(entry, shared, false, |task| EventKind::TaskNotRun {
