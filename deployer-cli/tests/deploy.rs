@@ -388,7 +388,8 @@ fn rolling_limits_and_host_filters_shape_the_plan() {
     let t = deployer_core::Tasklist::from_json_str(&text(&out.stdout)).unwrap();
     let activate = &t.stages[2];
     assert!(activate.name.starts_with("Activate"), "{}", activate.name);
-    assert_eq!(activate.concurrency, 3, "5 hosts, 2 must stay up");
+    assert_eq!(activate.min_hosts_up, Some(2), "5 hosts, 2 must stay up");
+    assert_eq!(activate.concurrency, 5, "min_hosts_up is the limit");
     assert_eq!(activate.concurrency_per_host, Some(1));
     assert_eq!(t.hosts(), ["fe1", "fe2", "fe3", "fe4", "fe5"]);
     assert_eq!(
@@ -407,8 +408,9 @@ fn rolling_limits_and_host_filters_shape_the_plan() {
     let t = deployer_core::Tasklist::from_json_str(&text(&out.stdout)).unwrap();
     assert_eq!(t.hosts(), ["fe2", "fe4"]);
     assert_eq!(
-        t.stages[2].concurrency, 2,
-        "still only 3 may be down, 2 are deployed"
+        (t.stages[2].concurrency, t.stages[2].min_hosts_up),
+        (2, None),
+        "3 may be down, 2 are deployed: both at once, the other 3 serve"
     );
 
     let out = deploy(&[

@@ -182,10 +182,10 @@ fn every_structural_problem_is_reported_at_once_with_its_path() {
     ], "extra": true}"#;
     let got = problems(text);
     let expected = [
-        "extra: unknown tasklist key \"extra\" (expected one of name, stages)",
+        "extra: unknown tasklist key \"extra\" (expected one of name, max_failures, max_fail_percentage, stages)",
         "stages[0].concurrency: must be at least 1 (expected an integer ≥ 1)",
         "stages[1].name: stage name is empty (expected a non-empty string)",
-        "stages[2].concurrancy: unknown stage key \"concurrancy\" (expected one of name, concurrency, concurrency_per_host, finally, tasks); did you mean \"concurrency\"?",
+        "stages[2].concurrancy: unknown stage key \"concurrancy\" (expected one of name, concurrency, concurrency_per_host, max_failures, max_fail_percentage, min_hosts_up, finally, tasks); did you mean \"concurrency\"?",
         "stages[2].concurrency: missing (expected an integer ≥ 1)",
         "stages[3].concurrency: found a string (expected an integer from 1 to 4294967295)",
         "stages[3].concurrency_per_host: found -1 (expected an integer from 1 to 4294967295)",

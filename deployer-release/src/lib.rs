@@ -9,9 +9,10 @@
 //!    never over the live copy, so nothing of the earlier copy survives and `current` still
 //!    switches atomically.
 //! 3. **Activate** (rolling, one stage per service): stop, switch `current` atomically, start,
-//!    check health. The stage's concurrency is `hosts − min_nodes_up`, so at least
-//!    `min_nodes_up` hosts serve at any moment, and a slot is refilled as soon as a host
-//!    finishes — no waiting for a whole batch.
+//!    check health. The stage keeps `min_nodes_up` hosts serving (the executor's
+//!    `min_hosts_up`: at most `hosts − min_nodes_up − hosts down` are worked on at once, and a
+//!    failure that would leave fewer up stops the run whatever the failure budget), and a slot
+//!    is refilled as soon as a host finishes — no waiting for a whole batch.
 //! 4. **Clean up**: keep the newest `keep_releases` releases (never the live one).
 //! 5. **Roll back** (a `finally` stage per service, see [`Finally`]):
 //!    a host whose checks after the switch failed (the `start` command, `check`, `health_url`)
@@ -53,6 +54,7 @@
 //! directory: artifacts       # where artifacts are found (--directory overrides)
 //! user: deploy               # login user (optional)
 //! keep_releases: 5           # default 5
+//! max_failures: 2            # failure budget: hosts that may fail and be dropped (default 0)
 //! graphite: {host: 127.0.0.1, port: 2003, prefix: deploys}   # optional
 //! hostgroup:
 //!   frontend: [fe001, fe002, fe003]
@@ -112,7 +114,7 @@
 //! let plan = Plan::build(&tasklist, &commands).unwrap();
 //! // The rolling switch of `web` keeps two of its three hosts serving.
 //! let activate = tasklist.stages.iter().find(|s| s.name.contains("web")).unwrap();
-//! assert_eq!(activate.concurrency, 1);
+//! assert_eq!(activate.min_hosts_up, Some(2));
 //! # let _ = plan;
 //! # });
 //! ```
@@ -131,7 +133,7 @@ use std::path::PathBuf;
 
 use deployer_commands::{LockInfo, ReleaseLayout, ReleaseState, release_version};
 use deployer_core::{
-    CommandRegistry, Config, Finally, Generator, GeneratorContext, GeneratorError,
+    CommandRegistry, Config, FailureBudget, Finally, Generator, GeneratorContext, GeneratorError,
     GeneratorRegistry, ServiceConfig, Stage, Task, TaskEntry, Tasklist, async_trait,
 };
 use serde_json::{Value, json};
@@ -149,6 +151,8 @@ struct Keys {
     user: Option<String>,
     keep_releases: Option<usize>,
     auto_rollback: Option<bool>,
+    max_failures: Option<usize>,
+    max_fail_percentage: Option<u8>,
     graphite: Option<GraphiteKeys>,
     hostgroup: Option<std::collections::BTreeMap<String, Vec<String>>>,
     service: Option<std::collections::BTreeMap<String, ServiceKeys>>,
@@ -682,7 +686,11 @@ impl Generator for ReleaseGenerator {
             .iter()
             .map(|a| format!("{}-{}", a.service, a.version))
             .collect();
-        let mut tasklist = Tasklist::new(format!("Deploy {}", names.join(", ")));
+        let mut tasklist =
+            Tasklist::new(format!("Deploy {}", names.join(", "))).budget(FailureBudget {
+                max_failures: config.get_as::<usize>("max_failures")?,
+                max_fail_percentage: config.get_as::<u8>("max_fail_percentage")?,
+            });
         if work.is_empty() {
             tracing::info!(
                 component = "ReleaseGenerator",
@@ -904,7 +912,8 @@ fn auto_rollback_stage(
 
 /// The rolling stage of one service: per host a chain — stop, `switch` (the task that makes
 /// the release live), start, check, health URL — with at most `hosts − min_nodes_up` hosts in
-/// it at once, so `min_nodes_up` hosts keep serving. With `healthy`, the chain's last step
+/// it at once (the stage's `min_hosts_up`, which the executor enforces, also over failed and
+/// dropped hosts), so `min_nodes_up` hosts keep serving. With `healthy`, the chain's last step
 /// after the switch reaches that point.
 fn rolling_stage(
     name: String,
@@ -921,13 +930,20 @@ fn rolling_stage(
             if total == 1 { "" } else { "s" }
         )));
     }
-    let concurrency = (total - min_up).min(switches.len()).max(1);
+    // The hosts not in the stage (already on the version) serve throughout; the executor
+    // keeps the rest of the minimum up among the stage's hosts, counting failed and dropped
+    // hosts as down (`min_hosts_up`).
+    let stage_min = min_up.saturating_sub(total - switches.len());
+    let concurrency = switches.len().max(1);
     let stop = setting_str(plan.settings, "stop")?;
     let start = setting_str(plan.settings, "start")?;
     let check = setting_str(plan.settings, "check")?;
     let check_timeout = setting_u64(plan.settings, "check_timeout")?.unwrap_or(30);
     let health_url = setting_str(plan.settings, "health_url")?;
     let mut stage = Stage::new(name, concurrency).per_host(1);
+    if stage_min > 0 {
+        stage = stage.min_hosts_up(stage_min);
+    }
     for (host, switch) in switches {
         let t = |c: &str| task(c, &host, &plan.user, plan.name);
         let current = join(&plan.dir(&host), "current");
