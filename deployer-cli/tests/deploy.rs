@@ -678,7 +678,7 @@ fn the_recap_is_coloured_when_asked_and_help_lists_exit_statuses() {
         "1 a task failed",
         "2 bad input",
         "3 `deploy plan`",
-        "4 (reserved)",
+        "4 completed, but hosts",
         "130 cancelled",
     ] {
         assert!(help.contains(code), "{code}: {help}");

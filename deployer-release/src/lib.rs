@@ -650,15 +650,49 @@ impl Generator for ReleaseGenerator {
             redeploy,
         } = read_config(config, &names)?;
         let me = PlanIdentity::new();
+        let budget = FailureBudget {
+            max_failures: config.get_as::<usize>("max_failures")?,
+            max_fail_percentage: config.get_as::<u8>("max_fail_percentage")?,
+        };
+
+        // What each host runs, asked of all hosts at once (the connector bounds the
+        // handshakes). Within a failure budget, a host that cannot be reached is planned as
+        // if it ran nothing: its first task fails the same way, and the run drops it.
+        let asked: Vec<Vec<Result<Option<ReleaseState>, GeneratorError>>> =
+            futures::future::join_all(plans.iter().map(|(plan, _)| {
+                futures::future::join_all(
+                    plan.hosts
+                        .iter()
+                        .map(|host| read_state(ctx, host, &plan.user, plan.dir(host))),
+                )
+            }))
+            .await;
+        let asked_hosts: usize = asked.iter().map(Vec::len).sum();
+        let unreachable: usize = asked
+            .iter()
+            .flatten()
+            .filter(|r| matches!(r, Err(GeneratorError::Remote(_))))
+            .count();
+        let tolerate = budget.is_set() && !budget.exceeded(unreachable, asked_hosts);
 
         // Which hosts already run the version, and where each host's copy goes.
         let mut work = Vec::new();
-        for (artifact, (plan, total)) in artifacts.iter().zip(plans) {
+        for ((artifact, (plan, total)), states) in artifacts.iter().zip(plans).zip(asked) {
             let mut todo = Vec::new();
-            for host in &plan.hosts {
-                let live = read_state(ctx, host, &plan.user, &plan.dir(host))
-                    .await?
-                    .and_then(|s| s.live);
+            for (host, state) in plan.hosts.iter().zip(states) {
+                let state = match state {
+                    Err(GeneratorError::Remote(e)) if tolerate => {
+                        tracing::warn!(
+                            component = "ReleaseGenerator",
+                            host = host.as_str(),
+                            tag = plan.name,
+                            "cannot ask what it runs ({e}); planned as a first deploy, within the failure budget ({budget})"
+                        );
+                        None
+                    }
+                    other => other?,
+                };
+                let live = state.and_then(|s| s.live);
                 if !redeploy && live.as_deref().map(release_version) == Some(&artifact.version) {
                     tracing::info!(
                         component = "ReleaseGenerator",
@@ -686,11 +720,7 @@ impl Generator for ReleaseGenerator {
             .iter()
             .map(|a| format!("{}-{}", a.service, a.version))
             .collect();
-        let mut tasklist =
-            Tasklist::new(format!("Deploy {}", names.join(", "))).budget(FailureBudget {
-                max_failures: config.get_as::<usize>("max_failures")?,
-                max_fail_percentage: config.get_as::<u8>("max_fail_percentage")?,
-            });
+        let mut tasklist = Tasklist::new(format!("Deploy {}", names.join(", "))).budget(budget);
         if work.is_empty() {
             tracing::info!(
                 component = "ReleaseGenerator",
@@ -1059,7 +1089,7 @@ pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorEr
     let mut out = Vec::new();
     for (artifact, (plan, _)) in artifacts.iter().zip(&reading.plans) {
         for host in &plan.hosts {
-            let state = read_state(ctx, host, &plan.user, &plan.dir(host))
+            let state = read_state(ctx, host, &plan.user, plan.dir(host))
                 .await?
                 .unwrap_or_default();
             let live = state.live_version().map(str::to_string);
@@ -1092,13 +1122,13 @@ async fn read_state(
     ctx: &GeneratorContext,
     host: &str,
     user: &Option<String>,
-    deploy_to: &str,
+    deploy_to: String,
 ) -> Result<Option<ReleaseState>, GeneratorError> {
     if !ctx.has_host_access() {
         return Ok(None);
     }
     let remote = connect(ctx, host, user).await?;
-    ReleaseLayout::new(deploy_to)
+    ReleaseLayout::new(&deploy_to)
         .read_state(remote.as_ref())
         .await
         .map(Some)

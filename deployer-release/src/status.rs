@@ -102,7 +102,7 @@ pub async fn status(ctx: &GeneratorContext) -> Result<Vec<HostStatus>, Generator
     for (plan, _) in all_services(ctx)? {
         for host in &plan.hosts {
             let deploy_to = plan.dir(host);
-            let state = read_state(ctx, host, &plan.user, &deploy_to)
+            let state = read_state(ctx, host, &plan.user, deploy_to.clone())
                 .await?
                 .unwrap_or_default();
             let mut previous: Vec<String> = Vec::new();
@@ -276,7 +276,7 @@ pub async fn rollback_survey(ctx: &GeneratorContext) -> Result<Vec<RollbackHost>
     for (plan, _) in all_services(ctx)? {
         for host in &plan.hosts {
             let deploy_to = plan.dir(host);
-            let state = read_state(ctx, host, &plan.user, &deploy_to)
+            let state = read_state(ctx, host, &plan.user, deploy_to.clone())
                 .await?
                 .unwrap_or_default();
             let has = || {

@@ -184,7 +184,7 @@ impl Summary {
             let n = dropped.0.len();
             let _ = writeln!(
                 s,
-                "dropped within the failure budget ({}): {n} host{}; `deploy runs resume` retries their remaining tasks",
+                "dropped within the failure budget ({}): {n} host{}; a resume of the run retries their remaining tasks",
                 dropped.1,
                 if n == 1 { "" } else { "s" }
             );

@@ -92,8 +92,9 @@ enum DumpFormat {
     max_term_width = 100,
     after_help = "Exit status: 0 success (also when there was nothing to do: the recap says so); \
                   1 a task failed, or a host or the run store could not be reached; 2 bad \
-                  input (nothing ran); 3 `deploy plan`: something would change; 4 (reserved) \
-                  completed with hosts dropped within a failure budget; 130 cancelled \
+                  input (nothing ran); 3 `deploy plan`: something would change; 4 completed, but hosts \
+                  failed within the failure budget (--max-failures) and were dropped (the recap \
+                  names them; `runs resume` retries their remaining tasks); 130 cancelled \
                   (SIGINT, SIGTERM or SIGHUP: the first drains, the second stops running \
                   tasks)."
 )]
@@ -135,6 +136,14 @@ struct Cli {
     /// Deploy to hosts that already run the version, too.
     #[arg(long)]
     redeploy: bool,
+    /// Failure budget: up to N hosts may fail; each is dropped from the rest of the run and
+    /// the others go on (exit 4 when the run completes so). Overrides the tasklist's or
+    /// config's `max_failures`.
+    #[arg(long, value_name = "N")]
+    max_failures: Option<usize>,
+    /// Failure budget as a share of the hosts: up to P % may fail and be dropped.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_fail_percentage: Option<u8>,
     /// Run at most N tasks at once in any stage.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     parallel: Option<u32>,
@@ -330,6 +339,12 @@ fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadIn
     if cli.redeploy {
         out.push(("redeploy".into(), true.into()));
     }
+    if let Some(n) = cli.max_failures {
+        out.push(("max_failures".into(), n.into()));
+    }
+    if let Some(p) = cli.max_fail_percentage {
+        out.push(("max_fail_percentage".into(), p.into()));
+    }
     if !cli.hosts.is_empty() {
         out.push(("only_hosts".into(), cli.hosts.clone().into()));
     }
@@ -511,6 +526,13 @@ async fn plan_tasklist(
             if t.name.is_empty() {
                 t.name = "deploy".into();
             }
+            // The command line's budget over the file's.
+            if cli.max_failures.is_some() || cli.max_fail_percentage.is_some() {
+                t.budget = deployer_core::FailureBudget {
+                    max_failures: cli.max_failures,
+                    max_fail_percentage: cli.max_fail_percentage,
+                };
+            }
             driver.plan_tasklist(&t).map_err(drive_error)
         }
         // --dry-run and --dump contact no host.
@@ -629,7 +651,9 @@ fn painted(cli: &Cli, recap: &str) -> String {
             let s = if line.starts_with("run \"") {
                 if line.contains("\" succeeded in ") || line.contains("\": nothing to do") {
                     style(AnsiColor::Green)
-                } else if line.contains("\" cancelled in ") {
+                } else if line.contains("\" cancelled in ")
+                    || line.contains("\" completed within its failure budget in ")
+                {
                     style(AnsiColor::Yellow)
                 } else {
                     style(AnsiColor::Red)
