@@ -143,12 +143,13 @@ impl Seen {
     }
 }
 
-const HEADINGS: [&str; 7] = [
+const HEADINGS: [&str; 8] = [
     "OK",
     "EARLIER",
     "FAILED",
     "SKIPPED",
     "CANCELLED",
+    "DROPPED",
     "NOT RUN",
     "ROLLED BACK",
 ];

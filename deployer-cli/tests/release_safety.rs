@@ -885,7 +885,7 @@ fn status_and_rollback_through_the_rolling_window() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(stages, ["Lock hosts", "Roll back hello", "Unlock hello"]);
-    assert_eq!(plan["stages"][1]["concurrency"], 1, "{plan}");
+    assert_eq!(plan["stages"][1]["min_hosts_up"], 2, "{plan}");
     let finally: Vec<bool> = plan["stages"]
         .as_array()
         .unwrap()

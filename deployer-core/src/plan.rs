@@ -167,7 +167,6 @@ impl Plan {
                         "max_fail_percentage",
                         stage.budget.max_fail_percentage.is_some(),
                     ),
-                    ("min_hosts_up", stage.min_hosts_up.is_some()),
                 ] {
                     if set {
                         errors.push(

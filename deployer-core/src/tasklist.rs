@@ -96,7 +96,8 @@ pub struct Stage {
     /// At least this many of the stage's hosts stay up: at most `hosts − min_hosts_up −
     /// hosts down` hosts (down: failed, dropped or removed from the run) have work of the stage
     /// under way at once, and a failure that would leave fewer up stops the run whatever the
-    /// budget. For rolling restarts behind a load balancer.
+    /// budget. For rolling restarts behind a load balancer. On a `finally` stage it only bounds
+    /// the hosts at once (`hosts − min_hosts_up`, at least one): clean-up reaches every host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_hosts_up: Option<usize>,
     /// Set on a clean-up stage that runs whatever happened before it (see [`Finally`]).

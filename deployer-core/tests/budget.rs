@@ -298,7 +298,10 @@ async fn a_plan_refuses_a_budget_on_a_finally_stage_and_an_impossible_minimum() 
         err.contains("stages[0].min_hosts_up: 2 of the stage's 2 hosts must stay up"),
         "{err}"
     );
-    assert!(err.contains("stages[1].max_failures"), "{err}");
+    assert!(
+        err.contains("stages[1].max_failures: a finally stage runs every host's clean-up"),
+        "{err}"
+    );
     // And in JSON: wrong types name their path.
     let bad = r#"{"name": "t", "max_fail_percentage": 120, "stages": [
         {"name": "s", "concurrency": 1, "max_failures": -1, "min_hosts_up": "two", "tasks": []}]}"#;

@@ -130,6 +130,8 @@ impl<'a> JobQueue<'a> {
     /// `min_hosts_up` up (unbounded without it).
     fn window(&self) -> usize {
         match self.stage.min_hosts_up {
+            // Clean-up reaches every host: the window bounds it but never closes.
+            Some(min) if self.finally => self.stage.hosts.len().saturating_sub(min).max(1),
             Some(min) => self
                 .stage
                 .hosts

@@ -319,7 +319,13 @@ pub(crate) async fn rollback_main(
             stage.name,
             stage.tasks.len(),
             if stage.tasks.len() == 1 { "" } else { "s" },
-            stage.concurrency,
+            // `min_hosts_up` keeps the others serving.
+            match stage.min_hosts_up {
+                Some(min) => stage
+                    .concurrency
+                    .min(stage.tasks.len().saturating_sub(min).max(1)),
+                None => stage.concurrency,
+            },
             if stage.finally.is_some() {
                 " (finally: runs whatever happens before it)"
             } else {
@@ -336,7 +342,7 @@ pub(crate) async fn rollback_main(
                     .iter()
                     .map(|s| {
                         json!({"name": s.name, "hosts": s.tasks.len(), "concurrency": s.concurrency,
-                               "finally": s.finally.is_some()})
+                               "min_hosts_up": s.min_hosts_up, "finally": s.finally.is_some()})
                     })
                     .collect();
                 print_json(&json!({"hosts": hosts, "stages": stages}))?;
