@@ -940,7 +940,7 @@ fn status_and_rollback_through_the_rolling_window() {
     assert_eq!(
         end["stats"],
         serde_json::json!({"succeeded": 12, "done_earlier": 0, "skipped": 0, "failed": 0,
-            "cancelled": 0, "not_run": 0, "rolled_back": 0}),
+            "cancelled": 0, "not_run": 0, "rolled_back": 0, "dropped": 0}),
         "a rollback asked for is work done, not an automatic rollback"
     );
     for h in fleet.hosts() {
