@@ -388,9 +388,10 @@ impl Driver {
         Ok(plan)
     }
 
-    /// Asks the connector whether it can serve every host of `plan` ([`Connector::check`]),
-    /// without contacting any; every refusal is reported with the first task that names the
-    /// host.
+    /// Asks the connector whether it can serve every host of `plan` ([`Connector::check`])
+    /// and hold all of them at once ([`Connector::check_capacity`], asked with the number of
+    /// distinct (host, user) pairs), without contacting any; every refusal is reported with the
+    /// first task that names the host.
     pub fn check_hosts(&self, plan: &Plan) -> Result<(), DriveError> {
         let mut problems = ValidationErrors::new();
         let mut seen = std::collections::HashSet::new();
@@ -411,6 +412,9 @@ impl Driver {
                     }
                 }
             }
+        }
+        if let Err(e) = self.connector.check_capacity(seen.len()) {
+            problems.push(crate::ValidationError::new("", error_chain(&e)));
         }
         problems.into_result(()).map_err(DriveError::Hosts)
     }

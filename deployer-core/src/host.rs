@@ -273,4 +273,18 @@ pub trait Connector: Send + Sync {
         let _ = spec;
         Ok(())
     }
+
+    /// Whether this controller can hold the connections of `hosts` distinct hosts at once
+    /// (e.g. enough file descriptors), decided without contacting anything. The dry run asks
+    /// this once per plan, with the number of distinct (host, user) pairs it names
+    /// ([`Driver::check_hosts`](crate::Driver::check_hosts)); a refusal is reported as a
+    /// problem of the plan. The default says yes.
+    ///
+    /// An implementation may adjust this process's own resource limits to make room (e.g.
+    /// raise the soft limit on open files up to the hard limit) and should say so in its
+    /// documentation.
+    fn check_capacity(&self, hosts: usize) -> Result<(), RemoteError> {
+        let _ = hosts;
+        Ok(())
+    }
 }

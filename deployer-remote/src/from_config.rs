@@ -27,6 +27,8 @@ struct SshSection {
     connect_timeout: Option<f64>,
     agent: Option<bool>,
     config: Option<Value>,
+    max_handshakes: Option<usize>,
+    connect_attempts: Option<usize>,
 }
 
 /// What is wrong with `path` as a private key file, checked without any host: it must be a
@@ -84,12 +86,15 @@ impl SshOptions {
     ///   connect_timeout: 10            # seconds
     ///   agent: true
     ///   config: ~/.ssh/config          # or false to ignore the user's ssh config
+    ///   max_handshakes: 32             # handshakes in flight at once, across all hosts
+    ///   connect_attempts: 3            # tries per connection (refused, reset, timed out)
     /// ```
     ///
     /// An unknown key in `ssh` is an error with its file, line and column and a "did you mean";
     /// a value of the wrong kind is an error naming its key. What can be checked without a host
     /// is: the identity file exists and holds a private key, known_hosts is a readable file (or
-    /// does not exist yet), the port is 1–65535, the connect timeout is above 0.
+    /// does not exist yet), the port is 1–65535, the connect timeout is above 0,
+    /// `max_handshakes` and `connect_attempts` are whole numbers above 0.
     ///
     /// ```
     /// use deployer_core::Config;
@@ -156,6 +161,24 @@ impl SshOptions {
                     )
                 })?;
             options = options.connect_timeout(d);
+        }
+        if let Some(n) = ssh.max_handshakes {
+            if n == 0 {
+                return Err(invalid(
+                    "ssh.max_handshakes",
+                    "found 0, expected a whole number of handshakes above 0",
+                ));
+            }
+            options = options.max_handshakes(n);
+        }
+        if let Some(n) = ssh.connect_attempts {
+            if n == 0 {
+                return Err(invalid(
+                    "ssh.connect_attempts",
+                    "found 0, expected a whole number of attempts above 0",
+                ));
+            }
+            options = options.connect_attempts(n);
         }
         if let Some(policy) = ssh.host_key_policy {
             options = options.host_key_policy(match policy.as_str() {

@@ -17,7 +17,12 @@
 //!   `HostName`, `Port`, `User`, `IdentityFile`, `ProxyJump` (one jump host per hop, through a
 //!   `direct-tcpip` channel of the jump host's connection).
 //! * [`SshConnector`] is the connector for real runs: `local` is a [`LocalHost`], every other
-//!   host an [`SshHost`], one per `(host, user, port)`, the same `Arc` on every request.
+//!   host an [`SshHost`], one per `(host, user, port)`, the same `Arc` on every request. Its
+//!   hosts share a budget of handshakes in flight ([`SshOptions::max_handshakes`]; the connect
+//!   timeout counts from a handshake's turn, failed handshakes are retried per
+//!   [`SshOptions::connect_attempts`]) and read known_hosts and key files once; at plan time
+//!   it checks `ulimit -n` against the hosts' connections
+//!   ([`Connector::check_capacity`](deployer_core::Connector::check_capacity)).
 //! * With the `test-fixture` feature, [`testing::TestSshd`](crate::testing) starts a throwaway
 //!   OpenSSH server on loopback for tests of this and downstream crates.
 //!

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use deployer_core::{Connector, HostSpec, RemoteError, RemoteHost, async_trait};
 
 use crate::local::{LocalHost, is_local};
-use crate::ssh::Target;
+use crate::ssh::{Shared, Target};
 use crate::{SshConfig, SshConfigError, SshHost, SshOptions};
 
 /// The [`Connector`] for real runs: [`HostSpec::local()`] (and the host named `local`) is a
@@ -33,6 +33,8 @@ pub struct SshConnector {
     config: Arc<SshConfig>,
     local: Arc<LocalHost>,
     hosts: Mutex<HashMap<(String, String, u16), Arc<SshHost>>>,
+    /// Shared by every host handed out: handshake turns, known_hosts and keys read once.
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for SshConnector {
@@ -57,6 +59,7 @@ impl SshConnector {
 
     pub(crate) fn with_config(options: SshOptions, config: Arc<SshConfig>) -> Self {
         SshConnector {
+            shared: Shared::new(&options),
             options,
             config,
             local: Arc::new(LocalHost::new()),
@@ -81,14 +84,66 @@ impl SshConnector {
         let key = (name.to_string(), target.user.clone(), target.port);
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let host = hosts.entry(key).or_insert_with(|| {
-            Arc::new(SshHost::from_target(
+            Arc::new(SshHost::from_target_shared(
                 name.to_string(),
                 target,
                 self.options.clone(),
+                self.shared.clone(),
             ))
         });
         Ok(Some(host.clone()))
     }
+}
+
+/// Open files a run needs besides its connections: the runtime, standard streams, logs, the
+/// run store, files being uploaded.
+const FILES_MARGIN: u64 = 64;
+
+/// Checks that this process may open `needed` files for `hosts` hosts, raising its soft limit
+/// up to the hard one when that is enough.
+fn ensure_open_files(hosts: usize, needed: u64) -> Result<(), RemoteError> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard >= needed {
+        // Room for the connections and then some, within the hard limit.
+        let raised = needed.saturating_mul(2).min(hard);
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(raised),
+                maximum: limit.maximum,
+            },
+        ) {
+            Ok(()) => {
+                tracing::debug!(
+                    hosts,
+                    needed,
+                    from = soft,
+                    to = raised,
+                    "raised the soft limit on open files"
+                );
+                return Ok(());
+            }
+            Err(e) => tracing::debug!(%e, "cannot raise the soft limit on open files"),
+        }
+    }
+    let suggest = needed.next_power_of_two().max(1024);
+    let hard = match limit.maximum {
+        Some(h) => h.to_string(),
+        None => "unlimited".to_string(),
+    };
+    Err(RemoteError::Other {
+        host: "local".to_string(),
+        message: format!(
+            "{hosts} hosts need about {needed} open files, but ulimit -n is {soft} (hard limit \
+             {hard}): raise it (ulimit -n {suggest}) or deploy to fewer hosts per run"
+        ),
+    })
 }
 
 #[async_trait]
@@ -98,5 +153,18 @@ impl Connector for SshConnector {
             Some(host) => Ok(host),
             None => Ok(self.local.clone()),
         }
+    }
+
+    /// Checks that this process may keep every host's connections open: `hosts` ×
+    /// [`SshOptions::max_connections`] sockets plus 64 files for everything else. When the
+    /// soft limit on open files (`ulimit -n`, `RLIMIT_NOFILE`) is lower and the hard limit is
+    /// high enough, **the soft limit of this process is raised** (to twice what is needed, at
+    /// most the hard limit; logged at debug level), as a user who asked for that many hosts
+    /// expects; otherwise the error says what is needed and how to get it.
+    fn check_capacity(&self, hosts: usize) -> Result<(), RemoteError> {
+        let needed = (hosts as u64)
+            .saturating_mul(self.options.max_connections as u64)
+            .saturating_add(FILES_MARGIN);
+        ensure_open_files(hosts, needed)
     }
 }

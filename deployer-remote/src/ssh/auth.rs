@@ -1,17 +1,62 @@
 //! Authentication of a new connection: the ssh-agent's keys, then key files (named, from the
 //! ssh config, or `~/.ssh/id_*`; encrypted ones through [`SshOptions::passphrase`]).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use deployer_core::RemoteError;
 use russh::client::Handle;
-use russh::keys::PrivateKeyWithHashAlg;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use tokio::sync::OnceCell;
 
 use super::host_keys::Client;
 use super::options::SshOptions;
 use super::target::Target;
 use crate::config::home_dir;
+
+/// A key file loaded, or why not (`encrypted, no passphrase`, `cannot decrypt: …`,
+/// `unreadable: …`).
+type Loaded = Result<Arc<PrivateKey>, String>;
+
+/// The key files of one connector, each read (and decrypted, asking the passphrase callback
+/// once) on first use and shared by every host.
+#[derive(Default)]
+pub(super) struct KeyCache {
+    keys: Mutex<HashMap<PathBuf, Arc<OnceCell<Loaded>>>>,
+}
+
+impl KeyCache {
+    /// The key in `path`, loaded once.
+    async fn get(&self, path: &Path, options: &SshOptions) -> Loaded {
+        let cell = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { load(path, options) })
+            .await
+            .clone()
+    }
+}
+
+/// Reads (and decrypts) the key in `path`.
+fn load(path: &Path, options: &SshOptions) -> Loaded {
+    match russh::keys::load_secret_key(path, None) {
+        Ok(k) => Ok(Arc::new(k)),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let Some(pass) = options.passphrase.as_ref().and_then(|cb| cb(path)) else {
+                return Err("encrypted, no passphrase".to_string());
+            };
+            russh::keys::load_secret_key(path, Some(&pass))
+                .map(Arc::new)
+                .map_err(|e| format!("cannot decrypt: {e}"))
+        }
+        Err(e) => Err(format!("unreadable: {e}")),
+    }
+}
 
 /// The RSA signature hash the server prefers, for an RSA key (`None` for other keys).
 async fn rsa_hash(
@@ -30,6 +75,7 @@ pub(super) async fn authenticate(
     handle: &mut Handle<Client>,
     target: &Target,
     options: &SshOptions,
+    keys: &KeyCache,
 ) -> Result<(), RemoteError> {
     let user = target.user.as_str();
     let mut tried: Vec<String> = Vec::new();
@@ -78,23 +124,10 @@ pub(super) async fn authenticate(
         }
     }
     for path in files {
-        let key = match russh::keys::load_secret_key(&path, None) {
+        let key = match keys.get(&path, options).await {
             Ok(k) => k,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                let Some(pass) = options.passphrase.as_ref().and_then(|cb| cb(&path)) else {
-                    tried.push(format!("{} (encrypted, no passphrase)", path.display()));
-                    continue;
-                };
-                match russh::keys::load_secret_key(&path, Some(&pass)) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tried.push(format!("{} (cannot decrypt: {e})", path.display()));
-                        continue;
-                    }
-                }
-            }
-            Err(e) => {
-                tried.push(format!("{} (unreadable: {e})", path.display()));
+            Err(why) => {
+                tried.push(format!("{} ({why})", path.display()));
                 continue;
             }
         };
@@ -102,7 +135,7 @@ pub(super) async fn authenticate(
             .await
             .map_err(lost)?;
         let result = handle
-            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
             .await
             .map_err(lost)?;
         if result.success() {

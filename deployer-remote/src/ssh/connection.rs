@@ -11,6 +11,7 @@ use russh::client::{self, Handle};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::authenticate;
+use super::handshake::{Failure, Phase, Shared, open_with_retries, transient_russh};
 use super::host_keys::Client;
 use super::options::SshOptions;
 use super::shell::Shell;
@@ -64,17 +65,25 @@ pub(super) struct Connections {
     pub(super) name: String,
     pub(super) target: Target,
     pub(super) options: SshOptions,
+    /// What the hosts of one connector share (handshake turns, known_hosts, keys).
+    shared: Arc<Shared>,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
     total: Arc<Semaphore>,
 }
 
 impl Connections {
-    pub(super) fn new(name: String, target: Target, options: SshOptions) -> Self {
+    pub(super) fn new(
+        name: String,
+        target: Target,
+        options: SshOptions,
+        shared: Arc<Shared>,
+    ) -> Self {
         let total = options.max_channels * options.max_connections;
         Connections {
             name,
             target,
             options,
+            shared,
             conns: tokio::sync::Mutex::new(Vec::new()),
             total: Arc::new(Semaphore::new(total)),
         }
@@ -170,22 +179,27 @@ impl Connections {
         }
     }
 
-    /// Opens one more connection, within the connect timeout.
+    /// Opens one more connection: in its handshake turn, within the connect timeout, tried
+    /// again on transient failures ([`open_with_retries`]).
     async fn open(&self) -> Result<Conn, RemoteError> {
-        let limit = self.options.connect_timeout;
-        match tokio::time::timeout(limit, open_target(&self.name, &self.target, &self.options))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(RemoteError::Timeout {
-                host: self.name.clone(),
-                what: format!(
-                    "connecting to {}:{}",
-                    self.target.hostname, self.target.port
-                ),
-                after: limit,
-            }),
-        }
+        let address = format!("{}:{}", self.target.hostname, self.target.port);
+        open_with_retries(
+            &self.shared,
+            &self.options,
+            &self.name,
+            &address,
+            |phase: Arc<Phase>| async move {
+                open_target(
+                    &self.name,
+                    &self.target,
+                    &self.options,
+                    &self.shared,
+                    &phase,
+                )
+                .await
+            },
+        )
+        .await
     }
 
     /// A slot with a shell in it: an idle one, else one started on a new session channel.
@@ -246,17 +260,19 @@ impl Connections {
 }
 
 /// Opens a connection to `target` (through its jump hosts), checks its host key and
-/// authenticates.
+/// authenticates, keeping `phase` up to date.
 async fn open_target(
     name: &str,
     target: &Target,
     options: &SshOptions,
-) -> Result<Conn, RemoteError> {
+    shared: &Shared,
+    phase: &Phase,
+) -> Result<Conn, Failure> {
     let refused = Arc::new(Mutex::new(None));
     let client = Client {
         host: target.hostname.clone(),
         port: target.port,
-        known_hosts: options.known_hosts_path(),
+        known_hosts: shared.known_hosts.file(&options.known_hosts_path()),
         policy: options.policy,
         refused: refused.clone(),
     };
@@ -269,18 +285,24 @@ async fn open_target(
         keepalive_max: options.keepalive.1,
         ..Default::default()
     });
-    let connect_err = |source: russh::Error| -> RemoteError {
+    // A refused host key (or an unreadable known_hosts) is permanent; other handshake
+    // errors are judged by their kind.
+    let connect_err = |source: russh::Error| -> Failure {
         if let Some(e) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return e;
+            return Failure::permanent(e);
         }
-        RemoteError::Connect {
+        let transient = transient_russh(&source);
+        let error = RemoteError::Connect {
             host: name.to_string(),
             source: Box::new(source),
-        }
+        };
+        Failure { error, transient }
     };
     let (mut handle, jump) = match &target.jump {
         Some(jump) => {
-            let jump_conn = Box::pin(open_target(&jump.hostname, jump, options)).await?;
+            let jump_conn =
+                Box::pin(open_target(&jump.hostname, jump, options, shared, phase)).await?;
+            phase.set(Phase::TUNNEL);
             let channel = jump_conn
                 .handle
                 .channel_open_direct_tcpip(
@@ -290,34 +312,48 @@ async fn open_target(
                     0,
                 )
                 .await
-                .map_err(|e| RemoteError::Connect {
-                    host: name.to_string(),
-                    source: format!(
-                        "jump host {} cannot reach {}:{}: {e}",
-                        jump.hostname, target.hostname, target.port
-                    )
-                    .into(),
+                .map_err(|e| {
+                    Failure::transient(RemoteError::Connect {
+                        host: name.to_string(),
+                        source: format!(
+                            "jump host {} cannot reach {}:{}: {e}",
+                            jump.hostname, target.hostname, target.port
+                        )
+                        .into(),
+                    })
                 })?;
+            phase.set(Phase::KEX);
             let handle = client::connect_stream(config, channel.into_stream(), client)
                 .await
                 .map_err(connect_err)?;
             (handle, Some(Box::new(jump_conn)))
         }
         None => {
+            phase.set(Phase::TCP);
             let tcp = tokio::net::TcpStream::connect((target.hostname.as_str(), target.port))
                 .await
-                .map_err(|e| RemoteError::Connect {
-                    host: name.to_string(),
-                    source: Box::new(e),
+                .map_err(|e| {
+                    Failure::transient(RemoteError::Connect {
+                        host: name.to_string(),
+                        source: Box::new(e),
+                    })
                 })?;
             let _ = tcp.set_nodelay(true);
+            phase.set(Phase::KEX);
             let handle = client::connect_stream(config, tcp, client)
                 .await
                 .map_err(connect_err)?;
             (handle, None)
         }
     };
-    authenticate(name, &mut handle, target, options).await?;
+    phase.set(Phase::AUTH);
+    authenticate(name, &mut handle, target, options, &shared.keys)
+        .await
+        .map_err(|e| match e {
+            // The connection dropped during authentication: worth another try.
+            RemoteError::Disconnected { .. } => Failure::transient(e),
+            _ => Failure::permanent(e),
+        })?;
     Ok(Conn {
         handle,
         slots: Arc::new(Semaphore::new(options.max_channels)),

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::channel::{Input, Io, RawOutput, StdoutTo};
 use super::connection::Connections;
 use super::exec::{self, TAR_MARKER};
+use super::handshake::Shared;
 use super::options::SshOptions;
 use super::shell;
 use super::target::Target;
@@ -95,9 +96,21 @@ impl SshHost {
         Ok(Self::from_target(name, target, options))
     }
 
+    /// A host with a handshake budget, known_hosts and key files of its own.
     pub(crate) fn from_target(name: String, target: Target, options: SshOptions) -> Self {
+        let shared = Shared::new(&options);
+        Self::from_target_shared(name, target, options, shared)
+    }
+
+    /// A host of a connector, sharing its handshake budget and what it read.
+    pub(crate) fn from_target_shared(
+        name: String,
+        target: Target,
+        options: SshOptions,
+        shared: Arc<Shared>,
+    ) -> Self {
         SshHost {
-            conns: Connections::new(name, target, options),
+            conns: Connections::new(name, target, options, shared),
         }
     }
 

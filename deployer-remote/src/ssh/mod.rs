@@ -4,6 +4,8 @@
 //! - [`options`]: [`SshOptions`], [`HostKeyPolicy`], [`PassphraseCallback`]: the settings;
 //! - [`target`]: where and as whom to connect, from the options and the ssh config;
 //! - [`host_keys`]: the server's key checked against known_hosts;
+//! - [`handshake`]: what a connector's hosts share to connect (handshake turns, known_hosts
+//!   and keys read once), and connecting with a timeout and retries;
 //! - [`auth`]: authentication with the ssh-agent's keys, then key files;
 //! - [`connection`]: connections opened, reused and replaced, and their channel budget;
 //! - [`channel`]: running one command on one channel: the loop both kinds of channel share;
@@ -15,12 +17,14 @@ mod auth;
 mod channel;
 mod connection;
 mod exec;
+mod handshake;
 mod host;
 mod host_keys;
 mod options;
 mod shell;
 mod target;
 
+pub(crate) use handshake::Shared;
 pub use host::SshHost;
 pub use options::{HostKeyPolicy, PassphraseCallback, SshOptions};
 pub(crate) use target::Target;

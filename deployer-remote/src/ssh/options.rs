@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::config::{SshConfig, home_dir};
 
+/// [`SshOptions::max_handshakes`]'s default, chosen by measurement (see `benches/README.md`).
+pub(crate) const DEFAULT_MAX_HANDSHAKES: usize = 32;
+
 /// How server host keys are checked against known_hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostKeyPolicy {
@@ -55,6 +58,9 @@ pub struct SshOptions {
     pub(crate) reuse_shells: bool,
     pub(crate) keepalive: (Duration, usize),
     pub(crate) ssh_config: Option<Arc<SshConfig>>,
+    pub(crate) max_handshakes: usize,
+    pub(crate) connect_attempts: usize,
+    pub(crate) connect_backoff: Duration,
 }
 
 impl fmt::Debug for SshOptions {
@@ -78,6 +84,9 @@ impl fmt::Debug for SshOptions {
             .field("reuse_shells", &self.reuse_shells)
             .field("keepalive", &self.keepalive)
             .field("ssh_config", &self.ssh_config.is_some())
+            .field("max_handshakes", &self.max_handshakes)
+            .field("connect_attempts", &self.connect_attempts)
+            .field("connect_backoff", &self.connect_backoff)
             .finish()
     }
 }
@@ -107,6 +116,9 @@ impl SshOptions {
             reuse_shells: true,
             keepalive: (Duration::from_secs(15), 3),
             ssh_config: None,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            connect_attempts: 3,
+            connect_backoff: Duration::from_millis(200),
         }
     }
 
@@ -172,6 +184,10 @@ impl SshOptions {
     }
 
     /// Limit on opening a connection: TCP, key exchange and authentication (default: 10 s).
+    /// It counts from the moment the handshake starts, not while it waits for its turn
+    /// ([`max_handshakes`](Self::max_handshakes)), and applies to each attempt
+    /// ([`connect_attempts`](Self::connect_attempts)). A timeout names the phase it hit: TCP
+    /// connect, key exchange, authentication, or the tunnel through a jump host.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -188,6 +204,53 @@ impl SshOptions {
     /// 4); beyond that, commands wait for a free channel.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Handshakes (TCP connect, key exchange, authentication) in flight at once across every
+    /// host of one [`SshConnector`](crate::SshConnector) (default: 32; an [`SshHost`](crate::SshHost)
+    /// made on its own has its own budget). Others wait for their turn, and their connect
+    /// timeout starts only then, so a thousand hosts do not starve each other's key exchanges of
+    /// CPU. Commands and sessions on open connections are not limited by it. `0` counts as 1;
+    /// a huge number (e.g. `usize::MAX`) means no limit.
+    ///
+    /// ```
+    /// use deployer_remote::SshOptions;
+    ///
+    /// let options = SshOptions::new().max_handshakes(64);
+    /// assert!(format!("{options:?}").contains("max_handshakes: 64"));
+    /// ```
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// How many times a connection is tried before its host fails (default: 3). A refused,
+    /// reset or timed-out handshake is tried again after a pause that doubles each time from
+    /// [`connect_backoff`](Self::connect_backoff), plus up to a quarter of it at random (so
+    /// hosts that failed together do not retry together); its handshake turn is given up
+    /// while it waits. A changed or unknown host key and a refused authentication are not
+    /// retried. `0` counts as 1.
+    ///
+    /// ```
+    /// use deployer_remote::SshOptions;
+    /// use std::time::Duration;
+    ///
+    /// // Up to 5 attempts, 100 ms, 200 ms, 400 ms, 800 ms apart (plus jitter).
+    /// let options = SshOptions::new()
+    ///     .connect_attempts(5)
+    ///     .connect_backoff(Duration::from_millis(100));
+    /// assert!(format!("{options:?}").contains("connect_attempts: 5"));
+    /// ```
+    pub fn connect_attempts(mut self, n: usize) -> Self {
+        self.connect_attempts = n.max(1);
+        self
+    }
+
+    /// The pause before the second connection attempt; each later one doubles it, up to 10 s
+    /// (default: 200 ms). See [`connect_attempts`](Self::connect_attempts).
+    pub fn connect_backoff(mut self, first: Duration) -> Self {
+        self.connect_backoff = first;
         self
     }
 

@@ -1,0 +1,250 @@
+//! What the hosts of one connector share when they open connections ([`Shared`]: the budget of
+//! handshakes in flight, known_hosts files and key files read once), and how one connection
+//! is opened: a handshake turn, the connect timeout counted from it, and retries with backoff
+//! ([`open_with_retries`]).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use deployer_core::{BoxError, RemoteError};
+use tokio::sync::Semaphore;
+
+use super::auth::KeyCache;
+use super::host_keys::KnownHostsCache;
+use super::options::SshOptions;
+
+/// The longest pause between two connection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What every host of one connector shares: handed out through an `Arc`.
+pub(crate) struct Shared {
+    /// Handshakes (TCP, key exchange, authentication) in flight at once.
+    pub(super) handshakes: Arc<Semaphore>,
+    pub(super) known_hosts: KnownHostsCache,
+    pub(super) keys: KeyCache,
+}
+
+impl Shared {
+    /// The shared state for hosts connected with `options`.
+    pub(crate) fn new(options: &SshOptions) -> Arc<Shared> {
+        Arc::new(Shared {
+            handshakes: Arc::new(Semaphore::new(options.max_handshakes)),
+            known_hosts: KnownHostsCache::default(),
+            keys: KeyCache::default(),
+        })
+    }
+}
+
+/// Where a handshake is, for the message of a timeout.
+#[derive(Default)]
+pub(super) struct Phase(AtomicU8);
+
+impl Phase {
+    pub(super) const TCP: u8 = 0;
+    pub(super) const KEX: u8 = 1;
+    pub(super) const AUTH: u8 = 2;
+    pub(super) const TUNNEL: u8 = 3;
+
+    pub(super) fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Relaxed);
+    }
+
+    fn name(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::TCP => "TCP connect",
+            Self::KEX => "key exchange",
+            Self::AUTH => "authentication",
+            _ => "tunnel through the jump host",
+        }
+    }
+}
+
+/// A failed handshake, and whether trying again may help.
+pub(super) struct Failure {
+    pub(super) error: RemoteError,
+    pub(super) transient: bool,
+}
+
+impl Failure {
+    /// A failure that another attempt may not see (refused network, reset, a dropped
+    /// connection).
+    pub(super) fn transient(error: RemoteError) -> Failure {
+        Failure {
+            error,
+            transient: true,
+        }
+    }
+
+    /// A failure that would happen again (host key, authentication, configuration).
+    pub(super) fn permanent(error: RemoteError) -> Failure {
+        Failure {
+            error,
+            transient: false,
+        }
+    }
+}
+
+/// Whether a russh error of the handshake may pass on another attempt: protocol mismatches
+/// are permanent, the rest (I/O, the server hanging up, as an overloaded sshd does past
+/// `MaxStartups`) transient.
+pub(super) fn transient_russh(source: &russh::Error) -> bool {
+    !matches!(
+        source,
+        russh::Error::NoCommonAlgo { .. }
+            | russh::Error::UnknownAlgo
+            | russh::Error::WrongServerSig
+            | russh::Error::InvalidConfig(_)
+            | russh::Error::NoAuthMethod
+    )
+}
+
+/// The error of a connection that failed on every attempt: `connecting to ADDR failed after
+/// N attempts (PHASE)`, caused by the last attempt's error.
+#[derive(Debug)]
+struct AfterAttempts {
+    address: String,
+    attempts: usize,
+    phase: &'static str,
+    last: BoxError,
+}
+
+impl fmt::Display for AfterAttempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connecting to {} failed after {} attempts ({})",
+            self.address, self.attempts, self.phase
+        )
+    }
+}
+
+impl std::error::Error for AfterAttempts {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.last)
+    }
+}
+
+/// The pause after failed attempt `attempt` (1-based): `first` doubled per attempt, at most
+/// [`BACKOFF_MAX`], plus up to a quarter of it at random.
+pub(super) fn backoff(first: Duration, attempt: usize) -> Duration {
+    let doubled = first
+        .checked_mul(1u32 << (attempt.saturating_sub(1)).min(16))
+        .unwrap_or(BACKOFF_MAX)
+        .min(BACKOFF_MAX);
+    doubled + doubled.mul_f64(fastrand::f64() / 4.0)
+}
+
+/// Opens a connection with `open` (given the phase to keep up to date): each attempt waits
+/// for a handshake turn, then runs within the connect timeout; a transient failure is tried
+/// again after [`backoff`] (the turn given back meanwhile), up to
+/// [`SshOptions::connect_attempts`] in all.
+pub(super) async fn open_with_retries<T, F, Fut>(
+    shared: &Shared,
+    options: &SshOptions,
+    host: &str,
+    address: &str,
+    mut open: F,
+) -> Result<T, RemoteError>
+where
+    F: FnMut(Arc<Phase>) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let attempts = options.connect_attempts.max(1);
+    let limit = options.connect_timeout;
+    let mut attempt = 1;
+    loop {
+        let phase = Arc::new(Phase::default());
+        let result = {
+            let _turn = shared
+                .handshakes
+                .acquire()
+                .await
+                .map_err(|_| RemoteError::Other {
+                    host: host.to_string(),
+                    message: "the connector is closed".to_string(),
+                })?;
+            tokio::time::timeout(limit, open(phase.clone())).await
+        };
+        let failure = match result {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(failure)) => failure,
+            Err(_) => Failure::transient(RemoteError::Timeout {
+                host: host.to_string(),
+                what: if attempt == 1 {
+                    format!("connecting to {address} ({})", phase.name())
+                } else {
+                    format!(
+                        "connecting to {address} ({}, {attempt} attempts)",
+                        phase.name()
+                    )
+                },
+                after: limit,
+            }),
+        };
+        if !failure.transient || attempt >= attempts {
+            return Err(if attempt == 1 || !failure.transient {
+                failure.error
+            } else {
+                after_attempts(failure.error, host, address, attempt, phase.name())
+            });
+        }
+        let pause = backoff(options.connect_backoff, attempt);
+        tracing::debug!(
+            host,
+            attempt,
+            attempts,
+            pause_ms = pause.as_millis() as u64,
+            error = %deployer_core::error_chain(&failure.error),
+            "connecting failed; trying again"
+        );
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+/// The error after `attempts` attempts whose last failed with `last`. A timeout stays a
+/// timeout (its message already names the attempts); anything else becomes a connect error
+/// caused by the last one.
+fn after_attempts(
+    last: RemoteError,
+    host: &str,
+    address: &str,
+    attempts: usize,
+    phase: &'static str,
+) -> RemoteError {
+    let last: BoxError = match last {
+        RemoteError::Timeout { .. } => return last,
+        RemoteError::Connect { source, .. } => source,
+        other => Box::new(other),
+    };
+    RemoteError::Connect {
+        host: host.to_string(),
+        source: Box::new(AfterAttempts {
+            address: address.to_string(),
+            attempts,
+            phase,
+            last,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_at_most_a_quarter_of_jitter_and_a_cap() {
+        let first = Duration::from_millis(200);
+        for (attempt, base) in [(1, 200), (2, 400), (3, 800)] {
+            for _ in 0..50 {
+                let d = backoff(first, attempt);
+                let base = Duration::from_millis(base);
+                assert!(d >= base && d <= base + base / 4, "{attempt}: {d:?}");
+            }
+        }
+        assert!(backoff(first, 40) <= BACKOFF_MAX + BACKOFF_MAX / 4);
+    }
+}
