@@ -579,7 +579,7 @@ fn plain(message: &str) -> String {
 
 /// The first line of a parser message without its own "error:" and "line N column M:" (the
 /// error names the place itself; the rest of the message is the parser's snippet and advice).
-fn first_line(message: &str) -> String {
+pub(crate) fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message);
     let line = line.strip_prefix("error: ").unwrap_or(line);
     if let Some(rest) = line.strip_prefix("line ")
@@ -634,7 +634,7 @@ pub(crate) fn in_words(message: &str) -> String {
 
 /// `message` with "; did you mean `x`?" when it is serde's "unknown field `y`, expected one of
 /// `a`, `b`" and one of the expected fields is close.
-fn with_did_you_mean(message: &str) -> String {
+pub(crate) fn with_did_you_mean(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_string();
     };
