@@ -250,7 +250,7 @@ mod tests {
         );
         assert_eq!(
             e("[1]"),
-            "inv.json: the document: is an array, expected an object of groups (and \"_meta\")"
+            "inv.json: the document: is a list, expected an object of groups (and \"_meta\")"
         );
         assert!(
             e("{\"web\": [}").starts_with("inv.json:1:10: "),
