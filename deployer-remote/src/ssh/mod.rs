@@ -22,5 +22,5 @@ mod shell;
 mod target;
 
 pub use host::SshHost;
-pub use options::{HostKeyPolicy, PassphraseCallback, SshOptions};
+pub use options::{HostEntry, HostKeyPolicy, PassphraseCallback, SshOptions};
 pub(crate) use target::Target;
