@@ -264,7 +264,9 @@ impl Config {
         for service in self.services.values() {
             for host in &service.hosts {
                 if !self.hostgroups.contains_key(host)
-                    && loaded.as_ref().is_none_or(|l| l.group_hosts(host).is_none())
+                    && loaded
+                        .as_ref()
+                        .is_none_or(|l| l.group_hosts(host).is_none())
                 {
                     inventory.add_host(crate::inventory::UNGROUPED, host);
                 }

@@ -67,10 +67,14 @@ fn check_known_hosts(path: &std::path::Path) -> Result<(), String> {
 fn host_entry(config: &Config, host: &str) -> Result<HostEntry, ConfigError> {
     let vars = config.host_vars(host);
     let key = |var: &str| format!("hostvars.{host}.{var}");
-    let get = |names: [&'static str; 2]| names.into_iter().find_map(|n| vars.get(n).map(|v| (n, v)));
+    let get =
+        |names: [&'static str; 2]| names.into_iter().find_map(|n| vars.get(n).map(|v| (n, v)));
     let text = |name: &str, v: &Value| match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
-        other => Err(invalid(&key(name), format!("found {other}, expected a non-empty string"))),
+        other => Err(invalid(
+            &key(name),
+            format!("found {other}, expected a non-empty string"),
+        )),
     };
     let mut entry = HostEntry::default();
     if let Some((name, v)) = get(["ansible_host", "ansible_ssh_host"]) {
@@ -87,7 +91,12 @@ fn host_entry(config: &Config, host: &str) -> Result<HostEntry, ConfigError> {
             _ => None,
         }
         .filter(|p| (1..=65535).contains(p))
-        .ok_or_else(|| invalid(&key(name), format!("found {v}, expected a port from 1 to 65535")))?;
+        .ok_or_else(|| {
+            invalid(
+                &key(name),
+                format!("found {v}, expected a port from 1 to 65535"),
+            )
+        })?;
         entry.port = Some(port as u16);
     }
     if !config.is_overridden("user")
@@ -144,7 +153,9 @@ fn proxy_jump_of(words: &[String]) -> Option<String> {
             None => (option.trim().to_string(), None),
         };
         if name.eq_ignore_ascii_case("ProxyJump") {
-            return value.filter(|v| !v.is_empty()).or_else(|| it.next().cloned());
+            return value
+                .filter(|v| !v.is_empty())
+                .or_else(|| it.next().cloned());
         }
     }
     None
@@ -159,7 +170,10 @@ mod tests {
         let j = |s: &str| proxy_jump_of(&shlex::split(s).unwrap());
         assert_eq!(j("-o ProxyJump=a@b:22").as_deref(), Some("a@b:22"));
         assert_eq!(j("-oProxyJump=b").as_deref(), Some("b"));
-        assert_eq!(j("-o StrictHostKeyChecking=no -o ProxyJump b").as_deref(), Some("b"));
+        assert_eq!(
+            j("-o StrictHostKeyChecking=no -o ProxyJump b").as_deref(),
+            Some("b")
+        );
         assert_eq!(j("-o 'ProxyJump b'").as_deref(), Some("b"));
         assert_eq!(j("-J jump").as_deref(), Some("jump"));
         assert_eq!(j("-Jjump").as_deref(), Some("jump"));

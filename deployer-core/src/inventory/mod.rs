@@ -13,8 +13,8 @@
 //! assert_eq!(inventory.select("prod:!web2").unwrap(), ["web1", "web3", "db1"]);
 //! assert_eq!(inventory.host_vars("db1")["ansible_host"], "10.0.0.9");
 //! assert_eq!(inventory.host_vars("web1")["datacenter"], "east");
-//! let err = inventory.select("wbe").unwrap_err().to_string();
-//! assert_eq!(err, "host pattern \"wbe\" matches no host or group; did you mean \"web\"?");
+//! let err = inventory.select("prdo").unwrap_err().to_string();
+//! assert_eq!(err, "host pattern \"prdo\" matches no host or group; did you mean \"prod\"?");
 //! ```
 //!
 //! # Variable precedence

@@ -197,9 +197,10 @@ fn matching<'a>(inventory: &'a Inventory, name: &str) -> Result<Vec<&'a str>, In
             .into_iter()
             .chain(inventory.hosts())
             .collect();
+        let hint = crate::did_you_mean(name, names);
         return Err(InventoryError::NoMatch {
             part: name.to_string(),
-            hint: crate::did_you_mean(name, names).map(str::to_string),
+            hint: hint.map(str::to_string),
         });
     }
     Ok(out.into_iter().collect())
