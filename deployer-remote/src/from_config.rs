@@ -161,26 +161,6 @@ fn proxy_jump_of(words: &[String]) -> Option<String> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::proxy_jump_of;
-
-    #[test]
-    fn proxy_jump_in_every_spelling() {
-        let j = |s: &str| proxy_jump_of(&shlex::split(s).unwrap());
-        assert_eq!(j("-o ProxyJump=a@b:22").as_deref(), Some("a@b:22"));
-        assert_eq!(j("-oProxyJump=b").as_deref(), Some("b"));
-        assert_eq!(
-            j("-o StrictHostKeyChecking=no -o ProxyJump b").as_deref(),
-            Some("b")
-        );
-        assert_eq!(j("-o 'ProxyJump b'").as_deref(), Some("b"));
-        assert_eq!(j("-J jump").as_deref(), Some("jump"));
-        assert_eq!(j("-Jjump").as_deref(), Some("jump"));
-        assert_eq!(j("-o ForwardAgent=yes"), None);
-    }
-}
-
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -349,5 +329,25 @@ impl SshOptions {
             }
         }
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxy_jump_of;
+
+    #[test]
+    fn proxy_jump_in_every_spelling() {
+        let j = |s: &str| proxy_jump_of(&shlex::split(s).unwrap());
+        assert_eq!(j("-o ProxyJump=a@b:22").as_deref(), Some("a@b:22"));
+        assert_eq!(j("-oProxyJump=b").as_deref(), Some("b"));
+        assert_eq!(
+            j("-o StrictHostKeyChecking=no -o ProxyJump b").as_deref(),
+            Some("b")
+        );
+        assert_eq!(j("-o 'ProxyJump b'").as_deref(), Some("b"));
+        assert_eq!(j("-J jump").as_deref(), Some("jump"));
+        assert_eq!(j("-Jjump").as_deref(), Some("jump"));
+        assert_eq!(j("-o ForwardAgent=yes"), None);
     }
 }

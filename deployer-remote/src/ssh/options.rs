@@ -42,7 +42,6 @@ pub enum HostKeyPolicy {
 /// assert!(options.host_entry("web2").is_none());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct HostEntry {
     /// The address (or DNS name) to connect to instead of the host's name.
     pub address: Option<String>,
