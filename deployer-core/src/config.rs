@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::errors::ConfigError;
+use crate::inventory::Inventory;
 use crate::redact::Redactor;
 use crate::validation::did_you_mean;
 
@@ -107,6 +108,10 @@ pub struct Config {
     text: Option<Arc<str>>,
     /// Dotted keys set by overrides (their values are not in `text`).
     overridden: Vec<String>,
+    /// Inventories added to the config's own hostgroups (its `inventory` key, `-i`).
+    loaded: Option<Arc<Inventory>>,
+    /// The hostgroups, the services' other hosts and `loaded`, merged.
+    inventory: Arc<Inventory>,
 }
 
 impl Config {
@@ -188,7 +193,138 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml_str_with(&text, &path.display().to_string(), overrides)
+        let config = Self::from_yaml_str_with(&text, &path.display().to_string(), overrides)?;
+        let sources: Vec<String> = match config.get("inventory") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| ConfigError::Invalid {
+                key: "inventory".into(),
+                message: format!(
+                    "expected a file (or a list of files) relative to the config, found {}",
+                    crate::validation::json_type(v)
+                ),
+            })?,
+        };
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let mut config = config;
+        for source in sources {
+            let p = Path::new(&source);
+            // A command line (a path that is not a file) stays as written.
+            let resolved = if p.is_relative() && dir.join(p).exists() {
+                dir.join(p)
+            } else {
+                p.to_path_buf()
+            };
+            config = config.with_inventory(Inventory::load(resolved)?)?;
+        }
+        Ok(config)
+    }
+
+    /// The config with `inventory` added to its hosts and groups (after its own `hostgroup`
+    /// lists and earlier inventories, whose variables it overrides): every group becomes a
+    /// hostgroup ([`hostgroups`](Self::hostgroups), [`service_hosts`](Self::service_hosts)) holding
+    /// its hosts and its children's, and [`host_vars`](Self::host_vars) gives each host's
+    /// variables. [`Config::load`] adds the inventories the config's `inventory` key names
+    /// (a file or a list, relative to the config file).
+    ///
+    /// ```
+    /// use deployer_core::Config;
+    /// use deployer_core::inventory::Inventory;
+    ///
+    /// let config = Config::from_yaml_str(
+    ///     "platform: test\nuser: deploy\nservice:\n  web:\n    hosts: [frontend]\n",
+    ///     "deploy.yaml",
+    /// ).unwrap();
+    /// let inventory = Inventory::from_ini_str(
+    ///     "[frontend]\nfe1 ansible_user=app\nfe2\n[frontend:vars]\ntier=front\n",
+    ///     "hosts",
+    /// ).unwrap();
+    /// let config = config.with_inventory(inventory).unwrap();
+    /// assert_eq!(config.service_hosts("web").unwrap(), ["fe1", "fe2"]);
+    /// assert_eq!(config.host_vars("fe2")["tier"], "front");
+    /// // Host vars over the config's own values; the command line over both.
+    /// assert_eq!(config.host_var("fe1", "ansible_user").unwrap(), "app");
+    /// assert_eq!(config.host_var("fe2", "user").unwrap(), "deploy");
+    /// let config = config.with_override("tier", "canary".into()).unwrap();
+    /// assert_eq!(config.host_var("fe2", "tier").unwrap(), "canary");
+    /// ```
+    pub fn with_inventory(self, inventory: Inventory) -> Result<Config, ConfigError> {
+        let mut loaded = self.loaded.as_deref().cloned().unwrap_or_default();
+        loaded.merge(inventory);
+        let mut config = Self::from_values(self.values, &self.origin)?;
+        config.text = self.text;
+        config.overridden = self.overridden;
+        config.attach(Some(Arc::new(loaded)));
+        Ok(config)
+    }
+
+    /// Sets `loaded` and rebuilds the merged inventory and the hostgroups.
+    fn attach(&mut self, loaded: Option<Arc<Inventory>>) {
+        let mut inventory = Inventory::from_hostgroups(self.hostgroups.iter());
+        for service in self.services.values() {
+            for host in &service.hosts {
+                if !self.hostgroups.contains_key(host)
+                    && loaded
+                        .as_ref()
+                        .is_none_or(|l| l.group_hosts(host).is_none())
+                {
+                    inventory.add_host(crate::inventory::UNGROUPED, host);
+                }
+            }
+        }
+        if let Some(extra) = &loaded {
+            inventory.merge((**extra).clone());
+            for name in extra.groups().keys() {
+                if name == crate::inventory::ALL || name == crate::inventory::UNGROUPED {
+                    continue;
+                }
+                let hosts = inventory.group_hosts(name).unwrap_or_default();
+                let entry = self.hostgroups.entry(name.clone()).or_default();
+                for h in hosts {
+                    if !entry.iter().any(|e| e == h) {
+                        entry.push(h.to_string());
+                    }
+                }
+            }
+        }
+        self.inventory = Arc::new(inventory);
+        self.loaded = loaded;
+    }
+
+    /// Every host and group: the config's `hostgroup` lists, the hosts its services name
+    /// directly (in `ungrouped`), and the inventories added (see
+    /// [`with_inventory`](Self::with_inventory)). Host patterns select from it.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// A host's variables, lowest first: its groups' (`all`, parents, children), its own,
+    /// then values set on the command line (`--set KEY=VALUE`, an override with a key of one
+    /// part). The config's other top-level values are below all of these: see
+    /// [`host_var`](Self::host_var).
+    pub fn host_vars(&self, host: &str) -> Map<String, Value> {
+        let mut vars = self.inventory.host_vars(host);
+        for key in &self.overridden {
+            if !key.contains('.')
+                && let Some(v) = self.values.get(key)
+            {
+                vars.insert(key.clone(), v.clone());
+            }
+        }
+        vars
+    }
+
+    /// One variable of a host: the command line, else the host's vars, else its groups' (a
+    /// child group's over its parent's, `all` lowest), else the config's top-level value.
+    pub fn host_var(&self, host: &str, key: &str) -> Option<Value> {
+        self.host_vars(host)
+            .remove(key)
+            .or_else(|| self.values.get(key).cloned())
+    }
+
+    /// Whether a dotted key was set by an override (the command line), which beats host vars.
+    pub fn is_overridden(&self, key: &str) -> bool {
+        self.overridden.iter().any(|o| o == key)
     }
 
     /// Builds a config from already parsed values (e.g. built in code).
@@ -276,7 +412,7 @@ impl Config {
         for v in values.values() {
             crate::secrets::inline_values(v).for_each(|s| redactor.add(s));
         }
-        Ok(Config {
+        let mut config = Config {
             redactor,
             origin: origin.to_string(),
             platform,
@@ -285,14 +421,23 @@ impl Config {
             values,
             text: None,
             overridden: Vec::new(),
-        })
+            loaded: None,
+            inventory: Arc::new(Inventory::new()),
+        };
+        config.attach(None);
+        Ok(config)
     }
 
     /// Applies one command-line value (dotted key) and re-validates.
     pub fn with_override(self, key: &str, value: Value) -> Result<Config, ConfigError> {
         let mut values = self.values;
         set_dotted(&mut values, key, value)?;
-        Self::from_values(values, &self.origin)
+        let mut config = Self::from_values(values, &self.origin)?;
+        config.text = self.text;
+        config.overridden = self.overridden;
+        config.overridden.push(key.to_string());
+        config.attach(self.loaded);
+        Ok(config)
     }
 
     /// Where the config came from.
@@ -579,7 +724,7 @@ fn plain(message: &str) -> String {
 
 /// The first line of a parser message without its own "error:" and "line N column M:" (the
 /// error names the place itself; the rest of the message is the parser's snippet and advice).
-fn first_line(message: &str) -> String {
+pub(crate) fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message);
     let line = line.strip_prefix("error: ").unwrap_or(line);
     if let Some(rest) = line.strip_prefix("line ")
@@ -634,7 +779,7 @@ pub(crate) fn in_words(message: &str) -> String {
 
 /// `message` with "; did you mean `x`?" when it is serde's "unknown field `y`, expected one of
 /// `a`, `b`" and one of the expected fields is close.
-fn with_did_you_mean(message: &str) -> String {
+pub(crate) fn with_did_you_mean(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_string();
     };
@@ -664,6 +809,7 @@ impl PartialEq for Config {
             && self.hostgroups == other.hostgroups
             && self.services == other.services
             && self.values == other.values
+            && self.inventory == other.inventory
     }
 }
 

@@ -120,6 +120,10 @@ pub enum ConfigError {
         /// The closest defined name.
         hint: Option<String>,
     },
+    /// An inventory (the config's `inventory` key, or one added with
+    /// [`Config::with_inventory`](crate::Config::with_inventory)) cannot be loaded.
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
     /// A value has the wrong type for what the caller asked.
     #[error("config key \"{key}\": {message}")]
     Invalid {

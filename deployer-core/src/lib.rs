@@ -89,6 +89,7 @@ mod events;
 mod executor;
 mod generator;
 mod host;
+pub mod inventory;
 mod json;
 mod names;
 mod plan;

@@ -157,6 +157,7 @@ struct Keys {
     hostgroup: Option<std::collections::BTreeMap<String, Vec<String>>>,
     service: Option<std::collections::BTreeMap<String, ServiceKeys>>,
     ssh: Option<serde::de::IgnoredAny>,
+    inventory: Option<serde::de::IgnoredAny>,
     // Set by the `deploy` program from its flags.
     component: Option<Value>,
     redeploy: Option<bool>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use deployer_core::{Config, ConfigError};
 use serde_json::Value;
 
-use crate::{HostKeyPolicy, SshConfig, SshOptions};
+use crate::{HostEntry, HostKeyPolicy, SshConfig, SshOptions};
 
 /// Expands a leading `~/` to the home directory.
 fn expand(path: &str) -> PathBuf {
@@ -65,6 +65,104 @@ fn check_known_hosts(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// The connection settings of `host`'s variables.
+fn host_entry(config: &Config, host: &str) -> Result<HostEntry, ConfigError> {
+    let vars = config.host_vars(host);
+    let key = |var: &str| format!("hostvars.{host}.{var}");
+    let get =
+        |names: [&'static str; 2]| names.into_iter().find_map(|n| vars.get(n).map(|v| (n, v)));
+    let text = |name: &str, v: &Value| match v {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        other => Err(invalid(
+            &key(name),
+            format!("found {other}, expected a non-empty string"),
+        )),
+    };
+    let mut entry = HostEntry::default();
+    if let Some((name, v)) = get(["ansible_host", "ansible_ssh_host"]) {
+        let address = text(name, v)?;
+        deployer_core::HostName::parse(&address).map_err(|e| invalid(&key(name), e.to_string()))?;
+        entry.address = Some(address);
+    }
+    if !config.is_overridden("ssh.port")
+        && let Some((name, v)) = get(["ansible_port", "ansible_ssh_port"])
+    {
+        let port = match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| {
+            invalid(
+                &key(name),
+                format!("found {v}, expected a port from 1 to 65535"),
+            )
+        })?;
+        entry.port = Some(port as u16);
+    }
+    if !config.is_overridden("user")
+        && let Some((name, v)) = get(["ansible_user", "ansible_ssh_user"])
+    {
+        let user = text(name, v)?;
+        deployer_core::UserName::parse(&user).map_err(|e| invalid(&key(name), e.to_string()))?;
+        entry.user = Some(user);
+    }
+    if let Some(v) = vars.get("ansible_ssh_private_key_file") {
+        let path = expand(&text("ansible_ssh_private_key_file", v)?);
+        check_private_key(&path)
+            .map_err(|problem| invalid(&key("ansible_ssh_private_key_file"), problem))?;
+        entry.identity_file = Some(path);
+    }
+    if let Some(v) = vars.get("proxy_jump") {
+        entry.proxy_jump = Some(text("proxy_jump", v)?);
+    } else if let Some(v) = vars.get("ansible_ssh_common_args") {
+        let args = text("ansible_ssh_common_args", v)?;
+        let words = shlex::split(&args).ok_or_else(|| {
+            invalid(
+                &key("ansible_ssh_common_args"),
+                format!("cannot split {args:?} into words (an unclosed quote?)"),
+            )
+        })?;
+        entry.proxy_jump = proxy_jump_of(&words);
+    }
+    Ok(entry)
+}
+
+/// The jump host of ssh arguments: `-J X`, `-JX`, `-o ProxyJump=X`, `-oProxyJump=X`,
+/// `-o ProxyJump X`.
+fn proxy_jump_of(words: &[String]) -> Option<String> {
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let option = match w.as_str() {
+            "-J" => return it.next().cloned(),
+            "-o" => match it.next() {
+                Some(o) => o.clone(),
+                None => return None,
+            },
+            other => {
+                if let Some(rest) = other.strip_prefix("-J") {
+                    return Some(rest.to_string());
+                }
+                match other.strip_prefix("-o") {
+                    Some(o) => o.to_string(),
+                    None => continue,
+                }
+            }
+        };
+        let (name, value) = match option.split_once(['=', ' ']) {
+            Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
+            None => (option.trim().to_string(), None),
+        };
+        if name.eq_ignore_ascii_case("ProxyJump") {
+            return value
+                .filter(|v| !v.is_empty())
+                .or_else(|| it.next().cloned());
+        }
+    }
+    None
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -120,8 +218,53 @@ impl SshOptions {
     /// assert!(err.starts_with("deploy.yaml:3:3: unknown field `prot`"), "{err}");
     /// assert!(err.ends_with("did you mean `port`?"), "{err}");
     /// ```
+    ///
+    /// Every host of the config's inventory ([`Config::inventory`]) whose variables
+    /// ([`Config::host_vars`]: host over groups, the command line over both) say how to reach
+    /// it gets a [`HostEntry`] ([`SshOptions::host`]): `ansible_host` (the address),
+    /// `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`, and a jump host from
+    /// `proxy_jump` or from `-o ProxyJump=…`/`-J …` in `ansible_ssh_common_args` (the
+    /// `ansible_ssh_*` spellings of the first three too). A command-line `user` or
+    /// `ssh.port` (`--set`) beats the host vars.
+    ///
+    /// ```
+    /// use deployer_core::{Config, inventory::Inventory};
+    /// use deployer_remote::SshOptions;
+    ///
+    /// let inventory = Inventory::from_ini_str(
+    ///     "[web]\nweb1 ansible_host=10.0.0.5 ansible_port=2222 \
+    ///      ansible_ssh_common_args='-o ProxyJump=admin@bastion'\n",
+    ///     "hosts",
+    /// ).unwrap();
+    /// let config = Config::from_yaml_str("platform: release\n", "deploy.yaml")
+    ///     .unwrap()
+    ///     .with_inventory(inventory)
+    ///     .unwrap();
+    /// let options = SshOptions::from_config(&config).unwrap();
+    /// let web1 = options.host_entry("web1").unwrap();
+    /// assert_eq!(web1.address.as_deref(), Some("10.0.0.5"));
+    /// assert_eq!(web1.port, Some(2222));
+    /// assert_eq!(web1.proxy_jump.as_deref(), Some("admin@bastion"));
+    ///
+    /// let bad = Inventory::from_ini_str("web1 ansible_port=ssh\n", "hosts").unwrap();
+    /// let config = Config::from_yaml_str("platform: release\n", "deploy.yaml")
+    ///     .unwrap()
+    ///     .with_inventory(bad)
+    ///     .unwrap();
+    /// let err = SshOptions::from_config(&config).unwrap_err().to_string();
+    /// assert_eq!(
+    ///     err,
+    ///     "config key \"hostvars.web1.ansible_port\": found \"ssh\", expected a port from 1 to 65535"
+    /// );
+    /// ```
     pub fn from_config(config: &Config) -> Result<SshOptions, ConfigError> {
         let mut options = SshOptions::new();
+        for host in config.inventory().hosts() {
+            let entry = host_entry(config, host)?;
+            if !entry.is_empty() {
+                options = options.host(host, entry);
+            }
+        }
         if let Some(user) = config.get_as::<String>("user")? {
             options = options.user(user);
         }
@@ -209,5 +352,25 @@ impl SshOptions {
             }
         }
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxy_jump_of;
+
+    #[test]
+    fn proxy_jump_in_every_spelling() {
+        let j = |s: &str| proxy_jump_of(&shlex::split(s).unwrap());
+        assert_eq!(j("-o ProxyJump=a@b:22").as_deref(), Some("a@b:22"));
+        assert_eq!(j("-oProxyJump=b").as_deref(), Some("b"));
+        assert_eq!(
+            j("-o StrictHostKeyChecking=no -o ProxyJump b").as_deref(),
+            Some("b")
+        );
+        assert_eq!(j("-o 'ProxyJump b'").as_deref(), Some("b"));
+        assert_eq!(j("-J jump").as_deref(), Some("jump"));
+        assert_eq!(j("-Jjump").as_deref(), Some("jump"));
+        assert_eq!(j("-o ForwardAgent=yes"), None);
     }
 }

@@ -110,4 +110,4 @@ pub use local::{LocalConnector, LocalHost};
 pub use pool::SshConnector;
 #[cfg(feature = "ssh")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
-pub use ssh::{HostKeyPolicy, PassphraseCallback, SshHost, SshOptions};
+pub use ssh::{HostEntry, HostKeyPolicy, PassphraseCallback, SshHost, SshOptions};

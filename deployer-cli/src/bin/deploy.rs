@@ -12,6 +12,8 @@
 //! deploy --config deploy.yaml lock status             # who holds each deploy lock; STALE ones
 //! deploy --config deploy.yaml lock release [--force]  # free stale locks
 //! deploy --config deploy.yaml rollback [--to 1.0.0] [--dry-run] [--yes]
+//! deploy --config deploy.yaml -i hosts.ini --limit 'web:!web2'   # an Ansible inventory
+//! deploy -i hosts.ini hosts 'web*:&prod'              # preview a host pattern
 //! ```
 //!
 //! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use deployer_core::inventory::Inventory;
 use deployer_core::{
     CommandRegistry, Config, Connector, DriveError, Driver, EventKind, Finished, GeneratorContext,
     GeneratorError, GeneratorRegistry, Plan, Redactor, TaskEntry, Tasklist, exit,
@@ -127,9 +130,20 @@ struct Cli {
     /// {"secret_env": "VAR"} for a saved plan that runs as it is).
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
-    /// Only these hosts (comma-separated; repeatable).
+    /// Only these hosts (comma-separated; repeatable); a host pattern too (a group, `web*`,
+    /// `a:&b`, `a:!b`, see --limit).
     #[arg(long, value_name = "HOSTS", value_delimiter = ',', global = true)]
     hosts: Vec<String>,
+    /// Only the hosts of this pattern: names, groups, globs (`web*`, `db[0-9]`), `all`;
+    /// `a:b` or `a,b` unite, `a:&b` intersects, `a:!b` excludes (as Ansible's --limit).
+    #[arg(long, value_name = "PATTERN", global = true)]
+    limit: Option<String>,
+    /// An inventory: Ansible INI (`.ini` or no extension), YAML (`.yaml`/`.yml`), dynamic
+    /// JSON (`.json`), a directory of them, or an executable printing the JSON when run with
+    /// `--list`; repeatable (sources merge, the later's variables win). Added to the config's
+    /// `hostgroup` lists and `inventory` key.
+    #[arg(short = 'i', long = "inventory", value_name = "FILE", global = true)]
+    inventory: Vec<PathBuf>,
     /// Only hosts of these hostgroups (comma-separated; repeatable; needs --config).
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', global = true)]
     hostgroups: Vec<String>,
@@ -216,6 +230,14 @@ enum Sub {
     /// Inspect, resume and purge recorded runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// The hosts a pattern selects, with their groups and how each would be reached
+    /// (address, port, user, jump host); contacts no host. Exit 2 when a part of the pattern
+    /// matches nothing.
+    Hosts {
+        /// A host pattern (see --limit); default `all`.
+        #[arg(default_value = "all")]
+        pattern: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -345,9 +367,6 @@ fn overrides(cli: &Cli, config_dir: &Path) -> Result<Vec<(String, Value)>, BadIn
     if let Some(p) = cli.max_fail_percentage {
         out.push(("max_fail_percentage".into(), p.into()));
     }
-    if !cli.hosts.is_empty() {
-        out.push(("only_hosts".into(), cli.hosts.clone().into()));
-    }
     if !cli.hostgroups.is_empty() {
         out.push(("only_hostgroups".into(), cli.hostgroups.clone().into()));
     }
@@ -358,12 +377,18 @@ fn config_dir_value(cli: &Cli) -> Result<Option<Value>, BadInput> {
     let Some(path) = &cli.config else {
         return Ok(None);
     };
-    // Read without overrides just to learn `directory`; errors surface in the real load.
-    Ok(
-        Config::load_with(path, [("platform".to_string(), Value::from("_"))])
-            .ok()
-            .and_then(|c| c.get("directory").cloned()),
+    // Read without overrides (and without running a dynamic inventory) just to learn
+    // `directory`; errors surface in the real load.
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    Ok(Config::from_yaml_str_with(
+        &text,
+        &path.display().to_string(),
+        [("platform".to_string(), Value::from("_"))],
     )
+    .ok()
+    .and_then(|c| c.get("directory").cloned()))
 }
 
 /// Keeps only entries whose host is in `hosts`.
@@ -376,12 +401,25 @@ fn filter_hosts(tasklist: &mut Tasklist, hosts: &[String]) {
     tasklist.stages.retain(|s| !s.tasks.is_empty());
 }
 
-/// SSH settings from the config's `user` and `ssh` section ([`SshOptions::from_config`]).
+/// SSH settings from the config's `user` and `ssh` section and its inventory's host vars
+/// ([`SshOptions::from_config`]).
 fn ssh_options(config: Option<&Config>) -> Result<SshOptions, BadInput> {
     match config {
         Some(config) => Ok(SshOptions::from_config(config)?),
         None => Ok(SshOptions::new()),
     }
+}
+
+/// SSH settings for `config`, or without one, from the host vars of `-i` inventories.
+fn ssh_options_for(cli: &Cli, config: Option<&Config>) -> Result<SshOptions, BadInput> {
+    if config.is_some() || cli.inventory.is_empty() {
+        return ssh_options(config);
+    }
+    let mut bare = Config::from_yaml_str("platform: none\n", "<inventory>")?;
+    for source in &cli.inventory {
+        bare = bare.with_inventory(Inventory::load(source)?)?;
+    }
+    ssh_options(Some(&bare))
 }
 
 fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
@@ -401,7 +439,170 @@ fn load_config_with(cli: &Cli, extra: Vec<(String, Value)>) -> Result<Option<Con
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut overrides = overrides(cli, &dir)?;
     overrides.extend(extra);
-    Ok(Some(Config::load_with(path, overrides)?))
+    let mut config = Config::load_with(path, overrides)?;
+    for source in &cli.inventory {
+        config = config.with_inventory(Inventory::load(source)?)?;
+    }
+    if let Some(hosts) = selected_hosts(cli, config.inventory())? {
+        // A config's deploy touches the hosts of its services: the selection narrows those.
+        let mut served = std::collections::BTreeSet::new();
+        for name in config.services().keys() {
+            served.extend(config.service_hosts(name)?);
+        }
+        let hosts: Vec<String> = if cli.limit.is_some() {
+            let kept: Vec<String> = hosts.into_iter().filter(|h| served.contains(h)).collect();
+            if kept.is_empty() && !served.is_empty() {
+                return Err(BadInput::Input(format!(
+                    "--limit {}: no selected host runs a service of {} (its hosts: {})",
+                    cli.limit.as_deref().unwrap_or_default(),
+                    path.display(),
+                    served.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            kept
+        } else {
+            hosts
+        };
+        config = config.with_override("only_hosts", hosts.into())?;
+    }
+    Ok(Some(config))
+}
+
+/// Whether `--hosts` is a pattern rather than a list of plain host names.
+fn hosts_is_pattern(cli: &Cli, inventory: &Inventory) -> bool {
+    cli.hosts.iter().any(|h| {
+        h.contains(['*', '?', '[', ':', '&', '!'])
+            || h == "all"
+            || inventory.group_hosts(h).is_some() && !inventory.has_host(h)
+    })
+}
+
+/// The hosts `--hosts` and `--limit` select from `inventory` (`None`: neither given). Plain
+/// `--hosts` names are kept as given (the generator checks them, as before patterns).
+fn selected_hosts(cli: &Cli, inventory: &Inventory) -> Result<Option<Vec<String>>, BadInput> {
+    let mut selected: Option<Vec<String>> = None;
+    if !cli.hosts.is_empty() {
+        selected = Some(if hosts_is_pattern(cli, inventory) {
+            inventory
+                .select(&cli.hosts.join(","))
+                .map_err(|e| BadInput::Input(format!("--hosts: {e}")))?
+        } else {
+            cli.hosts.clone()
+        });
+    }
+    if let Some(limit) = &cli.limit {
+        let limited = inventory
+            .select(limit)
+            .map_err(|e| BadInput::Input(format!("--limit: {e}")))?;
+        selected = Some(match selected {
+            None => limited,
+            Some(s) => s.into_iter().filter(|h| limited.contains(h)).collect(),
+        });
+    }
+    Ok(selected)
+}
+
+/// The inventory of the input: the config's (with `-i`), else `-i` alone, plus a tasklist's
+/// hosts (ungrouped).
+fn input_inventory(
+    cli: &Cli,
+    config: Option<&Config>,
+    tasklist: Option<&Tasklist>,
+) -> Result<Inventory, BadInput> {
+    let mut inventory = match config {
+        Some(c) => c.inventory().clone(),
+        None => {
+            let mut inv = Inventory::new();
+            for source in &cli.inventory {
+                inv.merge(Inventory::load(source)?);
+            }
+            inv
+        }
+    };
+    if let Some(t) = tasklist {
+        let hosts: Vec<String> = t.hosts().into_iter().map(str::to_string).collect();
+        let group = [("ungrouped".to_string(), hosts)];
+        let mut merged = Inventory::from_hostgroups(group.iter().map(|(g, h)| (g, h)));
+        merged.merge(inventory);
+        inventory = merged;
+    }
+    Ok(inventory)
+}
+
+/// `deploy hosts PATTERN`: the selection, one line per host (or JSON), and a count.
+fn hosts_main(cli: &Cli, pattern: &str) -> Result<u8, BadInput> {
+    let config = load_config(cli)?;
+    let tasklist = match &cli.tasklist {
+        Some(path) => Some(Tasklist::load(path)?),
+        None => None,
+    };
+    let inventory = input_inventory(cli, config.as_ref(), tasklist.as_ref())?;
+    let hosts = inventory.select(pattern)?;
+    let connector = SshConnector::new(ssh_options_for(cli, config.as_ref())?)?;
+    let mut rows = Vec::new();
+    for host in &hosts {
+        let groups: Vec<&str> = inventory
+            .host_groups(host)
+            .into_iter()
+            .filter(|g| *g != "all")
+            .collect();
+        let spec = deployer_core::HostSpec::remote(host.as_str(), None);
+        let (address, port, user, jump) = match connector.ssh_host(&spec) {
+            Ok(Some(h)) => {
+                let (a, p) = h.address();
+                (a.to_string(), p, h.user().to_string(), h.proxy_jump())
+            }
+            Ok(None) => ("local".to_string(), 0, deployer_core::os_user(), None),
+            Err(e) => return Err(BadInput::Input(deployer_core::error_chain(&e))),
+        };
+        rows.push(serde_json::json!({
+            "host": host,
+            "groups": groups,
+            "address": address,
+            "port": port,
+            "user": user,
+            "proxy_jump": jump,
+        }));
+    }
+    match cli.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| BadInput::Hosts(e.to_string()))?
+        ),
+        Output::Text => {
+            let width = hosts.iter().map(String::len).max().unwrap_or(4).max(4);
+            for row in &rows {
+                let groups = row["groups"]
+                    .as_array()
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                let via = match row["proxy_jump"].as_str() {
+                    Some(j) => format!(" via {j}"),
+                    None => String::new(),
+                };
+                println!(
+                    "{:<width$}  {}@{}:{}{via}  groups: {}",
+                    row["host"].as_str().unwrap_or_default(),
+                    row["user"].as_str().unwrap_or_default(),
+                    row["address"].as_str().unwrap_or_default(),
+                    row["port"],
+                    if groups.is_empty() { "-" } else { &groups },
+                );
+            }
+            println!(
+                "{} host{} selected by {}",
+                hosts.len(),
+                if hosts.len() == 1 { "" } else { "s" },
+                deployer_core::shown(pattern)
+            );
+        }
+    }
+    Ok(exit::SUCCESS)
 }
 
 /// The config of a subcommand that knows the release platform only, with `extra` overrides.
@@ -506,7 +707,11 @@ async fn plan_tasklist(
             if !cli.hostgroups.is_empty() {
                 return Err(BadInput::Input("--hostgroups needs --config".into()));
             }
-            if !cli.hosts.is_empty() {
+            let inventory = input_inventory(cli, None, Some(&t))?;
+            if !cli.hosts.is_empty() && hosts_is_pattern(cli, &inventory) || cli.limit.is_some() {
+                let hosts = selected_hosts(cli, &inventory)?.unwrap_or_default();
+                filter_hosts(&mut t, &hosts);
+            } else if !cli.hosts.is_empty() {
                 let known: Vec<String> = t.hosts().into_iter().map(str::to_string).collect();
                 let unknown: Vec<&String> =
                     cli.hosts.iter().filter(|h| !known.contains(h)).collect();
@@ -569,6 +774,7 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     }
     match &cli.command {
         Some(Sub::Plan) => return plan_main(&cli).await,
+        Some(Sub::Hosts { pattern }) => return hosts_main(&cli, pattern),
         Some(Sub::Status) => return status_main(&cli).await,
         Some(Sub::Lock(cmd)) => return lock_main(&cli, cmd).await,
         Some(Sub::Rollback { to, dry_run, yes }) => {
@@ -577,7 +783,8 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
         _ => {}
     }
     let config = load_config(&cli)?;
-    let connector: Arc<dyn Connector> = Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+    let connector: Arc<dyn Connector> =
+        Arc::new(SshConnector::new(ssh_options_for(&cli, config.as_ref())?)?);
     let plan = plan_tasklist(
         &cli,
         config,
@@ -930,7 +1137,7 @@ async fn runs_main(
             }
             let config = load_config(cli)?;
             let connector: Arc<dyn Connector> =
-                Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+                Arc::new(SshConnector::new(ssh_options_for(cli, config.as_ref())?)?);
             let history = history(&runs, &record.tasklist).await;
             let estimates = stage_estimates(&record.tasklist, &history);
             let (driver, summary) = with_reporters(

@@ -422,3 +422,12 @@ impl RemoteHost for SshHost {
         }
     }
 }
+
+impl SshHost {
+    /// The jump host connected through, as `user@host:port` (from the host's
+    /// [`HostEntry`](super::HostEntry) or the ssh config's `ProxyJump`), if any.
+    pub fn proxy_jump(&self) -> Option<String> {
+        let jump = self.conns.target.jump.as_ref()?;
+        Some(format!("{}@{}:{}", jump.user, jump.hostname, jump.port))
+    }
+}

@@ -26,5 +26,5 @@ mod target;
 
 pub(crate) use handshake::Shared;
 pub use host::SshHost;
-pub use options::{HostKeyPolicy, PassphraseCallback, SshOptions};
+pub use options::{HostEntry, HostKeyPolicy, PassphraseCallback, SshOptions};
 pub(crate) use target::Target;

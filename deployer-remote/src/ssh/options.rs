@@ -24,6 +24,48 @@ pub enum HostKeyPolicy {
     Off,
 }
 
+/// How to reach one host, overriding the ssh config and the [`SshOptions`] defaults for it
+/// (an inventory's `ansible_host`, `ansible_port`, `ansible_user`, ProxyJump and
+/// `ansible_ssh_private_key_file`; see [`SshOptions::host`]). Unset fields fall through.
+///
+/// ```
+/// use deployer_remote::{HostEntry, SshOptions};
+///
+/// let options = SshOptions::new().host(
+///     "web1",
+///     HostEntry {
+///         address: Some("10.0.0.5".into()),
+///         port: Some(2222),
+///         user: Some("deploy".into()),
+///         proxy_jump: Some("admin@bastion:22".into()),
+///         ..HostEntry::default()
+///     },
+/// );
+/// assert_eq!(options.host_entry("web1").unwrap().port, Some(2222));
+/// assert!(options.host_entry("web2").is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostEntry {
+    /// The address (or DNS name) to connect to instead of the host's name.
+    pub address: Option<String>,
+    /// The port.
+    pub port: Option<u16>,
+    /// The login user (a task's own user still wins).
+    pub user: Option<String>,
+    /// `[user@]host[:port]` to jump through, as OpenSSH's `ProxyJump` (`none`: no jump even if
+    /// the ssh config names one).
+    pub proxy_jump: Option<String>,
+    /// A private key file tried first for this host.
+    pub identity_file: Option<PathBuf>,
+}
+
+impl HostEntry {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == HostEntry::default()
+    }
+}
+
 /// Asked for the passphrase of an encrypted key file; `None` skips the key.
 pub type PassphraseCallback = Arc<dyn Fn(&Path) -> Option<String> + Send + Sync>;
 
@@ -61,6 +103,7 @@ pub struct SshOptions {
     pub(crate) max_handshakes: usize,
     pub(crate) connect_attempts: usize,
     pub(crate) connect_backoff: Duration,
+    pub(crate) hosts: Arc<std::collections::HashMap<String, HostEntry>>,
 }
 
 impl fmt::Debug for SshOptions {
@@ -87,6 +130,7 @@ impl fmt::Debug for SshOptions {
             .field("max_handshakes", &self.max_handshakes)
             .field("connect_attempts", &self.connect_attempts)
             .field("connect_backoff", &self.connect_backoff)
+            .field("hosts", &self.hosts.len())
             .finish()
     }
 }
@@ -119,6 +163,7 @@ impl SshOptions {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             connect_attempts: 3,
             connect_backoff: Duration::from_millis(200),
+            hosts: Arc::default(),
         }
     }
 
@@ -286,6 +331,20 @@ impl SshOptions {
     pub fn ssh_config(mut self, config: SshConfig) -> Self {
         self.ssh_config = Some(Arc::new(config));
         self
+    }
+
+    /// How to reach the host named `name` (the name tasks use): its entry beats the ssh
+    /// config's `Host` block and these options' `user`/`port`, as an inventory's host vars
+    /// beat the config (default: no entries). A later call for the same name replaces the
+    /// entry.
+    pub fn host(mut self, name: impl Into<String>, entry: HostEntry) -> Self {
+        Arc::make_mut(&mut self.hosts).insert(name.into(), entry);
+        self
+    }
+
+    /// The entry [`host`](Self::host) gave `name`, if any.
+    pub fn host_entry(&self, name: &str) -> Option<&HostEntry> {
+        self.hosts.get(name)
     }
 
     pub(crate) fn known_hosts_path(&self) -> PathBuf {

@@ -19,7 +19,9 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Resolves `host` through `config`; `user`/`port` given explicitly win.
+    /// Resolves `host` through its [`HostEntry`](super::options::HostEntry) (an inventory's
+    /// host vars) and `config`; `user`/`port` given explicitly win, then the entry, then the
+    /// ssh config, then the options.
     pub(crate) fn resolve(
         host: &str,
         user: Option<&str>,
@@ -29,13 +31,20 @@ impl Target {
         depth: usize,
     ) -> Result<Target, RemoteError> {
         let found = config.lookup(host);
+        let entry = options.hosts.get(host).cloned().unwrap_or_default();
         let user = user
             .map(str::to_string)
+            .or(entry.user)
             .or(found.user)
             .or_else(|| options.user.clone())
             .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "root".to_string());
-        let jump = match found.proxy_jump {
+        let jump_spec = match entry.proxy_jump {
+            Some(spec) if spec == "none" => None,
+            Some(spec) => Some(spec),
+            None => found.proxy_jump,
+        };
+        let jump = match jump_spec {
             Some(spec) => {
                 if depth >= 4 {
                     return Err(RemoteError::Other {
@@ -55,11 +64,15 @@ impl Target {
             }
             None => None,
         };
-        let mut identity_files = options.identity_files.clone();
+        let mut identity_files: Vec<PathBuf> = entry.identity_file.into_iter().collect();
+        identity_files.extend(options.identity_files.iter().cloned());
         identity_files.extend(found.identity_files);
         Ok(Target {
-            hostname: found.hostname.unwrap_or_else(|| host.to_string()),
-            port: port.or(found.port).unwrap_or(options.port),
+            hostname: entry
+                .address
+                .or(found.hostname)
+                .unwrap_or_else(|| host.to_string()),
+            port: port.or(entry.port).or(found.port).unwrap_or(options.port),
             user,
             identity_files,
             jump,
