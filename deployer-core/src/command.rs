@@ -459,7 +459,12 @@ pub struct ExecContext {
     pub(crate) redactor: Redactor,
     pub(crate) run_id: Option<crate::RunId>,
     pub(crate) emitter: Option<Arc<crate::executor::Emitter>>,
+    pub(crate) host_vars: Option<Arc<crate::HostVars>>,
 }
+
+/// Each host's variables by host key: what an inventory gives a host (its own vars over its
+/// groups'), see [`Plan::with_host_vars`](crate::Plan::with_host_vars).
+pub type HostVars = std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>;
 
 impl ExecContext {
     /// A context for running a command outside the executor (tests, generators that query
@@ -485,7 +490,35 @@ impl ExecContext {
             redactor: Redactor::new(),
             run_id: None,
             emitter: None,
+            host_vars: None,
         }
+    }
+
+    /// The same context with these host variables (see [`host_var`](Self::host_var)).
+    pub fn with_host_vars(mut self, vars: Arc<HostVars>) -> Self {
+        self.host_vars = Some(vars);
+        self
+    }
+
+    /// A variable of the task's host, from the inventory (the host's own, else its groups',
+    /// a child group's over its parent's; the command line's `--set` over both): `None` when
+    /// the host has no such variable or the plan was given none.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use deployer_core::fixture::FakeHost;
+    /// use deployer_core::{ExecContext, HostVars, Task};
+    ///
+    /// let mut vars = HostVars::new();
+    /// vars.entry("web1".to_string()).or_default().insert("http_port".into(), 8080.into());
+    /// let ctx = ExecContext::new(Arc::new(FakeHost::new("web1")), Task::new("x").on("web1"),
+    ///                            Arc::new(|_, _: &str| {}))
+    ///     .with_host_vars(Arc::new(vars));
+    /// assert_eq!(ctx.host_var("http_port"), Some(&8080.into()));
+    /// assert_eq!(ctx.host_var("other"), None);
+    /// ```
+    pub fn host_var(&self, key: &str) -> Option<&serde_json::Value> {
+        self.host_vars.as_ref()?.get(&self.info.host)?.get(key)
     }
 
     /// The same context inside the run record `id` (what [`run_id`](Self::run_id) returns).

@@ -20,6 +20,18 @@ use crate::runs::{RunId, RunStore};
 use crate::tasklist::Tasklist;
 use crate::validation::ValidationErrors;
 
+/// `plan` with the variables `config` gives each of its hosts (see [`Plan::with_host_vars`]).
+fn with_host_vars(plan: Plan, config: &Config) -> Plan {
+    let vars: crate::HostVars = plan
+        .tasklist()
+        .hosts()
+        .into_iter()
+        .map(|h| (h.to_string(), config.host_vars(h)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    plan.with_host_vars(vars)
+}
+
 /// The exit statuses of a deploy, as [`Finished::exit_code`] gives them.
 ///
 /// | code | meaning |
@@ -363,9 +375,11 @@ impl Driver {
     /// (remote versions) goes through the connector.
     pub async fn plan(&self, config: Config) -> Result<Plan, DriveError> {
         self.redactor.add_all(config.redactor());
+        let source = config.clone();
         let ctx = GeneratorContext::new(config).with_connector(self.connector.clone());
         let tasklist = self.generators.generate(ctx).await?;
-        self.plan_tasklist(&tasklist)
+        let plan = self.plan_tasklist(&tasklist)?;
+        Ok(with_host_vars(plan, &source))
     }
 
     /// The dry run of `config`: generates without host access (a generator that would ask hosts
@@ -373,11 +387,13 @@ impl Driver {
     /// task and checks that the connector can serve every host — and contacts none.
     pub async fn dry_run(&self, config: Config) -> Result<Plan, DriveError> {
         self.redactor.add_all(config.redactor());
+        let source = config.clone();
         let tasklist = self
             .generators
             .generate(GeneratorContext::new(config))
             .await?;
-        self.plan_tasklist(&tasklist)
+        let plan = self.plan_tasklist(&tasklist)?;
+        Ok(with_host_vars(plan, &source))
     }
 
     /// Validates `tasklist` (a saved one) and checks that the connector can serve every host.

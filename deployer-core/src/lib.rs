@@ -111,7 +111,7 @@ pub use approvals::{
     DEFAULT_APPROVER_ROLE, DecideError, Decision, decide,
 };
 pub use budget::FailureBudget;
-pub use command::{Command, CommandRegistry, ExecContext, Outcome, TaskArgs};
+pub use command::{Command, CommandRegistry, ExecContext, HostVars, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use driver::{DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};

@@ -30,6 +30,8 @@ pub struct Plan {
     pub(crate) tasklist: Arc<Tasklist>,
     pub(crate) stages: Arc<Vec<PlannedStage>>,
     pub(crate) redactor: Redactor,
+    /// Each host's variables (from an inventory), which its tasks read.
+    pub(crate) host_vars: Option<Arc<crate::HostVars>>,
 }
 
 pub(crate) struct PlannedStage {
@@ -294,7 +296,33 @@ impl Plan {
             tasklist: Arc::new(marked),
             stages: Arc::new(stages),
             redactor,
+            host_vars: None,
         })
+    }
+
+    /// Gives each host's tasks its variables (an inventory's host and group vars, see
+    /// [`Config::host_vars`](crate::Config::host_vars)): a command reads them with
+    /// [`ExecContext::host_var`](crate::ExecContext::host_var). The [`Driver`](crate::Driver)
+    /// sets them from the config it plans.
+    ///
+    /// ```
+    /// use deployer_core::{CommandRegistry, HostVars, Plan, Stage, Task, Tasklist};
+    /// # let mut commands = CommandRegistry::new();
+    /// # commands.register::<deployer_core::fixture::Noop>("restart");
+    /// let tasklist = Tasklist::new("t").stage(Stage::new("s", 1).task(Task::new("restart").on("web1")));
+    /// let mut vars = HostVars::new();
+    /// vars.entry("web1".to_string()).or_default().insert("port".into(), 8080.into());
+    /// let plan = Plan::build(&tasklist, &commands).unwrap().with_host_vars(vars);
+    /// assert_eq!(plan.host_vars("web1").unwrap()["port"], 8080);
+    /// ```
+    pub fn with_host_vars(mut self, vars: crate::HostVars) -> Self {
+        self.host_vars = (!vars.is_empty()).then(|| Arc::new(vars));
+        self
+    }
+
+    /// The variables of `host`, if any were given.
+    pub fn host_vars(&self, host: &str) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.host_vars.as_ref()?.get(host)
     }
 
     /// The secrets of this plan, to redact text with (the executor does for everything it

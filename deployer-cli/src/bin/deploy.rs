@@ -415,11 +415,19 @@ fn ssh_options_for(cli: &Cli, config: Option<&Config>) -> Result<SshOptions, Bad
     if config.is_some() || cli.inventory.is_empty() {
         return ssh_options(config);
     }
+    ssh_options(inventory_only(cli)?.as_ref())
+}
+
+/// Without a config, a config of nothing but the `-i` inventories (`None` without them).
+fn inventory_only(cli: &Cli) -> Result<Option<Config>, BadInput> {
+    if cli.inventory.is_empty() {
+        return Ok(None);
+    }
     let mut bare = Config::from_yaml_str("platform: none\n", "<inventory>")?;
     for source in &cli.inventory {
         bare = bare.with_inventory(Inventory::load(source)?)?;
     }
-    ssh_options(Some(&bare))
+    Ok(Some(bare))
 }
 
 fn load_config(cli: &Cli) -> Result<Option<Config>, BadInput> {
@@ -697,7 +705,7 @@ async fn plan_tasklist(
     driver: &Driver,
 ) -> Result<Plan, BadInput> {
     match (config, &cli.tasklist) {
-        (_, Some(path)) => {
+        (config, Some(path)) => {
             tracing::info!(
                 component = "Tasklist",
                 "Reading task list from {}",
@@ -738,7 +746,25 @@ async fn plan_tasklist(
                     max_fail_percentage: cli.max_fail_percentage,
                 };
             }
-            driver.plan_tasklist(&t).map_err(drive_error)
+            let plan = driver.plan_tasklist(&t).map_err(drive_error)?;
+            // The tasks see their hosts' vars: the config's inventory, else `-i`'s.
+            let vars = match config {
+                Some(c) => Some(c),
+                None => inventory_only(cli)?,
+            };
+            Ok(match vars {
+                Some(c) => {
+                    let vars: deployer_core::HostVars = plan
+                        .tasklist()
+                        .hosts()
+                        .into_iter()
+                        .map(|h| (h.to_string(), c.host_vars(h)))
+                        .filter(|(_, v)| !v.is_empty())
+                        .collect();
+                    plan.with_host_vars(vars)
+                }
+                None => plan,
+            })
         }
         // --dry-run and --dump contact no host.
         (Some(config), None) if cli.dry_run || cli.dump => {

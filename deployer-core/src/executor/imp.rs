@@ -141,6 +141,7 @@ impl Executor {
             quiet: Arc::new(|_, _: &str| {}),
             redactor: plan.redactor.clone(),
             reached: Default::default(),
+            host_vars: plan.host_vars.clone(),
             run_budget: plan.tasklist.budget,
             run_hosts: plan
                 .stages
@@ -396,6 +397,8 @@ pub(crate) struct Shared {
     pub(crate) redactor: crate::Redactor,
     /// (host, point) pairs reached so far (see `Finally`).
     pub(crate) reached: std::sync::Mutex<HashSet<(String, String)>>,
+    /// Each host's variables, for its tasks' contexts.
+    pub(crate) host_vars: Option<Arc<crate::HostVars>>,
     /// The run's failure budget and the number of hosts it counts over.
     pub(crate) run_budget: crate::FailureBudget,
     pub(crate) run_hosts: usize,

@@ -189,6 +189,7 @@ pub(crate) async fn run_task(
                 redactor: shared.redactor.clone(),
                 run_id: shared.emitter.run_id.clone(),
                 emitter: Some(shared.emitter.clone()),
+                host_vars: shared.host_vars.clone(),
             };
             match AssertUnwindSafe(step.command.execute(&ctx))
                 .catch_unwind()
