@@ -136,7 +136,7 @@ struct Cli {
     hosts: Vec<String>,
     /// Only the hosts of this pattern: names, groups, globs (`web*`, `db[0-9]`), `all`;
     /// `a:b` or `a,b` unite, `a:&b` intersects, `a:!b` excludes (as Ansible's --limit).
-    #[arg(long, value_name = "PATTERN", global = true)]
+    #[arg(long, value_name = "PATTERN")]
     limit: Option<String>,
     /// An inventory: Ansible INI (`.ini` or no extension), YAML (`.yaml`/`.yml`), dynamic
     /// JSON (`.json`), a directory of them, or an executable printing the JSON when run with
