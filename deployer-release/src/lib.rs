@@ -364,11 +364,20 @@ struct ServicePlan<'a> {
     deploy_to: String,
     hosts: Vec<String>,
     user: Option<String>,
+    /// Hosts whose inventory names their login (`ansible_user`), which beats the config's
+    /// `user` unless the command line set that.
+    host_users: std::collections::HashMap<String, Option<String>>,
     min_nodes_up: Option<usize>,
     settings: &'a ServiceConfig,
 }
 
 impl ServicePlan<'_> {
+    /// The login user of `host`: its inventory's `ansible_user`, else the service's or the
+    /// config's `user` (the command line's `--set user=` beats both).
+    fn user_for(&self, host: &str) -> &Option<String> {
+        self.host_users.get(host).unwrap_or(&self.user)
+    }
+
     /// The service's directory on `host` (`{host}` replaced), e.g. for several "hosts" that
     /// share one file system.
     fn dir(&self, host: &str) -> String {
@@ -610,6 +619,21 @@ fn read_config<'a>(
             .cloned()
             .collect();
         let user = setting_str(settings, "user")?.or_else(|| default_user.clone());
+        let host_users = if config.is_overridden("user") {
+            Default::default()
+        } else {
+            hosts
+                .iter()
+                .filter_map(|h| {
+                    let u = config
+                        .host_vars(h)
+                        .get("ansible_user")?
+                        .as_str()?
+                        .to_string();
+                    Some((h.clone(), Some(u)))
+                })
+                .collect()
+        };
         let min_nodes_up = setting_u64(settings, "min_nodes_up")?.map(|n| n as usize);
         plans.push((
             ServicePlan {
@@ -617,6 +641,7 @@ fn read_config<'a>(
                 deploy_to,
                 hosts,
                 user,
+                host_users,
                 min_nodes_up,
                 settings,
             },
@@ -664,7 +689,7 @@ impl Generator for ReleaseGenerator {
                 futures::future::join_all(
                     plan.hosts
                         .iter()
-                        .map(|host| read_state(ctx, host, &plan.user, plan.dir(host))),
+                        .map(|host| read_state(ctx, host, plan.user_for(host), plan.dir(host))),
                 )
             }))
             .await;
@@ -752,7 +777,7 @@ impl Generator for ReleaseGenerator {
                 let deploy_to = plan.dir(host);
                 let releases = join(&deploy_to, "releases");
                 let uploaded = join(&releases, &artifact.file_name());
-                let t = |c: &str| task(c, host, &plan.user, plan.name);
+                let t = |c: &str| task(c, host, plan.user_for(host), plan.name);
                 let mut chain = vec![
                     t("release_create")
                         .arg("deploy_to", deploy_to.clone())
@@ -786,7 +811,7 @@ impl Generator for ReleaseGenerator {
             let switches = hosts
                 .iter()
                 .map(|(host, release, _)| {
-                    let switch = task("release_activate", host, &plan.user, plan.name)
+                    let switch = task("release_activate", host, plan.user_for(host), plan.name)
                         .arg("deploy_to", plan.dir(host))
                         .arg("version", release.clone())
                         .arg("holder", me.by())
@@ -808,7 +833,7 @@ impl Generator for ReleaseGenerator {
         for (_, plan, _, hosts) in &work {
             for (host, ..) in hosts {
                 cleanup = cleanup.task(
-                    task("keep_releases", host, &plan.user, plan.name)
+                    task("keep_releases", host, plan.user_for(host), plan.name)
                         .arg("deploy_to", plan.dir(host))
                         .arg("keep", keep),
                 );
@@ -864,7 +889,7 @@ fn lock_stage(locks: &[(&ServicePlan<'_>, Vec<String>)], me: &PlanIdentity) -> S
         for host in hosts {
             stage = stage.task(
                 me.lock(
-                    task("release_lock", host, &plan.user, plan.name),
+                    task("release_lock", host, plan.user_for(host), plan.name),
                     &plan.dir(host),
                 )
                 .reaches(point("locked", plan.name)),
@@ -886,7 +911,7 @@ fn unlock_stages(
             .finally(Finally::if_reached(point("locked", plan.name)));
         for host in hosts {
             stage = stage.task(me.unlock(
-                task("release_unlock", host, &plan.user, plan.name),
+                task("release_unlock", host, plan.user_for(host), plan.name),
                 &plan.dir(host),
             ));
         }
@@ -914,7 +939,7 @@ fn auto_rollback_stage(
     let switches = before
         .iter()
         .map(|(host, release)| {
-            let switch = task("rollback", host, &plan.user, plan.name)
+            let switch = task("rollback", host, plan.user_for(host), plan.name)
                 .arg("deploy_to", plan.dir(host))
                 .arg("version", release.clone())
                 .arg("holder", me.by());
@@ -976,7 +1001,7 @@ fn rolling_stage(
         stage = stage.min_hosts_up(stage_min);
     }
     for (host, switch) in switches {
-        let t = |c: &str| task(c, &host, &plan.user, plan.name);
+        let t = |c: &str| task(c, &host, plan.user_for(&host), plan.name);
         let current = join(&plan.dir(&host), "current");
         let fill = |line: &String| line.replace("{current}", &current);
         let mut chain = Vec::new();
@@ -1090,7 +1115,7 @@ pub async fn survey(ctx: &GeneratorContext) -> Result<Vec<HostPlan>, GeneratorEr
     let mut out = Vec::new();
     for (artifact, (plan, _)) in artifacts.iter().zip(&reading.plans) {
         for host in &plan.hosts {
-            let state = read_state(ctx, host, &plan.user, plan.dir(host))
+            let state = read_state(ctx, host, plan.user_for(host), plan.dir(host))
                 .await?
                 .unwrap_or_default();
             let live = state.live_version().map(str::to_string);
@@ -1181,5 +1206,59 @@ mod tests {
         assert_eq!(parse_artifact_name("other-1.0.tar.gz", services), None);
         assert_eq!(parse_artifact_name("web-.tar.gz", services), None);
         assert_eq!(parse_artifact_name("web-1;rm -rf.tar.gz", services), None);
+    }
+
+    /// The users of each host's tasks in the plan of `overrides` over a config whose `user`
+    /// is `deploy` and whose inventory gives web1 `ansible_user=alice`.
+    async fn users(overrides: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("web-1.0.0.tar.gz"), b"").unwrap();
+        let mut config = Config::from_yaml_str(
+            &format!(
+                "platform: release\ndeploy_to: /srv\nuser: deploy\ndirectory: {}\n\
+                 service:\n  web:\n    hosts: [web]\n",
+                dir.path().display()
+            ),
+            "deploy.yaml",
+        )
+        .unwrap()
+        .with_inventory(
+            deployer_core::inventory::Inventory::from_ini_str(
+                "[web]\nweb1 ansible_user=alice\nweb2\n",
+                "hosts.ini",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for (k, v) in overrides {
+            config = config.with_override(k, Value::from(*v)).unwrap();
+        }
+        let tasklist = ReleaseGenerator
+            .generate(&GeneratorContext::new(config))
+            .await
+            .unwrap();
+        let mut seen: Vec<(String, Option<String>)> = tasklist
+            .stages
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .flat_map(TaskEntry::tasks)
+            .map(|t| (t.host_key().to_string(), t.remote_user.clone()))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    #[tokio::test]
+    async fn an_inventory_user_beats_the_config_and_the_command_line_beats_both() {
+        let some = |h: &str, u: &str| (h.to_string(), Some(u.to_string()));
+        assert_eq!(
+            users(&[]).await,
+            [some("web1", "alice"), some("web2", "deploy")]
+        );
+        assert_eq!(
+            users(&[("user", "carol")]).await,
+            [some("web1", "carol"), some("web2", "carol")]
+        );
     }
 }

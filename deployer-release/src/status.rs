@@ -102,7 +102,7 @@ pub async fn status(ctx: &GeneratorContext) -> Result<Vec<HostStatus>, Generator
     for (plan, _) in all_services(ctx)? {
         for host in &plan.hosts {
             let deploy_to = plan.dir(host);
-            let state = read_state(ctx, host, &plan.user, deploy_to.clone())
+            let state = read_state(ctx, host, plan.user_for(host), deploy_to.clone())
                 .await?
                 .unwrap_or_default();
             let mut previous: Vec<String> = Vec::new();
@@ -116,7 +116,7 @@ pub async fn status(ctx: &GeneratorContext) -> Result<Vec<HostStatus>, Generator
                 service: plan.name.to_string(),
                 host: host.clone(),
                 deploy_to,
-                user: plan.user.clone(),
+                user: plan.user_for(host).clone(),
                 live: state.live_version().map(str::to_string),
                 live_release: state.live.clone(),
                 previous,
@@ -276,7 +276,7 @@ pub async fn rollback_survey(ctx: &GeneratorContext) -> Result<Vec<RollbackHost>
     for (plan, _) in all_services(ctx)? {
         for host in &plan.hosts {
             let deploy_to = plan.dir(host);
-            let state = read_state(ctx, host, &plan.user, deploy_to.clone())
+            let state = read_state(ctx, host, plan.user_for(host), deploy_to.clone())
                 .await?
                 .unwrap_or_default();
             let has = || {
@@ -325,7 +325,7 @@ pub async fn rollback_survey(ctx: &GeneratorContext) -> Result<Vec<RollbackHost>
                 release,
                 locked_by: state.lock.as_ref().map(LockInfo::to_string),
                 deploy_to,
-                user: plan.user.clone(),
+                user: plan.user_for(host).clone(),
             });
         }
     }
@@ -381,7 +381,7 @@ pub(crate) async fn rollback_plan(ctx: &GeneratorContext) -> Result<Tasklist, Ge
             .iter()
             .filter(|h| h.service == plan.name)
             .map(|h| {
-                let switch = task("rollback", &h.host, &plan.user, plan.name)
+                let switch = task("rollback", &h.host, plan.user_for(&h.host), plan.name)
                     .arg("deploy_to", h.deploy_to.clone())
                     .arg("version", h.release.clone())
                     .arg("holder", me.by());
