@@ -87,6 +87,9 @@ pub struct ResumeOptions {
     /// ([`RunsError::SecretsMismatch`] otherwise). Secrets written `{"secret_env": …}` need
     /// nothing: they are read from the environment again.
     pub secrets_from: Option<crate::Tasklist>,
+    /// Each host's variables for its tasks (see [`Plan::with_host_vars`]): a store keeps none,
+    /// so a resume gets them from the inventory it is resumed with (default: none).
+    pub host_vars: crate::HostVars,
 }
 
 /// Starts, drives and resumes runs recorded in a [`RunStore`].
@@ -362,12 +365,12 @@ impl Runs {
             .into());
         }
         let tasklist = with_secrets(id, &record.tasklist, resume.secrets_from.as_ref(), registry)?;
-        let plan = Plan::build_with_redactor(&tasklist, registry, self.redactor.clone()).map_err(
-            |errors| RunsError::Invalid {
+        let plan = Plan::build_with_redactor(&tasklist, registry, self.redactor.clone())
+            .map_err(|errors| RunsError::Invalid {
                 id: id.clone(),
                 errors,
-            },
-        )?;
+            })?
+            .with_host_vars(resume.host_vars.clone());
         let tasks = self.store.tasks(id).await?;
         let done: HashSet<TaskId> = tasks
             .iter()

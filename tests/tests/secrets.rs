@@ -399,6 +399,7 @@ async fn a_resumed_run_takes_its_redacted_secrets_from_the_original_tasklist() {
             ResumeOptions {
                 force: false,
                 secrets_from,
+                ..Default::default()
             },
             RunOptions::default(),
         )

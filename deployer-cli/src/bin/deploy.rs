@@ -418,6 +418,18 @@ fn ssh_options_for(cli: &Cli, config: Option<&Config>) -> Result<SshOptions, Bad
     ssh_options(inventory_only(cli)?.as_ref())
 }
 
+/// The variables `config` gives each of `hosts` (those that have any).
+fn host_vars_of<'a>(
+    config: &Config,
+    hosts: impl IntoIterator<Item = &'a str>,
+) -> deployer_core::HostVars {
+    hosts
+        .into_iter()
+        .map(|h| (h.to_string(), config.host_vars(h)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+}
+
 /// Without a config, a config of nothing but the `-i` inventories (`None` without them).
 fn inventory_only(cli: &Cli) -> Result<Option<Config>, BadInput> {
     if cli.inventory.is_empty() {
@@ -754,13 +766,7 @@ async fn plan_tasklist(
             };
             Ok(match vars {
                 Some(c) => {
-                    let vars: deployer_core::HostVars = plan
-                        .tasklist()
-                        .hosts()
-                        .into_iter()
-                        .map(|h| (h.to_string(), c.host_vars(h)))
-                        .filter(|(_, v)| !v.is_empty())
-                        .collect();
+                    let vars = host_vars_of(&c, plan.tasklist().hosts());
                     plan.with_host_vars(vars)
                 }
                 None => plan,
@@ -1173,9 +1179,17 @@ async fn runs_main(
                 estimates,
             );
             eprintln!("resuming run {id} ({})", record.name);
+            // The tasks see their hosts' vars again: the config's inventory, else `-i`'s.
+            let host_vars = match config.as_ref() {
+                Some(c) => Some(c.clone()),
+                None => inventory_only(cli)?,
+            }
+            .map(|c| host_vars_of(&c, record.tasklist.hosts()))
+            .unwrap_or_default();
             let resume = ResumeOptions {
                 force: *force,
                 secrets_from,
+                host_vars,
             };
             loop {
                 let finished = driver.resume(&id, resume.clone()).await;
