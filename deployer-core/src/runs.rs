@@ -326,8 +326,8 @@ impl fmt::Display for UnreadableRun {
 /// One entry of [`RunStore::list_runs`]: a run, or a stored run that cannot be read back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ListedRun {
-    /// A run that reads back.
-    Run(RunRecord),
+    /// A run that reads back (boxed: a record holds its whole tasklist).
+    Run(Box<RunRecord>),
     /// A run that does not (see [`UnreadableRun`]).
     Unreadable(UnreadableRun),
 }
@@ -352,7 +352,7 @@ impl ListedRun {
     /// The record, when the run reads back.
     pub fn into_record(self) -> Option<RunRecord> {
         match self {
-            ListedRun::Run(r) => Some(r),
+            ListedRun::Run(r) => Some(*r),
             ListedRun::Unreadable(_) => None,
         }
     }
@@ -698,7 +698,10 @@ impl RunStore for MemoryStore {
         let mut all: Vec<RunRecord> = runs.values().map(|r| r.record.clone()).collect();
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.truncate(limit);
-        Ok(all.into_iter().map(ListedRun::Run).collect())
+        Ok(all
+            .into_iter()
+            .map(|r| ListedRun::Run(Box::new(r)))
+            .collect())
     }
 
     async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError> {

@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use deployer_core::{
-    Event, EventKind, EventSink, FailedTask, RunOutcome, RunReport, TaskCounts, TaskOutcome,
+    DroppedHost, Event, EventKind, EventSink, FailedTask, RunOutcome, RunReport, TaskCounts,
+    TaskOutcome,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -35,8 +36,8 @@ pub struct Summary {
     skipped: Mutex<BTreeMap<(String, String), Vec<String>>>,
     /// Stage names by index.
     stages: Mutex<BTreeMap<usize, String>>,
-    /// Hosts dropped within the failure budget: host, stage name, reason; and the budget.
-    dropped: Mutex<(Vec<(String, String, String)>, String)>,
+    /// Hosts dropped within the failure budget, and the budget.
+    dropped: Mutex<(Vec<DroppedHost>, String)>,
     full: bool,
 }
 
@@ -188,15 +189,15 @@ impl Summary {
                 dropped.1,
                 if n == 1 { "" } else { "s" }
             );
-            for (host, stage, reason) in &dropped.0 {
-                let _ = writeln!(s, "  {host} (in {stage}): {reason}");
+            for host in &dropped.0 {
+                let _ = writeln!(s, "  {host}");
             }
         }
         s
     }
 
-    /// The hosts dropped within the failure budget so far: host, stage name, reason.
-    pub fn dropped(&self) -> Vec<(String, String, String)> {
+    /// The hosts dropped within the failure budget so far.
+    pub fn dropped(&self) -> Vec<DroppedHost> {
         lock(&self.dropped).0.clone()
     }
 }
@@ -235,7 +236,11 @@ impl EventSink for Summary {
                     .cloned()
                     .unwrap_or_else(|| format!("stage {stage}"));
                 let mut dropped = lock(&self.dropped);
-                dropped.0.push((host.clone(), name, reason.clone()));
+                dropped.0.push(DroppedHost {
+                    host: host.clone(),
+                    stage: name,
+                    reason: reason.clone(),
+                });
                 dropped.1 = budget.clone();
             }
             EventKind::TaskFinished {

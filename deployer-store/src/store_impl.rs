@@ -213,7 +213,7 @@ macro_rules! impl_run_store {
                 let mut listed = Vec::with_capacity(rows.len());
                 for row in &rows {
                     listed.push(match crate::sql::run_record(row) {
-                        Ok(record) => deployer_core::ListedRun::Run(record),
+                        Ok(record) => deployer_core::ListedRun::Run(Box::new(record)),
                         Err(deployer_core::StoreError::Corrupt { message }) => {
                             deployer_core::ListedRun::Unreadable(deployer_core::UnreadableRun {
                                 id: crate::sql::listed_id(row),

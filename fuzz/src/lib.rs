@@ -149,7 +149,11 @@ fn assert_recorded(plan: &Plan) {
     assert_eq!(created.state, RunState::Pending);
     let listed = now(store.list_runs(10)).unwrap_or_else(|e| panic!("list_runs: {e}"));
     match listed.as_slice() {
-        [ListedRun::Run(run)] => assert_eq!(run, &created, "the listed run is not the created one"),
+        [ListedRun::Run(run)] => assert_eq!(
+            run.as_ref(),
+            &created,
+            "the listed run is not the created one"
+        ),
         other => panic!("list_runs gave {other:?}, expected the one run, readable"),
     }
     let run = now(store.run(&id)).unwrap_or_else(|e| panic!("run: {e}"));

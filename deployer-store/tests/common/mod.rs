@@ -653,7 +653,7 @@ pub async fn accepted_tasklists_round_trip(store: &dyn RunStore, seed: u64, case
         let Some(ListedRun::Run(listed)) = listed.into_iter().next() else {
             panic!("{at}: not listed as a readable run");
         };
-        assert_eq!(listed, created, "{at}");
+        assert_eq!(*listed, created, "{at}");
         let run = store
             .run(&new.id)
             .await
