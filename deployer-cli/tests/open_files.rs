@@ -80,6 +80,8 @@ fn too_few_open_files_is_refused_before_any_host_is_contacted() {
     for args in [
         &["--config", config.as_str(), "--dry-run"][..],
         &["--config", config.as_str(), "--tasklist", tasklist][..],
+        // A real deploy, whose generator asks every host its version: refused first.
+        &["--config", config.as_str()][..],
     ] {
         let out = deploy_limited(64, 64, args);
         let stderr = String::from_utf8_lossy(&out.stderr);

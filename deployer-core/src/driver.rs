@@ -371,10 +371,16 @@ impl Driver {
     }
 
     /// Generates and validates the plan of `config`, and checks that the connector can serve
-    /// every host of it: the dry run. Nothing is recorded; a generator that asks hosts
-    /// (remote versions) goes through the connector.
+    /// every host of it. Nothing is recorded; a generator that asks hosts (remote versions)
+    /// goes through the connector — but only after the [`dry_run`](Self::dry_run) of the same
+    /// config passed: every task validated, every host and the connector's capacity checked
+    /// (open files for the whole fleet) before any host is contacted.
     pub async fn plan(&self, config: Config) -> Result<Plan, DriveError> {
-        self.redactor.add_all(config.redactor());
+        match self.dry_run(config.clone()).await {
+            // A generator that cannot plan without asking (a rollback) is checked after.
+            Ok(_) | Err(DriveError::Generate(GeneratorError::NeedsHostAccess { .. })) => {}
+            Err(e) => return Err(e),
+        }
         let source = config.clone();
         let ctx = GeneratorContext::new(config).with_connector(self.connector.clone());
         let tasklist = self.generators.generate(ctx).await?;

@@ -327,4 +327,11 @@ pub enum GeneratorError {
     /// The generator cannot build a plan from this input.
     #[error("{0}")]
     Other(String),
+    /// The generator must ask the hosts to plan at all (a rollback reads what each host ran
+    /// before), and was given no host access (a dry run).
+    #[error("{what} asks the hosts: it needs host access")]
+    NeedsHostAccess {
+        /// What asks (`a rollback`).
+        what: String,
+    },
 }

@@ -60,9 +60,9 @@ fn needs_hosts(ctx: &GeneratorContext, what: &str) -> Result<(), GeneratorError>
     if ctx.has_host_access() {
         Ok(())
     } else {
-        Err(other(format!(
-            "{what} asks the hosts: it needs host access"
-        )))
+        Err(GeneratorError::NeedsHostAccess {
+            what: what.to_string(),
+        })
     }
 }
 
