@@ -33,7 +33,9 @@
 //! Environment: `FLEET_DEPLOY` (the `deploy` binary; default: beside this program),
 //! `FLEET_VENV` (a virtualenv with pyinfra and Fabric; without it the peers are skipped),
 //! `FLEET_TOOLS` (comma-separated subset of `deployer,pyinfra,fabric`), `FLEET_TIMEOUT`
-//! (seconds a run may take before it is killed, default 600).
+//! (seconds a run may take before it is killed, default 600), `FLEET_REEXEC=1` (servers
+//! re-execute sshd for every connection, as stock servers do; default: not, see
+//! `TestFleetBuilder::reexec`). Each run's known_hosts holds the lines of its N hosts only.
 //!
 //! `budget`: 200 hosts of which 10 refuse connections, the same W1 tasklist with
 //! `"max_failures": 10` at its top, then 9. Expected: exit 4 with the 190 deployed and the 10
@@ -250,8 +252,19 @@ impl Bench {
         self.work.path().join(name)
     }
 
-    /// The `deploy` config: only how to reach the fleet.
-    fn deploy_config(&self) -> PathBuf {
+    /// A known_hosts file with the lines of the first `n` addresses only (listening, then
+    /// refusing): every tool of a run at N hosts gets what an operator of N hosts has
+    /// (paramiko, under Fabric, parses every line of it on each connection).
+    fn known_hosts(&self, n: usize) -> PathBuf {
+        let all = std::fs::read_to_string(self.fleet.known_hosts()).expect("known_hosts");
+        let path = self.path(&format!("known_hosts-{n}"));
+        let lines: Vec<&str> = all.lines().take(n).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").expect("known_hosts");
+        path
+    }
+
+    /// The `deploy` config for a run on `n` hosts: only how to reach them.
+    fn deploy_config(&self, n: usize) -> PathBuf {
         let f = self.fleet.test_fleet();
         let path = self.path("fleet.yaml");
         std::fs::write(
@@ -262,7 +275,7 @@ impl Bench {
                 f.user(),
                 f.port(),
                 f.client_key().display(),
-                f.known_hosts().display(),
+                self.known_hosts(n).display(),
             ),
         )
         .expect("config");
@@ -270,7 +283,12 @@ impl Bench {
     }
 
     /// `deploy --tasklist` with `tasklist_json`; the run recorded in a fresh SQLite file.
-    fn run_deploy(&self, tasklist_json: &str, tag: &str) -> (Duration, Duration, u64, i32, String) {
+    fn run_deploy(
+        &self,
+        tasklist_json: &str,
+        n: usize,
+        tag: &str,
+    ) -> (Duration, Duration, u64, i32, String) {
         let tasklist = self.path(&format!("w1-{tag}.json"));
         std::fs::write(&tasklist, tasklist_json).expect("tasklist");
         let store = self.path(&format!("runs-{tag}.db"));
@@ -278,7 +296,7 @@ impl Bench {
         let mut cmd = Command::new(&self.deploy);
         cmd.env("DEPLOYER_STORE", format!("sqlite://{}", store.display()))
             .arg("--config")
-            .arg(self.deploy_config())
+            .arg(self.deploy_config(n))
             .arg("--tasklist")
             .arg(&tasklist);
         let log = self.path(&format!("deploy-{tag}.log"));
@@ -290,7 +308,7 @@ impl Bench {
     fn deployer(&self, hosts: &[String], version: &str) -> Measured {
         let json = w1(hosts, &self.tarball, version).to_json_string();
         let (wall, cpu, peak_rss, exit, output) =
-            self.run_deploy(&json, &format!("{}", hosts.len()));
+            self.run_deploy(&json, hosts.len(), &format!("{}", hosts.len()));
         Measured {
             wall,
             cpu,
@@ -302,11 +320,16 @@ impl Bench {
     }
 
     fn venv_bin(&self, name: &str) -> PathBuf {
-        self.venv.as_ref().expect("FLEET_VENV").join("bin").join(name)
+        self.venv
+            .as_ref()
+            .expect("FLEET_VENV")
+            .join("bin")
+            .join(name)
     }
 
     fn pyinfra(&self, hosts: &[String], version: &str) -> Measured {
         let f = self.fleet.test_fleet();
+        let known_hosts = self.known_hosts(hosts.len());
         let mut inventory = String::from("fleet = [\n");
         for h in hosts {
             inventory.push_str(&format!(
@@ -317,7 +340,7 @@ impl Bench {
                 f.port(),
                 f.user(),
                 f.client_key().display().to_string(),
-                f.known_hosts().display().to_string(),
+                known_hosts.display().to_string(),
             ));
         }
         inventory.push_str("]\n");
@@ -359,7 +382,7 @@ impl Bench {
                 f.user(),
                 f.port(),
                 f.client_key().display().to_string(),
-                f.known_hosts().display().to_string(),
+                self.known_hosts(hosts.len()).display().to_string(),
                 self.tarball.display().to_string(),
             ),
         )
@@ -378,6 +401,11 @@ impl Bench {
             output: std::fs::read_to_string(&log).unwrap_or_default(),
         }
     }
+}
+
+/// `FLEET_REEXEC=1`: servers re-execute sshd per connection, as stock ones do.
+fn reexec() -> bool {
+    std::env::var("FLEET_REEXEC").is_ok_and(|v| v == "1")
 }
 
 /// Lets the servers' sessions of the last run end before the next one starts.
@@ -407,7 +435,12 @@ fn compare(counts: Vec<usize>) {
         .collect();
     let max = *counts.iter().max().expect("counts");
     let t = Instant::now();
-    let fleet = Fleet::start(max).expect("start the sshd fleet");
+    let fleet = TestFleet::builder()
+        .hosts(max)
+        .reexec(reexec())
+        .start()
+        .and_then(Fleet::from_test_fleet)
+        .expect("start the sshd fleet");
     println!(
         "fleet of {max} hosts: {} sshd masters, listening after {:.1} s",
         fleet.test_fleet().masters(),
@@ -457,7 +490,9 @@ fn compare(counts: Vec<usize>) {
         }
     }
     println!();
-    println!("| hosts | tool | wall | controller CPU | peak RSS | failed hosts | exit | wall / host | CPU / host |");
+    println!(
+        "| hosts | tool | wall | controller CPU | peak RSS | failed hosts | exit | wall / host | CPU / host |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (n, tool, m) in &rows {
         println!(
@@ -498,6 +533,7 @@ fn budget(hosts: usize, refusing: usize) -> bool {
     let fleet = TestFleet::builder()
         .hosts(hosts - refusing)
         .refusing(refusing)
+        .reexec(reexec())
         .start()
         .expect("start the sshd fleet");
     let fleet = Fleet::from_test_fleet(fleet).expect("fleet");
@@ -518,7 +554,7 @@ fn budget(hosts: usize, refusing: usize) -> bool {
             "{{\"max_failures\": {max_failures}, {}",
             json.trim_start().strip_prefix('{').expect("a JSON object")
         );
-        let (wall, cpu, rss, exit, output) = bench.run_deploy(&json, &version);
+        let (wall, cpu, rss, exit, output) = bench.run_deploy(&json, all.len(), &version);
         let ok = count_ok(&up, "deployer", &version);
         let named = down.iter().filter(|h| output.contains(h.as_str())).count();
         let (want_ok, what) = if want_exit == 4 {
@@ -544,7 +580,11 @@ fn budget(hosts: usize, refusing: usize) -> bool {
             wall.as_secs_f64(),
             cpu.as_secs_f64(),
             mib(rss),
-            if good { "as expected" } else { "NOT as expected" }
+            if good {
+                "as expected"
+            } else {
+                "NOT as expected"
+            }
         );
         if !good {
             println!("  first failure: {}", first_failure(&output));

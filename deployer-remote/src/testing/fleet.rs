@@ -27,6 +27,7 @@ fn address(i: usize) -> String {
 pub struct TestFleetBuilder {
     hosts: usize,
     refusing: usize,
+    reexec: bool,
     extra: Vec<String>,
 }
 
@@ -43,6 +44,16 @@ impl TestFleetBuilder {
     /// like the others.
     pub fn refusing(mut self, k: usize) -> Self {
         self.refusing = k;
+        self
+    }
+
+    /// Whether sshd re-executes itself for every connection, as a stock sshd does (default:
+    /// false, where the installed sshd accepts `-r`: a connection then costs the server a
+    /// fork only, leaving more of a shared machine's CPU to the client measured). With `true`
+    /// the servers cost what stock servers cost, e.g. to reproduce a client starved of CPU by
+    /// its servers on one machine.
+    pub fn reexec(mut self, yes: bool) -> Self {
+        self.reexec = yes;
         self
     }
 
@@ -69,8 +80,9 @@ impl TestFleetBuilder {
 /// [`TestSshd`](super::TestSshd) (`deployer-test` as root). The servers are set up for many
 /// clients at once: `MaxStartups 2000:30:4000`, `MaxSessions 64`, `UseDNS no`, no
 /// per-source penalties where the installed OpenSSH has them (9.8+), and — where sshd still
-/// accepts `-r` — no re-execution per connection, so that on one machine the servers spend as
-/// little CPU as possible beside the client being measured.
+/// accepts `-r`, unless [`TestFleetBuilder::reexec`] — no re-execution per connection, so that
+/// on one machine the servers spend as little CPU as possible beside the client being
+/// measured.
 ///
 /// Every master is killed when the fleet is dropped (also while a panic unwinds), and on Linux
 /// also gets `SIGTERM` when the thread that started the fleet exits, so a killed or aborted
@@ -245,7 +257,7 @@ impl TestFleet {
         if sshd_knows(sshd, &probe, "persourcepenalties") {
             common.push_str("PerSourcePenalties no\n");
         }
-        let no_reexec = sshd_accepts_r(sshd, &probe);
+        let no_reexec = !b.reexec && sshd_accepts_r(sshd, &probe);
         for line in &b.extra {
             common.push_str(line);
             common.push('\n');
