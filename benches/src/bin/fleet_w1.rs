@@ -77,6 +77,8 @@ fn run_measured(mut cmd: Command, log: &Path, timeout: Duration) -> (Duration, D
         .stdout(out.try_clone().expect("log file"))
         .stderr(out);
     let t = Instant::now();
+    // Reaped below by `wait4`, which `Child::wait` cannot do (it gives no rusage).
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
