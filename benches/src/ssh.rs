@@ -1,114 +1,79 @@
-//! A fleet of throwaway OpenSSH servers on loopback for the end-to-end benchmarks: one
-//! [`TestSshd`] per address (127.0.0.2, 127.0.0.3, …), all reachable with one client key and
-//! one known_hosts file, by the deployer (an [`SshConnector`]) and by plain `ssh`/`scp` alike.
+//! A fleet of throwaway OpenSSH servers on loopback for the end-to-end benchmarks
+//! ([`TestFleet`]: 127.1.0.1, 127.1.0.2, …, one sshd master per 16 addresses, one port), all
+//! reachable with one client key and one known_hosts file, by the deployer (an
+//! [`SshConnector`]) and by plain `ssh`/`scp` alike.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use deployer_remote::testing::TestSshd;
-use deployer_remote::{SshConfig, SshConnector};
+use deployer_remote::SshConnector;
+use deployer_remote::testing::TestFleet;
 
-/// `n` sshd "hosts" on 127.0.0.2 … 127.0.0.(n+1); killed on drop.
+/// `n` sshd "hosts" on 127.1.0.1, 127.1.0.2, …; killed on drop.
 pub struct Fleet {
-    sshds: Vec<TestSshd>,
-    dir: tempfile::TempDir,
-    ssh_config: String,
+    fleet: TestFleet,
+    hosts: Vec<String>,
     kex: Option<String>,
 }
 
 impl Fleet {
-    /// Starts `n` servers (one process each: sshd takes at most 16 `ListenAddress`es, and one
-    /// process per address keeps each host's port and host key its own).
+    /// Starts `n` hosts.
     pub fn start(n: usize) -> std::io::Result<Fleet> {
-        assert!((1..=200).contains(&n), "1 to 200 hosts");
-        let mut sshds = Vec::with_capacity(n);
-        for i in 0..n {
-            sshds.push(
-                TestSshd::builder()
-                    .address(format!("127.0.0.{}", i + 2))
-                    .start()?,
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("deployer-fleet")
-            .tempdir()?;
-        // One client key for all: the first server's, authorized on every other one.
-        let public = std::fs::read_to_string(sshds[0].dir().join("id_ed25519.pub"))?;
-        let mut known = String::new();
-        let mut config = String::new();
-        for s in &sshds {
-            if !std::ptr::eq(s, &sshds[0]) {
-                use std::io::Write;
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(s.dir().join("authorized_keys"))?
-                    .write_all(public.as_bytes())?;
-            }
-            let line = std::fs::read_to_string(s.known_hosts())?;
-            known.push_str(line.trim_end());
-            known.push('\n');
-            let _ = write!(
-                config,
-                "Host {a}\n  HostName {a}\n  Port {p}\n  User {u}\n",
-                a = s.address(),
-                p = s.port(),
-                u = s.user()
-            );
-        }
-        std::fs::write(dir.path().join("known_hosts"), known)?;
+        Fleet::from_test_fleet(TestFleet::start(n)?)
+    }
+
+    /// Wraps a fleet started with other settings (refusing hosts…).
+    pub fn from_test_fleet(fleet: TestFleet) -> std::io::Result<Fleet> {
         Ok(Fleet {
-            sshds,
-            dir,
-            ssh_config: config,
+            hosts: fleet.hosts().to_vec(),
+            fleet,
             kex: None,
         })
     }
 
-    /// The servers.
-    pub fn sshds(&self) -> &[TestSshd] {
-        &self.sshds
+    /// The harness underneath.
+    pub fn test_fleet(&self) -> &TestFleet {
+        &self.fleet
     }
 
     /// The login user.
     pub fn user(&self) -> &str {
-        self.sshds[0].user()
+        self.fleet.user()
     }
 
     /// The host names (their addresses), in order.
     pub fn hosts(&self) -> Vec<String> {
-        self.sshds.iter().map(|s| s.address().to_string()).collect()
+        self.hosts.clone()
+    }
+
+    /// The port every host listens on.
+    pub fn port(&self) -> u16 {
+        self.fleet.port()
     }
 
     /// The client key every server accepts.
     pub fn client_key(&self) -> PathBuf {
-        self.sshds[0].client_key()
+        self.fleet.client_key()
     }
 
     /// A known_hosts file trusting every server.
     pub fn known_hosts(&self) -> PathBuf {
-        self.dir.path().join("known_hosts")
+        self.fleet.known_hosts()
     }
 
     /// A fresh connector (no connection open yet) reaching every host by its address: strict
     /// host keys against [`known_hosts`](Self::known_hosts), the one client key, no agent, no
     /// `~/.ssh/config`.
     pub fn connector(&self) -> SshConnector {
-        let config = SshConfig::parse(&self.ssh_config).expect("fleet ssh config");
-        let options = self.sshds[0]
-            .options()
-            .known_hosts_file(self.known_hosts())
-            .ssh_config(config);
-        SshConnector::new(options).expect("connector")
+        self.fleet.connector()
     }
 
     /// Options of plain OpenSSH clients for host `i`: the same key, known_hosts, user and
     /// address, batch mode, no `~/.ssh/config` and GSSAPI off (Debian's client turns it on,
     /// which costs a Kerberos lookup per connection). `port_flag` is `-p` for `ssh` and `-P`
     /// for `scp`.
-    pub fn openssh_args(&self, i: usize, port_flag: &str) -> Vec<String> {
-        let s = &self.sshds[i];
+    pub fn openssh_args(&self, _i: usize, port_flag: &str) -> Vec<String> {
         let mut args = vec![
             "-F".into(),
             "/dev/null".into(),
@@ -125,7 +90,7 @@ impl Fleet {
             "-o".into(),
             "GSSAPIAuthentication=no".into(),
             port_flag.into(),
-            s.port().to_string(),
+            self.port().to_string(),
         ];
         if let Some(kex) = &self.kex {
             args.push("-o".into());
@@ -144,7 +109,7 @@ impl Fleet {
 
     /// `user@address` of host `i`.
     pub fn destination(&self, i: usize) -> String {
-        format!("{}@{}", self.user(), self.sshds[i].address())
+        format!("{}@{}", self.user(), self.hosts[i])
     }
 }
 

@@ -40,6 +40,9 @@ use std::time::Duration;
 
 use crate::{SshConfig, SshConnector, SshHost, SshOptions};
 
+mod fleet;
+pub use fleet::{TestFleet, TestFleetBuilder};
+
 /// The ordinary user the harness logs in as when it runs as root.
 pub const TEST_USER: &str = "deployer-test";
 
@@ -225,6 +228,33 @@ fn free_port(address: &str) -> std::io::Result<u16> {
     Err(err("no free port"))
 }
 
+/// The installed `sshd`.
+fn sshd_binary() -> std::io::Result<&'static str> {
+    ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| {
+            err("sshd not found: install openssh-server (apt-get install openssh-server)")
+        })
+}
+
+/// The user the harness logs in as (see the module docs), created when needed; as root, also
+/// sshd's privilege separation directory.
+fn login_user() -> std::io::Result<String> {
+    if is_root() {
+        std::fs::create_dir_all("/run/sshd")?;
+        if sudo_installed() {
+            ensure_test_user()
+        } else {
+            // Without sudo an ordinary user could not run the sudo tests: log in as root
+            // (where sudo is skipped), slower dotfiles and all.
+            Ok("root".to_string())
+        }
+    } else {
+        std::env::var("USER").map_err(|_| err("USER is not set"))
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -245,24 +275,8 @@ impl TestSshd {
         if !b.address.starts_with("127.") {
             return Err(err("the test sshd listens on loopback (127.0.0.0/8) only"));
         }
-        let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .ok_or_else(|| {
-                err("sshd not found: install openssh-server (apt-get install openssh-server)")
-            })?;
-        let user = if is_root() {
-            std::fs::create_dir_all("/run/sshd")?;
-            if sudo_installed() {
-                ensure_test_user()?
-            } else {
-                // Without sudo an ordinary user could not run the sudo tests: log in as root
-                // (where sudo is skipped), slower dotfiles and all.
-                "root".to_string()
-            }
-        } else {
-            std::env::var("USER").map_err(|_| err("USER is not set"))?
-        };
+        let sshd = sshd_binary()?;
+        let user = login_user()?;
         let dir = tempfile::Builder::new().prefix("deployer-sshd").tempdir()?;
         // The login user reads authorized_keys from here.
         set_mode(dir.path(), 0o755)?;

@@ -5,8 +5,8 @@
 //! cargo run --release -p deployer-benches --bin ssh_w1 [ROUNDS] [HOST COUNTS…]
 //! ```
 //!
-//! (default: 7 rounds at 1, 5 and 20 hosts). Every host is its own sshd on 127.0.0.2,
-//! 127.0.0.3, …, logged into as the ordinary user `deployer-test`, with its own target
+//! (default: 7 rounds at 1, 5 and 20 hosts). Every host is its own address of a `TestFleet`
+//! (127.1.0.1, 127.1.0.2, …), logged into as the ordinary user `deployer-test`, with its own target
 //! directory `/tmp/deployer-bench/<address>/{deployer,ssh}`. W1, per host: create
 //! `releases/<v>`, upload a 1 MiB `.tar.gz`, unpack it, switch `current`, run `true`, verify a
 //! file under `current`.
