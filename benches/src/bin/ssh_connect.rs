@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use deployer_benches::ssh::{Fleet, load_average, median, ms};
 use deployer_core::HostSpec;
-use deployer_remote::{SshConfig, SshConnector};
+use deployer_remote::SshConnector;
 
 /// CPU time (user + system) and peak RSS (KiB) of this process so far.
 fn usage() -> (Duration, u64) {
@@ -31,19 +31,9 @@ fn usage() -> (Duration, u64) {
 }
 
 fn connector(fleet: &Fleet, budget: usize) -> SshConnector {
-    let mut config = String::new();
-    for s in fleet.sshds() {
-        config.push_str(&format!(
-            "Host {a}\n  HostName {a}\n  Port {p}\n  User {u}\n",
-            a = s.address(),
-            p = s.port(),
-            u = s.user()
-        ));
-    }
-    let options = fleet.sshds()[0]
+    let options = fleet
+        .test_fleet()
         .options()
-        .known_hosts_file(fleet.known_hosts())
-        .ssh_config(SshConfig::parse(&config).expect("ssh config"))
         .max_handshakes(if budget == 0 { usize::MAX } else { budget })
         .connect_attempts(1)
         .connect_timeout(Duration::from_secs(60));
