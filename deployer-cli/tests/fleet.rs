@@ -177,3 +177,81 @@ fn w1_on_100_hosts_at_once_through_deploy_tasklist() {
         fleet.logs()
     );
 }
+
+/// The failure budget on a fleet: of 45 hosts, 5 refuse connections. With `--max-failures 5`
+/// the other 40 are deployed, the run exits 4 and the recap names the 5; with 4, the fifth
+/// refusal stops the deploy in its first stage, as without a budget (exit 1).
+#[test]
+fn a_budget_of_5_lets_40_of_45_hosts_deploy_past_5_refusing_ones() {
+    let fleet = TestFleet::builder()
+        .hosts(40)
+        .refusing(5)
+        .start()
+        .expect("the fleet starts");
+    let up = fleet.hosts().to_vec();
+    let down = fleet.refusing_hosts().to_vec();
+    let all: Vec<String> = up.iter().chain(&down).cloned().collect();
+    let root = Root::new(fleet.user());
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("deploy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
+             known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
+            fleet.user(),
+            fleet.port(),
+            fleet.client_key().display(),
+            fleet.known_hosts().display(),
+        ),
+    )
+    .unwrap();
+    for (budget, exit) in [("5", 4), ("4", 1)] {
+        let version = format!("budget-{budget}");
+        let dir = work.path().join(&version);
+        std::fs::create_dir(&dir).unwrap();
+        let tarball = artifact(&dir, &version);
+        let tasklist = dir.join("w1.json");
+        std::fs::write(
+            &tasklist,
+            w1(&all, &root, &tarball, &version).to_json_string(),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_deploy"))
+            .env("DEPLOYER_STORE", "sqlite::memory:")
+            .env("NO_COLOR", "1")
+            .arg("--config")
+            .arg(&config)
+            .arg("--tasklist")
+            .arg(&tasklist)
+            .args(["--max-failures", budget])
+            .output()
+            .expect("deploy runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit), "budget {budget}:\n{err}");
+        let deployed = up
+            .iter()
+            .filter(|h| {
+                std::fs::read_to_string(format!("{}/current/VERSION", root.of(h)))
+                    .is_ok_and(|v| v.trim() == version)
+            })
+            .count();
+        if exit == 4 {
+            assert_eq!(deployed, up.len(), "{err}");
+            assert!(
+                err.contains("dropped within the failure budget (max_failures 5): 5 hosts"),
+                "{err}"
+            );
+            for h in &down {
+                assert!(
+                    err.lines()
+                        .any(|l| l.starts_with(&format!("  {h} (in create release): "))),
+                    "{h} is named: {err}"
+                );
+            }
+        } else {
+            assert_eq!(deployed, 0, "{err}");
+            assert!(err.contains("\" failed in "), "{err}");
+        }
+    }
+}
