@@ -65,8 +65,9 @@ pub(super) struct Connections {
     pub(super) name: String,
     pub(super) target: Target,
     pub(super) options: SshOptions,
-    /// What the hosts of one connector share (handshake turns, known_hosts, keys).
-    shared: Arc<Shared>,
+    /// What the hosts of one connector share (handshake turns, known_hosts, keys, upload
+    /// memory).
+    pub(super) shared: Arc<Shared>,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
     total: Arc<Semaphore>,
 }

@@ -27,6 +27,8 @@ pub(super) struct Job {
     full: String,
     io: Io,
     sudo_kill: bool,
+    /// The connector's upload memory a file's chunks are counted in.
+    uploads: super::handshake::UploadBuffers,
 }
 
 /// Separates the pid marker line from the start of stderr.
@@ -111,6 +113,7 @@ impl Job {
         line: &str,
         io: Io,
         sudo_kill: bool,
+        uploads: super::handshake::UploadBuffers,
     ) -> Result<Job, RemoteError> {
         let quoted = quote(line).map_err(|e| RemoteError::Other {
             host: host.clone(),
@@ -122,6 +125,7 @@ impl Job {
             full,
             io,
             sudo_kill,
+            uploads,
         })
     }
 
@@ -136,6 +140,7 @@ impl Job {
             full,
             io,
             sudo_kill,
+            uploads,
         } = self;
         let conn = slot.conn.clone();
         let lost = |e: Option<russh::Error>| RemoteError::Disconnected {
@@ -155,7 +160,7 @@ impl Job {
             },
             sudo_kill,
         };
-        let writer = write_input(&wr, io.input);
+        let writer = write_input(&wr, io.input, &uploads);
         let seen = channel::drive(
             &mut framing,
             &mut rd,
@@ -213,7 +218,11 @@ impl Job {
 }
 
 /// Writes `input` to the command's stdin, then its end.
-async fn write_input(wr: &ChannelWriteHalf<client::Msg>, input: Input) -> std::io::Result<()> {
+async fn write_input(
+    wr: &ChannelWriteHalf<client::Msg>,
+    input: Input,
+    uploads: &super::handshake::UploadBuffers,
+) -> std::io::Result<()> {
     match input {
         Input::None => {}
         Input::Bytes(b) => {
@@ -222,13 +231,12 @@ async fn write_input(wr: &ChannelWriteHalf<client::Msg>, input: Input) -> std::i
         }
         Input::File(path) => {
             // Large reads handed over as owned buffers: russh splits them into
-            // full-size packets (`data(reader)` would copy through 8 KiB writes).
-            use tokio::io::AsyncReadExt;
+            // full-size packets (`data(reader)` would copy through 8 KiB writes); each
+            // holds its room in the connector's upload memory until russh is done with it.
             let mut file = tokio::fs::File::open(&path).await?;
             loop {
-                let mut buf = Vec::with_capacity(256 * 1024);
-                let n = (&mut file).take(256 * 1024).read_to_end(&mut buf).await?;
-                if n == 0 || wr.data_bytes(buf).await.is_err() {
+                let buf = uploads.read_chunk(&mut file, usize::MAX).await?;
+                if buf.is_empty() || wr.data_bytes(buf).await.is_err() {
                     break;
                 }
             }

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(super) handshakes: Arc<Semaphore>,
     pub(super) known_hosts: KnownHostsCache,
     pub(super) keys: KeyCache,
+    /// Memory for uploads in flight, shared by the connector's hosts.
+    pub(super) uploads: UploadBuffers,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
             handshakes: Arc::new(Semaphore::new(options.max_handshakes)),
             known_hosts: KnownHostsCache::default(),
             keys: KeyCache::default(),
+            uploads: UploadBuffers::default(),
         })
     }
 }
@@ -246,5 +249,91 @@ mod tests {
             }
         }
         assert!(backoff(first, 40) <= BACKOFF_MAX + BACKOFF_MAX / 4);
+    }
+}
+
+/// How many bytes of uploads one connector holds in memory at once, across all its hosts: a
+/// chunk read from a file stays in memory until russh has encrypted it, and a server's window
+/// (2 MiB for OpenSSH) lets russh take a whole small file at once, so without a bound 1000
+/// hosts uploading together would hold ~1000 files. With it, a host waits for room before
+/// reading its next chunk (first come, first served).
+pub(super) const UPLOAD_BUFFER: usize = 32 << 20;
+
+/// The size of an upload chunk.
+pub(super) const UPLOAD_CHUNK: usize = 64 << 10;
+
+/// The connector's upload memory (see [`UPLOAD_BUFFER`]), counted in KiB.
+#[derive(Clone)]
+pub(crate) struct UploadBuffers(Arc<Semaphore>);
+
+impl Default for UploadBuffers {
+    fn default() -> Self {
+        UploadBuffers(Arc::new(Semaphore::new(UPLOAD_BUFFER >> 10)))
+    }
+}
+
+/// A chunk of an upload holding its share of the connector's upload memory until russh drops
+/// it (after encrypting it).
+struct Held {
+    data: Vec<u8>,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl UploadBuffers {
+    /// Reads the next chunk of at most `want` bytes (≤ [`UPLOAD_CHUNK`]) from `reader` once
+    /// there is room for it; empty at the end of the input.
+    pub(super) async fn read_chunk<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        want: usize,
+    ) -> std::io::Result<bytes::Bytes> {
+        use tokio::io::AsyncReadExt;
+        let want = want.min(UPLOAD_CHUNK);
+        let kib = want.div_ceil(1024).max(1) as u32;
+        let room = self
+            .0
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut data = Vec::with_capacity(want);
+        reader.take(want as u64).read_to_end(&mut data).await?;
+        Ok(bytes::Bytes::from_owner(Held { data, _room: room }))
+    }
+
+    /// KiB of room left (for tests).
+    #[cfg(test)]
+    pub(super) fn room(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_chunk_holds_its_room_until_dropped() {
+        let buffers = UploadBuffers::default();
+        let total = buffers.room();
+        let mut input: &[u8] = &[7u8; 100 * 1024];
+        let chunk = buffers.read_chunk(&mut input, usize::MAX).await.unwrap();
+        assert_eq!(chunk.len(), UPLOAD_CHUNK);
+        assert_eq!(buffers.room(), total - UPLOAD_CHUNK / 1024);
+        let slice = chunk.slice(10..20);
+        drop(chunk);
+        assert_eq!(
+            buffers.room(),
+            total - UPLOAD_CHUNK / 1024,
+            "a slice keeps it"
+        );
+        drop(slice);
+        assert_eq!(buffers.room(), total);
     }
 }

@@ -171,13 +171,20 @@ impl SshHost {
                 host: self.conns.name.clone(),
                 line: line.to_string(),
                 input: None,
+                uploads: self.conns.shared.uploads.clone(),
                 stdout_to: io.stdout_to,
                 sink: io.sink,
                 sudo_kill,
             };
             tokio::spawn(job.run(slot, shell, cancel_rx))
         } else {
-            let job = exec::Job::new(self.conns.name.clone(), line, io, sudo_kill)?;
+            let job = exec::Job::new(
+                self.conns.name.clone(),
+                line,
+                io,
+                sudo_kill,
+                self.conns.shared.uploads.clone(),
+            )?;
             let (slot, channel) = self.conns.open_session().await?;
             tokio::spawn(job.run(slot, channel, cancel_rx))
         };
@@ -315,6 +322,7 @@ impl RemoteHost for SshHost {
                 host: self.conns.name.clone(),
                 line,
                 input: Some((local.to_path_buf(), meta.len())),
+                uploads: self.conns.shared.uploads.clone(),
                 stdout_to: StdoutTo::Collect,
                 sink: None,
                 sudo_kill: sudo,

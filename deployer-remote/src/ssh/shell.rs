@@ -290,6 +290,8 @@ pub(super) struct ShellJob {
     /// A file streamed to the command's stdin, and exactly how many of its bytes (the command
     /// must read exactly that many: `head -c`).
     pub(super) input: Option<(PathBuf, u64)>,
+    /// The connector's upload memory the input's chunks are counted in.
+    pub(super) uploads: super::handshake::UploadBuffers,
     pub(super) stdout_to: StdoutTo,
     pub(super) sink: Option<OutputSink>,
     pub(super) sudo_kill: bool,
@@ -300,14 +302,14 @@ async fn send_file(
     wr: &russh::ChannelWriteHalf<client::Msg>,
     path: &Path,
     len: u64,
+    uploads: &super::handshake::UploadBuffers,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path).await?;
     let mut left = len;
     while left > 0 {
-        let want = left.min(256 * 1024);
-        let mut buf = Vec::with_capacity(want as usize);
-        let n = (&mut file).take(want).read_to_end(&mut buf).await?;
+        let want = usize::try_from(left).unwrap_or(usize::MAX);
+        let buf = uploads.read_chunk(&mut file, want).await?;
+        let n = buf.len();
         if n == 0 {
             return Err(std::io::Error::other(format!(
                 "{} shrank while it was uploaded ({} of {len} bytes sent)",
@@ -436,10 +438,10 @@ impl ShellJob {
         let seen = {
             let Shell { rd, wr, .. } = &mut shell;
             let wr: &ChannelWriteHalf<client::Msg> = wr;
-            let writer = self
-                .input
-                .clone()
-                .map(|(path, len)| async move { send_file(wr, &path, len).await });
+            let writer = self.input.clone().map(|(path, len)| {
+                let uploads = self.uploads.clone();
+                async move { send_file(wr, &path, len, &uploads).await }
+            });
             channel::drive(
                 &mut framing,
                 rd,
