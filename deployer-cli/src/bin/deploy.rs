@@ -1210,6 +1210,14 @@ async fn runs_main(
 }
 
 fn main() -> ExitCode {
+    // Few malloc arenas: a fleet deploy runs on many threads (the runtime's, and the blocking
+    // pool's file reads), and glibc's default of one arena per thread up to 8 per core kept
+    // ~100 KiB more per host at 1000 hosts (benches/README.md, "Fleet scale").
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     // The secrets of the config and the plan: hidden in log lines, output and errors.
     let redactor = Redactor::new();

@@ -233,9 +233,9 @@ async fn write_input(
             // Large reads handed over as owned buffers: russh splits them into
             // full-size packets (`data(reader)` would copy through 8 KiB writes); each
             // holds its room in the connector's upload memory until russh is done with it.
-            let mut file = tokio::fs::File::open(&path).await?;
+            let mut pace = uploads.pace(&path).await?;
             loop {
-                let buf = uploads.read_chunk(&mut file, usize::MAX).await?;
+                let buf = pace.read_chunk(usize::MAX).await?;
                 if buf.is_empty() || wr.data_bytes(buf).await.is_err() {
                     break;
                 }

@@ -259,8 +259,17 @@ mod tests {
 /// reading its next chunk (first come, first served).
 pub(super) const UPLOAD_BUFFER: usize = 32 << 20;
 
-/// The size of an upload chunk.
-pub(super) const UPLOAD_CHUNK: usize = 64 << 10;
+/// How much of a file an upload reads at once.
+pub(super) const UPLOAD_READ: usize = 256 << 10;
+
+/// How much of it is handed to russh at once.
+pub(super) const UPLOAD_CHUNK: usize = 16 << 10;
+
+/// How many chunks of one upload may wait in russh at once. russh encrypts every message it
+/// has queued into the connection's write buffer before writing it out (a buffer that keeps
+/// its size for the connection's life), and the server's window lets it take a whole small
+/// file: without this pace every connection would keep a buffer the size of the file.
+pub(super) const CHUNKS_IN_FLIGHT: usize = 1;
 
 /// The connector's upload memory (see [`UPLOAD_BUFFER`]), counted in KiB.
 #[derive(Clone)]
@@ -272,41 +281,127 @@ impl Default for UploadBuffers {
     }
 }
 
-/// A chunk of an upload holding its share of the connector's upload memory until russh drops
-/// it (after encrypting it).
-struct Held {
+/// One read of a file, holding its share of the connector's upload memory until every chunk
+/// of it is dropped.
+struct Read {
     data: Vec<u8>,
     _room: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl AsRef<[u8]> for Held {
+/// A chunk of a read, handed to russh; says when russh dropped it (after encrypting it).
+struct Chunk {
+    read: Arc<Read>,
+    range: std::ops::Range<usize>,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AsRef<[u8]> for Chunk {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        &self.read.data[self.range.clone()]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
     }
 }
 
 impl UploadBuffers {
-    /// Reads the next chunk of at most `want` bytes (≤ [`UPLOAD_CHUNK`]) from `reader` once
-    /// there is room for it; empty at the end of the input.
-    pub(super) async fn read_chunk<R: tokio::io::AsyncRead + Unpin>(
-        &self,
-        reader: &mut R,
-        want: usize,
-    ) -> std::io::Result<bytes::Bytes> {
-        use tokio::io::AsyncReadExt;
-        let want = want.min(UPLOAD_CHUNK);
-        let kib = want.div_ceil(1024).max(1) as u32;
-        let room = self
-            .0
-            .clone()
-            .acquire_many_owned(kib)
+    /// The chunks of the file at `path`, paced for one channel (see [`CHUNKS_IN_FLIGHT`]).
+    /// The file is read with positional reads on the blocking pool into this memory only
+    /// (a `tokio::fs::File` would keep a buffer of its own per open file).
+    pub(super) async fn pace(&self, path: &std::path::Path) -> std::io::Result<Pace> {
+        let path = path.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
-            .map_err(std::io::Error::other)?;
-        let mut data = Vec::with_capacity(want);
-        reader.take(want as u64).read_to_end(&mut data).await?;
-        Ok(bytes::Bytes::from_owner(Held { data, _room: room }))
+            .map_err(std::io::Error::other)??;
+        Ok(Pace {
+            buffers: self.clone(),
+            file: Arc::new(file),
+            offset: 0,
+            read: None,
+            in_flight: std::collections::VecDeque::new(),
+        })
     }
+}
 
+/// One upload's chunks: at most [`CHUNKS_IN_FLIGHT`] of them not yet taken by russh.
+pub(super) struct Pace {
+    buffers: UploadBuffers,
+    file: Arc<std::fs::File>,
+    /// Where the next read starts.
+    offset: u64,
+    /// The current read and how far its chunks went.
+    read: Option<(Arc<Read>, usize)>,
+    in_flight: std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Pace {
+    /// The next chunk (≤ [`UPLOAD_CHUNK`] bytes) of at most `want` more bytes of `reader`,
+    /// once the earlier chunks allow (and, for a new read, there is room for it); empty at
+    /// the end of the input.
+    pub(super) async fn read_chunk(&mut self, want: usize) -> std::io::Result<bytes::Bytes> {
+        while self.in_flight.len() >= CHUNKS_IN_FLIGHT {
+            if let Some(sent) = self.in_flight.pop_front() {
+                // Dropped unsent (the channel is gone) counts as taken.
+                let _ = sent.await;
+            }
+        }
+        if self.read.as_ref().is_none_or(|(r, at)| *at >= r.data.len()) {
+            self.read = None;
+            let size = want.min(UPLOAD_READ);
+            let kib = size.div_ceil(1024).max(1) as u32;
+            let room = self
+                .buffers
+                .0
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(std::io::Error::other)?;
+            let (file, offset) = (self.file.clone(), self.offset);
+            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                use std::os::unix::fs::FileExt;
+                let mut data = vec![0; size];
+                let mut got = 0;
+                while got < size {
+                    match file.read_at(&mut data[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                data.truncate(got);
+                Ok(data)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            self.offset += data.len() as u64;
+            if data.is_empty() {
+                return Ok(bytes::Bytes::new());
+            }
+            self.read = Some((Arc::new(Read { data, _room: room }), 0));
+        }
+        let Some((read, at)) = self.read.as_mut() else {
+            return Ok(bytes::Bytes::new());
+        };
+        let end = (*at + UPLOAD_CHUNK.min(want)).min(read.data.len());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let chunk = Chunk {
+            read: read.clone(),
+            range: *at..end,
+            sent: Some(tx),
+        };
+        *at = end;
+        self.in_flight.push_back(rx);
+        Ok(bytes::Bytes::from_owner(chunk))
+    }
+}
+
+impl UploadBuffers {
     /// KiB of room left (for tests).
     #[cfg(test)]
     pub(super) fn room(&self) -> usize {
@@ -319,21 +414,48 @@ mod upload_tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_chunk_holds_its_room_until_dropped() {
+    async fn a_read_holds_its_room_until_its_last_chunk_is_dropped() {
         let buffers = UploadBuffers::default();
         let total = buffers.room();
-        let mut input: &[u8] = &[7u8; 100 * 1024];
-        let chunk = buffers.read_chunk(&mut input, usize::MAX).await.unwrap();
-        assert_eq!(chunk.len(), UPLOAD_CHUNK);
-        assert_eq!(buffers.room(), total - UPLOAD_CHUNK / 1024);
-        let slice = chunk.slice(10..20);
-        drop(chunk);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), [7u8; 100 * 1024]).unwrap();
+        let mut pace = buffers.pace(file.path()).await.unwrap();
+        let first = pace.read_chunk(usize::MAX).await.unwrap();
+        assert_eq!(first.len(), UPLOAD_CHUNK);
         assert_eq!(
             buffers.room(),
-            total - UPLOAD_CHUNK / 1024,
-            "a slice keeps it"
+            total - UPLOAD_READ / 1024,
+            "room for one read is taken"
         );
-        drop(slice);
+        drop(first);
+        let mut sizes = Vec::new();
+        loop {
+            let chunk = pace.read_chunk(usize::MAX).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            sizes.push(chunk.len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 100 * 1024 - UPLOAD_CHUNK);
+        drop(pace);
         assert_eq!(buffers.room(), total);
+    }
+
+    #[tokio::test]
+    async fn a_channel_waits_while_its_chunk_is_not_taken() {
+        let buffers = UploadBuffers::default();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), [7u8; 4 * UPLOAD_CHUNK]).unwrap();
+        let mut pace = buffers.pace(file.path()).await.unwrap();
+        let first = pace.read_chunk(usize::MAX).await.unwrap();
+        let second = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            pace.read_chunk(usize::MAX),
+        )
+        .await;
+        assert!(second.is_err(), "waits while the chunk is held");
+        drop(first);
+        let second = pace.read_chunk(usize::MAX).await.unwrap();
+        assert_eq!(second.len(), UPLOAD_CHUNK);
     }
 }

@@ -304,11 +304,11 @@ async fn send_file(
     len: u64,
     uploads: &super::handshake::UploadBuffers,
 ) -> std::io::Result<()> {
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut pace = uploads.pace(path).await?;
     let mut left = len;
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX);
-        let buf = uploads.read_chunk(&mut file, want).await?;
+        let buf = pace.read_chunk(want).await?;
         let n = buf.len();
         if n == 0 {
             return Err(std::io::Error::other(format!(
