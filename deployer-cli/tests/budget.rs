@@ -115,6 +115,18 @@ impl Fleet {
         format!("{}/{host}/hello", self.root())
     }
 
+    /// Makes `host` fail its first step after the lock: `releases` is a file there (owned by
+    /// the login user, like the rest of the tree).
+    fn block_releases(&self, host: &str) {
+        std::fs::create_dir_all(self.srv(host)).unwrap();
+        std::fs::write(format!("{}/releases", self.srv(host)), b"in the way").unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", self._hosts[0].user(), &self.root()])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+    }
+
     fn run(&self, extra: &[&str]) -> Output {
         let config = self.config();
         let store = self.store();
@@ -149,15 +161,8 @@ fn run_id(stderr: &str) -> String {
 #[test]
 fn hosts_that_fail_within_the_budget_are_dropped_and_the_rest_is_deployed() {
     let fleet = Fleet::start(4, 2);
-    // web2 fails a step after taking its lock: `releases` is a file there (owned by the
-    // login user, like the rest of the tree).
-    std::fs::create_dir_all(fleet.srv("web2")).unwrap();
-    std::fs::write(format!("{}/releases", fleet.srv("web2")), b"in the way").unwrap();
-    let chown = Command::new("chown")
-        .args(["-R", fleet._hosts[0].user(), &fleet.root()])
-        .status()
-        .unwrap();
-    assert!(chown.success());
+    // web2 fails a step after taking its lock.
+    fleet.block_releases("web2");
 
     let out = fleet.run(&["--max-failures", "3"]);
     let err = text(&out.stderr);
@@ -234,13 +239,7 @@ fn hosts_that_fail_within_the_budget_are_dropped_and_the_rest_is_deployed() {
 #[test]
 fn one_failure_past_the_budget_stops_the_deploy_as_without_one() {
     let fleet = Fleet::start(3, 1);
-    std::fs::create_dir_all(fleet.srv("web2")).unwrap();
-    std::fs::write(format!("{}/releases", fleet.srv("web2")), b"in the way").unwrap();
-    let chown = Command::new("chown")
-        .args(["-R", fleet._hosts[0].user(), &fleet.root()])
-        .status()
-        .unwrap();
-    assert!(chown.success());
+    fleet.block_releases("web2");
     // web4 refuses (dropped: 1 of 1), then web2's step fails: past the budget.
     let out = fleet.run(&["--max-failures", "1"]);
     let err = text(&out.stderr);

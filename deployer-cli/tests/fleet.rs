@@ -66,6 +66,24 @@ fn artifact(dir: &Path, version: &str) -> PathBuf {
     tarball
 }
 
+/// A config that reaches the fleet's hosts: its port, key, known_hosts (strict) and user.
+fn ssh_config(fleet: &TestFleet, dir: &Path) -> PathBuf {
+    let config = dir.join("deploy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
+             known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
+            fleet.user(),
+            fleet.port(),
+            fleet.client_key().display(),
+            fleet.known_hosts().display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// W1 as six stages of the standard commands, every host at once.
 fn w1(hosts: &[String], root: &Root, tarball: &Path, version: &str) -> Tasklist {
     let release = |h: &str| format!("{}/releases/{version}", root.of(h));
@@ -118,19 +136,7 @@ fn w1_on_100_hosts_at_once_through_deploy_tasklist() {
         w1(&hosts, &root, &tarball, version).to_json_string(),
     )
     .unwrap();
-    let config = work.path().join("deploy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
-             known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
-            fleet.user(),
-            fleet.port(),
-            fleet.client_key().display(),
-            fleet.known_hosts().display(),
-        ),
-    )
-    .unwrap();
+    let config = ssh_config(&fleet, work.path());
 
     let out = Command::new(env!("CARGO_BIN_EXE_deploy"))
         .env("DEPLOYER_STORE", "sqlite::memory:")
@@ -193,19 +199,7 @@ fn a_budget_of_5_lets_40_of_45_hosts_deploy_past_5_refusing_ones() {
     let all: Vec<String> = up.iter().chain(&down).cloned().collect();
     let root = Root::new(fleet.user());
     let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("deploy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
-             known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
-            fleet.user(),
-            fleet.port(),
-            fleet.client_key().display(),
-            fleet.known_hosts().display(),
-        ),
-    )
-    .unwrap();
+    let config = ssh_config(&fleet, work.path());
     for (budget, exit) in [("5", 4), ("4", 1)] {
         let version = format!("budget-{budget}");
         let dir = work.path().join(&version);

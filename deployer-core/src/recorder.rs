@@ -614,39 +614,26 @@ impl Journal for Recorder {
                         .await?;
                 }
             }
-            EventKind::TaskNotRun { task, reason } => {
+            EventKind::TaskNotRun { task, reason } | EventKind::TaskDropped { task, reason } => {
+                // Never started: its stage stopped, or its host was dropped.
+                let dropped = matches!(event.kind, EventKind::TaskDropped { .. });
                 let record = {
                     let mut st = self.lock();
                     let rec = st
                         .tasks
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
-                    rec.state = TaskState::NotRun;
+                    rec.state = if dropped {
+                        TaskState::Dropped
+                    } else {
+                        TaskState::NotRun
+                    };
                     rec.drive = Some(self.drive);
                     rec.error = Some(reason.clone());
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, false, None, false) {
-                    self.store
-                        .set_host_state(&self.id, &task.host, state)
-                        .await?;
-                }
-            }
-            EventKind::TaskDropped { task, reason } => {
-                let record = {
-                    let mut st = self.lock();
-                    let rec = st
-                        .tasks
-                        .entry(task.id)
-                        .or_insert_with(|| TaskRecord::pending(task));
-                    rec.state = TaskState::Dropped;
-                    rec.drive = Some(self.drive);
-                    rec.error = Some(reason.clone());
-                    rec.clone()
-                };
-                self.store.update_task(&self.id, &record).await?;
-                if let Some(state) = self.host_task_ended(&task.host, false, None, true) {
+                if let Some(state) = self.host_task_ended(&task.host, false, None, dropped) {
                     self.store
                         .set_host_state(&self.id, &task.host, state)
                         .await?;

@@ -8,7 +8,7 @@
 //! target/release/fleet_w1 budget [HOSTS] [REFUSING]
 //! ```
 //!
-//! The hosts are one [`TestFleet`](deployer_remote::testing::TestFleet) (127.1.0.1, …, one
+//! The hosts are one [`TestFleet`] (127.1.0.1, …, one
 //! sshd master per 16 addresses, one port), started once at the largest count; each count uses
 //! its first N hosts. W1, per host and tool, in its own directory
 //! `/tmp/deployer-fleet-bench/<address>/<tool>`: create `releases/<v>`, upload a 1 MiB
