@@ -16,12 +16,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `/tmp/deployer-fleet-<pid>`, owned by the login user; removed on drop.
+/// `/tmp/deployer-fleet-<pid>-<test>`, owned by the login user; removed on drop. (The tests
+/// of this file may run at once in one process, on the same addresses.)
 struct Root(PathBuf);
 
 impl Root {
-    fn new(user: &str) -> Root {
-        let root = PathBuf::from(format!("/tmp/deployer-fleet-{}", std::process::id()));
+    fn new(user: &str, test: &str) -> Root {
+        let root = PathBuf::from(format!("/tmp/deployer-fleet-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let status = Command::new("chown").arg(user).arg(&root).status().unwrap();
@@ -126,7 +127,7 @@ fn w1(hosts: &[String], root: &Root, tarball: &Path, version: &str) -> Tasklist 
 fn w1_on_100_hosts_at_once_through_deploy_tasklist() {
     let fleet = TestFleet::start(HOSTS).expect("the fleet starts");
     let hosts = fleet.hosts().to_vec();
-    let root = Root::new(fleet.user());
+    let root = Root::new(fleet.user(), "w1");
     let work = tempfile::tempdir().unwrap();
     let version = "fleet-1.0.0";
     let tarball = artifact(work.path(), version);
@@ -197,7 +198,7 @@ fn a_budget_of_5_lets_40_of_45_hosts_deploy_past_5_refusing_ones() {
     let up = fleet.hosts().to_vec();
     let down = fleet.refusing_hosts().to_vec();
     let all: Vec<String> = up.iter().chain(&down).cloned().collect();
-    let root = Root::new(fleet.user());
+    let root = Root::new(fleet.user(), "budget");
     let work = tempfile::tempdir().unwrap();
     let config = ssh_config(&fleet, work.path());
     for (budget, exit) in [("5", 4), ("4", 1)] {
