@@ -27,7 +27,8 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let mut commands = CommandRegistry::new();
 //! commands.register_fn("noop", |_| Ok(Box::new(deployer_core::fixture::Noop)));
-//! let tasklist = Tasklist::new("demo").stage(Stage::new("all", 2).tasks(vec![
+//! // One at a time: rows follow the order hosts finish.
+//! let tasklist = Tasklist::new("demo").stage(Stage::new("all", 1).tasks(vec![
 //!     Task::new("noop").on("fe001"),
 //!     Task::new("noop").on("fe002"),
 //! ]));
