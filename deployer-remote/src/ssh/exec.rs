@@ -244,9 +244,14 @@ async fn write_input(
         Input::Tar(path) => {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
             let builder = tokio::task::spawn_blocking(move || write_tar(&path, tx));
-            while let Some(chunk) = rx.recv().await {
-                if wr.data_bytes(chunk).await.is_err() {
-                    break;
+            // Paced like a file: russh gets 16 KiB at a time.
+            let mut pace = uploads.pace_pushed();
+            'pieces: while let Some(piece) = rx.recv().await {
+                pace.push(piece);
+                while let Some(chunk) = pace.next_pushed().await {
+                    if wr.data_bytes(chunk).await.is_err() {
+                        break 'pieces;
+                    }
                 }
             }
             drop(rx);

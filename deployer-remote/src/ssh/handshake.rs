@@ -285,7 +285,7 @@ impl Default for UploadBuffers {
 /// of it is dropped.
 struct Read {
     data: Vec<u8>,
-    _room: tokio::sync::OwnedSemaphorePermit,
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A chunk of a read, handed to russh; says when russh dropped it (after encrypting it).
@@ -320,18 +320,31 @@ impl UploadBuffers {
             .map_err(std::io::Error::other)??;
         Ok(Pace {
             buffers: self.clone(),
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             offset: 0,
             read: None,
             in_flight: std::collections::VecDeque::new(),
         })
+    }
+
+    /// The same pace for pieces made elsewhere (a tar stream, bounded by its own channel):
+    /// [`Pace::push`] a piece, then take its chunks with [`Pace::next_pushed`].
+    pub(super) fn pace_pushed(&self) -> Pace {
+        Pace {
+            buffers: self.clone(),
+            file: None,
+            offset: 0,
+            read: None,
+            in_flight: std::collections::VecDeque::new(),
+        }
     }
 }
 
 /// One upload's chunks: at most [`CHUNKS_IN_FLIGHT`] of them not yet taken by russh.
 pub(super) struct Pace {
     buffers: UploadBuffers,
-    file: Arc<std::fs::File>,
+    /// The file read (`None`: pieces are pushed).
+    file: Option<Arc<std::fs::File>>,
     /// Where the next read starts.
     offset: u64,
     /// The current read and how far its chunks went.
@@ -344,12 +357,12 @@ impl Pace {
     /// once the earlier chunks allow (and, for a new read, there is room for it); empty at
     /// the end of the input.
     pub(super) async fn read_chunk(&mut self, want: usize) -> std::io::Result<bytes::Bytes> {
-        while self.in_flight.len() >= CHUNKS_IN_FLIGHT {
-            if let Some(sent) = self.in_flight.pop_front() {
-                // Dropped unsent (the channel is gone) counts as taken.
-                let _ = sent.await;
-            }
-        }
+        let Some(file) = self.file.clone() else {
+            return Err(std::io::Error::other(
+                "a pace of pushed pieces reads no file",
+            ));
+        };
+        self.turn().await;
         if self.read.as_ref().is_none_or(|(r, at)| *at >= r.data.len()) {
             self.read = None;
             let size = want.min(UPLOAD_READ);
@@ -361,7 +374,7 @@ impl Pace {
                 .acquire_many_owned(kib)
                 .await
                 .map_err(std::io::Error::other)?;
-            let (file, offset) = (self.file.clone(), self.offset);
+            let offset = self.offset;
             let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
                 use std::os::unix::fs::FileExt;
                 let mut data = vec![0; size];
@@ -383,10 +396,46 @@ impl Pace {
             if data.is_empty() {
                 return Ok(bytes::Bytes::new());
             }
-            self.read = Some((Arc::new(Read { data, _room: room }), 0));
+            self.read = Some((
+                Arc::new(Read {
+                    data,
+                    _room: Some(room),
+                }),
+                0,
+            ));
         }
+        Ok(self.take(want))
+    }
+
+    /// Waits until fewer than [`CHUNKS_IN_FLIGHT`] chunks are not yet taken by russh.
+    async fn turn(&mut self) {
+        while self.in_flight.len() >= CHUNKS_IN_FLIGHT {
+            if let Some(sent) = self.in_flight.pop_front() {
+                // Dropped unsent (the channel is gone) counts as taken.
+                let _ = sent.await;
+            }
+        }
+    }
+
+    /// Gives a piece whose chunks [`next_pushed`](Self::next_pushed) hands out next.
+    pub(super) fn push(&mut self, data: Vec<u8>) {
+        self.read = Some((Arc::new(Read { data, _room: None }), 0));
+    }
+
+    /// The next chunk of the pushed piece once the earlier chunks allow; `None` when it is
+    /// all handed out.
+    pub(super) async fn next_pushed(&mut self) -> Option<bytes::Bytes> {
+        if self.read.as_ref().is_none_or(|(r, at)| *at >= r.data.len()) {
+            return None;
+        }
+        self.turn().await;
+        Some(self.take(usize::MAX))
+    }
+
+    /// The next chunk of the current read (at most `want` bytes), counted in flight.
+    fn take(&mut self, want: usize) -> bytes::Bytes {
         let Some((read, at)) = self.read.as_mut() else {
-            return Ok(bytes::Bytes::new());
+            return bytes::Bytes::new();
         };
         let end = (*at + UPLOAD_CHUNK.min(want)).min(read.data.len());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -397,7 +446,7 @@ impl Pace {
         };
         *at = end;
         self.in_flight.push_back(rx);
-        Ok(bytes::Bytes::from_owner(chunk))
+        bytes::Bytes::from_owner(chunk)
     }
 }
 
@@ -439,6 +488,23 @@ mod upload_tests {
         assert_eq!(sizes.iter().sum::<usize>(), 100 * 1024 - UPLOAD_CHUNK);
         drop(pace);
         assert_eq!(buffers.room(), total);
+    }
+
+    #[tokio::test]
+    async fn pushed_pieces_are_handed_out_paced_in_chunks() {
+        let mut pace = UploadBuffers::default().pace_pushed();
+        pace.push(vec![1u8; 2 * UPLOAD_CHUNK + 100]);
+        let first = pace.next_pushed().await.unwrap();
+        assert_eq!(first.len(), UPLOAD_CHUNK);
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), pace.next_pushed()).await;
+        assert!(waiting.is_err(), "waits while the first chunk is held");
+        drop(first);
+        let mut rest = Vec::new();
+        while let Some(chunk) = pace.next_pushed().await {
+            rest.push(chunk.len());
+        }
+        assert_eq!(rest, [UPLOAD_CHUNK, 100]);
     }
 
     #[tokio::test]
