@@ -155,14 +155,12 @@ impl<'a> JobQueue<'a> {
         }
     }
 
-    /// Marks host `h` down (failed or dropped); true if it was up.
-    fn mark_down(&mut self, h: usize) -> bool {
-        if self.down[h] {
-            return false;
+    /// Marks host `h` down (failed or dropped).
+    fn mark_down(&mut self, h: usize) {
+        if !self.down[h] {
+            self.down[h] = true;
+            self.down_count += 1;
         }
-        self.down[h] = true;
-        self.down_count += 1;
-        true
     }
 
     /// A host of an ordinary stage failed: drops it when the failure budget allows (its
@@ -199,11 +197,6 @@ impl<'a> JobQueue<'a> {
         };
         let reason = self.shared.redactor.redact(&reason).into_owned();
         self.shared.drop_host(&host, &self.stage.name, &reason);
-        let counted = if self.stage.budget.is_set() {
-            self.stage.budget
-        } else {
-            self.shared.run_budget
-        };
         self.shared
             .emitter
             .note(|| EventKind::HostDropped {
@@ -211,7 +204,7 @@ impl<'a> JobQueue<'a> {
                 stage: self.index,
                 reason: reason.clone(),
                 failed_hosts: run_failed,
-                budget: counted.to_string(),
+                budget: budget.to_string(),
             })
             .await;
         let queue = std::mem::take(&mut self.pending[h]);
