@@ -20,6 +20,19 @@ use crate::runs::{RunId, RunStore};
 use crate::tasklist::Tasklist;
 use crate::validation::ValidationErrors;
 
+/// The config's failure budget (`max_failures`, `max_fail_percentage`: a config key or the
+/// command line's override) on a generated tasklist that sets none itself, whatever the
+/// generator.
+fn with_config_budget(mut tasklist: Tasklist, config: &Config) -> Result<Tasklist, DriveError> {
+    if !tasklist.budget.is_set() {
+        tasklist.budget = crate::FailureBudget {
+            max_failures: config.get_as("max_failures")?,
+            max_fail_percentage: config.get_as("max_fail_percentage")?,
+        };
+    }
+    Ok(tasklist)
+}
+
 /// `plan` with the variables `config` gives each of its hosts (see [`Plan::with_host_vars`]).
 fn with_host_vars(plan: Plan, config: &Config) -> Plan {
     let vars: crate::HostVars = plan
@@ -383,7 +396,7 @@ impl Driver {
         }
         let source = config.clone();
         let ctx = GeneratorContext::new(config).with_connector(self.connector.clone());
-        let tasklist = self.generators.generate(ctx).await?;
+        let tasklist = with_config_budget(self.generators.generate(ctx).await?, &source)?;
         let plan = self.plan_tasklist(&tasklist)?;
         Ok(with_host_vars(plan, &source))
     }
@@ -398,6 +411,7 @@ impl Driver {
             .generators
             .generate(GeneratorContext::new(config))
             .await?;
+        let tasklist = with_config_budget(tasklist, &source)?;
         let plan = self.plan_tasklist(&tasklist)?;
         Ok(with_host_vars(plan, &source))
     }

@@ -1,5 +1,6 @@
-//! Host vars reach tasks: a config with an inventory, planned and run by the `Driver`, gives
-//! each task its host's vars (its own over its groups').
+//! What the `Driver` takes from a config besides the generated plan: a config with an
+//! inventory gives each task its host's vars (its own over its groups'), and a config's
+//! failure budget applies whatever the generator.
 
 use std::sync::{Arc, Mutex};
 
@@ -68,4 +69,60 @@ async fn each_task_reads_its_hosts_vars() {
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
     assert_eq!(seen, ["web1=8081", "web2=8080", "web3=8080"]);
+}
+
+/// One `work` task per host of `web`; the generator knows nothing of failure budgets.
+struct FailOn;
+
+#[async_trait]
+impl Generator for FailOn {
+    async fn generate(&self, ctx: &GeneratorContext) -> Result<Tasklist, GeneratorError> {
+        let hosts = ctx.config().hostgroup("web")?.to_vec();
+        Ok(Tasklist::new("work").stage(
+            Stage::new("work", 4).tasks(hosts.iter().map(|h| Task::new("fail_on").on(h.as_str()))),
+        ))
+    }
+}
+
+/// Fails on `web2`.
+#[derive(Debug)]
+struct FailOnWeb2;
+
+#[async_trait]
+impl Command for FailOnWeb2 {
+    fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+        Ok(FailOnWeb2)
+    }
+
+    async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+        if ctx.info().host == "web2" {
+            return Err(CommandError::failed("web2 is broken"));
+        }
+        Ok(Outcome::done())
+    }
+}
+
+#[tokio::test]
+async fn a_configs_failure_budget_applies_whatever_the_generator() {
+    let mut commands = CommandRegistry::new();
+    commands.register::<FailOnWeb2>("fail_on");
+    let driver = Driver::new(Arc::new(FakeConnector::new()))
+        .generator("work", FailOn)
+        .commands(commands)
+        .handle_signals(false);
+    let config = |extra: &str| {
+        Config::from_yaml_str(
+            &format!("platform: work\nhostgroup:\n  web: [web1, web2, web3]\n{extra}"),
+            "deploy.yaml",
+        )
+        .unwrap()
+    };
+    let within = driver.deploy(config("max_failures: 1\n")).await;
+    assert_eq!(within.exit_code(), exit::WITHIN_BUDGET);
+    // Without one, as before; a wrong type names its key.
+    assert_eq!(driver.deploy(config("")).await.exit_code(), exit::FAILED);
+    let wrong = driver.deploy(config("max_fail_percentage: lots\n")).await;
+    assert_eq!(wrong.exit_code(), exit::BAD_INPUT);
+    let message = wrong.error_message().unwrap();
+    assert!(message.contains("max_fail_percentage"), "{message}");
 }
