@@ -168,10 +168,11 @@ pub struct Event {
     #[serde(flatten)]
     pub kind: EventKind,
     /// The run's task counts so far, on the events that change them or end a stage or the
-    /// run (`task_finished`, `task_not_run`, `task_done_earlier`, `stage_skipped`,
-    /// `stage_finished`, `run_finished`): reporters read totals here instead of recounting.
-    /// On `run_finished` they equal [`RunReport::counts`](crate::RunReport::counts). Every
-    /// task of the plan ends with exactly one of those three task events.
+    /// run (`task_finished`, `task_not_run`, `task_dropped`, `task_done_earlier`,
+    /// `stage_skipped`, `stage_finished`, `run_finished`): reporters read totals here instead
+    /// of recounting. On `run_finished` they equal
+    /// [`RunReport::counts`](crate::RunReport::counts). Every task of the plan ends with
+    /// exactly one of those four task events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<TaskCounts>,
     /// The run record this event belongs to, when the run is recorded.
@@ -235,7 +236,7 @@ impl TaskCategory {
     }
 
     /// The category of the event that ends a task (`task_finished`, `task_not_run`,
-    /// `task_done_earlier`), `None` for every other event.
+    /// `task_dropped`, `task_done_earlier`), `None` for every other event.
     pub fn of_event(kind: &EventKind) -> Option<TaskCategory> {
         match kind {
             EventKind::TaskFinished { outcome, .. } => Some(TaskCategory::of_outcome(outcome)),
