@@ -2,7 +2,7 @@
 # Runs the whole test suite. Installs what the tests need when it is missing:
 # the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, PostgreSQL
 # (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1), curl,
-# python3 and script.
+# python3, script and prlimit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v script >/dev/null 2>&1 || need+=(util-linux)
+# prlimit (util-linux too): the open-files test runs deploy under a low ulimit -n.
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq

@@ -314,6 +314,16 @@ impl Config {
         vars
     }
 
+    /// The variables of each of `hosts` that has any (see [`host_vars`](Self::host_vars)):
+    /// what [`Plan::with_host_vars`](crate::Plan::with_host_vars) gives their tasks.
+    pub fn host_vars_of<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) -> crate::HostVars {
+        hosts
+            .into_iter()
+            .map(|h| (h.to_string(), self.host_vars(h)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    }
+
     /// One variable of a host: the command line, else the host's vars, else its groups' (a
     /// child group's over its parent's, `all` lowest), else the config's top-level value.
     pub fn host_var(&self, host: &str, key: &str) -> Option<Value> {

@@ -35,13 +35,7 @@ fn with_config_budget(mut tasklist: Tasklist, config: &Config) -> Result<Tasklis
 
 /// `plan` with the variables `config` gives each of its hosts (see [`Plan::with_host_vars`]).
 fn with_host_vars(plan: Plan, config: &Config) -> Plan {
-    let vars: crate::HostVars = plan
-        .tasklist()
-        .hosts()
-        .into_iter()
-        .map(|h| (h.to_string(), config.host_vars(h)))
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
+    let vars = config.host_vars_of(plan.tasklist().hosts());
     plan.with_host_vars(vars)
 }
 

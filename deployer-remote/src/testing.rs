@@ -255,6 +255,26 @@ fn login_user() -> std::io::Result<String> {
     }
 }
 
+/// The `sshd_config` lines every harness server has: its host key and authorized keys in
+/// `dir`, public-key logins only, no PAM and no strict modes (nothing of the system touched),
+/// and the limits given.
+fn sshd_common(
+    dir: &Path,
+    tcp_forwarding: bool,
+    max_sessions: usize,
+    max_startups: &str,
+) -> String {
+    format!(
+        "HostKey {d}/host_ed25519\nAuthorizedKeysFile {d}/authorized_keys\nUsePAM no\n\
+         StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding {fwd}\n\
+         MaxSessions {max_sessions}\nMaxStartups {max_startups}\nLogLevel INFO\nPrintMotd no\n\
+         Subsystem sftp internal-sftp\n",
+        d = dir.display(),
+        fwd = if tcp_forwarding { "yes" } else { "no" },
+    )
+}
+
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -294,15 +314,11 @@ impl TestSshd {
         for _ in 0..5 {
             let port = free_port(&b.address)?;
             let config = dir.path().join("sshd_config");
-            let d = dir.path().display();
             let mut text = format!(
-                "Port {port}\nListenAddress {addr}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
-                 AuthorizedKeysFile {d}/authorized_keys\nUsePAM no\nStrictModes no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                 PermitRootLogin prohibit-password\nAllowTcpForwarding {fwd}\nMaxSessions 10\n\
-                 MaxStartups 100:30:200\nLogLevel INFO\nPrintMotd no\nSubsystem sftp internal-sftp\n",
+                "Port {port}\nListenAddress {addr}\nPidFile {d}/sshd.pid\n{common}",
                 addr = b.address,
-                fwd = if b.tcp_forwarding { "yes" } else { "no" },
+                d = dir.path().display(),
+                common = sshd_common(dir.path(), b.tcp_forwarding, 10, "100:30:200"),
             );
             for line in &b.extra {
                 text.push_str(line);

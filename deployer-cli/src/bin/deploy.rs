@@ -418,18 +418,6 @@ fn ssh_options_for(cli: &Cli, config: Option<&Config>) -> Result<SshOptions, Bad
     ssh_options(inventory_only(cli)?.as_ref())
 }
 
-/// The variables `config` gives each of `hosts` (those that have any).
-fn host_vars_of<'a>(
-    config: &Config,
-    hosts: impl IntoIterator<Item = &'a str>,
-) -> deployer_core::HostVars {
-    hosts
-        .into_iter()
-        .map(|h| (h.to_string(), config.host_vars(h)))
-        .filter(|(_, v)| !v.is_empty())
-        .collect()
-}
-
 /// Without a config, a config of nothing but the `-i` inventories (`None` without them).
 fn inventory_only(cli: &Cli) -> Result<Option<Config>, BadInput> {
     if cli.inventory.is_empty() {
@@ -766,7 +754,7 @@ async fn plan_tasklist(
             };
             Ok(match vars {
                 Some(c) => {
-                    let vars = host_vars_of(&c, plan.tasklist().hosts());
+                    let vars = c.host_vars_of(plan.tasklist().hosts());
                     plan.with_host_vars(vars)
                 }
                 None => plan,
@@ -1184,7 +1172,7 @@ async fn runs_main(
                 Some(c) => Some(c.clone()),
                 None => inventory_only(cli)?,
             }
-            .map(|c| host_vars_of(&c, record.tasklist.hosts()))
+            .map(|c| c.host_vars_of(record.tasklist.hosts()))
             .unwrap_or_default();
             let resume = ResumeOptions {
                 force: *force,

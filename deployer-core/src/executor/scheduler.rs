@@ -49,6 +49,9 @@ pub(crate) struct JobQueue<'a> {
     /// Hosts with work of the stage under way (started, not all done), and how many.
     pub(crate) in_flight: Vec<bool>,
     pub(crate) active: usize,
+    /// Hosts `min_hosts_up` keeps from starting (their next entry), back in `ready` when a
+    /// place frees: a full window costs nothing per finished entry.
+    pub(crate) parked: Vec<Reverse<(u32, u32)>>,
 }
 
 impl<'a> JobQueue<'a> {
@@ -85,6 +88,7 @@ impl<'a> JobQueue<'a> {
             down,
             in_flight: vec![false; stage.hosts.len()],
             active: 0,
+            parked: Vec::new(),
             failed_here: HashSet::new(),
             stage,
             limit: limit.max(1),
@@ -147,11 +151,13 @@ impl<'a> JobQueue<'a> {
         self.in_flight[h] || self.active < self.window()
     }
 
-    /// Frees host `h`'s place in the window once it has nothing running or pending.
+    /// Frees host `h`'s place in the window once it has nothing running or pending; the
+    /// parked hosts may then try again.
     fn settle(&mut self, h: usize) {
         if self.in_flight[h] && self.running_on[h] == 0 && self.pending[h].is_empty() {
             self.in_flight[h] = false;
             self.active -= 1;
+            self.ready.extend(self.parked.drain(..));
         }
     }
 
@@ -233,7 +239,6 @@ impl<'a> JobQueue<'a> {
                 stop_starting = true;
             }
             if !stop_starting {
-                let mut parked = Vec::new();
                 while running < self.limit {
                     let Some(Reverse((entry, host))) = self.ready.pop() else {
                         break;
@@ -244,7 +249,7 @@ impl<'a> JobQueue<'a> {
                         continue;
                     }
                     if !self.admits(h) {
-                        parked.push(Reverse((entry, host)));
+                        self.parked.push(Reverse((entry, host)));
                         continue;
                     }
                     self.pending[h].pop_front();
@@ -272,9 +277,7 @@ impl<'a> JobQueue<'a> {
                     let shared = self.shared.clone();
                     set.spawn(async move { (host, run_entry(planned, shared).await) });
                 }
-                let blocked = !parked.is_empty();
-                self.ready.extend(parked);
-                if blocked && running == 0 {
+                if !self.parked.is_empty() && running == 0 {
                     // Nothing runs and no host may start: `min_hosts_up` holds the rest.
                     let min = self.stage.min_hosts_up.unwrap_or(0);
                     held = Some(format!(

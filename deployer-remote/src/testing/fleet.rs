@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{err, free_port, keygen, login_user, set_mode, sshd_binary};
+use super::{err, free_port, keygen, login_user, set_mode, sshd_binary, sshd_common};
 use crate::{SshConfig, SshConnector, SshOptions};
 
 /// How many `ListenAddress` lines one sshd accepts.
@@ -242,13 +242,10 @@ impl TestFleet {
         let hosts: Vec<String> = (0..b.hosts).map(address).collect();
         let refusing: Vec<String> = (b.hosts..b.hosts + b.refusing).map(address).collect();
 
+        // Many clients at once: more startups and sessions, no DNS, no last-log lookups.
         let common = format!(
-            "HostKey {d}/host_ed25519\nAuthorizedKeysFile {d}/authorized_keys\nUsePAM no\n\
-             StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\n\
-             X11Forwarding no\nMaxSessions 64\nMaxStartups 2000:30:4000\nUseDNS no\n\
-             LogLevel INFO\nPrintMotd no\nPrintLastLog no\nSubsystem sftp internal-sftp\n",
-            d = d.display()
+            "{}X11Forwarding no\nUseDNS no\nPrintLastLog no\n",
+            sshd_common(d, false, 64, "2000:30:4000")
         );
         // What the installed sshd supports, probed once on a config with the common part.
         let probe = d.join("sshd_config.probe");
