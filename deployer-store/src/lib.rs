@@ -72,6 +72,8 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod watch;
 
 pub use errors::UrlError;
 #[cfg(feature = "postgres")]

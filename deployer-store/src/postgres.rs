@@ -1,6 +1,7 @@
 //! The PostgreSQL store: shared by several controller processes.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deployer_core::StoreError;
@@ -8,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::errors::{backend, migrate};
 use crate::url::redact;
+use crate::watch::Watch;
 
 /// A [`RunStore`](deployer_core::RunStore) in a PostgreSQL database, shared by several
 /// controller processes (on several machines).
@@ -16,6 +18,13 @@ use crate::url::redact;
 /// controller wins a run; lease times come from the server's clock, so controllers' clocks
 /// need not agree. The schema is migrated when the store connects (under PostgreSQL's advisory
 /// lock, so controllers starting together do not race). Cloning is cheap and shares the pool.
+///
+/// Every write that changes a run also sends `NOTIFY deployer_runs` with the run's id (in the
+/// same statement, so it is delivered when the write commits);
+/// [`changes`](deployer_core::RunStore::changes) feeds wake on those, from any controller: a
+/// watcher task, started with the first feed on the caller's tokio runtime, listens on a
+/// connection of its own (reconnecting when it drops) and stops when no feed is left or the
+/// store is closed or dropped.
 ///
 /// TLS is not compiled in (to keep the build lean): reach the server over a trusted network,
 /// a Unix socket (`postgres:///deployer?host=/run/postgresql`) or a tunnel; `sslmode=require`
@@ -36,6 +45,9 @@ use crate::url::redact;
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
     location: String,
+    /// How the change watcher connects.
+    options: PgConnectOptions,
+    watch: Arc<Watch>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -67,7 +79,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| backend(format!("connect to PostgreSQL at {location}"), e))?;
         // sqlx's migrator holds a session advisory lock (`pg_advisory_lock`, keyed by the
@@ -81,7 +93,12 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| migrate(format!("migrate PostgreSQL database {location}"), e))?;
-        Ok(PostgresStore { pool, location })
+        Ok(PostgresStore {
+            pool,
+            location,
+            options,
+            watch: Watch::new(),
+        })
     }
 
     /// Where the database is: its URL without the password.
@@ -89,9 +106,25 @@ impl PostgresStore {
         &self.location
     }
 
-    /// Closes every connection (waiting for calls in flight); later calls fail.
+    /// Closes every connection (waiting for calls in flight); later calls fail. A change
+    /// watcher closes its connection within about 200 ms; feeds then tick every second.
     pub async fn close(&self) {
+        self.watch.close();
         self.pool.close().await;
+    }
+
+    /// Tells this store's change feeds that it wrote: nothing to do, its own writes come back
+    /// through `LISTEN` like everyone else's (waking the feeds twice per write otherwise).
+    fn wrote(&self) {}
+
+    /// A change feed: see [`PostgresStore`].
+    fn feed(&self) -> deployer_core::ChangeFeed {
+        let options = self.options.clone();
+        let location = self.location.clone();
+        self.watch
+            .subscribe(Some(move |runtime: &tokio::runtime::Handle, watch| {
+                runtime.spawn(crate::watch::watch_postgres(options, location, watch));
+            }))
     }
 }
 
@@ -107,5 +140,7 @@ impl_run_store!(
     db: sqlx::Postgres,
     begin: "BEGIN",
     now: "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)",
-    server_clock: true
+    server_clock: true,
+    instr: "strpos",
+    pg_notify: true
 );

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deployer_core::{
-    HostRecord, HostState, RunId, RunRecord, RunState, StoreError, TaskId, TaskRecord, TaskState,
-    Tasklist,
+    CancelRequest, HostRecord, HostRun, HostState, RunId, RunRecord, RunState, RunSummary,
+    StoreError, TaskCategory, TaskCounts, TaskId, TaskRecord, TaskState, Tasklist,
 };
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -41,10 +41,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "approvals of manual steps",
         include_str!("../migrations/0005_approvals.sql"),
     ),
+    (
+        6,
+        "task output tails, cancel requests and the indexes of the run views",
+        include_str!("../migrations/0006_web.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {
@@ -303,6 +308,145 @@ pub(crate) fn run_record(row: &impl RowExt) -> Result<RunRecord, StoreError> {
     })
 }
 
+/// A run's summary from a row of `runs` (every column of [`run_record`] but the tasklist, which
+/// is never read) with its host count in column `hosts`; task counts are added later.
+pub(crate) fn run_summary(row: &impl RowExt) -> Result<RunSummary, StoreError> {
+    let mut f = Fields {
+        row,
+        what: "a run".to_string(),
+    };
+    let id_text = f.text("id")?;
+    f.what = format!("run {id_text}");
+    let id: RunId = id_text
+        .parse()
+        .map_err(|_| f.fail("id", "not a run id (expected a UUID)"))?;
+    Ok(RunSummary {
+        id,
+        name: f.text("name")?,
+        source: f.text("source")?,
+        started_by: f.text("started_by")?,
+        state: f.state::<RunState>("state")?,
+        created_ts: f.time("created_ts")?,
+        started_ts: f.opt_time("started_ts")?,
+        finish_ts: f.opt_time("finish_ts")?,
+        drives: f.count("drives")?,
+        owner: f.opt_text("owner")?,
+        lease_expires: f.opt_time("lease_expires")?,
+        hosts: f.count("hosts")?,
+        counts: TaskCounts::default(),
+    })
+}
+
+/// What [`TaskCategory::of_record`] makes of a task in `state` of a run, `earlier` when the
+/// drive that last started or ended it is before the run's current one (`run_tasks.drive <
+/// runs.drives`, false when `drive` is NULL). A page of runs counts its tasks by these two
+/// values, grouped in the database; the unit test below holds this to `of_record` for every
+/// state.
+pub(crate) fn task_category(state: TaskState, earlier: bool) -> TaskCategory {
+    use TaskState as S;
+    match state {
+        S::Succeeded | S::Skipped if earlier => TaskCategory::DoneEarlier,
+        S::Succeeded => TaskCategory::Succeeded,
+        S::Skipped => TaskCategory::Skipped,
+        S::Failed | S::TimedOut => TaskCategory::Failed,
+        S::Cancelled => TaskCategory::Cancelled,
+        S::RolledBack => TaskCategory::RolledBack,
+        S::Dropped => TaskCategory::Dropped,
+        S::Pending | S::Running | S::NotRun => TaskCategory::NotRun,
+    }
+}
+
+/// Every run state this version knows, as stored: a filtered page of runs leaves out rows in
+/// any other state in the database (so a page is never short), as the default `find_runs`
+/// leaves out runs it cannot read.
+pub(crate) const RUN_STATES: [RunState; 6] = [
+    RunState::Pending,
+    RunState::Running,
+    RunState::Succeeded,
+    RunState::Failed,
+    RunState::Cancelled,
+    RunState::Degraded,
+];
+
+/// Every host state this version knows (see [`RUN_STATES`]).
+pub(crate) const HOST_STATES: [HostState; 9] = [
+    HostState::Pending,
+    HostState::Added,
+    HostState::Removed,
+    HostState::Running,
+    HostState::Done,
+    HostState::Failed,
+    HostState::Skipped,
+    HostState::RolledBack,
+    HostState::Dropped,
+];
+
+/// Fails to compile when a state is added without adding it to [`RUN_STATES`] /
+/// [`HOST_STATES`].
+#[allow(dead_code)]
+fn every_state_is_listed(run: RunState, host: HostState) {
+    use HostState as H;
+    use RunState as R;
+    match run {
+        R::Pending | R::Running | R::Succeeded | R::Failed | R::Cancelled | R::Degraded => {}
+    }
+    match host {
+        H::Pending
+        | H::Added
+        | H::Removed
+        | H::Running
+        | H::Done
+        | H::Failed
+        | H::Skipped
+        | H::RolledBack
+        | H::Dropped => {}
+    }
+}
+
+/// A run as seen from one host, from a row of `run_hosts` joined with `runs` (columns `id`,
+/// `name`, `source`, `started_by`, `run_state`, `host_state`, `created_ts`, `updated_ts`,
+/// `finish_ts`).
+pub(crate) fn host_run(row: &impl RowExt) -> Result<HostRun, StoreError> {
+    let mut f = Fields {
+        row,
+        what: "a run".to_string(),
+    };
+    let id_text = f.text("id")?;
+    f.what = format!("run {id_text}");
+    let run: RunId = id_text
+        .parse()
+        .map_err(|_| f.fail("id", "not a run id (expected a UUID)"))?;
+    Ok(HostRun {
+        run,
+        name: f.text("name")?,
+        source: f.text("source")?,
+        started_by: f.text("started_by")?,
+        run_state: f.state::<RunState>("run_state")?,
+        host_state: f.state::<HostState>("host_state")?,
+        created_ts: f.time("created_ts")?,
+        updated_ts: f.time("updated_ts")?,
+        finish_ts: f.opt_time("finish_ts")?,
+    })
+}
+
+/// The cancel request stored in a row of `runs` (columns `cancel_by`, `cancel_ts`), if any.
+pub(crate) fn cancel_request(
+    run: &RunId,
+    row: &impl RowExt,
+) -> Result<Option<CancelRequest>, StoreError> {
+    let f = Fields {
+        row,
+        what: format!("run {run}"),
+    };
+    match f.opt_text("cancel_by")? {
+        None => Ok(None),
+        Some(by) => Ok(Some(CancelRequest {
+            by,
+            ts: f.time("cancel_ts")?,
+        })),
+    }
+}
+
 /// An approval from a row of `run_approvals`.
 pub(crate) fn approval(row: &impl RowExt) -> Result<deployer_core::Approval, StoreError> {
     let mut f = Fields {
@@ -390,7 +534,7 @@ pub(crate) fn task_record(run: &RunId, row: &impl RowExt) -> Result<TaskRecord, 
             .map(Duration::from_micros),
         exit_status: f.opt_count::<i32>("exit_status")?,
         stderr_tail: f.opt_text("stderr_tail")?,
-        output_tail: None,
+        output_tail: f.opt_text("output_tail")?,
         error: f.opt_text("error")?,
         finish_ts: f.opt_time("finish_ts")?,
         drive: f.opt_count("drive")?,
@@ -452,6 +596,50 @@ mod tests {
                 .map(|b| format!("{b:02x}"))
                 .collect();
             assert_eq!(hex, sha384, "migration {version} was edited");
+        }
+    }
+
+    /// The task counts of a page of runs classify like the records would.
+    #[test]
+    fn task_categories_mirror_of_record() {
+        let info = deployer_core::TaskInfo {
+            id: TaskId {
+                stage: 0,
+                entry: 0,
+                step: None,
+            },
+            host: "fe001".to_string(),
+            tag: None,
+            command: "upload".to_string(),
+        };
+        use TaskState as S;
+        for state in [
+            S::Pending,
+            S::Running,
+            S::Succeeded,
+            S::Skipped,
+            S::Failed,
+            S::TimedOut,
+            S::Cancelled,
+            S::NotRun,
+            S::RolledBack,
+            S::Dropped,
+        ] {
+            for (drive, earlier) in [
+                (None, false),
+                (Some(1), true),
+                (Some(2), false),
+                (Some(3), false),
+            ] {
+                let mut record = TaskRecord::pending(&info);
+                record.state = state;
+                record.drive = drive;
+                assert_eq!(
+                    task_category(state, earlier),
+                    TaskCategory::of_record(&record, 2),
+                    "{state} drive {drive:?}"
+                );
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deployer_core::StoreError;
@@ -12,12 +13,19 @@ use sqlx::sqlite::{
 };
 
 use crate::errors::{backend, migrate};
+use crate::watch::Watch;
 
 /// A [`RunStore`](deployer_core::RunStore) in one SQLite file: the embedded default, for a
 /// controller on one machine (several processes on that machine may share the file).
 ///
 /// The file and its parent directory are created on first use; the database runs in WAL mode
 /// and its schema is migrated when the store opens. Cloning is cheap and shares the pool.
+///
+/// [`changes`](deployer_core::RunStore::changes) wakes after this store's writes at once and
+/// after any other connection's (another `SqliteStore` on the file, another process) within
+/// about 200 ms: a watcher task, started with the first feed on the caller's tokio runtime,
+/// polls `PRAGMA data_version` on a connection of its own and stops when no feed is left or
+/// the store is closed or dropped.
 ///
 /// ```
 /// use deployer_core::{CommandRegistry, NewRun, Plan, RunState, RunStore, Tasklist};
@@ -35,6 +43,9 @@ use crate::errors::{backend, migrate};
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     location: String,
+    /// How the watcher connects; `None` for a database in memory (only this store writes it).
+    options: Option<SqliteConnectOptions>,
+    watch: Arc<Watch>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -78,7 +89,7 @@ impl SqliteStore {
                 .connect_with(options.clone())
                 .await
             {
-                Ok(pool) => Self::migrated(pool, location.clone()).await,
+                Ok(pool) => Self::migrated(pool, location.clone(), Some(options.clone())).await,
                 Err(e) => {
                     let was_busy = busy(&e);
                     Err((
@@ -115,7 +126,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| backend("open an in-memory SQLite database", e))?;
-        Self::migrated(pool, ":memory:".to_string())
+        Self::migrated(pool, ":memory:".to_string(), None)
             .await
             .map_err(|(e, _)| e)
     }
@@ -129,6 +140,7 @@ impl SqliteStore {
     async fn migrated(
         pool: SqlitePool,
         location: String,
+        options: Option<SqliteConnectOptions>,
     ) -> Result<SqliteStore, (StoreError, bool)> {
         let doing = format!("migrate SQLite database {location}");
         let mut conn = pool.acquire().await.map_err(|e| {
@@ -153,7 +165,12 @@ impl SqliteStore {
             (backend(format!("commit: {doing}"), e), was_busy)
         })?;
         drop(conn);
-        Ok(SqliteStore { pool, location })
+        Ok(SqliteStore {
+            pool,
+            location,
+            options,
+            watch: Watch::new(),
+        })
     }
 
     /// Where the database is: its file, or `:memory:`.
@@ -161,9 +178,27 @@ impl SqliteStore {
         &self.location
     }
 
-    /// Closes every connection (waiting for calls in flight); later calls fail.
+    /// Closes every connection (waiting for calls in flight); later calls fail. A change
+    /// watcher closes its connection within about 200 ms; feeds then tick every second.
     pub async fn close(&self) {
+        self.watch.close();
         self.pool.close().await;
+    }
+
+    /// Tells this store's change feeds that it wrote.
+    fn wrote(&self) {
+        self.watch.notify();
+    }
+
+    /// A change feed: see [`SqliteStore`].
+    fn feed(&self) -> deployer_core::ChangeFeed {
+        let start = self.options.clone().map(|options| {
+            let location = self.location.clone();
+            move |runtime: &tokio::runtime::Handle, watch| {
+                runtime.spawn(crate::watch::watch_sqlite(options, location, watch));
+            }
+        });
+        self.watch.subscribe(start)
     }
 }
 
@@ -189,5 +224,7 @@ impl_run_store!(
     db: sqlx::Sqlite,
     begin: "BEGIN IMMEDIATE",
     now: "$4",
-    server_clock: false
+    server_clock: false,
+    instr: "instr",
+    pg_notify: false
 );

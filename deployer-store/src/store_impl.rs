@@ -2,7 +2,8 @@
 //!
 //! Written once as a macro, expanded for `SqliteStore` (over a `SqlitePool`) and `PostgresStore`
 //! (over a `PgPool`): the SQL is the same for both (`$n` placeholders, `ON CONFLICT` upserts),
-//! except how a transaction begins and which clock leases use.
+//! except how a transaction begins, which clock leases use, the name of the substring
+//! function, and, on PostgreSQL, a `pg_notify` in each write that changes a run.
 
 /// Implements `RunStore` for `$store`, a struct with a `pool` field.
 ///
@@ -11,8 +12,14 @@
 /// * `now`: the SQL expression for "now" in microseconds used by leases: `$4` (bound from this
 ///   process's clock) or an expression of the server's clock, when `server_clock` is true (then
 ///   nothing is bound to `$4`).
+/// * `instr`: the function `f(haystack, needle)` giving the 1-based position of `needle` (0
+///   when absent): `instr` on SQLite, `strpos` on PostgreSQL.
+/// * `pg_notify`: whether writes notify channel `deployer_runs` (PostgreSQL): the statement
+///   that changes a run gets `RETURNING pg_notify('deployer_runs', <run id>)`, so the
+///   notification is sent with the change, in the same round trip, and delivered on commit.
+///   Either way each write then calls `self.wrote()` (the SQLite store wakes its own feeds).
 macro_rules! impl_run_store {
-    ($store:ident, db: $db:ty, begin: $begin:literal, now: $now:literal, server_clock: $server_clock:literal) => {
+    ($store:ident, db: $db:ty, begin: $begin:literal, now: $now:literal, server_clock: $server_clock:literal, instr: $instr:literal, pg_notify: $pg_notify:literal) => {
         impl $store {
             /// The schema version the database is at (the highest applied migration).
             pub async fn schema_version(&self) -> Result<i64, deployer_core::StoreError> {
@@ -112,10 +119,12 @@ macro_rules! impl_run_store {
                 let id = run.id.clone();
                 let doing = format!("create run {id}");
                 let mut tx = self.begin(&doing).await?;
-                sqlx::query(
+                sqlx::query(notifying!(
+                    $pg_notify,
+                    "id",
                     "INSERT INTO runs (id, name, source, started_by, state, tasklist, created_ts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
                 .bind(id.as_str())
                 .bind(crate::sql::text(&run.name))
                 .bind(crate::sql::text(&run.source))
@@ -162,6 +171,7 @@ macro_rules! impl_run_store {
                     .map_err(|e| backend(format!("{doing}: add task {}", record.id), e))?;
                 }
                 tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                self.wrote();
                 // What a read gives back (text as stored).
                 Ok(deployer_core::RunRecord {
                     id: run.id,
@@ -254,8 +264,8 @@ macro_rules! impl_run_store {
                 Self::require_in(&mut tx, id, doing.as_str()).await?;
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
-                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive \
-                     FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
+                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive, \
+                     output_tail FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
                 )
                 .bind(id.as_str())
                 .fetch_all(&mut *tx)
@@ -277,7 +287,9 @@ macro_rules! impl_run_store {
                 // changes nothing, read back why. A lease released or expired in between makes
                 // the read-back inconclusive: try again, a bounded number of times.
                 for _ in 0..5 {
-                    let query = sqlx::query(concat!(
+                    let query = sqlx::query(notifying!(
+                        $pg_notify,
+                        "id",
                         "UPDATE runs SET owner = $2, lease_expires = ",
                         $now,
                         " + $3 WHERE id = $1 AND (owner IS NULL OR owner = $2 \
@@ -294,6 +306,7 @@ macro_rules! impl_run_store {
                         .await
                         .map_err(|e| crate::errors::backend(format!("claim run {id} for {owner}"), e))?;
                     if done.rows_affected() > 0 {
+                        self.wrote();
                         return Ok(());
                     }
                     match self.lease_holder(id).await? {
@@ -351,9 +364,11 @@ macro_rules! impl_run_store {
                 owner: &str,
             ) -> Result<(), deployer_core::StoreError> {
                 let owner = &*crate::sql::text(owner);
-                let done = sqlx::query(
-                    "UPDATE runs SET owner = NULL, lease_expires = NULL WHERE id = $1 AND owner = $2",
-                )
+                let done = sqlx::query(notifying!(
+                    $pg_notify,
+                    "id",
+                    "UPDATE runs SET owner = NULL, lease_expires = NULL WHERE id = $1 AND owner = $2"
+                ))
                 .bind(id.as_str())
                 .bind(owner)
                 .execute(&self.pool)
@@ -361,6 +376,8 @@ macro_rules! impl_run_store {
                 .map_err(|e| crate::errors::backend(format!("release the lease of {owner} on run {id}"), e))?;
                 if done.rows_affected() == 0 {
                     self.require(id).await?;
+                } else {
+                    self.wrote();
                 }
                 Ok(())
             }
@@ -371,10 +388,12 @@ macro_rules! impl_run_store {
                 state: deployer_core::RunState,
             ) -> Result<(), deployer_core::StoreError> {
                 let started = (state == deployer_core::RunState::Running).then(crate::sql::now_micros);
-                let done = sqlx::query(
+                let done = sqlx::query(notifying!(
+                    $pg_notify,
+                    "id",
                     "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3), \
-                     drives = drives + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END WHERE id = $1",
-                )
+                     drives = drives + CASE WHEN $3 IS NULL THEN 0 ELSE 1 END WHERE id = $1"
+                ))
                 .bind(id.as_str())
                 .bind(state.as_str())
                 .bind(started)
@@ -384,6 +403,7 @@ macro_rules! impl_run_store {
                 if done.rows_affected() == 0 {
                     return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
                 }
+                self.wrote();
                 Ok(())
             }
 
@@ -399,13 +419,15 @@ macro_rules! impl_run_store {
                 let mut tx = self.begin(&doing).await?;
                 Self::require_in(&mut tx, id, doing.as_str()).await?;
                 // A new host goes after every host already targeted.
-                sqlx::query(
+                sqlx::query(notifying!(
+                    $pg_notify,
+                    "run_id",
                     "INSERT INTO run_hosts (run_id, host, position, state, updated_ts) \
                      SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $4 FROM run_hosts \
                      WHERE run_id = $1 \
                      ON CONFLICT (run_id, host) DO UPDATE \
-                     SET state = excluded.state, updated_ts = excluded.updated_ts",
-                )
+                     SET state = excluded.state, updated_ts = excluded.updated_ts"
+                ))
                 .bind(id.as_str())
                 .bind(crate::sql::text(host))
                 .bind(state.as_str())
@@ -413,7 +435,9 @@ macro_rules! impl_run_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;
-                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                self.wrote();
+                Ok(())
             }
 
             async fn update_task(
@@ -427,19 +451,22 @@ macro_rules! impl_run_store {
                 let (stage, entry, step) = crate::sql::task_key(task.id)?;
                 let mut tx = self.begin(&doing).await?;
                 Self::require_in(&mut tx, id, doing.as_str()).await?;
-                sqlx::query(
+                sqlx::query(notifying!(
+                    $pg_notify,
+                    "run_id",
                     "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
                      history_key, state, attempts, started_ts, finished_ts, duration_us, \
-                     exit_status, stderr_tail, error, finish_ts, drive) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                     exit_status, stderr_tail, error, finish_ts, drive, output_tail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
                      ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
                      host = excluded.host, tag = excluded.tag, command = excluded.command, \
                      history_key = excluded.history_key, state = excluded.state, \
                      attempts = excluded.attempts, started_ts = excluded.started_ts, \
                      finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
                      exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
-                     error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive",
-                )
+                     error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive, \
+                     output_tail = excluded.output_tail"
+                ))
                 .bind(id.as_str())
                 .bind(stage)
                 .bind(entry)
@@ -458,10 +485,13 @@ macro_rules! impl_run_store {
                 .bind(crate::sql::opt_text(task.error.as_deref()))
                 .bind(task.finish_ts.map(micros))
                 .bind(task.drive.map(i64::from))
+                .bind(crate::sql::opt_text(task.output_tail.as_deref()))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;
-                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                self.wrote();
+                Ok(())
             }
 
             async fn finish_run(
@@ -473,10 +503,12 @@ macro_rules! impl_run_store {
                 let doing = format!("finish run {id} as {state}");
                 let now_us = crate::sql::now_micros();
                 let mut tx = self.begin(&doing).await?;
-                let done = sqlx::query(
+                let done = sqlx::query(notifying!(
+                    $pg_notify,
+                    "id",
                     "UPDATE runs SET state = $2, finish_ts = $3, owner = NULL, lease_expires = NULL \
-                     WHERE id = $1",
-                )
+                     WHERE id = $1"
+                ))
                 .bind(id.as_str())
                 .bind(state.as_str())
                 .bind(now_us)
@@ -497,7 +529,9 @@ macro_rules! impl_run_store {
                         .await
                         .map_err(|e| backend(doing.as_str(), e))?;
                 }
-                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))
+                tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                self.wrote();
+                Ok(())
             }
 
             async fn purge_finished(
@@ -528,7 +562,17 @@ macro_rules! impl_run_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| backend(doing, e))?;
+                if $pg_notify && done.rows_affected() > 0 {
+                    // One notification for the lot (its payload is no run's id).
+                    sqlx::query("SELECT pg_notify('deployer_runs', '')")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| backend(doing, e))?;
+                }
                 tx.commit().await.map_err(|e| backend("commit: purge finished runs", e))?;
+                if done.rows_affected() > 0 {
+                    self.wrote();
+                }
                 Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
             }
 
@@ -575,13 +619,15 @@ macro_rules! impl_run_store {
                 let mut tx = self.begin(&doing).await?;
                 Self::require_in(&mut tx, &id, doing.as_str()).await?;
                 // One approval per step: asking again keeps the stored one.
-                sqlx::query(
+                let inserted = sqlx::query(notifying!(
+                    $pg_notify,
+                    "run_id",
                     "INSERT INTO run_approvals (run_id, step, position, message, target, approvers, \
                      four_eyes, started_by, requested_ts, expires_ts) \
                      SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $4, $5, $6, $7, $8, $9 \
                      FROM run_approvals WHERE run_id = $1 \
-                     ON CONFLICT (run_id, step) DO NOTHING",
-                )
+                     ON CONFLICT (run_id, step) DO NOTHING"
+                ))
                 .bind(id.as_str())
                 .bind(crate::sql::text(&request.step))
                 .bind(crate::sql::text(&request.message))
@@ -605,6 +651,9 @@ macro_rules! impl_run_store {
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;
                 tx.commit().await.map_err(|e| backend(format!("commit: {doing}"), e))?;
+                if inserted.rows_affected() > 0 {
+                    self.wrote();
+                }
                 crate::sql::approval(&row)
             }
 
@@ -620,11 +669,13 @@ macro_rules! impl_run_store {
                 let at = crate::sql::micros(decision.at);
                 // One conditional UPDATE decides atomically, also across processes: only a
                 // pending, unexpired approval takes a decision.
-                let done = sqlx::query(
+                let done = sqlx::query(notifying!(
+                    $pg_notify,
+                    "run_id",
                     "UPDATE run_approvals SET decided_by = $3, decided_ts = $4, approved = $5, \
                      comment = $6 WHERE run_id = $1 AND step = $2 AND decided_by IS NULL \
-                     AND (expires_ts IS NULL OR expires_ts > $4)",
-                )
+                     AND (expires_ts IS NULL OR expires_ts > $4)"
+                ))
                 .bind(run.as_str())
                 .bind(step)
                 .bind(crate::sql::text(&decision.by))
@@ -634,6 +685,9 @@ macro_rules! impl_run_store {
                 .execute(&self.pool)
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;
+                if done.rows_affected() > 0 {
+                    self.wrote();
+                }
                 let row = sqlx::query(concat!(
                     "SELECT ",
                     approval_columns!(),
@@ -700,23 +754,270 @@ macro_rules! impl_run_store {
                 rows.iter().map(crate::sql::approval).collect()
             }
 
-            // Engineer "store" replaces these two with migration 0006's columns.
             async fn request_cancel(
                 &self,
                 id: &deployer_core::RunId,
-                _by: &str,
+                by: &str,
             ) -> Result<deployer_core::CancelRequest, deployer_core::StoreError> {
-                Err(deployer_core::StoreError::Backend {
-                    message: format!("cancel run {id}"),
-                    source: "not supported by this store yet".into(),
+                use crate::errors::backend;
+                use crate::sql::RowExt as _;
+                let doing = format!("ask to cancel run {id}");
+                let by = crate::sql::text(by);
+                let now_us = crate::sql::now_micros();
+                // One conditional UPDATE: only the first request of an unfinished run is stored.
+                let done = sqlx::query(notifying!(
+                    $pg_notify,
+                    "id",
+                    "UPDATE runs SET cancel_by = $2, cancel_ts = $3 \
+                     WHERE id = $1 AND cancel_by IS NULL AND finish_ts IS NULL"
+                ))
+                .bind(id.as_str())
+                .bind(&*by)
+                .bind(now_us)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                if done.rows_affected() > 0 {
+                    self.wrote();
+                    return Ok(deployer_core::CancelRequest {
+                        by: by.into_owned(),
+                        ts: crate::sql::time(now_us, "now")?,
+                    });
+                }
+                // Not stored: say why.
+                let row = sqlx::query(
+                    "SELECT state, finish_ts, cancel_by, cancel_ts FROM runs WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| backend(doing.as_str(), e))?;
+                let Some(row) = row else {
+                    return Err(deployer_core::StoreError::NotFound { id: id.to_string() });
+                };
+                if row.opt_int("finish_ts")?.is_some() {
+                    let state = row.text("state")?.parse().map_err(|e| match e {
+                        deployer_core::StoreError::Corrupt { message } => {
+                            crate::errors::corrupt(format!("run {id}: column state: {message}"))
+                        }
+                        other => other,
+                    })?;
+                    return Err(deployer_core::StoreError::RunFinished { id: id.clone(), state });
+                }
+                crate::sql::cancel_request(id, &row)?.ok_or_else(|| {
+                    deployer_core::StoreError::Backend {
+                        message: format!("failed to {doing}"),
+                        source: "the run changed while asking".into(),
+                    }
                 })
             }
 
             async fn cancel_request(
                 &self,
-                _id: &deployer_core::RunId,
+                id: &deployer_core::RunId,
             ) -> Result<Option<deployer_core::CancelRequest>, deployer_core::StoreError> {
-                Ok(None)
+                let row = sqlx::query("SELECT cancel_by, cancel_ts FROM runs WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        crate::errors::backend(format!("read the cancel request of run {id}"), e)
+                    })?;
+                match row {
+                    Some(row) => crate::sql::cancel_request(id, &row),
+                    None => Err(deployer_core::StoreError::NotFound { id: id.to_string() }),
+                }
+            }
+
+            fn changes(&self) -> deployer_core::ChangeFeed {
+                self.feed()
+            }
+
+            async fn find_runs(
+                &self,
+                query: &deployer_core::RunQuery,
+            ) -> Result<
+                Vec<Result<deployer_core::RunSummary, deployer_core::UnreadableRun>>,
+                deployer_core::StoreError,
+            > {
+                use crate::errors::backend;
+                use crate::sql::RowExt as _;
+                let unfiltered = query.state.is_none()
+                    && query.started_by.is_none()
+                    && query.name.is_none()
+                    && query.since.is_none()
+                    && query.until.is_none();
+                if query.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                // The page: filtered, ordered and cut in the database; never the tasklist.
+                let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT ",
+                    summary_columns!(),
+                    " FROM runs WHERE 1 = 1"
+                ));
+                if let Some(state) = query.state {
+                    q.push(" AND state = ").push_bind(state.as_str());
+                }
+                if let Some(by) = &query.started_by {
+                    q.push(" AND started_by = ")
+                        .push_bind(crate::sql::text(by).into_owned());
+                }
+                if let Some(name) = &query.name {
+                    q.push(concat!(" AND ", $instr, "(name, "))
+                        .push_bind(crate::sql::text(name).into_owned())
+                        .push(") > 0");
+                }
+                if let Some(since) = query.since {
+                    q.push(" AND created_ts >= ").push_bind(crate::sql::micros(since));
+                }
+                if let Some(until) = query.until {
+                    q.push(" AND created_ts < ").push_bind(crate::sql::micros(until));
+                }
+                if !unfiltered {
+                    // A run in a state this version does not know cannot be read: a filtered
+                    // page leaves it out here, so the page is not cut short.
+                    q.push(" AND state IN (");
+                    let mut states = q.separated(", ");
+                    for state in crate::sql::RUN_STATES {
+                        states.push_bind(state.as_str());
+                    }
+                    q.push(")");
+                }
+                q.push(" ORDER BY created_ts DESC, id DESC LIMIT ")
+                    .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+                    .push(" OFFSET ")
+                    .push_bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+                let rows = q
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| backend("find runs", e))?;
+                let mut page = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    match crate::sql::run_summary(row) {
+                        Ok(summary) => page.push(Ok(summary)),
+                        Err(deployer_core::StoreError::Corrupt { message }) => {
+                            if unfiltered {
+                                page.push(Err(deployer_core::UnreadableRun {
+                                    id: crate::sql::listed_id(row),
+                                    problem: message,
+                                }));
+                            }
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                // Their task counts: one GROUP BY over the index (run_id, state, drive), in
+                // chunks of ids, classified here as `TaskCategory::of_record` does.
+                let ids: Vec<String> = page
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok().map(|s| s.id.as_str().to_string()))
+                    .collect();
+                let mut groups: std::collections::HashMap<String, Vec<(String, Option<i64>, i64)>> =
+                    std::collections::HashMap::new();
+                for chunk in ids.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT run_id, state, drive, COUNT(*) AS n FROM run_tasks WHERE run_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.as_str());
+                    }
+                    q.push(") GROUP BY run_id, state, drive");
+                    let rows = q
+                        .build()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| backend("count the tasks of a page of runs", e))?;
+                    for row in &rows {
+                        groups.entry(row.text("run_id")?).or_default().push((
+                            row.text("state")?,
+                            row.opt_int("drive")?,
+                            row.int("n")?,
+                        ));
+                    }
+                }
+                for entry in &mut page {
+                    let Ok(summary) = entry else { continue };
+                    let drives = i64::from(summary.drives);
+                    for (state, drive, n) in groups.remove(summary.id.as_str()).unwrap_or_default() {
+                        match state.parse::<deployer_core::TaskState>() {
+                            Ok(state) => {
+                                let earlier = drive.is_some_and(|d| d < drives);
+                                let category = crate::sql::task_category(state, earlier);
+                                for _ in 0..n.max(0) {
+                                    summary.counts.add(category);
+                                }
+                            }
+                            Err(e) => {
+                                // A task this version cannot read makes its run unreadable,
+                                // listed in its place (it matched the filters).
+                                *entry = Err(deployer_core::UnreadableRun {
+                                    id: summary.id.to_string(),
+                                    problem: format!(
+                                        "run {}: a task: column state: {e}",
+                                        summary.id
+                                    ),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(page)
+            }
+
+            async fn host_history(
+                &self,
+                host: &str,
+                limit: usize,
+            ) -> Result<Vec<deployer_core::HostRun>, deployer_core::StoreError> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let host = crate::sql::text(host);
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT r.id AS id, r.name AS name, r.source AS source, \
+                     r.started_by AS started_by, r.state AS run_state, h.state AS host_state, \
+                     r.created_ts AS created_ts, h.updated_ts AS updated_ts, \
+                     r.finish_ts AS finish_ts \
+                     FROM run_hosts h JOIN runs r ON r.id = h.run_id WHERE h.host = ",
+                );
+                q.push_bind(host.as_ref());
+                // Rows in states this version does not know are left out, as unreadable runs
+                // are by the default.
+                q.push(" AND r.state IN (");
+                let mut states = q.separated(", ");
+                for state in crate::sql::RUN_STATES {
+                    states.push_bind(state.as_str());
+                }
+                q.push(") AND h.state IN (");
+                let mut states = q.separated(", ");
+                for state in crate::sql::HOST_STATES {
+                    states.push_bind(state.as_str());
+                }
+                q.push(") ORDER BY r.created_ts DESC, r.id DESC LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows = q
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| crate::errors::backend(format!("read the history of host {host}"), e))?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    match crate::sql::host_run(row) {
+                        Ok(run) => out.push(run),
+                        Err(deployer_core::StoreError::Corrupt { message }) => {
+                            tracing::warn!(
+                                component = "RunStore",
+                                "host {host}: skipping a run that cannot be read: {message}"
+                            );
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                Ok(out)
             }
         }
     };
@@ -735,5 +1036,27 @@ macro_rules! approval_columns {
     () => {
         "run_id, step, message, target, approvers, four_eyes, started_by, requested_ts, \
          expires_ts, decided_by, decided_ts, approved, comment"
+    };
+}
+
+/// The columns of `runs` that `sql::run_summary` reads: not the tasklist; the host count by the
+/// primary key of `run_hosts`.
+macro_rules! summary_columns {
+    () => {
+        "id, name, source, started_by, state, created_ts, started_ts, finish_ts, owner, \
+         lease_expires, drives, (SELECT COUNT(*) FROM run_hosts h WHERE h.run_id = runs.id) AS hosts"
+    };
+}
+
+/// The SQL statement `sql…` (pieces as `concat!` takes them), with
+/// `RETURNING pg_notify('deployer_runs', <col>)` appended when `flag` is true (PostgreSQL):
+/// every row it changes notifies, with that row's run id, when the write commits.
+macro_rules! notifying {
+    ($flag:literal, $col:literal, $($sql:tt)+) => {
+        if $flag {
+            concat!($($sql)+, " RETURNING pg_notify('deployer_runs', ", $col, ")")
+        } else {
+            concat!($($sql)+)
+        }
     };
 }
