@@ -120,7 +120,8 @@ pub(crate) async fn until_unwanted(watch: &Weak<Watch>) {
 
 /// The SQLite watcher: polls `PRAGMA data_version` every [`POLL`] on a connection of its own
 /// (never one of the pool's: the value changes when any *other* connection commits, in this
-/// process or another) and wakes the feeds when it changes.
+/// process or another) and wakes the feeds when it changes. The connection's thread is named
+/// `sqlite-watch-N`.
 #[cfg(feature = "sqlite")]
 pub(crate) async fn watch_sqlite(
     options: sqlx::sqlite::SqliteConnectOptions,
@@ -128,6 +129,7 @@ pub(crate) async fn watch_sqlite(
     watch: Weak<Watch>,
 ) {
     use sqlx::Connection as _;
+    let options = options.thread_name(|id| format!("sqlite-watch-{id}"));
     let mut conn: Option<sqlx::SqliteConnection> = None;
     let mut last: Option<i64> = None;
     while Watch::keep_going(&watch) {

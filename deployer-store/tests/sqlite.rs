@@ -332,3 +332,154 @@ async fn tasklists_past_the_limits_still_read_back() {
     let store = SqliteStore::open(dir.path().join("runs.db")).await.unwrap();
     common::tasklists_past_the_limits_still_read_back(&store).await;
 }
+
+/// The open file descriptors of this process on `path` (not its `-wal` and `-shm` files).
+fn open_handles(path: &std::path::Path) -> usize {
+    let path = path.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .count()
+}
+
+/// Polls `f` every 50 ms until it holds, at most 5 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_feed_wakes_when_another_store_on_the_file_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let watcher = SqliteStore::open(&path).await.unwrap();
+    let writer = SqliteStore::open(&path).await.unwrap();
+    common::views::a_write_by_another_store_wakes_the_feed(&watcher, &writer).await;
+}
+
+/// Threads of SQLite connections of change watchers in this process (each connection has a
+/// thread, named `sqlite-watch-N` for a watcher's).
+fn watcher_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("sqlite-watch"))
+        })
+        .count()
+}
+
+const WATCH_CHILD: &str = "DEPLOYER_STORE_WATCH_CHILD";
+
+/// The body of [`a_watcher_runs_only_while_a_feed_is_subscribed`], in a process of its own
+/// (no other test's watcher there).
+#[tokio::test]
+#[ignore = "a child process of a_watcher_runs_only_while_a_feed_is_subscribed"]
+async fn watcher_child() {
+    let Ok(dir) = std::env::var(WATCH_CHILD) else {
+        return;
+    };
+    let path = std::path::Path::new(&dir).join("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.list_runs(1).await.unwrap();
+    assert_eq!(watcher_threads(), 0, "no feed, no watcher");
+    let feed = store.changes();
+    let second = store.clone().changes();
+    eventually("the first feed starts a watcher", || watcher_threads() == 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(watcher_threads(), 1, "one watcher for every feed");
+    drop(feed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(watcher_threads(), 1, "one feed is still subscribed");
+    drop(second);
+    eventually("the watcher stops when no feed is left", || {
+        watcher_threads() == 0
+    })
+    .await;
+
+    // A new feed starts a new watcher; it stops when the store is dropped, and the feed then
+    // ticks.
+    let mut feed = store.changes();
+    eventually("a new feed starts a new watcher", || watcher_threads() == 1).await;
+    drop(store);
+    eventually("the watcher stops when the store is gone", || {
+        watcher_threads() == 0
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(3), feed.changed())
+        .await
+        .expect("the feed of a store that is gone ticks");
+
+    // Closing the store stops it too.
+    let store = SqliteStore::open(&path).await.unwrap();
+    let _feed = store.changes();
+    eventually("a watcher for the new store", || watcher_threads() == 1).await;
+    store.close().await;
+    eventually("the watcher stops when the store is closed", || {
+        watcher_threads() == 0
+    })
+    .await;
+    assert_eq!(open_handles(&path), 0, "nothing keeps the file open");
+}
+
+#[test]
+fn a_watcher_runs_only_while_a_feed_is_subscribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["watcher_child", "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(WATCH_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{}{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_feed_without_a_runtime_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let handles = open_handles(&path);
+    // `changes` called outside any tokio runtime (a plain thread) starts no watcher.
+    let other = store.clone();
+    let mut feed = std::thread::spawn(move || other.changes()).join().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(open_handles(&path), handles, "no watcher started");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), feed.changed())
+        .await
+        .expect("it ticks");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn a_page_of_2000_runs_reads_no_tasklist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let url = format!("sqlite://{}", path.display());
+    common::views::a_page_of_runs_reads_no_tasklist(&store, 2000, |sql, id| {
+        let url = url.clone();
+        async move {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let done = sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+        }
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod views;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
