@@ -363,3 +363,100 @@ async fn tasklists_past_the_limits_still_read_back() {
         .unwrap();
     common::tasklists_past_the_limits_still_read_back(&store).await;
 }
+
+#[tokio::test]
+async fn a_feed_wakes_when_another_store_on_the_database_writes() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let watcher = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    let writer = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    common::views::a_write_by_another_store_wakes_the_feed(&watcher, &writer).await;
+}
+
+/// The sessions of this database listening for changes (`LISTEN deployer_runs`).
+async fn listeners(raw: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(raw)
+    .await
+    .unwrap()
+}
+
+/// Polls until this database has `n` listening sessions, at most 5 s.
+async fn until_listeners(raw: &sqlx::PgPool, n: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listeners(raw).await != n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One listening session while feeds are subscribed, none without; a listener whose session
+/// the server ends comes back and the feed still wakes on the next write.
+#[tokio::test]
+async fn the_listener_runs_while_a_feed_is_subscribed_and_survives_its_session_ending() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    let store = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    let writer = PostgresStore::connect_with_pool_size(&url, 2)
+        .await
+        .unwrap();
+    assert_eq!(listeners(&raw).await, 0);
+    let feed = store.changes();
+    let mut second = store.clone().changes();
+    until_listeners(&raw, 1, "the first feed starts a listener").await;
+    drop(feed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(listeners(&raw).await, 1, "one feed is still subscribed");
+
+    // The server ends the listener's session: it reconnects and listens again.
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true]);
+    common::views::drain(&mut second, Duration::from_millis(300)).await;
+    until_listeners(&raw, 1, "the listener comes back").await;
+    let new = store_contract::sample_run("after");
+    writer.create_run(new.clone()).await.unwrap();
+    common::views::wakes(&mut second, "a write after the listener came back").await;
+
+    drop(second);
+    until_listeners(&raw, 0, "the listener stops when no feed is left").await;
+    let _feed = store.changes();
+    until_listeners(&raw, 1, "a new feed starts a new listener").await;
+    drop(store);
+    until_listeners(&raw, 0, "the listener stops when the store is gone").await;
+}
+
+#[tokio::test]
+async fn a_page_of_2000_runs_reads_no_tasklist() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    common::views::a_page_of_runs_reads_no_tasklist(&store, 2000, |sql, id| {
+        let raw = raw.clone();
+        async move {
+            let done = sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&raw)
+                .await
+                .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+        }
+    })
+    .await;
+}
