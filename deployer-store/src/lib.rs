@@ -10,18 +10,49 @@
 //! `Catalog` hand it, and passes the same contract suites as their in-memory stores. Every
 //! migration is applied whatever the features, so one database serves every build.
 //!
-//! A store keeps each run's record (with a full copy of its tasklist), per-host state and
-//! per-task state, in three tables (`runs`, `run_hosts`, `run_tasks`), and the approvals of
-//! its manual steps (`run_approvals`: the request and its one decision, taken by a single
-//! conditional `UPDATE`, so two processes deciding at once cannot both win), whose schema is migrated
-//! when the store opens. [`StoreUrl`] and [`open`] pick a backend from a URL, as a CLI's
-//! `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs on top of any
-//! store.
+//! A store keeps each run's record (with a full copy of its tasklist and, once asked, the
+//! request to cancel it: who and when, the first request standing), per-host state and
+//! per-task state (with each task's exit status, stderr tail and the last 64 KiB of its output
+//! as the controller redacted it), in three tables (`runs`, `run_hosts`, `run_tasks`), and the
+//! approvals of its manual steps (`run_approvals`: the request and its one decision, taken by a
+//! single conditional `UPDATE`, so two processes deciding at once cannot both win), whose
+//! schema is migrated when the store opens. [`StoreUrl`] and [`open`] pick a backend from a
+//! URL, as a CLI's `--store URL` option needs; [`deployer_core::Runs`] drives and resumes runs
+//! on top of any store.
+//!
+//! # What a viewer asks
+//!
+//! A run viewer (a web page) lists runs, follows one while a controller in another process
+//! drives it, and shows a host across runs. The stores answer in the database:
+//!
+//! * [`find_runs`](deployer_core::RunStore::find_runs) filters by state, starter, name (a
+//!   case-sensitive substring: `%` and `_` are plain characters) and creation time, orders
+//!   newest first (`created_ts`, then id) and pages with `LIMIT`/`OFFSET` in SQL, reading no
+//!   tasklist: each run's host count comes from `run_hosts`' primary key, its task counts from
+//!   one `GROUP BY run_id, state, drive` over an index of `run_tasks` for the whole page,
+//!   classified as [`TaskCategory::of_record`](deployer_core::TaskCategory::of_record) does.
+//!   A page of 50 of 2,000 runs takes a few milliseconds, whatever their tasklists' size. A
+//!   run whose row cannot be read is listed in its place as unreadable by a query without
+//!   filters; a filtered query leaves out runs in states this version does not know, so its
+//!   pages stay full.
+//! * [`host_history`](deployer_core::RunStore::host_history) joins `run_hosts` (by an index on
+//!   the host) with `runs`, newest first, `LIMIT` in SQL.
+//! * [`request_cancel`](deployer_core::RunStore::request_cancel) is one conditional `UPDATE`
+//!   (the first request of an unfinished run is stored; a finished run refuses);
+//!   [`Runs`](deployer_core::Runs) reads it back about every second while it drives the run.
+//! * [`changes`](deployer_core::RunStore::changes) gives a feed that wakes after any write to
+//!   a run, by this process or another: the SQLite store wakes its feeds after its own writes
+//!   and polls `PRAGMA data_version` every 200 ms on a connection of its own for everyone
+//!   else's; the PostgreSQL store's writes send `NOTIFY deployer_runs` (payload: the run's id)
+//!   in the statement that changes the run, and its feeds `LISTEN` on a connection of their
+//!   own that reconnects when it drops. That watcher starts with the first feed (on the
+//!   caller's tokio runtime; without one, the feed ticks every second) and stops when no feed
+//!   is left or the store is closed or dropped.
 //!
 //! Timestamps and durations are stored as microseconds since the Unix epoch (finer parts are
 //! dropped; a duration past 292,000 years is stored as that); leases on PostgreSQL use the
-//! server's clock. NUL characters in any text (names, hosts, tags, owners, stderr tails,
-//! errors) are stored as U+FFFD, since PostgreSQL text cannot hold them; a tasklist is stored
+//! server's clock. NUL characters in any text (names, hosts, tags, owners, stderr and output
+//! tails, errors, who asked to cancel) are stored as U+FFFD, since PostgreSQL text cannot hold them; a tasklist is stored
 //! as JSON, exactly. Whatever a plan accepts is stored and reads back on both backends
 //! (`tests/`: a seeded property test).
 //!
@@ -37,8 +68,16 @@
 //! database's write lock (`BEGIN IMMEDIATE`) and an open that finds the new file locked is
 //! tried again for up to the busy timeout; on PostgreSQL the migration runs under sqlx's
 //! advisory lock.
-//! Migrations are append-only (`migrations/0001_runs.sql` … `0004_approvals.sql`; a change is a
-//! new file and a bump of [`SCHEMA_VERSION`]).
+//! Migrations are append-only (a change is a new file and a bump of [`SCHEMA_VERSION`]):
+//!
+//! | file | what it adds |
+//! |---|---|
+//! | `0001_runs.sql` | `runs`, `run_hosts`, `run_tasks` |
+//! | `0002_catalog.sql` | `catalog` (the object model) and `monitor_log` |
+//! | `0003_drives.sql` | `runs.drives`, `run_tasks.drive`: which attempt of a run did each task |
+//! | `0004_monitor_failure.sql` | `monitor_log.failure`: why a check did not pass |
+//! | `0005_approvals.sql` | `run_approvals`: approvals of manual steps |
+//! | `0006_web.sql` | `run_tasks.output_tail`, `runs.cancel_by`/`cancel_ts`, and the indexes of the viewer's queries (`runs (created_ts, id)`, `run_hosts (host)`, `run_tasks (run_id, state, drive)`) |
 //!
 //! ```
 //! use std::sync::Arc;

@@ -109,7 +109,8 @@ impl Watch {
 
 /// Waits until the watcher should stop ([`Watch::keep_going`] says no), looking every
 /// [`POLL`]. When this returns, the watcher is marked stopped: it must stop.
-pub(crate) async fn until_unwanted(watch: &Weak<Watch>) {
+#[cfg(feature = "postgres")]
+async fn until_unwanted(watch: &Weak<Watch>) {
     loop {
         tokio::time::sleep(POLL).await;
         if !Watch::keep_going(watch) {
