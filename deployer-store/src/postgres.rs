@@ -122,8 +122,8 @@ impl PostgresStore {
         let options = self.options.clone();
         let location = self.location.clone();
         self.watch
-            .subscribe(Some(move |runtime: &tokio::runtime::Handle, watch| {
-                runtime.spawn(crate::watch::watch_postgres(options, location, watch));
+            .subscribe(Some(move |runtime: &tokio::runtime::Handle, watcher| {
+                runtime.spawn(crate::watch::watch_postgres(options, location, watcher));
             }))
     }
 }

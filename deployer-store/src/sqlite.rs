@@ -194,8 +194,8 @@ impl SqliteStore {
     fn feed(&self) -> deployer_core::ChangeFeed {
         let start = self.options.clone().map(|options| {
             let location = self.location.clone();
-            move |runtime: &tokio::runtime::Handle, watch| {
-                runtime.spawn(crate::watch::watch_sqlite(options, location, watch));
+            move |runtime: &tokio::runtime::Handle, watcher| {
+                runtime.spawn(crate::watch::watch_sqlite(options, location, watcher));
             }
         });
         self.watch.subscribe(start)

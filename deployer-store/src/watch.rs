@@ -32,8 +32,10 @@ pub(crate) struct Watch {
 
 #[derive(Debug, Default)]
 struct WatchState {
-    /// A watcher task is running (or starting).
-    running: bool,
+    /// The generation of the watcher task running (or starting), if one is.
+    running: Option<u64>,
+    /// The generation of the next watcher.
+    next: u64,
     /// The store was closed: no watcher starts any more.
     closed: bool,
 }
@@ -58,7 +60,7 @@ impl Watch {
     /// tokio runtime, or once the store is closed, the feed ticks every second.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
-        start: Option<impl FnOnce(&tokio::runtime::Handle, Weak<Watch>)>,
+        start: Option<impl FnOnce(&tokio::runtime::Handle, Watcher)>,
     ) -> ChangeFeed {
         let Some(start) = start else {
             return self.notifier.subscribe();
@@ -71,9 +73,17 @@ impl Watch {
             return ChangeFeed::ticking(TICK);
         }
         let feed = self.notifier.subscribe();
-        if !state.running {
-            state.running = true;
-            start(&runtime, Arc::downgrade(self));
+        if state.running.is_none() {
+            let generation = state.next;
+            state.next += 1;
+            state.running = Some(generation);
+            start(
+                &runtime,
+                Watcher {
+                    watch: Arc::downgrade(self),
+                    generation,
+                },
+            );
         }
         feed
     }
@@ -82,38 +92,61 @@ impl Watch {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
     }
+}
 
-    /// For a watcher task: whether it should go on. When it should not (no feed left, the
-    /// store closed or gone), it is marked stopped here, under the lock `subscribe` takes, so
-    /// a feed subscribing at the same time starts a new watcher instead of finding this one
-    /// about to stop.
-    pub(crate) fn keep_going(watch: &Weak<Watch>) -> bool {
-        let Some(watch) = watch.upgrade() else {
+/// What a watcher task holds: its store's [`Watch`], weakly (so it never keeps the store
+/// alive), and its generation. Dropped — when the task ends, or with its runtime — it marks
+/// the watcher stopped, so a later feed starts a new one.
+pub(crate) struct Watcher {
+    watch: Weak<Watch>,
+    generation: u64,
+}
+
+impl Watcher {
+    /// Whether the task should go on. When it should not (no feed left, the store closed or
+    /// gone), it is marked stopped here, under the lock `subscribe` takes, so a feed
+    /// subscribing at the same time starts a new watcher instead of finding this one about to
+    /// stop.
+    pub(crate) fn keep_going(&self) -> bool {
+        let Some(watch) = self.watch.upgrade() else {
             return false;
         };
         let mut state = watch.lock();
         if state.closed || !watch.notifier.is_watched() {
-            state.running = false;
+            if state.running == Some(self.generation) {
+                state.running = None;
+            }
             return false;
         }
         true
     }
 
-    /// For a watcher task: wakes every feed, if the store is still there.
-    pub(crate) fn notify_weak(watch: &Weak<Watch>) {
-        if let Some(watch) = watch.upgrade() {
+    /// Wakes every feed, if the store is still there.
+    pub(crate) fn notify(&self) {
+        if let Some(watch) = self.watch.upgrade() {
             watch.notify();
         }
     }
 }
 
-/// Waits until the watcher should stop ([`Watch::keep_going`] says no), looking every
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.upgrade() {
+            let mut state = watch.lock();
+            if state.running == Some(self.generation) {
+                state.running = None;
+            }
+        }
+    }
+}
+
+/// Waits until the watcher should stop ([`Watcher::keep_going`] says no), looking every
 /// [`POLL`]. When this returns, the watcher is marked stopped: it must stop.
 #[cfg(feature = "postgres")]
-async fn until_unwanted(watch: &Weak<Watch>) {
+async fn until_unwanted(watcher: &Watcher) {
     loop {
         tokio::time::sleep(POLL).await;
-        if !Watch::keep_going(watch) {
+        if !watcher.keep_going() {
             return;
         }
     }
@@ -127,13 +160,13 @@ async fn until_unwanted(watch: &Weak<Watch>) {
 pub(crate) async fn watch_sqlite(
     options: sqlx::sqlite::SqliteConnectOptions,
     location: String,
-    watch: Weak<Watch>,
+    watcher: Watcher,
 ) {
     use sqlx::Connection as _;
     let options = options.thread_name(|id| format!("sqlite-watch-{id}"));
     let mut conn: Option<sqlx::SqliteConnection> = None;
     let mut last: Option<i64> = None;
-    while Watch::keep_going(&watch) {
+    while watcher.keep_going() {
         if conn.is_none() {
             match sqlx::SqliteConnection::connect_with(&options).await {
                 Ok(c) => conn = Some(c),
@@ -154,7 +187,7 @@ pub(crate) async fn watch_sqlite(
         {
             Ok(version) => {
                 if last.is_some_and(|l| l != version) {
-                    Watch::notify_weak(&watch);
+                    watcher.notify();
                 }
                 last = Some(version);
             }
@@ -169,7 +202,7 @@ pub(crate) async fn watch_sqlite(
                 // A new connection counts from its own value: a change in between would be
                 // missed, so say "changed" once.
                 if last.take().is_some() {
-                    Watch::notify_weak(&watch);
+                    watcher.notify();
                 }
             }
         }
@@ -188,7 +221,7 @@ pub(crate) async fn watch_sqlite(
 pub(crate) async fn watch_postgres(
     options: sqlx::postgres::PgConnectOptions,
     location: String,
-    watch: Weak<Watch>,
+    watcher: Watcher,
 ) {
     use sqlx::postgres::{PgListener, PgPoolOptions};
     let pool = PgPoolOptions::new()
@@ -200,7 +233,7 @@ pub(crate) async fn watch_postgres(
         .connect_lazy_with(options);
     // Only this future ends the loop early: `try_recv` is cancelled only when the listener is
     // dropped right after (cancelling it and going on could lose part of a message).
-    let stop = until_unwanted(&watch);
+    let stop = until_unwanted(&watcher);
     tokio::pin!(stop);
     let mut listener: Option<PgListener> = None;
     let mut connected_before = false;
@@ -217,7 +250,7 @@ pub(crate) async fn watch_postgres(
                     Ok(l) => {
                         listener = Some(l);
                         if connected_before {
-                            Watch::notify_weak(&watch);
+                            watcher.notify();
                         }
                         connected_before = true;
                     }
@@ -238,17 +271,17 @@ pub(crate) async fn watch_postgres(
         tokio::select! {
             _ = &mut stop => break,
             received = l.try_recv() => match received {
-                Ok(Some(_)) => Watch::notify_weak(&watch),
+                Ok(Some(_)) => watcher.notify(),
                 // The connection dropped and was made again: notifications sent meanwhile are
                 // lost.
-                Ok(None) => Watch::notify_weak(&watch),
+                Ok(None) => watcher.notify(),
                 Err(e) => {
                     tracing::warn!(
                         component = "PostgresStore",
                         "lost the change listener on PostgreSQL at {location}: {e}"
                     );
                     listener = None;
-                    Watch::notify_weak(&watch);
+                    watcher.notify();
                     tokio::select! {
                         _ = &mut stop => break,
                         _ = tokio::time::sleep(TICK) => {}

@@ -415,6 +415,35 @@ async fn watcher_child() {
         .await
         .expect("the feed of a store that is gone ticks");
 
+    // A watcher whose runtime ends is replaced by the next feed's.
+    let store = SqliteStore::open(&path).await.unwrap();
+    let other = store.clone();
+    let _old_feed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let feed = other.changes();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            assert_eq!(watcher_threads(), 1);
+            feed
+        })
+    })
+    .join()
+    .unwrap();
+    eventually("the watcher ends with its runtime", || {
+        watcher_threads() == 0
+    })
+    .await;
+    let _feed = store.changes();
+    eventually("the next feed starts a new watcher", || {
+        watcher_threads() == 1
+    })
+    .await;
+    drop(store);
+    eventually("and it stops with the store", || watcher_threads() == 0).await;
+
     // Closing the store stops it too.
     let store = SqliteStore::open(&path).await.unwrap();
     let _feed = store.changes();
