@@ -93,6 +93,16 @@ impl Ctx {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.prefix)
     }
+
+    /// The runs list: `/` standalone, the prefix itself under one (`Router::nest` does not
+    /// match `/deploys/`).
+    pub fn home(&self) -> String {
+        if self.prefix.is_empty() {
+            "/".to_string()
+        } else {
+            self.prefix.clone()
+        }
+    }
 }
 
 pub(crate) fn router(shared: S) -> Router {
@@ -163,12 +173,14 @@ fn set_cookie(
     max_age: Duration,
 ) -> HeaderValue {
     let path = if prefix.is_empty() { "/" } else { prefix };
+    // Whole seconds, rounded up: a TTL under a second must not read as "delete now".
+    let secs = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
     let c = cookie::Cookie::build((name, value))
         .http_only(true)
         .same_site(cookie::SameSite::Strict)
         .secure(shared.config.secure_cookies)
         .path(path.to_string())
-        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+        .max_age(cookie::time::Duration::seconds(secs as i64))
         .build();
     HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -755,10 +767,10 @@ struct NextQuery {
 
 /// Where to go after login: a path under the prefix, else the runs list.
 fn safe_next(ctx: &Ctx, next: Option<&str>) -> String {
-    let home = ctx.url("/");
+    let home = ctx.home();
     match next {
         Some(n)
-            if n.starts_with(&format!("{}/", ctx.prefix))
+            if (n == home || n.starts_with(&format!("{}/", ctx.prefix)))
                 && !n.starts_with("//")
                 && !n.contains('\\')
                 && !n.chars().any(char::is_control) =>
