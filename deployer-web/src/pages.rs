@@ -156,7 +156,7 @@ fn legend() -> Markup {
 
 fn approval(ctx: &Ctx, a: &ApprovalView, back: Option<&str>) -> Markup {
     html! {
-        div.approval data-step=(a.step) data-state=(a.state.as_str()) {
+        div.approval data-run=(a.run) data-step=(a.step) data-state=(a.state.as_str()) {
             p {
                 strong { (a.step) } " "
                 (state_badge(a.state.as_str()))
@@ -351,9 +351,10 @@ pub(crate) fn approvals(ctx: &Ctx, p: &ApprovalsPage) -> Markup {
     layout(
         ctx,
         "Approvals",
-        None,
+        Some(ctx.url("/approvals/events")),
         html! {
             h1 { "Approvals waiting" }
+            p #approvals-notice.notice hidden {}
             div #approvals {
                 @for a in &p.approvals { (approval(ctx, a, Some("approvals"))) }
                 @if p.approvals.is_empty() { p #no-approvals { "Nothing waits for a decision." } }

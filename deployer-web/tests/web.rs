@@ -817,17 +817,36 @@ async fn a_proxy_header_authenticates_and_the_session_it_opens_needs_csrf() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn the_event_stream_sends_an_update_after_a_store_change() {
-    let f = fixture().await;
-    let mut c = Client::new(f.web().router());
-    c.login("", "carol", "carol-pw").await;
+/// The next Server-Sent Event's data (within 5 s), which must be of `kind`.
+async fn next_event(body: &mut Body, kind: &str) -> Value {
+    let mut text = String::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = text.find("\n\n") {
+            let event = text[..end].to_string();
+            text = text[end + 2..].to_string();
+            if let Some(line) = event.lines().find(|l| l.starts_with("data:")) {
+                assert!(event.starts_with(&format!("event: {kind}")), "{event}");
+                return serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+            }
+        }
+    }
+}
+
+async fn open_events(c: &Client, uri: &str) -> Body {
     let jar: Vec<String> = c.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let res = c
         .router
         .clone()
         .oneshot(
-            Request::get(format!("/runs/{}/events", f.waiting))
+            Request::get(uri)
                 .header(header::COOKIE, jar.join("; "))
                 .body(Body::empty())
                 .unwrap(),
@@ -836,29 +855,43 @@ async fn the_event_stream_sends_an_update_after_a_store_change() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
-    let mut body = res.into_body();
-    let mut next_event = async || -> Value {
-        let mut text = String::new();
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-                .await
-                .expect("an event within 5 s")
-                .unwrap()
-                .unwrap();
-            if let Ok(data) = frame.into_data() {
-                text.push_str(std::str::from_utf8(&data).unwrap());
-            }
-            if let Some(end) = text.find("\n\n") {
-                let event = &text[..end];
-                if let Some(line) = event.lines().find(|l| l.starts_with("data:")) {
-                    assert!(event.starts_with("event: update"), "{event}");
-                    return serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
-                }
-                text = text[end + 2..].to_string();
-            }
-        }
-    };
-    let first = next_event().await;
+    res.into_body()
+}
+
+#[tokio::test]
+async fn the_approvals_stream_follows_the_pending_list() {
+    let f = fixture().await;
+    let mut c = Client::new(f.web().router());
+    c.login("", "carol", "carol-pw").await;
+    let page = c.get("/approvals").await;
+    assert!(page.body.contains("data-events=\"/approvals/events\""));
+    let mut body = open_events(&c, "/approvals/events").await;
+    let first = next_event(&mut body, "approvals").await;
+    assert_eq!(
+        first["pending"],
+        serde_json::json!([{"run": f.waiting.to_string(), "step": "deploy/approve"}])
+    );
+    decide(
+        f.store.as_ref(),
+        &f.waiting,
+        "deploy/approve",
+        &Approver::new("bob"),
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+    let next = next_event(&mut body, "approvals").await;
+    assert_eq!(next["pending"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn the_event_stream_sends_an_update_after_a_store_change() {
+    let f = fixture().await;
+    let mut c = Client::new(f.web().router());
+    c.login("", "carol", "carol-pw").await;
+    let mut body = open_events(&c, &format!("/runs/{}/events", f.waiting)).await;
+    let first = next_event(&mut body, "update").await;
     assert_eq!(first["state"], "RUNNING");
     assert_eq!(
         first["cells"].as_array().unwrap().len(),
@@ -880,7 +913,7 @@ async fn the_event_stream_sends_an_update_after_a_store_change() {
         .set_host_state(&f.waiting, "web1", HostState::Running)
         .await
         .unwrap();
-    let update = next_event().await;
+    let update = next_event(&mut body, "update").await;
     assert_eq!(
         update["cells"],
         serde_json::json!([{"stage": 0, "host": "web1", "state": "running"}]),
@@ -896,7 +929,7 @@ async fn the_event_stream_sends_an_update_after_a_store_change() {
         .finish_run(&f.waiting, RunState::Cancelled)
         .await
         .unwrap();
-    let last = next_event().await;
+    let last = next_event(&mut body, "update").await;
     assert_eq!(last["state"], "CANCELLED");
     assert_eq!(last["finished"], true);
 }
