@@ -95,6 +95,7 @@ mod names;
 mod plan;
 mod recorder;
 mod redact;
+mod run_views;
 mod runs;
 mod secret;
 mod secrets;
@@ -134,9 +135,10 @@ pub use names::{
 pub use plan::Plan;
 pub use recorder::{ResumeOptions, Runs, RunsError};
 pub use redact::Redactor;
+pub use run_views::{CancelRequest, ChangeFeed, ChangeNotifier, HostRun, RunQuery, RunSummary};
 pub use runs::{
-    HostRecord, HostState, ListedRun, MemoryStore, NewRun, RunId, RunRecord, RunState, RunStore,
-    StoreError, TaskRecord, TaskState, UnreadableRun, approval_closed,
+    HostRecord, HostState, ListedRun, MemoryStore, NewRun, OUTPUT_TAIL_BYTES, RunId, RunRecord,
+    RunState, RunStore, StoreError, TaskRecord, TaskState, UnreadableRun, approval_closed,
 };
 pub use secret::{REDACTED, Secret};
 pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_redacted_map};

@@ -14,7 +14,8 @@ use crate::events::{Event, EventKind, RunOutcome, TaskId, TaskOutcome};
 use crate::executor::{Executor, Journal, RunOptions, RunReport};
 use crate::plan::Plan;
 use crate::runs::{
-    HostState, NewRun, RunId, RunState, RunStore, StoreError, TaskRecord, TaskState,
+    HostState, NewRun, OUTPUT_TAIL_BYTES, RunId, RunState, RunStore, StoreError, TaskRecord,
+    TaskState,
 };
 use crate::validation::ValidationErrors;
 
@@ -131,6 +132,7 @@ pub struct Runs {
     store: Arc<dyn RunStore>,
     owner: String,
     lease_ttl: Duration,
+    cancel_poll: Duration,
     redactor: crate::Redactor,
 }
 
@@ -162,6 +164,7 @@ impl Runs {
             store,
             owner,
             lease_ttl: Duration::from_secs(30),
+            cancel_poll: Duration::from_secs(1),
             redactor: crate::Redactor::new(),
         }
     }
@@ -183,6 +186,13 @@ impl Runs {
     /// that while the run goes on.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How often a driving controller looks for a cancel request stored by another process
+    /// ([`RunStore::request_cancel`]: a web viewer's Cancel button); default 1 s.
+    pub fn cancel_poll(mut self, every: Duration) -> Self {
+        self.cancel_poll = every.max(Duration::from_millis(10));
         self
     }
 
@@ -262,10 +272,12 @@ impl Runs {
             .collect();
         self.store.set_run_state(id, RunState::Running).await?;
         let drive = self.store.run(id).await?.drives;
+        let tails = Arc::new(OutputTails::default());
         let recorder = Arc::new(Recorder {
             store: self.store.clone(),
             id: id.clone(),
             drive,
+            tails: tails.clone(),
             state: Mutex::new(RecorderState {
                 tasks: stored,
                 hosts: progress,
@@ -309,6 +321,39 @@ impl Runs {
                 }
             })
         };
+        // A cancel request stored by another process (a web viewer) acts as a first cancel.
+        let canceller = {
+            let store = self.store.clone();
+            let id = id.clone();
+            let every = self.cancel_poll;
+            let stop = stop_renewing.clone();
+            let cancel = options.cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    match store.cancel_request(&id).await {
+                        Ok(Some(request)) => {
+                            tracing::warn!(
+                                component = "Runs",
+                                "run {id}: cancel requested by {} at {}",
+                                request.by,
+                                humantime::format_rfc3339_seconds(request.ts)
+                            );
+                            cancel.cancel();
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(
+                            component = "Runs",
+                            "cannot read the cancel request of run {id}: {e}"
+                        ),
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            })
+        };
         let options = RunOptions {
             run_id: Some(id.clone()),
             ..options
@@ -316,10 +361,12 @@ impl Runs {
         let report = executor
             .clone()
             .journal(recorder)
+            .sink(tails)
             .run_with(plan, options)
             .await;
         stop_renewing.cancel();
         let _ = renewer.await;
+        let _ = canceller.await;
         if lost.load(Ordering::SeqCst) {
             return Err(StoreError::LeaseLost {
                 id: id.clone(),
@@ -483,8 +530,66 @@ struct Recorder {
     /// This drive of the run ([`RunRecord::drives`](crate::RunRecord::drives)), stamped on
     /// every task it starts or ends.
     drive: u32,
+    /// Each running task's output so far (its last [`OUTPUT_TAIL_BYTES`]).
+    tails: Arc<OutputTails>,
     state: Mutex<RecorderState>,
     targets: crate::TargetSet,
+}
+
+/// The tails of running tasks' output, filled from output events (which are not journaled)
+/// and taken into a task's record when it ends.
+#[derive(Default)]
+struct OutputTails {
+    tails: Mutex<HashMap<TaskId, String>>,
+}
+
+impl OutputTails {
+    fn take(&self, task: TaskId) -> Option<String> {
+        let mut tail = self
+            .tails
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task)?;
+        trim_front(&mut tail, OUTPUT_TAIL_BYTES);
+        (!tail.is_empty()).then_some(tail)
+    }
+}
+
+/// Drops whole lines (or, for one longer line, characters) from the front of `text` until it
+/// is at most `max` bytes.
+fn trim_front(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = text.len() - max;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    if !text[..cut].ends_with('\n')
+        && let Some(nl) = text[cut..].find('\n')
+        && cut + nl + 1 < text.len()
+    {
+        cut += nl + 1;
+    }
+    text.drain(..cut);
+}
+
+impl crate::EventSink for OutputTails {
+    fn event(&self, event: &Event) {
+        if let EventKind::TaskOutput { task, stream, line } = &event.kind {
+            let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+            let tail = tails.entry(task.id).or_default();
+            if *stream == crate::Stream::Stderr {
+                tail.push_str("[stderr] ");
+            }
+            tail.push_str(line);
+            tail.push('\n');
+            // Trimmed now and then, not per line: at most a quarter more is kept meanwhile.
+            if tail.len() > OUTPUT_TAIL_BYTES + OUTPUT_TAIL_BYTES / 4 {
+                trim_front(tail, OUTPUT_TAIL_BYTES);
+            }
+        }
+    }
 }
 
 impl Recorder {
@@ -577,6 +682,7 @@ impl Journal for Recorder {
                     rec.duration = Some(*duration);
                     rec.exit_status = None;
                     rec.stderr_tail = None;
+                    rec.output_tail = self.tails.take(task.id);
                     rec.error = None;
                     match outcome {
                         TaskOutcome::Succeeded => rec.state = TaskState::Succeeded,
@@ -656,5 +762,35 @@ impl Journal for Recorder {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::trim_front;
+
+    #[test]
+    fn trimming_keeps_whole_lines_from_the_end() {
+        let mut t = "first line\nsecond\nthird\n".to_string();
+        trim_front(&mut t, 14);
+        assert_eq!(t, "second\nthird\n");
+        let mut t = "first line\nsecond\nthird\n".to_string();
+        trim_front(&mut t, 10);
+        assert_eq!(
+            t, "third\n",
+            "a cut inside a line drops the rest of that line"
+        );
+        let mut t = "aaaa\nbb\n".to_string();
+        trim_front(&mut t, 3);
+        assert_eq!(t, "bb\n");
+        let mut t = "one very long line without end".to_string();
+        trim_front(&mut t, 8);
+        assert_eq!(t, "hout end", "a single long line keeps its last bytes");
+        let mut t = "ééé\n".to_string();
+        trim_front(&mut t, 4);
+        assert_eq!(t, "é\n", "never a cut inside a character");
+        let mut t = "short\n".to_string();
+        trim_front(&mut t, 100);
+        assert_eq!(t, "short\n");
     }
 }

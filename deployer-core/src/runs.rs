@@ -16,9 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::approvals::{Approval, ApprovalRequest, Decision};
 use crate::errors::BoxError;
-use crate::events::{TaskId, TaskInfo};
+use crate::events::{TaskCounts, TaskId, TaskInfo};
 use crate::plan::Plan;
+use crate::run_views::{CancelRequest, ChangeFeed, ChangeNotifier, HostRun, RunQuery, RunSummary};
 use crate::tasklist::Tasklist;
+
+/// How much of a task's output its record keeps ([`TaskRecord::output_tail`]): the last
+/// 64 KiB.
+pub const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 
 /// Identifies a run: a UUID (version 7, so ids sort by creation time).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -398,6 +403,9 @@ pub struct TaskRecord {
     pub exit_status: Option<i32>,
     /// Tail of its stderr.
     pub stderr_tail: Option<String>,
+    /// The last [`OUTPUT_TAIL_BYTES`] of its output, written when it ends: stdout and stderr
+    /// lines as they came, stderr lines marked `[stderr] `, secrets redacted.
+    pub output_tail: Option<String>,
     /// The error or skip reason.
     pub error: Option<String>,
     /// Stamped when the run finished.
@@ -423,6 +431,7 @@ impl TaskRecord {
             duration: None,
             exit_status: None,
             stderr_tail: None,
+            output_tail: None,
             error: None,
             finish_ts: None,
             drive: None,
@@ -481,6 +490,14 @@ pub enum StoreError {
         step: String,
         /// What became of it (`approved by bob at …`, `expired at …`).
         why: String,
+    },
+    /// The run has finished: it can no longer be cancelled.
+    #[error("run {id} has finished ({state})")]
+    RunFinished {
+        /// The run.
+        id: RunId,
+        /// How it ended.
+        state: RunState,
     },
     /// Stored data could not be read back.
     #[error("corrupt run record: {message}")]
@@ -592,6 +609,97 @@ pub trait RunStore: Send + Sync {
     /// Every approval waiting for a decision (undecided, unexpired, of an unfinished run),
     /// oldest first.
     async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError>;
+
+    /// Asks the controller driving run `id` to cancel it, as `by` (a person's name): stored
+    /// with the run, so a controller in any process sharing the store sees it (`Runs` looks
+    /// about every second) and cancels as a first cancel does. The first request stands: a
+    /// second returns it unchanged. Fails with [`StoreError::RunFinished`] when the run has
+    /// finished, [`StoreError::NotFound`] when there is no such run.
+    async fn request_cancel(&self, id: &RunId, by: &str) -> Result<CancelRequest, StoreError>;
+
+    /// The cancel request stored for run `id`, if any.
+    async fn cancel_request(&self, id: &RunId) -> Result<Option<CancelRequest>, StoreError>;
+
+    /// A feed of this store's changes, for viewers: it wakes after any write, by this process
+    /// or another sharing the store. The default ticks every second (a store that cannot
+    /// tell); the SQL stores watch the database.
+    fn changes(&self) -> ChangeFeed {
+        ChangeFeed::ticking(Duration::from_secs(1))
+    }
+
+    /// Runs matching `query`, newest first, each as a [`RunSummary`] (no tasklist: a page of
+    /// runs stays cheap whatever their size), or, for a stored run that cannot be read back,
+    /// its [`UnreadableRun`] in its place (listed only by a query without filters). The
+    /// default reads every run through [`list_runs`](Self::list_runs); the SQL stores filter,
+    /// count and page in the database.
+    async fn find_runs(
+        &self,
+        query: &RunQuery,
+    ) -> Result<Vec<Result<RunSummary, UnreadableRun>>, StoreError> {
+        let unfiltered = query.state.is_none()
+            && query.started_by.is_none()
+            && query.name.is_none()
+            && query.since.is_none()
+            && query.until.is_none();
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for listed in self.list_runs(usize::MAX).await? {
+            if out.len() >= query.limit {
+                break;
+            }
+            let run = match listed {
+                ListedRun::Run(r) if query.matches(&r) => Ok(r),
+                ListedRun::Unreadable(u) if unfiltered => Err(u),
+                _ => continue,
+            };
+            if skipped < query.offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(match run {
+                Ok(r) => {
+                    let hosts = self.hosts(&r.id).await?.len();
+                    let counts = TaskCounts::of_records(&r, &self.tasks(&r.id).await?);
+                    Ok(RunSummary::of(&r, hosts, counts))
+                }
+                Err(u) => Err(u),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The runs that targeted `host`, newest first, at most `limit`: what each did there.
+    /// The default reads every run through [`list_runs`](Self::list_runs).
+    async fn host_history(&self, host: &str, limit: usize) -> Result<Vec<HostRun>, StoreError> {
+        let mut out = Vec::new();
+        for listed in self.list_runs(usize::MAX).await? {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(r) = listed.into_record() else {
+                continue;
+            };
+            if let Some(h) = self
+                .hosts(&r.id)
+                .await?
+                .into_iter()
+                .find(|h| h.host == host)
+            {
+                out.push(HostRun {
+                    run: r.id,
+                    name: r.name,
+                    source: r.source,
+                    started_by: r.started_by,
+                    run_state: r.state,
+                    host_state: h.state,
+                    created_ts: r.created_ts,
+                    updated_ts: h.updated_ts,
+                    finish_ts: r.finish_ts,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +708,7 @@ struct MemRun {
     hosts: Vec<HostRecord>,
     tasks: BTreeMap<TaskId, TaskRecord>,
     approvals: Vec<Approval>,
+    cancel: Option<CancelRequest>,
 }
 
 /// A [`RunStore`] in memory: for tests and for tools that need no durability.
@@ -616,6 +725,7 @@ struct MemRun {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     runs: Mutex<HashMap<RunId, MemRun>>,
+    changes: ChangeNotifier,
 }
 
 impl MemoryStore {
@@ -634,6 +744,19 @@ impl MemoryStore {
             .get_mut(id)
             .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
         f(run)
+    }
+
+    /// [`with_run`](Self::with_run) for a write: watchers are told.
+    fn write_run<T>(
+        &self,
+        id: &RunId,
+        f: impl FnOnce(&mut MemRun) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let out = self.with_run(id, f);
+        if out.is_ok() {
+            self.changes.notify();
+        }
+        out
     }
 }
 
@@ -684,8 +807,11 @@ impl RunStore for MemoryStore {
                 hosts,
                 tasks,
                 approvals: Vec::new(),
+                cancel: None,
             },
         );
+        drop(runs);
+        self.changes.notify();
         Ok(record)
     }
 
@@ -714,7 +840,7 @@ impl RunStore for MemoryStore {
 
     async fn claim(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {
         let now = SystemTime::now();
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             if let (Some(holder), Some(expires)) = (&r.record.owner, r.record.lease_expires)
                 && holder != owner
                 && expires > now
@@ -733,7 +859,7 @@ impl RunStore for MemoryStore {
 
     async fn renew(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {
         let now = SystemTime::now();
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             if r.record.owner.as_deref() != Some(owner) {
                 return Err(StoreError::LeaseLost {
                     id: id.clone(),
@@ -746,7 +872,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn release(&self, id: &RunId, owner: &str) -> Result<(), StoreError> {
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             if r.record.owner.as_deref() == Some(owner) {
                 r.record.owner = None;
                 r.record.lease_expires = None;
@@ -756,7 +882,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn set_run_state(&self, id: &RunId, state: RunState) -> Result<(), StoreError> {
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             r.record.state = state;
             if state == RunState::Running {
                 r.record.drives += 1;
@@ -775,7 +901,7 @@ impl RunStore for MemoryStore {
         state: HostState,
     ) -> Result<(), StoreError> {
         let now = SystemTime::now();
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             match r.hosts.iter_mut().find(|h| h.host == host) {
                 Some(h) => {
                     h.state = state;
@@ -793,7 +919,7 @@ impl RunStore for MemoryStore {
     }
 
     async fn update_task(&self, id: &RunId, task: &TaskRecord) -> Result<(), StoreError> {
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             r.tasks.insert(task.id, task.clone());
             Ok(())
         })
@@ -801,7 +927,7 @@ impl RunStore for MemoryStore {
 
     async fn finish_run(&self, id: &RunId, state: RunState) -> Result<(), StoreError> {
         let now = SystemTime::now();
-        self.with_run(id, |r| {
+        self.write_run(id, |r| {
             r.record.state = state;
             r.record.finish_ts = Some(now);
             r.record.owner = None;
@@ -848,7 +974,7 @@ impl RunStore for MemoryStore {
 
     async fn request_approval(&self, request: ApprovalRequest) -> Result<Approval, StoreError> {
         let id = request.run.clone();
-        self.with_run(&id, |r| {
+        self.write_run(&id, |r| {
             if let Some(existing) = r.approvals.iter().find(|a| a.request.step == request.step) {
                 return Ok(existing.clone());
             }
@@ -868,7 +994,7 @@ impl RunStore for MemoryStore {
         step: &str,
         decision: Decision,
     ) -> Result<Approval, StoreError> {
-        self.with_run(run, |r| {
+        self.write_run(run, |r| {
             let approval = r
                 .approvals
                 .iter_mut()
@@ -885,6 +1011,31 @@ impl RunStore for MemoryStore {
 
     async fn approvals(&self, run: &RunId) -> Result<Vec<Approval>, StoreError> {
         self.with_run(run, |r| Ok(r.approvals.clone()))
+    }
+
+    async fn request_cancel(&self, id: &RunId, by: &str) -> Result<CancelRequest, StoreError> {
+        self.write_run(id, |r| {
+            if r.record.finish_ts.is_some() {
+                return Err(StoreError::RunFinished {
+                    id: id.clone(),
+                    state: r.record.state,
+                });
+            }
+            Ok(r.cancel
+                .get_or_insert_with(|| CancelRequest {
+                    by: by.to_string(),
+                    ts: SystemTime::now(),
+                })
+                .clone())
+        })
+    }
+
+    async fn cancel_request(&self, id: &RunId) -> Result<Option<CancelRequest>, StoreError> {
+        self.with_run(id, |r| Ok(r.cancel.clone()))
+    }
+
+    fn changes(&self) -> ChangeFeed {
+        self.changes.subscribe()
     }
 
     async fn pending_approvals(&self) -> Result<Vec<Approval>, StoreError> {

@@ -38,6 +38,200 @@ where
     history(&make().await).await;
     history_keys(&make().await).await;
     approvals(&make().await).await;
+    find_runs_and_host_history(&make().await).await;
+    cancel_requests(&make().await).await;
+    changes_wake_watchers(&make().await).await;
+}
+
+/// `find_runs` filters by state, starter, name and creation time, pages newest first, and
+/// gives each run's host count and task counts; `host_history` lists the runs that targeted
+/// a host, newest first, with the host's state in each.
+pub async fn find_runs_and_host_history(store: &dyn RunStore) {
+    use crate::run_views::RunQuery;
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let mut ids = Vec::new();
+    for (i, (name, by)) in [
+        ("deploy web", "alice"),
+        ("deploy db", "bob"),
+        ("deploy web", "bob"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut new = sample_run(name);
+        new.started_by = by.to_string();
+        if i == 2 {
+            // The newest targets one more host.
+            new.tasks.push(info(0, 2, None, "fe003", "upload"));
+        }
+        store.create_run(new.clone()).await.unwrap();
+        ids.push(new.id);
+    }
+    let mut failed = TaskRecord::pending(&sample_run("x").tasks[1]);
+    failed.state = TaskState::Failed;
+    failed.drive = Some(1);
+    store
+        .set_run_state(&ids[1], RunState::Running)
+        .await
+        .unwrap();
+    store.update_task(&ids[1], &failed).await.unwrap();
+    store
+        .set_host_state(&ids[1], "fe002", HostState::Failed)
+        .await
+        .unwrap();
+    store.finish_run(&ids[1], RunState::Failed).await.unwrap();
+
+    let all = store.find_runs(&RunQuery::new(10)).await.unwrap();
+    let listed: Vec<&str> = all
+        .iter()
+        .map(|r| r.as_ref().expect("readable").id.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()],
+        "newest first"
+    );
+    let newest = all[0].as_ref().unwrap();
+    assert_eq!(newest.hosts, 3);
+    assert_eq!(newest.counts.total(), 5);
+    assert_eq!(newest.started_by, "bob");
+    let failed_run = all[1].as_ref().unwrap();
+    assert_eq!(failed_run.state, RunState::Failed);
+    assert_eq!(failed_run.hosts, 2);
+    assert_eq!(failed_run.counts.failed, 1, "{:?}", failed_run.counts);
+    assert_eq!(failed_run.counts.total(), 4);
+    assert!(failed_run.finish_ts.is_some() && failed_run.started_ts.is_some());
+    assert!(failed_run.duration(SystemTime::now()).is_some());
+
+    let ids_of = |found: Vec<Result<crate::RunSummary, crate::UnreadableRun>>| -> Vec<RunId> {
+        found.into_iter().map(|r| r.unwrap().id).collect()
+    };
+    let q = |q: RunQuery| async move { ids_of(store.find_runs(&q).await.unwrap()) };
+    assert_eq!(
+        q(RunQuery::new(10).started_by("bob")).await,
+        [ids[2].clone(), ids[1].clone()]
+    );
+    assert_eq!(
+        q(RunQuery::new(10).name("web")).await,
+        [ids[2].clone(), ids[0].clone()]
+    );
+    assert_eq!(q(RunQuery::new(10).name("WEB")).await, Vec::<RunId>::new());
+    assert_eq!(
+        q(RunQuery::new(10).state(RunState::Failed)).await,
+        [ids[1].clone()]
+    );
+    assert_eq!(
+        q(RunQuery::new(10).state(RunState::Pending).started_by("bob")).await,
+        [ids[2].clone()]
+    );
+    assert_eq!(q(RunQuery::new(2)).await, [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(
+        q(RunQuery::new(2).page(1)).await,
+        [ids[0].clone()],
+        "the second page"
+    );
+    assert_eq!(q(RunQuery::new(2).page(2)).await, Vec::<RunId>::new());
+    let mut since = RunQuery::new(10);
+    since.since = Some(SystemTime::now() + Duration::from_secs(3600));
+    assert_eq!(q(since).await, Vec::<RunId>::new(), "created before since");
+    let mut window = RunQuery::new(10);
+    window.since = Some(before);
+    window.until = Some(SystemTime::now() + Duration::from_secs(3600));
+    assert_eq!(q(window).await.len(), 3);
+    let mut until = RunQuery::new(10);
+    until.until = Some(before);
+    assert_eq!(q(until).await, Vec::<RunId>::new(), "created after until");
+
+    let history = store.host_history("fe002", 10).await.unwrap();
+    let runs: Vec<(&str, HostState, RunState)> = history
+        .iter()
+        .map(|h| (h.run.as_str(), h.host_state, h.run_state))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (ids[2].as_str(), HostState::Pending, RunState::Pending),
+            (ids[1].as_str(), HostState::Failed, RunState::Failed),
+            (ids[0].as_str(), HostState::Pending, RunState::Pending),
+        ]
+    );
+    assert_eq!(history[1].started_by, "bob");
+    assert_eq!(history[1].name, "deploy db");
+    assert!(history[1].finish_ts.is_some());
+    let fe003 = store.host_history("fe003", 10).await.unwrap();
+    assert_eq!(fe003.len(), 1);
+    assert_eq!(fe003[0].run, ids[2]);
+    assert_eq!(
+        store.host_history("fe002", 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+    assert!(store.host_history("nowhere", 10).await.unwrap().is_empty());
+}
+
+/// A cancel request is stored with its run, the first one stands, and a finished run cannot
+/// be asked to cancel.
+pub async fn cancel_requests(store: &dyn RunStore) {
+    let new = sample_run("cancel");
+    store.create_run(new.clone()).await.unwrap();
+    assert_eq!(store.cancel_request(&new.id).await.unwrap(), None);
+    let first = store.request_cancel(&new.id, "bob").await.unwrap();
+    assert_eq!(first.by, "bob");
+    let age = SystemTime::now()
+        .duration_since(first.ts)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "stamped now");
+    let again = store.request_cancel(&new.id, "carol").await.unwrap();
+    assert_eq!(again.by, "bob", "the first request stands");
+    let stored = store
+        .cancel_request(&new.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.by, "bob");
+    assert_eq!(micros(stored.ts), micros(first.ts));
+
+    let done = sample_run("done");
+    store.create_run(done.clone()).await.unwrap();
+    store
+        .finish_run(&done.id, RunState::Succeeded)
+        .await
+        .unwrap();
+    match store.request_cancel(&done.id, "bob").await {
+        Err(StoreError::RunFinished { id, state }) => {
+            assert_eq!(id, done.id);
+            assert_eq!(state, RunState::Succeeded);
+        }
+        other => panic!("expected RunFinished, got {other:?}"),
+    }
+    assert_eq!(store.cancel_request(&done.id).await.unwrap(), None);
+    assert!(matches!(
+        store.request_cancel(&RunId::new(), "bob").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// A feed from `changes` stays quiet while nothing is written and wakes after a write
+/// (within a few seconds: SQL stores poll or listen).
+pub async fn changes_wake_watchers(store: &dyn RunStore) {
+    let new = sample_run("watched");
+    store.create_run(new.clone()).await.unwrap();
+    let mut feed = store.changes();
+    // Let a watcher that starts on subscription settle, and swallow a first wake-up.
+    let _ = tokio::time::timeout(Duration::from_millis(300), feed.changed()).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), feed.changed())
+            .await
+            .is_err(),
+        "without a write the feed stays quiet (it watches the store, it does not tick)"
+    );
+    store
+        .set_host_state(&new.id, "fe001", HostState::Running)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), feed.changed())
+        .await
+        .expect("a write wakes the feed");
 }
 
 /// Approvals of manual steps: a request is stored once per step (asking again returns it as
@@ -336,6 +530,7 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
     rec.duration = Some(Duration::from_micros(1_500_123));
     rec.exit_status = Some(2);
     rec.stderr_tail = Some("tar: unexpected EOF\nline two ✓".to_string());
+    rec.output_tail = Some("x/\nx/a.txt\n[stderr] tar: unexpected EOF\n".to_string());
     rec.error = Some("`tar -xzf` exited with status 2".to_string());
     rec.drive = Some(3);
     store.update_task(&new.id, &rec).await.unwrap();

@@ -449,3 +449,127 @@ async fn a_task_whose_start_cannot_be_recorded_does_not_run() {
             .contains("cannot record its start in the run journal: disk full")
     );
 }
+
+/// Prints lines (through `ExecContext::log`, as a command's output), one of them a secret,
+/// then works for `ms`.
+#[derive(Debug)]
+struct Chatty {
+    lines: usize,
+    ms: u64,
+}
+
+#[async_trait]
+impl Command for Chatty {
+    fn initialize(args: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+        let raw = args.raw();
+        Ok(Chatty {
+            lines: raw.get("lines").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
+            ms: raw.get("ms").and_then(|v| v.as_u64()).unwrap_or(0),
+        })
+    }
+
+    fn secret_arguments() -> &'static [&'static str]
+    where
+        Self: Sized,
+    {
+        &["token"]
+    }
+
+    async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+        for i in 0..self.lines {
+            ctx.log(&format!("line {i:05} of {}", ctx.info().host));
+        }
+        ctx.log("token is hunter2-secret");
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(Outcome::done())
+    }
+}
+
+#[tokio::test]
+async fn a_task_record_keeps_the_redacted_tail_of_its_output() {
+    let mut registry = CommandRegistry::new();
+    registry.register::<Chatty>("chatty");
+    let tasklist = Tasklist::new("chat").stage(
+        Stage::new("s", 2)
+            .task(
+                Task::new("chatty")
+                    .on("fe001")
+                    .arg("lines", 10_000)
+                    .arg("token", serde_json::json!({"secret": "hunter2-secret"})),
+            )
+            .task(Task::new("chatty").on("fe002").arg("lines", 2)),
+    );
+    let plan = Plan::build(&tasklist, &registry).unwrap();
+    let runs = Runs::new(Arc::new(MemoryStore::new()));
+    let (id, report) = runs
+        .start(&executor(), &plan, "test", "alice", RunOptions::default())
+        .await
+        .unwrap();
+    assert!(report.succeeded());
+    let tasks = runs.store().tasks(&id).await.unwrap();
+    let long = tasks[0].output_tail.as_deref().expect("an output tail");
+    assert!(long.len() <= OUTPUT_TAIL_BYTES, "{} bytes", long.len());
+    assert!(
+        long.len() > OUTPUT_TAIL_BYTES - 100,
+        "the tail is kept whole"
+    );
+    assert!(long.starts_with("line "), "whole lines: {:?}", &long[..40]);
+    assert!(
+        long.ends_with("line 09999 of fe001\ntoken is ***\n"),
+        "{:?}",
+        &long[long.len() - 60..]
+    );
+    assert!(!long.contains("hunter2"), "secrets redacted");
+    assert_eq!(
+        tasks[1].output_tail.as_deref(),
+        Some("line 00000 of fe002\nline 00001 of fe002\ntoken is ***\n"),
+        "a plan's secrets are redacted from every one of its tasks' output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_requested_through_the_store_stops_the_run_like_a_first_cancel() {
+    let mut registry = CommandRegistry::new();
+    registry.register::<Chatty>("chatty");
+    // Stage 1: two slow tasks on one host, one at a time; stage 2 must not start.
+    let tasklist = Tasklist::new("long")
+        .stage(
+            Stage::new("slow", 1)
+                .task(Task::new("chatty").on("fe001").arg("ms", 600))
+                .task(Task::new("chatty").on("fe001").arg("ms", 600)),
+        )
+        .stage(Stage::new("later", 1).task(Task::new("chatty").on("fe001")));
+    let plan = Plan::build(&tasklist, &registry).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let runs = Runs::new(store.clone()).cancel_poll(Duration::from_millis(50));
+    let id = runs.create(&plan, "test", "alice").await.unwrap();
+    let driving = {
+        let runs = runs.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            runs.drive(&executor(), &id, &plan, RunOptions::default())
+                .await
+        })
+    };
+    // Another process would do the same through its own handle on the store.
+    let mut feed = store.changes();
+    while store.tasks(&id).await.unwrap()[0].state == TaskState::Pending {
+        feed.changed().await;
+    }
+    let request = store.request_cancel(&id, "bob").await.unwrap();
+    assert_eq!(request.by, "bob");
+    let report = driving.await.unwrap().unwrap();
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
+    let tasks = store.tasks(&id).await.unwrap();
+    let states: Vec<TaskState> = tasks.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [TaskState::Succeeded, TaskState::NotRun, TaskState::NotRun],
+        "the running task finished (first cancel), nothing new started"
+    );
+    assert_eq!(store.run(&id).await.unwrap().state, RunState::Cancelled);
+    assert!(matches!(
+        store.request_cancel(&id, "bob").await,
+        Err(StoreError::RunFinished { .. })
+    ));
+}

@@ -699,6 +699,25 @@ macro_rules! impl_run_store {
                 .map_err(|e| crate::errors::backend("list pending approvals", e))?;
                 rows.iter().map(crate::sql::approval).collect()
             }
+
+            // Engineer "store" replaces these two with migration 0006's columns.
+            async fn request_cancel(
+                &self,
+                id: &deployer_core::RunId,
+                _by: &str,
+            ) -> Result<deployer_core::CancelRequest, deployer_core::StoreError> {
+                Err(deployer_core::StoreError::Backend {
+                    message: format!("cancel run {id}"),
+                    source: "not supported by this store yet".into(),
+                })
+            }
+
+            async fn cancel_request(
+                &self,
+                _id: &deployer_core::RunId,
+            ) -> Result<Option<deployer_core::CancelRequest>, deployer_core::StoreError> {
+                Ok(None)
+            }
         }
     };
 }
