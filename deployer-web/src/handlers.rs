@@ -26,8 +26,6 @@ const SESSION_COOKIE: &str = "deployer_session";
 const LOGIN_COOKIE: &str = "deployer_login";
 /// Runs per page of the list.
 const PER_PAGE: usize = 50;
-/// How often the event stream looks at the store (until the store's change feed lands).
-const POLL: Duration = Duration::from_millis(500);
 
 pub(crate) const CSRF_REFUSED: &str = "CSRF token missing or wrong";
 
@@ -306,7 +304,7 @@ fn store_error(ctx: &Ctx, e: StoreError) -> Response {
         StoreError::NotFound { .. }
         | StoreError::InvalidId { .. }
         | StoreError::NoApproval { .. } => StatusCode::NOT_FOUND,
-        StoreError::ApprovalClosed { .. } => StatusCode::CONFLICT,
+        StoreError::ApprovalClosed { .. } | StoreError::RunFinished { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(ctx, status, &e.to_string())
@@ -773,7 +771,7 @@ async fn cancel(
                 Redirect::to(&ctx.url(&format!("/runs/{id}"))).into_response()
             }
         }
-        Err(e) => error(&ctx, StatusCode::CONFLICT, &e),
+        Err(e) => store_error(&ctx, e),
     }
 }
 
@@ -1060,11 +1058,13 @@ async fn run_events(
     }
     struct St {
         store: Arc<dyn RunStore>,
+        feed: deployer_core::ChangeFeed,
         id: RunId,
         last: Option<Live>,
         done: bool,
     }
     let st = St {
+        feed: shared.store.changes(),
         store: shared.store.clone(),
         id,
         last: None,
@@ -1076,7 +1076,7 @@ async fn run_events(
         }
         loop {
             if st.last.is_some() {
-                tokio::time::sleep(POLL).await;
+                st.feed.changed().await;
             }
             match look(st.store.as_ref(), &st.id).await {
                 Ok((live, core)) => {
@@ -1110,14 +1110,18 @@ async fn run_events(
 /// at first and whenever the list changes.
 async fn approvals_events(State(shared): State<S>) -> Response {
     let stream = futures::stream::unfold(
-        (shared.store.clone(), None::<Vec<(String, String)>>),
-        |(store, last)| async move {
+        (
+            shared.store.clone(),
+            shared.store.changes(),
+            None::<Vec<(String, String)>>,
+        ),
+        |(store, mut feed, last)| async move {
             loop {
                 if last.is_some() {
-                    tokio::time::sleep(POLL).await;
+                    feed.changed().await;
                 }
                 let Ok(pending) = store.pending_approvals().await else {
-                    tokio::time::sleep(POLL).await;
+                    feed.changed().await;
                     continue;
                 };
                 let now: Vec<(String, String)> = pending
@@ -1131,7 +1135,7 @@ async fn approvals_events(State(shared): State<S>) -> Response {
                     "pending": now.iter().map(|(run, step)| serde_json::json!({"run": run, "step": step})).collect::<Vec<_>>(),
                 });
                 let event = Event::default().event("approvals").data(data.to_string());
-                return Some((Ok::<_, Infallible>(event), (store, Some(now))));
+                return Some((Ok::<_, Infallible>(event), (store, feed, Some(now))));
             }
         },
     );

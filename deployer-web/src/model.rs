@@ -87,7 +87,7 @@ fn duration_of(r: &RunRecord) -> Option<Duration> {
     end.duration_since(start).ok()
 }
 
-fn row(r: &RunRecord, hosts: usize, counts: TaskCounts) -> RunRow {
+fn summary_row(r: &deployer_core::RunSummary) -> RunRow {
     RunRow {
         id: r.id.to_string(),
         name: r.name.clone(),
@@ -97,23 +97,15 @@ fn row(r: &RunRecord, hosts: usize, counts: TaskCounts) -> RunRow {
         created: ts(r.created_ts),
         started: ts_opt(r.started_ts),
         finished: ts_opt(r.finish_ts),
-        duration_secs: duration_of(r).map(secs),
-        hosts,
-        counts,
-        counts_text: counts.to_string(),
+        duration_secs: r.duration(SystemTime::now()).map(secs),
+        hosts: r.hosts,
+        counts: r.counts,
+        counts_text: r.counts.to_string(),
     }
 }
 
-fn matches(r: &RunRecord, f: &RunFilter) -> bool {
-    f.state.is_none_or(|s| r.state == s)
-        && f.user.as_ref().is_none_or(|u| &r.started_by == u)
-        && f.name.as_ref().is_none_or(|n| r.name.contains(n.as_str()))
-        && f.since.is_none_or(|t| r.created_ts >= t)
-        && f.until.is_none_or(|t| r.created_ts <= t)
-}
-
-/// A page of runs, newest first. (Reads every run's record and tasks until the store's
-/// `find_runs` query lands.)
+/// A page of runs, newest first, through the store's query (one more than a page is asked
+/// for, to know whether there is a next page).
 pub(crate) async fn runs_page(
     store: &dyn RunStore,
     filter: RunFilter,
@@ -121,38 +113,26 @@ pub(crate) async fn runs_page(
     per_page: usize,
 ) -> Result<RunsPage, StoreError> {
     let page = page.max(1);
-    let offset = (page - 1) * per_page;
-    let listed = store.list_runs(usize::MAX >> 1).await?;
+    let query = deployer_core::RunQuery {
+        state: filter.state,
+        started_by: filter.user.clone(),
+        name: filter.name.clone(),
+        since: filter.since,
+        until: filter.until,
+        offset: (page - 1) * per_page,
+        limit: per_page + 1,
+    };
+    let found = store.find_runs(&query).await?;
+    let more = found.len() > per_page;
     let mut runs = Vec::new();
     let mut unreadable = Vec::new();
-    let mut seen = 0usize;
-    let mut more = false;
-    for l in listed {
-        match l {
-            deployer_core::ListedRun::Run(r) => {
-                if !matches(&r, &filter) {
-                    continue;
-                }
-                seen += 1;
-                if seen <= offset {
-                    continue;
-                }
-                if runs.len() == per_page {
-                    more = true;
-                    break;
-                }
-                let tasks = store.tasks(&r.id).await?;
-                let hosts = store.hosts(&r.id).await?.len();
-                runs.push(row(&r, hosts, TaskCounts::of_records(&r, &tasks)));
-            }
-            deployer_core::ListedRun::Unreadable(u) => {
-                if page == 1 {
-                    unreadable.push(Unreadable {
-                        id: u.id,
-                        problem: u.problem,
-                    })
-                }
-            }
+    for r in found.into_iter().take(per_page) {
+        match r {
+            Ok(summary) => runs.push(summary_row(&summary)),
+            Err(u) => unreadable.push(Unreadable {
+                id: u.id,
+                problem: u.problem,
+            }),
         }
     }
     Ok(RunsPage {
@@ -354,26 +334,28 @@ pub(crate) fn args_of(tasklist: &Tasklist, t: &TaskRecord) -> serde_json::Value 
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// The output tail of a task, once the store keeps one.
-pub(crate) fn output_tail(_t: &TaskRecord) -> Option<&str> {
-    None
+fn cancel_view(c: deployer_core::CancelRequest) -> CancelView {
+    CancelView {
+        by: c.by,
+        at: ts(c.ts),
+    }
 }
 
-/// The cancel request of a run, once the store keeps them.
+/// The cancel request of a run.
 pub(crate) async fn cancel_request(
-    _store: &dyn RunStore,
-    _id: &RunId,
+    store: &dyn RunStore,
+    id: &RunId,
 ) -> Result<Option<CancelView>, StoreError> {
-    Ok(None)
+    Ok(store.cancel_request(id).await?.map(cancel_view))
 }
 
-/// Asks the run's controller to cancel it, once the store can.
+/// Asks the run's controller to cancel it (the first request stands).
 pub(crate) async fn request_cancel(
-    _store: &dyn RunStore,
-    _id: &RunId,
-    _by: &str,
-) -> Result<CancelView, String> {
-    Err("this run store cannot take cancel requests yet".to_string())
+    store: &dyn RunStore,
+    id: &RunId,
+    by: &str,
+) -> Result<CancelView, StoreError> {
+    store.request_cancel(id, by).await.map(cancel_view)
 }
 
 /// Reads a run and builds what its page shows: tasks are grouped once, by stage and host.
@@ -669,7 +651,7 @@ pub(crate) async fn run_host(
             exit_status: t.exit_status,
             error: t.error.clone(),
             stderr_tail: t.stderr_tail.clone(),
-            output_tail: output_tail(&t).map(str::to_string),
+            output_tail: t.output_tail.clone(),
         })
         .collect();
     if state.is_none() && tasks.is_empty() {
@@ -706,38 +688,28 @@ pub(crate) struct HostPage {
     pub runs: Vec<HostRunView>,
 }
 
-/// The runs that targeted `host`, newest first (reads every run until the store's
-/// `host_history` lands).
+/// The runs that targeted `host`, newest first.
 pub(crate) async fn host_page(
     store: &dyn RunStore,
     host: &str,
     limit: usize,
 ) -> Result<HostPage, StoreError> {
-    let mut runs = Vec::new();
-    for l in store.list_runs(usize::MAX >> 1).await? {
-        let Some(r) = l.into_record() else { continue };
-        if let Some(h) = store
-            .hosts(&r.id)
-            .await?
-            .into_iter()
-            .find(|h| h.host == host)
-        {
-            runs.push(HostRunView {
-                run: r.id.to_string(),
-                name: r.name,
-                source: r.source,
-                started_by: r.started_by,
-                run_state: r.state,
-                host_state: h.state,
-                created: ts(r.created_ts),
-                updated: ts(h.updated_ts),
-                finished: ts_opt(h.finish_ts.or(r.finish_ts)),
-            });
-            if runs.len() == limit {
-                break;
-            }
-        }
-    }
+    let runs = store
+        .host_history(host, limit)
+        .await?
+        .into_iter()
+        .map(|r| HostRunView {
+            run: r.run.to_string(),
+            name: r.name,
+            source: r.source,
+            started_by: r.started_by,
+            run_state: r.run_state,
+            host_state: r.host_state,
+            created: ts(r.created_ts),
+            updated: ts(r.updated_ts),
+            finished: ts_opt(r.finish_ts),
+        })
+        .collect();
     Ok(HostPage {
         host: host.to_string(),
         runs,
