@@ -32,6 +32,27 @@
 //! (buttons `button[value=approve]`, `button[value=reject]`), and the page sets
 //! `data-live="on"` on `<body>` once its event stream is open.
 //!
+//! # Live updates
+//!
+//! `GET /runs/{id}/events` is driven by the store's change feed
+//! ([`RunStore::changes`]): its first `update` event carries every host cell, later ones only
+//! what changed, as JSON:
+//! `{"state": "RUNNING", "finished": false, "counts": {…}, "counts_text": "3 ok",
+//! "progress": {"done": 3, "total": 8}, "eta_secs": 12, "eta": "12s",
+//! "stages": [{"index": 0, "state": "running", "done": 3, "total": 4}],
+//! "cells": [{"stage": 0, "host": "web1", "state": "done"}],
+//! "hosts": [{"host": "web1", "state": "DONE"}], "cancel_requested": null,
+//! "approvals_pending": ["deploy/approve"]}`; the stream ends after the event that says
+//! `"finished": true`. `GET /approvals/events` sends `approvals` events
+//! (`{"pending": [{"run": "…", "step": "…"}]}`) whenever the pending list changes.
+//!
+//! # Scripts
+//!
+//! A script logs in with `GET /login` (`Accept: application/json` answers `login_token` and
+//! sets the token cookie), then `POST /login` with the form fields `name`, `password` and
+//! `login_token` (answers `csrf_token`); every JSON answer also carries
+//! `"viewer": {"user": …, "csrf_token": …}`, and a POST takes the token as `X-CSRF-Token`.
+//!
 //! # Security
 //!
 //! Nobody unauthenticated sees or does anything unless the operator says so
