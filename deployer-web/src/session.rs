@@ -14,6 +14,10 @@ pub(crate) struct Session {
     pub expires: Instant,
 }
 
+/// The most sessions kept at once: past it, the one closest to its end is dropped (a script
+/// behind a proxy header that keeps no cookie opens a session per request).
+pub(crate) const MAX_SESSIONS: usize = 10_000;
+
 /// Every live session of one [`Web`](crate::Web), by id.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
@@ -45,6 +49,14 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
         map.insert(id.clone(), session.clone());
         Some((id, session))
     }
@@ -89,5 +101,24 @@ mod tests {
         assert!(same_token("abc", "abc"));
         assert!(!same_token("abc", "abd"));
         assert!(!same_token("abc", "ab"));
+    }
+
+    #[test]
+    fn sessions_are_capped_dropping_the_one_closest_to_its_end() {
+        let sessions = Sessions::default();
+        let (first, _) = sessions
+            .create(User::new("first"), Duration::from_secs(60))
+            .unwrap();
+        for _ in 1..MAX_SESSIONS {
+            sessions
+                .create(User::new("script"), Duration::from_secs(3600))
+                .unwrap();
+        }
+        assert!(sessions.get(&first).is_some());
+        let (last, _) = sessions
+            .create(User::new("last"), Duration::from_secs(3600))
+            .unwrap();
+        assert!(sessions.get(&first).is_none());
+        assert!(sessions.get(&last).is_some());
     }
 }
