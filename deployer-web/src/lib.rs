@@ -66,7 +66,9 @@
 //!   time after login ([`Web::session_ttl`], absolute, not sliding: default 12 h). The session
 //!   cookie is `HttpOnly; SameSite=Strict; Path=<prefix>`, plus `Secure` unless
 //!   [`Web::secure_cookies`] is off (plain-HTTP loopback). Ids and tokens are 256 random bits
-//!   from the operating system (`getrandom`).
+//!   from the operating system (`getrandom`). At most 10 000 sessions live at once (past
+//!   that, the one closest to its end goes). Logging in again replaces the session (no
+//!   fixation). Failed logins are not rate-limited here: put that in the proxy in front.
 //! * **CSRF**: every form carries the session's token in a hidden field `csrf` (a script may
 //!   send it as `X-CSRF-Token`; JSON answers carry it as `csrf_token`), checked in constant
 //!   time on every POST; missing or wrong → 403 `CSRF token missing or wrong`. The login form
