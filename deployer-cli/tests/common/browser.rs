@@ -30,7 +30,10 @@ pub const PACKAGES: &str = "chromium chromium-driver";
 fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/lib/chromium")])
+        .chain([
+            PathBuf::from("/usr/bin"),
+            PathBuf::from("/usr/lib/chromium"),
+        ])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
@@ -109,8 +112,14 @@ impl Chromedriver {
         }
         // Drain its output so it never blocks on a full pipe.
         for pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -172,7 +181,12 @@ impl Browser {
             .capabilities(caps)
             .connect(&driver.url())
             .await
-            .map_err(|e| format!("cannot open a Chromium session through {}: {e}", driver.url()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot open a Chromium session through {}: {e}",
+                    driver.url()
+                )
+            })?;
         Ok(Browser { client })
     }
 
