@@ -40,7 +40,15 @@ fn deploy(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 fn add_user(dir: &Path, name: &str, role: &str, password: &str) {
     let out = deploy(
         dir,
-        &["users", "add", name, "--role", role, "--users", "users.yaml"],
+        &[
+            "users",
+            "add",
+            name,
+            "--role",
+            role,
+            "--users",
+            "users.yaml",
+        ],
         Some(&format!("{password}\n")),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -104,7 +112,15 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_an_existing_user() {
     let dir = tempfile::tempdir().unwrap();
     let out = deploy(
         dir.path(),
-        &["users", "add", "bob", "--role", "developer", "--users", "users.yaml"],
+        &[
+            "users",
+            "add",
+            "bob",
+            "--role",
+            "developer",
+            "--users",
+            "users.yaml",
+        ],
         Some("correct horse\n"),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -114,7 +130,10 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_an_existing_user() {
         text(&out.stdout)
     );
     let file = std::fs::read_to_string(dir.path().join("users.yaml")).unwrap();
-    assert!(file.contains("bob") && file.contains("$argon2id$"), "{file}");
+    assert!(
+        file.contains("bob") && file.contains("$argon2id$"),
+        "{file}"
+    );
     assert!(!file.contains("correct horse"), "{file}");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -138,10 +157,24 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_an_existing_user() {
     );
     let replaced = deploy(
         dir.path(),
-        &["users", "add", "bob", "--role", "user", "--users", "users.yaml", "--replace"],
+        &[
+            "users",
+            "add",
+            "bob",
+            "--role",
+            "user",
+            "--users",
+            "users.yaml",
+            "--replace",
+        ],
         Some("other\n"),
     );
-    assert_eq!(replaced.status.code(), Some(0), "{}", text(&replaced.stderr));
+    assert_eq!(
+        replaced.status.code(),
+        Some(0),
+        "{}",
+        text(&replaced.stderr)
+    );
     assert!(text(&replaced.stdout).contains("replaced bob (user)"));
 
     let empty = deploy(
@@ -157,15 +190,35 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_an_existing_user() {
     );
     let role = deploy(
         dir.path(),
-        &["users", "add", "carol", "--role", "boss", "--users", "users.yaml"],
+        &[
+            "users",
+            "add",
+            "carol",
+            "--role",
+            "boss",
+            "--users",
+            "users.yaml",
+        ],
         Some("pw\n"),
     );
     assert_eq!(role.status.code(), Some(2));
-    assert!(text(&role.stderr).contains("--role"), "{}", text(&role.stderr));
+    assert!(
+        text(&role.stderr).contains("--role"),
+        "{}",
+        text(&role.stderr)
+    );
     // No password on the command line: there is no flag for it.
     let argv = deploy(
         dir.path(),
-        &["users", "add", "carol", "--password", "pw", "--users", "users.yaml"],
+        &[
+            "users",
+            "add",
+            "carol",
+            "--password",
+            "pw",
+            "--users",
+            "users.yaml",
+        ],
         Some("pw\n"),
     );
     assert_eq!(argv.status.code(), Some(2));
@@ -256,7 +309,11 @@ fn anonymous_requests_are_turned_away_and_a_user_of_the_file_logs_in() {
     );
     let (status, _, _) = curl(
         &jar,
-        &["-H", "Accept: application/json", &format!("{}/", server.url)],
+        &[
+            "-H",
+            "Accept: application/json",
+            &format!("{}/", server.url),
+        ],
     );
     assert_eq!(status, 401, "anonymous JSON");
 
@@ -298,7 +355,10 @@ fn anonymous_requests_are_turned_away_and_a_user_of_the_file_logs_in() {
     assert_eq!(status, 303, "{head}");
     let cookie = head
         .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: deployer_session="))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: deployer_session=")
+        })
         .unwrap_or_else(|| panic!("no session cookie\n{head}"));
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(
@@ -307,7 +367,10 @@ fn anonymous_requests_are_turned_away_and_a_user_of_the_file_logs_in() {
     );
     let (status, _, body) = curl(&jar, &[&format!("{}/", server.url)]);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("bob"), "the page names who is logged in\n{body}");
+    assert!(
+        body.contains("bob"),
+        "the page names who is logged in\n{body}"
+    );
 }
 
 #[test]
@@ -316,7 +379,11 @@ fn anonymous_reading_when_the_operator_allows_it() {
     let server = Server::start(dir.path(), &["--allow-anonymous-read"]);
     let (status, _, _) = curl(
         &dir.path().join("jar"),
-        &["-H", "Accept: application/json", &format!("{}/", server.url)],
+        &[
+            "-H",
+            "Accept: application/json",
+            &format!("{}/", server.url),
+        ],
     );
     assert_eq!(status, 200);
 }

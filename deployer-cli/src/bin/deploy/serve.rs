@@ -74,7 +74,9 @@ fn input(message: impl Into<String>) -> BadInput {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -111,30 +113,25 @@ fn check(args: &ServeArgs) -> Result<Plan, BadInput> {
 }
 
 fn load_users(path: &Path) -> Result<UsersFile, BadInput> {
-    UsersFile::load(path).map_err(|e| {
-        input(format!(
-            "--users: {}",
-            deployer_core::error_chain(&e)
-        ))
-    })
+    UsersFile::load(path).map_err(|e| input(format!("--users: {}", deployer_core::error_chain(&e))))
 }
 
 /// `deploy serve`: serves until SIGINT or SIGTERM (exit 0).
 pub async fn serve_main(store_url: &str, args: &ServeArgs) -> Result<u8, BadInput> {
     let plan = check(args)?;
-    let authenticator: Option<Arc<dyn Authenticator>> =
-        match (&args.users, &args.proxy_user_header) {
-            (users, Some(header)) => {
-                let mut proxy = ProxyHeader::new(header)
-                    .map_err(|e| input(format!("--proxy-user-header: {e}")))?;
-                if let Some(path) = users {
-                    proxy = proxy.roles(load_users(path)?);
-                }
-                Some(Arc::new(proxy))
+    let authenticator: Option<Arc<dyn Authenticator>> = match (&args.users, &args.proxy_user_header)
+    {
+        (users, Some(header)) => {
+            let mut proxy =
+                ProxyHeader::new(header).map_err(|e| input(format!("--proxy-user-header: {e}")))?;
+            if let Some(path) = users {
+                proxy = proxy.roles(load_users(path)?);
             }
-            (Some(path), None) => Some(Arc::new(load_users(path)?)),
-            (None, None) => None,
-        };
+            Some(Arc::new(proxy))
+        }
+        (Some(path), None) => Some(Arc::new(load_users(path)?)),
+        (None, None) => None,
+    };
     let url: StoreUrl = store_url.parse()?;
     let store = url.open().await.map_err(|e| {
         BadInput::Hosts(format!(
@@ -243,7 +240,9 @@ pub fn users_main(cmd: &UsersCmd) -> Result<u8, BadInput> {
     println!(
         "{} {name}{} in {}",
         if new { "added" } else { "replaced" },
-        role.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        role.as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
         users.display()
     );
     Ok(0)
