@@ -37,14 +37,16 @@ fn tasklist(hosts: usize) -> Tasklist {
     let mut t = Tasklist::new("release shop 1.4.3");
     for (s, stage) in STAGES.iter().enumerate() {
         t = t.stage(
-            Stage::new(*stage, 50).per_host(1).tasks(names.iter().map(|h| {
-                Task::new("execute_command")
-                    .arg(
-                        "command_line",
-                        format!("/srv/shop/bin/step-{s} --host {h} --release 1.4.3"),
-                    )
-                    .on(h.clone())
-            })),
+            Stage::new(*stage, 50)
+                .per_host(1)
+                .tasks(names.iter().map(|h| {
+                    Task::new("execute_command")
+                        .arg(
+                            "command_line",
+                            format!("/srv/shop/bin/step-{s} --host {h} --release 1.4.3"),
+                        )
+                        .on(h.clone())
+                })),
         );
     }
     t
@@ -122,7 +124,11 @@ async fn get(router: &axum::Router, path: &str, json: bool) -> (Duration, usize)
     }
     let req = req.body(Body::empty()).unwrap();
     let started = Instant::now();
-    let resp = router.clone().oneshot(req).await.expect("the router answers");
+    let resp = router
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("the router answers");
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("a body").to_bytes();
     let took = started.elapsed();
