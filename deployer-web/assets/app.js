@@ -80,6 +80,18 @@
     if (cancel && (d.finished || d.cancel_requested)) {
       cancel.hidden = true;
     }
+    var stillPending = {};
+    (d.approvals_pending || []).forEach(function (s) { stillPending[s] = true; });
+    var decided = document.querySelectorAll(".approval[data-step][data-state=\"pending\"]");
+    for (var m = 0; m < decided.length; m++) {
+      if (!stillPending[decided[m].getAttribute("data-step")]) {
+        decided[m].setAttribute("data-state", "decided");
+        var f = decided[m].querySelector("form.approve");
+        if (f) {
+          f.hidden = true;
+        }
+      }
+    }
     var notice = document.getElementById("approvals-notice");
     if (notice) {
       var shown = {};
@@ -102,6 +114,38 @@
     if (d.finished) {
       source.close();
       body.setAttribute("data-live", "done");
+    }
+  });
+  source.addEventListener("approvals", function (e) {
+    // The approvals page: new ones are announced, decided ones lose their buttons.
+    var shown = document.querySelectorAll(".approval[data-run][data-step]");
+    var present = {};
+    for (var i = 0; i < shown.length; i++) {
+      present[shown[i].getAttribute("data-run") + "\n" + shown[i].getAttribute("data-step")] = shown[i];
+    }
+    var pending = {};
+    var fresh = [];
+    JSON.parse(e.data).pending.forEach(function (a) {
+      var key = a.run + "\n" + a.step;
+      pending[key] = true;
+      if (!present[key]) {
+        fresh.push(a.step);
+      }
+    });
+    Object.keys(present).forEach(function (key) {
+      var el = present[key];
+      if (!pending[key] && el.getAttribute("data-state") === "pending") {
+        el.setAttribute("data-state", "decided");
+        var form = el.querySelector("form.approve");
+        if (form) {
+          form.hidden = true;
+        }
+      }
+    });
+    var notice = document.getElementById("approvals-notice");
+    if (notice) {
+      notice.textContent = fresh.length ? "new approvals waiting: " + fresh.join(", ") + " (reload to decide)" : "";
+      notice.hidden = fresh.length === 0;
     }
   });
   source.addEventListener("problem", function (e) {

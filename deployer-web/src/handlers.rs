@@ -93,6 +93,16 @@ impl Ctx {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.prefix)
     }
+
+    /// The runs list: `/` standalone, the prefix itself under one (`Router::nest` does not
+    /// match `/deploys/`).
+    pub fn home(&self) -> String {
+        if self.prefix.is_empty() {
+            "/".to_string()
+        } else {
+            self.prefix.clone()
+        }
+    }
 }
 
 pub(crate) fn router(shared: S) -> Router {
@@ -106,6 +116,7 @@ pub(crate) fn router(shared: S) -> Router {
         .route("/runs/{id}/cancel", post(cancel))
         .route("/hosts/{host}", get(host))
         .route("/approvals", get(approvals))
+        .route("/approvals/events", get(approvals_events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/assets/app.js", get(app_js))
@@ -163,12 +174,14 @@ fn set_cookie(
     max_age: Duration,
 ) -> HeaderValue {
     let path = if prefix.is_empty() { "/" } else { prefix };
+    // Whole seconds, rounded up: a TTL under a second must not read as "delete now".
+    let secs = max_age.as_secs() + u64::from(max_age.subsec_nanos() > 0);
     let c = cookie::Cookie::build((name, value))
         .http_only(true)
         .same_site(cookie::SameSite::Strict)
         .secure(shared.config.secure_cookies)
         .path(path.to_string())
-        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+        .max_age(cookie::time::Duration::seconds(secs as i64))
         .build();
     HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -252,9 +265,26 @@ async fn authenticate(State(shared): State<S>, mut req: Request, next: Next) -> 
     }
     req.extensions_mut().insert(ctx);
     let mut response = next.run(req).await;
+    let h = response.headers_mut();
     if let Some(c) = new_cookie {
-        response.headers_mut().append(header::SET_COOKIE, c);
+        h.append(header::SET_COOKIE, c);
     }
+    // Only this origin's scripts, styles, forms and frames: no injected script runs, and no
+    // other site can frame the Approve button (clickjacking).
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'; object-src 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     response
 }
 
@@ -755,10 +785,10 @@ struct NextQuery {
 
 /// Where to go after login: a path under the prefix, else the runs list.
 fn safe_next(ctx: &Ctx, next: Option<&str>) -> String {
-    let home = ctx.url("/");
+    let home = ctx.home();
     match next {
         Some(n)
-            if n.starts_with(&format!("{}/", ctx.prefix))
+            if (n == home || n.starts_with(&format!("{}/", ctx.prefix)))
                 && !n.starts_with("//")
                 && !n.contains('\\')
                 && !n.chars().any(char::is_control) =>
@@ -1071,6 +1101,40 @@ async fn run_events(
             }
         }
     });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /approvals/events`: an `approvals` event with every pending approval (`run`, `step`)
+/// at first and whenever the list changes.
+async fn approvals_events(State(shared): State<S>) -> Response {
+    let stream = futures::stream::unfold(
+        (shared.store.clone(), None::<Vec<(String, String)>>),
+        |(store, last)| async move {
+            loop {
+                if last.is_some() {
+                    tokio::time::sleep(POLL).await;
+                }
+                let Ok(pending) = store.pending_approvals().await else {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                };
+                let now: Vec<(String, String)> = pending
+                    .into_iter()
+                    .map(|a| (a.request.run.to_string(), a.request.step))
+                    .collect();
+                if last.as_ref() == Some(&now) {
+                    continue;
+                }
+                let data = serde_json::json!({
+                    "pending": now.iter().map(|(run, step)| serde_json::json!({"run": run, "step": step})).collect::<Vec<_>>(),
+                });
+                let event = Event::default().event("approvals").data(data.to_string());
+                return Some((Ok::<_, Infallible>(event), (store, Some(now))));
+            }
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

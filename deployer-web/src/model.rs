@@ -339,10 +339,10 @@ pub(crate) struct RunCore {
 pub(crate) const FAILURES_SHOWN: usize = 100;
 
 /// The stored task of `id` in `tasklist`.
-pub(crate) fn task_of<'a>(
-    tasklist: &'a Tasklist,
+pub(crate) fn task_of(
+    tasklist: &Tasklist,
     id: deployer_core::TaskId,
-) -> Option<&'a deployer_core::Task> {
+) -> Option<&deployer_core::Task> {
     let entry = tasklist.stages.get(id.stage)?.tasks.get(id.entry)?;
     entry.tasks().get(id.step.unwrap_or(0))
 }

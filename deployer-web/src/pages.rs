@@ -34,9 +34,9 @@ fn layout(ctx: &Ctx, title: &str, events: Option<String>, body: Markup) -> Marku
             }
             body data-events=[events] {
                 header.top {
-                    a.brand href=(ctx.url("/")) { (ctx.title) }
+                    a.brand href=(ctx.home()) { (ctx.title) }
                     nav {
-                        a href=(ctx.url("/")) { "Runs" }
+                        a href=(ctx.home()) { "Runs" }
                         a href=(ctx.url("/approvals")) { "Approvals" }
                     }
                     div.who {
@@ -96,7 +96,7 @@ pub(crate) fn runs(ctx: &Ctx, p: &RunsPage, query: &str) -> Markup {
     let time = |t: Option<std::time::SystemTime>| t.map(model::ts).unwrap_or_default();
     let page_url = |n: usize| {
         let sep = if query.is_empty() { "" } else { "&" };
-        ctx.url(&format!("/?{query}{sep}page={n}"))
+        format!("{}?{query}{sep}page={n}", ctx.home())
     };
     layout(
         ctx,
@@ -104,7 +104,7 @@ pub(crate) fn runs(ctx: &Ctx, p: &RunsPage, query: &str) -> Markup {
         None,
         html! {
             h1 { "Runs" }
-            form #filter.filter method="get" action=(ctx.url("/")) {
+            form #filter.filter method="get" action=(ctx.home()) {
                 label { "State " select name="state" {
                     option value="" selected[state.is_empty()] { "any" }
                     @for s in states { option value=(s) selected[state == s] { (s) } }
@@ -156,7 +156,7 @@ fn legend() -> Markup {
 
 fn approval(ctx: &Ctx, a: &ApprovalView, back: Option<&str>) -> Markup {
     html! {
-        div.approval data-step=(a.step) data-state=(a.state.as_str()) {
+        div.approval data-run=(a.run) data-step=(a.step) data-state=(a.state.as_str()) {
             p {
                 strong { (a.step) } " "
                 (state_badge(a.state.as_str()))
@@ -351,9 +351,10 @@ pub(crate) fn approvals(ctx: &Ctx, p: &ApprovalsPage) -> Markup {
     layout(
         ctx,
         "Approvals",
-        None,
+        Some(ctx.url("/approvals/events")),
         html! {
             h1 { "Approvals waiting" }
+            p #approvals-notice.notice hidden {}
             div #approvals {
                 @for a in &p.approvals { (approval(ctx, a, Some("approvals"))) }
                 @if p.approvals.is_empty() { p #no-approvals { "Nothing waits for a decision." } }
