@@ -75,7 +75,7 @@ async fn fill(store: &dyn RunStore, hosts: usize) -> deployer_core::RunId {
         let (state, failed) = match stage {
             0..=3 => (TaskState::Succeeded, false),
             4 if host_index % 25 == 7 => (TaskState::Failed, true),
-            4 if host_index % 3 == 0 => (TaskState::Running, false),
+            4 if host_index.is_multiple_of(3) => (TaskState::Running, false),
             4 => (TaskState::Succeeded, false),
             _ => (TaskState::Pending, false),
         };
@@ -103,7 +103,7 @@ async fn fill(store: &dyn RunStore, hosts: usize) -> deployer_core::RunId {
     for i in 0..hosts {
         let state = if i % 25 == 7 {
             HostState::Failed
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             HostState::Running
         } else {
             HostState::Pending
