@@ -14,6 +14,8 @@
 //! deploy --config deploy.yaml rollback [--to 1.0.0] [--dry-run] [--yes]
 //! deploy --config deploy.yaml -i hosts.ini --limit 'web:!web2'   # an Ansible inventory
 //! deploy -i hosts.ini hosts 'web*:&prod'              # preview a host pattern
+//! deploy users add bob --role developer --users users.yaml   # the password from stdin
+//! deploy --store sqlite://runs.db serve --users users.yaml   # the run viewer, 127.0.0.1:8080
 //! ```
 //!
 //! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its

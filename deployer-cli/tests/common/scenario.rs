@@ -2,7 +2,7 @@
 //! loopback fleet (`TestFleet`), recorded in a real SQLite run store.
 //!
 //! * The live one: `catalog trigger shop/prod deploy --run --store FILE --as alice` runs the
-//!   scenario's `deploy` book: `prepare` (one host at a time, about a second each), the
+//!   scenario's `deploy` book: `prepare` (one host at a time, 1.5 s each), the
 //!   manual step `approve` (role `developer`, four-eyes: alice started it, so someone else
 //!   decides, from another process), then `release` (one host at a time). It waits at the
 //!   manual step until a decision is stored.
@@ -45,7 +45,7 @@ steps:
   description: Fetch and check the new version
   command: execute_command
   hosts: cluster.hosts
-  args: {command_line: \"echo preparing on $(hostname); sleep 1\"}
+  args: {command_line: \"echo preparing on $(hostname); sleep 1.5\"}
 - name: approve
   manual: true
   approvers: developer
