@@ -159,19 +159,9 @@ async fn log_in(b: &Browser, url: &str, name: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    // WORKAROUND (deployer-web): every unauthenticated request of an HTML page (Chromium's
-    // own /favicon.ico among them) is redirected to /login, whose GET sets a new login token
-    // cookie, so the form's token no longer matches and the POST gets 403. Until the viewer
-    // keeps an existing token, the form takes the token of the cookie the browser holds.
+    // Chromium asks for /favicon.ico on its own meanwhile (redirected to the login page):
+    // the form's token must still match the cookie.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Ok(cookie) = c.get_named_cookie("deployer_login").await {
-        c.execute(
-            "document.querySelector('#login-form input[name=login_token]').value = arguments[0];",
-            vec![serde_json::Value::String(cookie.value().to_string())],
-        )
-        .await
-        .unwrap();
-    }
     c.find(Locator::Css("#login-form button[type=submit]"))
         .await
         .unwrap()

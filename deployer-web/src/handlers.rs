@@ -800,20 +800,27 @@ fn safe_next(ctx: &Ctx, next: Option<&str>) -> String {
 async fn login_form(
     State(shared): State<S>,
     axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: HeaderMap,
     Query(q): Query<NextQuery>,
 ) -> Response {
     let next = safe_next(&ctx, q.next.as_deref());
-    login_page(&shared, &ctx, &next, None, StatusCode::OK)
+    login_page(&shared, &ctx, &headers, &next, None, StatusCode::OK)
 }
 
+/// The login form, with the login token of the browser's cookie when it holds one: a second
+/// tab, or a request the browser makes on its own (`/favicon.ico`, redirected here), must not
+/// change the token under a form already shown.
 fn login_page(
     shared: &Shared,
     ctx: &Ctx,
+    headers: &HeaderMap,
     next: &str,
     problem: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let Some(token) = token() else {
+    let kept = cookie_value(headers, LOGIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let Some(token) = kept.or_else(token) else {
         return error(
             ctx,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -883,6 +890,7 @@ async fn login(
         return login_page(
             &shared,
             &ctx,
+            &headers,
             &next,
             Some("wrong user name or password"),
             StatusCode::UNAUTHORIZED,

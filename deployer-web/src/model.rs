@@ -100,7 +100,22 @@ fn summary_row(r: &deployer_core::RunSummary) -> RunRow {
         duration_secs: r.duration(SystemTime::now()).map(secs),
         hosts: r.hosts,
         counts: r.counts,
-        counts_text: r.counts.to_string(),
+        counts_text: counts_text(&r.counts, r.state.is_finished()),
+    }
+}
+
+/// The counts in words; before a run finishes, its tasks not run yet are still to do
+/// (`3 ok, 4 to do`), not "not run".
+pub(crate) fn counts_text(counts: &TaskCounts, finished: bool) -> String {
+    if finished || counts.not_run == 0 {
+        return counts.to_string();
+    }
+    let mut ended = *counts;
+    ended.not_run = 0;
+    if ended.total() == 0 {
+        format!("{} to do", counts.not_run)
+    } else {
+        format!("{ended}, {} to do", counts.not_run)
     }
 }
 
@@ -509,7 +524,7 @@ pub(crate) fn build_core(
         finish: ts_opt(record.finish_ts),
         duration_secs: duration_of(&record).map(secs),
         counts,
-        counts_text: counts.to_string(),
+        counts_text: counts_text(&counts, record.state.is_finished()),
         progress: Progress {
             done: run_agg.finished(),
             total: run_agg.total(),
@@ -714,4 +729,23 @@ pub(crate) async fn host_page(
         host: host.to_string(),
         runs,
     })
+}
+
+#[cfg(test)]
+mod counts_tests {
+    use deployer_core::{TaskCategory, TaskCounts};
+
+    #[test]
+    fn an_unfinished_run_has_tasks_to_do_not_tasks_not_run() {
+        let mut c = TaskCounts::default();
+        c.add(TaskCategory::Succeeded);
+        for _ in 0..6 {
+            c.add(TaskCategory::NotRun);
+        }
+        assert_eq!(super::counts_text(&c, false), "1 ok, 6 to do");
+        assert_eq!(super::counts_text(&c, true), "1 ok, 6 not run");
+        let mut pending = TaskCounts::default();
+        pending.add(TaskCategory::NotRun);
+        assert_eq!(super::counts_text(&pending, false), "1 to do");
+    }
 }

@@ -336,6 +336,35 @@ async fn login_with_a_users_file_and_logout() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body.contains("wrong user name or password"));
 
+    // A form shown first keeps working after the browser fetched another page meanwhile
+    // (Chromium asks for /favicon.ico on its own, and is sent to the login page).
+    let first = c.get("/login").await;
+    let first_token = hidden(&first.body, "login_token");
+    let other = c.get("/favicon.ico").await;
+    assert_eq!(other.status, StatusCode::SEE_OTHER);
+    assert_eq!(c.get(other.location()).await.status, StatusCode::OK);
+    assert_eq!(
+        hidden(&c.get("/login").await.body, "login_token"),
+        first_token,
+        "the login token of the browser's cookie is kept"
+    );
+    let r = c
+        .post(
+            "/login",
+            &[
+                ("name", "erin"),
+                ("password", "wrong horse"),
+                ("login_token", &first_token),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "the first form's token still counts: {}",
+        r.body
+    );
+
     // A login POST without the form's token is refused.
     let r = c
         .post("/login", &[("name", "erin"), ("password", "right horse")])
