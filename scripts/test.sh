@@ -2,7 +2,8 @@
 # Runs the whole test suite. Installs what the tests need when it is missing:
 # the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, PostgreSQL
 # (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1), curl,
-# python3, script and prlimit.
+# python3, script and prlimit, and Chromium with its WebDriver (the run viewer's end-to-end test
+# drives a headless Chromium through chromedriver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v script >/dev/null 2>&1 || need+=(util-linux)
 # prlimit (util-linux too): the open-files test runs deploy under a low ulimit -n.
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# chromium + chromium-driver: deployer-cli/tests/web_e2e.rs (fonts-liberation: legible
+# screenshots in docs/screenshots/).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -d /usr/share/fonts/truetype/liberation ] || need+=(fonts-liberation)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq

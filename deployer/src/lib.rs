@@ -17,6 +17,7 @@
 //! | `release` | `deployer-release`: the release generator | `release` | yes |
 //! | `books` | `deployer-books`: versioned playbooks with CEL conditions | `books` | no |
 //! | `catalog` | `deployer-catalog`: projects, deployments, roles, monitors, scopes | `catalog` | no |
+//! | `web` | `deployer-web`: the run viewer in the browser (an axum router) | `web` | no |
 //!
 //! `test-fixture` adds the in-memory host, connector and event log ([`fixture`] when enabled),
 //! and `test-sshd` a throwaway OpenSSH server (`remote::testing`).
@@ -102,3 +103,8 @@ pub use deployer_books as books;
 #[cfg(feature = "catalog")]
 #[cfg_attr(docsrs, doc(cfg(feature = "catalog")))]
 pub use deployer_catalog as catalog;
+
+/// The run viewer in the browser: an axum router over a run store (`deployer-web`).
+#[cfg(feature = "web")]
+#[cfg_attr(docsrs, doc(cfg(feature = "web")))]
+pub use deployer_web as web;

@@ -14,6 +14,8 @@
 //! deploy --config deploy.yaml rollback [--to 1.0.0] [--dry-run] [--yes]
 //! deploy --config deploy.yaml -i hosts.ini --limit 'web:!web2'   # an Ansible inventory
 //! deploy -i hosts.ini hosts 'web*:&prod'              # preview a host pattern
+//! deploy users add bob --role developer --users users.yaml   # the password from stdin
+//! deploy --store sqlite://runs.db serve --users users.yaml   # the run viewer, 127.0.0.1:8080
 //! ```
 //!
 //! Secrets: a task argument written `{"secret": "…"}` or `{"secret_env": "VAR"}` (or one its
@@ -51,6 +53,8 @@ use serde_json::Value;
 
 #[path = "deploy/releases.rs"]
 mod releases;
+#[path = "deploy/serve.rs"]
+mod serve;
 use releases::{lock_main, rollback_main, status_main};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -238,6 +242,18 @@ enum Sub {
         #[arg(default_value = "all")]
         pattern: String,
     },
+    /// Serve the run viewer of --store in the browser: runs, live progress, approvals, cancel.
+    ///
+    /// Listens on 127.0.0.1:8080 unless --listen says otherwise (beyond loopback only with
+    /// --public). Somebody must be able to log in: --users FILE (`deploy users add`),
+    /// --proxy-user-header NAME, or --allow-anonymous-read for read-only pages. It serves
+    /// plain HTTP: on a loopback address the session cookie is sent without `Secure` (nobody
+    /// else can listen in); elsewhere it is `Secure`, so browsers log in only through an
+    /// HTTPS proxy in front. Stops on SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Users of `deploy serve --users FILE`.
+    #[command(subcommand)]
+    Users(serve::UsersCmd),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -795,6 +811,8 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     match &cli.command {
         Some(Sub::Plan) => return plan_main(&cli).await,
         Some(Sub::Hosts { pattern }) => return hosts_main(&cli, pattern),
+        Some(Sub::Serve(args)) => return serve::serve_main(&cli.store, args).await,
+        Some(Sub::Users(cmd)) => return serve::users_main(cmd),
         Some(Sub::Status) => return status_main(&cli).await,
         Some(Sub::Lock(cmd)) => return lock_main(&cli, cmd).await,
         Some(Sub::Rollback { to, dry_run, yes }) => {
