@@ -416,3 +416,115 @@ async fn a_developer_approves_a_running_deploy_in_chromium() {
         "{shown}"
     );
 }
+
+/// In Chromium, while a real deploy runs in another process: dave (user) sees no Cancel
+/// button; bob (developer) cancels from the page, and the deploy process — which shares only
+/// the store with the viewer — stops like a first Ctrl-C: the running step finishes, nothing
+/// new starts, the run ends CANCELLED, shown live on bob's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_cancels_a_running_deploy_from_the_page() {
+    let s = Scenario::new(3);
+    let users = s.path("users.yaml");
+    add_user(&users, "bob", "developer", "bob's password");
+    add_user(&users, "dave", "user", "dave's password");
+    let server = Server::start(&s.store_url(), &users);
+    let url = server.url.clone();
+    let driver = Chromedriver::start().unwrap_or_else(|e| panic!("{e}"));
+    let live = s.start_deploy();
+    let run = tokio::task::block_in_place(|| s.wait_for_run("RUNNING", Duration::from_secs(20)));
+
+    let dave = Browser::open(&driver).await.unwrap();
+    log_in(&dave, &url, "dave", "dave's password").await;
+    dave.client()
+        .goto(&format!("{url}/runs/{run}"))
+        .await
+        .unwrap();
+    let state = dave
+        .wait_until("dave's run page", Duration::from_secs(10), |c| async move {
+            run_state(&c).await
+        })
+        .await;
+    assert_eq!(state, "RUNNING");
+    let buttons = dave
+        .client()
+        .find_all(Locator::Css("#cancel"))
+        .await
+        .unwrap();
+    assert!(buttons.is_empty(), "dave (user) sees no Cancel button");
+    dave.close().await;
+
+    let bob = Browser::open(&driver).await.unwrap();
+    log_in(&bob, &url, "bob", "bob's password").await;
+    bob.client()
+        .goto(&format!("{url}/runs/{run}"))
+        .await
+        .unwrap();
+    let cancel = bob
+        .wait_until(
+            "the Cancel button",
+            Duration::from_secs(10),
+            |c| async move { c.find(Locator::Css("#cancel")).await.ok() },
+        )
+        .await;
+    cancel.click().await.unwrap();
+    bob.wait_until(
+        "the run page after cancelling",
+        Duration::from_secs(10),
+        |c| {
+            let run = run.clone();
+            async move {
+                let u = c.current_url().await.ok()?;
+                (u.path().ends_with(&format!("/runs/{run}"))
+                    && c.find(Locator::Css("body[data-live=on]")).await.is_ok())
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    bob.client()
+        .execute("window.__marker = 1;", vec![])
+        .await
+        .unwrap();
+    let notice = bob
+        .wait_until(
+            "the run to end cancelled, shown live",
+            Duration::from_secs(30),
+            |c| async move {
+                let state = run_state(&c).await?;
+                let marker = c
+                    .execute("return window.__marker === 1;", vec![])
+                    .await
+                    .ok()?;
+                assert_eq!(
+                    marker,
+                    serde_json::Value::Bool(true),
+                    "the page was reloaded"
+                );
+                if state != "CANCELLED" {
+                    return None;
+                }
+                c.find(Locator::Css("#cancel-requested"))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    assert!(notice.contains("cancel requested by bob"), "{notice}");
+    bob.close().await;
+
+    let (code, screen) = tokio::task::block_in_place(|| live.finish(Duration::from_secs(20)));
+    assert_ne!(
+        code,
+        Some(0),
+        "a cancelled deploy does not exit 0\n{screen}"
+    );
+    assert!(
+        !screen.contains("waiting for a decision"),
+        "the manual step after the cancelled stage never started\n{screen}"
+    );
+    let shown = text(&s.deploy(&["runs", "show", &run]).stdout);
+    assert!(shown.contains("state     CANCELLED"), "{shown}");
+}

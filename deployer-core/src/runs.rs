@@ -545,8 +545,14 @@ pub trait RunStore: Send + Sync {
     /// The run's host records, in the order hosts were first targeted.
     async fn hosts(&self, id: &RunId) -> Result<Vec<HostRecord>, StoreError>;
 
-    /// The run's task records, in tasklist order.
+    /// The run's task records, in tasklist order, without their output
+    /// ([`TaskRecord::output_tail`] is `None`): a whole run's tasks are read for every page,
+    /// recap and resume, and 64 KiB a task would make that hundreds of MiB on a big fleet.
+    /// [`host_tasks`](Self::host_tasks) reads one host's with their output.
     async fn tasks(&self, id: &RunId) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The task records of `host` in the run, in tasklist order, each with its output tail.
+    async fn host_tasks(&self, id: &RunId, host: &str) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Takes or renews the lease of `owner` on the run for `ttl`; fails with
     /// [`StoreError::LeaseHeld`] while another owner's lease is live.
@@ -835,7 +841,25 @@ impl RunStore for MemoryStore {
     }
 
     async fn tasks(&self, id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
-        self.with_run(id, |r| Ok(r.tasks.values().cloned().collect()))
+        self.with_run(id, |r| {
+            Ok(r.tasks
+                .values()
+                .map(|t| TaskRecord {
+                    output_tail: None,
+                    ..t.clone()
+                })
+                .collect())
+        })
+    }
+
+    async fn host_tasks(&self, id: &RunId, host: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        self.with_run(id, |r| {
+            Ok(r.tasks
+                .values()
+                .filter(|t| t.host == host)
+                .cloned()
+                .collect())
+        })
     }
 
     async fn claim(&self, id: &RunId, owner: &str, ttl: Duration) -> Result<(), StoreError> {

@@ -535,8 +535,39 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
     rec.drive = Some(3);
     store.update_task(&new.id, &rec).await.unwrap();
     let tasks = store.tasks(&new.id).await.unwrap();
-    assert_eq!(tasks[1], rec, "every field round-trips");
+    assert_eq!(
+        tasks[1],
+        TaskRecord {
+            output_tail: None,
+            ..rec.clone()
+        },
+        "every field round-trips; a run's tasks come without their output"
+    );
     assert_eq!(tasks[0].state, TaskState::Pending, "other tasks untouched");
+    let fe002 = store.host_tasks(&new.id, "fe002").await.unwrap();
+    assert_eq!(
+        fe002,
+        [rec.clone()],
+        "a host's tasks come with their output"
+    );
+    let fe001 = store.host_tasks(&new.id, "fe001").await.unwrap();
+    let ids: Vec<TaskId> = fe001.iter().map(|t| t.id).collect();
+    assert_eq!(
+        ids,
+        [new.tasks[0].id, new.tasks[2].id, new.tasks[3].id],
+        "in tasklist order"
+    );
+    assert!(
+        store
+            .host_tasks(&new.id, "nowhere")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.host_tasks(&RunId::new(), "fe001").await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     store
         .set_run_state(&new.id, RunState::Running)

@@ -262,12 +262,36 @@ macro_rules! impl_run_store {
                 let doing = format!("read the tasks of run {id}");
                 let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
                 Self::require_in(&mut tx, id, doing.as_str()).await?;
+                // Without output_tail: see RunStore::tasks.
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
                      started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive, \
-                     output_tail FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
+                     CAST(NULL AS TEXT) AS output_tail FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
                 )
                 .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                tx.commit().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                rows.iter().map(|row| crate::sql::task_record(id, row)).collect()
+            }
+
+            async fn host_tasks(
+                &self,
+                id: &deployer_core::RunId,
+                host: &str,
+            ) -> Result<Vec<deployer_core::TaskRecord>, deployer_core::StoreError> {
+                let doing = format!("read the tasks of host {host} in run {id}");
+                let mut tx = self.pool.begin().await.map_err(|e| crate::errors::backend(doing.as_str(), e))?;
+                Self::require_in(&mut tx, id, doing.as_str()).await?;
+                let rows = sqlx::query(
+                    "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
+                     started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive, \
+                     output_tail FROM run_tasks WHERE run_id = $1 AND host = $2 \
+                     ORDER BY stage, entry, step",
+                )
+                .bind(id.as_str())
+                .bind(&*crate::sql::text(host))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| crate::errors::backend(doing.as_str(), e))?;

@@ -644,10 +644,9 @@ pub(crate) async fn run_host(
         .find(|h| h.host == host)
         .map(|h| h.state);
     let tasks: Vec<HostTask> = store
-        .tasks(id)
+        .host_tasks(id, host)
         .await?
         .into_iter()
-        .filter(|t| t.host == host)
         .map(|t| HostTask {
             task: t.id.to_string(),
             stage: record

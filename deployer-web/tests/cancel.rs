@@ -1,6 +1,5 @@
 //! Cancel from the page while a controller drives the run, and a task's output tail on the
-//! host page. Over the reference `MemoryStore`: the SQL stores keep cancel requests and
-//! output tails from engineer "store"'s migration 0006 on; then this runs over SQLite too.
+//! host page, over a real SQLite store file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +86,12 @@ fn hidden(html: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_the_page_stops_a_driven_run_like_a_first_cancel() {
-    let store = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        deployer_store::SqliteStore::open(dir.path().join("runs.db"))
+            .await
+            .unwrap(),
+    );
     let mut commands = CommandRegistry::new();
     commands.register::<Shell>("shell");
     let tasklist = Tasklist::new("slow deploy")

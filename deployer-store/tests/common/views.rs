@@ -57,7 +57,10 @@ pub async fn a_write_by_another_store_wakes_the_feed(
     writer.update_task(&new.id, &task).await.unwrap();
     wakes(&mut feed, "another store recorded a task").await;
     assert_eq!(
-        watcher.tasks(&new.id).await.unwrap()[0]
+        watcher
+            .host_tasks(&new.id, &new.tasks[0].host)
+            .await
+            .unwrap()[0]
             .output_tail
             .as_deref(),
         Some("x/a.txt\n[stderr] warning: \u{FFFD} odd\n"),
