@@ -583,6 +583,22 @@ mod tests {
                 2,
                 "52053dd60a65f9721b1036f1d561cdff9c4bc810bc635032aec5f20088109be3edd02820b441180dc0a2ad354ac01529",
             ),
+            (
+                3,
+                "a70bd5483b20dfd7e7a2dafd7ba2c8a0f8db47ada2cadeb01bb4ec8277fdf927f8509b866f41bf32452770b2a5c275c0",
+            ),
+            (
+                4,
+                "91f0aa89fda90431929377c70bf1946146c7c272f1f25861654147c5af100df5d0a8e569846ed982228040ca58109b91",
+            ),
+            (
+                5,
+                "3ff59996bec707b2361de4add886342b8e9e7a61f7b9492ed7dad562544dfe196e640f2a54390ab9f417b606a0484afe",
+            ),
+            (
+                6,
+                "adf30e6920553bc57d9697115b1a030f95a047d492661a26094c9e44c2cb314ee40225893334f10e6538f09f483bdf72",
+            ),
         ];
         let migrator = migrator();
         for (version, sha384) in released {
