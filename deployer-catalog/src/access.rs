@@ -46,6 +46,23 @@ impl Role {
         action.min_role().is_some_and(|min| self >= min)
     }
 
+    /// Every role `held` implies, weakest first, by name — what an approval check is given as
+    /// the approver's roles (`None`: no role, an empty list).
+    ///
+    /// ```
+    /// use deployer_catalog::Role;
+    ///
+    /// assert_eq!(Role::names_held(Some(Role::Developer)), ["user", "developer"]);
+    /// assert!(Role::names_held(None).is_empty());
+    /// ```
+    pub fn names_held(held: Option<Role>) -> Vec<String> {
+        Role::ALL
+            .into_iter()
+            .filter(|r| held.is_some_and(|h| *r <= h))
+            .map(|r| r.as_str().to_string())
+            .collect()
+    }
+
     /// The spelling in catalog files.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -2,9 +2,14 @@
 //! before serving, the users file it writes, and logging in over HTTP with curl against a real
 //! SQLite run store.
 
-use std::io::{BufRead, BufReader, Write};
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use server::Server;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -224,47 +229,6 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_an_existing_user() {
     assert_eq!(argv.status.code(), Some(2));
 }
 
-/// A running `deploy serve`, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
-            .arg("--store")
-            .arg(format!("sqlite://{}", dir.join("runs.db").display()))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(dir)
-            .env_remove("DEPLOYER_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `curl` with a cookie jar: (status, headers, body).
 fn curl(jar: &Path, args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
@@ -299,7 +263,11 @@ fn hidden(body: &str, name: &str) -> String {
 fn anonymous_requests_are_turned_away_and_a_user_of_the_file_logs_in() {
     let dir = tempfile::tempdir().unwrap();
     add_user(dir.path(), "bob", "developer", "correct horse");
-    let server = Server::start(dir.path(), &["--users", "users.yaml"]);
+    let server = Server::start(
+        &format!("sqlite://{}", dir.path().join("runs.db").display()),
+        dir.path(),
+        &["--users", "users.yaml"],
+    );
     let jar: PathBuf = dir.path().join("jar");
 
     let (status, head, _) = curl(&jar, &[&format!("{}/", server.url)]);
@@ -376,7 +344,11 @@ fn anonymous_requests_are_turned_away_and_a_user_of_the_file_logs_in() {
 #[test]
 fn anonymous_reading_when_the_operator_allows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--allow-anonymous-read"]);
+    let server = Server::start(
+        &format!("sqlite://{}", dir.path().join("runs.db").display()),
+        dir.path(),
+        &["--allow-anonymous-read"],
+    );
     let (status, _, _) = curl(
         &dir.path().join("jar"),
         &[

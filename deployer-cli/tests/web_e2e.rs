@@ -5,15 +5,18 @@
 mod browser;
 #[path = "common/scenario.rs"]
 mod scenario;
+#[path = "common/server.rs"]
+mod server;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use browser::{Browser, Chromedriver};
 use fantoccini::Locator;
 use scenario::{STEP, Scenario, text};
+use server::Server;
 
 /// The scenario the browser test watches works from the command line alone: the deploy
 /// waits at its manual step (alice started it and may not approve it: four-eyes), dave
@@ -94,51 +97,6 @@ fn add_user(users: &Path, name: &str, role: &str, password: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
-/// A running `deploy serve` on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(store_url: &str, users: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_deploy"))
-            .args([
-                "--store",
-                store_url,
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--users",
-            ])
-            .arg(users)
-            .env_remove("DEPLOYER_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://127.0.0.1:"))
-            .unwrap_or_else(|| panic!("deploy serve printed no URL: {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Where the test leaves its screenshots (committed: the README and docs show them).
 fn screenshots() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots")).to_path_buf()
@@ -179,6 +137,25 @@ async fn log_in(b: &Browser, url: &str, name: &str, password: &str) {
     .await;
 }
 
+/// Waits until a form's POST came back to run `run`'s page and its event stream is open, then
+/// sets `window.__marker = 1` (a reload would lose it).
+async fn back_on_the_live_run_page(b: &Browser, run: &str, what: &str) {
+    b.wait_until(what, Duration::from_secs(10), |c| {
+        let run = run.to_string();
+        async move {
+            let u = c.current_url().await.ok()?;
+            (u.path().ends_with(&format!("/runs/{run}"))
+                && c.find(Locator::Css("body[data-live=on]")).await.is_ok())
+            .then_some(())
+        }
+    })
+    .await;
+    b.client()
+        .execute("window.__marker = 1;", vec![])
+        .await
+        .unwrap();
+}
+
 /// The run's state as the page shows it (`#run-state[data-state]`).
 async fn run_state(c: &fantoccini::Client) -> Option<String> {
     c.find(Locator::Css("#run-state"))
@@ -216,7 +193,11 @@ async fn a_developer_approves_a_running_deploy_in_chromium() {
     add_user(&users, "bob", "developer", "bob's password");
     add_user(&users, "dave", "user", "dave's password");
     let failed = tokio::task::block_in_place(|| s.failed_run());
-    let server = Server::start(&s.store_url(), &users);
+    let server = Server::start(
+        &s.store_url(),
+        &s.path(""),
+        &["--users", users.to_str().unwrap()],
+    );
     let url = server.url.clone();
     let driver = Chromedriver::start().unwrap_or_else(|e| panic!("{e}"));
     let bob = Browser::open(&driver).await.unwrap();
@@ -358,24 +339,7 @@ async fn a_developer_approves_a_running_deploy_in_chromium() {
         .await
         .unwrap();
     // The form posts and comes back to the run page; from there the run goes on live.
-    bob.wait_until(
-        "the run page after approving",
-        Duration::from_secs(10),
-        |c| {
-            let run = run.clone();
-            async move {
-                let u = c.current_url().await.ok()?;
-                (u.path().ends_with(&format!("/runs/{run}"))
-                    && c.find(Locator::Css("body[data-live=on]")).await.is_ok())
-                .then_some(())
-            }
-        },
-    )
-    .await;
-    bob.client()
-        .execute("window.__marker = 1;", vec![])
-        .await
-        .unwrap();
+    back_on_the_live_run_page(&bob, &run, "the run page after approving").await;
     bob.wait_until(
         "the run to succeed, shown live",
         Duration::from_secs(30),
@@ -427,7 +391,11 @@ async fn a_developer_cancels_a_running_deploy_from_the_page() {
     let users = s.path("users.yaml");
     add_user(&users, "bob", "developer", "bob's password");
     add_user(&users, "dave", "user", "dave's password");
-    let server = Server::start(&s.store_url(), &users);
+    let server = Server::start(
+        &s.store_url(),
+        &s.path(""),
+        &["--users", users.to_str().unwrap()],
+    );
     let url = server.url.clone();
     let driver = Chromedriver::start().unwrap_or_else(|e| panic!("{e}"));
     let live = s.start_deploy();
@@ -467,24 +435,7 @@ async fn a_developer_cancels_a_running_deploy_from_the_page() {
         )
         .await;
     cancel.click().await.unwrap();
-    bob.wait_until(
-        "the run page after cancelling",
-        Duration::from_secs(10),
-        |c| {
-            let run = run.clone();
-            async move {
-                let u = c.current_url().await.ok()?;
-                (u.path().ends_with(&format!("/runs/{run}"))
-                    && c.find(Locator::Css("body[data-live=on]")).await.is_ok())
-                .then_some(())
-            }
-        },
-    )
-    .await;
-    bob.client()
-        .execute("window.__marker = 1;", vec![])
-        .await
-        .unwrap();
+    back_on_the_live_run_page(&bob, &run, "the run page after cancelling").await;
     let notice = bob
         .wait_until(
             "the run to end cancelled, shown live",

@@ -632,6 +632,25 @@ struct DecideForm {
     back: Option<String>,
 }
 
+/// What every POST on a run checks first, in this order: the CSRF token, a logged-in user,
+/// a run id.
+fn post_on_run<'a>(
+    ctx: &'a Ctx,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+    id: &str,
+) -> Result<(&'a User, RunId), Response> {
+    check_csrf(ctx, headers, csrf)?;
+    let Some(user) = &ctx.user else {
+        return Err(error(
+            ctx,
+            StatusCode::UNAUTHORIZED,
+            "authentication required: log in first",
+        ));
+    };
+    Ok((user, parse_id(ctx, id)?))
+}
+
 async fn decide(
     State(shared): State<S>,
     axum::Extension(ctx): axum::Extension<Ctx>,
@@ -639,18 +658,8 @@ async fn decide(
     headers: HeaderMap,
     Form(form): Form<DecideForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&ctx, &headers, form.csrf.as_deref()) {
-        return r;
-    }
-    let Some(user) = &ctx.user else {
-        return error(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "authentication required: log in first",
-        );
-    };
-    let id = match parse_id(&ctx, &id) {
-        Ok(id) => id,
+    let (user, id) = match post_on_run(&ctx, &headers, form.csrf.as_deref(), &id) {
+        Ok(checked) => checked,
         Err(r) => return r,
     };
     let Some(step) = form.step.as_deref().filter(|s| !s.is_empty()) else {
@@ -722,18 +731,8 @@ async fn cancel(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = check_csrf(&ctx, &headers, form.csrf.as_deref()) {
-        return r;
-    }
-    let Some(user) = &ctx.user else {
-        return error(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "authentication required: log in first",
-        );
-    };
-    let id = match parse_id(&ctx, &id) {
-        Ok(id) => id,
+    let (user, id) = match post_on_run(&ctx, &headers, form.csrf.as_deref(), &id) {
+        Ok(checked) => checked,
         Err(r) => return r,
     };
     let store = shared.store.as_ref();

@@ -113,12 +113,6 @@ impl RoleSource for CatalogRoles {
             .catalog
             .role_of(&user.name, &user.name, &target)
             .await?;
-        Ok(Some(
-            Role::ALL
-                .into_iter()
-                .filter(|r| role.is_some_and(|held| *r <= held))
-                .map(|r| r.as_str().to_string())
-                .collect(),
-        ))
+        Ok(Some(Role::names_held(role)))
     }
 }

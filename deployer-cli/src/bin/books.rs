@@ -214,13 +214,7 @@ async fn roles(
         .role_of(user, user, &Target::Deployment(r))
         .await
         .map_err(input)?;
-    Ok(Some(
-        Role::ALL
-            .into_iter()
-            .filter(|r| role.is_some_and(|held| *r <= held))
-            .map(|r| r.as_str().to_string())
-            .collect(),
-    ))
+    Ok(Some(Role::names_held(role)))
 }
 
 /// Decides a waiting step of a recorded run (`books approve` / `books reject`).

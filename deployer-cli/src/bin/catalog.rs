@@ -516,12 +516,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => print_requests(std::slice::from_ref(&request)),
                 Some(dir) => {
                     let role = data.role_of(actor, &deployer_catalog::Target::Deployment(r));
-                    let approver = deployer_core::Approver::new(actor.as_str()).with_roles(
-                        deployer_catalog::Role::ALL
-                            .into_iter()
-                            .filter(|x| role.is_some_and(|held| *x <= held))
-                            .map(|x| x.as_str()),
-                    );
+                    let approver = deployer_core::Approver::new(actor.as_str())
+                        .with_roles(deployer_catalog::Role::names_held(role));
                     let mode = JobMode {
                         run: *run,
                         yes: *yes,
