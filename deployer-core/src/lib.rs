@@ -102,6 +102,7 @@ mod secrets;
 mod shell;
 mod tasklist;
 mod validation;
+mod work;
 
 #[cfg(feature = "test-fixture")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
@@ -145,6 +146,10 @@ pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_re
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{Finally, LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type, one_line};
+pub use work::{
+    Claim, EntryOutcome, StageLimits, Submission, SubmitError, WorkEntry, WorkQueue, WorkStatus,
+    WorkerInfo,
+};
 
 /// Re-exported so implementors of the async traits use the same macro version.
 pub use async_trait::async_trait;
