@@ -103,6 +103,7 @@ mod shell;
 mod tasklist;
 mod validation;
 mod work;
+mod worker;
 
 #[cfg(feature = "test-fixture")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
@@ -150,6 +151,7 @@ pub use work::{
     Claim, EntryOutcome, StageLimits, Submission, SubmitError, WorkEntry, WorkQueue, WorkStatus,
     WorkerInfo,
 };
+pub use worker::Worker;
 
 /// Re-exported so implementors of the async traits use the same macro version.
 pub use async_trait::async_trait;
