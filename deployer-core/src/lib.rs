@@ -116,7 +116,9 @@ pub use approvals::{
 pub use budget::FailureBudget;
 pub use command::{Command, CommandRegistry, ExecContext, HostVars, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
-pub use driver::{DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user};
+pub use driver::{
+    DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user, submit,
+};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{
     ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCategory, TaskCounts, TaskId,
