@@ -37,9 +37,9 @@ pub struct WorkerArgs {
 /// The PostgreSQL store `url` names, as a work queue; a SQLite store is refused.
 pub async fn open_queue(url: &str) -> Result<Arc<dyn WorkQueue>, BadInput> {
     let parsed: StoreUrl = url.parse()?;
-    match parsed {
+    match &parsed {
         StoreUrl::Postgres(pg) => {
-            let store = PostgresStore::connect(&pg).await.map_err(|e| {
+            let store = PostgresStore::connect(pg).await.map_err(|e| {
                 BadInput::Hosts(format!(
                     "cannot open the run store {parsed}: {}",
                     deployer_core::error_chain(&e)
