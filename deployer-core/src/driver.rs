@@ -194,7 +194,7 @@ impl Termination for Finished {
     }
 }
 
-/// Submits `plan` to `queue` for workers to run ([`crate::work`]) instead of driving it in
+/// Submits `plan` to `queue` for workers to run ([`WorkQueue`](crate::WorkQueue)) instead of driving it in
 /// this process, and returns the run's id; follow it with the store's
 /// [`changes`](RunStore::changes), [`WorkQueue::work_status`](crate::WorkQueue::work_status)
 /// and [`RunStore::run`] until its state is final.

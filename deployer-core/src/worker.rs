@@ -23,7 +23,7 @@ use crate::runs::{RunId, StoreError, TaskRecord, TaskState};
 use crate::work::{Claim, EntryOutcome, WorkQueue, WorkerInfo};
 
 /// Claims entries of submitted runs from a [`WorkQueue`] and runs them (see
-/// [`crate::work`]): `deploy worker` is one of these around an SSH connector.
+/// [`WorkQueue`]): `deploy worker` is one of these around an SSH connector.
 ///
 /// * [`run`](Self::run) says the worker is alive ([`WorkQueue::heartbeat`], every third of
 ///   the lease), claims while it has free [`slots`](Self::slots), and when nothing is
