@@ -608,3 +608,117 @@ fn workers_and_submit_refuse_a_sqlite_store() {
     assert!(err.contains("workers need a PostgreSQL store"), "{err}");
     assert!(!dir.path().join("runs.db").exists(), "nothing stored");
 }
+
+/// A command that says when it starts, and whether it ran to its end or was dropped.
+#[derive(Debug)]
+struct Slow(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+struct Dropped(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().push("dropped");
+    }
+}
+
+#[deployer_core::async_trait]
+impl deployer_core::Command for Slow {
+    fn initialize(
+        _: &deployer_core::TaskArgs<'_>,
+    ) -> Result<Self, deployer_core::ValidationErrors> {
+        unreachable!("built through register_fn")
+    }
+
+    async fn execute(
+        &self,
+        _: &deployer_core::ExecContext,
+    ) -> Result<deployer_core::Outcome, deployer_core::CommandError> {
+        self.0.lock().unwrap().push("started");
+        let guard = Dropped(self.0.clone());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.0.lock().unwrap().push("finished");
+        drop(guard);
+        Ok(deployer_core::Outcome::done())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_more() {
+    use deployer_core::{Plan, TaskState, WorkQueue, Worker, WorkerInfo};
+    use sqlx::Connection;
+    use std::sync::{Arc, Mutex};
+
+    let pg = pg::PgServer::start().await;
+    let url = pg.database().await;
+    let queue: Arc<dyn WorkQueue> =
+        Arc::new(deployer_store::PostgresStore::connect(&url).await.unwrap());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut commands = deployer_core::CommandRegistry::new();
+    let e = events.clone();
+    commands.register_fn("slow", move |_| Ok(Box::new(Slow(e.clone()))));
+    let tasklist =
+        Tasklist::new("fenced").stage(Stage::new("s", 1).task(Task::new("slow").on("h1")));
+    let plan = Plan::build(&tasklist, &commands).unwrap();
+    let id = deployer_core::submit(&*queue, &plan, "test", "tester", |_| None)
+        .await
+        .unwrap();
+    let info = WorkerInfo {
+        id: "w-fenced".into(),
+        zones: Vec::new(),
+        commands: Vec::new(),
+    };
+    let worker = Worker::new(
+        queue.clone(),
+        commands,
+        Arc::new(deployer_core::fixture::FakeConnector::new()),
+        info,
+    )
+    .lease_ttl(Duration::from_millis(900));
+    let drain = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let drain = drain.clone();
+        async move { worker.run(drain).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events.lock().unwrap().contains(&"started") {
+        assert!(Instant::now() < deadline, "the entry did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another claim of the entry (as after a lapse): the worker's fence is stale now.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE run_entries SET fence = fence + 1, worker = 'w-other'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    while !events.lock().unwrap().contains(&"dropped") {
+        assert!(
+            taken.elapsed() < Duration::from_millis(900),
+            "the command still runs after its claim was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*events.lock().unwrap(), ["started", "dropped"]);
+    let tasks = queue.tasks(&id).await.unwrap();
+    assert_eq!(
+        tasks[0].state,
+        TaskState::Running,
+        "the lost worker recorded nothing more: {tasks:?}"
+    );
+    let (state, worker): (String, String) = sqlx::query_as("SELECT state, worker FROM run_entries")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (state.as_str(), worker.as_str()),
+        ("CLAIMED", "w-other"),
+        "not finished by the lost worker"
+    );
+    drain.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
