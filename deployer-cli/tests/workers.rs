@@ -576,6 +576,50 @@ async fn a_zone_no_worker_serves_is_named_within_10_seconds_and_a_cancel_ends_th
     let code = World::wait(&mut submitter, Duration::from_secs(15), "the submitter");
     let (out, err) = w.output("submit");
     assert_eq!(code, 130, "stdout:\n{out}\nstderr:\n{err}");
+
+    // An inline secret is refused at submit (exit 2), naming where.
+    let secret = serde_json::json!({"name": "secret", "stages": [{"name": "s", "concurrency": 1,
+        "tasks": [{"command": "execute_command", "remote_host": hosts[3], "command_line": "true",
+                   "env": {"TOKEN": {"secret": "hunter2"}}}]}]});
+    let secret_path = w.dir.path().join("secret.json");
+    std::fs::write(&secret_path, secret.to_string()).unwrap();
+    let out = deploy()
+        .args(["--store", &w.url, "--submit", "--tasklist"])
+        .arg(&secret_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("this plan cannot run on workers") && err.contains("secret_env"),
+        "{err}"
+    );
+
+    // --detach returns at once with the run's id; the us worker runs it.
+    let mut s0 = Stage::new("detached", 3);
+    for (k, h) in hosts.iter().enumerate().skip(3) {
+        s0 = s0.task(w.step(h, &format!("d:{k}"), 0.0));
+    }
+    let path = w.save(&Tasklist::new("detached").stage(s0), "detached.json");
+    let out = deploy()
+        .args(["--store", &w.url, "--submit", "--detach", "--tasklist"])
+        .arg(&path)
+        .arg("-i")
+        .arg(&w.inventory)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("submitted run "), "{stdout}");
+    assert!(
+        !stdout.contains("state "),
+        "no recap: it did not follow: {stdout}"
+    );
+    World::until(
+        Duration::from_secs(10),
+        "the detached run's entries",
+        || w.lines().iter().filter(|l| l.1.starts_with("d:")).count() == 3,
+    );
     w.stop_workers();
 }
 
