@@ -85,6 +85,9 @@ pub enum DriveError {
     /// Recording, resuming or claiming the run failed.
     #[error(transparent)]
     Runs(#[from] RunsError),
+    /// The plan cannot run on workers (an inline secret, a `finally` stage, …).
+    #[error(transparent)]
+    Submit(#[from] crate::work::SubmitError),
 }
 
 impl DriveError {
@@ -92,7 +95,10 @@ impl DriveError {
     /// [`exit::FAILED`] for hosts or a store that could not be reached.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DriveError::Config(_) | DriveError::Plan(_) | DriveError::Hosts(_) => exit::BAD_INPUT,
+            DriveError::Config(_)
+            | DriveError::Plan(_)
+            | DriveError::Hosts(_)
+            | DriveError::Submit(_) => exit::BAD_INPUT,
             DriveError::Generate(GeneratorError::Remote(_)) => exit::FAILED,
             DriveError::Generate(_) => exit::BAD_INPUT,
             DriveError::Runs(
@@ -186,6 +192,40 @@ impl Termination for Finished {
         }
         ExitCode::from(self.exit_code())
     }
+}
+
+/// Submits `plan` to `queue` for workers to run ([`WorkQueue`](crate::WorkQueue)) instead of driving it in
+/// this process, and returns the run's id; follow it with the store's
+/// [`changes`](RunStore::changes), [`WorkQueue::work_status`](crate::WorkQueue::work_status)
+/// and [`RunStore::run`] until its state is final.
+///
+/// `zone_of` gives each host's zone (the inventory host var `zone`:
+/// `|h| config.host_var(h, "zone")` as a string). A plan that workers cannot run (see
+/// [`Submission::of_plan`](crate::Submission::of_plan)) is refused with
+/// [`DriveError::Submit`] before anything is stored.
+///
+/// ```no_run
+/// # async fn demo(queue: &dyn deployer_core::WorkQueue, plan: &deployer_core::Plan) {
+/// let id = deployer_core::submit(queue, plan, "tasklist:site.json", "alice", |_| None)
+///     .await
+///     .unwrap();
+/// println!("submitted run {id}");
+/// # }
+/// ```
+pub async fn submit(
+    queue: &dyn crate::work::WorkQueue,
+    plan: &Plan,
+    source: &str,
+    started_by: &str,
+    zone_of: impl Fn(&str) -> Option<String>,
+) -> Result<RunId, DriveError> {
+    let mut submission = crate::work::Submission::of_plan(plan, &RunId::new(), zone_of)?;
+    let record = queue
+        .create_run(crate::runs::NewRun::from_plan(plan, source, started_by))
+        .await?;
+    submission.run = record.id.clone();
+    queue.submit(&submission).await?;
+    Ok(record.id)
 }
 
 /// Runs deploys for a host application: the registries, the connector, the run store and the

@@ -102,6 +102,8 @@ mod secrets;
 mod shell;
 mod tasklist;
 mod validation;
+mod work;
+mod worker;
 
 #[cfg(feature = "test-fixture")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-fixture")))]
@@ -114,7 +116,9 @@ pub use approvals::{
 pub use budget::FailureBudget;
 pub use command::{Command, CommandRegistry, ExecContext, HostVars, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
-pub use driver::{DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user};
+pub use driver::{
+    DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user, submit,
+};
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{
     ChannelSink, Event, EventKind, EventSink, RunOutcome, TaskCategory, TaskCounts, TaskId,
@@ -145,6 +149,11 @@ pub use secrets::{DebugArgs, SECRET_ENV_KEY, SECRET_KEY, SecretArg, serialize_re
 pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{Finally, LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type, one_line};
+pub use work::{
+    Claim, EntryOutcome, StageLimits, Submission, SubmitError, WorkEntry, WorkQueue, WorkStatus,
+    WorkerInfo,
+};
+pub use worker::Worker;
 
 /// Re-exported so implementors of the async traits use the same macro version.
 pub use async_trait::async_trait;

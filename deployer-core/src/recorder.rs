@@ -539,12 +539,12 @@ struct Recorder {
 /// The tails of running tasks' output, filled from output events (which are not journaled)
 /// and taken into a task's record when it ends.
 #[derive(Default)]
-struct OutputTails {
+pub(crate) struct OutputTails {
     tails: Mutex<HashMap<TaskId, String>>,
 }
 
 impl OutputTails {
-    fn take(&self, task: TaskId) -> Option<String> {
+    pub(crate) fn take(&self, task: TaskId) -> Option<String> {
         let mut tail = self
             .tails
             .lock()
@@ -638,20 +638,14 @@ impl Recorder {
 impl Journal for Recorder {
     async fn record(&self, event: &Event) -> Result<(), BoxError> {
         match &event.kind {
-            EventKind::TaskStarted { task, attempt } => {
+            EventKind::TaskStarted { task, .. } => {
                 let (record, host_starts) = {
                     let mut st = self.lock();
                     let rec = st
                         .tasks
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
-                    rec.state = TaskState::Running;
-                    rec.drive = Some(self.drive);
-                    rec.attempts += 1;
-                    if *attempt == 1 {
-                        rec.started_ts = Some(event.timestamp);
-                        rec.finished_ts = None;
-                    }
+                    apply_task_event(rec, event, Some(self.drive), &self.tails);
                     let rec = rec.clone();
                     let p = st.hosts.entry(task.host.clone()).or_default();
                     let first = !p.running;
@@ -665,52 +659,14 @@ impl Journal for Recorder {
                         .await?;
                 }
             }
-            EventKind::TaskFinished {
-                task,
-                outcome,
-                duration,
-                ..
-            } => {
+            EventKind::TaskFinished { task, outcome, .. } => {
                 let record = {
                     let mut st = self.lock();
                     let rec = st
                         .tasks
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
-                    rec.finished_ts = Some(event.timestamp);
-                    rec.drive = Some(self.drive);
-                    rec.duration = Some(*duration);
-                    rec.exit_status = None;
-                    rec.stderr_tail = None;
-                    rec.output_tail = self.tails.take(task.id);
-                    rec.error = None;
-                    match outcome {
-                        TaskOutcome::Succeeded => rec.state = TaskState::Succeeded,
-                        TaskOutcome::Skipped { reason } => {
-                            rec.state = TaskState::Skipped;
-                            rec.error = Some(reason.clone());
-                        }
-                        TaskOutcome::Failed {
-                            message,
-                            exit_status,
-                            stderr_tail,
-                        } => {
-                            rec.state = TaskState::Failed;
-                            rec.error = Some(message.clone());
-                            rec.exit_status = *exit_status;
-                            rec.stderr_tail =
-                                (!stderr_tail.is_empty()).then(|| stderr_tail.clone());
-                        }
-                        TaskOutcome::TimedOut { after } => {
-                            rec.state = TaskState::TimedOut;
-                            rec.error = Some(format!("timed out after {after:?}"));
-                        }
-                        TaskOutcome::Cancelled => {
-                            rec.state = TaskState::Cancelled;
-                            rec.error = Some("cancelled".to_string());
-                        }
-                        TaskOutcome::RolledBack => rec.state = TaskState::RolledBack,
-                    }
+                    apply_task_event(rec, event, Some(self.drive), &self.tails);
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
@@ -720,7 +676,7 @@ impl Journal for Recorder {
                         .await?;
                 }
             }
-            EventKind::TaskNotRun { task, reason } | EventKind::TaskDropped { task, reason } => {
+            EventKind::TaskNotRun { task, .. } | EventKind::TaskDropped { task, .. } => {
                 // Never started: its stage stopped, or its host was dropped.
                 let dropped = matches!(event.kind, EventKind::TaskDropped { .. });
                 let record = {
@@ -729,13 +685,7 @@ impl Journal for Recorder {
                         .tasks
                         .entry(task.id)
                         .or_insert_with(|| TaskRecord::pending(task));
-                    rec.state = if dropped {
-                        TaskState::Dropped
-                    } else {
-                        TaskState::NotRun
-                    };
-                    rec.drive = Some(self.drive);
-                    rec.error = Some(reason.clone());
+                    apply_task_event(rec, event, Some(self.drive), &self.tails);
                     rec.clone()
                 };
                 self.store.update_task(&self.id, &record).await?;
@@ -762,6 +712,78 @@ impl Journal for Recorder {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Updates a task's record `rec` with `event` (a task's start, end, not-run or drop; other
+/// events leave it as it is), as [`Runs`] records it: state, attempts, times, `drive`, error,
+/// and on its end the tail of its output from `tails`.
+pub(crate) fn apply_task_event(
+    rec: &mut TaskRecord,
+    event: &Event,
+    drive: Option<u32>,
+    tails: &OutputTails,
+) {
+    match &event.kind {
+        EventKind::TaskStarted { attempt, .. } => {
+            rec.state = TaskState::Running;
+            rec.drive = drive;
+            rec.attempts += 1;
+            if *attempt == 1 {
+                rec.started_ts = Some(event.timestamp);
+                rec.finished_ts = None;
+            }
+        }
+        EventKind::TaskFinished {
+            task,
+            outcome,
+            duration,
+            ..
+        } => {
+            rec.finished_ts = Some(event.timestamp);
+            rec.drive = drive;
+            rec.duration = Some(*duration);
+            rec.exit_status = None;
+            rec.stderr_tail = None;
+            rec.output_tail = tails.take(task.id);
+            rec.error = None;
+            match outcome {
+                TaskOutcome::Succeeded => rec.state = TaskState::Succeeded,
+                TaskOutcome::Skipped { reason } => {
+                    rec.state = TaskState::Skipped;
+                    rec.error = Some(reason.clone());
+                }
+                TaskOutcome::Failed {
+                    message,
+                    exit_status,
+                    stderr_tail,
+                } => {
+                    rec.state = TaskState::Failed;
+                    rec.error = Some(message.clone());
+                    rec.exit_status = *exit_status;
+                    rec.stderr_tail = (!stderr_tail.is_empty()).then(|| stderr_tail.clone());
+                }
+                TaskOutcome::TimedOut { after } => {
+                    rec.state = TaskState::TimedOut;
+                    rec.error = Some(format!("timed out after {after:?}"));
+                }
+                TaskOutcome::Cancelled => {
+                    rec.state = TaskState::Cancelled;
+                    rec.error = Some("cancelled".to_string());
+                }
+                TaskOutcome::RolledBack => rec.state = TaskState::RolledBack,
+            }
+        }
+        EventKind::TaskNotRun { reason, .. } | EventKind::TaskDropped { reason, .. } => {
+            rec.state = if matches!(event.kind, EventKind::TaskDropped { .. }) {
+                TaskState::Dropped
+            } else {
+                TaskState::NotRun
+            };
+            rec.drive = drive;
+            rec.error = Some(reason.clone());
+        }
+        _ => {}
     }
 }
 

@@ -25,6 +25,11 @@ pub enum UrlError {
         /// The feature that builds it.
         feature: &'static str,
     },
+    /// The URL names a SQLite store where a work queue (workers) needs PostgreSQL.
+    #[error(
+        "a SQLite store is driven by one controller: workers need a PostgreSQL store (--store postgres://…)"
+    )]
+    SingleController,
 }
 
 /// `StoreError::Backend` for a failed sqlx call; `doing` reads well after "failed to".

@@ -113,6 +113,8 @@ mod sqlite;
 mod url;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod watch;
+#[cfg(feature = "postgres")]
+mod work;
 
 pub use errors::UrlError;
 #[cfg(feature = "postgres")]
@@ -124,4 +126,4 @@ pub use sql::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 #[cfg(feature = "catalog")]
 pub use url::open_catalog;
-pub use url::{DEFAULT_STORE_URL, StoreUrl, open};
+pub use url::{DEFAULT_STORE_URL, StoreUrl, open, open_work_queue};

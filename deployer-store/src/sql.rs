@@ -46,10 +46,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task output tails, cancel requests and the indexes of the run views",
         include_str!("../migrations/0006_web.sql"),
     ),
+    (
+        7,
+        "distributed runs: submitted work, its entries and their claims, workers",
+        include_str!("../migrations/0007_work.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 #[cfg(feature = "catalog")]
 use deployer_catalog::CatalogStore;
-use deployer_core::{RunStore, StoreError};
+use deployer_core::{RunStore, StoreError, WorkQueue};
 
 #[cfg(feature = "postgres")]
 use crate::PostgresStore;
@@ -88,6 +88,24 @@ impl StoreUrl {
     #[cfg_attr(docsrs, doc(cfg(feature = "catalog")))]
     pub async fn open_catalog(&self) -> Result<Arc<dyn CatalogStore>, StoreError> {
         open_as!(self, Arc<dyn CatalogStore>)
+    }
+}
+
+impl StoreUrl {
+    /// Opens the store as the work queue of distributed runs: a [`PostgresStore`] (feature
+    /// `postgres`). A SQLite store is driven by one controller and fails with
+    /// [`UrlError::SingleController`] as the source.
+    pub async fn open_work_queue(&self) -> Result<Arc<dyn WorkQueue>, StoreError> {
+        match self {
+            StoreUrl::Sqlite(_) | StoreUrl::SqliteMemory => Err(StoreError::Backend {
+                message: format!("cannot run workers on the store at {self}"),
+                source: Box::new(UrlError::SingleController),
+            }),
+            #[cfg(feature = "postgres")]
+            StoreUrl::Postgres(pg) => Ok(Arc::new(PostgresStore::connect(pg).await?)),
+            #[cfg(not(feature = "postgres"))]
+            StoreUrl::Postgres(_) => Err(not_built(self, "PostgreSQL", "postgres")),
+        }
     }
 }
 
@@ -178,6 +196,24 @@ pub async fn open_catalog(url: &str) -> Result<Arc<dyn CatalogStore>, StoreError
         source: Box::new(e),
     })?;
     parsed.open_catalog().await
+}
+
+/// Opens the work queue of distributed runs at `url`: a `postgres://…` store (see
+/// [`StoreUrl::open_work_queue`]). A SQLite URL fails, saying that workers need PostgreSQL.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let err = deployer_store::open_work_queue("sqlite::memory:").await.err().unwrap();
+/// let source = std::error::Error::source(&err).unwrap().to_string();
+/// assert!(source.contains("workers need a PostgreSQL store"), "{source}");
+/// # });
+/// ```
+pub async fn open_work_queue(url: &str) -> Result<Arc<dyn WorkQueue>, StoreError> {
+    let parsed: StoreUrl = url.parse().map_err(|e: UrlError| StoreError::Backend {
+        message: format!("failed to open the work queue at {}", redact(url)),
+        source: Box::new(e),
+    })?;
+    parsed.open_work_queue().await
 }
 
 /// `url` with the password of its user info and any `password=` parameter replaced by `***`.

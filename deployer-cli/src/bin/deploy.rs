@@ -55,6 +55,8 @@ use serde_json::Value;
 mod releases;
 #[path = "deploy/serve.rs"]
 mod serve;
+#[path = "deploy/work.rs"]
+mod work;
 use releases::{lock_main, rollback_main, status_main};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +126,13 @@ struct Cli {
     /// Validate every task and touch no host: prints "Syntax ok" or every problem.
     #[arg(long)]
     dry_run: bool,
+    /// Hand the run to `deploy worker` processes through --store (PostgreSQL) instead of
+    /// running it here; follows it (progress, recap, exit status) unless --detach.
+    #[arg(long)]
+    submit: bool,
+    /// With --submit: print the run's id and exit 0 at once.
+    #[arg(long, requires = "submit")]
+    detach: bool,
     /// Print the tasklist and stop (inline secrets show as "***").
     #[arg(long)]
     dump: bool,
@@ -254,6 +263,13 @@ enum Sub {
     /// Users of `deploy serve --users FILE`.
     #[command(subcommand)]
     Users(serve::UsersCmd),
+    /// Claim and run entries of runs submitted (`deploy --submit`) to --store (PostgreSQL).
+    ///
+    /// Registers the same commands as deploy and connects over SSH as --config's `ssh`
+    /// section and inventory say (-i inventories too); a host's zone is its inventory host var
+    /// `zone`. Runs until SIGINT or SIGTERM: the first claims nothing more and lets running
+    /// entries finish, the second stops them.
+    Worker(work::WorkerArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -813,6 +829,24 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
         Some(Sub::Hosts { pattern }) => return hosts_main(&cli, pattern),
         Some(Sub::Serve(args)) => return serve::serve_main(&cli.store, args).await,
         Some(Sub::Users(cmd)) => return serve::users_main(cmd),
+        Some(Sub::Worker(args)) => {
+            let config = match load_config(&cli)? {
+                Some(c) => Some(c),
+                None => inventory_only(&cli)?,
+            };
+            let connector: Arc<dyn Connector> =
+                Arc::new(SshConnector::new(ssh_options(config.as_ref())?)?);
+            let (_, commands) = registries();
+            return work::worker_main(
+                &cli.store,
+                args,
+                commands,
+                connector,
+                config.as_ref(),
+                redactor,
+            )
+            .await;
+        }
         Some(Sub::Status) => return status_main(&cli).await,
         Some(Sub::Lock(cmd)) => return lock_main(&cli, cmd).await,
         Some(Sub::Rollback { to, dry_run, yes }) => {
@@ -823,6 +857,12 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     let config = load_config(&cli)?;
     let connector: Arc<dyn Connector> =
         Arc::new(SshConnector::new(ssh_options_for(&cli, config.as_ref())?)?);
+    // Hosts' zones for --submit: the config's inventory, else `-i`'s.
+    let zones = match (&config, cli.submit) {
+        (Some(c), true) => Some(c.clone()),
+        (None, true) => inventory_only(&cli)?,
+        (_, false) => None,
+    };
     let plan = plan_tasklist(
         &cli,
         config,
@@ -850,6 +890,14 @@ async fn real_main(cli: Cli, progress: bool, redactor: &Redactor) -> Result<u8, 
     if cli.dry_run {
         println!("Syntax ok");
         return Ok(exit::SUCCESS);
+    }
+    if cli.submit {
+        let source = match (&cli.tasklist, &cli.config) {
+            (Some(t), _) => format!("tasklist:{}", t.display()),
+            (None, Some(c)) => format!("config:{}", c.display()),
+            (None, None) => "deploy".to_string(),
+        };
+        return work::submit_main(&cli.store, &plan, &source, zones.as_ref(), cli.detach).await;
     }
 
     let runs = open_runs(&cli).await?;

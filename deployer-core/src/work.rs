@@ -1,0 +1,305 @@
+//! Distributed runs: a run submitted to a shared store is driven by several workers, each
+//! claiming one entry (a task or a chain, on one host) at a time.
+//!
+//! The store holds the coordination ([`WorkQueue`], implemented on PostgreSQL by
+//! `deployer-store`): which entries wait, which are claimed, by whom, under which lease. A
+//! claim is taken in one transaction that checks what a single controller's scheduler checks
+//! in memory — the stage barrier (only the lowest stage with unfinished entries is
+//! claimable), the stage's `concurrency` and `concurrency_per_host` counted over every
+//! worker, the abort rule (after a failure or a cancel nothing new is claimed; claimed entries
+//! finish) — and the worker's zones and commands. Every write a worker makes for a claim
+//! carries the claim's fencing token ([`Claim::fence`]); the store refuses it with
+//! [`StoreError::LeaseLost`] once the claim was lost (its lease lapsed and another worker took
+//! the entry, or the run was reset), so no entry is ever recorded by two workers.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::events::TaskId;
+use crate::runs::{RunId, RunStore, StoreError, TaskRecord};
+
+/// A worker as the store knows it: a name unique among live workers, the zones it serves and
+/// the commands it has registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its name (default in `deploy worker`: `host:pid:random`).
+    pub id: String,
+    /// The zones whose hosts it may work on; empty: every zone, and hosts without one.
+    pub zones: Vec<String>,
+    /// The command names it has registered; it claims only entries of runs whose every
+    /// command is among them.
+    pub commands: Vec<String>,
+}
+
+impl WorkerInfo {
+    /// Whether it serves a host of `zone` (`None`: a host without a zone, served by every
+    /// worker).
+    pub fn serves(&self, zone: Option<&str>) -> bool {
+        match zone {
+            None => true,
+            Some(z) => self.zones.is_empty() || self.zones.iter().any(|w| w == z),
+        }
+    }
+}
+
+/// One entry of a submitted run, as the store keeps it for claiming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkEntry {
+    /// Its stage (index in the tasklist).
+    pub stage: usize,
+    /// Its index within the stage.
+    pub entry: usize,
+    /// The host key its tasks run on (what `concurrency_per_host` counts).
+    pub host: String,
+    /// The zone of its host (inventory host var `zone`), if any.
+    pub zone: Option<String>,
+    /// Its tasks (one, or a chain's steps in order).
+    pub tasks: Vec<TaskId>,
+    /// Whether every one of its commands declares itself idempotent: an entry whose worker
+    /// died is claimed again only then; otherwise the run stops and asks.
+    pub idempotent: bool,
+}
+
+/// What a run's stages allow, as the store enforces it across workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageLimits {
+    /// Entries of the stage in flight at once, over every worker.
+    pub concurrency: usize,
+    /// Entries of the stage in flight at once on one host key, over every worker.
+    pub concurrency_per_host: Option<usize>,
+}
+
+/// A run to hand to workers: its entries and the limits of its stages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The run (created with [`RunStore::create_run`] first).
+    pub run: RunId,
+    /// Every command name the run uses: a worker missing one does not claim it.
+    pub commands: Vec<String>,
+    /// Per stage, in order.
+    pub stages: Vec<StageLimits>,
+    /// Every entry of every stage.
+    pub entries: Vec<WorkEntry>,
+}
+
+/// An entry a worker holds: what to run, and the token every write about it must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The run.
+    pub run: RunId,
+    /// The entry's stage.
+    pub stage: usize,
+    /// The entry's index in its stage.
+    pub entry: usize,
+    /// Its host key.
+    pub host: String,
+    /// Its tasks.
+    pub tasks: Vec<TaskId>,
+    /// The worker holding it.
+    pub worker: String,
+    /// The fencing token: grows with every claim of this entry; a write with an older one is
+    /// refused.
+    pub fence: i64,
+    /// When the claim lapses unless renewed.
+    pub lease_expires: SystemTime,
+}
+
+/// How a claimed entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryOutcome {
+    /// Every task succeeded (or was skipped by its command).
+    Done,
+    /// A task failed or timed out: the run aborts (nothing new is claimed anywhere).
+    Failed,
+    /// The worker stopped it (a cancel it saw): the run is being cancelled.
+    Cancelled,
+}
+
+/// Where a submitted run stands, as a follower (the submitting process, `runs show`, the web
+/// viewer) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkStatus {
+    /// Entries not claimed yet.
+    pub pending: usize,
+    /// Entries claimed now, by worker.
+    pub claimed: Vec<(String, usize)>,
+    /// Entries ended.
+    pub ended: usize,
+    /// Zones of pending entries that no live worker serves (a run waiting for them says so).
+    pub unserved_zones: Vec<String>,
+    /// Whether the run aborts (a failure or a cancel): nothing new is claimed.
+    pub aborting: bool,
+    /// Why the run stopped waiting, when it did (an interrupted entry that is not idempotent).
+    pub stopped: Option<String>,
+}
+
+/// The store side of distributed runs (see the module documentation). Implemented by
+/// `deployer_store::PostgresStore`; SQLite stays single-controller.
+///
+/// # Contract
+///
+/// * [`claim`](Self::claim) hands out an entry only of a submitted, unfinished, not aborting
+///   run; only of the lowest stage of that run that has unfinished entries; only while the
+///   stage's claimed entries are fewer than its `concurrency` and the host's fewer than its
+///   `concurrency_per_host`; only of a zone the worker serves; only of a run whose every
+///   command the worker has. All of it is checked and taken in one transaction, so the limits
+///   hold over any number of workers.
+/// * A claim lives until its lease lapses unless [`renew_claim`](Self::renew_claim)ed. A
+///   lapsed claim's entry is claimable again (with a higher fence) if it is idempotent;
+///   otherwise the run stops ([`WorkStatus::stopped`]) and waits for a forced resume.
+/// * [`record_task`](Self::record_task), [`renew_claim`](Self::renew_claim) and
+///   [`finish_entry`](Self::finish_entry) fail with [`StoreError::LeaseLost`] unless the claim
+///   is still the entry's current one (same worker, same fence) — fencing.
+/// * When the last entry of a run ends (or, once it aborts, the last claimed one), the store
+///   finishes the run ([`RunStore::finish_run`]) with its state: succeeded, failed, or
+///   cancelled.
+/// * A cancel request ([`RunStore::request_cancel`]) makes the run abort: nothing new is
+///   claimed; workers holding claims see it through [`RunStore::cancel_request`] and cancel
+///   their entries like a first cancel.
+#[async_trait]
+pub trait WorkQueue: RunStore {
+    /// Hands run `submission.run` (already created) to workers.
+    async fn submit(&self, submission: &Submission) -> Result<(), StoreError>;
+
+    /// Says `worker` is alive (and what it serves) for `ttl`; a worker calls it on start and
+    /// then regularly. Live workers are what [`WorkStatus::unserved_zones`] is computed from.
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Claims one claimable entry for `worker` under a lease of `ttl`, or `None` when there is
+    /// none now (wait for [`changes`](RunStore::changes) and ask again).
+    async fn claim(&self, worker: &WorkerInfo, ttl: Duration) -> Result<Option<Claim>, StoreError>;
+
+    /// Extends the claim's lease by `ttl` from now; fails with [`StoreError::LeaseLost`] once
+    /// it was lost.
+    async fn renew_claim(&self, claim: &Claim, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Records one of the claim's task records (as [`RunStore::update_task`] does), fenced.
+    async fn record_task(&self, claim: &Claim, task: &TaskRecord) -> Result<(), StoreError>;
+
+    /// Ends the claim's entry with `outcome`, fenced; finishes the run when it was the last.
+    async fn finish_entry(&self, claim: &Claim, outcome: EntryOutcome) -> Result<(), StoreError>;
+
+    /// Where a submitted run stands.
+    async fn work_status(&self, run: &RunId) -> Result<WorkStatus, StoreError>;
+}
+
+/// Why a plan cannot be submitted to workers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this plan cannot run on workers: {}", problems.join("; "))]
+pub struct SubmitError {
+    /// Every reason, each naming where (`stages[2]`, `stages[0].tasks[1].lb_password`).
+    pub problems: Vec<String>,
+}
+
+impl Submission {
+    /// The submission of `plan` as run `run`: one [`WorkEntry`] per stage entry, each with
+    /// its host's zone from `zone_of` (the inventory host var `zone`). Refused, naming every
+    /// place, when the plan holds an inline secret (the store keeps it redacted, so no worker
+    /// could read it: write `{"secret_env": "VAR"}` and give every worker the variable) or
+    /// uses what distributed runs do not do yet: `finally` stages, failure budgets,
+    /// `min_hosts_up`.
+    ///
+    /// ```
+    /// use deployer_core::*;
+    /// use deployer_core::fixture::Noop;
+    /// let mut commands = CommandRegistry::new();
+    /// commands.register::<Noop>("noop");
+    /// let tasklist = Tasklist::new("t").stage(
+    ///     Stage::new("s", 2).per_host(1)
+    ///         .task(Task::new("noop").on("web1"))
+    ///         .task(vec![Task::new("noop").on("web2"), Task::new("noop").on("web2")]),
+    /// );
+    /// let plan = Plan::build(&tasklist, &commands).unwrap();
+    /// let zone = |host: &str| (host == "web2").then(|| "eu".to_string());
+    /// let s = Submission::of_plan(&plan, &RunId::new(), zone).unwrap();
+    /// assert_eq!(s.stages[0], StageLimits { concurrency: 2, concurrency_per_host: Some(1) });
+    /// assert_eq!(s.entries.len(), 2);
+    /// assert_eq!(s.entries[1].tasks.len(), 2, "a chain is one entry");
+    /// assert_eq!(s.entries[1].zone.as_deref(), Some("eu"));
+    /// assert_eq!(s.commands, ["noop"]);
+    /// ```
+    pub fn of_plan(
+        plan: &crate::Plan,
+        run: &RunId,
+        zone_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<Submission, SubmitError> {
+        let tasklist = plan.tasklist();
+        let mut problems: Vec<String> = tasklist
+            .redacted()
+            .redacted_secrets()
+            .into_iter()
+            .map(|p| {
+                format!(
+                    "{p} is an inline secret, which the store keeps redacted so no worker could read it: write it {{\"secret_env\": \"VAR\"}} and give every worker VAR"
+                )
+            })
+            .collect();
+        if tasklist.budget.is_set() {
+            problems.push(
+                "the failure budget (max_failures / max_fail_percentage) is not counted across workers yet".to_string(),
+            );
+        }
+        for (i, stage) in tasklist.stages.iter().enumerate() {
+            if stage.finally.is_some() {
+                problems.push(format!(
+                    "stages[{i}] ({}) is a finally stage, which workers do not run yet",
+                    stage.name
+                ));
+            }
+            if stage.budget.is_set() {
+                problems.push(format!(
+                    "stages[{i}] ({}) has a failure budget, not counted across workers yet",
+                    stage.name
+                ));
+            }
+            if stage.min_hosts_up.is_some() {
+                problems.push(format!(
+                    "stages[{i}] ({}) has min_hosts_up, not held across workers yet",
+                    stage.name
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(SubmitError { problems });
+        }
+        let mut commands: Vec<String> = Vec::new();
+        let mut entries: Vec<WorkEntry> = Vec::new();
+        for info in plan.tasks() {
+            if !commands.contains(&info.command) {
+                commands.push(info.command.clone());
+            }
+            let idempotent = plan.is_idempotent(info.id).unwrap_or(false);
+            match entries.last_mut() {
+                Some(e) if e.stage == info.id.stage && e.entry == info.id.entry => {
+                    e.tasks.push(info.id);
+                    e.idempotent &= idempotent;
+                }
+                _ => entries.push(WorkEntry {
+                    stage: info.id.stage,
+                    entry: info.id.entry,
+                    host: info.host.clone(),
+                    zone: zone_of(&info.host),
+                    tasks: vec![info.id],
+                    idempotent,
+                }),
+            }
+        }
+        commands.sort();
+        Ok(Submission {
+            run: run.clone(),
+            commands,
+            stages: tasklist
+                .stages
+                .iter()
+                .map(|s| StageLimits {
+                    concurrency: s.concurrency,
+                    concurrency_per_host: s.concurrency_per_host,
+                })
+                .collect(),
+            entries,
+        })
+    }
+}

@@ -1,0 +1,771 @@
+//! The work queue of distributed runs on PostgreSQL ([`WorkQueue`] for [`PostgresStore`]).
+//!
+//! Tables (migration `0007_work.sql`): `run_work` (one row per submitted run: its commands,
+//! its stages' limits, whether it aborts, why it stopped), `run_entries` (one row per entry:
+//! state `PENDING` / `CLAIMED` / `DONE` / `FAILED` / `CANCELLED`, the claiming worker, the
+//! fencing token and the lease) and `workers` (heartbeats).
+//!
+//! Every decision about one run is taken under the lock of its `run_work` row
+//! (`SELECT … FOR UPDATE`): claims, sweeps of lapsed claims and the ends of entries of one run
+//! are serialized, so the counts a claim checks (`concurrency`, `concurrency_per_host`, the
+//! stage barrier) are exact over any number of workers, and exactly one ending finishes the
+//! run. Fenced writes about a claim (`record_task`, `renew_claim`, `finish_entry`) are
+//! conditional on the entry being claimed by the same worker under the same token with a live
+//! lease, in the statement that writes.
+
+use std::time::Duration;
+
+use deployer_core::{
+    Claim, EntryOutcome, HostState, RunId, RunState, StageLimits, StoreError, Submission, TaskId,
+    TaskRecord, TaskState, WorkQueue, WorkStatus, WorkerInfo,
+};
+use sqlx::Postgres;
+
+use crate::PostgresStore;
+use crate::errors::backend;
+use crate::sql::{RowExt as _, duration_micros, micros, now_micros, text, ttl_micros};
+
+/// The server's clock, in microseconds since the Unix epoch (leases and heartbeats use it, so
+/// workers' clocks need not agree).
+macro_rules! now {
+    () => {
+        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)"
+    };
+}
+
+/// Entry states as stored.
+const PENDING: &str = "PENDING";
+const CLAIMED: &str = "CLAIMED";
+const DONE: &str = "DONE";
+const FAILED: &str = "FAILED";
+const CANCELLED: &str = "CANCELLED";
+
+type Tx = sqlx::Transaction<'static, Postgres>;
+
+fn lease_lost(claim: &Claim) -> StoreError {
+    StoreError::LeaseLost {
+        id: claim.run.clone(),
+        owner: format!(
+            "{} (entry stages[{}].tasks[{}], fence {})",
+            claim.worker, claim.stage, claim.entry, claim.fence
+        ),
+    }
+}
+
+fn invalid(doing: &str, why: impl Into<String>) -> StoreError {
+    StoreError::Backend {
+        message: format!("failed to {doing}"),
+        source: why.into().into(),
+    }
+}
+
+fn index(v: usize, doing: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| invalid(doing, format!("index {v} is out of range")))
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T, doing: &str) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| invalid(doing, e.to_string()))
+}
+
+impl PostgresStore {
+    async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))
+    }
+
+    /// Sweeps lapsed claims of `run` (whose `run_work` row `tx` holds locked): an idempotent
+    /// entry goes back to `PENDING` (its next claim bumps the fence); any other stops the run.
+    async fn sweep_lapsed(tx: &mut Tx, run: &str, doing: &str) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "UPDATE run_entries SET state = 'PENDING', lease_expires = NULL \
+             WHERE run_id = $1 AND state = 'CLAIMED' AND idempotent <> 0 AND lease_expires <= ",
+            now!(),
+            " RETURNING pg_notify('deployer_runs', run_id)"
+        ))
+        .bind(run)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let interrupted = sqlx::query(concat!(
+            "UPDATE run_entries SET state = 'FAILED', lease_expires = NULL, ended_ts = ",
+            now!(),
+            " WHERE run_id = $1 AND state = 'CLAIMED' AND idempotent = 0 AND lease_expires <= ",
+            now!(),
+            " RETURNING stage, entry, host, worker, pg_notify('deployer_runs', run_id)"
+        ))
+        .bind(run)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &interrupted {
+            let host = row.text("host")?;
+            let message = format!(
+                "entry stages[{}].tasks[{}] on {host} was interrupted on worker {} and its commands are not idempotent; resume with --force",
+                row.int("stage")?,
+                row.int("entry")?,
+                row.opt_text("worker")?.unwrap_or_default(),
+            );
+            sqlx::query(
+                "UPDATE run_work SET aborting = 1, stopped = COALESCE(stopped, $2) WHERE run_id = $1",
+            )
+            .bind(run)
+            .bind(message)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+            Self::host_state_in(tx, run, &host, HostState::Failed, doing).await?;
+        }
+        Ok(())
+    }
+
+    async fn host_state_in(
+        tx: &mut Tx,
+        run: &str,
+        host: &str,
+        state: HostState,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE run_hosts SET state = $3, updated_ts = $4 \
+             WHERE run_id = $1 AND host = $2 AND state <> $3 AND state <> 'FAILED'",
+        )
+        .bind(run)
+        .bind(host)
+        .bind(state.as_str())
+        .bind(now_micros())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        Ok(())
+    }
+
+    /// Finishes `run` (locked in `tx`) if it is over: every entry ended, or it aborts and
+    /// nothing is claimed. Returns whether it finished it.
+    async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT w.aborting, w.stopped, r.cancel_by, r.finish_ts, \
+             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'PENDING') AS pending, \
+             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CLAIMED') AS claimed, \
+             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'FAILED') AS failed, \
+             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CANCELLED') AS cancelled \
+             FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1",
+        )
+        .bind(run)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        if row.opt_int("finish_ts")?.is_some() {
+            return Ok(false);
+        }
+        let stopped = row.opt_text("stopped")?.is_some();
+        let cancel = row.opt_text("cancel_by")?.is_some();
+        let aborting = row.int("aborting")? != 0 || stopped || cancel;
+        let (pending, claimed) = (row.int("pending")?, row.int("claimed")?);
+        if claimed > 0 || (pending > 0 && !aborting) {
+            return Ok(false);
+        }
+        let state = if stopped || row.int("failed")? > 0 {
+            RunState::Failed
+        } else if cancel || row.int("cancelled")? > 0 || pending > 0 {
+            RunState::Cancelled
+        } else {
+            RunState::Succeeded
+        };
+        let now_us = now_micros();
+        // Tasks of entries never claimed did not run.
+        sqlx::query(
+            "UPDATE run_tasks SET state = $2 WHERE run_id = $1 AND state = $3 AND EXISTS \
+             (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.stage = run_tasks.stage \
+             AND e.entry = run_tasks.entry AND e.state = 'PENDING')",
+        )
+        .bind(run)
+        .bind(TaskState::NotRun.as_str())
+        .bind(TaskState::Pending.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        sqlx::query(
+            "UPDATE run_entries SET state = 'CANCELLED', ended_ts = $2 \
+             WHERE run_id = $1 AND state = 'PENDING'",
+        )
+        .bind(run)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        // As RunStore::finish_run does.
+        sqlx::query(
+            "UPDATE runs SET state = $2, finish_ts = $3, owner = NULL, lease_expires = NULL \
+             WHERE id = $1 RETURNING pg_notify('deployer_runs', id)",
+        )
+        .bind(run)
+        .bind(state.as_str())
+        .bind(now_us)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for sql in [
+            "UPDATE run_hosts SET finish_ts = $2 WHERE run_id = $1",
+            "UPDATE run_tasks SET finish_ts = $2 WHERE run_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(run)
+                .bind(now_us)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        Ok(true)
+    }
+
+    /// In one transaction holding `run`'s lock: sweeps its lapsed claims, finishes it if it
+    /// is over, and claims an entry for `worker` if one is claimable.
+    async fn claim_in_run(
+        &self,
+        run: &str,
+        worker: &WorkerInfo,
+        ttl: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        let doing = format!("claim an entry of run {run} for worker {}", worker.id);
+        let doing = doing.as_str();
+        let mut tx = self.begin_work(doing).await?;
+        let Some(row) = sqlx::query(
+            "SELECT w.aborting, w.stopped, w.stages, r.cancel_by, r.finish_ts, r.state \
+             FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1 FOR UPDATE OF w",
+        )
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?
+        else {
+            return Ok(None);
+        };
+        if row.opt_int("finish_ts")?.is_some() {
+            return Ok(None);
+        }
+        Self::sweep_lapsed(&mut tx, run, doing).await?;
+        if Self::finish_if_over(&mut tx, run, doing).await? {
+            tx.commit().await.map_err(|e| backend(doing, e))?;
+            return Ok(None);
+        }
+        let claimable = row.int("aborting")? == 0
+            && row.opt_text("stopped")?.is_none()
+            && row.opt_text("cancel_by")?.is_none();
+        // `stopped` may have been set by the sweep just now.
+        let stopped_now = sqlx::query("SELECT stopped FROM run_work WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| backend(doing, e))?
+            .opt_text("stopped")?
+            .is_some();
+        if !claimable || stopped_now {
+            tx.commit().await.map_err(|e| backend(doing, e))?;
+            return Ok(None);
+        }
+        let stages: Vec<StageLimits> = serde_json::from_str(&row.text("stages")?)
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: column stages: {e}")))?;
+        // The stage barrier: only the lowest stage with unended entries.
+        let stage = sqlx::query(
+            "SELECT MIN(stage) AS stage FROM run_entries WHERE run_id = $1 \
+             AND state IN ('PENDING', 'CLAIMED')",
+        )
+        .bind(run)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?
+        .opt_int("stage")?;
+        let Some(stage) = stage else {
+            tx.commit().await.map_err(|e| backend(doing, e))?;
+            return Ok(None);
+        };
+        let limits = usize::try_from(stage)
+            .ok()
+            .and_then(|s| stages.get(s))
+            .ok_or_else(|| {
+                crate::errors::corrupt(format!("run {run}: column stages: no stage {stage}"))
+            })?;
+        let claimed = sqlx::query(
+            "SELECT COUNT(*) AS n FROM run_entries WHERE run_id = $1 AND stage = $2 \
+             AND state = 'CLAIMED'",
+        )
+        .bind(run)
+        .bind(stage)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?
+        .int("n")?;
+        if usize::try_from(claimed).unwrap_or(usize::MAX) >= limits.concurrency {
+            tx.commit().await.map_err(|e| backend(doing, e))?;
+            return Ok(None);
+        }
+        let per_host = limits
+            .concurrency_per_host
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let picked = sqlx::query(
+            "SELECT entry, host, tasks FROM run_entries e \
+             WHERE run_id = $1 AND stage = $2 AND state = 'PENDING' \
+             AND (zone IS NULL OR cardinality($3::text[]) = 0 OR zone = ANY($3::text[])) \
+             AND ($4::bigint IS NULL OR (SELECT COUNT(*) FROM run_entries c \
+                  WHERE c.run_id = $1 AND c.stage = $2 AND c.host = e.host \
+                  AND c.state = 'CLAIMED') < $4::bigint) \
+             ORDER BY entry LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(run)
+        .bind(stage)
+        .bind(&worker.zones)
+        .bind(per_host)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let Some(picked) = picked else {
+            tx.commit().await.map_err(|e| backend(doing, e))?;
+            return Ok(None);
+        };
+        let entry = picked.int("entry")?;
+        let host = picked.text("host")?;
+        let tasks: Vec<TaskId> = serde_json::from_str(&picked.text("tasks")?)
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: column tasks: {e}")))?;
+        let worker_id = text(&worker.id);
+        let taken = sqlx::query(concat!(
+            "UPDATE run_entries SET state = 'CLAIMED', worker = $4, fence = fence + 1, \
+             lease_expires = ",
+            now!(),
+            " + $5, claimed_ts = ",
+            now!(),
+            ", ended_ts = NULL WHERE run_id = $1 AND stage = $2 AND entry = $3 \
+             RETURNING fence, lease_expires, pg_notify('deployer_runs', run_id)"
+        ))
+        .bind(run)
+        .bind(stage)
+        .bind(entry)
+        .bind(&*worker_id)
+        .bind(ttl_micros(ttl))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        if row.text("state")? != RunState::Running.as_str() {
+            // The first claim starts the run (as RunStore::set_run_state(Running) does).
+            sqlx::query(
+                "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3), \
+                 drives = drives + 1 WHERE id = $1",
+            )
+            .bind(run)
+            .bind(RunState::Running.as_str())
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+        }
+        Self::host_state_in(&mut tx, run, &host, HostState::Running, doing).await?;
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        let lease_us = taken.int("lease_expires")?;
+        Ok(Some(Claim {
+            run: run
+                .parse()
+                .map_err(|_| crate::errors::corrupt(format!("run {run}: not a run id")))?,
+            stage: usize::try_from(stage).unwrap_or(usize::MAX),
+            entry: usize::try_from(entry).unwrap_or(usize::MAX),
+            host,
+            tasks,
+            worker: worker_id.into_owned(),
+            fence: taken.int("fence")?,
+            lease_expires: crate::sql::time(lease_us, "lease_expires")?,
+        }))
+    }
+}
+
+#[deployer_core::async_trait]
+impl WorkQueue for PostgresStore {
+    async fn submit(&self, submission: &Submission) -> Result<(), StoreError> {
+        let run = submission.run.as_str();
+        let doing = format!("submit run {run}");
+        let doing = doing.as_str();
+        for e in &submission.entries {
+            if e.stage >= submission.stages.len() {
+                return Err(invalid(
+                    doing,
+                    format!(
+                        "entry stages[{}].tasks[{}] is of no stage (the run has {})",
+                        e.stage,
+                        e.entry,
+                        submission.stages.len()
+                    ),
+                ));
+            }
+        }
+        let mut tx = self.begin_work(doing).await?;
+        let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+        if found.is_none() {
+            return Err(StoreError::NotFound {
+                id: run.to_string(),
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO run_work (run_id, commands, stages, submitted_ts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (run_id) DO NOTHING RETURNING pg_notify('deployer_runs', run_id)",
+        )
+        .bind(run)
+        .bind(json(&submission.commands, doing)?)
+        .bind(json(&submission.stages, doing)?)
+        .bind(now_micros())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        if inserted.is_none() {
+            return Err(invalid(doing, "it was submitted already"));
+        }
+        // 8 parameters a row: 4000 rows stay under PostgreSQL's 65535 parameters.
+        for chunk in submission.entries.chunks(4000) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                rows.push((
+                    index(e.stage, doing)?,
+                    index(e.entry, doing)?,
+                    text(&e.host),
+                    e.zone.as_deref().map(text),
+                    json(&e.tasks, doing)?,
+                    i64::from(e.idempotent),
+                ));
+            }
+            let mut q = sqlx::QueryBuilder::<Postgres>::new(
+                "INSERT INTO run_entries (run_id, stage, entry, host, zone, tasks, idempotent, state) ",
+            );
+            q.push_values(
+                rows,
+                |mut b, (stage, entry, host, zone, tasks, idempotent)| {
+                    b.push_bind(run)
+                        .push_bind(stage)
+                        .push_bind(entry)
+                        .push_bind(host.into_owned())
+                        .push_bind(zone.map(|z| z.into_owned()))
+                        .push_bind(tasks)
+                        .push_bind(idempotent)
+                        .push_bind(PENDING);
+                },
+            );
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        // A run with no entries is over at once.
+        Self::finish_if_over(&mut tx, run, doing).await?;
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
+        let doing = format!("record the heartbeat of worker {}", worker.id);
+        let doing = doing.as_str();
+        let zones = json(&worker.zones, doing)?;
+        let commands = json(&worker.commands, doing)?;
+        let mut tx = self.begin_work(doing).await?;
+        let before = sqlx::query(concat!(
+            "SELECT zones, commands, heartbeat_expires > ",
+            now!(),
+            " AS live FROM workers WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(&*text(&worker.id))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        sqlx::query(concat!(
+            "INSERT INTO workers (id, zones, commands, heartbeat_expires) VALUES ($1, $2, $3, ",
+            now!(),
+            " + $4) ON CONFLICT (id) DO UPDATE SET zones = excluded.zones, \
+             commands = excluded.commands, heartbeat_expires = excluded.heartbeat_expires"
+        ))
+        .bind(&*text(&worker.id))
+        .bind(&zones)
+        .bind(&commands)
+        .bind(ttl_micros(ttl))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        // A worker that comes alive or changes what it serves changes which zones are
+        // unserved: tell followers (not on every heartbeat).
+        let changed = match &before {
+            None => true,
+            Some(row) => {
+                let live: bool = sqlx::Row::try_get(row, "live")
+                    .map_err(|e| crate::errors::corrupt(format!("workers.live: {e}")))?;
+                !live || row.text("zones")? != zones || row.text("commands")? != commands
+            }
+        };
+        if changed {
+            sqlx::query("SELECT pg_notify('deployer_runs', '')")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        Ok(())
+    }
+
+    async fn claim(&self, worker: &WorkerInfo, ttl: Duration) -> Result<Option<Claim>, StoreError> {
+        let doing = format!("find work for worker {}", worker.id);
+        // Runs this worker may claim from, and runs that need a sweep (lapsed claims, or
+        // aborting with nothing claimed: finished here). Oldest first.
+        let candidates = sqlx::query(concat!(
+            "SELECT w.run_id FROM run_work w JOIN runs r ON r.id = w.run_id \
+             WHERE r.finish_ts IS NULL AND ( \
+               (w.aborting = 0 AND w.stopped IS NULL AND r.cancel_by IS NULL \
+                AND CAST(w.commands AS jsonb) <@ to_jsonb($1::text[]) \
+                AND EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
+                  AND e.state = 'PENDING' AND (e.zone IS NULL OR cardinality($2::text[]) = 0 \
+                  OR e.zone = ANY($2::text[])))) \
+               OR EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
+                  AND e.state = 'CLAIMED' AND e.lease_expires <= ",
+            now!(),
+            ") \
+               OR ((w.aborting <> 0 OR w.stopped IS NOT NULL OR r.cancel_by IS NOT NULL) \
+                  AND NOT EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
+                  AND e.state = 'CLAIMED'))) \
+             ORDER BY w.submitted_ts, w.run_id"
+        ))
+        .bind(&worker.commands)
+        .bind(&worker.zones)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(doing.as_str(), e))?;
+        for row in &candidates {
+            let run = row.text("run_id")?;
+            if let Some(claim) = self.claim_in_run(&run, worker, ttl).await? {
+                return Ok(Some(claim));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn renew_claim(&self, claim: &Claim, ttl: Duration) -> Result<(), StoreError> {
+        let doing = format!(
+            "renew the claim of worker {} on run {} entry stages[{}].tasks[{}]",
+            claim.worker, claim.run, claim.stage, claim.entry
+        );
+        let done = sqlx::query(concat!(
+            "UPDATE run_entries SET lease_expires = ",
+            now!(),
+            " + $6 WHERE run_id = $1 AND stage = $2 AND entry = $3 AND worker = $4 \
+             AND fence = $5 AND state = 'CLAIMED' AND lease_expires > ",
+            now!()
+        ))
+        .bind(claim.run.as_str())
+        .bind(index(claim.stage, &doing)?)
+        .bind(index(claim.entry, &doing)?)
+        .bind(&*text(&claim.worker))
+        .bind(claim.fence)
+        .bind(ttl_micros(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| backend(doing.as_str(), e))?;
+        if done.rows_affected() == 0 {
+            return Err(lease_lost(claim));
+        }
+        Ok(())
+    }
+
+    async fn record_task(&self, claim: &Claim, task: &TaskRecord) -> Result<(), StoreError> {
+        let doing = format!(
+            "record task {} of run {} for worker {}",
+            task.id, claim.run, claim.worker
+        );
+        let doing = doing.as_str();
+        if !claim.tasks.contains(&task.id) {
+            return Err(invalid(
+                doing,
+                format!(
+                    "the task is not of the claimed entry stages[{}].tasks[{}]",
+                    claim.stage, claim.entry
+                ),
+            ));
+        }
+        let (stage, entry, step) = crate::sql::task_key(task.id)?;
+        // One statement: the entry's row is locked (FOR SHARE) and checked to be this claim's,
+        // live, so a reclaim commits either before (and this changes nothing) or after.
+        let done = sqlx::query(concat!(
+            "WITH fenced AS (SELECT 1 FROM run_entries WHERE run_id = $1 AND stage = $2 \
+             AND entry = $3 AND worker = $20 AND fence = $21 AND state = 'CLAIMED' \
+             AND lease_expires > ",
+            now!(),
+            " FOR SHARE) \
+             UPDATE run_tasks SET host = $5, tag = $6, command = $7, history_key = $8, \
+             state = $9, attempts = $10, started_ts = $11, finished_ts = $12, duration_us = $13, \
+             exit_status = $14, stderr_tail = $15, error = $16, finish_ts = $17, drive = $18, \
+             output_tail = $19, worker = $20 \
+             WHERE run_id = $1 AND stage = $2 AND entry = $3 AND step = $4 \
+             AND EXISTS (SELECT 1 FROM fenced) \
+             RETURNING pg_notify('deployer_runs', run_id)"
+        ))
+        .bind(claim.run.as_str())
+        .bind(stage)
+        .bind(entry)
+        .bind(step)
+        .bind(text(&task.host))
+        .bind(crate::sql::opt_text(task.tag.as_deref()))
+        .bind(text(&task.command))
+        .bind(text(&task.history_key))
+        .bind(task.state.as_str())
+        .bind(i64::from(task.attempts))
+        .bind(task.started_ts.map(micros))
+        .bind(task.finished_ts.map(micros))
+        .bind(task.duration.map(duration_micros))
+        .bind(task.exit_status.map(i64::from))
+        .bind(crate::sql::opt_text(task.stderr_tail.as_deref()))
+        .bind(crate::sql::opt_text(task.error.as_deref()))
+        .bind(task.finish_ts.map(micros))
+        .bind(task.drive.map(i64::from))
+        .bind(crate::sql::opt_text(task.output_tail.as_deref()))
+        .bind(&*text(&claim.worker))
+        .bind(claim.fence)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        if done.is_empty() {
+            return Err(lease_lost(claim));
+        }
+        Ok(())
+    }
+
+    async fn finish_entry(&self, claim: &Claim, outcome: EntryOutcome) -> Result<(), StoreError> {
+        let doing = format!(
+            "end entry stages[{}].tasks[{}] of run {} for worker {}",
+            claim.stage, claim.entry, claim.run, claim.worker
+        );
+        let doing = doing.as_str();
+        let run = claim.run.as_str();
+        let mut tx = self.begin_work(doing).await?;
+        // The run's lock: ends of its entries are serialized, so exactly one finishes it.
+        let locked = sqlx::query("SELECT 1 AS one FROM run_work WHERE run_id = $1 FOR UPDATE")
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+        if locked.is_none() {
+            return Err(lease_lost(claim));
+        }
+        let state = match outcome {
+            EntryOutcome::Done => DONE,
+            EntryOutcome::Failed => FAILED,
+            EntryOutcome::Cancelled => CANCELLED,
+        };
+        let ended = sqlx::query(concat!(
+            "UPDATE run_entries SET state = $6, lease_expires = NULL, ended_ts = ",
+            now!(),
+            " WHERE run_id = $1 AND stage = $2 AND entry = $3 AND worker = $4 AND fence = $5 \
+             AND state = 'CLAIMED' AND lease_expires > ",
+            now!(),
+            " RETURNING host, pg_notify('deployer_runs', run_id)"
+        ))
+        .bind(run)
+        .bind(index(claim.stage, doing)?)
+        .bind(index(claim.entry, doing)?)
+        .bind(&*text(&claim.worker))
+        .bind(claim.fence)
+        .bind(state)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let Some(ended) = ended else {
+            return Err(lease_lost(claim));
+        };
+        let host = ended.text("host")?;
+        if outcome != EntryOutcome::Done {
+            // A failure aborts the run; so does a cancel (the worker saw the run's request).
+            sqlx::query("UPDATE run_work SET aborting = 1 WHERE run_id = $1")
+                .bind(run)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        match outcome {
+            EntryOutcome::Failed => {
+                Self::host_state_in(&mut tx, run, &host, HostState::Failed, doing).await?
+            }
+            EntryOutcome::Done | EntryOutcome::Cancelled => {
+                // The host is done once none of its entries is left (or running).
+                let left = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM run_entries WHERE run_id = $1 AND host = $2 \
+                     AND state IN ('PENDING', 'CLAIMED')",
+                )
+                .bind(run)
+                .bind(&host)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?
+                .int("n")?;
+                if outcome == EntryOutcome::Done && left == 0 {
+                    Self::host_state_in(&mut tx, run, &host, HostState::Done, doing).await?;
+                }
+            }
+        }
+        Self::finish_if_over(&mut tx, run, doing).await?;
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        Ok(())
+    }
+
+    async fn work_status(&self, run: &RunId) -> Result<WorkStatus, StoreError> {
+        let doing = format!("read the work status of run {run}");
+        let doing = doing.as_str();
+        let mut tx = self.begin_work(doing).await?;
+        let Some(work) = sqlx::query(
+            "SELECT w.aborting, w.stopped, r.cancel_by FROM run_work w JOIN runs r \
+             ON r.id = w.run_id WHERE w.run_id = $1",
+        )
+        .bind(run.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?
+        else {
+            return Err(StoreError::NotFound {
+                id: run.to_string(),
+            });
+        };
+        let mut status = WorkStatus {
+            aborting: work.int("aborting")? != 0 || work.opt_text("cancel_by")?.is_some(),
+            stopped: work.opt_text("stopped")?,
+            ..WorkStatus::default()
+        };
+        let rows = sqlx::query(
+            "SELECT state, worker, COUNT(*) AS n FROM run_entries WHERE run_id = $1 \
+             GROUP BY state, worker ORDER BY worker",
+        )
+        .bind(run.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &rows {
+            let n = usize::try_from(row.int("n")?).unwrap_or(usize::MAX);
+            match row.text("state")?.as_str() {
+                PENDING => status.pending += n,
+                CLAIMED => status
+                    .claimed
+                    .push((row.opt_text("worker")?.unwrap_or_default(), n)),
+                _ => status.ended += n,
+            }
+        }
+        let zones = sqlx::query(concat!(
+            "SELECT DISTINCT zone FROM run_entries e WHERE run_id = $1 AND state = 'PENDING' \
+             AND zone IS NOT NULL AND NOT EXISTS (SELECT 1 FROM workers w \
+             WHERE w.heartbeat_expires > ",
+            now!(),
+            " AND (CAST(w.zones AS jsonb) = '[]'::jsonb \
+             OR CAST(w.zones AS jsonb) @> jsonb_build_array(e.zone))) ORDER BY zone"
+        ))
+        .bind(run.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &zones {
+            status.unserved_zones.push(row.text("zone")?);
+        }
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        Ok(status)
+    }
+}
