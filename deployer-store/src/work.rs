@@ -369,6 +369,62 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The submitted runs `worker` would have work in (pending entries in its zones, not
+    /// aborting) but cannot claim, each with the commands it lacks (sorted): what a worker
+    /// says instead of waiting silently.
+    ///
+    /// ```no_run
+    /// use deployer_core::WorkerInfo;
+    /// use deployer_store::PostgresStore;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = PostgresStore::connect("postgres://deployer@db.internal/deployer").await.unwrap();
+    /// let me = WorkerInfo { id: "w1".into(), zones: vec![], commands: vec!["upload".into()] };
+    /// for (run, missing) in store.missing_commands(&me).await.unwrap() {
+    ///     eprintln!("run {run} needs commands this worker lacks: {}", missing.join(", "));
+    /// }
+    /// # });
+    /// ```
+    pub async fn missing_commands(
+        &self,
+        worker: &WorkerInfo,
+    ) -> Result<Vec<(RunId, Vec<String>)>, StoreError> {
+        let doing = format!("list the runs worker {} lacks commands for", worker.id);
+        let rows = sqlx::query(
+            "SELECT w.run_id, w.commands FROM run_work w JOIN runs r ON r.id = w.run_id \
+             WHERE r.finish_ts IS NULL AND w.aborting = 0 AND w.stopped IS NULL \
+             AND r.cancel_by IS NULL \
+             AND NOT (CAST(w.commands AS jsonb) <@ to_jsonb($1::text[])) \
+             AND EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
+               AND e.state = 'PENDING' AND (e.zone IS NULL OR cardinality($2::text[]) = 0 \
+               OR e.zone = ANY($2::text[]))) \
+             ORDER BY w.submitted_ts, w.run_id",
+        )
+        .bind(&worker.commands)
+        .bind(&worker.zones)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(doing.as_str(), e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = row.text("run_id")?;
+            let id: RunId = run
+                .parse()
+                .map_err(|_| crate::errors::corrupt(format!("run {run}: not a run id")))?;
+            let commands: Vec<String> = serde_json::from_str(&row.text("commands")?)
+                .map_err(|e| crate::errors::corrupt(format!("run {run}: column commands: {e}")))?;
+            let mut missing: Vec<String> = commands
+                .into_iter()
+                .filter(|c| !worker.commands.contains(c))
+                .collect();
+            missing.sort();
+            out.push((id, missing));
+        }
+        Ok(out)
+    }
+}
+
 trait CountExt {
     fn count_usize(&self, col: &str) -> Result<usize, StoreError>;
 }

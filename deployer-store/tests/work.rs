@@ -53,6 +53,47 @@ async fn each_task_records_the_worker_that_ran_it() {
     assert_eq!(worker.as_deref(), Some("w-7"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_learns_which_commands_it_lacks() {
+    let server = PgServer::start().await;
+    let store = PostgresStore::connect(&server.database().await)
+        .await
+        .unwrap();
+    let q: work::Queue = Arc::new(store.clone());
+    let run = work::submit(&q, vec![work::stage(2, None, &["web1", "other1"])]).await;
+    let mut me = work::worker("w1", &[]);
+    me.commands = vec!["noop".to_string()];
+    assert!(
+        WorkQueue::claim(&*q, &me, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.missing_commands(&me).await.unwrap(),
+        [(run.clone(), vec!["other".to_string()])]
+    );
+    // A worker of another zone has no work there: nothing to say.
+    let mut elsewhere = work::worker("w2", &["mars"]);
+    elsewhere.commands.clear();
+    let zoned = work::submit(&q, {
+        let mut s = work::stage(1, None, &[]);
+        s.entries.push(("web9".to_string(), Some("eu".to_string())));
+        vec![s]
+    })
+    .await;
+    let listed: Vec<RunId> = store
+        .missing_commands(&elsewhere)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&run), "not {zoned}");
+    me.commands.push("other".to_string());
+    assert!(store.missing_commands(&me).await.unwrap().is_empty());
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn workers_are_refused_a_sqlite_store() {

@@ -301,6 +301,7 @@ pub async fn limits_hold_under_eight_claimers(store: Queue) {
     for c in claimers {
         c.await.unwrap();
     }
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
     let l = live.lock().unwrap();
     assert!(l.max_total <= CONCURRENCY, "{} claims at once", l.max_total);
     assert!(
@@ -326,7 +327,6 @@ pub async fn limits_hold_under_eight_claimers(store: Queue) {
     let distinct: BTreeSet<_> = l.claimed.iter().collect();
     assert_eq!(l.claimed.len(), 200, "every entry claimed once");
     assert_eq!(distinct.len(), 200);
-    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
 }
 
 pub async fn workers_claim_only_their_zones(store: Queue) {
