@@ -63,8 +63,11 @@ fn index(v: usize, doing: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| invalid(doing, format!("index {v} is out of range")))
 }
 
-fn json<T: serde::Serialize + ?Sized>(v: &T, doing: &str) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| invalid(doing, e.to_string()))
+/// `$v` as JSON text (a macro: this crate does not name `serde` itself).
+macro_rules! json {
+    ($v:expr, $doing:expr) => {
+        serde_json::to_string($v).map_err(|e| invalid($doing, e.to_string()))
+    };
 }
 
 impl PostgresStore {
@@ -472,8 +475,8 @@ impl WorkQueue for PostgresStore {
              ON CONFLICT (run_id) DO NOTHING RETURNING pg_notify('deployer_runs', run_id)",
         )
         .bind(run)
-        .bind(json(&submission.commands, doing)?)
-        .bind(json(&submission.stages, doing)?)
+        .bind(json!(&submission.commands, doing)?)
+        .bind(json!(&submission.stages, doing)?)
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await
@@ -490,7 +493,7 @@ impl WorkQueue for PostgresStore {
                     index(e.entry, doing)?,
                     text(&e.host),
                     e.zone.as_deref().map(text),
-                    json(&e.tasks, doing)?,
+                    json!(&e.tasks, doing)?,
                     i64::from(e.idempotent),
                 ));
             }
@@ -524,8 +527,8 @@ impl WorkQueue for PostgresStore {
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
         let doing = format!("record the heartbeat of worker {}", worker.id);
         let doing = doing.as_str();
-        let zones = json(&worker.zones, doing)?;
-        let commands = json(&worker.commands, doing)?;
+        let zones = json!(&worker.zones, doing)?;
+        let commands = json!(&worker.commands, doing)?;
         let mut tx = self.begin_work(doing).await?;
         let before = sqlx::query(concat!(
             "SELECT zones, commands, heartbeat_expires > ",
@@ -546,6 +549,15 @@ impl WorkQueue for PostgresStore {
         .bind(&zones)
         .bind(&commands)
         .bind(ttl_micros(ttl))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        // Workers dead for a day are forgotten (names are per process).
+        sqlx::query(concat!(
+            "DELETE FROM workers WHERE heartbeat_expires < ",
+            now!(),
+            " - 86400000000"
+        ))
         .execute(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
@@ -779,9 +791,18 @@ impl WorkQueue for PostgresStore {
         .await
         .map_err(|e| backend(doing, e))?
         else {
-            return Err(StoreError::NotFound {
-                id: run.to_string(),
-            });
+            // Not submitted: nothing waits for workers (a run driven by one controller).
+            let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                .bind(run.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+            return match found {
+                Some(_) => Ok(WorkStatus::default()),
+                None => Err(StoreError::NotFound {
+                    id: run.to_string(),
+                }),
+            };
         };
         let mut status = WorkStatus {
             aborting: work.int("aborting")? != 0 || work.opt_text("cancel_by")?.is_some(),

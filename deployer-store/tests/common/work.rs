@@ -197,6 +197,23 @@ pub async fn the_first_claim_starts_the_run_and_the_last_end_finishes_it(store: 
         is_lease_lost(store.finish_entry(&b, EntryOutcome::Done).await),
         "an ended entry cannot end twice"
     );
+    // A run driven by one controller (never submitted) has nothing waiting.
+    let plain = deployer_core::fixture::store_contract::sample_run("plain");
+    let plain_id = plain.id.clone();
+    store.create_run(plain).await.unwrap();
+    assert_eq!(
+        store.work_status(&plain_id).await.unwrap(),
+        WorkStatus::default()
+    );
+    // Purging a finished run takes its work along.
+    store
+        .purge_finished(std::time::SystemTime::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.work_status(&run).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 pub async fn stages_are_barriers(store: Queue) {
