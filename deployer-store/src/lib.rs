@@ -49,6 +49,51 @@
 //!   caller's tokio runtime; without one, the feed ticks every second) and stops when no feed
 //!   is left or the store is closed or dropped.
 //!
+//! # Distributed runs (PostgreSQL)
+//!
+//! [`PostgresStore`] implements [`WorkQueue`](deployer_core::WorkQueue): a run submitted to it
+//! is driven by any number of workers (processes on any machines), each claiming one entry (a
+//! task or a chain, on one host) at a time. [`open_work_queue`] opens one from a URL; a SQLite
+//! store stays driven by one controller and is refused there ("workers need a PostgreSQL
+//! store"). Tables (`0007_work.sql`): `run_work` (a submitted run's commands and stage limits,
+//! whether it aborts and why it stopped), `run_entries` (each entry's state — `PENDING`,
+//! `CLAIMED`, `DONE`, `FAILED`, `CANCELLED` — its worker, fencing token and lease) and
+//! `workers` (heartbeats: the zones and commands of live workers).
+//!
+//! * A claim is decided under the lock of the run's `run_work` row (`SELECT … FOR UPDATE`),
+//!   so claims of one run are serialized and what they count is exact over every worker: the
+//!   stage barrier (only the lowest stage with unended entries), the stage's `concurrency`
+//!   and `concurrency_per_host`, then the first pending entry of a zone the worker serves
+//!   (`ORDER BY entry … FOR UPDATE SKIP LOCKED`) becomes `CLAIMED` with `fence + 1` and a
+//!   lease from the server's clock, its host `RUNNING`, and, on the first claim, the run
+//!   `RUNNING` (`started_ts`, one drive) — one statement. Runs are tried oldest first; only
+//!   runs whose every command the worker has ([`PostgresStore::missing_commands`] lists the
+//!   others).
+//! * The same transaction sweeps the run's lapsed claims: an idempotent entry is pending again
+//!   (its next claim bumps the fence); any other ends `FAILED` and stops the run
+//!   ([`WorkStatus::stopped`](deployer_core::WorkStatus): "entry stages\[s\].tasks\[e\] on HOST was
+//!   interrupted on worker W and its commands are not idempotent; resume with --force").
+//!   Nothing notifies when a lease lapses: workers claim again at least once per lease.
+//! * `record_task`, `renew_claim` and `finish_entry` write only while the entry is claimed by
+//!   the same worker with the same fence and a live lease (checked in the statement that
+//!   writes; `record_task` holds the entry's row `FOR SHARE`), else
+//!   [`StoreError::LeaseLost`](deployer_core::StoreError). `record_task` also stores the
+//!   worker in `run_tasks.worker`.
+//! * `finish_entry` takes the run's lock too: a failure or a cancel makes the run abort;
+//!   the end that leaves nothing to run (or, aborting, nothing claimed) finishes the run as
+//!   `RunStore::finish_run` does — `FAILED` (a failed or interrupted entry), `CANCELLED` (a
+//!   cancel request or a cancelled entry) or `SUCCEEDED` — marks the tasks of entries never
+//!   claimed `NOT_RUN` and those entries `CANCELLED`. A run cancelled or stopped with nothing
+//!   claimed is finished by the next claim of any worker.
+//! * Hosts: `RUNNING` when an entry of theirs is claimed, `FAILED` when one fails or is
+//!   interrupted, `DONE` when their last entry ends done; a cancelled entry leaves its host
+//!   as it was.
+//! * Every write but `renew_claim` notifies `deployer_runs` (a heartbeat only when the worker
+//!   comes alive or changes what it serves), so idle workers and followers wake.
+//! * `work_status` counts entries by state and claiming worker, and lists the zones of
+//!   pending entries that no worker with a live heartbeat serves (a worker without zones
+//!   serves all).
+//!
 //! Timestamps and durations are stored as microseconds since the Unix epoch (finer parts are
 //! dropped; a duration past 292,000 years is stored as that); leases on PostgreSQL use the
 //! server's clock. NUL characters in any text (names, hosts, tags, owners, stderr and output
@@ -78,6 +123,7 @@
 //! | `0004_monitor_failure.sql` | `monitor_log.failure`: why a check did not pass |
 //! | `0005_approvals.sql` | `run_approvals`: approvals of manual steps |
 //! | `0006_web.sql` | `run_tasks.output_tail`, `runs.cancel_by`/`cancel_ts`, and the indexes of the viewer's queries (`runs (created_ts, id)`, `run_hosts (host)`, `run_tasks (run_id, state, drive)`) |
+//! | `0007_work.sql` | distributed runs: `run_work`, `run_entries` (indexes `(run_id, state, stage, entry)` and `(run_id, stage, host, state)` for the claim), `workers`, `run_tasks.worker` (unused on SQLite) |
 //!
 //! ```
 //! use std::sync::Arc;

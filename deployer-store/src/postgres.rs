@@ -26,6 +26,9 @@ use crate::watch::Watch;
 /// connection of its own (reconnecting when it drops) and stops when no feed is left or the
 /// store is closed or dropped.
 ///
+/// It is also the [`WorkQueue`](deployer_core::WorkQueue) of distributed runs (see the
+/// crate documentation, "Distributed runs").
+///
 /// TLS is not compiled in (to keep the build lean): reach the server over a trusted network,
 /// a Unix socket (`postgres:///deployer?host=/run/postgresql`) or a tunnel; `sslmode=require`
 /// fails.

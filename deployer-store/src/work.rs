@@ -63,8 +63,11 @@ fn index(v: usize, doing: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| invalid(doing, format!("index {v} is out of range")))
 }
 
-fn json<T: serde::Serialize + ?Sized>(v: &T, doing: &str) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| invalid(doing, e.to_string()))
+/// `$v` as JSON text (a macro: this crate does not name `serde` itself).
+macro_rules! json {
+    ($v:expr, $doing:expr) => {
+        serde_json::to_string($v).map_err(|e| invalid($doing, e.to_string()))
+    };
 }
 
 impl PostgresStore {
@@ -75,31 +78,30 @@ impl PostgresStore {
             .map_err(|e| backend(format!("begin a transaction to {doing}"), e))
     }
 
-    /// Sweeps lapsed claims of `run` (whose `run_work` row `tx` holds locked): an idempotent
-    /// entry goes back to `PENDING` (its next claim bumps the fence); any other stops the run.
-    async fn sweep_lapsed(tx: &mut Tx, run: &str, doing: &str) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "UPDATE run_entries SET state = 'PENDING', lease_expires = NULL \
-             WHERE run_id = $1 AND state = 'CLAIMED' AND idempotent <> 0 AND lease_expires <= ",
+    /// Sweeps lapsed claims of `run` (whose `run_work` row `tx` holds locked), in one
+    /// statement: an idempotent entry goes back to `PENDING` (its next claim bumps the fence);
+    /// any other ends `FAILED` and stops the run. Returns whether it stopped the run.
+    async fn sweep_lapsed(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+        let swept = sqlx::query(concat!(
+            "UPDATE run_entries SET lease_expires = NULL, \
+             state = CASE WHEN idempotent <> 0 THEN 'PENDING' ELSE 'FAILED' END, \
+             ended_ts = CASE WHEN idempotent <> 0 THEN NULL ELSE ",
             now!(),
-            " RETURNING pg_notify('deployer_runs', run_id)"
+            " END WHERE run_id = $1 AND state = 'CLAIMED' AND lease_expires <= ",
+            now!(),
+            " RETURNING stage, entry, host, worker, idempotent, \
+             pg_notify('deployer_runs', run_id)"
         ))
         .bind(run)
         .fetch_all(&mut **tx)
         .await
         .map_err(|e| backend(doing, e))?;
-        let interrupted = sqlx::query(concat!(
-            "UPDATE run_entries SET state = 'FAILED', lease_expires = NULL, ended_ts = ",
-            now!(),
-            " WHERE run_id = $1 AND state = 'CLAIMED' AND idempotent = 0 AND lease_expires <= ",
-            now!(),
-            " RETURNING stage, entry, host, worker, pg_notify('deployer_runs', run_id)"
-        ))
-        .bind(run)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(|e| backend(doing, e))?;
-        for row in &interrupted {
+        let mut stopped = false;
+        for row in &swept {
+            if row.int("idempotent")? != 0 {
+                continue;
+            }
+            stopped = true;
             let host = row.text("host")?;
             let message = format!(
                 "entry stages[{}].tasks[{}] on {host} was interrupted on worker {} and its commands are not idempotent; resume with --force",
@@ -117,7 +119,7 @@ impl PostgresStore {
             .map_err(|e| backend(doing, e))?;
             Self::host_state_in(tx, run, &host, HostState::Failed, doing).await?;
         }
-        Ok(())
+        Ok(stopped)
     }
 
     async fn host_state_in(
@@ -144,12 +146,13 @@ impl PostgresStore {
     /// Finishes `run` (locked in `tx`) if it is over: every entry ended, or it aborts and
     /// nothing is claimed. Returns whether it finished it.
     async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+        // EXISTS, not COUNT: this runs at every end of an entry.
         let row = sqlx::query(
             "SELECT w.aborting, w.stopped, r.cancel_by, r.finish_ts, \
-             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'PENDING') AS pending, \
-             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CLAIMED') AS claimed, \
-             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'FAILED') AS failed, \
-             (SELECT COUNT(*) FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CANCELLED') AS cancelled \
+             EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'PENDING') \
+             AS pending, \
+             EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CLAIMED') \
+             AS claimed \
              FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1",
         )
         .bind(run)
@@ -159,16 +162,34 @@ impl PostgresStore {
         if row.opt_int("finish_ts")?.is_some() {
             return Ok(false);
         }
+        let flag = |col: &str| -> Result<bool, StoreError> {
+            sqlx::Row::try_get::<bool, _>(&row, col)
+                .map_err(|e| crate::errors::corrupt(format!("run {run}: {col}: {e}")))
+        };
         let stopped = row.opt_text("stopped")?.is_some();
         let cancel = row.opt_text("cancel_by")?.is_some();
         let aborting = row.int("aborting")? != 0 || stopped || cancel;
-        let (pending, claimed) = (row.int("pending")?, row.int("claimed")?);
-        if claimed > 0 || (pending > 0 && !aborting) {
+        let (pending, claimed) = (flag("pending")?, flag("claimed")?);
+        if claimed || (pending && !aborting) {
             return Ok(false);
         }
-        let state = if stopped || row.int("failed")? > 0 {
+        let ended = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'FAILED') \
+             AS failed, \
+             EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CANCELLED') \
+             AS cancelled",
+        )
+        .bind(run)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let ended_flag = |col: &str| -> Result<bool, StoreError> {
+            sqlx::Row::try_get::<bool, _>(&ended, col)
+                .map_err(|e| crate::errors::corrupt(format!("run {run}: {col}: {e}")))
+        };
+        let state = if stopped || ended_flag("failed")? {
             RunState::Failed
-        } else if cancel || row.int("cancelled")? > 0 || pending > 0 {
+        } else if cancel || ended_flag("cancelled")? || pending {
             RunState::Cancelled
         } else {
             RunState::Succeeded
@@ -231,8 +252,10 @@ impl PostgresStore {
         let doing = format!("claim an entry of run {run} for worker {}", worker.id);
         let doing = doing.as_str();
         let mut tx = self.begin_work(doing).await?;
+        // The run's lock. What is counted below is read by later statements, each seeing
+        // every claim committed before this lock was granted (READ COMMITTED).
         let Some(row) = sqlx::query(
-            "SELECT w.aborting, w.stopped, w.stages, r.cancel_by, r.finish_ts, r.state \
+            "SELECT w.aborting, w.stopped, w.stages, r.cancel_by, r.finish_ts \
              FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1 FOR UPDATE OF w",
         )
         .bind(run)
@@ -245,135 +268,175 @@ impl PostgresStore {
         if row.opt_int("finish_ts")?.is_some() {
             return Ok(None);
         }
-        Self::sweep_lapsed(&mut tx, run, doing).await?;
-        if Self::finish_if_over(&mut tx, run, doing).await? {
-            tx.commit().await.map_err(|e| backend(doing, e))?;
-            return Ok(None);
-        }
-        let claimable = row.int("aborting")? == 0
+        let stopped = Self::sweep_lapsed(&mut tx, run, doing).await?;
+        let claimable = !stopped
+            && row.int("aborting")? == 0
             && row.opt_text("stopped")?.is_none()
             && row.opt_text("cancel_by")?.is_none();
-        // `stopped` may have been set by the sweep just now.
-        let stopped_now = sqlx::query("SELECT stopped FROM run_work WHERE run_id = $1")
-            .bind(run)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?
-            .opt_text("stopped")?
-            .is_some();
-        if !claimable || stopped_now {
+        if !claimable {
+            Self::finish_if_over(&mut tx, run, doing).await?;
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         }
-        let stages: Vec<StageLimits> = serde_json::from_str(&row.text("stages")?)
-            .map_err(|e| crate::errors::corrupt(format!("run {run}: column stages: {e}")))?;
-        // The stage barrier: only the lowest stage with unended entries.
-        let stage = sqlx::query(
-            "SELECT MIN(stage) AS stage FROM run_entries WHERE run_id = $1 \
-             AND state IN ('PENDING', 'CLAIMED')",
+        // The stage barrier (only the lowest stage with unended entries) and that stage's
+        // claimed entries.
+        let at = sqlx::query(
+            "SELECT m.stage, (SELECT COUNT(*) FROM run_entries c WHERE c.run_id = $1 \
+             AND c.stage = m.stage AND c.state = 'CLAIMED') AS claimed \
+             FROM (SELECT MIN(stage) AS stage FROM run_entries WHERE run_id = $1 \
+             AND state IN ('PENDING', 'CLAIMED')) m",
         )
         .bind(run)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| backend(doing, e))?
-        .opt_int("stage")?;
-        let Some(stage) = stage else {
+        .map_err(|e| backend(doing, e))?;
+        let Some(stage) = at.opt_int("stage")? else {
+            // Every entry ended (not reached through finish_entry, which finishes the run).
+            Self::finish_if_over(&mut tx, run, doing).await?;
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         };
+        let stages: Vec<StageLimits> = serde_json::from_str(&row.text("stages")?)
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: column stages: {e}")))?;
         let limits = usize::try_from(stage)
             .ok()
             .and_then(|s| stages.get(s))
             .ok_or_else(|| {
                 crate::errors::corrupt(format!("run {run}: column stages: no stage {stage}"))
             })?;
-        let claimed = sqlx::query(
-            "SELECT COUNT(*) AS n FROM run_entries WHERE run_id = $1 AND stage = $2 \
-             AND state = 'CLAIMED'",
-        )
-        .bind(run)
-        .bind(stage)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| backend(doing, e))?
-        .int("n")?;
-        if usize::try_from(claimed).unwrap_or(usize::MAX) >= limits.concurrency {
+        if usize::try_from(at.int("claimed")?).unwrap_or(usize::MAX) >= limits.concurrency {
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         }
         let per_host = limits
             .concurrency_per_host
             .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-        let picked = sqlx::query(
-            "SELECT entry, host, tasks FROM run_entries e \
-             WHERE run_id = $1 AND stage = $2 AND state = 'PENDING' \
-             AND (zone IS NULL OR cardinality($3::text[]) = 0 OR zone = ANY($3::text[])) \
-             AND ($4::bigint IS NULL OR (SELECT COUNT(*) FROM run_entries c \
-                  WHERE c.run_id = $1 AND c.stage = $2 AND c.host = e.host \
-                  AND c.state = 'CLAIMED') < $4::bigint) \
-             ORDER BY entry LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
+        let worker_id = text(&worker.id);
+        // One statement: the first pending entry of the stage in the worker's zones whose
+        // host is under its limit is claimed (fence + 1, lease from the server's clock), its
+        // host marked running, and the run started on its first claim (as
+        // RunStore::set_run_state(Running) does: started_ts once, one more drive).
+        let taken = sqlx::query(concat!(
+            "WITH picked AS (SELECT entry FROM run_entries e \
+               WHERE run_id = $1 AND stage = $2 AND state = 'PENDING' \
+               AND (zone IS NULL OR cardinality($3::text[]) = 0 OR zone = ANY($3::text[])) \
+               AND ($4::bigint IS NULL OR (SELECT COUNT(*) FROM run_entries c \
+                    WHERE c.run_id = $1 AND c.stage = $2 AND c.host = e.host \
+                    AND c.state = 'CLAIMED') < $4::bigint) \
+               ORDER BY entry LIMIT 1 FOR UPDATE SKIP LOCKED), \
+             claimed AS (UPDATE run_entries SET state = 'CLAIMED', worker = $5, \
+               fence = fence + 1, lease_expires = ",
+            now!(),
+            " + $6, claimed_ts = ",
+            now!(),
+            ", ended_ts = NULL \
+               WHERE run_id = $1 AND stage = $2 AND entry = (SELECT entry FROM picked) \
+               RETURNING entry, host, tasks, fence, lease_expires), \
+             hosts AS (UPDATE run_hosts SET state = 'RUNNING', updated_ts = $7 \
+               WHERE run_id = $1 AND host = (SELECT host FROM claimed) \
+               AND state NOT IN ('RUNNING', 'FAILED')), \
+             started AS (UPDATE runs SET state = 'RUNNING', \
+               started_ts = COALESCE(started_ts, $7), drives = drives + 1 \
+               WHERE id = $1 AND state <> 'RUNNING' AND EXISTS (SELECT 1 FROM claimed)) \
+             SELECT entry, host, tasks, fence, lease_expires, \
+               pg_notify('deployer_runs', $1) FROM claimed"
+        ))
         .bind(run)
         .bind(stage)
         .bind(&worker.zones)
         .bind(per_host)
+        .bind(&*worker_id)
+        .bind(ttl_micros(ttl))
+        .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
-        let Some(picked) = picked else {
-            tx.commit().await.map_err(|e| backend(doing, e))?;
+        tx.commit().await.map_err(|e| backend(doing, e))?;
+        let Some(taken) = taken else {
             return Ok(None);
         };
-        let entry = picked.int("entry")?;
-        let host = picked.text("host")?;
-        let tasks: Vec<TaskId> = serde_json::from_str(&picked.text("tasks")?)
+        let tasks: Vec<TaskId> = serde_json::from_str(&taken.text("tasks")?)
             .map_err(|e| crate::errors::corrupt(format!("run {run}: column tasks: {e}")))?;
-        let worker_id = text(&worker.id);
-        let taken = sqlx::query(concat!(
-            "UPDATE run_entries SET state = 'CLAIMED', worker = $4, fence = fence + 1, \
-             lease_expires = ",
-            now!(),
-            " + $5, claimed_ts = ",
-            now!(),
-            ", ended_ts = NULL WHERE run_id = $1 AND stage = $2 AND entry = $3 \
-             RETURNING fence, lease_expires, pg_notify('deployer_runs', run_id)"
-        ))
-        .bind(run)
-        .bind(stage)
-        .bind(entry)
-        .bind(&*worker_id)
-        .bind(ttl_micros(ttl))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| backend(doing, e))?;
-        if row.text("state")? != RunState::Running.as_str() {
-            // The first claim starts the run (as RunStore::set_run_state(Running) does).
-            sqlx::query(
-                "UPDATE runs SET state = $2, started_ts = COALESCE(started_ts, $3), \
-                 drives = drives + 1 WHERE id = $1",
-            )
-            .bind(run)
-            .bind(RunState::Running.as_str())
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?;
-        }
-        Self::host_state_in(&mut tx, run, &host, HostState::Running, doing).await?;
-        tx.commit().await.map_err(|e| backend(doing, e))?;
-        let lease_us = taken.int("lease_expires")?;
         Ok(Some(Claim {
             run: run
                 .parse()
                 .map_err(|_| crate::errors::corrupt(format!("run {run}: not a run id")))?,
             stage: usize::try_from(stage).unwrap_or(usize::MAX),
-            entry: usize::try_from(entry).unwrap_or(usize::MAX),
-            host,
+            entry: taken.count_usize("entry")?,
+            host: taken.text("host")?,
             tasks,
             worker: worker_id.into_owned(),
             fence: taken.int("fence")?,
-            lease_expires: crate::sql::time(lease_us, "lease_expires")?,
+            lease_expires: crate::sql::time(taken.int("lease_expires")?, "lease_expires")?,
         }))
+    }
+}
+
+impl PostgresStore {
+    /// The submitted runs `worker` would have work in (pending entries in its zones, not
+    /// aborting) but cannot claim, each with the commands it lacks (sorted): what a worker
+    /// says instead of waiting silently.
+    ///
+    /// ```no_run
+    /// use deployer_core::WorkerInfo;
+    /// use deployer_store::PostgresStore;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = PostgresStore::connect("postgres://deployer@db.internal/deployer").await.unwrap();
+    /// let me = WorkerInfo { id: "w1".into(), zones: vec![], commands: vec!["upload".into()] };
+    /// for (run, missing) in store.missing_commands(&me).await.unwrap() {
+    ///     eprintln!("run {run} needs commands this worker lacks: {}", missing.join(", "));
+    /// }
+    /// # });
+    /// ```
+    pub async fn missing_commands(
+        &self,
+        worker: &WorkerInfo,
+    ) -> Result<Vec<(RunId, Vec<String>)>, StoreError> {
+        let doing = format!("list the runs worker {} lacks commands for", worker.id);
+        let rows = sqlx::query(
+            "SELECT w.run_id, w.commands FROM run_work w JOIN runs r ON r.id = w.run_id \
+             WHERE r.finish_ts IS NULL AND w.aborting = 0 AND w.stopped IS NULL \
+             AND r.cancel_by IS NULL \
+             AND NOT (CAST(w.commands AS jsonb) <@ to_jsonb($1::text[])) \
+             AND EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
+               AND e.state = 'PENDING' AND (e.zone IS NULL OR cardinality($2::text[]) = 0 \
+               OR e.zone = ANY($2::text[]))) \
+             ORDER BY w.submitted_ts, w.run_id",
+        )
+        .bind(&worker.commands)
+        .bind(&worker.zones)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(doing.as_str(), e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = row.text("run_id")?;
+            let id: RunId = run
+                .parse()
+                .map_err(|_| crate::errors::corrupt(format!("run {run}: not a run id")))?;
+            let commands: Vec<String> = serde_json::from_str(&row.text("commands")?)
+                .map_err(|e| crate::errors::corrupt(format!("run {run}: column commands: {e}")))?;
+            let mut missing: Vec<String> = commands
+                .into_iter()
+                .filter(|c| !worker.commands.contains(c))
+                .collect();
+            missing.sort();
+            out.push((id, missing));
+        }
+        Ok(out)
+    }
+}
+
+trait CountExt {
+    fn count_usize(&self, col: &str) -> Result<usize, StoreError>;
+}
+
+impl<R: crate::sql::RowExt> CountExt for R {
+    fn count_usize(&self, col: &str) -> Result<usize, StoreError> {
+        let v = self.int(col)?;
+        usize::try_from(v)
+            .map_err(|_| crate::errors::corrupt(format!("column {col}: {v} is out of range")))
     }
 }
 
@@ -412,8 +475,8 @@ impl WorkQueue for PostgresStore {
              ON CONFLICT (run_id) DO NOTHING RETURNING pg_notify('deployer_runs', run_id)",
         )
         .bind(run)
-        .bind(json(&submission.commands, doing)?)
-        .bind(json(&submission.stages, doing)?)
+        .bind(json!(&submission.commands, doing)?)
+        .bind(json!(&submission.stages, doing)?)
         .bind(now_micros())
         .fetch_optional(&mut *tx)
         .await
@@ -430,7 +493,7 @@ impl WorkQueue for PostgresStore {
                     index(e.entry, doing)?,
                     text(&e.host),
                     e.zone.as_deref().map(text),
-                    json(&e.tasks, doing)?,
+                    json!(&e.tasks, doing)?,
                     i64::from(e.idempotent),
                 ));
             }
@@ -464,8 +527,8 @@ impl WorkQueue for PostgresStore {
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
         let doing = format!("record the heartbeat of worker {}", worker.id);
         let doing = doing.as_str();
-        let zones = json(&worker.zones, doing)?;
-        let commands = json(&worker.commands, doing)?;
+        let zones = json!(&worker.zones, doing)?;
+        let commands = json!(&worker.commands, doing)?;
         let mut tx = self.begin_work(doing).await?;
         let before = sqlx::query(concat!(
             "SELECT zones, commands, heartbeat_expires > ",
@@ -486,6 +549,15 @@ impl WorkQueue for PostgresStore {
         .bind(&zones)
         .bind(&commands)
         .bind(ttl_micros(ttl))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        // Workers dead for a day are forgotten (names are per process).
+        sqlx::query(concat!(
+            "DELETE FROM workers WHERE heartbeat_expires < ",
+            now!(),
+            " - 86400000000"
+        ))
         .execute(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
@@ -655,13 +727,18 @@ impl WorkQueue for PostgresStore {
             EntryOutcome::Failed => FAILED,
             EntryOutcome::Cancelled => CANCELLED,
         };
+        // One statement: the entry ends if this claim is still its current one (fenced);
+        // a failure or a cancel makes the run abort (nothing new is claimed).
         let ended = sqlx::query(concat!(
-            "UPDATE run_entries SET state = $6, lease_expires = NULL, ended_ts = ",
+            "WITH ended AS (UPDATE run_entries SET state = $6, lease_expires = NULL, ended_ts = ",
             now!(),
             " WHERE run_id = $1 AND stage = $2 AND entry = $3 AND worker = $4 AND fence = $5 \
              AND state = 'CLAIMED' AND lease_expires > ",
             now!(),
-            " RETURNING host, pg_notify('deployer_runs', run_id)"
+            " RETURNING host), \
+             aborts AS (UPDATE run_work SET aborting = 1 WHERE run_id = $1 \
+             AND $6 <> 'DONE' AND EXISTS (SELECT 1 FROM ended)) \
+             SELECT host, pg_notify('deployer_runs', $1) FROM ended"
         ))
         .bind(run)
         .bind(index(claim.stage, doing)?)
@@ -675,35 +752,26 @@ impl WorkQueue for PostgresStore {
         let Some(ended) = ended else {
             return Err(lease_lost(claim));
         };
+        // The host: failed with a failure; done once none of its entries is left.
         let host = ended.text("host")?;
-        if outcome != EntryOutcome::Done {
-            // A failure aborts the run; so does a cancel (the worker saw the run's request).
-            sqlx::query("UPDATE run_work SET aborting = 1 WHERE run_id = $1")
-                .bind(run)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| backend(doing, e))?;
-        }
-        match outcome {
-            EntryOutcome::Failed => {
-                Self::host_state_in(&mut tx, run, &host, HostState::Failed, doing).await?
-            }
-            EntryOutcome::Done | EntryOutcome::Cancelled => {
-                // The host is done once none of its entries is left (or running).
-                let left = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM run_entries WHERE run_id = $1 AND host = $2 \
-                     AND state IN ('PENDING', 'CLAIMED')",
-                )
-                .bind(run)
-                .bind(&host)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| backend(doing, e))?
-                .int("n")?;
-                if outcome == EntryOutcome::Done && left == 0 {
-                    Self::host_state_in(&mut tx, run, &host, HostState::Done, doing).await?;
-                }
-            }
+        if outcome != EntryOutcome::Cancelled {
+            sqlx::query(
+                "UPDATE run_hosts SET state = $3, updated_ts = $4 \
+                 WHERE run_id = $1 AND host = $2 AND state <> 'FAILED' \
+                 AND ($3 = 'FAILED' OR NOT EXISTS (SELECT 1 FROM run_entries x \
+                 WHERE x.run_id = $1 AND x.host = $2 AND x.state IN ('PENDING', 'CLAIMED')))",
+            )
+            .bind(run)
+            .bind(&host)
+            .bind(if outcome == EntryOutcome::Failed {
+                HostState::Failed.as_str()
+            } else {
+                HostState::Done.as_str()
+            })
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
         }
         Self::finish_if_over(&mut tx, run, doing).await?;
         tx.commit().await.map_err(|e| backend(doing, e))?;
@@ -723,9 +791,18 @@ impl WorkQueue for PostgresStore {
         .await
         .map_err(|e| backend(doing, e))?
         else {
-            return Err(StoreError::NotFound {
-                id: run.to_string(),
-            });
+            // Not submitted: nothing waits for workers (a run driven by one controller).
+            let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                .bind(run.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+            return match found {
+                Some(_) => Ok(WorkStatus::default()),
+                None => Err(StoreError::NotFound {
+                    id: run.to_string(),
+                }),
+            };
         };
         let mut status = WorkStatus {
             aborting: work.int("aborting")? != 0 || work.opt_text("cancel_by")?.is_some(),

@@ -50,7 +50,7 @@ async fn two_controllers_racing_for_a_run_one_wins() {
             claims.push(tokio::spawn(async move {
                 let owner = format!("ctl-{round}-{i}");
                 barrier.wait().await;
-                let result = store.claim(&id, &owner, Duration::from_secs(60)).await;
+                let result = RunStore::claim(&store, &id, &owner, Duration::from_secs(60)).await;
                 (owner, result)
             }));
         }
@@ -93,17 +93,17 @@ async fn an_expired_lease_is_taken_over_by_another_controller() {
         .unwrap();
     let new = store_contract::sample_run("takeover");
     a.create_run(new.clone()).await.unwrap();
-    a.claim(&new.id, "ctl-a", Duration::from_secs(2))
+    RunStore::claim(&a, &new.id, "ctl-a", Duration::from_secs(2))
         .await
         .unwrap();
     assert!(matches!(
-        b.claim(&new.id, "ctl-b", Duration::from_secs(60)).await,
+        RunStore::claim(&b, &new.id, "ctl-b", Duration::from_secs(60)).await,
         Err(StoreError::LeaseHeld { ref owner, .. }) if owner == "ctl-a"
     ));
     // ctl-a stops renewing (it died): its lease runs out and ctl-b gets the run.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match b.claim(&new.id, "ctl-b", Duration::from_secs(60)).await {
+        match RunStore::claim(&b, &new.id, "ctl-b", Duration::from_secs(60)).await {
             Ok(()) => break,
             Err(StoreError::LeaseHeld { remaining, .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(remaining.min(Duration::from_millis(100))).await;

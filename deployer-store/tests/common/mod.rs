@@ -5,6 +5,7 @@
 
 pub mod pg;
 pub mod views;
+pub mod work;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

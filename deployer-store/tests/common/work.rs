@@ -1,0 +1,636 @@
+//! The `WorkQueue` contract (distributed runs), as a suite any implementation can run: each
+//! function takes a fresh store (its pool must allow 9 connections for
+//! `limits_hold_under_eight_claimers`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deployer_core::fixture::Noop;
+use deployer_core::*;
+
+pub type Queue = Arc<dyn WorkQueue>;
+
+/// Every function of the suite, each on a store from `store`.
+pub async fn all<F, Fut>(store: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Queue>,
+{
+    eprintln!("work queue contract: the_first_claim_starts_the_run_and_the_last_end_finishes_it");
+    the_first_claim_starts_the_run_and_the_last_end_finishes_it(store().await).await;
+    eprintln!("work queue contract: stages_are_barriers");
+    stages_are_barriers(store().await).await;
+    eprintln!("work queue contract: limits_hold_under_eight_claimers");
+    limits_hold_under_eight_claimers(store().await).await;
+    eprintln!("work queue contract: workers_claim_only_their_zones");
+    workers_claim_only_their_zones(store().await).await;
+    eprintln!("work queue contract: workers_claim_only_runs_whose_commands_they_have");
+    workers_claim_only_runs_whose_commands_they_have(store().await).await;
+    eprintln!("work queue contract: a_lost_claim_cannot_write");
+    a_lost_claim_cannot_write(store().await).await;
+    eprintln!("work queue contract: a_lapsed_claim_that_is_not_idempotent_stops_the_run");
+    a_lapsed_claim_that_is_not_idempotent_stops_the_run(store().await).await;
+    eprintln!("work queue contract: a_failure_aborts_the_run");
+    a_failure_aborts_the_run(store().await).await;
+    eprintln!("work queue contract: a_cancel_request_stops_claims_and_cancels_the_run");
+    a_cancel_request_stops_claims_and_cancels_the_run(store().await).await;
+    eprintln!("work queue contract: unserved_zones_are_those_without_a_live_worker");
+    unserved_zones_are_those_without_a_live_worker(store().await).await;
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// One stage of a test run: `(concurrency, concurrency_per_host, entries)`, each entry a
+/// `(host, zone)` with one `noop` task (or `other` when the host starts with `other`).
+pub struct StageSpec {
+    pub concurrency: usize,
+    pub per_host: Option<usize>,
+    pub entries: Vec<(String, Option<String>)>,
+}
+
+pub fn stage(concurrency: usize, per_host: Option<usize>, hosts: &[&str]) -> StageSpec {
+    StageSpec {
+        concurrency,
+        per_host,
+        entries: hosts.iter().map(|h| (h.to_string(), None)).collect(),
+    }
+}
+
+fn registry() -> CommandRegistry {
+    let mut commands = CommandRegistry::new();
+    commands.register::<Noop>("noop");
+    commands.register::<Noop>("other");
+    commands
+}
+
+/// Creates and submits a run of `stages`; entries are idempotent unless the host contains
+/// `once`. Returns the run's id.
+pub async fn submit(store: &Queue, stages: Vec<StageSpec>) -> RunId {
+    let mut tasklist = Tasklist::new("work");
+    let mut zones: HashMap<String, String> = HashMap::new();
+    for (i, s) in stages.iter().enumerate() {
+        let mut st = Stage::new(format!("s{i}"), s.concurrency);
+        if let Some(n) = s.per_host {
+            st = st.per_host(n);
+        }
+        for (host, zone) in &s.entries {
+            let command = if host.starts_with("other") {
+                "other"
+            } else {
+                "noop"
+            };
+            st = st.task(Task::new(command).on(host.as_str()));
+            if let Some(z) = zone {
+                zones.insert(host.clone(), z.clone());
+            }
+        }
+        tasklist = tasklist.stage(st);
+    }
+    let plan = Plan::build(&tasklist, &registry()).unwrap();
+    let new = NewRun::from_plan(&plan, "test", "alice");
+    let id = new.id.clone();
+    store.create_run(new).await.unwrap();
+    let mut submission = Submission::of_plan(&plan, &id, |h| zones.get(h).cloned()).unwrap();
+    for e in &mut submission.entries {
+        e.idempotent = !e.host.contains("once");
+    }
+    store.submit(&submission).await.unwrap();
+    id
+}
+
+pub fn worker(id: &str, zones: &[&str]) -> WorkerInfo {
+    WorkerInfo {
+        id: id.to_string(),
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+        commands: vec!["noop".to_string(), "other".to_string()],
+    }
+}
+
+fn hosts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:03}")).collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+async fn task_of(store: &Queue, run: &RunId, claim: &Claim) -> TaskRecord {
+    store
+        .tasks(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == claim.tasks[0])
+        .unwrap()
+}
+
+/// Records the claim's task as succeeded and ends the entry.
+async fn run_entry(store: &Queue, run: &RunId, claim: &Claim) {
+    let mut task = task_of(store, run, claim).await;
+    task.state = TaskState::Succeeded;
+    task.attempts = 1;
+    store.record_task(claim, &task).await.unwrap();
+    store.finish_entry(claim, EntryOutcome::Done).await.unwrap();
+}
+
+fn is_lease_lost<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::LeaseLost { .. }))
+}
+
+pub async fn the_first_claim_starts_the_run_and_the_last_end_finishes_it(store: Queue) {
+    let run = submit(&store, vec![stage(4, None, &["web1", "web2"])]).await;
+    let w = worker("w1", &[]);
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Pending);
+    let status = store.work_status(&run).await.unwrap();
+    assert_eq!((status.pending, status.ended), (2, 0));
+    let a = WorkQueue::claim(&*store, &w, LONG)
+        .await
+        .unwrap()
+        .expect("a claim");
+    assert_eq!((a.stage, a.entry, a.host.as_str()), (0, 0, "web1"));
+    assert_eq!(a.fence, 1);
+    assert!(a.lease_expires > std::time::SystemTime::now() + Duration::from_secs(50));
+    let record = store.run(&run).await.unwrap();
+    assert_eq!(record.state, RunState::Running);
+    assert!(record.started_ts.is_some());
+    assert_eq!(record.drives, 1);
+    let b = WorkQueue::claim(&*store, &w, LONG)
+        .await
+        .unwrap()
+        .expect("a second claim");
+    assert_eq!(b.host, "web2");
+    assert_eq!(store.run(&run).await.unwrap().drives, 1, "one drive");
+    let status = store.work_status(&run).await.unwrap();
+    assert_eq!(status.claimed, [("w1".to_string(), 2)]);
+    assert_eq!(status.pending, 0);
+    let hosts = store.hosts(&run).await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.state == HostState::Running),
+        "{hosts:?}"
+    );
+    run_entry(&store, &run, &a).await;
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Running);
+    run_entry(&store, &run, &b).await;
+    let record = store.run(&run).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert!(record.finish_ts.is_some());
+    let tasks = store.tasks(&run).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == TaskState::Succeeded && t.finish_ts.is_some())
+    );
+    let hosts = store.hosts(&run).await.unwrap();
+    assert!(
+        hosts.iter().all(|h| h.state == HostState::Done),
+        "{hosts:?}"
+    );
+    let status = store.work_status(&run).await.unwrap();
+    assert_eq!(
+        (status.pending, status.ended, status.aborting),
+        (0, 2, false)
+    );
+    assert!(status.claimed.is_empty());
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none());
+    assert!(
+        is_lease_lost(store.finish_entry(&b, EntryOutcome::Done).await),
+        "an ended entry cannot end twice"
+    );
+    // A run driven by one controller (never submitted) has nothing waiting.
+    let plain = deployer_core::fixture::store_contract::sample_run("plain");
+    let plain_id = plain.id.clone();
+    store.create_run(plain).await.unwrap();
+    assert_eq!(
+        store.work_status(&plain_id).await.unwrap(),
+        WorkStatus::default()
+    );
+    // Purging a finished run takes its work along.
+    store
+        .purge_finished(std::time::SystemTime::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.work_status(&run).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn stages_are_barriers(store: Queue) {
+    let run = submit(
+        &store,
+        vec![
+            stage(1, None, &["a1", "a2"]),
+            stage(10, None, &["b1", "b2"]),
+        ],
+    )
+    .await;
+    let w = worker("w1", &[]);
+    let first = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    assert_eq!(first.stage, 0);
+    // Stage 0's concurrency is reached, its other entry is pending: nothing of stage 1.
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none());
+    run_entry(&store, &run, &first).await;
+    let second = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    assert_eq!((second.stage, second.entry), (0, 1));
+    // Stage 0 has nothing pending but one claimed: still nothing of stage 1.
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none());
+    run_entry(&store, &run, &second).await;
+    let third = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    assert_eq!(third.stage, 1);
+}
+
+/// 8 claimers (tokio tasks, each on its own pool connection) work through a 200-entry stage
+/// of 4 hosts (50 entries each, in a row) with `concurrency` 6 and `concurrency_per_host` 2,
+/// each claim held 20 ms: the live claims, counted by
+/// the claimers and read from the store at each claim, never exceed them; every entry is
+/// claimed exactly once.
+pub async fn limits_hold_under_eight_claimers(store: Queue) {
+    const CONCURRENCY: usize = 6;
+    const PER_HOST: usize = 2;
+    let mut all_hosts = Vec::new();
+    for i in 0..200 {
+        all_hosts.push(format!("h{}", i / 50));
+    }
+    let run = submit(
+        &store,
+        vec![stage(CONCURRENCY, Some(PER_HOST), &refs(&all_hosts))],
+    )
+    .await;
+    #[derive(Default)]
+    struct Live {
+        total: usize,
+        per_host: HashMap<String, usize>,
+        max_total: usize,
+        max_host: usize,
+        max_stored: usize,
+        claimed: Vec<(usize, usize)>,
+    }
+    let live = Arc::new(Mutex::new(Live::default()));
+    let mut claimers = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let live = live.clone();
+        let run = run.clone();
+        claimers.push(tokio::spawn(async move {
+            let w = worker(&format!("w{i}"), &[]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "the run did not end");
+                let Some(claim) = WorkQueue::claim(&*store, &w, LONG).await.unwrap() else {
+                    if store.run(&run).await.unwrap().finish_ts.is_some() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                {
+                    let mut l = live.lock().unwrap();
+                    l.total += 1;
+                    let h = l.per_host.entry(claim.host.clone()).or_default();
+                    *h += 1;
+                    let h = *h;
+                    l.max_host = l.max_host.max(h);
+                    l.max_total = l.max_total.max(l.total);
+                    l.claimed.push((claim.stage, claim.entry));
+                }
+                let status = store.work_status(&run).await.unwrap();
+                let stored: usize = status.claimed.iter().map(|(_, n)| n).sum();
+                {
+                    let mut l = live.lock().unwrap();
+                    l.max_stored = l.max_stored.max(stored);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                {
+                    // Counted off before the end is written: the count never exceeds the
+                    // store's.
+                    let mut l = live.lock().unwrap();
+                    l.total -= 1;
+                    *l.per_host.get_mut(&claim.host).unwrap() -= 1;
+                }
+                store
+                    .finish_entry(&claim, EntryOutcome::Done)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for c in claimers {
+        c.await.unwrap();
+    }
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+    let l = live.lock().unwrap();
+    assert!(l.max_total <= CONCURRENCY, "{} claims at once", l.max_total);
+    assert!(
+        l.max_host <= PER_HOST,
+        "{} claims of one host at once",
+        l.max_host
+    );
+    assert!(
+        l.max_stored <= CONCURRENCY,
+        "{} claims stored at once",
+        l.max_stored
+    );
+    eprintln!(
+        "  at most {} claims at once ({} stored), {} of one host",
+        l.max_total, l.max_stored, l.max_host
+    );
+    assert!(
+        l.max_total > PER_HOST && l.max_host == PER_HOST,
+        "claims ran in parallel (max {} in all, {} per host)",
+        l.max_total,
+        l.max_host
+    );
+    let distinct: BTreeSet<_> = l.claimed.iter().collect();
+    assert_eq!(l.claimed.len(), 200, "every entry claimed once");
+    assert_eq!(distinct.len(), 200);
+}
+
+pub async fn workers_claim_only_their_zones(store: Queue) {
+    let mut spec = stage(100, None, &[]);
+    for (host, zone) in [
+        ("eu1", Some("eu")),
+        ("us1", Some("us")),
+        ("eu2", Some("eu")),
+        ("any1", None),
+        ("us2", Some("us")),
+    ] {
+        spec.entries
+            .push((host.to_string(), zone.map(str::to_string)));
+    }
+    submit(&store, vec![spec]).await;
+    let eu = worker("eu-worker", &["eu"]);
+    let mut got = BTreeSet::new();
+    while let Some(c) = WorkQueue::claim(&*store, &eu, LONG).await.unwrap() {
+        got.insert(c.host);
+    }
+    assert_eq!(
+        got,
+        BTreeSet::from(["any1".to_string(), "eu1".to_string(), "eu2".to_string()]),
+        "a worker of zone eu gets eu hosts and hosts without a zone, never us ones"
+    );
+    let anywhere = worker("anywhere", &[]);
+    let mut got = BTreeSet::new();
+    while let Some(c) = WorkQueue::claim(&*store, &anywhere, LONG).await.unwrap() {
+        got.insert(c.host);
+    }
+    assert_eq!(got, BTreeSet::from(["us1".to_string(), "us2".to_string()]));
+}
+
+pub async fn workers_claim_only_runs_whose_commands_they_have(store: Queue) {
+    let run = submit(&store, vec![stage(4, None, &["web1", "other1"])]).await;
+    let mut w = worker("partial", &[]);
+    w.commands = vec!["noop".to_string()];
+    assert!(
+        WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none(),
+        "a worker missing command `other` claims nothing of the run, not even its noop entry"
+    );
+    w.commands.push("other".to_string());
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_some());
+    assert_eq!(store.work_status(&run).await.unwrap().pending, 1);
+}
+
+pub async fn a_lost_claim_cannot_write(store: Queue) {
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    let short = Duration::from_millis(300);
+    let (w1, w2) = (worker("w1", &[]), worker("w2", &[]));
+    let first = WorkQueue::claim(&*store, &w1, short)
+        .await
+        .unwrap()
+        .unwrap();
+    store.renew_claim(&first, short).await.unwrap();
+    let mut task = task_of(&store, &run, &first).await;
+    task.state = TaskState::Running;
+    task.attempts = 1;
+    store.record_task(&first, &task).await.unwrap();
+    assert!(
+        WorkQueue::claim(&*store, &w2, short)
+            .await
+            .unwrap()
+            .is_none(),
+        "held"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Lapsed: even before anyone reclaims, its holder may not write.
+    task.state = TaskState::Succeeded;
+    assert!(is_lease_lost(store.record_task(&first, &task).await));
+    assert!(is_lease_lost(store.renew_claim(&first, LONG).await));
+    let second = WorkQueue::claim(&*store, &w2, LONG)
+        .await
+        .unwrap()
+        .expect("reclaimed");
+    assert_eq!((second.stage, second.entry), (first.stage, first.entry));
+    assert!(second.fence > first.fence, "the fence grows");
+    assert_eq!(second.worker, "w2");
+    assert!(is_lease_lost(store.record_task(&first, &task).await));
+    assert!(is_lease_lost(store.renew_claim(&first, LONG).await));
+    assert!(is_lease_lost(
+        store.finish_entry(&first, EntryOutcome::Done).await
+    ));
+    // A claim with the current fence but another worker's name is refused too.
+    let mut forged = second.clone();
+    forged.worker = "w1".to_string();
+    assert!(is_lease_lost(store.record_task(&forged, &task).await));
+    let stored = task_of(&store, &run, &first).await;
+    assert_eq!(
+        stored.state,
+        TaskState::Running,
+        "the lost writes changed nothing"
+    );
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Running);
+    run_entry(&store, &run, &second).await;
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+}
+
+pub async fn a_lapsed_claim_that_is_not_idempotent_stops_the_run(store: Queue) {
+    let run = submit(&store, vec![stage(2, None, &["once1", "web2", "web3"])]).await;
+    let w1 = worker("w1", &[]);
+    let interrupted = WorkQueue::claim(&*store, &w1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(interrupted.host, "once1");
+    let other = WorkQueue::claim(&*store, &w1, LONG).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        WorkQueue::claim(&*store, &worker("w2", &[]), LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "a stopped run hands out nothing"
+    );
+    let status = store.work_status(&run).await.unwrap();
+    assert_eq!(
+        status.stopped.as_deref(),
+        Some(
+            "entry stages[0].tasks[0] on once1 was interrupted on worker w1 and its commands are not idempotent; resume with --force"
+        )
+    );
+    assert!(status.aborting);
+    assert!(is_lease_lost(
+        store.finish_entry(&interrupted, EntryOutcome::Done).await
+    ));
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Running);
+    // The claimed entry finishes; then the run ends failed.
+    run_entry(&store, &run, &other).await;
+    let record = store.run(&run).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    let tasks = store.tasks(&run).await.unwrap();
+    assert_eq!(tasks[2].state, TaskState::NotRun, "never claimed");
+    let hosts = store.hosts(&run).await.unwrap();
+    assert_eq!(hosts[0].state, HostState::Failed);
+}
+
+pub async fn a_failure_aborts_the_run(store: Queue) {
+    let run = submit(
+        &store,
+        vec![
+            stage(2, None, &["web1", "web2", "web3", "web4"]),
+            stage(2, None, &["web1"]),
+        ],
+    )
+    .await;
+    let (w1, w2) = (worker("w1", &[]), worker("w2", &[]));
+    let failing = WorkQueue::claim(&*store, &w1, LONG).await.unwrap().unwrap();
+    let running = WorkQueue::claim(&*store, &w2, LONG).await.unwrap().unwrap();
+    let mut task = task_of(&store, &run, &failing).await;
+    task.state = TaskState::Failed;
+    task.exit_status = Some(3);
+    store.record_task(&failing, &task).await.unwrap();
+    store
+        .finish_entry(&failing, EntryOutcome::Failed)
+        .await
+        .unwrap();
+    assert!(
+        WorkQueue::claim(&*store, &w1, LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "no new claim"
+    );
+    let status = store.work_status(&run).await.unwrap();
+    assert!(status.aborting);
+    assert_eq!(status.claimed, [("w2".to_string(), 1)]);
+    assert_eq!(
+        store.run(&run).await.unwrap().finish_ts,
+        None,
+        "a claimed entry runs on"
+    );
+    run_entry(&store, &run, &running).await;
+    let record = store.run(&run).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    assert!(record.finish_ts.is_some());
+    let tasks = store.tasks(&run).await.unwrap();
+    let states: Vec<TaskState> = tasks.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Failed,
+            TaskState::Succeeded,
+            TaskState::NotRun,
+            TaskState::NotRun,
+            TaskState::NotRun
+        ]
+    );
+    let hosts = store.hosts(&run).await.unwrap();
+    let web1 = hosts.iter().find(|h| h.host == "web1").unwrap();
+    assert_eq!(web1.state, HostState::Failed);
+}
+
+pub async fn a_cancel_request_stops_claims_and_cancels_the_run(store: Queue) {
+    let w = worker("w1", &[]);
+    let run = submit(&store, vec![stage(4, None, &["web1", "web2", "web3"])]).await;
+    let claim = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    store.request_cancel(&run, "bob").await.unwrap();
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none());
+    assert!(store.work_status(&run).await.unwrap().aborting);
+    store
+        .finish_entry(&claim, EntryOutcome::Cancelled)
+        .await
+        .unwrap();
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Cancelled);
+    let tasks = store.tasks(&run).await.unwrap();
+    assert_eq!(tasks[1].state, TaskState::NotRun);
+    assert_eq!(tasks[2].state, TaskState::NotRun);
+
+    // Cancelled with nothing claimed: the next claim by any worker finishes it.
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    store.request_cancel(&run, "bob").await.unwrap();
+    assert!(WorkQueue::claim(&*store, &w, LONG).await.unwrap().is_none());
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Cancelled);
+    assert_eq!(store.tasks(&run).await.unwrap()[0].state, TaskState::NotRun);
+}
+
+pub async fn unserved_zones_are_those_without_a_live_worker(store: Queue) {
+    let mut spec = stage(100, None, &[]);
+    for (host, zone) in [
+        ("eu1", Some("eu")),
+        ("us1", Some("us")),
+        ("ap1", Some("ap")),
+        ("any1", None),
+    ] {
+        spec.entries
+            .push((host.to_string(), zone.map(str::to_string)));
+    }
+    let run = submit(&store, vec![spec]).await;
+    assert_eq!(
+        store.work_status(&run).await.unwrap().unserved_zones,
+        ["ap", "eu", "us"],
+        "no worker yet"
+    );
+    store
+        .heartbeat(&worker("eu-w", &["eu"]), LONG)
+        .await
+        .unwrap();
+    store
+        .heartbeat(&worker("us-w", &["us"]), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.work_status(&run).await.unwrap().unserved_zones,
+        ["ap"]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.work_status(&run).await.unwrap().unserved_zones,
+        ["ap", "us"],
+        "a worker whose heartbeat lapsed serves nothing"
+    );
+    // A claimed entry's zone is not waiting.
+    let eu = WorkQueue::claim(&*store, &worker("eu-w", &["eu"]), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(eu.host == "eu1" || eu.host == "any1");
+    store.heartbeat(&worker("all", &[]), LONG).await.unwrap();
+    assert!(
+        store
+            .work_status(&run)
+            .await
+            .unwrap()
+            .unserved_zones
+            .is_empty(),
+        "a worker without zones serves every zone"
+    );
+}
+
+/// Claims and ends `n` one-task entries with one worker, one after the other; returns the
+/// time per entry (claim + finish_entry, no task record).
+pub async fn claim_and_finish_overhead(store: Queue, n: usize) -> Duration {
+    let hosts = hosts("h", n);
+    let run = submit(&store, vec![stage(n, None, &refs(&hosts))]).await;
+    let w = worker("w1", &[]);
+    let start = Instant::now();
+    let mut count = 0;
+    while let Some(claim) = WorkQueue::claim(&*store, &w, LONG).await.unwrap() {
+        store
+            .finish_entry(&claim, EntryOutcome::Done)
+            .await
+            .unwrap();
+        count += 1;
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(count, n);
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+    elapsed / u32::try_from(n).unwrap()
+}
