@@ -416,6 +416,13 @@ impl Command for ManualStep {
                         "stopped before step {step} was decided"
                     )));
                 }
+                // A first cancel lets work on hosts finish; a step that only waits for a
+                // person gives up.
+                _ = ctx.run_cancelled() => {
+                    return Err(CommandError::Cancelled {
+                        message: format!("the run was cancelled before step {step} was decided"),
+                    });
+                }
             }
             approval = self.read(&run).await?;
         }

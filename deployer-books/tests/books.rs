@@ -1634,3 +1634,60 @@ fn approval_keys_in_book_files_are_checked_with_where() {
         assert!(err.contains(expected), "{expected}\n{err}");
     }
 }
+
+/// A first cancel lets work on hosts finish, but a manual step that waits for a person gives
+/// up at once: the job ends cancelled, the steps after it never run.
+#[tokio::test]
+async fn a_first_cancel_ends_a_manual_step_waiting_for_a_decision() {
+    let (commands, seen) = registry();
+    let lib = library();
+    let mut job = build(&lib, "backup").await;
+    let (sink, mut events) = ChannelSink::new();
+    let runner = JobRunner::new(
+        Executor::new(Arc::new(FakeConnector::new())).sink(sink),
+        &commands,
+    );
+    let acks = Acknowledgements::new();
+    let cancel = CancelHandle::new();
+    let options = RunOptions {
+        cancel: cancel.clone(),
+        ..RunOptions::default()
+    };
+    let waiting = {
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            let report = runner.run(&mut job, &acks, options).await;
+            (job, report)
+        })
+    };
+    loop {
+        let e = events.recv().await.unwrap();
+        if let EventKind::TaskStarted { task, .. } = &e.kind
+            && task.command == MANUAL_COMMAND
+        {
+            break;
+        }
+    }
+    cancel.cancel();
+    let (job, report) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting step gave up on the first cancel")
+        .unwrap();
+    let report = report.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Cancelled);
+    assert_eq!(job.state, JobState::Cancel);
+    let stopped = report.failures.first().expect("the manual step ended");
+    assert_eq!(stopped.task.command, MANUAL_COMMAND);
+    assert_eq!(
+        stopped.outcome,
+        TaskOutcome::Cancelled,
+        "cancelled, not failed"
+    );
+    assert_eq!(report.counts.cancelled, 1);
+    assert_eq!(report.counts.failed, 0);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "nothing ran after the manual step"
+    );
+}

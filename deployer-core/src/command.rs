@@ -456,6 +456,7 @@ pub struct ExecContext {
     pub(crate) attempt: u32,
     pub(crate) output: OutputSink,
     pub(crate) cancel: CancellationToken,
+    pub(crate) run_cancel: CancellationToken,
     pub(crate) redactor: Redactor,
     pub(crate) run_id: Option<crate::RunId>,
     pub(crate) emitter: Option<Arc<crate::executor::Emitter>>,
@@ -487,6 +488,7 @@ impl ExecContext {
             attempt: 1,
             output,
             cancel: CancellationToken::new(),
+            run_cancel: CancellationToken::new(),
             redactor: Redactor::new(),
             run_id: None,
             emitter: None,
@@ -570,6 +572,14 @@ impl ExecContext {
     /// on it.
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
+    }
+
+    /// Resolves when the run was asked to cancel (a first Ctrl-C, a cancel request stored by
+    /// another process), which lets running tasks finish: a command doing work on its host
+    /// should, but one that only waits for something outside the run — a manual step's
+    /// decision — should give up then.
+    pub fn run_cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.run_cancel.cancelled()
     }
 
     /// Sends an event of the run to its event sinks (not to its journals): what a command

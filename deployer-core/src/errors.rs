@@ -267,6 +267,14 @@ pub enum CommandError {
     /// The host could not do what was asked.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// The command gave up because its run was cancelled (a first cancel lets work on hosts
+    /// finish, but a command that only waits — for a person's decision — stops waiting): the
+    /// task counts as cancelled, not failed, when the run was indeed cancelled.
+    #[error("{message}")]
+    Cancelled {
+        /// What it was waiting for.
+        message: String,
+    },
 }
 
 impl CommandError {
@@ -283,7 +291,7 @@ impl CommandError {
     pub fn exit_status(&self) -> Option<i32> {
         match self {
             CommandError::Failed { exit_status, .. } => *exit_status,
-            CommandError::Remote(_) => None,
+            CommandError::Remote(_) | CommandError::Cancelled { .. } => None,
         }
     }
 
@@ -291,7 +299,7 @@ impl CommandError {
     pub fn stderr(&self) -> &str {
         match self {
             CommandError::Failed { stderr, .. } => stderr,
-            CommandError::Remote(_) => "",
+            CommandError::Remote(_) | CommandError::Cancelled { .. } => "",
         }
     }
 }

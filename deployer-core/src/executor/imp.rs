@@ -136,6 +136,7 @@ impl Executor {
             retry_delay: self.retry_delay,
             default_timeout: self.default_timeout,
             hard: options.cancel.hard.clone(),
+            graceful: options.cancel.graceful.clone(),
             skip: options.skip,
             targets: options.targets,
             quiet: Arc::new(|_, _: &str| {}),
@@ -389,6 +390,8 @@ pub(crate) struct Shared {
     pub(crate) retry_delay: Duration,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) hard: CancellationToken,
+    /// The first level of cancellation (nothing new starts).
+    pub(crate) graceful: CancellationToken,
     pub(crate) skip: HashSet<TaskId>,
     pub(crate) targets: TargetSet,
     /// The output sink of tasks when nobody listens.

@@ -314,7 +314,8 @@ impl<'a> JobQueue<'a> {
                             self.ready.push(Reverse((next, host)));
                         }
                     self.settle(h);
-                    // Tasks stopped by a second cancel end the stage as cancelled, not failed.
+                    // Tasks stopped by a second cancel (or giving up on a first one, like a
+                    // manual step waiting for a person) end the stage as cancelled, not failed.
                     let only_cancelled = result
                         .failures
                         .iter()
@@ -323,7 +324,7 @@ impl<'a> JobQueue<'a> {
                     let within_budget = if success
                         || self.finally
                         || stop_starting
-                        || (only_cancelled && self.cancel.is_stopping())
+                        || (only_cancelled && self.cancel.is_cancelled())
                     {
                         false
                     } else {
@@ -334,7 +335,7 @@ impl<'a> JobQueue<'a> {
                     if within_budget {
                         degraded = true;
                     } else if !success {
-                        if only_cancelled && self.cancel.is_stopping() {
+                        if only_cancelled && self.cancel.is_cancelled() {
                             cancelled = true;
                             stop_starting = true;
                         } else {

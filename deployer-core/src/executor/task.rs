@@ -186,6 +186,7 @@ pub(crate) async fn run_task(
                 attempt,
                 output: output.clone(),
                 cancel: shared.hard.clone(),
+                run_cancel: shared.graceful.clone(),
                 redactor: shared.redactor.clone(),
                 run_id: shared.emitter.run_id.clone(),
                 emitter: Some(shared.emitter.clone()),
@@ -313,6 +314,9 @@ pub(crate) fn capped_line(line: &str) -> String {
 }
 
 pub(crate) fn failure_from(e: &CommandError) -> TaskOutcome {
+    if let CommandError::Cancelled { .. } = e {
+        return TaskOutcome::Cancelled;
+    }
     TaskOutcome::Failed {
         message: error_chain(e),
         exit_status: e.exit_status(),
