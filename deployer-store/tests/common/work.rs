@@ -440,6 +440,75 @@ pub async fn a_lost_claim_cannot_write(store: Queue) {
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Running);
     run_entry(&store, &run, &second).await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+
+    // The same worker reclaiming its own lapsed entry: the older claim is refused by its
+    // fence alone.
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    let old = WorkQueue::claim(&*store, &w1, short)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = WorkQueue::claim(&*store, &w1, LONG).await.unwrap().unwrap();
+    assert_eq!((new.worker.as_str(), new.fence), ("w1", old.fence + 1));
+    let mut task = task_of(&store, &run, &old).await;
+    task.state = TaskState::Failed;
+    assert!(is_lease_lost(store.record_task(&old, &task).await));
+    assert!(is_lease_lost(store.renew_claim(&old, LONG).await));
+    assert!(is_lease_lost(
+        store.finish_entry(&old, EntryOutcome::Failed).await
+    ));
+    assert_eq!(task_of(&store, &run, &old).await.state, TaskState::Pending);
+    assert!(!store.work_status(&run).await.unwrap().aborting);
+    run_entry(&store, &run, &new).await;
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+}
+
+/// Submitting, claiming, recording and ending wake a change feed of another store on the same
+/// database (an idle worker, a follower); a renewal does not.
+pub async fn work_wakes_change_feeds(store: Queue, watcher: Queue) {
+    let mut feed = watcher.changes();
+    drain(&mut feed).await;
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    wakes(&mut feed, "submit").await;
+    drain(&mut feed).await;
+    let w = worker("w1", &[]);
+    let claim = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    wakes(&mut feed, "claim").await;
+    drain(&mut feed).await;
+    store.renew_claim(&claim, LONG).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), feed.changed())
+            .await
+            .is_err(),
+        "a renewal changes nothing a follower shows"
+    );
+    let mut task = task_of(&store, &run, &claim).await;
+    task.state = TaskState::Running;
+    store.record_task(&claim, &task).await.unwrap();
+    wakes(&mut feed, "record_task").await;
+    drain(&mut feed).await;
+    store
+        .finish_entry(&claim, EntryOutcome::Done)
+        .await
+        .unwrap();
+    wakes(&mut feed, "finish_entry").await;
+}
+
+async fn drain(feed: &mut ChangeFeed) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::time::timeout(Duration::from_millis(300), feed.changed())
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the feed never goes quiet");
+    }
+}
+
+async fn wakes(feed: &mut ChangeFeed, what: &str) {
+    tokio::time::timeout(Duration::from_secs(5), feed.changed())
+        .await
+        .unwrap_or_else(|_| panic!("the feed did not wake within 5 s after {what}"));
 }
 
 pub async fn a_lapsed_claim_that_is_not_idempotent_stops_the_run(store: Queue) {
