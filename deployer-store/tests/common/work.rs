@@ -37,6 +37,8 @@ where
     a_cancel_request_stops_claims_and_cancels_the_run(store().await).await;
     eprintln!("work queue contract: unserved_zones_are_those_without_a_live_worker");
     unserved_zones_are_those_without_a_live_worker(store().await).await;
+    eprintln!("work queue contract: bad_submissions_are_refused");
+    bad_submissions_are_refused(store().await).await;
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -723,4 +725,51 @@ pub async fn claim_and_finish_overhead(store: Queue, n: usize) -> Duration {
     assert_eq!(count, n);
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
     elapsed / u32::try_from(n).unwrap()
+}
+
+pub async fn bad_submissions_are_refused(store: Queue) {
+    let run = submit(&store, vec![stage(1, None, &["web1"])]).await;
+    let again = Submission {
+        run: run.clone(),
+        commands: vec!["noop".to_string()],
+        stages: vec![StageLimits {
+            concurrency: 1,
+            concurrency_per_host: None,
+        }],
+        entries: vec![],
+    };
+    let err = store.submit(&again).await.unwrap_err().to_string();
+    assert!(
+        err.contains("was submitted already") || err.contains(run.as_str()),
+        "{err}"
+    );
+    let unknown = Submission {
+        run: RunId::new(),
+        ..again.clone()
+    };
+    assert!(matches!(
+        store.submit(&unknown).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let plain = deployer_core::fixture::store_contract::sample_run("plain");
+    let plain_id = plain.id.clone();
+    store.create_run(plain).await.unwrap();
+    let mut stray = again.clone();
+    stray.run = plain_id.clone();
+    stray.entries.push(WorkEntry {
+        stage: 3,
+        entry: 0,
+        host: "web1".to_string(),
+        zone: None,
+        tasks: vec![],
+        idempotent: true,
+    });
+    let err = store.submit(&stray).await.unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("stages[3].tasks[0] is of no stage"), "{text}");
+    assert_eq!(
+        store.work_status(&plain_id).await.unwrap(),
+        WorkStatus::default(),
+        "nothing was submitted"
+    );
 }
