@@ -738,10 +738,11 @@ pub async fn bad_submissions_are_refused(store: Queue) {
         }],
         entries: vec![],
     };
-    let err = store.submit(&again).await.unwrap_err().to_string();
-    assert!(
-        err.contains("was submitted already") || err.contains(run.as_str()),
-        "{err}"
+    let err = store.submit(&again).await.unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert_eq!(
+        text,
+        format!("run store: failed to submit run {run}: it was submitted already")
     );
     let unknown = Submission {
         run: RunId::new(),
