@@ -86,8 +86,9 @@
 //!   claimed `NOT_RUN` and those entries `CANCELLED`. A run cancelled or stopped with nothing
 //!   claimed is finished by the next claim of any worker.
 //! * Hosts: `RUNNING` when an entry of theirs is claimed, `FAILED` when one fails or is
-//!   interrupted, `DONE` when their last entry ends done; a cancelled entry leaves its host
-//!   as it was.
+//!   interrupted, `DONE` when their last entry ends done; when the run finishes, each gets its
+//!   final state as a single controller's recorder decides it (`FAILED` if an entry of it
+//!   failed, was interrupted or cancelled, else `DONE` if one ran, else `SKIPPED`).
 //! * Every write but `renew_claim` notifies `deployer_runs` (a heartbeat only when the worker
 //!   comes alive or changes what it serves), so idle workers and followers wake.
 //! * `work_status` counts entries by state and claiming worker, and lists the zones of

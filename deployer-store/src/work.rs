@@ -207,6 +207,21 @@ impl PostgresStore {
         .execute(&mut **tx)
         .await
         .map_err(|e| backend(doing, e))?;
+        // Every host's final state, as a single controller's recorder decides it: failed if
+        // an entry of it failed, was interrupted or cancelled; done if one ran; else skipped.
+        sqlx::query(
+            "UPDATE run_hosts h SET state = a.final, updated_ts = $2 FROM \
+             (SELECT host, CASE WHEN bool_or(state IN ('FAILED', 'CANCELLED')) THEN 'FAILED' \
+              WHEN bool_or(state = 'DONE') THEN 'DONE' ELSE 'SKIPPED' END AS final \
+              FROM run_entries WHERE run_id = $1 GROUP BY host) a \
+             WHERE h.run_id = $1 AND h.host = a.host \
+             AND h.state NOT IN ('REMOVED', 'ROLLED_BACK', 'DROPPED')",
+        )
+        .bind(run)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
         sqlx::query(
             "UPDATE run_entries SET state = 'CANCELLED', ended_ts = $2 \
              WHERE run_id = $1 AND state = 'PENDING'",

@@ -26,6 +26,15 @@ async fn postgres_store_meets_the_work_queue_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_wakes_the_change_feeds_of_other_stores() {
+    let server = PgServer::start().await;
+    let url = server.database().await;
+    let writer: work::Queue = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let watcher: work::Queue = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    work::work_wakes_change_feeds(writer, watcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_task_records_the_worker_that_ran_it() {
     let server = PgServer::start().await;
     let url = server.database().await;

@@ -37,6 +37,8 @@ where
     a_cancel_request_stops_claims_and_cancels_the_run(store().await).await;
     eprintln!("work queue contract: unserved_zones_are_those_without_a_live_worker");
     unserved_zones_are_those_without_a_live_worker(store().await).await;
+    eprintln!("work queue contract: bad_submissions_are_refused");
+    bad_submissions_are_refused(store().await).await;
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -440,6 +442,75 @@ pub async fn a_lost_claim_cannot_write(store: Queue) {
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Running);
     run_entry(&store, &run, &second).await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+
+    // The same worker reclaiming its own lapsed entry: the older claim is refused by its
+    // fence alone.
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    let old = WorkQueue::claim(&*store, &w1, short)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = WorkQueue::claim(&*store, &w1, LONG).await.unwrap().unwrap();
+    assert_eq!((new.worker.as_str(), new.fence), ("w1", old.fence + 1));
+    let mut task = task_of(&store, &run, &old).await;
+    task.state = TaskState::Failed;
+    assert!(is_lease_lost(store.record_task(&old, &task).await));
+    assert!(is_lease_lost(store.renew_claim(&old, LONG).await));
+    assert!(is_lease_lost(
+        store.finish_entry(&old, EntryOutcome::Failed).await
+    ));
+    assert_eq!(task_of(&store, &run, &old).await.state, TaskState::Pending);
+    assert!(!store.work_status(&run).await.unwrap().aborting);
+    run_entry(&store, &run, &new).await;
+    assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
+}
+
+/// Submitting, claiming, recording and ending wake a change feed of another store on the same
+/// database (an idle worker, a follower); a renewal does not.
+pub async fn work_wakes_change_feeds(store: Queue, watcher: Queue) {
+    let mut feed = watcher.changes();
+    drain(&mut feed).await;
+    let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
+    wakes(&mut feed, "submit").await;
+    drain(&mut feed).await;
+    let w = worker("w1", &[]);
+    let claim = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
+    wakes(&mut feed, "claim").await;
+    drain(&mut feed).await;
+    store.renew_claim(&claim, LONG).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), feed.changed())
+            .await
+            .is_err(),
+        "a renewal changes nothing a follower shows"
+    );
+    let mut task = task_of(&store, &run, &claim).await;
+    task.state = TaskState::Running;
+    store.record_task(&claim, &task).await.unwrap();
+    wakes(&mut feed, "record_task").await;
+    drain(&mut feed).await;
+    store
+        .finish_entry(&claim, EntryOutcome::Done)
+        .await
+        .unwrap();
+    wakes(&mut feed, "finish_entry").await;
+}
+
+async fn drain(feed: &mut ChangeFeed) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::time::timeout(Duration::from_millis(300), feed.changed())
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the feed never goes quiet");
+    }
+}
+
+async fn wakes(feed: &mut ChangeFeed, what: &str) {
+    tokio::time::timeout(Duration::from_secs(5), feed.changed())
+        .await
+        .unwrap_or_else(|_| panic!("the feed did not wake within 5 s after {what}"));
 }
 
 pub async fn a_lapsed_claim_that_is_not_idempotent_stops_the_run(store: Queue) {
@@ -477,8 +548,17 @@ pub async fn a_lapsed_claim_that_is_not_idempotent_stops_the_run(store: Queue) {
     assert_eq!(record.state, RunState::Failed);
     let tasks = store.tasks(&run).await.unwrap();
     assert_eq!(tasks[2].state, TaskState::NotRun, "never claimed");
-    let hosts = store.hosts(&run).await.unwrap();
-    assert_eq!(hosts[0].state, HostState::Failed);
+    let hosts: Vec<HostState> = store
+        .hosts(&run)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.state)
+        .collect();
+    assert_eq!(
+        hosts,
+        [HostState::Failed, HostState::Done, HostState::Skipped]
+    );
 }
 
 pub async fn a_failure_aborts_the_run(store: Queue) {
@@ -552,6 +632,18 @@ pub async fn a_cancel_request_stops_claims_and_cancels_the_run(store: Queue) {
     let tasks = store.tasks(&run).await.unwrap();
     assert_eq!(tasks[1].state, TaskState::NotRun);
     assert_eq!(tasks[2].state, TaskState::NotRun);
+    let hosts: Vec<HostState> = store
+        .hosts(&run)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.state)
+        .collect();
+    assert_eq!(
+        hosts,
+        [HostState::Failed, HostState::Skipped, HostState::Skipped],
+        "as a single controller records them: cancelled fails its host, the others never ran"
+    );
 
     // Cancelled with nothing claimed: the next claim by any worker finishes it.
     let run = submit(&store, vec![stage(4, None, &["web1"])]).await;
@@ -633,4 +725,52 @@ pub async fn claim_and_finish_overhead(store: Queue, n: usize) -> Duration {
     assert_eq!(count, n);
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
     elapsed / u32::try_from(n).unwrap()
+}
+
+pub async fn bad_submissions_are_refused(store: Queue) {
+    let run = submit(&store, vec![stage(1, None, &["web1"])]).await;
+    let again = Submission {
+        run: run.clone(),
+        commands: vec!["noop".to_string()],
+        stages: vec![StageLimits {
+            concurrency: 1,
+            concurrency_per_host: None,
+        }],
+        entries: vec![],
+    };
+    let err = store.submit(&again).await.unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert_eq!(
+        text,
+        format!("run store: failed to submit run {run}: it was submitted already")
+    );
+    let unknown = Submission {
+        run: RunId::new(),
+        ..again.clone()
+    };
+    assert!(matches!(
+        store.submit(&unknown).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let plain = deployer_core::fixture::store_contract::sample_run("plain");
+    let plain_id = plain.id.clone();
+    store.create_run(plain).await.unwrap();
+    let mut stray = again.clone();
+    stray.run = plain_id.clone();
+    stray.entries.push(WorkEntry {
+        stage: 3,
+        entry: 0,
+        host: "web1".to_string(),
+        zone: None,
+        tasks: vec![],
+        idempotent: true,
+    });
+    let err = store.submit(&stray).await.unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("stages[3].tasks[0] is of no stage"), "{text}");
+    assert_eq!(
+        store.work_status(&plain_id).await.unwrap(),
+        WorkStatus::default(),
+        "nothing was submitted"
+    );
 }
