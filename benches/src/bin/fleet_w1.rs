@@ -23,7 +23,14 @@
 //! * **Fabric**: `python benches/fleet/fabric_w1.py`: a thread per host, each a
 //!   `fabric.Connection` running the six steps.
 //!
-//! All three use the same client key, the fleet's known_hosts with strict checking (unknown
+//! * **deployer-pg**: the same `deploy --tasklist`, its run recorded in PostgreSQL (a
+//!   throwaway server, [`PgServer`], a fresh database per run).
+//! * **workers**: `deploy --tasklist w1.json --submit` (following the run to its end) with
+//!   `FLEET_WORKERS` (default 2) `deploy worker --slots ⌈N/workers⌉` processes
+//!   (`FLEET_WORKER_SLOTS` to set) on that PostgreSQL; wall time is the submitter's, CPU and
+//!   peak RSS the sums over the submitter and the workers (each printed too).
+//!
+//! All of them use the same client key, the fleet's known_hosts with strict checking (unknown
 //! keys refused), user and port, no agent and no `~/.ssh/config`. Measured per run, from the
 //! child's own `wait4` rusage: wall time (spawn to exit), controller CPU (user + sys), peak RSS;
 //! failed hosts are counted on the hosts' files (a host succeeded when its
@@ -32,7 +39,8 @@
 //!
 //! Environment: `FLEET_DEPLOY` (the `deploy` binary; default: beside this program),
 //! `FLEET_VENV` (a virtualenv with pyinfra and Fabric; without it the peers are skipped),
-//! `FLEET_TOOLS` (comma-separated subset of `deployer,pyinfra,fabric`), `FLEET_TIMEOUT`
+//! `FLEET_TOOLS` (comma-separated subset of `deployer,deployer-pg,workers,pyinfra,fabric`;
+//! default `deployer,pyinfra,fabric`), `FLEET_TIMEOUT`
 //! (seconds a run may take before it is killed, default 600), `FLEET_REEXEC=1` (servers
 //! re-execute sshd for every connection, as stock servers do; default: not, see
 //! `TestFleetBuilder::reexec`). Each run's known_hosts holds the lines of its N hosts only.
