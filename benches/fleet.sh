@@ -8,7 +8,9 @@
 # Needs root (the sshds log in as the ordinary user `deployer-test`, created when missing),
 # OpenSSH server and client, python3 with venv. pyinfra and Fabric are installed with pip into
 # a virtualenv under target/fleet-venv (FLEET_VENV to use another). FLEET_TOOLS picks a subset
-# of deployer,pyinfra,fabric; FLEET_TIMEOUT the seconds a run may take (default 600). Every
+# of deployer,deployer-pg,workers,pyinfra,fabric (default deployer,pyinfra,fabric; deployer-pg
+# and workers, 2 `deploy worker` + `deploy --submit`, start a throwaway PostgreSQL: the
+# postgresql package's initdb); FLEET_TIMEOUT the seconds a run may take (default 600). Every
 # sshd started is killed when the benchmark ends, also when it panics or is killed.
 set -eu
 cd "$(dirname "$0")/.."

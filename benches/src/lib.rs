@@ -1,6 +1,7 @@
 //! Shared pieces of the benchmarks: a no-op command and a host that does nothing, so that what
 //! is measured is the scheduler itself.
 
+pub mod pg;
 pub mod ssh;
 
 use std::path::Path;

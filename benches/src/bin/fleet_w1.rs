@@ -23,7 +23,14 @@
 //! * **Fabric**: `python benches/fleet/fabric_w1.py`: a thread per host, each a
 //!   `fabric.Connection` running the six steps.
 //!
-//! All three use the same client key, the fleet's known_hosts with strict checking (unknown
+//! * **deployer-pg**: the same `deploy --tasklist`, its run recorded in PostgreSQL (a
+//!   throwaway server, [`PgServer`], a fresh database per run).
+//! * **workers**: `deploy --tasklist w1.json --submit` (following the run to its end) with
+//!   `FLEET_WORKERS` (default 2) `deploy worker --slots ⌈N/workers⌉` processes
+//!   (`FLEET_WORKER_SLOTS` to set) on that PostgreSQL; wall time is the submitter's, CPU and
+//!   peak RSS the sums over the submitter and the workers (each printed too).
+//!
+//! All of them use the same client key, the fleet's known_hosts with strict checking (unknown
 //! keys refused), user and port, no agent and no `~/.ssh/config`. Measured per run, from the
 //! child's own `wait4` rusage: wall time (spawn to exit), controller CPU (user + sys), peak RSS;
 //! failed hosts are counted on the hosts' files (a host succeeded when its
@@ -32,7 +39,8 @@
 //!
 //! Environment: `FLEET_DEPLOY` (the `deploy` binary; default: beside this program),
 //! `FLEET_VENV` (a virtualenv with pyinfra and Fabric; without it the peers are skipped),
-//! `FLEET_TOOLS` (comma-separated subset of `deployer,pyinfra,fabric`), `FLEET_TIMEOUT`
+//! `FLEET_TOOLS` (comma-separated subset of `deployer,deployer-pg,workers,pyinfra,fabric`;
+//! default `deployer,pyinfra,fabric`), `FLEET_TIMEOUT`
 //! (seconds a run may take before it is killed, default 600), `FLEET_REEXEC=1` (servers
 //! re-execute sshd for every connection, as stock servers do; default: not, see
 //! `TestFleetBuilder::reexec`). Each run's known_hosts holds the lines of its N hosts only.
@@ -47,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use deployer_benches::pg::PgServer;
 use deployer_benches::ssh::{Fleet, load_average, random_file};
 use deployer_core::{Stage, Task, Tasklist};
 use deployer_remote::testing::TestFleet;
@@ -63,6 +72,9 @@ struct Measured {
     ok_hosts: usize,
     /// The run's stdout and stderr.
     output: String,
+    /// With several processes (`workers`): each one's name, CPU and peak RSS; `cpu` and
+    /// `peak_rss` are then their sums.
+    procs: Vec<(String, Duration, u64)>,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -110,6 +122,35 @@ fn run_measured(mut cmd: Command, log: &Path, timeout: Duration) -> (Duration, D
     (wall, cpu, usage.ru_maxrss as u64 * 1024, exit)
 }
 
+/// Waits for child `pid` (bounded: killed after 30 s) and returns its CPU, peak RSS and exit.
+fn reap(pid: libc::pid_t) -> (Duration, u64, i32) {
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(30)).is_err() {
+            // SAFETY: as in run_measured.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut status = 0;
+    // SAFETY: wait4 writes only into the status and rusage we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = done.send(());
+    let _ = killer.join();
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let exit = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    (
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        usage.ru_maxrss as u64 * 1024,
+        exit,
+    )
+}
+
 fn base(host: &str, tool: &str) -> String {
     format!("{ROOT}/{host}/{tool}")
 }
@@ -148,8 +189,8 @@ fn cleanup(hosts: &[String], tool: &str) {
 }
 
 /// W1 as six stages of the standard commands over `hosts`, all at once.
-fn w1(hosts: &[String], tarball: &Path, version: &str) -> Tasklist {
-    let release = |h: &str| format!("{}/releases/{version}", base(h, "deployer"));
+fn w1(hosts: &[String], tarball: &Path, version: &str, tool: &str) -> Tasklist {
+    let release = |h: &str| format!("{}/releases/{version}", base(h, tool));
     let n = hosts.len();
     let stage = |name: &str, task: &dyn Fn(&str) -> Task| {
         Stage::new(name, n)
@@ -173,7 +214,7 @@ fn w1(hosts: &[String], tarball: &Path, version: &str) -> Tasklist {
         .stage(stage("switch current", &|h| {
             Task::new("symlink")
                 .arg("source", release(h))
-                .arg("destination", format!("{}/current", base(h, "deployer")))
+                .arg("destination", format!("{}/current", base(h, tool)))
         }))
         .stage(stage("restart", &|_| {
             Task::new("execute_command").arg("command_line", "true")
@@ -181,7 +222,7 @@ fn w1(hosts: &[String], tarball: &Path, version: &str) -> Tasklist {
         .stage(stage("verify", &|h| {
             Task::new("execute_command").arg(
                 "command_line",
-                format!("test -f {}/current/VERSION", base(h, "deployer")),
+                format!("test -f {}/current/VERSION", base(h, tool)),
             )
         }))
 }
@@ -291,12 +332,31 @@ impl Bench {
         n: usize,
         tag: &str,
     ) -> (Duration, Duration, u64, i32, String) {
-        let tasklist = self.path(&format!("w1-{tag}.json"));
-        std::fs::write(&tasklist, tasklist_json).expect("tasklist");
         let store = self.path(&format!("runs-{tag}.db"));
         let _ = std::fs::remove_file(&store);
+        self.run_deploy_on(
+            tasklist_json,
+            n,
+            tag,
+            &format!("sqlite://{}", store.display()),
+            &[],
+        )
+    }
+
+    /// `deploy --tasklist` with `tasklist_json` and `extra` arguments, on the store `store`.
+    fn run_deploy_on(
+        &self,
+        tasklist_json: &str,
+        n: usize,
+        tag: &str,
+        store: &str,
+        extra: &[&str],
+    ) -> (Duration, Duration, u64, i32, String) {
+        let tasklist = self.path(&format!("w1-{tag}.json"));
+        std::fs::write(&tasklist, tasklist_json).expect("tasklist");
         let mut cmd = Command::new(&self.deploy);
-        cmd.env("DEPLOYER_STORE", format!("sqlite://{}", store.display()))
+        cmd.env("DEPLOYER_STORE", store)
+            .args(extra)
             .arg("--config")
             .arg(self.deploy_config(n))
             .arg("--tasklist")
@@ -308,7 +368,7 @@ impl Bench {
     }
 
     fn deployer(&self, hosts: &[String], version: &str) -> Measured {
-        let json = w1(hosts, &self.tarball, version).to_json_string();
+        let json = w1(hosts, &self.tarball, version, "deployer").to_json_string();
         let (wall, cpu, peak_rss, exit, output) =
             self.run_deploy(&json, hosts.len(), &format!("{}", hosts.len()));
         Measured {
@@ -318,6 +378,87 @@ impl Bench {
             exit,
             ok_hosts: count_ok(hosts, "deployer", version),
             output,
+            procs: Vec::new(),
+        }
+    }
+
+    /// One controller, `deploy --tasklist`, its run recorded in PostgreSQL (database `url`).
+    fn deployer_pg(&self, hosts: &[String], version: &str, url: &str) -> Measured {
+        let json = w1(hosts, &self.tarball, version, "deployer-pg").to_json_string();
+        let (wall, cpu, peak_rss, exit, output) =
+            self.run_deploy_on(&json, hosts.len(), &format!("pg-{}", hosts.len()), url, &[]);
+        Measured {
+            wall,
+            cpu,
+            peak_rss,
+            exit,
+            ok_hosts: count_ok(hosts, "deployer-pg", version),
+            output,
+            procs: Vec::new(),
+        }
+    }
+
+    /// `deploy --tasklist … --submit` (following the run to its end) with `FLEET_WORKERS`
+    /// (default 2) `deploy worker` processes on PostgreSQL (database `url`), each with
+    /// `--slots` ⌈N / workers⌉ (`FLEET_WORKER_SLOTS` to set). The workers are started first
+    /// and left a second to register; the wall time is the submitter's, spawn to exit. After
+    /// it, the workers are stopped (SIGTERM) and their own CPU and peak RSS read from `wait4`.
+    fn workers(&self, hosts: &[String], version: &str, url: &str) -> Measured {
+        let n = hosts.len();
+        let count: usize = std::env::var("FLEET_WORKERS")
+            .ok()
+            .map(|v| v.parse().expect("FLEET_WORKERS: a number"))
+            .unwrap_or(2);
+        let slots: usize = std::env::var("FLEET_WORKER_SLOTS")
+            .ok()
+            .map(|v| v.parse().expect("FLEET_WORKER_SLOTS: a number"))
+            .unwrap_or(n.div_ceil(count));
+        let config = self.deploy_config(n);
+        let mut workers = Vec::new();
+        for i in 0..count {
+            let log =
+                std::fs::File::create(self.path(&format!("worker-{n}-{i}.log"))).expect("log file");
+            let mut cmd = Command::new(&self.deploy);
+            cmd.arg("--store")
+                .arg(url)
+                .arg("--config")
+                .arg(&config)
+                .args(["worker", "--name", &format!("w{i}"), "--slots"])
+                .arg(slots.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            // Reaped by `reap`, with wait4 (for its rusage).
+            #[allow(clippy::zombie_processes)]
+            let child = cmd.spawn().expect("start deploy worker");
+            workers.push(child.id() as libc::pid_t);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let json = w1(hosts, &self.tarball, version, "workers").to_json_string();
+        let (wall, cpu, peak_rss, exit, output) =
+            self.run_deploy_on(&json, n, &format!("workers-{n}"), url, &["--submit"]);
+        let mut procs = vec![("submitter".to_string(), cpu, peak_rss)];
+        for (i, pid) in workers.into_iter().enumerate() {
+            // SAFETY: kill has no memory effects; the child is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let (cpu, rss, _) = reap(pid);
+            procs.push((format!("worker w{i}"), cpu, rss));
+        }
+        let mut output = output;
+        for i in 0..count {
+            output.push_str(
+                &std::fs::read_to_string(self.path(&format!("worker-{n}-{i}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        Measured {
+            wall,
+            cpu: procs.iter().map(|p| p.1).sum(),
+            peak_rss: procs.iter().map(|p| p.2).sum(),
+            exit,
+            ok_hosts: count_ok(hosts, "workers", version),
+            output,
+            procs,
         }
     }
 
@@ -367,6 +508,7 @@ impl Bench {
             exit,
             ok_hosts: count_ok(hosts, "pyinfra", version),
             output: std::fs::read_to_string(&log).unwrap_or_default(),
+            procs: Vec::new(),
         }
     }
 
@@ -401,6 +543,7 @@ impl Bench {
             exit,
             ok_hosts: count_ok(hosts, "fabric", version),
             output: std::fs::read_to_string(&log).unwrap_or_default(),
+            procs: Vec::new(),
         }
     }
 }
@@ -451,11 +594,17 @@ fn compare(counts: Vec<usize>) {
     let bench = Bench::new(fleet);
     let all = bench.fleet.hosts();
     let user = bench.fleet.user().to_string();
+    // The distributed runs' store: one throwaway server, a fresh database per run.
+    let mut pg = tools
+        .iter()
+        .any(|t| t == "workers" || t == "deployer-pg")
+        .then(PgServer::start);
     let mut rows: Vec<(usize, String, Measured)> = Vec::new();
     for &n in &counts {
         let hosts = &all[..n];
         for tool in &tools {
-            if tool != "deployer" && bench.venv.is_none() {
+            let python = tool == "pyinfra" || tool == "fabric";
+            if python && bench.venv.is_none() {
                 println!("{n} hosts, {tool}: skipped (no FLEET_VENV)");
                 continue;
             }
@@ -467,7 +616,17 @@ fn compare(counts: Vec<usize>) {
                 "deployer" => bench.deployer(hosts, &version),
                 "pyinfra" => bench.pyinfra(hosts, &version),
                 "fabric" => bench.fabric(hosts, &version),
-                other => panic!("unknown tool {other} (FLEET_TOOLS: deployer,pyinfra,fabric)"),
+                "deployer-pg" => {
+                    let url = pg.as_mut().expect("started above").database();
+                    bench.deployer_pg(hosts, &version, &url)
+                }
+                "workers" => {
+                    let url = pg.as_mut().expect("started above").database();
+                    bench.workers(hosts, &version, &url)
+                }
+                other => panic!(
+                    "unknown tool {other} (FLEET_TOOLS: deployer,deployer-pg,workers,pyinfra,fabric)"
+                ),
             };
             let failed = n - m.ok_hosts;
             println!(
@@ -485,6 +644,13 @@ fn compare(counts: Vec<usize>) {
                     String::new()
                 }
             );
+            for (name, cpu, rss) in &m.procs {
+                println!(
+                    "      {name}: cpu {:.2} s, peak RSS {:.1} MiB",
+                    cpu.as_secs_f64(),
+                    mib(*rss)
+                );
+            }
             let _ = std::io::stdout().flush();
             cleanup(hosts, tool);
             rows.push((n, tool.clone(), m));
@@ -550,7 +716,7 @@ fn budget(hosts: usize, refusing: usize) -> bool {
         let version = format!("budget-{max_failures}");
         bench.artifact(&version);
         prepare(&all, "deployer", &user);
-        let json = w1(&all, &bench.tarball, &version).to_json_string();
+        let json = w1(&all, &bench.tarball, &version, "deployer").to_json_string();
         // The top-level budget, before the tasklist's own keys.
         let json = format!(
             "{{\"max_failures\": {max_failures}, {}",
