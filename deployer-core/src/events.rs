@@ -574,6 +574,16 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
     },
+    /// A worker of a distributed run ([`Worker`](crate::Worker)) claimed an entry and is about
+    /// to run it: which worker ran which tasks. It counts no task.
+    EntryClaimed {
+        /// The worker's name ([`WorkerInfo::id`](crate::WorkerInfo::id)).
+        worker: String,
+        /// The entry's host key.
+        host: String,
+        /// The entry's tasks (one, or a chain's steps in order).
+        tasks: Vec<TaskId>,
+    },
     /// The run ended.
     RunFinished {
         /// How.
