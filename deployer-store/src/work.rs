@@ -862,6 +862,18 @@ impl WorkQueue for PostgresStore {
         for row in &zones {
             status.unserved_zones.push(row.text("zone")?);
         }
+        let served = sqlx::query(concat!(
+            "SELECT DISTINCT jsonb_array_elements_text(CAST(zones AS jsonb)) AS zone \
+             FROM workers WHERE heartbeat_expires > ",
+            now!(),
+            " ORDER BY zone"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &served {
+            status.served_zones.push(row.text("zone")?);
+        }
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(status)
     }

@@ -45,7 +45,7 @@ use deployer_core::{ResumeOptions, RunId, RunState, Runs, RunsError, StoreError,
 use deployer_release::{HostStatus, LockVerdict, PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
-    JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run,
+    JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run, render_work,
     render_runs, stage_estimates, to_dot,
 };
 use deployer_store::StoreUrl;
@@ -1189,7 +1189,11 @@ async fn runs_main(
             let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
             let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
             let approvals = runs.store().approvals(&id).await.map_err(read_error)?;
+            let work = runs.store().work_status(&id).await.map_err(read_error)?;
             print!("{}", render_run(&run, &hosts, &tasks));
+            if let Some(work) = &work {
+                print!("{}", render_work(work));
+            }
             print!("{}", render_approvals(&approvals));
             Ok(exit::SUCCESS)
         }
