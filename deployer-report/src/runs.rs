@@ -408,8 +408,14 @@ mod tests {
             work.contains("work      1 entry pending, 3 claimed, 4 ended\n"),
             "{work}"
         );
-        assert!(work.contains("worker    us-worker:17:ab: 1 entry claimed\n"), "{work}");
-        assert!(work.contains("worker    us-worker:18:cd: 2 entries claimed\n"), "{work}");
+        assert!(
+            work.contains("worker    us-worker:17:ab: 1 entry claimed\n"),
+            "{work}"
+        );
+        assert!(
+            work.contains("worker    us-worker:18:cd: 2 entries claimed\n"),
+            "{work}"
+        );
         assert!(
             work.contains("waiting: hosts in zone eu have no live worker (zones served: us)\n"),
             "{work}"

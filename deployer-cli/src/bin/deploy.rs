@@ -45,8 +45,8 @@ use deployer_core::{ResumeOptions, RunId, RunState, Runs, RunsError, StoreError,
 use deployer_release::{HostStatus, LockVerdict, PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
-    JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run, render_work,
-    render_runs, stage_estimates, to_dot,
+    JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run,
+    render_runs, render_work, stage_estimates, to_dot,
 };
 use deployer_store::StoreUrl;
 use serde_json::Value;
