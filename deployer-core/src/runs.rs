@@ -633,8 +633,9 @@ pub trait RunStore: Send + Sync {
     /// Where run `id` stands with workers when it was submitted to them
     /// ([`WorkQueue::work_status`](crate::WorkQueue::work_status)): what a viewer shows
     /// (workers and their claims, zones no live worker serves, why it stopped). `None` for a
-    /// run never submitted and for a store without workers (the default).
-    async fn work_status(&self, id: &RunId) -> Result<Option<crate::WorkStatus>, StoreError> {
+    /// run never submitted and for a store without workers (the default). (Not named
+    /// `work_status`: a `dyn WorkQueue` would then have two methods of that name.)
+    async fn submitted_work(&self, id: &RunId) -> Result<Option<crate::WorkStatus>, StoreError> {
         let _ = id;
         Ok(None)
     }

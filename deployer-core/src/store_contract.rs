@@ -547,7 +547,7 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
     assert_eq!(tasks[0].state, TaskState::Pending, "other tasks untouched");
     assert_eq!(tasks[0].worker, None, "no worker recorded a pending task");
     assert_eq!(
-        store.work_status(&new.id).await.unwrap(),
+        store.submitted_work(&new.id).await.unwrap(),
         None,
         "a run never submitted to workers has no work status"
     );

@@ -208,7 +208,7 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
 }
 
 /// The workers part of `runs show` for a run submitted to workers
-/// ([`RunStore::work_status`](deployer_core::RunStore::work_status)): its entries pending,
+/// ([`RunStore::submitted_work`](deployer_core::RunStore::submitted_work)): its entries pending,
 /// claimed and ended, a line per worker with the entries it holds, a `waiting:` line per zone
 /// no live worker serves, and why the run stopped when it did.
 ///

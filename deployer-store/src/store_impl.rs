@@ -464,7 +464,7 @@ macro_rules! impl_run_store {
                 Ok(())
             }
 
-            async fn work_status(
+            async fn submitted_work(
                 &self,
                 id: &deployer_core::RunId,
             ) -> Result<Option<deployer_core::WorkStatus>, deployer_core::StoreError> {

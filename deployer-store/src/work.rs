@@ -71,7 +71,7 @@ macro_rules! json {
 }
 
 impl PostgresStore {
-    /// [`deployer_core::RunStore::work_status`]: the run's [`WorkQueue::work_status`] when it was submitted,
+    /// [`deployer_core::RunStore::submitted_work`]: the run's [`WorkQueue::work_status`] when it was submitted,
     /// `None` when it never was (or there is no such run).
     pub(crate) async fn submitted_work_status(
         &self,

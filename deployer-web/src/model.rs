@@ -431,7 +431,7 @@ pub(crate) async fn run_core(store: &dyn RunStore, id: &RunId) -> Result<RunCore
     let tasks = store.tasks(id).await?;
     let history = history(store, &record, &tasks).await?;
     let cancel = cancel_request(store, id).await?;
-    let work = store.work_status(id).await?.map(WorkView::of);
+    let work = store.submitted_work(id).await?.map(WorkView::of);
     let mut core = build_core(record, hosts, &tasks, &history, cancel);
     core.work = work;
     Ok(core)

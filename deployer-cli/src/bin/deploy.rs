@@ -1189,7 +1189,7 @@ async fn runs_main(
             let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
             let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
             let approvals = runs.store().approvals(&id).await.map_err(read_error)?;
-            let work = runs.store().work_status(&id).await.map_err(read_error)?;
+            let work = runs.store().submitted_work(&id).await.map_err(read_error)?;
             print!("{}", render_run(&run, &hosts, &tasks));
             if let Some(work) = &work {
                 print!("{}", render_work(work));
