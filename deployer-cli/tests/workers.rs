@@ -767,6 +767,7 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
     let id = deployer_core::submit(&*queue, &plan, "test", "tester", |_| None)
         .await
         .unwrap();
+    let seen: Arc<Mutex<Vec<deployer_core::Event>>> = Arc::new(Mutex::new(Vec::new()));
     let info = WorkerInfo {
         id: "w-fenced".into(),
         zones: Vec::new(),
@@ -778,7 +779,11 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
         Arc::new(deployer_core::fixture::FakeConnector::new()),
         info,
     )
-    .lease_ttl(Duration::from_millis(900));
+    .lease_ttl(Duration::from_millis(900))
+    .sink({
+        let seen = seen.clone();
+        Arc::new(move |e: &deployer_core::Event| seen.lock().unwrap().push(e.clone()))
+    });
     let drain = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn({
         let drain = drain.clone();
@@ -788,6 +793,26 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
     while !events.lock().unwrap().contains(&"started") {
         assert!(Instant::now() < deadline, "the entry did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker's sinks heard which worker claimed the entry before its task started.
+    {
+        let seen = seen.lock().unwrap();
+        let kinds: Vec<&deployer_core::EventKind> = seen.iter().map(|e| &e.kind).collect();
+        assert!(
+            matches!(
+                kinds.first(),
+                Some(deployer_core::EventKind::EntryClaimed { worker, host, tasks })
+                    if worker == "w-fenced" && host == "h1" && tasks == &[plan.tasks().next().unwrap().id]
+            ),
+            "{kinds:?}"
+        );
+        assert_eq!(seen[0].run_id.as_ref(), Some(&id));
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, deployer_core::EventKind::TaskStarted { .. })),
+            "{kinds:?}"
+        );
     }
     // Another claim of the entry (as after a lapse): the worker's fence is stale now.
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();

@@ -701,3 +701,28 @@ mod opt_unix_secs {
         }
     }
 }
+
+#[cfg(test)]
+mod entry_claimed_tests {
+    use super::*;
+
+    #[test]
+    fn entry_claimed_is_snake_case_json_and_counts_no_task() {
+        let kind = EventKind::EntryClaimed {
+            worker: "w-eu:12:ab".into(),
+            host: "web1".into(),
+            tasks: vec![TaskId {
+                stage: 1,
+                entry: 2,
+                step: Some(0),
+            }],
+        };
+        let json = serde_json::to_value(Event::new(Duration::ZERO, kind.clone())).unwrap();
+        assert_eq!(json["event"], "entry_claimed", "{json}");
+        assert_eq!(json["worker"], "w-eu:12:ab", "{json}");
+        assert_eq!(json["host"], "web1", "{json}");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back.kind, kind);
+        assert_eq!(TaskCategory::of_event(&kind), None);
+    }
+}
