@@ -166,6 +166,29 @@ impl World {
             .expect("start deploy --submit")
     }
 
+    /// `deploy runs show` of the run a submitter named `name` submitted (its stdout says
+    /// `submitted run ID`).
+    fn runs_show(&self, name: &str) -> String {
+        let (out, _) = self.output(name);
+        let id = out
+            .lines()
+            .find_map(|l| l.strip_prefix("submitted run "))
+            .unwrap_or_else(|| panic!("no run id in {out}"))
+            .trim()
+            .to_string();
+        let shown = deploy()
+            .args(["--store", &self.url, "runs", "show", &id])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert!(
+            shown.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        text
+    }
+
     fn output(&self, name: &str) -> (String, String) {
         let read = |ext: &str| {
             std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}")))
@@ -414,6 +437,37 @@ async fn three_workers_in_two_zones_run_a_submitted_tasklist_as_one_controller_w
             ran.push((stage, entry));
         }
     }
+    // `runs show` names the worker of each task: the one whose log says it ran the entry.
+    let by_log: HashMap<(usize, usize), String> = ["w-eu", "w-us", "w-all"]
+        .iter()
+        .flat_map(|name| runs_in(&w.worker_log(name), name))
+        .map(|(worker, stage, entry, _)| ((stage, entry), worker))
+        .collect();
+    let shown = w.runs_show("submit");
+    let task_lines: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("TASK"))
+        .collect();
+    assert!(task_lines[0].contains("WORKER"), "{shown}");
+    let mut named = 0;
+    for line in &task_lines[1..] {
+        let Some(path) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = path.strip_prefix("stages[") else {
+            continue;
+        };
+        let stage: usize = rest[..rest.find(']').unwrap()].parse().unwrap();
+        let rest = &rest[rest.find("tasks[").unwrap() + 6..];
+        let entry: usize = rest[..rest.find(']').unwrap()].parse().unwrap();
+        let worker = &by_log[&(stage, entry)];
+        assert!(
+            line.split_whitespace().any(|c| c == worker),
+            "{path} ran on {worker}, runs show says:\n{line}"
+        );
+        named += 1;
+    }
+    assert_eq!(named, e[0] + 2 * e[1] + e[2], "{shown}");
     ran.sort();
     let expected: Vec<(usize, usize)> = (0..3)
         .flat_map(|s| (0..e[s]).map(move |k| (s, k)))
@@ -569,6 +623,13 @@ async fn a_zone_no_worker_serves_is_named_within_10_seconds_and_a_cancel_ends_th
         w.lines().len() == 3
     });
     assert!(w.lines().iter().all(|l| w.zones[&l.0] == "us"));
+    // `runs show` says what the run waits for.
+    let shown = w.runs_show("submit");
+    assert!(
+        shown.contains("waiting: hosts in zone eu have no live worker (zones served: us)"),
+        "{shown}"
+    );
+    assert!(shown.contains("work      3 entries pending, "), "{shown}");
     // A SIGINT asks the workers to cancel: the run ends cancelled, exit 130.
     unsafe {
         libc::kill(submitter.id() as libc::pid_t, libc::SIGINT);
@@ -706,6 +767,7 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
     let id = deployer_core::submit(&*queue, &plan, "test", "tester", |_| None)
         .await
         .unwrap();
+    let seen: Arc<Mutex<Vec<deployer_core::Event>>> = Arc::new(Mutex::new(Vec::new()));
     let info = WorkerInfo {
         id: "w-fenced".into(),
         zones: Vec::new(),
@@ -717,7 +779,11 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
         Arc::new(deployer_core::fixture::FakeConnector::new()),
         info,
     )
-    .lease_ttl(Duration::from_millis(900));
+    .lease_ttl(Duration::from_millis(900))
+    .sink({
+        let seen = seen.clone();
+        Arc::new(move |e: &deployer_core::Event| seen.lock().unwrap().push(e.clone()))
+    });
     let drain = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn({
         let drain = drain.clone();
@@ -727,6 +793,26 @@ async fn a_worker_whose_claim_is_taken_stops_its_command_and_records_nothing_mor
     while !events.lock().unwrap().contains(&"started") {
         assert!(Instant::now() < deadline, "the entry did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker's sinks heard which worker claimed the entry before its task started.
+    {
+        let seen = seen.lock().unwrap();
+        let kinds: Vec<&deployer_core::EventKind> = seen.iter().map(|e| &e.kind).collect();
+        assert!(
+            matches!(
+                kinds.first(),
+                Some(deployer_core::EventKind::EntryClaimed { worker, host, tasks })
+                    if worker == "w-fenced" && host == "h1" && tasks == &[plan.tasks().next().unwrap().id]
+            ),
+            "{kinds:?}"
+        );
+        assert_eq!(seen[0].run_id.as_ref(), Some(&id));
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, deployer_core::EventKind::TaskStarted { .. })),
+            "{kinds:?}"
+        );
     }
     // Another claim of the entry (as after a lapse): the worker's fence is stale now.
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();

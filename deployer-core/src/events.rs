@@ -574,6 +574,16 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
     },
+    /// A worker of a distributed run ([`Worker`](crate::Worker)) claimed an entry and is about
+    /// to run it: which worker ran which tasks. It counts no task.
+    EntryClaimed {
+        /// The worker's name ([`WorkerInfo::id`](crate::WorkerInfo::id)).
+        worker: String,
+        /// The entry's host key.
+        host: String,
+        /// The entry's tasks (one, or a chain's steps in order).
+        tasks: Vec<TaskId>,
+    },
     /// The run ended.
     RunFinished {
         /// How.
@@ -689,5 +699,30 @@ mod opt_unix_secs {
                 .map(|d| Some(std::time::UNIX_EPOCH + d))
                 .map_err(serde::de::Error::custom),
         }
+    }
+}
+
+#[cfg(test)]
+mod entry_claimed_tests {
+    use super::*;
+
+    #[test]
+    fn entry_claimed_is_snake_case_json_and_counts_no_task() {
+        let kind = EventKind::EntryClaimed {
+            worker: "w-eu:12:ab".into(),
+            host: "web1".into(),
+            tasks: vec![TaskId {
+                stage: 1,
+                entry: 2,
+                step: Some(0),
+            }],
+        };
+        let json = serde_json::to_value(Event::new(Duration::ZERO, kind.clone())).unwrap();
+        assert_eq!(json["event"], "entry_claimed", "{json}");
+        assert_eq!(json["worker"], "w-eu:12:ab", "{json}");
+        assert_eq!(json["host"], "web1", "{json}");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back.kind, kind);
+        assert_eq!(TaskCategory::of_event(&kind), None);
     }
 }

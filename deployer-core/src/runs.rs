@@ -413,6 +413,9 @@ pub struct TaskRecord {
     /// Which drive of the run ([`RunRecord::drives`]) last started or ended it; `None` until
     /// one does.
     pub drive: Option<u32>,
+    /// Which worker last recorded it (a distributed run, [`crate::WorkQueue::record_task`]);
+    /// `None` when a controller drove it.
+    pub worker: Option<String>,
 }
 
 impl TaskRecord {
@@ -435,6 +438,7 @@ impl TaskRecord {
             error: None,
             finish_ts: None,
             drive: None,
+            worker: None,
         }
     }
 }
@@ -625,6 +629,16 @@ pub trait RunStore: Send + Sync {
 
     /// The cancel request stored for run `id`, if any.
     async fn cancel_request(&self, id: &RunId) -> Result<Option<CancelRequest>, StoreError>;
+
+    /// Where run `id` stands with workers when it was submitted to them
+    /// ([`WorkQueue::work_status`](crate::WorkQueue::work_status)): what a viewer shows
+    /// (workers and their claims, zones no live worker serves, why it stopped). `None` for a
+    /// run never submitted and for a store without workers (the default). (Not named
+    /// `work_status`: a `dyn WorkQueue` would then have two methods of that name.)
+    async fn submitted_work(&self, id: &RunId) -> Result<Option<crate::WorkStatus>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
 
     /// A feed of this store's changes, for viewers: it wakes after any write, by this process
     /// or another sharing the store. The default ticks every second (a store that cannot

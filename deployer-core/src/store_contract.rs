@@ -533,6 +533,7 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
     rec.output_tail = Some("x/\nx/a.txt\n[stderr] tar: unexpected EOF\n".to_string());
     rec.error = Some("`tar -xzf` exited with status 2".to_string());
     rec.drive = Some(3);
+    rec.worker = Some("eu-1:4242:x7".to_string());
     store.update_task(&new.id, &rec).await.unwrap();
     let tasks = store.tasks(&new.id).await.unwrap();
     assert_eq!(
@@ -544,6 +545,12 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
         "every field round-trips; a run's tasks come without their output"
     );
     assert_eq!(tasks[0].state, TaskState::Pending, "other tasks untouched");
+    assert_eq!(tasks[0].worker, None, "no worker recorded a pending task");
+    assert_eq!(
+        store.submitted_work(&new.id).await.unwrap(),
+        None,
+        "a run never submitted to workers has no work status"
+    );
     let fe002 = store.host_tasks(&new.id, "fe002").await.unwrap();
     assert_eq!(
         fe002,
@@ -568,6 +575,17 @@ pub async fn task_and_host_updates(store: &dyn RunStore) {
         store.host_tasks(&RunId::new(), "fe001").await,
         Err(StoreError::NotFound { .. })
     ));
+
+    let by_controller = TaskRecord {
+        worker: None,
+        ..rec.clone()
+    };
+    store.update_task(&new.id, &by_controller).await.unwrap();
+    assert_eq!(
+        store.tasks(&new.id).await.unwrap()[1].worker,
+        None,
+        "the worker is whoever recorded the task last: none when a controller did"
+    );
 
     store
         .set_run_state(&new.id, RunState::Running)

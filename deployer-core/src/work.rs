@@ -130,6 +130,9 @@ pub struct WorkStatus {
     pub ended: usize,
     /// Zones of pending entries that no live worker serves (a run waiting for them says so).
     pub unserved_zones: Vec<String>,
+    /// The zones live workers serve, sorted (a worker serving every zone adds none): what a
+    /// run waiting for [`unserved_zones`](Self::unserved_zones) shows next to them.
+    pub served_zones: Vec<String>,
     /// Whether the run aborts (a failure or a cancel): nothing new is claimed.
     pub aborting: bool,
     /// Why the run stopped waiting, when it did (an interrupted entry that is not idempotent).

@@ -338,6 +338,18 @@ impl EntryRun {
             claim.run,
             claim.host
         );
+        let mut claimed = Event::new(
+            Duration::ZERO,
+            EventKind::EntryClaimed {
+                worker: w.info.id.clone(),
+                host: claim.host.clone(),
+                tasks: claim.tasks.clone(),
+            },
+        );
+        claimed.run_id = Some(claim.run.clone());
+        for sink in &w.sinks {
+            sink.event(&claimed);
+        }
         let (plan, drive) = match w.plan_of(&self.plans, &claim.run).await {
             Ok(p) => p,
             Err(message) => {

@@ -72,7 +72,7 @@ pub use log::TracingSink;
 #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
 pub use progress::Progress;
 pub use recap::{HostSummary, RECAP_GROUP_ABOVE, Recap, Summary};
-pub use runs::{render_approvals, render_run, render_runs};
+pub use runs::{render_approvals, render_run, render_runs, render_work};
 
 /// Re-exported so a host application draws on the same indicatif version as [`Progress`].
 #[cfg(feature = "progress")]

@@ -184,6 +184,20 @@ impl EventSink for TracingSink {
             EventKind::StageSkipped { name, .. } => {
                 log_at!(Level::WARN, "*", "*", "Skipping stage: {name}")
             }
+            EventKind::EntryClaimed {
+                worker,
+                host,
+                tasks,
+            } => {
+                let ids: Vec<String> = tasks.iter().map(ToString::to_string).collect();
+                log_at!(
+                    Level::INFO,
+                    host.as_str(),
+                    "*",
+                    "Worker {worker} claimed {}",
+                    ids.join(", ")
+                )
+            }
             EventKind::RunFinished { outcome, duration } => {
                 let level = if *outcome == deployer_core::RunOutcome::Succeeded {
                     Level::INFO

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use deployer_core::{
-    Approval, HostRecord, ListedRun, RunRecord, TaskCategory, TaskCounts, TaskRecord,
+    Approval, HostRecord, ListedRun, RunRecord, TaskCategory, TaskCounts, TaskRecord, WorkStatus,
 };
 
 fn ts(t: Option<std::time::SystemTime>) -> String {
@@ -162,15 +162,25 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
         crate::columns::cells(&mut s, &columns, counts);
         s.push('\n');
     }
-    let _ = writeln!(
+    // A WORKER column only for a run workers ran (some task names its worker).
+    let worker_width = tasks
+        .iter()
+        .filter_map(|t| t.worker.as_ref().map(String::len))
+        .max()
+        .map(|w| w.max(6));
+    let _ = write!(
         s,
-        "\n{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  ERROR",
+        "\n{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  ",
         "TASK", "HOST", "COMMAND", "STATE", "TRY", "EXIT"
     );
+    if let Some(ww) = worker_width {
+        let _ = write!(s, "{:<ww$}  ", "WORKER");
+    }
+    s.push_str("ERROR\n");
     for t in tasks {
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  {}",
+            "{:<24}  {:<width$}  {:<20}  {:<11}  {:>3}  {:>4}  ",
             t.id.to_string(),
             t.host,
             t.command,
@@ -179,6 +189,13 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
             t.exit_status
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
+        );
+        if let Some(ww) = worker_width {
+            let _ = write!(s, "{:<ww$}  ", t.worker.as_deref().unwrap_or("-"));
+        }
+        let _ = writeln!(
+            s,
+            "{}",
             t.error
                 .as_deref()
                 .unwrap_or("")
@@ -186,6 +203,67 @@ pub fn render_run(run: &RunRecord, hosts: &[HostRecord], tasks: &[TaskRecord]) -
                 .next()
                 .unwrap_or("")
         );
+    }
+    s
+}
+
+/// The workers part of `runs show` for a run submitted to workers
+/// ([`RunStore::submitted_work`](deployer_core::RunStore::submitted_work)): its entries pending,
+/// claimed and ended, a line per worker with the entries it holds, a `waiting:` line per zone
+/// no live worker serves, and why the run stopped when it did.
+///
+/// ```
+/// use deployer_core::WorkStatus;
+/// use deployer_report::render_work;
+/// let status = WorkStatus {
+///     pending: 2,
+///     claimed: vec![("w1".into(), 1)],
+///     unserved_zones: vec!["eu".into()],
+///     served_zones: vec!["us".into()],
+///     ..WorkStatus::default()
+/// };
+/// let text = render_work(&status);
+/// assert!(text.contains("w1"), "{text}");
+/// assert!(
+///     text.contains("waiting: hosts in zone eu have no live worker (zones served: us)"),
+///     "{text}"
+/// );
+/// ```
+pub fn render_work(status: &WorkStatus) -> String {
+    let mut s = String::new();
+    let claimed: usize = status.claimed.iter().map(|(_, n)| n).sum();
+    let _ = writeln!(
+        s,
+        "\nwork      {} entr{} pending, {claimed} claimed, {} ended{}",
+        status.pending,
+        if status.pending == 1 { "y" } else { "ies" },
+        status.ended,
+        if status.aborting {
+            " (aborting: nothing new is claimed)"
+        } else {
+            ""
+        }
+    );
+    for (worker, n) in &status.claimed {
+        let _ = writeln!(
+            s,
+            "worker    {worker}: {n} entr{} claimed",
+            if *n == 1 { "y" } else { "ies" }
+        );
+    }
+    let served = if status.served_zones.is_empty() {
+        "none".to_string()
+    } else {
+        status.served_zones.join(", ")
+    };
+    for zone in &status.unserved_zones {
+        let _ = writeln!(
+            s,
+            "waiting: hosts in zone {zone} have no live worker (zones served: {served})"
+        );
+    }
+    if let Some(why) = &status.stopped {
+        let _ = writeln!(s, "stopped: {why}");
     }
     s
 }
@@ -271,4 +349,88 @@ pub fn render_approvals(approvals: &[Approval]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deployer_core::{
+        CommandRegistry, MemoryStore, NewRun, Plan, RunStore, Stage, Task, TaskState, Tasklist,
+    };
+
+    #[tokio::test]
+    async fn a_run_of_workers_names_them_and_the_zones_it_waits_for() {
+        let mut commands = CommandRegistry::new();
+        commands.register_fn("noop", |_| Ok(Box::new(deployer_core::fixture::Noop)));
+        let tasklist = Tasklist::new("zones").stage(Stage::new("all", 2).tasks(vec![
+            Task::new("noop").on("us001"),
+            Task::new("noop").on("eu001"),
+        ]));
+        let plan = Plan::build(&tasklist, &commands).unwrap();
+        let store = MemoryStore::new();
+        let run = store
+            .create_run(NewRun::from_plan(&plan, "test", "alice"))
+            .await
+            .unwrap();
+        let mut tasks = store.tasks(&run.id).await.unwrap();
+        tasks[0].state = TaskState::Succeeded;
+        tasks[0].worker = Some("us-worker:17:ab".into());
+        let text = render_run(&run, &store.hosts(&run.id).await.unwrap(), &tasks);
+        let task_lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("TASK"))
+            .collect();
+        assert!(task_lines[0].contains("WORKER"), "{text}");
+        assert!(
+            task_lines[1].contains("us001") && task_lines[1].contains("us-worker:17:ab"),
+            "the task a worker recorded names it:\n{text}"
+        );
+        assert!(
+            task_lines[2].contains("eu001") && task_lines[2].contains("  -  "),
+            "a task no worker recorded says so:\n{text}"
+        );
+        // A run no worker touched has no WORKER column.
+        tasks[0].worker = None;
+        let plain = render_run(&run, &store.hosts(&run.id).await.unwrap(), &tasks);
+        assert!(!plain.contains("WORKER"), "{plain}");
+
+        let status = WorkStatus {
+            pending: 1,
+            claimed: vec![("us-worker:17:ab".into(), 1), ("us-worker:18:cd".into(), 2)],
+            ended: 4,
+            unserved_zones: vec!["eu".into()],
+            served_zones: vec!["us".into()],
+            aborting: false,
+            stopped: Some("entry stages[0].tasks[1] on eu001 was interrupted".into()),
+        };
+        let work = render_work(&status);
+        assert!(
+            work.contains("work      1 entry pending, 3 claimed, 4 ended\n"),
+            "{work}"
+        );
+        assert!(
+            work.contains("worker    us-worker:17:ab: 1 entry claimed\n"),
+            "{work}"
+        );
+        assert!(
+            work.contains("worker    us-worker:18:cd: 2 entries claimed\n"),
+            "{work}"
+        );
+        assert!(
+            work.contains("waiting: hosts in zone eu have no live worker (zones served: us)\n"),
+            "{work}"
+        );
+        assert!(
+            work.contains("stopped: entry stages[0].tasks[1] on eu001 was interrupted\n"),
+            "{work}"
+        );
+        let none_live = render_work(&WorkStatus {
+            unserved_zones: vec!["eu".into()],
+            ..WorkStatus::default()
+        });
+        assert!(
+            none_live.contains("hosts in zone eu have no live worker (zones served: none)"),
+            "{none_live}"
+        );
+    }
 }

@@ -543,6 +543,7 @@ pub(crate) fn task_record(run: &RunId, row: &impl RowExt) -> Result<TaskRecord, 
         error: f.opt_text("error")?,
         finish_ts: f.opt_time("finish_ts")?,
         drive: f.opt_count("drive")?,
+        worker: f.opt_text("worker")?,
     })
 }
 

@@ -219,6 +219,16 @@ fn busy(e: &sqlx::Error) -> bool {
     }
 }
 
+impl SqliteStore {
+    /// SQLite stays single-controller: no run is ever submitted to workers.
+    async fn submitted_work_status(
+        &self,
+        _run: &deployer_core::RunId,
+    ) -> Result<Option<deployer_core::WorkStatus>, StoreError> {
+        Ok(None)
+    }
+}
+
 impl_run_store!(
     SqliteStore,
     db: sqlx::Sqlite,

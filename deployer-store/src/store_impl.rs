@@ -266,7 +266,7 @@ macro_rules! impl_run_store {
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
                      started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive, \
-                     CAST(NULL AS TEXT) AS output_tail FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
+                     worker, CAST(NULL AS TEXT) AS output_tail FROM run_tasks WHERE run_id = $1 ORDER BY stage, entry, step",
                 )
                 .bind(id.as_str())
                 .fetch_all(&mut *tx)
@@ -287,7 +287,7 @@ macro_rules! impl_run_store {
                 let rows = sqlx::query(
                     "SELECT stage, entry, step, host, tag, command, history_key, state, attempts, \
                      started_ts, finished_ts, duration_us, exit_status, stderr_tail, error, finish_ts, drive, \
-                     output_tail FROM run_tasks WHERE run_id = $1 AND host = $2 \
+                     worker, output_tail FROM run_tasks WHERE run_id = $1 AND host = $2 \
                      ORDER BY stage, entry, step",
                 )
                 .bind(id.as_str())
@@ -464,6 +464,13 @@ macro_rules! impl_run_store {
                 Ok(())
             }
 
+            async fn submitted_work(
+                &self,
+                id: &deployer_core::RunId,
+            ) -> Result<Option<deployer_core::WorkStatus>, deployer_core::StoreError> {
+                self.submitted_work_status(id).await
+            }
+
             async fn update_task(
                 &self,
                 id: &deployer_core::RunId,
@@ -480,8 +487,8 @@ macro_rules! impl_run_store {
                     "run_id",
                     "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
                      history_key, state, attempts, started_ts, finished_ts, duration_us, \
-                     exit_status, stderr_tail, error, finish_ts, drive, output_tail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                     exit_status, stderr_tail, error, finish_ts, drive, output_tail, worker) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
                      ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
                      host = excluded.host, tag = excluded.tag, command = excluded.command, \
                      history_key = excluded.history_key, state = excluded.state, \
@@ -489,7 +496,7 @@ macro_rules! impl_run_store {
                      finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
                      exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
                      error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive, \
-                     output_tail = excluded.output_tail"
+                     output_tail = excluded.output_tail, worker = excluded.worker"
                 ))
                 .bind(id.as_str())
                 .bind(stage)
@@ -510,6 +517,7 @@ macro_rules! impl_run_store {
                 .bind(task.finish_ts.map(micros))
                 .bind(task.drive.map(i64::from))
                 .bind(crate::sql::opt_text(task.output_tail.as_deref()))
+                .bind(crate::sql::opt_text(task.worker.as_deref()))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| backend(doing.as_str(), e))?;

@@ -71,6 +71,26 @@ macro_rules! json {
 }
 
 impl PostgresStore {
+    /// [`deployer_core::RunStore::submitted_work`]: the run's [`WorkQueue::work_status`] when it was submitted,
+    /// `None` when it never was (or there is no such run).
+    pub(crate) async fn submitted_work_status(
+        &self,
+        run: &RunId,
+    ) -> Result<Option<WorkStatus>, StoreError> {
+        let doing = format!("read whether run {run} was submitted to workers");
+        let submitted = sqlx::query("SELECT 1 AS one FROM run_work WHERE run_id = $1")
+            .bind(run.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| backend(doing.as_str(), e))?;
+        match submitted {
+            Some(_) => WorkQueue::work_status(self, run).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl PostgresStore {
     async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
         self.pool
             .begin()
@@ -856,6 +876,18 @@ impl WorkQueue for PostgresStore {
         .map_err(|e| backend(doing, e))?;
         for row in &zones {
             status.unserved_zones.push(row.text("zone")?);
+        }
+        let served = sqlx::query(concat!(
+            "SELECT DISTINCT jsonb_array_elements_text(CAST(zones AS jsonb)) AS zone \
+             FROM workers WHERE heartbeat_expires > ",
+            now!(),
+            " ORDER BY zone"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &served {
+            status.served_zones.push(row.text("zone")?);
         }
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(status)

@@ -60,6 +60,18 @@ async fn each_task_records_the_worker_that_ran_it() {
             .await
             .unwrap();
     assert_eq!(worker.as_deref(), Some("w-7"));
+    // And read back: the record names the claim's worker, whatever the record said.
+    assert_eq!(task.worker, None);
+    assert_eq!(
+        q.tasks(&run).await.unwrap()[0].worker.as_deref(),
+        Some("w-7")
+    );
+    assert_eq!(
+        q.host_tasks(&run, "web1").await.unwrap()[0]
+            .worker
+            .as_deref(),
+        Some("w-7")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

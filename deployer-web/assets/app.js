@@ -76,6 +76,42 @@
       cancelled.textContent = "cancel requested by " + d.cancel_requested.by + " at " + d.cancel_requested.at;
       cancelled.hidden = false;
     }
+    var work = document.getElementById("work-status");
+    if (work && "work" in d) {
+      while (work.firstChild) {
+        work.removeChild(work.firstChild);
+      }
+      var w = d.work;
+      work.hidden = !w;
+      if (w) {
+        var para = function (cls, text) {
+          var p = document.createElement("p");
+          p.className = cls;
+          p.textContent = text;
+          work.appendChild(p);
+        };
+        (w.waiting || []).forEach(function (line) { para("notice waiting", "waiting: " + line); });
+        if (w.stopped) {
+          para("notice stopped", "stopped: " + w.stopped);
+        }
+        var claimed = 0;
+        (w.claimed || []).forEach(function (c) { claimed += c.entries; });
+        para("work-counts", "work: " + w.pending + " pending · " + claimed + " claimed · " + w.ended + " ended" +
+          (w.aborting ? " · aborting: nothing new is claimed" : ""));
+        var ul = document.createElement("ul");
+        ul.className = "workers";
+        (w.claimed || []).forEach(function (c) {
+          var li = document.createElement("li");
+          li.setAttribute("data-worker", c.worker);
+          var code = document.createElement("code");
+          code.textContent = c.worker;
+          li.appendChild(code);
+          li.appendChild(document.createTextNode(": " + c.entries + " claimed"));
+          ul.appendChild(li);
+        });
+        work.appendChild(ul);
+      }
+    }
     var cancel = document.getElementById("cancel-form");
     if (cancel && (d.finished || d.cancel_requested)) {
       cancel.hidden = true;

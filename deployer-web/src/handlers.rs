@@ -957,6 +957,10 @@ async fn logout(
     r
 }
 
+/// How often the event stream of a submitted run looks again without a change: workers
+/// whose heartbeats lapse write nothing.
+const WORK_LOOK_EVERY: Duration = Duration::from_secs(3);
+
 /// The run's live state that the event stream compares between looks.
 #[derive(Debug, Clone, PartialEq)]
 struct Live {
@@ -969,6 +973,7 @@ struct Live {
     hosts: std::collections::HashMap<String, deployer_core::HostState>,
     cancel: Option<model::CancelView>,
     pending: Vec<String>,
+    work: Option<model::WorkView>,
 }
 
 async fn look(store: &dyn RunStore, id: &RunId) -> Result<(Live, model::RunCore), StoreError> {
@@ -1007,6 +1012,7 @@ async fn look(store: &dyn RunStore, id: &RunId) -> Result<(Live, model::RunCore)
             .collect(),
         cancel: core.cancel_requested.clone(),
         pending,
+        work: core.work.clone(),
     };
     Ok((live, core))
 }
@@ -1046,6 +1052,7 @@ fn delta(before: Option<&Live>, now: &Live, core: &model::RunCore) -> serde_json
         "hosts": hosts,
         "cancel_requested": now.cancel,
         "approvals_pending": now.pending,
+        "work": now.work,
     })
 }
 
@@ -1082,8 +1089,17 @@ async fn run_events(
             return None;
         }
         loop {
-            if st.last.is_some() {
-                st.feed.changed().await;
+            match &st.last {
+                // A submitted run's zones lose their workers without a write: look again
+                // now and then, so a waiting run says so within seconds.
+                Some(last) if last.work.is_some() => {
+                    tokio::select! {
+                        _ = st.feed.changed() => {}
+                        _ = tokio::time::sleep(WORK_LOOK_EVERY) => {}
+                    }
+                }
+                Some(_) => st.feed.changed().await,
+                None => {}
             }
             match look(st.store.as_ref(), &st.id).await {
                 Ok((live, core)) => {

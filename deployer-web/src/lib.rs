@@ -13,9 +13,9 @@
 //! | route (under the mount point) | what |
 //! |---|---|
 //! | `GET /` | runs, newest first, paginated (`?page=`), filtered by `state`, `user`, `name` (substring), `since` / `until` (RFC 3339 or `2025-01-31`), with outcome counts and duration |
-//! | `GET /runs/{id}` | a run: stages as rows, each stage's hosts as a grid of cells coloured by state, progress and ETA from history, failures (command, arguments with secrets as `***`, exit status, error, stderr tail), approvals with Approve / Reject, Cancel |
+//! | `GET /runs/{id}` | a run: stages as rows, each stage's hosts as a grid of cells coloured by state, progress and ETA from history, failures (command, arguments with secrets as `***`, exit status, error, stderr tail), approvals with Approve / Reject, Cancel; for a run submitted to workers, `#work-status`: zones no live worker serves, why it stopped, each worker with the entries it holds |
 //! | `GET /runs/{id}/events` | Server-Sent Events: the run's changed host / stage states and counts as JSON |
-//! | `GET /runs/{id}/hosts/{host}` | one host's tasks in a run, each with its output tail |
+//! | `GET /runs/{id}/hosts/{host}` | one host's tasks in a run, each with its output tail and the worker that recorded it (`worker`, `null` when a controller drove it) |
 //! | `POST /runs/{id}/decide` | form `step`, `decision` (`approve` / `reject`), `comment`, `csrf` |
 //! | `POST /runs/{id}/cancel` | form `csrf` |
 //! | `GET /hosts/{host}` | a host across runs: run, name, when, by whom, state |
@@ -42,7 +42,11 @@
 //! "stages": [{"index": 0, "state": "running", "done": 3, "total": 4}],
 //! "cells": [{"stage": 0, "host": "web1", "state": "done"}],
 //! "hosts": [{"host": "web1", "state": "DONE"}], "cancel_requested": null,
-//! "approvals_pending": ["deploy/approve"]}`; the stream ends after the event that says
+//! "approvals_pending": ["deploy/approve"], "work": null}` (`work`, for a run submitted to
+//! workers: `{"pending": 1, "ended": 4, "claimed": [{"worker": "w1", "entries": 2}],
+//! "unserved_zones": ["eu"], "served_zones": ["us"], "aborting": false, "stopped": null,
+//! "waiting": ["hosts in zone eu have no live worker (zones served: us)"]}`, also in the run's
+//! JSON; its stream looks again every 3 s, as workers that die write nothing); the stream ends after the event that says
 //! `"finished": true`. `GET /approvals/events` sends `approvals` events
 //! (`{"pending": [{"run": "…", "step": "…"}]}`) whenever the pending list changes.
 //!

@@ -328,6 +328,57 @@ pub(crate) struct RunCore {
     pub failures: Vec<Failure>,
     pub failures_total: usize,
     pub cancel_requested: Option<CancelView>,
+    /// Where the run stands with workers when it was submitted to them; `None` otherwise.
+    pub work: Option<WorkView>,
+}
+
+/// A worker and the entries of the run it holds now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct WorkerClaims {
+    pub worker: String,
+    pub entries: usize,
+}
+
+/// A submitted run's work status ([`deployer_core::WorkStatus`]) as the run page shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct WorkView {
+    pub pending: usize,
+    pub ended: usize,
+    pub claimed: Vec<WorkerClaims>,
+    pub unserved_zones: Vec<String>,
+    pub served_zones: Vec<String>,
+    pub aborting: bool,
+    pub stopped: Option<String>,
+    /// A notice per unserved zone: `hosts in zone eu have no live worker (zones served: us)`.
+    pub waiting: Vec<String>,
+}
+
+impl WorkView {
+    pub(crate) fn of(w: deployer_core::WorkStatus) -> WorkView {
+        let served = if w.served_zones.is_empty() {
+            "none".to_string()
+        } else {
+            w.served_zones.join(", ")
+        };
+        WorkView {
+            waiting: w
+                .unserved_zones
+                .iter()
+                .map(|z| format!("hosts in zone {z} have no live worker (zones served: {served})"))
+                .collect(),
+            pending: w.pending,
+            ended: w.ended,
+            claimed: w
+                .claimed
+                .into_iter()
+                .map(|(worker, entries)| WorkerClaims { worker, entries })
+                .collect(),
+            unserved_zones: w.unserved_zones,
+            served_zones: w.served_zones,
+            aborting: w.aborting,
+            stopped: w.stopped,
+        }
+    }
 }
 
 /// The most failures a page lists (the rest are on the host pages).
@@ -380,7 +431,10 @@ pub(crate) async fn run_core(store: &dyn RunStore, id: &RunId) -> Result<RunCore
     let tasks = store.tasks(id).await?;
     let history = history(store, &record, &tasks).await?;
     let cancel = cancel_request(store, id).await?;
-    Ok(build_core(record, hosts, &tasks, &history, cancel))
+    let work = store.submitted_work(id).await?.map(WorkView::of);
+    let mut core = build_core(record, hosts, &tasks, &history, cancel);
+    core.work = work;
+    Ok(core)
 }
 
 /// The average durations of the history keys of the tasks still to finish.
@@ -542,6 +596,7 @@ pub(crate) fn build_core(
         failures,
         failures_total,
         cancel_requested: cancel,
+        work: None,
     }
 }
 
@@ -618,6 +673,8 @@ pub(crate) struct HostTask {
     pub error: Option<String>,
     pub stderr_tail: Option<String>,
     pub output_tail: Option<String>,
+    /// Which worker last recorded it (a distributed run); `None` when a controller drove it.
+    pub worker: Option<String>,
 }
 
 /// A host within one run.
@@ -666,6 +723,7 @@ pub(crate) async fn run_host(
             error: t.error.clone(),
             stderr_tail: t.stderr_tail.clone(),
             output_tail: t.output_tail.clone(),
+            worker: t.worker.clone(),
         })
         .collect();
     if state.is_none() && tasks.is_empty() {

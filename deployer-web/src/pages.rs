@@ -217,6 +217,27 @@ pub(crate) fn run(ctx: &Ctx, p: &RunPage) -> Markup {
             } @else {
                 p #cancel-requested.notice hidden {}
             }
+            div #work-status hidden[c.work.is_none()] {
+                @if let Some(w) = &c.work {
+                    @for line in &w.waiting {
+                        p.notice.waiting { "waiting: " (line) }
+                    }
+                    @if let Some(why) = &w.stopped {
+                        p.notice.stopped { "stopped: " (why) }
+                    }
+                    p.work-counts {
+                        "work: " (w.pending) " pending · "
+                        (w.claimed.iter().map(|c| c.entries).sum::<usize>()) " claimed · "
+                        (w.ended) " ended"
+                        @if w.aborting { " · aborting: nothing new is claimed" }
+                    }
+                    ul.workers {
+                        @for c in &w.claimed {
+                            li data-worker=(c.worker) { code { (c.worker) } ": " (c.entries) " claimed" }
+                        }
+                    }
+                }
+            }
             @if p.can_cancel {
                 form #cancel-form method="post" action=(run_url("/cancel")) {
                     input type="hidden" name="csrf" value=[ctx.csrf.as_deref()];
@@ -309,6 +330,7 @@ pub(crate) fn run_host(ctx: &Ctx, v: &RunHostView) -> Markup {
                         " · " (t.attempts) " attempt(s) · started " (opt(&t.started))
                         " · took " (dur(t.duration_secs))
                         @if let Some(s) = t.exit_status { " · exit status " (s) }
+                        @if let Some(w) = &t.worker { " · worker " code.worker { (w) } }
                     }
                     p { "arguments " code.args { (t.args) } }
                     @if let Some(e) = &t.error { p.error { (e) } }

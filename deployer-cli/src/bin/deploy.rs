@@ -46,7 +46,7 @@ use deployer_release::{HostStatus, LockVerdict, PlanAction, ReleaseGenerator};
 use deployer_remote::{SshConnector, SshOptions};
 use deployer_report::{
     JsonLines, LogFormat, Progress, Summary, TracingSink, render_approvals, render_run,
-    render_runs, stage_estimates, to_dot,
+    render_runs, render_work, stage_estimates, to_dot,
 };
 use deployer_store::StoreUrl;
 use serde_json::Value;
@@ -1189,7 +1189,11 @@ async fn runs_main(
             let hosts = runs.store().hosts(&id).await.map_err(read_error)?;
             let tasks = runs.store().tasks(&id).await.map_err(read_error)?;
             let approvals = runs.store().approvals(&id).await.map_err(read_error)?;
+            let work = runs.store().submitted_work(&id).await.map_err(read_error)?;
             print!("{}", render_run(&run, &hosts, &tasks));
+            if let Some(work) = &work {
+                print!("{}", render_work(work));
+            }
             print!("{}", render_approvals(&approvals));
             Ok(exit::SUCCESS)
         }

@@ -207,6 +207,11 @@ pub async fn the_first_claim_starts_the_run_and_the_last_end_finishes_it(store: 
         store.work_status(&plain_id).await.unwrap(),
         WorkStatus::default()
     );
+    assert_eq!(
+        RunStore::submitted_work(&*store, &plain_id).await.unwrap(),
+        None,
+        "a viewer shows nothing about workers for it"
+    );
     // Purging a finished run takes its work along.
     store
         .purge_finished(std::time::SystemTime::now() + Duration::from_secs(1))
@@ -682,12 +687,26 @@ pub async fn unserved_zones_are_those_without_a_live_worker(store: Queue) {
         store.work_status(&run).await.unwrap().unserved_zones,
         ["ap"]
     );
+    assert_eq!(
+        store.work_status(&run).await.unwrap().served_zones,
+        ["eu", "us"],
+        "the zones live workers serve"
+    );
+    assert_eq!(
+        RunStore::submitted_work(&*store, &run)
+            .await
+            .unwrap()
+            .map(|w| w.unserved_zones),
+        Some(vec!["ap".to_string()]),
+        "viewers holding a RunStore see the same"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         store.work_status(&run).await.unwrap().unserved_zones,
         ["ap", "us"],
         "a worker whose heartbeat lapsed serves nothing"
     );
+    assert_eq!(store.work_status(&run).await.unwrap().served_zones, ["eu"]);
     // A claimed entry's zone is not waiting.
     let eu = WorkQueue::claim(&*store, &worker("eu-w", &["eu"]), LONG)
         .await
