@@ -719,8 +719,15 @@ async fn a_recorded_job_keeps_durations_per_book_step() {
     );
 }
 
-#[tokio::test]
-async fn a_manual_step_waits_for_its_acknowledgement() {
+/// The `backup` job started in the background with `options`, returned once its manual step
+/// (`backup/verify`) waits; what ran so far is in `seen`.
+async fn backup_job_at_its_manual_step(
+    acks: &Acknowledgements,
+    options: RunOptions,
+) -> (
+    tokio::task::JoinHandle<(Job, Result<RunReport, BookError>)>,
+    Seen,
+) {
     let (commands, seen) = registry();
     let lib = library();
     let mut job = build(&lib, "backup").await;
@@ -729,15 +736,13 @@ async fn a_manual_step_waits_for_its_acknowledgement() {
         Executor::new(Arc::new(FakeConnector::new())).sink(sink),
         &commands,
     );
-    let acks = Acknowledgements::new();
     let waiting = {
         let acks = acks.clone();
         tokio::spawn(async move {
-            let report = runner.run(&mut job, &acks, RunOptions::default()).await;
+            let report = runner.run(&mut job, &acks, options).await;
             (job, report)
         })
     };
-    // Wait until the manual task has started, then acknowledge it.
     loop {
         let e = events.recv().await.unwrap();
         if let EventKind::TaskStarted { task, .. } = &e.kind
@@ -747,6 +752,13 @@ async fn a_manual_step_waits_for_its_acknowledgement() {
             break;
         }
     }
+    (waiting, seen)
+}
+
+#[tokio::test]
+async fn a_manual_step_waits_for_its_acknowledgement() {
+    let acks = Acknowledgements::new();
+    let (waiting, seen) = backup_job_at_its_manual_step(&acks, RunOptions::default()).await;
     assert_eq!(seen.lock().unwrap().len(), 2);
     assert!(!acks.is_acknowledged("backup/verify"));
     acks.acknowledge("backup/verify");
@@ -1639,35 +1651,13 @@ fn approval_keys_in_book_files_are_checked_with_where() {
 /// up at once: the job ends cancelled, the steps after it never run.
 #[tokio::test]
 async fn a_first_cancel_ends_a_manual_step_waiting_for_a_decision() {
-    let (commands, seen) = registry();
-    let lib = library();
-    let mut job = build(&lib, "backup").await;
-    let (sink, mut events) = ChannelSink::new();
-    let runner = JobRunner::new(
-        Executor::new(Arc::new(FakeConnector::new())).sink(sink),
-        &commands,
-    );
     let acks = Acknowledgements::new();
     let cancel = CancelHandle::new();
     let options = RunOptions {
         cancel: cancel.clone(),
         ..RunOptions::default()
     };
-    let waiting = {
-        let acks = acks.clone();
-        tokio::spawn(async move {
-            let report = runner.run(&mut job, &acks, options).await;
-            (job, report)
-        })
-    };
-    loop {
-        let e = events.recv().await.unwrap();
-        if let EventKind::TaskStarted { task, .. } = &e.kind
-            && task.command == MANUAL_COMMAND
-        {
-            break;
-        }
-    }
+    let (waiting, seen) = backup_job_at_its_manual_step(&acks, options).await;
     cancel.cancel();
     let (job, report) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

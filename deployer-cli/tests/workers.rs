@@ -7,7 +7,7 @@
 //! an entry is read from the workers' logs (`worker W runs stages[s].tasks[e] of run R on H`).
 
 #[allow(dead_code)]
-#[path = "common/pg.rs"]
+#[path = "../../deployer-store/tests/common/pg.rs"]
 mod pg;
 
 use std::collections::{BTreeMap, HashMap};
