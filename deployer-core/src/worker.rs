@@ -30,7 +30,7 @@ use crate::work::{Claim, EntryOutcome, WorkQueue, WorkerInfo};
 ///   claimable waits for the store's change feed ([`RunStore::changes`](crate::RunStore::changes):
 ///   LISTEN/NOTIFY on PostgreSQL) or its next heartbeat — it never polls in a loop.
 /// * Each claimed entry runs through the real [`Executor`] (the run's stored tasklist, planned
-///   with this worker's commands and cached per run; every other task of the plan skipped),
+///   with this worker's commands and cached per run; only that entry: `RunOptions::entry`),
 ///   so retries, timeouts, chains and output redaction are a single controller's. Every task
 ///   record is written through [`WorkQueue::record_task`] under the claim's fence; the entry
 ///   ends with [`WorkQueue::finish_entry`].
@@ -372,11 +372,6 @@ impl EntryRun {
             }
         };
         let ours: HashSet<TaskId> = claim.tasks.iter().copied().collect();
-        let skip: HashSet<TaskId> = plan
-            .tasks()
-            .map(|t| t.id)
-            .filter(|id| !ours.contains(id))
-            .collect();
         let cancel = CancelHandle::new();
         let lost = Arc::new(AtomicBool::new(false));
         let tails = Arc::new(OutputTails::default());
@@ -424,7 +419,8 @@ impl EntryRun {
                 &plan,
                 RunOptions {
                     cancel,
-                    skip,
+                    // Only the claimed entry: its cost, whatever the size of the plan.
+                    entry: Some((claim.stage, claim.entry)),
                     run_id: Some(claim.run.clone()),
                     ..RunOptions::default()
                 },

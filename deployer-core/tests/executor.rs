@@ -576,3 +576,73 @@ async fn commands_run_against_the_tasks_host() {
     assert_eq!(connector.fake("local").commands(), ["echo local"]);
     assert_eq!(connector.connects("fe001"), 1);
 }
+
+/// `RunOptions::entry` runs one entry of the plan (a chain here) and nothing else: no other
+/// task starts, is reported or is counted, whatever stage it is in.
+#[tokio::test]
+async fn a_single_entry_runs_alone() {
+    let (commands, tracker) = registry();
+    let tasklist = Tasklist::new("big")
+        .stage(
+            Stage::new("first", 4).tasks((0..50).map(|i| work(&format!("h{i}"), &format!("a{i}")))),
+        )
+        .stage(
+            Stage::new("second", 4)
+                .task(work("h1", "b0"))
+                .task(vec![work("h2", "b1-step0"), work("h2", "b1-step1")]),
+        )
+        .stage(Stage::new("third", 4).task(work("h3", "c0")));
+    let plan = Plan::build(&tasklist, &commands).unwrap();
+    let log = Arc::new(EventLog::new());
+    let report = executor(&log)
+        .run_with(
+            &plan,
+            RunOptions {
+                entry: Some((1, 1)),
+                ..RunOptions::default()
+            },
+        )
+        .await;
+    assert!(report.succeeded(), "{:?}", report.failures);
+    assert_eq!(
+        tracker.order(),
+        ["b1-step0", "b1-step1"],
+        "only the chain ran, in order"
+    );
+    assert_eq!(
+        report.counts.total(),
+        2,
+        "only its tasks are counted: {}",
+        report.counts
+    );
+    assert_eq!(log.started(), [id(1, 1, Some(0)), id(1, 1, Some(1))]);
+    let ended_elsewhere = log.kinds().into_iter().filter(|k| {
+        matches!(
+            k,
+            EventKind::TaskNotRun { .. }
+                | EventKind::TaskDoneEarlier { .. }
+                | EventKind::TaskDropped { .. }
+        )
+    });
+    assert_eq!(ended_elsewhere.count(), 0, "no event for the other tasks");
+
+    // A failing entry fails the report, still alone.
+    let failing = Tasklist::new("f").stage(
+        Stage::new("s", 2)
+            .task(work("h1", "ok"))
+            .task(work("h2", "bad").arg("fail", true)),
+    );
+    let (commands, tracker) = registry();
+    let plan = Plan::build(&failing, &commands).unwrap();
+    let report = executor(&Arc::new(EventLog::new()))
+        .run_with(
+            &plan,
+            RunOptions {
+                entry: Some((0, 1)),
+                ..RunOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert_eq!(tracker.order(), ["bad"]);
+}

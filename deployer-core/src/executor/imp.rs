@@ -137,6 +137,7 @@ impl Executor {
             default_timeout: self.default_timeout,
             hard: options.cancel.hard.clone(),
             graceful: options.cancel.graceful.clone(),
+            only: options.entry,
             skip: options.skip,
             targets: options.targets,
             quiet: Arc::new(|_, _: &str| {}),
@@ -171,8 +172,9 @@ impl Executor {
             data: Vec::new(),
             dropped: Vec::new(),
         };
-        // Points reached by tasks an earlier attempt did.
-        for stage in plan.stages.iter() {
+        // Points reached by tasks an earlier attempt did (a single entry has no finally stage
+        // to look at them).
+        for stage in plan.stages.iter().filter(|_| options.entry.is_none()) {
             for step in stage.entries.iter().flat_map(|e| &e.steps) {
                 if shared.is_skipped(step.info.id) {
                     shared.reach(&step.info.host, step.task.reaches.as_deref());
@@ -180,6 +182,14 @@ impl Executor {
             }
         }
         for (si, stage) in plan.stages.iter().enumerate() {
+            if options.entry.is_some_and(|(only, _)| only != si) {
+                report.stages.push(StageReport {
+                    name: stage.name.clone(),
+                    outcome: None,
+                    duration: Duration::ZERO,
+                });
+                continue;
+            }
             if report.outcome.completed() && options.cancel.is_cancelled() {
                 report.outcome = RunOutcome::Cancelled;
             }
@@ -230,7 +240,7 @@ impl Executor {
                 concurrency_per_host: stage.per_host,
             })
             .await;
-            for entry in &stage.entries {
+            for entry in stage.entries.iter().filter(|_| options.entry.is_none()) {
                 done_earlier(entry, &shared).await;
             }
             // A finally stage runs an entry only for the hosts its points select (an
@@ -392,6 +402,8 @@ pub(crate) struct Shared {
     pub(crate) hard: CancellationToken,
     /// The first level of cancellation (nothing new starts).
     pub(crate) graceful: CancellationToken,
+    /// The one entry to run, `(stage, entry)` ([`RunOptions::entry`]).
+    pub(crate) only: Option<(usize, usize)>,
     pub(crate) skip: HashSet<TaskId>,
     pub(crate) targets: TargetSet,
     /// The output sink of tasks when nobody listens.

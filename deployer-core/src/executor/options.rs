@@ -73,6 +73,11 @@ pub struct RunOptions {
     /// The id of the run record this execution belongs to; every event carries it (default:
     /// none; [`Runs`](crate::Runs) sets it).
     pub run_id: Option<crate::RunId>,
+    /// Runs only this entry, `(stage, index in the stage)`, of the plan: every other stage and
+    /// entry is left out — not run, not reported, not counted — as a worker running one
+    /// claimed entry of a distributed run needs (default: the whole plan). The cost of a run
+    /// is then that of the entry, whatever the size of the plan.
+    pub entry: Option<(usize, usize)>,
 }
 
 /// The hosts removed from a run's targeted set, shared between the executor and whoever

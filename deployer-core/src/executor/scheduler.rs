@@ -64,7 +64,11 @@ impl<'a> JobQueue<'a> {
         report: &'a mut RunReport,
     ) -> Self {
         let mut pending = vec![VecDeque::new(); stage.hosts.len()];
+        let only = shared.only.filter(|(s, _)| *s == index).map(|(_, e)| e);
         for (ei, entry) in stage.entries.iter().enumerate() {
+            if only.is_some_and(|e| e != ei) {
+                continue;
+            }
             let all_done = entry.steps.iter().all(|s| shared.is_skipped(s.info.id));
             if all_done && !entry.steps.is_empty() {
                 // Done by an earlier attempt (reported when the stage started).
