@@ -477,46 +477,31 @@ macro_rules! impl_run_store {
                 task: &deployer_core::TaskRecord,
             ) -> Result<(), deployer_core::StoreError> {
                 use crate::errors::backend;
-                use crate::sql::{duration_micros, micros};
                 let doing = format!("record task {} of run {id}", task.id);
                 let (stage, entry, step) = crate::sql::task_key(task.id)?;
                 let mut tx = self.begin(&doing).await?;
                 Self::require_in(&mut tx, id, doing.as_str()).await?;
-                sqlx::query(notifying!(
-                    $pg_notify,
-                    "run_id",
-                    "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
-                     history_key, state, attempts, started_ts, finished_ts, duration_us, \
-                     exit_status, stderr_tail, error, finish_ts, drive, output_tail, worker) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
-                     ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
-                     host = excluded.host, tag = excluded.tag, command = excluded.command, \
-                     history_key = excluded.history_key, state = excluded.state, \
-                     attempts = excluded.attempts, started_ts = excluded.started_ts, \
-                     finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
-                     exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
-                     error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive, \
-                     output_tail = excluded.output_tail, worker = excluded.worker"
-                ))
-                .bind(id.as_str())
-                .bind(stage)
-                .bind(entry)
-                .bind(step)
-                .bind(crate::sql::text(&task.host))
-                .bind(crate::sql::opt_text(task.tag.as_deref()))
-                .bind(crate::sql::text(&task.command))
-                .bind(crate::sql::text(&task.history_key))
-                .bind(task.state.as_str())
-                .bind(i64::from(task.attempts))
-                .bind(task.started_ts.map(micros))
-                .bind(task.finished_ts.map(micros))
-                .bind(task.duration.map(duration_micros))
-                .bind(task.exit_status.map(i64::from))
-                .bind(crate::sql::opt_text(task.stderr_tail.as_deref()))
-                .bind(crate::sql::opt_text(task.error.as_deref()))
-                .bind(task.finish_ts.map(micros))
-                .bind(task.drive.map(i64::from))
-                .bind(crate::sql::opt_text(task.output_tail.as_deref()))
+                bind_task!(
+                    sqlx::query(notifying!(
+                        $pg_notify,
+                        "run_id",
+                        "INSERT INTO run_tasks (run_id, stage, entry, step, host, tag, command, \
+                         history_key, state, attempts, started_ts, finished_ts, duration_us, \
+                         exit_status, stderr_tail, error, finish_ts, drive, output_tail, worker) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+                         ON CONFLICT (run_id, stage, entry, step) DO UPDATE SET \
+                         host = excluded.host, tag = excluded.tag, command = excluded.command, \
+                         history_key = excluded.history_key, state = excluded.state, \
+                         attempts = excluded.attempts, started_ts = excluded.started_ts, \
+                         finished_ts = excluded.finished_ts, duration_us = excluded.duration_us, \
+                         exit_status = excluded.exit_status, stderr_tail = excluded.stderr_tail, \
+                         error = excluded.error, finish_ts = excluded.finish_ts, drive = excluded.drive, \
+                         output_tail = excluded.output_tail, worker = excluded.worker"
+                    )),
+                    id.as_str(),
+                    (stage, entry, step),
+                    task
+                )
                 .bind(crate::sql::opt_text(task.worker.as_deref()))
                 .execute(&mut *tx)
                 .await
@@ -1053,6 +1038,36 @@ macro_rules! impl_run_store {
             }
         }
     };
+}
+
+/// Binds `$1`…`$19` of a statement writing a task record: the run, the task's key
+/// (stage, entry, step) and every column of `run_tasks` from `host` to `output_tail`, in that
+/// order (`worker` and what follows are the statement's own).
+macro_rules! bind_task {
+    ($query:expr, $run:expr, ($stage:expr, $entry:expr, $step:expr), $task:expr) => {{
+        use crate::sql::{duration_micros, micros, opt_text, text};
+        let task = $task;
+        $query
+            .bind($run)
+            .bind($stage)
+            .bind($entry)
+            .bind($step)
+            .bind(text(&task.host))
+            .bind(opt_text(task.tag.as_deref()))
+            .bind(text(&task.command))
+            .bind(text(&task.history_key))
+            .bind(task.state.as_str())
+            .bind(i64::from(task.attempts))
+            .bind(task.started_ts.map(micros))
+            .bind(task.finished_ts.map(micros))
+            .bind(task.duration.map(duration_micros))
+            .bind(task.exit_status.map(i64::from))
+            .bind(opt_text(task.stderr_tail.as_deref()))
+            .bind(opt_text(task.error.as_deref()))
+            .bind(task.finish_ts.map(micros))
+            .bind(task.drive.map(i64::from))
+            .bind(opt_text(task.output_tail.as_deref()))
+    }};
 }
 
 /// The columns of `runs` that `sql::run_record` reads.

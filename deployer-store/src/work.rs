@@ -23,7 +23,7 @@ use sqlx::Postgres;
 
 use crate::PostgresStore;
 use crate::errors::backend;
-use crate::sql::{RowExt as _, duration_micros, micros, now_micros, text, ttl_micros};
+use crate::sql::{RowExt as _, now_micros, text, ttl_micros};
 
 /// The server's clock, in microseconds since the Unix epoch (leases and heartbeats use it, so
 /// workers' clocks need not agree).
@@ -696,39 +696,25 @@ impl WorkQueue for PostgresStore {
         let (stage, entry, step) = crate::sql::task_key(task.id)?;
         // One statement: the entry's row is locked (FOR SHARE) and checked to be this claim's,
         // live, so a reclaim commits either before (and this changes nothing) or after.
-        let done = sqlx::query(concat!(
-            "WITH fenced AS (SELECT 1 FROM run_entries WHERE run_id = $1 AND stage = $2 \
-             AND entry = $3 AND worker = $20 AND fence = $21 AND state = 'CLAIMED' \
-             AND lease_expires > ",
-            now!(),
-            " FOR SHARE) \
-             UPDATE run_tasks SET host = $5, tag = $6, command = $7, history_key = $8, \
-             state = $9, attempts = $10, started_ts = $11, finished_ts = $12, duration_us = $13, \
-             exit_status = $14, stderr_tail = $15, error = $16, finish_ts = $17, drive = $18, \
-             output_tail = $19, worker = $20 \
-             WHERE run_id = $1 AND stage = $2 AND entry = $3 AND step = $4 \
-             AND EXISTS (SELECT 1 FROM fenced) \
-             RETURNING pg_notify('deployer_runs', run_id)"
-        ))
-        .bind(claim.run.as_str())
-        .bind(stage)
-        .bind(entry)
-        .bind(step)
-        .bind(text(&task.host))
-        .bind(crate::sql::opt_text(task.tag.as_deref()))
-        .bind(text(&task.command))
-        .bind(text(&task.history_key))
-        .bind(task.state.as_str())
-        .bind(i64::from(task.attempts))
-        .bind(task.started_ts.map(micros))
-        .bind(task.finished_ts.map(micros))
-        .bind(task.duration.map(duration_micros))
-        .bind(task.exit_status.map(i64::from))
-        .bind(crate::sql::opt_text(task.stderr_tail.as_deref()))
-        .bind(crate::sql::opt_text(task.error.as_deref()))
-        .bind(task.finish_ts.map(micros))
-        .bind(task.drive.map(i64::from))
-        .bind(crate::sql::opt_text(task.output_tail.as_deref()))
+        let done = bind_task!(
+            sqlx::query(concat!(
+                "WITH fenced AS (SELECT 1 FROM run_entries WHERE run_id = $1 AND stage = $2 \
+                 AND entry = $3 AND worker = $20 AND fence = $21 AND state = 'CLAIMED' \
+                 AND lease_expires > ",
+                now!(),
+                " FOR SHARE) \
+                 UPDATE run_tasks SET host = $5, tag = $6, command = $7, history_key = $8, \
+                 state = $9, attempts = $10, started_ts = $11, finished_ts = $12, duration_us = $13, \
+                 exit_status = $14, stderr_tail = $15, error = $16, finish_ts = $17, drive = $18, \
+                 output_tail = $19, worker = $20 \
+                 WHERE run_id = $1 AND stage = $2 AND entry = $3 AND step = $4 \
+                 AND EXISTS (SELECT 1 FROM fenced) \
+                 RETURNING pg_notify('deployer_runs', run_id)"
+            )),
+            claim.run.as_str(),
+            (stage, entry, step),
+            task
+        )
         .bind(&*text(&claim.worker))
         .bind(claim.fence)
         .fetch_all(&self.pool)
