@@ -150,8 +150,8 @@ pub use shell::{ShellCommand, ShellError, quote};
 pub use tasklist::{Finally, LOCAL_HOST, RESERVED_TASK_KEYS, Stage, Task, TaskEntry, Tasklist};
 pub use validation::{ValidationError, ValidationErrors, did_you_mean, json_type, one_line};
 pub use work::{
-    Claim, EntryOutcome, StageLimits, Submission, SubmitError, WorkEntry, WorkQueue, WorkStatus,
-    WorkerInfo,
+    Claim, EntryOutcome, RunRules, StageLimits, Submission, SubmitError, WorkEntry, WorkQueue,
+    WorkStatus, WorkerInfo,
 };
 pub use worker::Worker;
 

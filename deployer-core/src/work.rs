@@ -7,7 +7,10 @@
 //! in memory — the stage barrier (only the lowest stage with unfinished entries is
 //! claimable), the stage's `concurrency` and `concurrency_per_host` counted over every
 //! worker, the abort rule (after a failure or a cancel nothing new is claimed; claimed entries
-//! finish) — and the worker's zones and commands. Every write a worker makes for a claim
+//! finish; `finally` stages still run) — and the worker's zones and commands. The failure
+//! budgets (the run's and each stage's), `min_hosts_up` and the selection of `finally`
+//! stages' entries are decided there too, under the run's lock, so a distributed run ends as
+//! one controller's would. Every write a worker makes for a claim
 //! carries the claim's fencing token ([`Claim::fence`]); the store refuses it with
 //! [`StoreError::LeaseLost`] once the claim was lost (its lease lapsed and another worker took
 //! the entry, or the run was reset), so no entry is ever recorded by two workers.
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::TaskId;
 use crate::runs::{RunId, RunStore, StoreError, TaskRecord};
+use crate::{FailureBudget, Finally};
 
 /// A worker as the store knows it: a name unique among live workers, the zones it serves and
 /// the commands it has registered.
@@ -60,15 +64,50 @@ pub struct WorkEntry {
     /// Whether every one of its commands declares itself idempotent: an entry whose worker
     /// died is claimed again only then; otherwise the run stops and asks.
     pub idempotent: bool,
+    /// The points its tasks make its host reach when they succeed (or are skipped by their
+    /// command): `(task, point)` for each task with [`Task::reaches`](crate::Task::reaches).
+    /// The store records them when the entry ends; `finally` stages select hosts by them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reaches: Vec<(TaskId, String)>,
 }
 
-/// What a run's stages allow, as the store enforces it across workers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a run's stages allow, as the store enforces it across workers. Fields after
+/// `concurrency_per_host` default when absent, so what older submissions stored still reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StageLimits {
     /// Entries of the stage in flight at once, over every worker.
     pub concurrency: usize,
     /// Entries of the stage in flight at once on one host key, over every worker.
     pub concurrency_per_host: Option<usize>,
+    /// Set on a `finally` stage: it runs after a failure or a cancel too, for the hosts its
+    /// [`Finally`] selects (the store sorts its entries out when it becomes the lowest stage).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "finally_json"
+    )]
+    pub finally: Option<Finally>,
+    /// The stage's own failure budget, counted over its hosts (unset: the run's).
+    #[serde(default, with = "budget_json")]
+    pub budget: FailureBudget,
+    /// At least this many of the stage's hosts stay up (not failed, dropped, or at work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_hosts_up: Option<usize>,
+    /// The number of distinct hosts of the stage (what its budget and `min_hosts_up` count
+    /// over).
+    #[serde(default)]
+    pub hosts: usize,
+}
+
+/// The run's failure budget and the number of hosts it counts over, as the store holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunRules {
+    /// The tasklist's failure budget, counted over every host of the run.
+    #[serde(default, with = "budget_json")]
+    pub budget: FailureBudget,
+    /// The number of distinct hosts of the run's ordinary (not `finally`) stages.
+    #[serde(default)]
+    pub hosts: usize,
 }
 
 /// A run to hand to workers: its entries and the limits of its stages.
@@ -82,6 +121,66 @@ pub struct Submission {
     pub stages: Vec<StageLimits>,
     /// Every entry of every stage.
     pub entries: Vec<WorkEntry>,
+    /// The run's failure budget and host count.
+    #[serde(default)]
+    pub rules: RunRules,
+}
+
+/// `FailureBudget` in JSON (it serializes only, for tasklists): the same keys, read back.
+mod budget_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::FailureBudget;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "FailureBudget")]
+    struct Def {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_failures: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_fail_percentage: Option<u8>,
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &FailureBudget, s: S) -> Result<S::Ok, S::Error> {
+        Def::serialize(v, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FailureBudget, D::Error> {
+        Def::deserialize(d)
+    }
+}
+
+/// `Option<Finally>` in JSON, with every field (`Finally` serializes only, for tasklists).
+mod finally_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::Finally;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Finally")]
+    struct Def {
+        #[serde(default)]
+        if_reached: Option<String>,
+        #[serde(default)]
+        unless_reached: Option<String>,
+        #[serde(default)]
+        rollback: bool,
+        #[serde(default)]
+        on_failure: bool,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrap(#[serde(with = "Def")] Finally);
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Finally>, s: S) -> Result<S::Ok, S::Error> {
+        v.clone().map(Wrap).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Finally>, D::Error> {
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 /// An entry a worker holds: what to run, and the token every write about it must carry.
@@ -112,7 +211,11 @@ pub struct Claim {
 pub enum EntryOutcome {
     /// Every task succeeded (or was skipped by its command).
     Done,
-    /// A task failed or timed out: the run aborts (nothing new is claimed anywhere).
+    /// A task failed or timed out. In an ordinary stage the store counts the host against the
+    /// failure budgets and `min_hosts_up`: within them the host is dropped (its later ordinary
+    /// entries do not run) and the run goes on; past them the run aborts (nothing new of an
+    /// ordinary stage is claimed anywhere; `finally` stages still run). In a `finally` stage
+    /// it fails the run and stops nothing.
     Failed,
     /// The worker stopped it (a cancel it saw): the run is being cancelled.
     Cancelled,
@@ -133,8 +236,11 @@ pub struct WorkStatus {
     /// The zones live workers serve, sorted (a worker serving every zone adds none): what a
     /// run waiting for [`unserved_zones`](Self::unserved_zones) shows next to them.
     pub served_zones: Vec<String>,
-    /// Whether the run aborts (a failure or a cancel): nothing new is claimed.
+    /// Whether the run aborts (a failure past the budget, or a cancel): nothing new of an
+    /// ordinary stage is claimed (`finally` stages still run).
     pub aborting: bool,
+    /// Hosts dropped within the failure budget so far.
+    pub dropped: usize,
     /// Why the run stopped waiting, when it did (an interrupted entry that is not idempotent).
     pub stopped: Option<String>,
 }
@@ -156,12 +262,30 @@ pub struct WorkStatus {
 /// * [`record_task`](Self::record_task), [`renew_claim`](Self::renew_claim) and
 ///   [`finish_entry`](Self::finish_entry) fail with [`StoreError::LeaseLost`] unless the claim
 ///   is still the entry's current one (same worker, same fence) — fencing.
+/// * A failed entry of an ordinary stage counts its host once against the run's budget (over
+///   [`RunRules::hosts`]), the stage's (its own, else the run's, over [`StageLimits::hosts`])
+///   and `min_hosts_up`, as the single controller does: within them the host is dropped (its
+///   pending entries of this and every later ordinary stage end, their tasks recorded
+///   [`TaskState::Dropped`](crate::TaskState::Dropped) with the reason) and the run goes on;
+///   past them the run aborts and the ordinary entries left end, their tasks recorded
+///   [`TaskState::NotRun`](crate::TaskState::NotRun) with the reason.
+/// * `min_hosts_up`: a host holds a place from its first claimed entry in a stage until it
+///   has nothing claimed or pending there; at most `hosts − min_hosts_up − down` hold one
+///   (`max(hosts − min_hosts_up, 1)` in a `finally` stage). When nothing of the stage is
+///   claimed and no host may start, the run fails (`min_hosts_up N: D of the stage's H hosts
+///   are down, so no other host may be taken down`).
+/// * A `finally` stage runs after a success, a failure or a cancel. When it becomes the lowest
+///   stage with unended entries its entries are sorted out once: those its [`Finally`] leaves
+///   out (`on_failure` after a success, or, with only dropped hosts, for the other hosts;
+///   `if_reached` / `unless_reached` against the points the host reached) end, their tasks
+///   recorded [`TaskState::Skipped`](crate::TaskState::Skipped) with the reason. A failure in
+///   it fails the run and stops none of its other entries.
 /// * When the last entry of a run ends (or, once it aborts, the last claimed one), the store
-///   finishes the run ([`RunStore::finish_run`]) with its state: succeeded, failed, or
-///   cancelled.
-/// * A cancel request ([`RunStore::request_cancel`]) makes the run abort: nothing new is
-///   claimed; workers holding claims see it through [`RunStore::cancel_request`] and cancel
-///   their entries like a first cancel.
+///   finishes the run ([`RunStore::finish_run`]) with its state: succeeded, degraded (hosts
+///   dropped, nothing else failed), failed, or cancelled (the first of the last two wins).
+/// * A cancel request ([`RunStore::request_cancel`]) makes the run abort like a first cancel:
+///   nothing new of an ordinary stage is claimed; workers holding claims see it through
+///   [`RunStore::cancel_request`] and cancel their entries; `finally` stages still run.
 #[async_trait]
 pub trait WorkQueue: RunStore {
     /// Hands run `submission.run` (already created) to workers.
@@ -201,9 +325,10 @@ impl Submission {
     /// The submission of `plan` as run `run`: one [`WorkEntry`] per stage entry, each with
     /// its host's zone from `zone_of` (the inventory host var `zone`). Refused, naming every
     /// place, when the plan holds an inline secret (the store keeps it redacted, so no worker
-    /// could read it: write `{"secret_env": "VAR"}` and give every worker the variable) or
-    /// uses what distributed runs do not do yet: `finally` stages, failure budgets,
-    /// `min_hosts_up`.
+    /// could read it: write `{"secret_env": "VAR"}` and give every worker the variable). Each
+    /// stage carries its limits, its [`Finally`], its failure budget, `min_hosts_up` and its
+    /// number of hosts; each entry the points its tasks reach; the submission the run's budget
+    /// and the number of hosts of its ordinary stages.
     ///
     /// ```
     /// use deployer_core::*;
@@ -218,7 +343,9 @@ impl Submission {
     /// let plan = Plan::build(&tasklist, &commands).unwrap();
     /// let zone = |host: &str| (host == "web2").then(|| "eu".to_string());
     /// let s = Submission::of_plan(&plan, &RunId::new(), zone).unwrap();
-    /// assert_eq!(s.stages[0], StageLimits { concurrency: 2, concurrency_per_host: Some(1) });
+    /// assert_eq!(s.stages[0].concurrency, 2);
+    /// assert_eq!(s.stages[0].concurrency_per_host, Some(1));
+    /// assert_eq!(s.stages[0].hosts, 2);
     /// assert_eq!(s.entries.len(), 2);
     /// assert_eq!(s.entries[1].tasks.len(), 2, "a chain is one entry");
     /// assert_eq!(s.entries[1].zone.as_deref(), Some("eu"));
@@ -230,7 +357,7 @@ impl Submission {
         zone_of: impl Fn(&str) -> Option<String>,
     ) -> Result<Submission, SubmitError> {
         let tasklist = plan.tasklist();
-        let mut problems: Vec<String> = tasklist
+        let problems: Vec<String> = tasklist
             .redacted()
             .redacted_secrets()
             .into_iter()
@@ -240,31 +367,6 @@ impl Submission {
                 )
             })
             .collect();
-        if tasklist.budget.is_set() {
-            problems.push(
-                "the failure budget (max_failures / max_fail_percentage) is not counted across workers yet".to_string(),
-            );
-        }
-        for (i, stage) in tasklist.stages.iter().enumerate() {
-            if stage.finally.is_some() {
-                problems.push(format!(
-                    "stages[{i}] ({}) is a finally stage, which workers do not run yet",
-                    stage.name
-                ));
-            }
-            if stage.budget.is_set() {
-                problems.push(format!(
-                    "stages[{i}] ({}) has a failure budget, not counted across workers yet",
-                    stage.name
-                ));
-            }
-            if stage.min_hosts_up.is_some() {
-                problems.push(format!(
-                    "stages[{i}] ({}) has min_hosts_up, not held across workers yet",
-                    stage.name
-                ));
-            }
-        }
         if !problems.is_empty() {
             return Err(SubmitError { problems });
         }
@@ -287,22 +389,54 @@ impl Submission {
                     zone: zone_of(&info.host),
                     tasks: vec![info.id],
                     idempotent,
+                    reaches: Vec::new(),
                 }),
             }
         }
+        // The points each entry's tasks reach.
+        let by_entry: std::collections::HashMap<(usize, usize), usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((e.stage, e.entry), i))
+            .collect();
+        for stage in plan.stages.iter() {
+            for step in stage.entries.iter().flat_map(|e| &e.steps) {
+                if let (Some(point), Some(&i)) = (
+                    &step.task.reaches,
+                    by_entry.get(&(step.info.id.stage, step.info.id.entry)),
+                ) {
+                    entries[i].reaches.push((step.info.id, point.clone()));
+                }
+            }
+        }
         commands.sort();
+        let run_hosts = plan
+            .stages
+            .iter()
+            .filter(|s| s.finally.is_none())
+            .flat_map(|s| &s.hosts)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         Ok(Submission {
             run: run.clone(),
             commands,
-            stages: tasklist
+            stages: plan
                 .stages
                 .iter()
                 .map(|s| StageLimits {
                     concurrency: s.concurrency,
-                    concurrency_per_host: s.concurrency_per_host,
+                    concurrency_per_host: s.per_host,
+                    finally: s.finally.clone(),
+                    budget: s.budget,
+                    min_hosts_up: s.min_hosts_up,
+                    hosts: s.hosts.len(),
                 })
                 .collect(),
             entries,
+            rules: RunRules {
+                budget: tasklist.budget,
+                hosts: run_hosts,
+            },
         })
     }
 }

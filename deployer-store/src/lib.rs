@@ -125,6 +125,7 @@
 //! | `0005_approvals.sql` | `run_approvals`: approvals of manual steps |
 //! | `0006_web.sql` | `run_tasks.output_tail`, `runs.cancel_by`/`cancel_ts`, and the indexes of the viewer's queries (`runs (created_ts, id)`, `run_hosts (host)`, `run_tasks (run_id, state, drive)`) |
 //! | `0007_work.sql` | distributed runs: `run_work`, `run_entries` (indexes `(run_id, state, stage, entry)` and `(run_id, stage, host, state)` for the claim), `workers`, `run_tasks.worker` (unused on SQLite) |
+//! | `0008_work_rules.sql` | distributed runs hold budgets, `min_hosts_up` and `finally` stages: `run_work.rules`/`opened`/`outcome`, `run_entries.reaches`/`reason`, `run_points`, `run_failed_hosts` (unused on SQLite) |
 //!
 //! ```
 //! use std::sync::Arc;

@@ -51,10 +51,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "distributed runs: submitted work, its entries and their claims, workers",
         include_str!("../migrations/0007_work.sql"),
     ),
+    (
+        8,
+        "distributed runs: failure budgets, min_hosts_up and finally stages across workers",
+        include_str!("../migrations/0008_work_rules.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The migrator applying [`MIGRATIONS`] (embedded, so nothing is read from disk at run time).
 pub(crate) fn migrator() -> Migrator {
@@ -604,6 +609,10 @@ mod tests {
             (
                 6,
                 "adf30e6920553bc57d9697115b1a030f95a047d492661a26094c9e44c2cb314ee40225893334f10e6538f09f483bdf72",
+            ),
+            (
+                7,
+                "81504d06f3fd93b9201e576eafbd503f54adb671b16ba0c8b80c2e52780686e53b26247dced8c5b044d798d37165da1f",
             ),
         ];
         let migrator = migrator();

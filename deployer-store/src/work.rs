@@ -1,9 +1,11 @@
 //! The work queue of distributed runs on PostgreSQL ([`WorkQueue`] for [`PostgresStore`]).
 //!
-//! Tables (migration `0007_work.sql`): `run_work` (one row per submitted run: its commands,
+//! Tables (migrations `0007_work.sql`, `0008_work_rules.sql`): `run_work` (one row per submitted run: its commands,
 //! its stages' limits, whether it aborts, why it stopped), `run_entries` (one row per entry:
-//! state `PENDING` / `CLAIMED` / `DONE` / `FAILED` / `CANCELLED`, the claiming worker, the
-//! fencing token and the lease) and `workers` (heartbeats).
+//! state `PENDING` / `CLAIMED` / `DONE` / `FAILED` / `CANCELLED` / `DROPPED` / `NOT_RUN` /
+//! `SKIPPED`, the claiming worker, the fencing token and the lease), `workers` (heartbeats),
+//! `run_points` (points hosts reached, for `finally` stages) and `run_failed_hosts` (what the
+//! failure budgets and `min_hosts_up` count).
 //!
 //! Every decision about one run is taken under the lock of its `run_work` row
 //! (`SELECT … FOR UPDATE`): claims, sweeps of lapsed claims and the ends of entries of one run
@@ -15,9 +17,11 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use deployer_core::{
-    Claim, EntryOutcome, HostState, RunId, RunState, StageLimits, StoreError, Submission, TaskId,
-    TaskRecord, TaskState, WorkQueue, WorkStatus, WorkerInfo,
+    Claim, EntryOutcome, HostState, RunId, RunRules, RunState, StageLimits, StoreError, Submission,
+    TaskId, TaskRecord, TaskState, WorkQueue, WorkStatus, WorkerInfo,
 };
 use sqlx::Postgres;
 
@@ -39,6 +43,46 @@ const CLAIMED: &str = "CLAIMED";
 const DONE: &str = "DONE";
 const FAILED: &str = "FAILED";
 const CANCELLED: &str = "CANCELLED";
+const DROPPED: &str = "DROPPED";
+const NOT_RUN: &str = "NOT_RUN";
+
+/// The single controller's reasons for tasks that did not run.
+const FAILED_HERE: &str = "an earlier task failed";
+const FAILED_BEFORE: &str = "an earlier stage failed";
+const CANCELLED_REASON: &str = "the run was cancelled";
+
+/// A run's `run_work` row, read under its lock.
+struct Locked {
+    stages: Vec<StageLimits>,
+    rules: RunRules,
+    aborting: bool,
+    stopped: bool,
+    opened: i64,
+    outcome: Option<String>,
+    cancel: bool,
+    finished: bool,
+}
+
+impl Locked {
+    fn stage(&self, run: &str, stage: i64) -> Result<&StageLimits, StoreError> {
+        usize::try_from(stage)
+            .ok()
+            .and_then(|s| self.stages.get(s))
+            .ok_or_else(|| {
+                crate::errors::corrupt(format!("run {run}: column stages: no stage {stage}"))
+            })
+    }
+
+    /// The indexes of its `finally` stages.
+    fn finally_stages(&self) -> Vec<i64> {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.finally.is_some())
+            .map(|(i, _)| i64::try_from(i).unwrap_or(i64::MAX))
+            .collect()
+    }
+}
 
 type Tx = sqlx::Transaction<'static, Postgres>;
 
@@ -130,7 +174,8 @@ impl PostgresStore {
                 row.opt_text("worker")?.unwrap_or_default(),
             );
             sqlx::query(
-                "UPDATE run_work SET aborting = 1, stopped = COALESCE(stopped, $2) WHERE run_id = $1",
+                "UPDATE run_work SET aborting = 1, stopped = COALESCE(stopped, $2), \
+                 outcome = COALESCE(outcome, 'FAILED') WHERE run_id = $1",
             )
             .bind(run)
             .bind(message)
@@ -163,16 +208,24 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Finishes `run` (locked in `tx`) if it is over: every entry ended, or it aborts and
-    /// nothing is claimed. Returns whether it finished it.
+    /// Finishes `run` (locked in `tx`) if it is over: nothing is claimed and nothing is
+    /// pending (an aborting run's ordinary entries ended `NOT_RUN`; its `finally` entries
+    /// run), or it stopped (an interrupted entry that is not idempotent) and nothing is
+    /// claimed. Its state is the single controller's: failed or cancelled, the first way it
+    /// stopped being a success; degraded with dropped hosts; else succeeded. Returns whether
+    /// it finished it.
     async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
         // EXISTS, not COUNT: this runs at every end of an entry.
         let row = sqlx::query(
-            "SELECT w.aborting, w.stopped, r.cancel_by, r.finish_ts, \
+            "SELECT w.stopped, w.outcome, r.cancel_by, r.finish_ts, \
              EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'PENDING') \
              AS pending, \
              EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CLAIMED') \
-             AS claimed \
+             AS claimed, \
+             EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CANCELLED') \
+             AS cancelled, \
+             EXISTS (SELECT 1 FROM run_failed_hosts f WHERE f.run_id = $1 AND f.dropped <> 0) \
+             AS dropped \
              FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1",
         )
         .bind(run)
@@ -188,31 +241,17 @@ impl PostgresStore {
         };
         let stopped = row.opt_text("stopped")?.is_some();
         let cancel = row.opt_text("cancel_by")?.is_some();
-        let aborting = row.int("aborting")? != 0 || stopped || cancel;
         let (pending, claimed) = (flag("pending")?, flag("claimed")?);
-        if claimed || (pending && !aborting) {
+        if claimed || (pending && !stopped) {
             return Ok(false);
         }
-        let ended = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'FAILED') \
-             AS failed, \
-             EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.state = 'CANCELLED') \
-             AS cancelled",
-        )
-        .bind(run)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(|e| backend(doing, e))?;
-        let ended_flag = |col: &str| -> Result<bool, StoreError> {
-            sqlx::Row::try_get::<bool, _>(&ended, col)
-                .map_err(|e| crate::errors::corrupt(format!("run {run}: {col}: {e}")))
-        };
-        let state = if stopped || ended_flag("failed")? {
-            RunState::Failed
-        } else if cancel || ended_flag("cancelled")? || pending {
-            RunState::Cancelled
-        } else {
-            RunState::Succeeded
+        let state = match row.opt_text("outcome")?.as_deref() {
+            _ if stopped => RunState::Failed,
+            Some(FAILED) => RunState::Failed,
+            Some(_) => RunState::Cancelled,
+            None if cancel || flag("cancelled")? => RunState::Cancelled,
+            None if flag("dropped")? => RunState::Degraded,
+            None => RunState::Succeeded,
         };
         let now_us = now_micros();
         // Tasks of entries never claimed did not run.
@@ -227,15 +266,21 @@ impl PostgresStore {
         .execute(&mut **tx)
         .await
         .map_err(|e| backend(doing, e))?;
-        // Every host's final state, as a single controller's recorder decides it: failed if
-        // an entry of it failed, was interrupted or cancelled; done if one ran; else skipped.
+        // Every host's final state, as a single controller's recorder decides it: rolled back
+        // if a rollback task switched it back; dropped within the budget; failed if an entry
+        // of it failed, was interrupted or cancelled; done if one ran (or was skipped by its
+        // finally stage); else skipped.
         sqlx::query(
             "UPDATE run_hosts h SET state = a.final, updated_ts = $2 FROM \
-             (SELECT host, CASE WHEN bool_or(state IN ('FAILED', 'CANCELLED')) THEN 'FAILED' \
-              WHEN bool_or(state = 'DONE') THEN 'DONE' ELSE 'SKIPPED' END AS final \
-              FROM run_entries WHERE run_id = $1 GROUP BY host) a \
-             WHERE h.run_id = $1 AND h.host = a.host \
-             AND h.state NOT IN ('REMOVED', 'ROLLED_BACK', 'DROPPED')",
+             (SELECT e.host, CASE \
+              WHEN EXISTS (SELECT 1 FROM run_tasks t WHERE t.run_id = $1 AND t.host = e.host \
+                AND t.state = 'ROLLED_BACK') THEN 'ROLLED_BACK' \
+              WHEN EXISTS (SELECT 1 FROM run_failed_hosts f WHERE f.run_id = $1 \
+                AND f.host = e.host AND f.dropped <> 0) THEN 'DROPPED' \
+              WHEN bool_or(e.state IN ('FAILED', 'CANCELLED')) THEN 'FAILED' \
+              WHEN bool_or(e.state IN ('DONE', 'SKIPPED')) THEN 'DONE' ELSE 'SKIPPED' END AS final \
+              FROM run_entries e WHERE e.run_id = $1 GROUP BY e.host) a \
+             WHERE h.run_id = $1 AND h.host = a.host AND h.state <> 'REMOVED'",
         )
         .bind(run)
         .bind(now_us)
@@ -289,27 +334,17 @@ impl PostgresStore {
         let mut tx = self.begin_work(doing).await?;
         // The run's lock. What is counted below is read by later statements, each seeing
         // every claim committed before this lock was granted (READ COMMITTED).
-        let Some(row) = sqlx::query(
-            "SELECT w.aborting, w.stopped, w.stages, r.cancel_by, r.finish_ts \
-             FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1 FOR UPDATE OF w",
-        )
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| backend(doing, e))?
-        else {
+        let Some(mut locked) = Self::lock_run(&mut tx, run, doing).await? else {
             return Ok(None);
         };
-        if row.opt_int("finish_ts")?.is_some() {
+        if locked.finished {
             return Ok(None);
         }
-        let stopped = Self::sweep_lapsed(&mut tx, run, doing).await?;
-        let claimable = !stopped
-            && row.int("aborting")? == 0
-            && row.opt_text("stopped")?.is_none()
-            && row.opt_text("cancel_by")?.is_none();
-        if !claimable {
-            Self::finish_if_over(&mut tx, run, doing).await?;
+        if Self::sweep_lapsed(&mut tx, run, doing).await? {
+            locked.stopped = true;
+        }
+        // A cancel, an abort, a finally stage to sort out, min_hosts_up, the end.
+        if Self::settle(&mut tx, run, &mut locked, false, doing).await? || locked.stopped {
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         }
@@ -331,18 +366,16 @@ impl PostgresStore {
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         };
-        let stages: Vec<StageLimits> = serde_json::from_str(&row.text("stages")?)
-            .map_err(|e| crate::errors::corrupt(format!("run {run}: column stages: {e}")))?;
-        let limits = usize::try_from(stage)
-            .ok()
-            .and_then(|s| stages.get(s))
-            .ok_or_else(|| {
-                crate::errors::corrupt(format!("run {run}: column stages: no stage {stage}"))
-            })?;
-        if usize::try_from(at.int("claimed")?).unwrap_or(usize::MAX) >= limits.concurrency {
+        let limits = locked.stage(run, stage)?.clone();
+        let limits = &limits;
+        if (locked.aborting && limits.finally.is_none())
+            || usize::try_from(at.int("claimed")?).unwrap_or(usize::MAX) >= limits.concurrency
+        {
             tx.commit().await.map_err(|e| backend(doing, e))?;
             return Ok(None);
         }
+        // min_hosts_up: how many hosts may hold a place in the stage.
+        let window = Self::window(&mut tx, run, limits, stage, doing).await?;
         let per_host = limits
             .concurrency_per_host
             .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -351,13 +384,23 @@ impl PostgresStore {
         // host is under its limit is claimed (fence + 1, lease from the server's clock), its
         // host marked running, and the run started on its first claim (as
         // RunStore::set_run_state(Running) does: started_ts once, one more drive).
+        // With min_hosts_up, a host holds a place from its first claimed entry in the stage
+        // until it has nothing claimed or pending there; only those, or any host while fewer
+        // than the window hold one, may start.
         let taken = sqlx::query(concat!(
-            "WITH picked AS (SELECT entry FROM run_entries e \
+            "WITH held AS (SELECT DISTINCT c.host FROM run_entries c \
+               WHERE $8::bigint IS NOT NULL AND c.run_id = $1 AND c.stage = $2 \
+               AND (c.state = 'CLAIMED' OR (c.state IN ('DONE', 'FAILED', 'CANCELLED') \
+               AND EXISTS (SELECT 1 FROM run_entries p WHERE p.run_id = $1 AND p.stage = $2 \
+               AND p.host = c.host AND p.state = 'PENDING')))), \
+             picked AS (SELECT entry FROM run_entries e \
                WHERE run_id = $1 AND stage = $2 AND state = 'PENDING' \
                AND (zone IS NULL OR cardinality($3::text[]) = 0 OR zone = ANY($3::text[])) \
                AND ($4::bigint IS NULL OR (SELECT COUNT(*) FROM run_entries c \
                     WHERE c.run_id = $1 AND c.stage = $2 AND c.host = e.host \
                     AND c.state = 'CLAIMED') < $4::bigint) \
+               AND ($8::bigint IS NULL OR e.host IN (SELECT host FROM held) \
+                    OR (SELECT COUNT(*) FROM held) < $8::bigint) \
                ORDER BY entry LIMIT 1 FOR UPDATE SKIP LOCKED), \
              claimed AS (UPDATE run_entries SET state = 'CLAIMED', worker = $5, \
                fence = fence + 1, lease_expires = ",
@@ -369,7 +412,7 @@ impl PostgresStore {
                RETURNING entry, host, tasks, fence, lease_expires), \
              hosts AS (UPDATE run_hosts SET state = 'RUNNING', updated_ts = $7 \
                WHERE run_id = $1 AND host = (SELECT host FROM claimed) \
-               AND state NOT IN ('RUNNING', 'FAILED')), \
+               AND state NOT IN ('RUNNING', 'FAILED', 'DROPPED', 'REMOVED')), \
              started AS (UPDATE runs SET state = 'RUNNING', \
                started_ts = COALESCE(started_ts, $7), drives = drives + 1 \
                WHERE id = $1 AND state <> 'RUNNING' AND EXISTS (SELECT 1 FROM claimed)) \
@@ -383,6 +426,7 @@ impl PostgresStore {
         .bind(&*worker_id)
         .bind(ttl_micros(ttl))
         .bind(now_micros())
+        .bind(window)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
@@ -404,6 +448,572 @@ impl PostgresStore {
             fence: taken.int("fence")?,
             lease_expires: crate::sql::time(taken.int("lease_expires")?, "lease_expires")?,
         }))
+    }
+}
+
+/// The rules of the single controller, held under a run's lock: the abort rule, the failure
+/// budgets, `min_hosts_up` and the selection of `finally` stages' entries.
+impl PostgresStore {
+    /// Locks `run`'s `run_work` row and reads it; `None` when it was never submitted.
+    async fn lock_run(tx: &mut Tx, run: &str, doing: &str) -> Result<Option<Locked>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT w.aborting, w.stopped, w.stages, w.rules, w.opened, w.outcome, r.cancel_by, \
+             r.finish_ts FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1 \
+             FOR UPDATE OF w",
+        )
+        .bind(run)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?
+        else {
+            return Ok(None);
+        };
+        let stages: Vec<StageLimits> = serde_json::from_str(&row.text("stages")?)
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: column stages: {e}")))?;
+        let rules: RunRules = match row.opt_text("rules")? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| crate::errors::corrupt(format!("run {run}: column rules: {e}")))?,
+            None => RunRules::default(),
+        };
+        Ok(Some(Locked {
+            stages,
+            rules,
+            aborting: row.int("aborting")? != 0,
+            stopped: row.opt_text("stopped")?.is_some(),
+            opened: row.int("opened")?,
+            outcome: row.opt_text("outcome")?,
+            cancel: row.opt_text("cancel_by")?.is_some(),
+            finished: row.opt_int("finish_ts")?.is_some(),
+        }))
+    }
+
+    /// The lowest stage with unended (pending or claimed) entries.
+    async fn lowest_stage(tx: &mut Tx, run: &str, doing: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(stage) AS stage FROM run_entries WHERE run_id = $1 \
+             AND state IN ('PENDING', 'CLAIMED')",
+        )
+        .bind(run)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        row.opt_int("stage")
+    }
+
+    /// Ends pending entries of `run` matching `filter` (SQL over `e`, with `$4` the stage
+    /// and `$5` the finally stages) as `state`, their pending tasks as `task_state`, with
+    /// `reason` (`$2`; `$3`: `later_reason`, for stages after `stage`).
+    #[allow(clippy::too_many_arguments)]
+    async fn end_pending(
+        tx: &mut Tx,
+        run: &str,
+        filter: &str,
+        stage: i64,
+        finally: &[i64],
+        host: Option<&str>,
+        (state, task_state): (&str, TaskState),
+        (reason, later_reason): (&str, &str),
+        doing: &str,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "WITH ended AS (UPDATE run_entries e SET state = $7, \
+               reason = CASE WHEN e.stage > $4 THEN $3 ELSE $2 END, \
+               ended_ts = {now} WHERE e.run_id = $1 AND e.state = 'PENDING' \
+               AND ($6::text IS NULL OR e.host = $6) AND {filter} \
+               RETURNING e.stage, e.entry, e.reason), \
+             tasks AS (UPDATE run_tasks t SET state = $8, error = ended.reason \
+               FROM ended WHERE t.run_id = $1 AND t.stage = ended.stage \
+               AND t.entry = ended.entry AND t.state = 'PENDING') \
+             SELECT COUNT(*) AS n FROM ended",
+            now = now!(),
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run)
+            .bind(reason)
+            .bind(later_reason)
+            .bind(stage)
+            .bind(finally)
+            .bind(host)
+            .bind(state)
+            .bind(task_state.as_str())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+        let n = u64::try_from(row.int("n")?).unwrap_or(0);
+        if n > 0 {
+            sqlx::query("SELECT pg_notify('deployer_runs', $1)")
+                .bind(run)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        Ok(n)
+    }
+
+    /// Makes `run` abort (nothing new of an ordinary stage is claimed) as `outcome` (`FAILED`
+    /// or `CANCELLED`, unless it stopped being a success before), and ends its pending
+    /// ordinary entries `NOT_RUN` with the single controller's reasons (`here`: of the lowest
+    /// stage, the one under way).
+    async fn abort(
+        tx: &mut Tx,
+        run: &str,
+        locked: &mut Locked,
+        outcome: &str,
+        here: Option<&str>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        if !locked.aborting || locked.outcome.is_none() {
+            sqlx::query(
+                "UPDATE run_work SET aborting = 1, outcome = COALESCE(outcome, $2) \
+                 WHERE run_id = $1",
+            )
+            .bind(run)
+            .bind(outcome)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+            locked.aborting = true;
+            locked.outcome.get_or_insert_with(|| outcome.to_string());
+        }
+        Self::mark_not_run(tx, run, locked, here, doing).await
+    }
+
+    /// Ends the pending ordinary entries of an aborting run `NOT_RUN`.
+    async fn mark_not_run(
+        tx: &mut Tx,
+        run: &str,
+        locked: &Locked,
+        here: Option<&str>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        let cancelled = locked.outcome.as_deref() == Some(CANCELLED);
+        let (default_here, later) = if cancelled {
+            (CANCELLED_REASON, CANCELLED_REASON)
+        } else {
+            (FAILED_HERE, FAILED_BEFORE)
+        };
+        let stage = Self::lowest_stage(tx, run, doing).await?.unwrap_or(-1);
+        Self::end_pending(
+            tx,
+            run,
+            "e.stage <> ALL($5::bigint[])",
+            stage,
+            &locked.finally_stages(),
+            None,
+            (NOT_RUN, TaskState::NotRun),
+            (here.unwrap_or(default_here), later),
+            doing,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sorts out the entries of each `finally` stage that became the lowest stage with
+    /// unended entries (once per stage, `opened`): those its `Finally` leaves out end
+    /// `SKIPPED`, with the reason, as the single controller's selection does.
+    async fn open_finally(
+        tx: &mut Tx,
+        run: &str,
+        locked: &mut Locked,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        if locked.stages.iter().all(|s| s.finally.is_none()) {
+            return Ok(());
+        }
+        loop {
+            let Some(stage) = Self::lowest_stage(tx, run, doing).await? else {
+                return Ok(());
+            };
+            if stage <= locked.opened {
+                return Ok(());
+            }
+            let Some(finally) = locked.stage(run, stage)?.finally.clone() else {
+                return Ok(());
+            };
+            sqlx::query("UPDATE run_work SET opened = $2 WHERE run_id = $1")
+                .bind(run)
+                .bind(stage)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+            locked.opened = stage;
+            let dropped: HashSet<String> = sqlx::query(
+                "SELECT DISTINCT host FROM run_failed_hosts WHERE run_id = $1 AND dropped <> 0",
+            )
+            .bind(run)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?
+            .iter()
+            .map(|r| r.text("host"))
+            .collect::<Result<_, _>>()?;
+            let reached: HashSet<(String, String)> =
+                sqlx::query("SELECT host, point FROM run_points WHERE run_id = $1")
+                    .bind(run)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(|e| backend(doing, e))?
+                    .iter()
+                    .map(|r| Ok((r.text("host")?, r.text("point")?)))
+                    .collect::<Result<_, StoreError>>()?;
+            // The run's outcome so far, as the single controller's report has it.
+            let succeeded = locked.outcome.is_none() && !locked.cancel;
+            let unfailed = finally.on_failure && succeeded && dropped.is_empty();
+            let only_dropped = finally.on_failure && succeeded && !dropped.is_empty();
+            let pending = sqlx::query(
+                "SELECT entry, host FROM run_entries WHERE run_id = $1 AND stage = $2 \
+                 AND state = 'PENDING' ORDER BY entry",
+            )
+            .bind(run)
+            .bind(stage)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+            let (mut entries, mut reasons) = (Vec::new(), Vec::new());
+            for row in &pending {
+                let host = row.text("host")?;
+                let reason = if unfailed {
+                    Some("the run has not failed".to_string())
+                } else if only_dropped && !dropped.contains(&host) {
+                    Some("the run has not failed on this host".to_string())
+                } else {
+                    finally.excludes(|p| reached.contains(&(host.clone(), p.to_string())))
+                };
+                if let Some(reason) = reason {
+                    entries.push(row.int("entry")?);
+                    reasons.push(reason);
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            sqlx::query(concat!(
+                "WITH s AS (SELECT * FROM UNNEST($3::bigint[], $4::text[]) AS s (entry, reason)), \
+                 ended AS (UPDATE run_entries e SET state = 'SKIPPED', reason = s.reason, \
+                   ended_ts = ",
+                now!(),
+                " FROM s WHERE e.run_id = $1 AND e.stage = $2 AND e.entry = s.entry \
+                   AND e.state = 'PENDING' RETURNING e.entry, e.reason), \
+                 tasks AS (UPDATE run_tasks t SET state = 'SKIPPED', error = ended.reason, \
+                   finished_ts = $5, duration_us = 0 \
+                   FROM ended WHERE t.run_id = $1 AND t.stage = $2 AND t.entry = ended.entry \
+                   AND t.state = 'PENDING') \
+                 SELECT pg_notify('deployer_runs', $1)"
+            ))
+            .bind(run)
+            .bind(stage)
+            .bind(&entries)
+            .bind(&reasons)
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| backend(doing, e))?;
+        }
+    }
+
+    /// The hosts of `stage` that are down for its `min_hosts_up`: failed or dropped.
+    async fn down_in(tx: &mut Tx, run: &str, stage: i64, doing: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT f.host) AS n FROM run_failed_hosts f WHERE f.run_id = $1 \
+             AND EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = $1 AND e.stage = $2 \
+             AND e.host = f.host)",
+        )
+        .bind(run)
+        .bind(stage)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        row.int("n")
+    }
+
+    /// How many hosts of `stage` may hold a place under its `min_hosts_up` (`None`: no
+    /// limit).
+    async fn window(
+        tx: &mut Tx,
+        run: &str,
+        limits: &StageLimits,
+        stage: i64,
+        doing: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(min) = limits.min_hosts_up else {
+            return Ok(None);
+        };
+        let hosts = i64::try_from(limits.hosts).unwrap_or(i64::MAX);
+        let min = i64::try_from(min).unwrap_or(i64::MAX);
+        if limits.finally.is_some() {
+            // Clean-up reaches every host: the window bounds it but never closes.
+            return Ok(Some((hosts - min).max(1)));
+        }
+        let down = Self::down_in(tx, run, stage, doing).await?;
+        Ok(Some((hosts - min - down).max(0)))
+    }
+
+    /// Fails the run when `min_hosts_up` holds the lowest (ordinary) stage: nothing of it is
+    /// claimed, no host holds a place and none may take one.
+    async fn check_held(
+        tx: &mut Tx,
+        run: &str,
+        locked: &mut Locked,
+        doing: &str,
+    ) -> Result<bool, StoreError> {
+        if locked.aborting
+            || locked.cancel
+            || locked.stages.iter().all(|s| s.min_hosts_up.is_none())
+        {
+            return Ok(false);
+        }
+        let Some(stage) = Self::lowest_stage(tx, run, doing).await? else {
+            return Ok(false);
+        };
+        let limits = locked.stage(run, stage)?.clone();
+        let Some(min) = limits.min_hosts_up.filter(|_| limits.finally.is_none()) else {
+            return Ok(false);
+        };
+        if Self::window(tx, run, &limits, stage, doing).await? != Some(0) {
+            return Ok(false);
+        }
+        let busy = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM run_entries c WHERE c.run_id = $1 AND c.stage = $2 \
+             AND (c.state = 'CLAIMED' OR (c.state IN ('DONE', 'FAILED', 'CANCELLED') \
+             AND EXISTS (SELECT 1 FROM run_entries p WHERE p.run_id = $1 AND p.stage = $2 \
+             AND p.host = c.host AND p.state = 'PENDING')))) AS busy",
+        )
+        .bind(run)
+        .bind(stage)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let busy: bool = sqlx::Row::try_get(&busy, "busy")
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: busy: {e}")))?;
+        if busy {
+            return Ok(false);
+        }
+        let down = Self::down_in(tx, run, stage, doing).await?;
+        let held = format!(
+            "min_hosts_up {min}: {down} of the stage's {} hosts are down, so no other host may be taken down",
+            limits.hosts
+        );
+        Self::abort(tx, run, locked, FAILED, Some(&held), doing).await?;
+        Ok(true)
+    }
+
+    /// Brings `run` (locked) up to date: a cancel request aborts it; an aborting run's
+    /// pending ordinary entries end `NOT_RUN`; `finally` stages that became the lowest are
+    /// sorted out; `min_hosts_up` may fail it; and it finishes if it is over.
+    async fn settle(
+        tx: &mut Tx,
+        run: &str,
+        locked: &mut Locked,
+        always_finish: bool,
+        doing: &str,
+    ) -> Result<bool, StoreError> {
+        if locked.finished {
+            return Ok(true);
+        }
+        if !locked.stopped {
+            if locked.cancel && !locked.aborting {
+                Self::abort(tx, run, locked, CANCELLED, None, doing).await?;
+            } else if locked.aborting {
+                Self::mark_not_run(tx, run, locked, None, doing).await?;
+            }
+            Self::open_finally(tx, run, locked, doing).await?;
+            if Self::check_held(tx, run, locked, doing).await? {
+                Self::open_finally(tx, run, locked, doing).await?;
+            }
+        }
+        // A run going on normally is finished by the end of its last entry (finish_entry
+        // always asks); a claim asks only when it aborts or stopped.
+        if !(always_finish || locked.aborting || locked.stopped) {
+            return Ok(false);
+        }
+        let finished = Self::finish_if_over(tx, run, doing).await?;
+        locked.finished = finished;
+        Ok(finished)
+    }
+
+    /// Records the points the ended entry's tasks reached (those recorded succeeded or
+    /// skipped by their command).
+    async fn record_points(
+        tx: &mut Tx,
+        run: &str,
+        host: &str,
+        reaches: Option<String>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        let Some(reaches) = reaches else {
+            return Ok(());
+        };
+        let reaches: Vec<(TaskId, String)> = serde_json::from_str(&reaches)
+            .map_err(|e| crate::errors::corrupt(format!("run {run}: column reaches: {e}")))?;
+        if reaches.is_empty() {
+            return Ok(());
+        }
+        let (mut stages, mut entries, mut steps, mut points) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (task, point) in &reaches {
+            let (stage, entry, step) = crate::sql::task_key(*task)?;
+            stages.push(stage);
+            entries.push(entry);
+            steps.push(step);
+            points.push(point.clone());
+        }
+        sqlx::query(
+            "INSERT INTO run_points (run_id, host, point) \
+             SELECT DISTINCT $1::text, $2::text, r.point \
+             FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
+               AS r (stage, entry, step, point) \
+             JOIN run_tasks t ON t.run_id = $1 AND t.stage = r.stage AND t.entry = r.entry \
+               AND t.step = r.step \
+             WHERE t.state IN ('SUCCEEDED', 'SKIPPED') ON CONFLICT DO NOTHING",
+        )
+        .bind(run)
+        .bind(host)
+        .bind(&stages)
+        .bind(&entries)
+        .bind(&steps)
+        .bind(&points)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        Ok(())
+    }
+
+    /// A host failed in an ordinary stage (its entry `claim` ended failed): counted against
+    /// the budgets and `min_hosts_up` as the single controller's `host_failed` does; within
+    /// them the host is dropped, past them the run aborts.
+    async fn host_failed(
+        tx: &mut Tx,
+        run: &str,
+        locked: &mut Locked,
+        claim: &Claim,
+        host: &str,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        let stage = index(claim.stage, doing)?;
+        if locked.aborting {
+            // Nothing new starts already: a failure, as without a budget.
+            Self::abort(tx, run, locked, FAILED, None, doing).await?;
+            return Self::host_state_in(tx, run, host, HostState::Failed, doing).await;
+        }
+        let already = sqlx::query(
+            "SELECT 1 AS one FROM run_failed_hosts WHERE run_id = $1 AND host = $2 \
+             AND dropped <> 0",
+        )
+        .bind(run)
+        .bind(host)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        if already.is_some() {
+            // Another entry of a host already dropped.
+            return Ok(());
+        }
+        let counts = sqlx::query(
+            "WITH ins AS (INSERT INTO run_failed_hosts (run_id, stage, host) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING host) \
+             SELECT (SELECT COUNT(DISTINCT host) FROM (SELECT host FROM run_failed_hosts \
+               WHERE run_id = $1 UNION ALL SELECT host FROM ins) a) AS run_failed, \
+             (SELECT COUNT(DISTINCT host) FROM (SELECT host FROM run_failed_hosts \
+               WHERE run_id = $1 AND stage = $2 UNION ALL SELECT host FROM ins) b) AS stage_failed",
+        )
+        .bind(run)
+        .bind(stage)
+        .bind(host)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let run_failed = counts.count_usize("run_failed")?;
+        let stage_failed = counts.count_usize("stage_failed")?;
+        let limits = locked.stage(run, stage)?.clone();
+        let down = usize::try_from(Self::down_in(tx, run, stage, doing).await?).unwrap_or(0);
+        let run_budget = locked.rules.budget;
+        let run_over = run_budget.is_set() && run_budget.exceeded(run_failed, locked.rules.hosts);
+        let budget = if limits.budget.is_set() {
+            limits.budget
+        } else {
+            run_budget
+        };
+        let stage_over = budget.exceeded(stage_failed, limits.hosts);
+        let below_min = limits
+            .min_hosts_up
+            .is_some_and(|min| limits.hosts.saturating_sub(down) < min);
+        if run_over || stage_over || below_min {
+            Self::abort(tx, run, locked, FAILED, None, doing).await?;
+            return Self::host_state_in(tx, run, host, HostState::Failed, doing).await;
+        }
+        // Dropped: why, as the single controller words it (the first failed task).
+        let first = sqlx::query(
+            "SELECT step, command, state, error, exit_status FROM run_tasks \
+             WHERE run_id = $1 AND stage = $2 AND entry = $3 \
+             AND state IN ('FAILED', 'TIMED_OUT', 'CANCELLED') ORDER BY step LIMIT 1",
+        )
+        .bind(run)
+        .bind(stage)
+        .bind(index(claim.entry, doing)?)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        let reason = match &first {
+            Some(row) => {
+                let step = row.int("step")?;
+                let id = TaskId {
+                    stage: claim.stage,
+                    entry: claim.entry,
+                    step: usize::try_from(step).ok(),
+                };
+                let error = row.opt_text("error")?.unwrap_or_default();
+                let outcome = if row.text("state")? == TaskState::Failed.as_str() {
+                    let status = row
+                        .opt_int("exit_status")?
+                        .map(|c| format!(" (exit status {c})"))
+                        .unwrap_or_default();
+                    format!("failed: {error}{status}")
+                } else {
+                    error
+                };
+                format!(
+                    "{id} {} {}",
+                    row.text("command")?,
+                    outcome.lines().next().unwrap_or_default()
+                )
+            }
+            None => "an entry failed".to_string(),
+        };
+        sqlx::query(
+            "UPDATE run_failed_hosts SET dropped = 1, reason = $4 \
+             WHERE run_id = $1 AND stage = $2 AND host = $3",
+        )
+        .bind(run)
+        .bind(stage)
+        .bind(host)
+        .bind(&reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        sqlx::query(
+            "UPDATE run_hosts SET state = 'DROPPED', updated_ts = $3 \
+             WHERE run_id = $1 AND host = $2 AND state <> 'REMOVED'",
+        )
+        .bind(run)
+        .bind(host)
+        .bind(now_micros())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        // Its pending entries of this stage and of every later ordinary stage.
+        Self::end_pending(
+            tx,
+            run,
+            "e.stage >= $4 AND e.stage <> ALL($5::bigint[])",
+            stage,
+            &locked.finally_stages(),
+            Some(host),
+            (DROPPED, TaskState::Dropped),
+            (&reason, &reason),
+            doing,
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -506,20 +1116,22 @@ impl WorkQueue for PostgresStore {
             });
         }
         let inserted = sqlx::query(
-            "INSERT INTO run_work (run_id, commands, stages, submitted_ts) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO run_work (run_id, commands, stages, submitted_ts, rules) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (run_id) DO NOTHING RETURNING pg_notify('deployer_runs', run_id)",
         )
         .bind(run)
         .bind(json!(&submission.commands, doing)?)
         .bind(json!(&submission.stages, doing)?)
         .bind(now_micros())
+        .bind(json!(&submission.rules, doing)?)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
         if inserted.is_none() {
             return Err(invalid(doing, "it was submitted already"));
         }
-        // 8 parameters a row: 4000 rows stay under PostgreSQL's 65535 parameters.
+        // 9 parameters a row: 4000 rows stay under PostgreSQL's 65535 parameters.
         for chunk in submission.entries.chunks(4000) {
             let mut rows = Vec::with_capacity(chunk.len());
             for e in chunk {
@@ -530,14 +1142,19 @@ impl WorkQueue for PostgresStore {
                     e.zone.as_deref().map(text),
                     json!(&e.tasks, doing)?,
                     i64::from(e.idempotent),
+                    if e.reaches.is_empty() {
+                        None
+                    } else {
+                        Some(json!(&e.reaches, doing)?)
+                    },
                 ));
             }
             let mut q = sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO run_entries (run_id, stage, entry, host, zone, tasks, idempotent, state) ",
+                "INSERT INTO run_entries (run_id, stage, entry, host, zone, tasks, idempotent, state, reaches) ",
             );
             q.push_values(
                 rows,
-                |mut b, (stage, entry, host, zone, tasks, idempotent)| {
+                |mut b, (stage, entry, host, zone, tasks, idempotent, reaches)| {
                     b.push_bind(run)
                         .push_bind(stage)
                         .push_bind(entry)
@@ -545,7 +1162,8 @@ impl WorkQueue for PostgresStore {
                         .push_bind(zone.map(|z| z.into_owned()))
                         .push_bind(tasks)
                         .push_bind(idempotent)
-                        .push_bind(PENDING);
+                        .push_bind(PENDING)
+                        .push_bind(reaches);
                 },
             );
             q.build()
@@ -553,8 +1171,11 @@ impl WorkQueue for PostgresStore {
                 .await
                 .map_err(|e| backend(doing, e))?;
         }
-        // A run with no entries is over at once.
-        Self::finish_if_over(&mut tx, run, doing).await?;
+        // A run with no entries is over at once; a first stage that is a finally stage is
+        // sorted out now.
+        if let Some(mut locked) = Self::lock_run(&mut tx, run, doing).await? {
+            Self::settle(&mut tx, run, &mut locked, true, doing).await?;
+        }
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(())
     }
@@ -623,7 +1244,7 @@ impl WorkQueue for PostgresStore {
         let candidates = sqlx::query(concat!(
             "SELECT w.run_id FROM run_work w JOIN runs r ON r.id = w.run_id \
              WHERE r.finish_ts IS NULL AND ( \
-               (w.aborting = 0 AND w.stopped IS NULL AND r.cancel_by IS NULL \
+               (w.stopped IS NULL \
                 AND CAST(w.commands AS jsonb) <@ to_jsonb($1::text[]) \
                 AND EXISTS (SELECT 1 FROM run_entries e WHERE e.run_id = w.run_id \
                   AND e.state = 'PENDING' AND (e.zone IS NULL OR cardinality($2::text[]) = 0 \
@@ -735,31 +1356,22 @@ impl WorkQueue for PostgresStore {
         let run = claim.run.as_str();
         let mut tx = self.begin_work(doing).await?;
         // The run's lock: ends of its entries are serialized, so exactly one finishes it.
-        let locked = sqlx::query("SELECT 1 AS one FROM run_work WHERE run_id = $1 FOR UPDATE")
-            .bind(run)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?;
-        if locked.is_none() {
+        let Some(mut locked) = Self::lock_run(&mut tx, run, doing).await? else {
             return Err(lease_lost(claim));
-        }
+        };
         let state = match outcome {
             EntryOutcome::Done => DONE,
             EntryOutcome::Failed => FAILED,
             EntryOutcome::Cancelled => CANCELLED,
         };
-        // One statement: the entry ends if this claim is still its current one (fenced);
-        // a failure or a cancel makes the run abort (nothing new is claimed).
+        // One statement: the entry ends if this claim is still its current one (fenced).
         let ended = sqlx::query(concat!(
-            "WITH ended AS (UPDATE run_entries SET state = $6, lease_expires = NULL, ended_ts = ",
+            "UPDATE run_entries SET state = $6, lease_expires = NULL, ended_ts = ",
             now!(),
             " WHERE run_id = $1 AND stage = $2 AND entry = $3 AND worker = $4 AND fence = $5 \
              AND state = 'CLAIMED' AND lease_expires > ",
             now!(),
-            " RETURNING host), \
-             aborts AS (UPDATE run_work SET aborting = 1 WHERE run_id = $1 \
-             AND $6 <> 'DONE' AND EXISTS (SELECT 1 FROM ended)) \
-             SELECT host, pg_notify('deployer_runs', $1) FROM ended"
+            " RETURNING host, reaches, pg_notify('deployer_runs', $1)"
         ))
         .bind(run)
         .bind(index(claim.stage, doing)?)
@@ -773,28 +1385,61 @@ impl WorkQueue for PostgresStore {
         let Some(ended) = ended else {
             return Err(lease_lost(claim));
         };
-        // The host: failed with a failure; done once none of its entries is left.
         let host = ended.text("host")?;
-        if outcome != EntryOutcome::Cancelled {
-            sqlx::query(
-                "UPDATE run_hosts SET state = $3, updated_ts = $4 \
-                 WHERE run_id = $1 AND host = $2 AND state <> 'FAILED' \
-                 AND ($3 = 'FAILED' OR NOT EXISTS (SELECT 1 FROM run_entries x \
-                 WHERE x.run_id = $1 AND x.host = $2 AND x.state IN ('PENDING', 'CLAIMED')))",
-            )
-            .bind(run)
-            .bind(&host)
-            .bind(if outcome == EntryOutcome::Failed {
-                HostState::Failed.as_str()
-            } else {
-                HostState::Done.as_str()
-            })
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?;
+        Self::record_points(&mut tx, run, &host, ended.opt_text("reaches")?, doing).await?;
+        // A cancel seen before this end counts first (it is the one the worker saw).
+        if locked.cancel && !locked.aborting {
+            Self::abort(&mut tx, run, &mut locked, CANCELLED, None, doing).await?;
         }
-        Self::finish_if_over(&mut tx, run, doing).await?;
+        let stage = index(claim.stage, doing)?;
+        let finally = locked.stage(run, stage)?.finally.is_some();
+        match outcome {
+            EntryOutcome::Done => {
+                // Done once none of its entries is left.
+                sqlx::query(
+                    "UPDATE run_hosts SET state = $3, updated_ts = $4 \
+                     WHERE run_id = $1 AND host = $2 \
+                     AND state NOT IN ('FAILED', 'DROPPED', 'REMOVED') \
+                     AND NOT EXISTS (SELECT 1 FROM run_entries x \
+                     WHERE x.run_id = $1 AND x.host = $2 AND x.state IN ('PENDING', 'CLAIMED'))",
+                )
+                .bind(run)
+                .bind(&host)
+                .bind(HostState::Done.as_str())
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+            }
+            EntryOutcome::Cancelled => {
+                Self::abort(&mut tx, run, &mut locked, CANCELLED, None, doing).await?;
+            }
+            EntryOutcome::Failed if finally => {
+                // Not counted, stops nothing: the run fails.
+                sqlx::query(
+                    "UPDATE run_work SET outcome = COALESCE(outcome, 'FAILED') WHERE run_id = $1",
+                )
+                .bind(run)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+                locked.outcome.get_or_insert_with(|| FAILED.to_string());
+                sqlx::query(
+                    "UPDATE run_hosts SET state = 'FAILED', updated_ts = $3 \
+                     WHERE run_id = $1 AND host = $2 AND state NOT IN ('DROPPED', 'REMOVED')",
+                )
+                .bind(run)
+                .bind(&host)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+            }
+            EntryOutcome::Failed => {
+                Self::host_failed(&mut tx, run, &mut locked, claim, &host, doing).await?;
+            }
+        }
+        Self::settle(&mut tx, run, &mut locked, true, doing).await?;
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(())
     }
@@ -848,6 +1493,15 @@ impl WorkQueue for PostgresStore {
                 _ => status.ended += n,
             }
         }
+        let dropped = sqlx::query(
+            "SELECT COUNT(DISTINCT host) AS n FROM run_failed_hosts \
+             WHERE run_id = $1 AND dropped <> 0",
+        )
+        .bind(run.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        status.dropped = dropped.count_usize("n")?;
         let zones = sqlx::query(concat!(
             "SELECT DISTINCT zone FROM run_entries e WHERE run_id = $1 AND state = 'PENDING' \
              AND zone IS NOT NULL AND NOT EXISTS (SELECT 1 FROM workers w \

@@ -245,9 +245,10 @@ impl Executor {
             }
             // A finally stage runs an entry only for the hosts its points select (an
             // `on_failure` one, only after a failure or a cancel); for the others it has
-            // nothing to do.
+            // nothing to do. One entry of a distributed run (`RunOptions::entry`) runs as
+            // claimed: the store selected it, knowing the run's points and failures.
             let mut excluded = HashSet::new();
-            if let Some(f) = &stage.finally {
+            if let Some(f) = stage.finally.as_ref().filter(|_| options.entry.is_none()) {
                 let unfailed = f.on_failure && report.outcome == RunOutcome::Succeeded;
                 // Within a failure budget, the run failed only on the dropped hosts.
                 let only_dropped = f.on_failure && report.outcome == RunOutcome::Degraded;

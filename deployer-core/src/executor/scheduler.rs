@@ -137,6 +137,11 @@ impl<'a> JobQueue<'a> {
     /// How many more hosts may have work under way without leaving fewer than
     /// `min_hosts_up` up (unbounded without it).
     fn window(&self) -> usize {
+        if self.shared.only.is_some() {
+            // One entry of a distributed run: the store held `min_hosts_up` when it was
+            // claimed.
+            return usize::MAX;
+        }
         match self.stage.min_hosts_up {
             // Clean-up reaches every host: the window bounds it but never closes.
             Some(min) if self.finally => self.stage.hosts.len().saturating_sub(min).max(1),
@@ -176,6 +181,11 @@ impl<'a> JobQueue<'a> {
     /// A host of an ordinary stage failed: drops it when the failure budget allows (its
     /// pending entries are reported dropped) and returns true; false when the run must stop.
     async fn host_failed(&mut self, h: usize, failures: &[FailedTask]) -> bool {
+        if self.shared.only.is_some() {
+            // One entry of a distributed run: the store counts the failure against the
+            // budgets and `min_hosts_up` (the entry ends failed either way).
+            return false;
+        }
         let host = self.stage.hosts[h].clone();
         if self.shared.dropped_reason(&host).is_some() {
             // Another entry of a host already dropped.

@@ -753,9 +753,10 @@ pub async fn bad_submissions_are_refused(store: Queue) {
         commands: vec!["noop".to_string()],
         stages: vec![StageLimits {
             concurrency: 1,
-            concurrency_per_host: None,
+            ..StageLimits::default()
         }],
         entries: vec![],
+        rules: RunRules::default(),
     };
     let err = store.submit(&again).await.unwrap_err();
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
@@ -783,6 +784,7 @@ pub async fn bad_submissions_are_refused(store: Queue) {
         zone: None,
         tasks: vec![],
         idempotent: true,
+        reaches: vec![],
     });
     let err = store.submit(&stray).await.unwrap_err();
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
