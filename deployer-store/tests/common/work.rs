@@ -39,6 +39,16 @@ where
     unserved_zones_are_those_without_a_live_worker(store().await).await;
     eprintln!("work queue contract: bad_submissions_are_refused");
     bad_submissions_are_refused(store().await).await;
+    eprintln!("work queue contract: a_failure_within_the_budget_drops_its_host");
+    a_failure_within_the_budget_drops_its_host(store().await).await;
+    eprintln!("work queue contract: a_failure_past_the_budget_aborts_the_run");
+    a_failure_past_the_budget_aborts_the_run(store().await).await;
+    eprintln!("work queue contract: min_hosts_up_holds_across_claimers");
+    min_hosts_up_holds_across_claimers(store().await).await;
+    eprintln!("work queue contract: finally_stages_select_as_one_controller");
+    finally_stages_select_as_one_controller(store().await).await;
+    eprintln!("work queue contract: a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing");
+    a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store().await).await;
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -794,4 +804,429 @@ pub async fn bad_submissions_are_refused(store: Queue) {
         WorkStatus::default(),
         "nothing was submitted"
     );
+}
+
+// --- The single controller's rules across workers: budgets, min_hosts_up, finally stages ---
+
+/// A submitted run of a tasklist (every entry idempotent, no zones) and a worker driving it.
+struct Driven {
+    store: Queue,
+    run: RunId,
+    me: WorkerInfo,
+}
+
+impl Driven {
+    async fn submit(store: &Queue, tasklist: Tasklist) -> Driven {
+        let plan = Plan::build(&tasklist, &registry()).unwrap();
+        let new = NewRun::from_plan(&plan, "test", "alice");
+        let run = new.id.clone();
+        store.create_run(new).await.unwrap();
+        let submission = Submission::of_plan(&plan, &run, |_| None).unwrap();
+        store.submit(&submission).await.unwrap();
+        Driven {
+            store: store.clone(),
+            run,
+            me: worker("w-rules", &[]),
+        }
+    }
+
+    async fn claim(&self) -> Option<Claim> {
+        WorkQueue::claim(&*self.store, &self.me, LONG)
+            .await
+            .unwrap()
+    }
+
+    /// Records every task of `claim` as succeeded (`ok`) or failed, and ends the entry so.
+    async fn end(&self, claim: &Claim, ok: bool) {
+        for task in self.store.tasks(&self.run).await.unwrap() {
+            if !claim.tasks.contains(&task.id) {
+                continue;
+            }
+            let mut task = task;
+            task.attempts = 1;
+            if ok {
+                task.state = TaskState::Succeeded;
+            } else {
+                task.state = TaskState::Failed;
+                task.error = Some("boom".to_string());
+                task.exit_status = Some(3);
+            }
+            self.store.record_task(claim, &task).await.unwrap();
+        }
+        let outcome = if ok {
+            EntryOutcome::Done
+        } else {
+            EntryOutcome::Failed
+        };
+        self.store.finish_entry(claim, outcome).await.unwrap();
+    }
+
+    /// Claims and ends entries (failing those whose host is in `fail`) until none is left.
+    async fn drain(&self, fail: &[&str]) -> Vec<(usize, String)> {
+        self.drain_with(|_, host| !fail.contains(&host)).await
+    }
+
+    /// Claims and ends entries (succeeding as `ok(stage, host)` says) until none is left;
+    /// the (stage, host) of each claim, in order.
+    async fn drain_with(&self, ok: impl Fn(usize, &str) -> bool) -> Vec<(usize, String)> {
+        let mut ran = Vec::new();
+        while let Some(c) = self.claim().await {
+            ran.push((c.stage, c.host.clone()));
+            self.end(&c, ok(c.stage, &c.host)).await;
+        }
+        ran
+    }
+
+    /// Each task's (state, error) by (stage, host).
+    async fn tasks(&self) -> HashMap<(usize, String), (TaskState, Option<String>)> {
+        self.store
+            .tasks(&self.run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| ((t.id.stage, t.host.clone()), (t.state, t.error.clone())))
+            .collect()
+    }
+
+    async fn host_state(&self, host: &str) -> HostState {
+        self.store
+            .hosts(&self.run)
+            .await
+            .unwrap()
+            .iter()
+            .find(|h| h.host == host)
+            .unwrap_or_else(|| panic!("no host {host}"))
+            .state
+    }
+
+    async fn state(&self) -> RunState {
+        self.store.run(&self.run).await.unwrap().state
+    }
+}
+
+fn noop_on(host: &str) -> Task {
+    Task::new("noop").on(host)
+}
+
+fn stage_on(name: &str, hosts: &[&str]) -> Stage {
+    hosts
+        .iter()
+        .fold(Stage::new(name, 10), |s, h| s.task(noop_on(h)))
+}
+
+/// A failure within the run's budget drops its host: the run goes on without it (its later
+/// ordinary entries end dropped, with the reason) and ends degraded.
+pub async fn a_failure_within_the_budget_drops_its_host(store: Queue) {
+    let tasklist = Tasklist::new("budget")
+        .budget(FailureBudget::max_failures(1))
+        .stage(stage_on("s0", &["a", "b", "c"]))
+        .stage(stage_on("s1", &["a", "b", "c"]));
+    let d = Driven::submit(&store, tasklist).await;
+    let mut claims = Vec::new();
+    while let Some(c) = d.claim().await {
+        claims.push(c);
+    }
+    assert_eq!(claims.len(), 3, "stage 0: every host at once");
+    d.end(&claims[0], false).await; // a fails
+    let status = store.work_status(&d.run).await.unwrap();
+    assert!(!status.aborting, "within the budget the run goes on");
+    assert_eq!(status.dropped, 1);
+    assert_eq!(d.host_state("a").await, HostState::Dropped);
+    let (state, error) = d.tasks().await[&(1, "a".to_string())].clone();
+    assert_eq!(state, TaskState::Dropped);
+    assert_eq!(
+        error.as_deref(),
+        Some("stages[0].tasks[0] noop failed: boom (exit status 3)"),
+        "the single controller's reason"
+    );
+    d.end(&claims[1], true).await;
+    d.end(&claims[2], true).await;
+    let ran = d.drain(&[]).await;
+    assert_eq!(
+        ran.iter().map(|(_, h)| h.as_str()).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["b", "c"]),
+        "the dropped host does no more ordinary work: {ran:?}"
+    );
+    assert_eq!(d.state().await, RunState::Degraded);
+    assert_eq!(d.host_state("a").await, HostState::Dropped);
+    assert_eq!(d.host_state("b").await, HostState::Done);
+}
+
+/// The failure that goes past the run's budget, or past a stage's own (which replaces the
+/// run's for that stage), aborts the run: the ordinary entries left do not run.
+pub async fn a_failure_past_the_budget_aborts_the_run(store: Queue) {
+    // The run's budget: one host may fail, the second stops the run.
+    let tasklist = Tasklist::new("run budget")
+        .budget(FailureBudget::max_failures(1))
+        .stage(Stage::new("s0", 1).tasks(["a", "b", "c"].map(noop_on)))
+        .stage(stage_on("s1", &["a", "b", "c"]));
+    let d = Driven::submit(&store, tasklist).await;
+    let ran = d.drain(&["a", "b"]).await;
+    assert_eq!(ran, [(0, "a".to_string()), (0, "b".to_string())]);
+    assert_eq!(d.state().await, RunState::Failed);
+    let tasks = d.tasks().await;
+    assert_eq!(
+        tasks[&(0, "c".to_string())],
+        (
+            TaskState::NotRun,
+            Some("an earlier task failed".to_string())
+        )
+    );
+    assert_eq!(
+        tasks[&(1, "c".to_string())],
+        (
+            TaskState::NotRun,
+            Some("an earlier stage failed".to_string())
+        )
+    );
+    assert_eq!(tasks[&(1, "a".to_string())].0, TaskState::Dropped);
+    assert_eq!(d.host_state("b").await, HostState::Failed);
+    assert_eq!(d.host_state("a").await, HostState::Dropped);
+
+    // A stage's budget (50 % of its 4 hosts) over the run's none: two failures drop their
+    // hosts, the third stops the run.
+    let tasklist = Tasklist::new("stage budget")
+        .stage(
+            Stage::new("s0", 1)
+                .budget(FailureBudget::max_fail_percentage(50))
+                .tasks(["a", "b", "c", "d", "e"].map(noop_on)),
+        )
+        .stage(stage_on("s1", &["e"]));
+    let d = Driven::submit(&store, tasklist).await;
+    let ran = d.drain(&["a", "b", "c"]).await;
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    assert_eq!(d.state().await, RunState::Failed);
+    assert_eq!(d.tasks().await[&(0, "d".to_string())].0, TaskState::NotRun);
+
+    // Within a stage's budget, a later stage without one falls back to the run's (none): its
+    // first failure stops the run.
+    let tasklist = Tasklist::new("stage then none")
+        .stage(
+            Stage::new("s0", 1)
+                .budget(FailureBudget::max_failures(1))
+                .tasks(["a", "b"].map(noop_on)),
+        )
+        .stage(Stage::new("s1", 1).tasks(["b", "c"].map(noop_on)));
+    let d = Driven::submit(&store, tasklist).await;
+    let ran = d
+        .drain_with(|stage, host| (stage, host) != (0, "a") && (stage, host) != (1, "b"))
+        .await;
+    assert_eq!(
+        ran,
+        [
+            (0, "a".to_string()),
+            (0, "b".to_string()),
+            (1, "b".to_string())
+        ]
+    );
+    assert_eq!(d.state().await, RunState::Failed);
+    assert_eq!(d.tasks().await[&(1, "c".to_string())].0, TaskState::NotRun);
+}
+
+/// `min_hosts_up`: at most `hosts − min − down` hosts hold a place at once over every
+/// claimer (a host keeps its place while it has work left in the stage); when nothing runs
+/// and no host may start, the run fails with the single controller's message.
+pub async fn min_hosts_up_holds_across_claimers(store: Queue) {
+    let hosts = ["h0", "h1", "h2", "h3", "h4", "h5"];
+    let tasklist = Tasklist::new("window").stage(
+        Stage::new("rolling", 12)
+            .per_host(1)
+            .min_hosts_up(4)
+            .tasks(hosts.map(noop_on))
+            .tasks(hosts.map(noop_on)),
+    );
+    let _run = Driven::submit(&store, tasklist).await.run;
+    // Eight claimers at once: two hosts hold the window.
+    let claimers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                WorkQueue::claim(&*store, &worker(&format!("w{i}"), &[]), LONG)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut claims = Vec::new();
+    for c in claimers {
+        claims.extend(c.await.unwrap());
+    }
+    let held: BTreeSet<&str> = claims.iter().map(|c| c.host.as_str()).collect();
+    assert_eq!(held, BTreeSet::from(["h0", "h1"]), "{claims:?}");
+    // h0 keeps its place until its second entry is done too.
+    let first = claims.iter().find(|c| c.host == "h0").unwrap().clone();
+    finish_as(&store, &first).await;
+    let next = WorkQueue::claim(&*store, &worker("w9", &[]), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.host.as_str(), next.entry), ("h0", 6));
+    assert!(
+        WorkQueue::claim(&*store, &worker("w9", &[]), LONG)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    finish_as(&store, &next).await;
+    let third = WorkQueue::claim(&*store, &worker("w9", &[]), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.host, "h2", "h0's place is free");
+
+    // 3 hosts, at least 2 up, one may fail within the budget: once it is down no other host
+    // may be taken down, and the run fails saying so.
+    let tasklist = Tasklist::new("held").stage(
+        Stage::new("rolling", 3)
+            .min_hosts_up(2)
+            .budget(FailureBudget::max_failures(2))
+            .tasks(["a", "b", "c"].map(noop_on)),
+    );
+    let d = Driven::submit(&store, tasklist).await;
+    let a = d.claim().await.unwrap();
+    assert!(d.claim().await.is_none(), "a window of one host");
+    d.end(&a, false).await;
+    assert!(d.claim().await.is_none());
+    assert_eq!(d.state().await, RunState::Failed);
+    let held =
+        "min_hosts_up 2: 1 of the stage's 3 hosts are down, so no other host may be taken down";
+    let tasks = d.tasks().await;
+    assert_eq!(
+        tasks[&(0, "b".to_string())],
+        (TaskState::NotRun, Some(held.to_string()))
+    );
+    assert_eq!(tasks[&(0, "c".to_string())].1.as_deref(), Some(held));
+    assert_eq!(d.host_state("a").await, HostState::Dropped);
+}
+
+async fn finish_as(store: &Queue, claim: &Claim) {
+    store.finish_entry(claim, EntryOutcome::Done).await.unwrap();
+}
+
+/// The run's three ways to end before its finally stages and what each selects: `on_failure`
+/// after a success, a failure, a cancel, with only dropped hosts; `if_reached` /
+/// `unless_reached` against the points reached.
+pub async fn finally_stages_select_as_one_controller(store: Queue) {
+    let tasklist = |budget: Option<usize>| {
+        let mut t = Tasklist::new("finally");
+        if let Some(n) = budget {
+            t = t.budget(FailureBudget::max_failures(n));
+        }
+        t.stage(
+            Stage::new("lock", 10)
+                .task(noop_on("a").reaches("locked"))
+                .task(noop_on("b").reaches("locked"))
+                .task(noop_on("c")),
+        )
+        .stage(stage_on("work", &["a", "b", "c"]))
+        .stage(stage_on("unlock", &["a", "b", "c"]).finally(Finally::if_reached("locked")))
+        .stage(stage_on("page", &["a", "b", "c"]).finally(Finally::on_failure()))
+        .stage(
+            stage_on("fix", &["a", "b", "c"]).finally(Finally::always().unless_reached("locked")),
+        )
+    };
+    let by_stage = |ran: &[(usize, String)], stage: usize| -> BTreeSet<String> {
+        ran.iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, h)| h.clone())
+            .collect()
+    };
+    // After a success: unlock where locked; no page; fix where not locked.
+    let d = Driven::submit(&store, tasklist(None)).await;
+    let ran = d.drain(&[]).await;
+    assert_eq!(by_stage(&ran, 2), BTreeSet::from(["a".into(), "b".into()]));
+    assert!(by_stage(&ran, 3).is_empty(), "{ran:?}");
+    assert_eq!(by_stage(&ran, 4), BTreeSet::from(["c".into()]));
+    let tasks = d.tasks().await;
+    assert_eq!(
+        tasks[&(3, "a".to_string())],
+        (
+            TaskState::Skipped,
+            Some("the run has not failed".to_string())
+        )
+    );
+    assert_eq!(
+        tasks[&(2, "c".to_string())],
+        (
+            TaskState::Skipped,
+            Some("its host did not reach \"locked\"".to_string())
+        )
+    );
+    assert_eq!(
+        tasks[&(4, "a".to_string())].1.as_deref(),
+        Some("its host reached \"locked\"")
+    );
+    assert_eq!(d.state().await, RunState::Succeeded);
+
+    // After a failure (b's lock fails: b reached nothing): the work does not run, every
+    // finally stage does, for the hosts it selects; the run fails.
+    let d = Driven::submit(&store, tasklist(None)).await;
+    let ran = d.drain(&["b"]).await;
+    assert!(by_stage(&ran, 1).is_empty(), "{ran:?}");
+    assert_eq!(by_stage(&ran, 2), BTreeSet::from(["a".into()]));
+    assert_eq!(by_stage(&ran, 3).len(), 3, "paged for every host: {ran:?}");
+    assert_eq!(by_stage(&ran, 4), BTreeSet::from(["b".into(), "c".into()]));
+    assert_eq!(d.tasks().await[&(1, "a".to_string())].0, TaskState::NotRun);
+    assert_eq!(d.state().await, RunState::Failed);
+
+    // After a cancel: the same clean-up; the run is cancelled.
+    let d = Driven::submit(&store, tasklist(None)).await;
+    let locks: Vec<Claim> = [d.claim().await.unwrap(), d.claim().await.unwrap()].into();
+    for c in &locks {
+        d.end(c, true).await;
+    }
+    store.request_cancel(&d.run, "alice").await.unwrap();
+    let ran = d.drain(&[]).await;
+    assert!(
+        by_stage(&ran, 0).len() <= 1 && by_stage(&ran, 1).is_empty(),
+        "{ran:?}"
+    );
+    assert_eq!(by_stage(&ran, 2), BTreeSet::from(["a".into(), "b".into()]));
+    assert_eq!(by_stage(&ran, 3).len(), 3, "{ran:?}");
+    assert_eq!(d.state().await, RunState::Cancelled);
+
+    // Degraded (b dropped in the work stage): on_failure pages only the dropped host.
+    let d = Driven::submit(&store, tasklist(Some(1))).await;
+    let ran = d.drain_with(|stage, host| (stage, host) != (1, "b")).await;
+    assert_eq!(by_stage(&ran, 3), BTreeSet::from(["b".into()]));
+    assert_eq!(
+        d.tasks().await[&(3, "a".to_string())].1.as_deref(),
+        Some("the run has not failed on this host")
+    );
+    assert_eq!(d.state().await, RunState::Degraded);
+    assert_eq!(d.host_state("b").await, HostState::Dropped);
+}
+
+/// A failure in a finally stage is not counted and stops nothing: the stage's other entries
+/// and later finally stages run; the run fails. A finally stage first in the run is sorted
+/// out at submit.
+pub async fn a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store: Queue) {
+    let tasklist = Tasklist::new("finally fails")
+        .budget(FailureBudget::max_failures(0))
+        .stage(stage_on("work", &["a", "b"]))
+        .stage(
+            Stage::new("cleanup", 1)
+                .finally(Finally::always())
+                .tasks(["a", "b"].map(noop_on)),
+        )
+        .stage(stage_on("last", &["a", "b"]).finally(Finally::always()));
+    let d = Driven::submit(&store, tasklist).await;
+    let ran = d.drain_with(|stage, host| (stage, host) != (1, "a")).await;
+    assert_eq!(ran.len(), 6, "every entry ran: {ran:?}");
+    assert_eq!(ran[2], (1, "a".to_string()));
+    assert_eq!(
+        ran[3],
+        (1, "b".to_string()),
+        "after the failure in the finally stage"
+    );
+    assert_eq!(d.state().await, RunState::Failed);
+    assert_eq!(d.host_state("a").await, HostState::Failed);
+    assert_eq!(d.host_state("b").await, HostState::Done);
+
+    // Only on_failure stages, after nothing: sorted out at once, the run succeeds unclaimed.
+    let tasklist =
+        Tasklist::new("only pages").stage(stage_on("page", &["a"]).finally(Finally::on_failure()));
+    let d = Driven::submit(&store, tasklist).await;
+    assert!(d.claim().await.is_none());
+    assert_eq!(d.state().await, RunState::Succeeded);
 }
