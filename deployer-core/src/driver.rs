@@ -85,7 +85,7 @@ pub enum DriveError {
     /// Recording, resuming or claiming the run failed.
     #[error(transparent)]
     Runs(#[from] RunsError),
-    /// The plan cannot run on workers (an inline secret, a `finally` stage, …).
+    /// The plan cannot run on workers (an inline secret).
     #[error(transparent)]
     Submit(#[from] crate::work::SubmitError),
 }

@@ -646,3 +646,63 @@ async fn a_single_entry_runs_alone() {
     assert_eq!(report.outcome, RunOutcome::Failed);
     assert_eq!(tracker.order(), ["bad"]);
 }
+
+/// One entry of a distributed run runs as the store claimed it: the executor does not
+/// re-decide a `finally` stage's selection (it has no points or failures to look at) and does
+/// not drop its host within a budget (the store counts the failure: the entry ends failed). A
+/// first cancel leaves a finally entry running.
+#[tokio::test]
+async fn a_single_entry_runs_as_claimed_whatever_the_rules() {
+    let (commands, tracker) = registry();
+    let tasklist = Tasklist::new("rules")
+        .budget(FailureBudget::max_failures(5))
+        .stage(
+            Stage::new("rolling", 2)
+                .task(work("h1", "a"))
+                .task(work("h2", "bad").arg("fail", true))
+                .task(work("h3", "lock").reaches("locked")),
+        )
+        .stage(
+            Stage::new("unlock", 2)
+                .finally(Finally::if_reached("locked"))
+                .task(work("h1", "unlock")),
+        )
+        .stage(
+            Stage::new("page", 2)
+                .finally(Finally::on_failure())
+                .task(work("h1", "page")),
+        );
+    let plan = Plan::build(&tasklist, &commands).unwrap();
+    let one = |entry: (usize, usize), cancel: CancelHandle| {
+        let plan = &plan;
+        async move {
+            executor(&Arc::new(EventLog::new()))
+                .run_with(
+                    plan,
+                    RunOptions {
+                        entry: Some(entry),
+                        cancel,
+                        ..RunOptions::default()
+                    },
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        one((0, 0), CancelHandle::new()).await.outcome,
+        RunOutcome::Succeeded
+    );
+    // Within the run's budget a whole run would drop h2 and go on degraded.
+    let report = one((0, 1), CancelHandle::new()).await;
+    assert_eq!(report.outcome, RunOutcome::Failed);
+    assert!(report.dropped.is_empty());
+    // Nothing reached "locked" here, and the run has not failed here: both run anyway.
+    assert_eq!(
+        one((1, 0), CancelHandle::new()).await.outcome,
+        RunOutcome::Succeeded
+    );
+    let cancelled = CancelHandle::new();
+    cancelled.cancel();
+    assert_eq!(one((2, 0), cancelled).await.outcome, RunOutcome::Succeeded);
+    assert_eq!(tracker.order(), ["a", "bad", "unlock", "page"]);
+}

@@ -190,7 +190,12 @@ impl Executor {
                 });
                 continue;
             }
-            if report.outcome.completed() && options.cancel.is_cancelled() {
+            // One entry of a distributed run ends as its stage does: a first cancel stops an
+            // ordinary one there, and leaves a finally one running.
+            if report.outcome.completed()
+                && options.cancel.is_cancelled()
+                && options.entry.is_none()
+            {
                 report.outcome = RunOutcome::Cancelled;
             }
             let stopped = !report.outcome.completed();
