@@ -100,6 +100,27 @@ pub struct StageLimits {
 }
 
 /// The run's failure budget and the number of hosts it counts over, as the store holds them.
+///
+/// ```
+/// use deployer_core::*;
+/// use deployer_core::fixture::Noop;
+/// let mut commands = CommandRegistry::new();
+/// commands.register::<Noop>("noop");
+/// let tasklist = Tasklist::new("t")
+///     .budget(FailureBudget::max_failures(1))
+///     .stage(Stage::new("s", 2).task(Task::new("noop").on("web1")).task(Task::new("noop").on("web2")))
+///     .stage(Stage::new("cleanup", 2).finally(Finally::always()).task(Task::new("noop").on("web3")));
+/// let plan = Plan::build(&tasklist, &commands).unwrap();
+/// let s = Submission::of_plan(&plan, &RunId::new(), |_| None).unwrap();
+/// // Counted over the hosts of ordinary stages only, as a single controller counts them.
+/// assert_eq!(s.rules, RunRules { budget: FailureBudget::max_failures(1), hosts: 2 });
+/// assert_eq!(s.stages[1].finally, Some(Finally::always()));
+/// // Stored as JSON, read back whole (older stored stages read with defaults).
+/// let json = serde_json::to_string(&s).unwrap();
+/// assert_eq!(serde_json::from_str::<Submission>(&json).unwrap(), s);
+/// let old: StageLimits = serde_json::from_str(r#"{"concurrency":3,"concurrency_per_host":null}"#).unwrap();
+/// assert_eq!((old.concurrency, old.finally, old.hosts), (3, None, 0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RunRules {
     /// The tasklist's failure budget, counted over every host of the run.
