@@ -1415,15 +1415,9 @@ impl WorkQueue for PostgresStore {
                 Self::abort(&mut tx, run, &mut locked, CANCELLED, None, doing).await?;
             }
             EntryOutcome::Failed if finally => {
-                // Not counted, stops nothing: the run fails.
-                sqlx::query(
-                    "UPDATE run_work SET outcome = COALESCE(outcome, 'FAILED') WHERE run_id = $1",
-                )
-                .bind(run)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| backend(doing, e))?;
-                locked.outcome.get_or_insert_with(|| FAILED.to_string());
+                // Not counted, stops none of the stage's entries nor later finally stages:
+                // the run fails, and later ordinary stages do not run.
+                Self::abort(&mut tx, run, &mut locked, FAILED, None, doing).await?;
                 sqlx::query(
                     "UPDATE run_hosts SET state = 'FAILED', updated_ts = $3 \
                      WHERE run_id = $1 AND host = $2 AND state NOT IN ('DROPPED', 'REMOVED')",

@@ -1209,15 +1209,24 @@ pub async fn a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store:
                 .finally(Finally::always())
                 .tasks(["a", "b"].map(noop_on)),
         )
+        .stage(stage_on("after", &["a", "b"]))
         .stage(stage_on("last", &["a", "b"]).finally(Finally::always()));
     let d = Driven::submit(&store, tasklist).await;
     let ran = d.drain_with(|stage, host| (stage, host) != (1, "a")).await;
-    assert_eq!(ran.len(), 6, "every entry ran: {ran:?}");
+    assert_eq!(ran.len(), 6, "all but the ordinary stage after it: {ran:?}");
     assert_eq!(ran[2], (1, "a".to_string()));
     assert_eq!(
         ran[3],
         (1, "b".to_string()),
         "after the failure in the finally stage"
+    );
+    assert_eq!(ran[4].0, 3, "the later finally stage runs: {ran:?}");
+    assert_eq!(
+        d.tasks().await[&(2, "a".to_string())],
+        (
+            TaskState::NotRun,
+            Some("an earlier stage failed".to_string())
+        )
     );
     assert_eq!(d.state().await, RunState::Failed);
     assert_eq!(d.host_state("a").await, HostState::Failed);
