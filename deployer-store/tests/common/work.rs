@@ -49,6 +49,8 @@ where
     finally_stages_select_as_one_controller(store().await).await;
     eprintln!("work queue contract: a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing");
     a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store().await).await;
+    eprintln!("work queue contract: a_rollback_stage_rolls_its_host_back");
+    a_rollback_stage_rolls_its_host_back(store().await).await;
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -1238,4 +1240,36 @@ pub async fn a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store:
     let d = Driven::submit(&store, tasklist).await;
     assert!(d.claim().await.is_none());
     assert_eq!(d.state().await, RunState::Succeeded);
+}
+
+/// A rollback stage's success records its host ROLLED_BACK (the worker records the task rolled
+/// back, as its journal does), over the failure that led to it.
+pub async fn a_rollback_stage_rolls_its_host_back(store: Queue) {
+    let tasklist = Tasklist::new("rollback")
+        .stage(stage_on("switch", &["a", "b"]))
+        .stage(stage_on("back", &["a", "b"]).finally(Finally::on_failure().rolling_back()));
+    let d = Driven::submit(&store, tasklist).await;
+    let mut ran = Vec::new();
+    while let Some(c) = d.claim().await {
+        ran.push((c.stage, c.host.clone()));
+        if c.stage == 0 {
+            d.end(&c, c.host != "a").await;
+            continue;
+        }
+        for mut task in store.tasks(&d.run).await.unwrap() {
+            if claim_has(&c, &task) {
+                task.state = TaskState::RolledBack;
+                store.record_task(&c, &task).await.unwrap();
+            }
+        }
+        store.finish_entry(&c, EntryOutcome::Done).await.unwrap();
+    }
+    assert_eq!(ran.iter().filter(|(s, _)| *s == 1).count(), 2, "{ran:?}");
+    assert_eq!(d.state().await, RunState::Failed);
+    assert_eq!(d.host_state("a").await, HostState::RolledBack);
+    assert_eq!(d.host_state("b").await, HostState::RolledBack);
+}
+
+fn claim_has(claim: &Claim, task: &TaskRecord) -> bool {
+    claim.tasks.contains(&task.id)
 }
