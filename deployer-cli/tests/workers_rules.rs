@@ -169,3 +169,47 @@ async fn after_a_failure_past_the_budget_the_finally_stage_releases_every_lock_t
     );
     w.stop_workers();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_stops_ordinary_work_on_every_worker_and_the_finally_stage_still_runs() {
+    let mut w = World::start("cancel").await;
+    let hosts = w.hosts().to_vec();
+    // Two slow entries at once; a SIGINT to the submitter once two ended asks every worker to
+    // cancel: nothing new of stage 0 or 1 starts, the finally stage runs on every host.
+    let mut slow = Stage::new("slow", 2);
+    let mut next = Stage::new("next", 6);
+    let mut cleanup = Stage::new("cleanup", 6).finally(Finally::always());
+    for (k, h) in hosts.iter().enumerate() {
+        slow = slow.task(w.step(h, &format!("0:{k}"), 1.0));
+        next = next.task(w.step(h, &format!("1:{k}"), 0.0));
+        cleanup = cleanup.task(w.step(h, &format!("2:{k}"), 0.0));
+    }
+    let tasklist = Tasklist::new("cancel")
+        .stage(slow)
+        .stage(next)
+        .stage(cleanup);
+    let path = w.save(&tasklist, "tasklist.json");
+    w.worker("w-eu", &["eu"], &[]);
+    w.worker("w-us", &["us"], &[]);
+    w.worker("w-all", &[], &[]);
+    let mut submitter = w.submit(&path, "submit");
+    World::until(Duration::from_secs(15), "two slow entries", || {
+        w.lines().len() >= 2
+    });
+    unsafe {
+        libc::kill(submitter.id() as libc::pid_t, libc::SIGINT);
+    }
+    let code = World::wait(&mut submitter, Duration::from_secs(30), "the submitter");
+    let (out, err) = w.output("submit");
+    assert_eq!(code, 130, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("state     CANCELLED"), "{out}");
+    let lines = w.lines();
+    assert!(keys(&lines, "1:").is_empty(), "stage 1 ran: {lines:?}");
+    assert!(
+        keys(&lines, "0:").len() < 6,
+        "stage 0 was cut short: {lines:?}"
+    );
+    let expected: BTreeMap<String, usize> = (0..6).map(|k| (format!("2:{k}"), 1)).collect();
+    assert_eq!(keys(&lines, "2:"), expected, "{lines:?}");
+    w.stop_workers();
+}
