@@ -401,6 +401,7 @@ mod tests {
             unserved_zones: vec!["eu".into()],
             served_zones: vec!["us".into()],
             aborting: false,
+            dropped: 0,
             stopped: Some("entry stages[0].tasks[1] on eu001 was interrupted".into()),
         };
         let work = render_work(&status);
