@@ -40,7 +40,7 @@ const DONE: &str = "DONE";
 const FAILED: &str = "FAILED";
 const CANCELLED: &str = "CANCELLED";
 
-type Tx = sqlx::Transaction<'static, Postgres>;
+pub(crate) type Tx = sqlx::Transaction<'static, Postgres>;
 
 fn lease_lost(claim: &Claim) -> StoreError {
     StoreError::LeaseLost {
@@ -91,7 +91,7 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
         self.pool
             .begin()
             .await
@@ -165,7 +165,7 @@ impl PostgresStore {
 
     /// Finishes `run` (locked in `tx`) if it is over: every entry ended, or it aborts and
     /// nothing is claimed. Returns whether it finished it.
-    async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
         // EXISTS, not COUNT: this runs at every end of an entry.
         let row = sqlx::query(
             "SELECT w.aborting, w.stopped, r.cancel_by, r.finish_ts, \
@@ -797,6 +797,16 @@ impl WorkQueue for PostgresStore {
         Self::finish_if_over(&mut tx, run, doing).await?;
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(())
+    }
+
+    async fn resume_work(
+        &self,
+        run: &RunId,
+        rerun: &[TaskId],
+        force: bool,
+    ) -> Result<(), StoreError> {
+        // In work_resume.rs.
+        self.resume_work_in(run, rerun, force).await
     }
 
     async fn work_status(&self, run: &RunId) -> Result<WorkStatus, StoreError> {

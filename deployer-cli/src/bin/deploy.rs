@@ -1209,6 +1209,18 @@ async fn runs_main(
             wait,
         } => {
             let id = resolve_id(&runs, id).await?;
+            // A run submitted to workers is resumed on them (its hosts may be reachable only
+            // from their zones), not driven here.
+            if runs
+                .store()
+                .submitted_work(&id)
+                .await
+                .map_err(read_error)?
+                .is_some()
+            {
+                let (_, commands) = registries();
+                return work::resume_main(&cli.store, &id, &commands, *force).await;
+            }
             let secrets_from = match tasklist {
                 Some(path) => Some(Tasklist::load(path)?),
                 None => None,
