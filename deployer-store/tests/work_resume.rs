@@ -1,13 +1,15 @@
 //! `WorkQueue::resume_work` on a throwaway PostgreSQL server: what a resume of a submitted run
 //! refuses (a running run, a stopped one without force, a succeeded one, one never
 //! submitted), and what it hands back to workers (entries not done, entries of tasks run
-//! again; done ones are not claimed again).
+//! again; done ones are not claimed again); and a `Worker` with several slots, whose one
+//! watcher of a run cancels every running entry of it when its cancel is requested.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::pg::PgServer;
 use common::work::{Queue, stage, submit, worker};
@@ -242,4 +244,89 @@ async fn rerun_tasks_are_claimed_again(store: Queue) {
     let tasks = store.tasks(&run).await.unwrap();
     assert!(tasks.iter().all(|t| t.state == TaskState::Pending), "{tasks:?}");
     assert_eq!(hosts(&claim_all(&store, &w).await).len(), 2);
+}
+
+/// Entries of the `wait` command running, and those that saw their run's cancel.
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+static SAW_CANCEL: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (up to 30 s) for its run's cancel request (a first cancel), counting.
+#[derive(Debug)]
+struct WaitForCancel;
+
+#[async_trait]
+impl Command for WaitForCancel {
+    fn initialize(_: &TaskArgs<'_>) -> Result<Self, ValidationErrors> {
+        Ok(WaitForCancel)
+    }
+
+    async fn execute(&self, ctx: &ExecContext) -> Result<Outcome, CommandError> {
+        STARTED.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = ctx.run_cancelled() => {
+                SAW_CANCEL.fetch_add(1, Ordering::SeqCst);
+                Ok(Outcome::done())
+            }
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                Err(CommandError::failed("no cancel within 30 s"))
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_every_running_entry_of_a_run_on_a_worker_with_several_slots() {
+    let server = PgServer::start().await;
+    let store = queue(&server).await;
+    let mut commands = CommandRegistry::new();
+    commands.register::<WaitForCancel>("wait");
+    let mut stage = Stage::new("s", 4);
+    for h in ["web1", "web2", "web3", "web4"] {
+        stage = stage.task(Task::new("wait").on(h));
+    }
+    let plan = Plan::build(&Tasklist::new("cancel").stage(stage), &commands).unwrap();
+    let run = deployer_core::submit(&*store, &plan, "test", "alice", |_| None)
+        .await
+        .unwrap();
+    let worker = Worker::new(
+        store.clone(),
+        commands,
+        Arc::new(fixture::FakeConnector::new()),
+        worker("w1", &[]),
+    )
+    .slots(4);
+    let drain = tokio_util::sync::CancellationToken::new();
+    let working = tokio::spawn({
+        let drain = drain.clone();
+        async move { worker.run(drain).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while STARTED.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "4 entries running at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(SAW_CANCEL.load(Ordering::SeqCst), 0);
+    // Another process's cancel (here: the store's, not the worker's).
+    let asked = Instant::now();
+    store.request_cancel(&run, "bob").await.unwrap();
+    while SAW_CANCEL.load(Ordering::SeqCst) < 4 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "every running entry sees the cancel within a second ({} did)",
+            SAW_CANCEL.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = store.run(&run).await.unwrap();
+        if record.finish_ts.is_some() {
+            assert_eq!(record.state, RunState::Cancelled);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run ends");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drain.cancel();
+    working.await.unwrap().unwrap();
 }
