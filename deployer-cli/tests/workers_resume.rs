@@ -261,7 +261,6 @@ fn runs_in(log: &str, worker: &str) -> Vec<(String, usize, usize, String)> {
         .collect()
 }
 
-
 /// The run id a submitter's stdout names (`submitted run ID`).
 fn run_id(out: &str) -> String {
     out.lines()
@@ -352,8 +351,15 @@ async fn a_run_stopped_by_a_killed_worker_resumes_on_the_workers_only_with_force
         String::from_utf8_lossy(&resumed.stdout).into_owned(),
         String::from_utf8_lossy(&resumed.stderr).into_owned(),
     );
-    assert_eq!(resumed.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains(&format!("resumed run {id} on its workers")), "{out}");
+    assert_eq!(
+        resumed.status.code(),
+        Some(0),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        out.contains(&format!("resumed run {id} on its workers")),
+        "{out}"
+    );
     assert!(out.contains("state     SUCCEEDED"), "the recap: {out}");
     assert!(out.contains("done earlier"), "the recap: {out}");
     let b = w.worker_log("w-b");

@@ -695,7 +695,8 @@ async fn watch_run(
                 Ok(Some(_)) => {}
                 Ok(None) if token.is_cancelled() => {
                     // Resumed since: entries claimed from now on run.
-                    if let Some(slot) = runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&run) {
+                    if let Some(slot) = runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&run)
+                    {
                         slot.cancelled = CancellationToken::new();
                     }
                 }

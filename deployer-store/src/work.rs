@@ -165,7 +165,11 @@ impl PostgresStore {
 
     /// Finishes `run` (locked in `tx`) if it is over: every entry ended, or it aborts and
     /// nothing is claimed. Returns whether it finished it.
-    pub(crate) async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn finish_if_over(
+        tx: &mut Tx,
+        run: &str,
+        doing: &str,
+    ) -> Result<bool, StoreError> {
         // EXISTS, not COUNT: this runs at every end of an entry.
         let row = sqlx::query(
             "SELECT w.aborting, w.stopped, r.cancel_by, r.finish_ts, \

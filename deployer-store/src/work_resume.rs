@@ -46,12 +46,13 @@ impl PostgresStore {
         };
         if row.opt_int("finish_ts")?.is_none() {
             return Err(refuse(
-                "it is still running on its workers (wait for it to end, or cancel it)"
-                    .to_string(),
+                "it is still running on its workers (wait for it to end, or cancel it)".to_string(),
             ));
         }
         if row.text("state")? == RunState::Succeeded.as_str() && rerun.is_empty() {
-            return Err(refuse("it already succeeded; nothing to resume".to_string()));
+            return Err(refuse(
+                "it already succeeded; nothing to resume".to_string(),
+            ));
         }
         if let Some(stopped) = row.opt_text("stopped")?
             && !force

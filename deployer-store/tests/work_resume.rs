@@ -85,9 +85,23 @@ async fn refused_unless_finished_and_submitted(store: Queue) {
     let why = refusal(store.resume_work(&run, &[], true).await);
     assert!(why.contains("still running"), "{why}");
     // Refused without a change: the claim is still live and its writes go through.
-    end(&store, &run, &first, TaskState::Succeeded, EntryOutcome::Done).await;
+    end(
+        &store,
+        &run,
+        &first,
+        TaskState::Succeeded,
+        EntryOutcome::Done,
+    )
+    .await;
     let second = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
-    end(&store, &run, &second, TaskState::Succeeded, EntryOutcome::Done).await;
+    end(
+        &store,
+        &run,
+        &second,
+        TaskState::Succeeded,
+        EntryOutcome::Done,
+    )
+    .await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
     let why = refusal(store.resume_work(&run, &[], false).await);
     assert!(why.contains("already succeeded"), "{why}");
@@ -131,7 +145,14 @@ async fn a_stopped_run_resumes_only_with_force(store: Queue) {
             .unwrap()
             .is_none()
     );
-    end(&store, &run, &other, TaskState::Succeeded, EntryOutcome::Done).await;
+    end(
+        &store,
+        &run,
+        &other,
+        TaskState::Succeeded,
+        EntryOutcome::Done,
+    )
+    .await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Failed);
 
     let why = refusal(store.resume_work(&run, &[], false).await);
@@ -209,9 +230,23 @@ async fn failed_entries_are_claimed_again(store: Queue) {
     let w = worker("w1", &[]);
     let failing = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
     let running = WorkQueue::claim(&*store, &w, LONG).await.unwrap().unwrap();
-    end(&store, &run, &failing, TaskState::Failed, EntryOutcome::Failed).await;
+    end(
+        &store,
+        &run,
+        &failing,
+        TaskState::Failed,
+        EntryOutcome::Failed,
+    )
+    .await;
     store.request_cancel(&run, "bob").await.unwrap();
-    end(&store, &run, &running, TaskState::Succeeded, EntryOutcome::Done).await;
+    end(
+        &store,
+        &run,
+        &running,
+        TaskState::Succeeded,
+        EntryOutcome::Done,
+    )
+    .await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Failed);
 
     store.resume_work(&run, &[], false).await.unwrap();
@@ -227,10 +262,20 @@ async fn failed_entries_are_claimed_again(store: Queue) {
     }
     let second = claim_all(&store, &w).await;
     assert_eq!(second.len(), 1, "the next stage");
-    end(&store, &run, &second[0], TaskState::Succeeded, EntryOutcome::Done).await;
+    end(
+        &store,
+        &run,
+        &second[0],
+        TaskState::Succeeded,
+        EntryOutcome::Done,
+    )
+    .await;
     assert_eq!(store.run(&run).await.unwrap().state, RunState::Succeeded);
     let tasks = store.tasks(&run).await.unwrap();
-    assert!(tasks.iter().all(|t| t.state == TaskState::Succeeded), "{tasks:?}");
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Succeeded),
+        "{tasks:?}"
+    );
 }
 
 async fn rerun_tasks_are_claimed_again(store: Queue) {
@@ -242,7 +287,10 @@ async fn rerun_tasks_are_claimed_again(store: Queue) {
     end(&store, &run, &b, TaskState::Failed, EntryOutcome::Failed).await;
     store.resume_work(&run, &a.tasks, false).await.unwrap();
     let tasks = store.tasks(&run).await.unwrap();
-    assert!(tasks.iter().all(|t| t.state == TaskState::Pending), "{tasks:?}");
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Pending),
+        "{tasks:?}"
+    );
     assert_eq!(hosts(&claim_all(&store, &w).await).len(), 2);
 }
 
