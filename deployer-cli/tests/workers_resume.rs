@@ -362,6 +362,15 @@ async fn a_run_stopped_by_a_killed_worker_resumes_on_the_workers_only_with_force
     );
     assert!(out.contains("state     SUCCEEDED"), "the recap: {out}");
     assert!(out.contains("done earlier"), "the recap: {out}");
+    // The follower lists what the resumed run does, not what was done before it.
+    assert!(
+        !err.lines().any(|l| l.starts_with("stages[0]")),
+        "stage 0 was done before the resume: {err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("stages[2]")),
+        "the follower lists stage 2: {err}"
+    );
     let b = w.worker_log("w-b");
     assert!(
         runs_in(&b, "w-b").iter().any(|r| r.1 == 1 && r.2 == 0),

@@ -93,7 +93,7 @@ pub async fn submit_main(
     if detach {
         return Ok(exit::SUCCESS);
     }
-    follow(&*queue, &id).await
+    follow(&*queue, &id, HashMap::new()).await
 }
 
 /// `deploy runs resume ID [--force]` of a run submitted to workers: hands it back to them
@@ -122,6 +122,15 @@ pub async fn resume_main(
              run it again with: deploy runs resume {id} --force"
         )));
     }
+    // What is done already is not listed again: only what the resumed run changes.
+    let before: HashMap<TaskId, TaskState> = queue
+        .tasks(id)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|t| t.state.is_done())
+        .map(|t| (t.id, t.state))
+        .collect();
     deployer_core::resume_submitted(&*queue, commands, id, force)
         .await
         .map_err(|e| {
@@ -132,14 +141,19 @@ pub async fn resume_main(
             }
         })?;
     println!("resumed run {id} on its workers");
-    follow(&*queue, id).await
+    follow(&*queue, id, before).await
 }
 
 /// Follows run `id` on the change feed: a line per task state change, a warning when a zone
 /// of its waiting hosts has no live worker, the recap at the end; the exit status from the
 /// run's final state. The first SIGINT/SIGTERM asks the workers to cancel the run (and goes on
-/// following), the second leaves it running.
-pub async fn follow(queue: &dyn WorkQueue, id: &RunId) -> Result<u8, BadInput> {
+/// following), the second leaves it running. Tasks already in `seen` with the same state are
+/// not listed.
+pub async fn follow(
+    queue: &dyn WorkQueue,
+    id: &RunId,
+    mut seen: HashMap<TaskId, TaskState>,
+) -> Result<u8, BadInput> {
     let store_error = |e: deployer_core::StoreError| {
         BadInput::Hosts(format!(
             "run {id}: cannot read it from the run store: {}",
@@ -147,7 +161,6 @@ pub async fn follow(queue: &dyn WorkQueue, id: &RunId) -> Result<u8, BadInput> {
         ))
     };
     let mut feed = queue.changes();
-    let mut seen: HashMap<TaskId, TaskState> = HashMap::new();
     let mut warned: Vec<String> = Vec::new();
     let mut stopped_said = false;
     let mut interrupts = signals();
