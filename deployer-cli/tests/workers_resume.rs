@@ -335,6 +335,19 @@ async fn a_run_stopped_by_a_killed_worker_resumes_on_the_workers_only_with_force
             && text.contains(&format!("deploy runs resume {id} --force")),
         "{text}"
     );
+    // --wait (a controller's lease) has no meaning for a run on workers: said, not ignored.
+    let waited = deploy()
+        .args([
+            "--store", &w.url, "runs", "resume", &id, "--force", "--wait",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&waited.stderr).into_owned();
+    assert_eq!(waited.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--wait: run") && text.contains("workers"),
+        "{text}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !w.lines().iter().any(|l| l.1.starts_with("2:")),

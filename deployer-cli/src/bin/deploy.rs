@@ -1218,6 +1218,20 @@ async fn runs_main(
                 .map_err(read_error)?
                 .is_some()
             {
+                // Said, not ignored: neither applies to a run on workers.
+                if tasklist.is_some() {
+                    return Err(BadInput::Input(format!(
+                        "--tasklist: run {id} was submitted to workers, which keeps no inline \
+                         secret to restore (they were refused at submit); resume it without \
+                         --tasklist"
+                    )));
+                }
+                if *wait {
+                    return Err(BadInput::Input(format!(
+                        "--wait: run {id} was submitted to workers, which hold no controller \
+                         lease to wait for; resume it without --wait"
+                    )));
+                }
                 let (_, commands) = registries();
                 return work::resume_main(&cli.store, &id, &commands, *force).await;
             }
