@@ -106,7 +106,8 @@ impl DriveError {
                 | RunsError::NeedsConfirmation { .. }
                 | RunsError::AlreadySucceeded { .. }
                 | RunsError::SecretsNeeded { .. }
-                | RunsError::SecretsMismatch { .. },
+                | RunsError::SecretsMismatch { .. }
+                | RunsError::Store(crate::StoreError::NotResumable { .. }),
             ) => exit::BAD_INPUT,
             DriveError::Runs(_) => exit::FAILED,
         }
@@ -226,6 +227,50 @@ pub async fn submit(
     submission.run = record.id.clone();
     queue.submit(&submission).await?;
     Ok(record.id)
+}
+
+/// Hands submitted run `id`, finished and not succeeded, back to `queue`'s workers — what
+/// [`Driver::resume`] is for a run driven in-process — and returns once it is claimable again;
+/// follow it as after [`submit`].
+///
+/// Done tasks are not run again, except those a resume runs again as it does in-process
+/// (`finally` stages, and what they undid: [`Plan::skipped_on_resume`], on the run's stored
+/// tasklist planned with `registry`). A run that stopped because an entry that is not
+/// idempotent was interrupted is refused unless `force` (then that entry runs again); so is a
+/// run still running, one that succeeded, and one never submitted
+/// ([`StoreError::NotResumable`](crate::StoreError::NotResumable), exit status 2).
+///
+/// ```no_run
+/// # async fn demo(queue: &dyn deployer_core::WorkQueue, registry: &deployer_core::CommandRegistry, id: deployer_core::RunId) {
+/// match deployer_core::resume_submitted(queue, registry, &id, false).await {
+///     Ok(()) => println!("run {id} is back with its workers"),
+///     Err(e) => eprintln!("error: {e}"),
+/// }
+/// # }
+/// ```
+pub async fn resume_submitted(
+    queue: &dyn crate::work::WorkQueue,
+    registry: &crate::CommandRegistry,
+    id: &RunId,
+    force: bool,
+) -> Result<(), DriveError> {
+    let record = queue.run(id).await?;
+    let plan = Plan::build(&record.tasklist, registry).map_err(|errors| RunsError::Invalid {
+        id: id.clone(),
+        errors,
+    })?;
+    let done: std::collections::HashSet<crate::TaskId> = queue
+        .tasks(id)
+        .await?
+        .into_iter()
+        .filter(|t| t.state.is_done())
+        .map(|t| t.id)
+        .collect();
+    let skip = plan.skipped_on_resume(&done);
+    let mut rerun: Vec<crate::TaskId> = done.difference(&skip).copied().collect();
+    rerun.sort();
+    queue.resume_work(id, &rerun, force).await?;
+    Ok(())
 }
 
 /// Runs deploys for a host application: the registries, the connector, the run store and the

@@ -117,7 +117,8 @@ pub use budget::FailureBudget;
 pub use command::{Command, CommandRegistry, ExecContext, HostVars, Outcome, TaskArgs};
 pub use config::{Config, ServiceConfig};
 pub use driver::{
-    DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user, submit,
+    DriveError, Driver, Finished, SignalGuard, cancel_on_signals, exit, os_user, resume_submitted,
+    submit,
 };
 pub use errors::{BoxError, CommandError, ConfigError, GeneratorError, RemoteError, TasklistError};
 pub use events::{

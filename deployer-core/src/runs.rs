@@ -503,6 +503,16 @@ pub enum StoreError {
         /// How it ended.
         state: RunState,
     },
+    /// A submitted run cannot be handed back to workers now
+    /// ([`WorkQueue::resume_work`](crate::WorkQueue::resume_work)).
+    #[error("run {id} cannot be resumed: {why}")]
+    NotResumable {
+        /// The run.
+        id: RunId,
+        /// Why (still running; succeeded; stopped on an entry that is not idempotent, named,
+        /// and resumable only with force).
+        why: String,
+    },
     /// Stored data could not be read back.
     #[error("corrupt run record: {message}")]
     Corrupt {

@@ -332,6 +332,27 @@ pub trait WorkQueue: RunStore {
 
     /// Where a submitted run stands.
     async fn work_status(&self, run: &RunId) -> Result<WorkStatus, StoreError>;
+
+    /// Hands a finished, not succeeded submitted run back to workers — the distributed
+    /// [`Runs::resume`](crate::Runs::resume); call it through
+    /// [`resume_submitted`](crate::resume_submitted), which computes `rerun`.
+    ///
+    /// Under the run's lock: a run that is not finished, that succeeded, or that was never
+    /// submitted is refused with [`StoreError::NotResumable`] saying why; so is a run that
+    /// stopped on an interrupted entry that is not idempotent ([`WorkStatus::stopped`], the
+    /// entry named) unless `force`. Otherwise every entry not done, and every entry holding a
+    /// task of `rerun` (done tasks that run again: a `finally` stage's, and those it undid —
+    /// see [`Plan::skipped_on_resume`](crate::Plan::skipped_on_resume)), is claimable again;
+    /// the run is no longer aborting, stopped or asked to cancel; it is `PENDING` again (no
+    /// finish time, no owner); those entries' tasks that are not done, and the tasks of
+    /// `rerun`, are `PENDING` (done ones stay done, and a worker does not run them again);
+    /// their hosts are `PENDING`; idle workers are woken.
+    async fn resume_work(
+        &self,
+        run: &RunId,
+        rerun: &[TaskId],
+        force: bool,
+    ) -> Result<(), StoreError>;
 }
 
 /// Why a plan cannot be submitted to workers.

@@ -38,8 +38,15 @@ use crate::work::{Claim, EntryOutcome, WorkQueue, WorkerInfo};
 ///   renewed while less than a third of it is left, the entry's commands are stopped at once
 ///   ([`CancelHandle::stop_now`]) and nothing more is recorded for it, so no command outlives
 ///   its lease.
-/// * A cancel request of the run ([`RunStore::cancel_request`](crate::RunStore::cancel_request),
-///   polled every 500 ms while an entry runs) cancels the entry like a first cancel.
+/// * A cancel request of a run ([`RunStore::cancel_request`](crate::RunStore::cancel_request))
+///   cancels every running entry of it like a first cancel. One watcher per run reads it,
+///   whatever the number of the run's entries running here: started with the worker's first
+///   claim of the run, ended once the worker has held none for a second; it reads the request
+///   when the change feed says something changed, at most every [`cancel_poll`](Self::cancel_poll)
+///   (500 ms), and every other `cancel_poll` without a change.
+/// * An entry claimed again (its worker died mid-chain, or the run was resumed:
+///   [`WorkQueue::resume_work`]) does not run again the tasks the store records as done —
+///   the resume rule, for an idempotent entry taken over as for a resumed one.
 ///
 /// The worker prints nothing: it logs through `tracing` (component `Worker`, a line per entry
 /// start and end naming worker, run and host) and hands the executor's events to its sinks.
@@ -124,7 +131,8 @@ impl Worker {
         self
     }
 
-    /// How often a running entry looks for a cancel request of its run (default 500 ms).
+    /// How often at most the watcher of a run with entries running here reads its cancel
+    /// request (default 500 ms; without a change in the store, every other time).
     pub fn cancel_poll(mut self, every: Duration) -> Worker {
         self.cancel_poll = every.max(Duration::from_millis(10));
         self
@@ -206,7 +214,7 @@ impl Worker {
                 }
             })
         };
-        let plans: Arc<Mutex<HashMap<RunId, PlanSlot>>> = Arc::default();
+        let runs: Arc<Mutex<HashMap<RunId, RunSlot>>> = Arc::default();
         let mut feed = self.queue.changes();
         let mut running: JoinSet<()> = JoinSet::new();
         loop {
@@ -217,9 +225,11 @@ impl Worker {
             if running.len() < self.slots {
                 match WorkQueue::claim(&*self.queue, &self.info, self.lease_ttl).await {
                     Ok(Some(claim)) => {
+                        let cancelled = self.hold(&runs, &claim.run);
                         let entry = EntryRun {
                             worker: self.clone(),
-                            plans: plans.clone(),
+                            runs: runs.clone(),
+                            cancelled,
                             stop: stop.clone(),
                         };
                         running.spawn(entry.run(claim));
@@ -257,14 +267,46 @@ impl Worker {
         Ok(())
     }
 
-    /// The plan of run `id` for this worker (cached per run), or why there is none.
+    /// Counts one more claim held of run `id`, starting its slot (and its cancel watcher)
+    /// with the first; returns the token cancelled when the run's cancel is requested.
+    fn hold(&self, runs: &Arc<Mutex<HashMap<RunId, RunSlot>>>, id: &RunId) -> CancellationToken {
+        let mut map = runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = map.get_mut(id) {
+            slot.claims += 1;
+            return slot.cancelled.clone();
+        }
+        let cancelled = CancellationToken::new();
+        map.insert(
+            id.clone(),
+            RunSlot {
+                claims: 1,
+                idle_since: None,
+                cancelled: cancelled.clone(),
+                plan: None,
+            },
+        );
+        tokio::spawn(watch_run(
+            self.queue.clone(),
+            runs.clone(),
+            id.clone(),
+            self.cancel_poll,
+        ));
+        cancelled
+    }
+
+    /// The plan of run `id` for this worker (cached in the run's slot), or why there is none.
     async fn plan_of(
         &self,
-        plans: &Mutex<HashMap<RunId, PlanSlot>>,
+        runs: &Mutex<HashMap<RunId, RunSlot>>,
         id: &RunId,
     ) -> Result<(Arc<Plan>, Option<u32>), String> {
-        if let Some(slot) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return slot.clone();
+        if let Some(plan) = runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .and_then(|slot| slot.plan.clone())
+        {
+            return plan;
         }
         let record = match self.queue.run(id).await {
             Ok(r) => r,
@@ -307,25 +349,53 @@ impl Worker {
                     )
                 })
         };
-        plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), slot.clone());
+        if let Some(run) = runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
+            run.plan = Some(slot.clone());
+        }
         slot
     }
 }
 
 type PlanSlot = Result<(Arc<Plan>, Option<u32>), String>;
 
+/// What a worker keeps of a run while it holds claims of it (and a second after).
+struct RunSlot {
+    /// Claims of the run held now.
+    claims: usize,
+    /// Since when it holds none.
+    idle_since: Option<Instant>,
+    /// Cancelled when the run's cancel is requested (a first cancel of its entries).
+    cancelled: CancellationToken,
+    /// Its plan, once built (with the drive number the run was at).
+    plan: Option<PlanSlot>,
+}
+
+/// How long a worker keeps a run's slot after it held its last claim of it: claims of a
+/// serial stage follow each other, and need not rebuild the plan.
+const IDLE_RUN: Duration = Duration::from_secs(1);
+
 /// One claimed entry's run.
 struct EntryRun {
     worker: Worker,
-    plans: Arc<Mutex<HashMap<RunId, PlanSlot>>>,
+    runs: Arc<Mutex<HashMap<RunId, RunSlot>>>,
+    cancelled: CancellationToken,
     stop: CancellationToken,
 }
 
 impl EntryRun {
     async fn run(self, claim: Claim) {
+        let (runs, run) = (self.runs.clone(), claim.run.clone());
+        self.run_claim(claim).await;
+        let mut map = runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = map.get_mut(&run) {
+            slot.claims = slot.claims.saturating_sub(1);
+            if slot.claims == 0 {
+                slot.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    async fn run_claim(self, claim: Claim) {
         let w = &self.worker;
         let queue = w.queue.clone();
         let claim = Arc::new(claim);
@@ -350,7 +420,7 @@ impl EntryRun {
         for sink in &w.sinks {
             sink.event(&claimed);
         }
-        let (plan, drive) = match w.plan_of(&self.plans, &claim.run).await {
+        let (plan, drive) = match w.plan_of(&self.runs, &claim.run).await {
             Ok(p) => p,
             Err(message) => {
                 tracing::error!(component = "Worker", "{message}");
@@ -372,6 +442,31 @@ impl EntryRun {
             }
         };
         let ours: HashSet<TaskId> = claim.tasks.iter().copied().collect();
+        // Claimed before (fence 1 is the first claim): the tasks done then are not run again.
+        let mut skip: HashSet<TaskId> = HashSet::new();
+        if claim.fence > 1 {
+            match queue.host_tasks(&claim.run, &claim.host).await {
+                Ok(records) => skip.extend(
+                    records
+                        .into_iter()
+                        .filter(|t| ours.contains(&t.id) && t.state.is_done())
+                        .map(|t| t.id),
+                ),
+                Err(e) => {
+                    tracing::error!(
+                        component = "Worker",
+                        "worker {} cannot read which tasks of stages[{}].tasks[{}] of run {} on {} are done: {e}",
+                        w.info.id,
+                        claim.stage,
+                        claim.entry,
+                        claim.run,
+                        claim.host
+                    );
+                    finish(&*queue, &claim, EntryOutcome::Failed, &w.info.id).await;
+                    return;
+                }
+            }
+        }
         let cancel = CancelHandle::new();
         let lost = Arc::new(AtomicBool::new(false));
         let tails = Arc::new(OutputTails::default());
@@ -399,10 +494,8 @@ impl EntryRun {
                 lost.clone(),
                 cancel.clone(),
             )),
-            tokio::spawn(watch_cancel(
-                queue.clone(),
-                claim.run.clone(),
-                w.cancel_poll,
+            tokio::spawn(on_cancel(
+                self.cancelled.clone(),
                 done.clone(),
                 cancel.clone(),
                 self.stop.clone(),
@@ -419,6 +512,7 @@ impl EntryRun {
                 &plan,
                 RunOptions {
                     cancel,
+                    skip,
                     // Only the claimed entry: its cost, whatever the size of the plan.
                     entry: Some((claim.stage, claim.entry)),
                     run_id: Some(claim.run.clone()),
@@ -542,28 +636,69 @@ async fn renew(
     }
 }
 
-/// Cancels the entry (a first cancel) when its run's cancel is requested, and stops its
-/// commands when `stop` is cancelled.
-async fn watch_cancel(
-    queue: Arc<dyn WorkQueue>,
-    run: RunId,
-    every: Duration,
+/// Cancels the entry (a first cancel) when `cancelled` (its run's cancel request, seen by
+/// [`watch_run`]) is, and stops its commands when `stop` is cancelled; until `done`.
+async fn on_cancel(
+    cancelled: CancellationToken,
     done: CancellationToken,
     cancel: CancelHandle,
     stop: CancellationToken,
 ) {
-    let mut requested = false;
+    tokio::select! {
+        _ = done.cancelled() => return,
+        _ = stop.cancelled() => {
+            cancel.stop_now();
+            return;
+        }
+        _ = cancelled.cancelled() => cancel.cancel(),
+    }
+    tokio::select! {
+        _ = done.cancelled() => {}
+        _ = stop.cancelled() => cancel.stop_now(),
+    }
+}
+
+/// The one watcher of run `run` on this worker: reads its cancel request when the store's
+/// change feed wakes it, at most every `every` (and every other `every` without a change),
+/// and cancels the slot's token when the request is there (a new token once a resume cleared
+/// it); ends, removing the slot, once the worker has held no claim of the run for
+/// [`IDLE_RUN`].
+async fn watch_run(
+    queue: Arc<dyn WorkQueue>,
+    runs: Arc<Mutex<HashMap<RunId, RunSlot>>>,
+    run: RunId,
+    every: Duration,
+) {
+    let mut feed = queue.changes();
+    let mut last: Option<Instant> = None;
     loop {
-        if !requested {
+        let token = {
+            let mut map = runs.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = map.get(&run) else { return };
+            if slot.claims == 0 && slot.idle_since.is_some_and(|t| t.elapsed() >= IDLE_RUN) {
+                map.remove(&run);
+                return;
+            }
+            slot.cancelled.clone()
+        };
+        if last.is_none_or(|t| t.elapsed() >= every) {
+            last = Some(Instant::now());
             match queue.cancel_request(&run).await {
-                Ok(Some(request)) => {
+                Ok(Some(request)) if !token.is_cancelled() => {
                     tracing::warn!(
                         component = "Worker",
                         "run {run}: cancel requested by {}",
                         request.by
                     );
-                    cancel.cancel();
-                    requested = true;
+                    token.cancel();
+                }
+                Ok(Some(_)) => {}
+                Ok(None) if token.is_cancelled() => {
+                    // Resumed since: entries claimed from now on run.
+                    if let Some(slot) = runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&run)
+                    {
+                        slot.cancelled = CancellationToken::new();
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(
@@ -572,13 +707,10 @@ async fn watch_cancel(
                 ),
             }
         }
+        let next = last.unwrap_or_else(Instant::now) + every;
         tokio::select! {
-            _ = done.cancelled() => return,
-            _ = stop.cancelled() => {
-                cancel.stop_now();
-                return;
-            }
-            _ = tokio::time::sleep(every) => {}
+            _ = feed.changed() => tokio::time::sleep_until(next.into()).await,
+            _ = tokio::time::sleep(every * 2) => {}
         }
     }
 }

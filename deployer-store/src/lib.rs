@@ -163,6 +163,8 @@ mod url;
 mod watch;
 #[cfg(feature = "postgres")]
 mod work;
+#[cfg(feature = "postgres")]
+mod work_resume;
 
 pub use errors::UrlError;
 #[cfg(feature = "postgres")]

@@ -52,7 +52,7 @@ const FAILED_BEFORE: &str = "an earlier stage failed";
 const CANCELLED_REASON: &str = "the run was cancelled";
 
 /// A run's `run_work` row, read under its lock.
-struct Locked {
+pub(crate) struct Locked {
     stages: Vec<StageLimits>,
     rules: RunRules,
     aborting: bool,
@@ -84,7 +84,7 @@ impl Locked {
     }
 }
 
-type Tx = sqlx::Transaction<'static, Postgres>;
+pub(crate) type Tx = sqlx::Transaction<'static, Postgres>;
 
 fn lease_lost(claim: &Claim) -> StoreError {
     StoreError::LeaseLost {
@@ -135,7 +135,7 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
         self.pool
             .begin()
             .await
@@ -214,7 +214,11 @@ impl PostgresStore {
     /// claimed. Its state is the single controller's: failed or cancelled, the first way it
     /// stopped being a success; degraded with dropped hosts; else succeeded. Returns whether
     /// it finished it.
-    async fn finish_if_over(tx: &mut Tx, run: &str, doing: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn finish_if_over(
+        tx: &mut Tx,
+        run: &str,
+        doing: &str,
+    ) -> Result<bool, StoreError> {
         // EXISTS, not COUNT: this runs at every end of an entry.
         let row = sqlx::query(
             "SELECT w.stopped, w.outcome, r.cancel_by, r.finish_ts, \
@@ -455,7 +459,11 @@ impl PostgresStore {
 /// budgets, `min_hosts_up` and the selection of `finally` stages' entries.
 impl PostgresStore {
     /// Locks `run`'s `run_work` row and reads it; `None` when it was never submitted.
-    async fn lock_run(tx: &mut Tx, run: &str, doing: &str) -> Result<Option<Locked>, StoreError> {
+    pub(crate) async fn lock_run(
+        tx: &mut Tx,
+        run: &str,
+        doing: &str,
+    ) -> Result<Option<Locked>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT w.aborting, w.stopped, w.stages, w.rules, w.opened, w.outcome, r.cancel_by, \
              r.finish_ts FROM run_work w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1 \
@@ -800,7 +808,7 @@ impl PostgresStore {
     /// Brings `run` (locked) up to date: a cancel request aborts it; an aborting run's
     /// pending ordinary entries end `NOT_RUN`; `finally` stages that became the lowest are
     /// sorted out; `min_hosts_up` may fail it; and it finishes if it is over.
-    async fn settle(
+    pub(crate) async fn settle(
         tx: &mut Tx,
         run: &str,
         locked: &mut Locked,
@@ -829,6 +837,33 @@ impl PostgresStore {
         let finished = Self::finish_if_over(tx, run, doing).await?;
         locked.finished = finished;
         Ok(finished)
+    }
+
+    /// For a resume of `run` (locked): failures are counted afresh, and the points reached
+    /// are those of the tasks still done.
+    pub(crate) async fn reset_rules(tx: &mut Tx, run: &str, doing: &str) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM run_failed_hosts WHERE run_id = $1",
+            "DELETE FROM run_points WHERE run_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(run)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
+        let rows = sqlx::query(
+            "SELECT host, reaches FROM run_entries WHERE run_id = $1 AND reaches IS NOT NULL",
+        )
+        .bind(run)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| backend(doing, e))?;
+        for row in &rows {
+            Self::record_points(tx, run, &row.text("host")?, row.opt_text("reaches")?, doing)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records the points the ended entry's tasks reached (those recorded succeeded or
@@ -1436,6 +1471,16 @@ impl WorkQueue for PostgresStore {
         Self::settle(&mut tx, run, &mut locked, true, doing).await?;
         tx.commit().await.map_err(|e| backend(doing, e))?;
         Ok(())
+    }
+
+    async fn resume_work(
+        &self,
+        run: &RunId,
+        rerun: &[TaskId],
+        force: bool,
+    ) -> Result<(), StoreError> {
+        // In work_resume.rs.
+        self.resume_work_in(run, rerun, force).await
     }
 
     async fn work_status(&self, run: &RunId) -> Result<WorkStatus, StoreError> {

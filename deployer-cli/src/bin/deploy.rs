@@ -1209,6 +1209,32 @@ async fn runs_main(
             wait,
         } => {
             let id = resolve_id(&runs, id).await?;
+            // A run submitted to workers is resumed on them (its hosts may be reachable only
+            // from their zones), not driven here.
+            if runs
+                .store()
+                .submitted_work(&id)
+                .await
+                .map_err(read_error)?
+                .is_some()
+            {
+                // Said, not ignored: neither applies to a run on workers.
+                if tasklist.is_some() {
+                    return Err(BadInput::Input(format!(
+                        "--tasklist: run {id} was submitted to workers, which keeps no inline \
+                         secret to restore (they were refused at submit); resume it without \
+                         --tasklist"
+                    )));
+                }
+                if *wait {
+                    return Err(BadInput::Input(format!(
+                        "--wait: run {id} was submitted to workers, which hold no controller \
+                         lease to wait for; resume it without --wait"
+                    )));
+                }
+                let (_, commands) = registries();
+                return work::resume_main(&cli.store, &id, &commands, *force).await;
+            }
             let secrets_from = match tasklist {
                 Some(path) => Some(Tasklist::load(path)?),
                 None => None,

@@ -51,6 +51,8 @@ where
     a_failure_in_a_finally_stage_fails_the_run_and_stops_nothing(store().await).await;
     eprintln!("work queue contract: a_rollback_stage_rolls_its_host_back");
     a_rollback_stage_rolls_its_host_back(store().await).await;
+    eprintln!("work queue contract: a_resumed_run_counts_failures_afresh");
+    a_resumed_run_counts_failures_afresh(store().await).await;
 }
 
 const LONG: Duration = Duration::from_secs(60);
@@ -1272,4 +1274,39 @@ pub async fn a_rollback_stage_rolls_its_host_back(store: Queue) {
 
 fn claim_has(claim: &Claim, task: &TaskRecord) -> bool {
     claim.tasks.contains(&task.id)
+}
+
+/// A resumed run counts failures afresh and sorts its finally stages out again: a degraded
+/// run's dropped host runs what it did not finish, and the run can end succeeded.
+pub async fn a_resumed_run_counts_failures_afresh(store: Queue) {
+    let tasklist = Tasklist::new("resume degraded")
+        .budget(FailureBudget::max_failures(1))
+        .stage(
+            Stage::new("lock", 10)
+                .task(noop_on("a").reaches("locked"))
+                .task(noop_on("b").reaches("locked")),
+        )
+        .stage(stage_on("work", &["a", "b"]))
+        .stage(stage_on("page", &["a", "b"]).finally(Finally::on_failure()))
+        .stage(stage_on("unlock", &["a", "b"]).finally(Finally::if_reached("locked")));
+    let d = Driven::submit(&store, tasklist).await;
+    let ran = d.drain_with(|stage, host| (stage, host) != (1, "a")).await;
+    assert!(ran.contains(&(2, "a".to_string())), "paged for a: {ran:?}");
+    assert_eq!(d.state().await, RunState::Degraded);
+    store.resume_work(&d.run, &[], false).await.unwrap();
+    let ran = d.drain(&[]).await;
+    assert!(ran.contains(&(1, "a".to_string())), "{ran:?}");
+    assert!(
+        !ran.iter().any(|(s, _)| *s == 2),
+        "no page after a resumed success: {ran:?}"
+    );
+    assert_eq!(d.state().await, RunState::Succeeded);
+    assert_eq!(d.host_state("a").await, HostState::Done);
+    // a's page was done on the first drive and stays done; b's stays skipped (a skipped task
+    // is done for a resume, as for a controller's).
+    assert_eq!(
+        d.tasks().await[&(2, "a".to_string())].0,
+        TaskState::Succeeded
+    );
+    assert_eq!(d.tasks().await[&(2, "b".to_string())].0, TaskState::Skipped);
 }

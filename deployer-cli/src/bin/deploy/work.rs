@@ -93,14 +93,67 @@ pub async fn submit_main(
     if detach {
         return Ok(exit::SUCCESS);
     }
-    follow(&*queue, &id).await
+    follow(&*queue, &id, HashMap::new()).await
+}
+
+/// `deploy runs resume ID [--force]` of a run submitted to workers: hands it back to them
+/// ([`deployer_core::resume_submitted`]: done tasks are not run again; a run stopped on an
+/// interrupted entry that is not idempotent only with `force`), then follows it as
+/// `deploy --submit` does, with the same output and exit status.
+pub async fn resume_main(
+    store_url: &str,
+    id: &RunId,
+    commands: &CommandRegistry,
+    force: bool,
+) -> Result<u8, BadInput> {
+    let queue = open_queue(store_url).await?;
+    let store_error = |e: deployer_core::StoreError| {
+        BadInput::Hosts(format!(
+            "run {id}: cannot read it from the run store: {}",
+            deployer_core::error_chain(&e)
+        ))
+    };
+    // This program's words for the refusal the store makes too (under the run's lock).
+    let run = queue.run(id).await.map_err(store_error)?;
+    let status = queue.work_status(id).await.map_err(store_error)?;
+    if let Some(why) = status.stopped.filter(|_| run.state.is_finished() && !force) {
+        return Err(BadInput::Input(format!(
+            "run {id} cannot be resumed without --force: {why}; check that entry's host, then \
+             run it again with: deploy runs resume {id} --force"
+        )));
+    }
+    // What is done already is not listed again: only what the resumed run changes.
+    let before: HashMap<TaskId, TaskState> = queue
+        .tasks(id)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|t| t.state.is_done())
+        .map(|t| (t.id, t.state))
+        .collect();
+    deployer_core::resume_submitted(&*queue, commands, id, force)
+        .await
+        .map_err(|e| {
+            if e.exit_code() == exit::BAD_INPUT {
+                BadInput::Input(deployer_core::error_chain(&e))
+            } else {
+                BadInput::Hosts(deployer_core::error_chain(&e))
+            }
+        })?;
+    println!("resumed run {id} on its workers");
+    follow(&*queue, id, before).await
 }
 
 /// Follows run `id` on the change feed: a line per task state change, a warning when a zone
 /// of its waiting hosts has no live worker, the recap at the end; the exit status from the
 /// run's final state. The first SIGINT/SIGTERM asks the workers to cancel the run (and goes on
-/// following), the second leaves it running.
-pub async fn follow(queue: &dyn WorkQueue, id: &RunId) -> Result<u8, BadInput> {
+/// following), the second leaves it running. Tasks already in `seen` with the same state are
+/// not listed.
+pub async fn follow(
+    queue: &dyn WorkQueue,
+    id: &RunId,
+    mut seen: HashMap<TaskId, TaskState>,
+) -> Result<u8, BadInput> {
     let store_error = |e: deployer_core::StoreError| {
         BadInput::Hosts(format!(
             "run {id}: cannot read it from the run store: {}",
@@ -108,7 +161,6 @@ pub async fn follow(queue: &dyn WorkQueue, id: &RunId) -> Result<u8, BadInput> {
         ))
     };
     let mut feed = queue.changes();
-    let mut seen: HashMap<TaskId, TaskState> = HashMap::new();
     let mut warned: Vec<String> = Vec::new();
     let mut stopped_said = false;
     let mut interrupts = signals();
