@@ -308,7 +308,7 @@ async fn a_zone_no_worker_serves_is_named_within_10_seconds_and_a_cancel_ends_th
     w.worker("w-us", &["us"], &[]);
     let started = Instant::now();
     let mut submitter = w.submit(&path, "submit");
-    let warning = "warning: hosts in zone eu wait: no live worker serves zone eu";
+    let warning = "warning: hosts in zone eu have no live worker (zones served: us): start `deploy worker --zone eu`";
     World::until(Duration::from_secs(10), "the unserved zone warning", || {
         w.output("submit").1.contains(warning)
     });

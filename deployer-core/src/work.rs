@@ -266,6 +266,39 @@ pub struct WorkStatus {
     pub stopped: Option<String>,
 }
 
+impl WorkStatus {
+    /// One notice per zone in [`unserved_zones`](Self::unserved_zones), worded the same
+    /// wherever a waiting run is shown (the submitting `deploy`, `deploy runs show`, the web
+    /// viewer).
+    ///
+    /// ```
+    /// use deployer_core::WorkStatus;
+    ///
+    /// let status = WorkStatus {
+    ///     unserved_zones: vec!["eu".into()],
+    ///     served_zones: vec!["us".into()],
+    ///     ..WorkStatus::default()
+    /// };
+    /// assert_eq!(
+    ///     status.waiting(),
+    ///     ["hosts in zone eu have no live worker (zones served: us)"]
+    /// );
+    /// let nobody = WorkStatus { served_zones: vec![], ..status };
+    /// assert_eq!(nobody.waiting(), ["hosts in zone eu have no live worker (zones served: none)"]);
+    /// ```
+    pub fn waiting(&self) -> Vec<String> {
+        let served = if self.served_zones.is_empty() {
+            "none".to_string()
+        } else {
+            self.served_zones.join(", ")
+        };
+        self.unserved_zones
+            .iter()
+            .map(|z| format!("hosts in zone {z} have no live worker (zones served: {served})"))
+            .collect()
+    }
+}
+
 /// The store side of distributed runs (see the module documentation). Implemented by
 /// `deployer_store::PostgresStore`; SQLite stays single-controller.
 ///

@@ -251,16 +251,8 @@ pub fn render_work(status: &WorkStatus) -> String {
             if *n == 1 { "y" } else { "ies" }
         );
     }
-    let served = if status.served_zones.is_empty() {
-        "none".to_string()
-    } else {
-        status.served_zones.join(", ")
-    };
-    for zone in &status.unserved_zones {
-        let _ = writeln!(
-            s,
-            "waiting: hosts in zone {zone} have no live worker (zones served: {served})"
-        );
+    for notice in status.waiting() {
+        let _ = writeln!(s, "waiting: {notice}");
     }
     if let Some(why) = &status.stopped {
         let _ = writeln!(s, "stopped: {why}");

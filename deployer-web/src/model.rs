@@ -355,17 +355,8 @@ pub(crate) struct WorkView {
 
 impl WorkView {
     pub(crate) fn of(w: deployer_core::WorkStatus) -> WorkView {
-        let served = if w.served_zones.is_empty() {
-            "none".to_string()
-        } else {
-            w.served_zones.join(", ")
-        };
         WorkView {
-            waiting: w
-                .unserved_zones
-                .iter()
-                .map(|z| format!("hosts in zone {z} have no live worker (zones served: {served})"))
-                .collect(),
+            waiting: w.waiting(),
             pending: w.pending,
             ended: w.ended,
             claimed: w

@@ -182,11 +182,9 @@ pub async fn follow(
             eprintln!("{} {} on {}: {what}", t.id, t.command, t.host);
         }
         let status = queue.work_status(id).await.map_err(store_error)?;
-        for zone in &status.unserved_zones {
+        for (zone, notice) in status.unserved_zones.iter().zip(status.waiting()) {
             if !warned.contains(zone) {
-                eprintln!(
-                    "warning: hosts in zone {zone} wait: no live worker serves zone {zone} (start `deploy worker --zone {zone}`)"
-                );
+                eprintln!("warning: {notice}: start `deploy worker --zone {zone}`");
                 warned.push(zone.clone());
             }
         }
