@@ -1,4 +1,4 @@
-//! The shared setup of the multi-process worker tests (`workers.rs`, `workers_rules.rs`): a
+//! The shared setup of the multi-process worker tests (`workers.rs`, `workers_rules.rs`, `workers_resume.rs`): a
 //! throwaway PostgreSQL server, a `TestFleet` of six loopback sshd hosts in two zones, `deploy
 //! worker` processes, a following `deploy --submit`, and readers of the hosts' files and the
 //! workers' logs. Included with `#[path = "common/workers.rs"] mod workers_common;`.
