@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: a no-op command and a host that does nothing, so that what
 //! is measured is the scheduler itself.
 
+/// The throwaway PostgreSQL server of `deployer-store`'s tests, shared (one copy).
+#[path = "../../deployer-store/tests/common/pg.rs"]
 pub mod pg;
 pub mod ssh;
 

@@ -138,13 +138,13 @@ struct Round {
 }
 
 async fn round(
-    server: &mut PgServer,
+    server: &PgServer,
     entries: usize,
     hosts: usize,
     stages: usize,
     claimers: usize,
 ) -> Round {
-    let url = server.database();
+    let url = server.database().await;
     let store = Arc::new(
         PostgresStore::connect_with_pool_size(&url, (claimers as u32 + 2).max(4))
             .await
@@ -213,14 +213,14 @@ async fn main() {
         load_average(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut server = PgServer::start();
+    let server = PgServer::start().await;
     println!("throwaway PostgreSQL on 127.0.0.1:{}", server.port());
     let cases: [(usize, usize); 4] = [(1, 1), (1, 4), (3, 1), (3, 4)];
     // Per case: per round (wall, entry p50, entry p95, claim p50, start p50, end p50, finish p50, empty).
     let mut results: Vec<Vec<[f64; 8]>> = vec![Vec::new(); cases.len()];
     for r in 0..rounds {
         for (c, &(stages, claimers)) in cases.iter().enumerate() {
-            let mut x = round(&mut server, entries, hosts, stages, claimers).await;
+            let mut x = round(&server, entries, hosts, stages, claimers).await;
             let s = &mut x.steps;
             let row = [
                 ms(x.wall),

@@ -595,10 +595,14 @@ fn compare(counts: Vec<usize>) {
     let all = bench.fleet.hosts();
     let user = bench.fleet.user().to_string();
     // The distributed runs' store: one throwaway server, a fresh database per run.
-    let mut pg = tools
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the PostgreSQL helper");
+    let pg = tools
         .iter()
         .any(|t| t == "workers" || t == "deployer-pg")
-        .then(PgServer::start);
+        .then(|| runtime.block_on(PgServer::start()));
     let mut rows: Vec<(usize, String, Measured)> = Vec::new();
     for &n in &counts {
         let hosts = &all[..n];
@@ -617,11 +621,11 @@ fn compare(counts: Vec<usize>) {
                 "pyinfra" => bench.pyinfra(hosts, &version),
                 "fabric" => bench.fabric(hosts, &version),
                 "deployer-pg" => {
-                    let url = pg.as_mut().expect("started above").database();
+                    let url = runtime.block_on(pg.as_ref().expect("started above").database());
                     bench.deployer_pg(hosts, &version, &url)
                 }
                 "workers" => {
-                    let url = pg.as_mut().expect("started above").database();
+                    let url = runtime.block_on(pg.as_ref().expect("started above").database());
                     bench.workers(hosts, &version, &url)
                 }
                 other => panic!(

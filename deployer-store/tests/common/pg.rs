@@ -4,6 +4,9 @@
 //! Uses the newest `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql` package), or
 //! `initdb` and `postgres` from `PATH`. As root, the server runs as the `postgres` user
 //! (initdb refuses to run as root). It never touches the system's own cluster.
+//!
+//! The one copy: `deployer-web`'s and `deployer-cli`'s tests and the benchmarks
+//! (`deployer-benches`, `pg` module) include this file by path.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -149,7 +152,7 @@ impl PgServer {
                     "-c",
                     "full_page_writes=off",
                     "-c",
-                    "max_connections=200",
+                    "max_connections=300",
                 ])
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().unwrap())
