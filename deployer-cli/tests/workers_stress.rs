@@ -28,7 +28,10 @@
 //! Size by environment (defaults: the CI size): `STRESS_ROUNDS` (3), `STRESS_ENTRIES` (200),
 //! `STRESS_HOSTS` (20), `STRESS_WORKERS` (`2-4`: each round picks in this range),
 //! `STRESS_FAULTS` (most faults per round, 3), `STRESS_SEED` (printed at start: replay a round
-//! with it), `STRESS_FAIL_ROUNDS` (one round in N has injected failures, 3).
+//! with it), `STRESS_FAIL_ROUNDS` (one round in N has injected failures, 3);
+//! `STRESS_LONG_TICKS` (80: the 3 % long entries run 4 s); `STRESS_NO_KEEPALIVE=1` leaves
+//! sshd's keepalive out, to see the overlaps it prevents (with long entries that outlast a
+//! lapse, e.g. `STRESS_LONG_TICKS=240`).
 
 #[allow(dead_code)]
 #[path = "../../deployer-store/tests/common/pg.rs"]
@@ -68,6 +71,8 @@ struct Size {
     workers: (usize, usize),
     faults: usize,
     fail_rounds: usize,
+    /// Ticks of the long entries.
+    long_ticks: usize,
     seed: u64,
 }
 
@@ -98,6 +103,7 @@ impl Size {
             workers,
             faults: env_usize("STRESS_FAULTS", 3),
             fail_rounds: env_usize("STRESS_FAIL_ROUNDS", 3).max(1),
+            long_ticks: env_usize("STRESS_LONG_TICKS", 80),
             seed,
         }
     }
@@ -164,16 +170,19 @@ impl World {
     async fn start(hosts: usize) -> World {
         let pg = pg::PgServer::start().await;
         let url = pg.database().await;
-        let fleet = TestFleet::builder()
+        let mut fleet = TestFleet::builder()
             .hosts(hosts)
             // `environment=` in authorized_keys names the worker on the host.
-            .config_line("PermitUserEnvironment yes")
-            // A client that answers no keepalive (a stopped worker) is dropped within ~3 s,
-            // and the shell agent's watcher then kills its command.
-            .config_line("ClientAliveInterval 1")
-            .config_line("ClientAliveCountMax 2")
-            .start()
-            .unwrap();
+            .config_line("PermitUserEnvironment yes");
+        // A client that answers no keepalive (a stopped worker) is dropped within ~3 s, and
+        // the shell agent's watcher then kills its command. STRESS_NO_KEEPALIVE=1 leaves it
+        // out, to see what it prevents (a stopped worker's command runs on: overlaps).
+        if std::env::var("STRESS_NO_KEEPALIVE").is_err() {
+            fleet = fleet
+                .config_line("ClientAliveInterval 1")
+                .config_line("ClientAliveCountMax 2");
+        }
+        let fleet = fleet.start().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut ini = String::new();
         let half = hosts / 2;
@@ -295,6 +304,9 @@ struct RoundStats {
     attempts: usize,
     reruns: usize,
     killed_commands: usize,
+    /// Commands left without an end by a worker that was stopped, not killed: killed on the
+    /// host once sshd dropped the stopped client.
+    stopped_killed: usize,
     lost_completions: usize,
     stopped: Option<String>,
     secs: f64,
@@ -334,7 +346,13 @@ fn plan(
         }
         for (e, entry) in list.iter().enumerate() {
             let file = root.join(format!("{}.log", entry.host));
-            let ticks = rng.usize(0..=6);
+            // Mostly short; a few idempotent ones run 4 s, long enough to be running when
+            // their worker is stopped and to be killed on the host by sshd's keepalive.
+            let ticks = if entry.idempotent && rng.usize(..100) < 3 {
+                size.long_ticks
+            } else {
+                rng.usize(0..=6)
+            };
             let line = |kind: &str| {
                 format!(
                     "echo \"{kind} {s}:{e} ${{DW:-none}} $$ $(date +%s%N)\" >> {}",
@@ -625,6 +643,20 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
         .filter(|a| !a.ended && !a.failed)
         .count();
     stats.reruns = seen.values().filter(|l| l.len() > 1).count();
+    stats.stopped_killed = seen
+        .values()
+        .flatten()
+        .filter(|a| {
+            !a.ended
+                && !a.failed
+                && faults
+                    .iter()
+                    .any(|f| f.worker == a.worker && f.what == "stop")
+                && !faults
+                    .iter()
+                    .any(|f| f.worker == a.worker && f.what == "kill")
+        })
+        .count();
     // Faults after `t` on `worker`.
     let faulted_after = |worker: &str, t: f64| {
         faults
@@ -860,7 +892,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         eprintln!(
             "round {r}: {} in {:.1}s (exit {}), {} workers, {} kills, {} long stops, {} short \
              stops, {} failures planned / {} ran, {} command runs, {} entries run again, {} \
-             commands killed on their host, {} completions lost to a fault{}",
+             commands killed on their host ({} of stopped workers), {} completions lost to a fault{}",
             stats.outcome,
             stats.secs,
             stats.exit,
@@ -873,6 +905,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
             stats.attempts,
             stats.reruns,
             stats.killed_commands,
+            stats.stopped_killed,
             stats.lost_completions,
             stats
                 .stopped
@@ -888,6 +921,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         totals.attempts += stats.attempts;
         totals.reruns += stats.reruns;
         totals.killed_commands += stats.killed_commands;
+        totals.stopped_killed += stats.stopped_killed;
         totals.lost_completions += stats.lost_completions;
         for b in bad {
             eprintln!("  VIOLATION round {r}: {b}");
@@ -897,7 +931,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
     eprintln!(
         "workers_stress: {} rounds in {:.1}s: outcomes {outcomes:?}; {} kills, {} long stops, {} \
          short stops, {} injected failures ran, {} command runs, {} entries run again, {} \
-         commands killed on their host, {} completions lost to a fault",
+         commands killed on their host ({} of stopped workers), {} completions lost to a fault",
         size.rounds,
         started.elapsed().as_secs_f64(),
         totals.kills,
@@ -907,6 +941,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         totals.attempts,
         totals.reruns,
         totals.killed_commands,
+        totals.stopped_killed,
         totals.lost_completions,
     );
     assert!(
