@@ -657,11 +657,29 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                     .any(|f| f.worker == a.worker && f.what == "kill")
         })
         .count();
-    // Faults after `t` on `worker`.
+    // Whether `worker` was killed or stopped (past its lease) after `t`: a command of a
+    // stopped worker may still end on its host, unrecorded.
     let faulted_after = |worker: &str, t: f64| {
         faults
             .iter()
-            .any(|f| f.worker == worker && f.at >= t - 0.05 && f.what != "short stop")
+            .any(|f| f.worker == worker && f.at >= t && f.what != "short stop")
+    };
+    // What the workers' logs say about entry (s, e), for a violation's message.
+    let trail = |s: usize, e: usize| -> String {
+        let needle = format!("stages[{s}].tasks[{e}] of run {run}");
+        let mut lines = String::new();
+        for (name, _, _) in &workers {
+            let log = std::fs::read_to_string(w.dir.path().join(format!("{name}.log")))
+                .unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains(&needle)) {
+                lines.push_str(&format!("\n    {l}"));
+            }
+        }
+        let f: Vec<String> = faults
+            .iter()
+            .map(|f| format!("{} {} at {:.3}", f.what, f.worker, f.at))
+            .collect();
+        format!("{lines}\n    faults: {}", f.join(", "))
     };
     let worker_names: HashSet<&str> = workers.iter().map(|(n, _, _)| n.as_str()).collect();
 
@@ -682,7 +700,8 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                 for b in &runs[i + 1..] {
                     if b.start < a.last {
                         bad.push(format!(
-                            "stages[{s}].tasks[{e}] ran twice at once: {a:?} and {b:?}"
+                            "stages[{s}].tasks[{e}] ran twice at once: {a:?} and {b:?}{}",
+                            trail(s, e)
                         ));
                     }
                 }
@@ -713,13 +732,16 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                 let recorded =
                     task_state == "SUCCEEDED" && task_worker.as_deref() == Some(&a.worker);
                 if !recorded {
-                    if faulted_after(&a.worker, a.last) {
+                    if faulted_after(&a.worker, a.start) {
                         stats.lost_completions += 1;
                     } else {
                         bad.push(format!(
                             "stages[{s}].tasks[{e}] completed on {} by {} (never killed or stopped \
-                             after) but the store has {task_state} by {task_worker:?}",
-                            entry.host, a.worker
+                             after it started) but the store has {task_state} by \
+                             {task_worker:?}: {runs:?}{}",
+                            entry.host,
+                            a.worker,
+                            trail(s, e)
                         ));
                     }
                 }
