@@ -831,15 +831,18 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
         })
         .collect();
     for s in 1..bounds.len() {
-        if let (Some(before), Some(this)) = (bounds[..s].iter().flatten().last(), bounds[s]) {
-            if this.0 < before.1 {
-                bad.push(format!(
-                    "stage {s} started at {} before stage {} ended at {}",
-                    this.0,
-                    s - 1,
-                    before.1
-                ));
-            }
+        let before = bounds[..s]
+            .iter()
+            .flatten()
+            .map(|b| b.1)
+            .fold(f64::MIN, f64::max);
+        if let Some(this) = bounds[s]
+            && this.0 < before
+        {
+            bad.push(format!(
+                "stage {s} started at {} before the stages before it ended (at {before})",
+                this.0
+            ));
         }
     }
     // The run's state as its entries imply, and the submitter's exit status.
@@ -878,14 +881,13 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
             "the submitter's recap does not say {state}:\n{out}"
         ));
     }
-    if let Some(m) = &stats.stopped {
-        if !m.contains("was interrupted on worker")
-            || !(out.contains(m.as_str()) || err.contains(m.as_str()))
-        {
-            bad.push(format!(
-                "the run stopped ({m}) and the submitter does not say so:\n{out}\n{err}"
-            ));
-        }
+    if let Some(m) = &stats.stopped
+        && (!m.contains("was interrupted on worker")
+            || !(out.contains(m.as_str()) || err.contains(m.as_str())))
+    {
+        bad.push(format!(
+            "the run stopped ({m}) and the submitter does not say so:\n{out}\n{err}"
+        ));
     }
     stats.secs = started.elapsed().as_secs_f64();
     (stats, bad)
