@@ -307,6 +307,8 @@ struct RoundStats {
     /// Commands left without an end by a worker that was stopped, not killed: killed on the
     /// host once sshd dropped the stopped client.
     stopped_killed: usize,
+    /// The longest a stopped worker's command ran on after the stop (its last stamp), in s.
+    stop_to_kill: f64,
     lost_completions: usize,
     stopped: Option<String>,
     secs: f64,
@@ -659,6 +661,18 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                     .any(|f| f.worker == a.worker && f.what == "kill")
         })
         .count();
+    for a in seen.values().flatten().filter(|a| !a.ended && !a.failed) {
+        if let Some(stop) = faults
+            .iter()
+            .filter(|f| f.worker == a.worker && f.what == "stop" && f.at <= a.last)
+            .map(|f| f.at)
+            .reduce(f64::max)
+            && a.start < stop
+            && !faults.iter().any(|f| f.worker == a.worker && f.what == "kill")
+        {
+            stats.stop_to_kill = stats.stop_to_kill.max(a.last - stop);
+        }
+    }
     // Whether `worker` was killed or stopped (past its lease) after `t`: a command of a
     // stopped worker may still end on its host, unrecorded.
     let faulted_after = |worker: &str, t: f64| {
@@ -918,7 +932,8 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         eprintln!(
             "round {r}: {} in {:.1}s (exit {}), {} workers, {} kills, {} long stops, {} short \
              stops, {} failures planned / {} ran, {} command runs, {} entries run again, {} \
-             commands killed on their host ({} of stopped workers), {} completions lost to a fault{}",
+             commands killed on their host ({} of stopped workers, the last {:.1}s after the stop), {} \
+             completions lost to a fault{}",
             stats.outcome,
             stats.secs,
             stats.exit,
@@ -932,6 +947,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
             stats.reruns,
             stats.killed_commands,
             stats.stopped_killed,
+            stats.stop_to_kill,
             stats.lost_completions,
             stats
                 .stopped
@@ -948,6 +964,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         totals.reruns += stats.reruns;
         totals.killed_commands += stats.killed_commands;
         totals.stopped_killed += stats.stopped_killed;
+        totals.stop_to_kill = totals.stop_to_kill.max(stats.stop_to_kill);
         totals.lost_completions += stats.lost_completions;
         for b in bad {
             eprintln!("  VIOLATION round {r}: {b}");
@@ -957,7 +974,8 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
     eprintln!(
         "workers_stress: {} rounds in {:.1}s: outcomes {outcomes:?}; {} kills, {} long stops, {} \
          short stops, {} injected failures ran, {} command runs, {} entries run again, {} \
-         commands killed on their host ({} of stopped workers), {} completions lost to a fault",
+         commands killed on their host ({} of stopped workers, the last {:.1}s after the stop), \
+         {} completions lost to a fault",
         size.rounds,
         started.elapsed().as_secs_f64(),
         totals.kills,
@@ -968,6 +986,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
         totals.reruns,
         totals.killed_commands,
         totals.stopped_killed,
+        totals.stop_to_kill,
         totals.lost_completions,
     );
     assert!(
