@@ -34,6 +34,10 @@ macro_rules! now {
 }
 
 /// Entry states as stored.
+/// How long PostgreSQL lets a work transaction's session sit idle before it ends the session
+/// and so releases its locks (see `begin_work`): well under a third of any useful lease.
+const IDLE_IN_WORK_TX: &str = "2s";
+
 const PENDING: &str = "PENDING";
 const CLAIMED: &str = "CLAIMED";
 const DONE: &str = "DONE";
@@ -91,11 +95,24 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// Begins a work transaction. Its session may sit idle inside it for at most
+    /// [`IDLE_IN_WORK_TX`]: a worker stopped (SIGSTOP, a frozen VM) between two statements of
+    /// a claim or an entry's end keeps its connection open, and without this it would hold
+    /// the run's row lock until it resumed, stalling every other worker of the run (their
+    /// pools full of transactions waiting for the lock, their renewals starved) until their
+    /// own leases lapsed.
     async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
-        self.pool
+        let mut tx = self
+            .pool
             .begin()
             .await
-            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))
+            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))?;
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(IDLE_IN_WORK_TX)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))?;
+        Ok(tx)
     }
 
     /// Sweeps lapsed claims of `run` (whose `run_work` row `tx` holds locked), in one
