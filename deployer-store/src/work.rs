@@ -303,6 +303,7 @@ impl PostgresStore {
     ) -> Result<Option<Claim>, StoreError> {
         let doing = format!("claim an entry of run {run} for worker {}", worker.id);
         let doing = doing.as_str();
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         // The run's lock. What is counted below is read by later statements, each seeing
         // every claim committed before this lock was granted (READ COMMITTED).
@@ -750,6 +751,7 @@ impl WorkQueue for PostgresStore {
         );
         let doing = doing.as_str();
         let run = claim.run.as_str();
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         // The run's lock: ends of its entries are serialized, so exactly one finishes it.
         let locked = sqlx::query("SELECT 1 AS one FROM run_work WHERE run_id = $1 FOR UPDATE")
