@@ -147,6 +147,8 @@ struct Attempt {
 struct Fault {
     worker: String,
     at: f64,
+    /// When it ended: the SIGCONT of a stop; the kill itself.
+    until: f64,
     what: &'static str,
 }
 
@@ -529,6 +531,7 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                         faults.push(Fault {
                             worker: workers[k].0.clone(),
                             at,
+                            until: at,
                             what: "kill",
                         });
                         // Another takes its place (the fleet keeps its size).
@@ -544,6 +547,7 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                         faults.push(Fault {
                             worker: workers[k].0.clone(),
                             at,
+                            until: at + LEASE_SECS + 2.0,
                             what: "stop",
                         });
                     }
@@ -555,6 +559,7 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
                         faults.push(Fault {
                             worker: workers[k].0.clone(),
                             at,
+                            until: at + 0.3,
                             what: "short stop",
                         });
                     }
@@ -668,17 +673,21 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
             .map(|f| f.at)
             .reduce(f64::max)
             && a.start < stop
-            && !faults.iter().any(|f| f.worker == a.worker && f.what == "kill")
+            && !faults
+                .iter()
+                .any(|f| f.worker == a.worker && f.what == "kill")
         {
             stats.stop_to_kill = stats.stop_to_kill.max(a.last - stop);
         }
     }
-    // Whether `worker` was killed or stopped (past its lease) after `t`: a command of a
-    // stopped worker may still end on its host, unrecorded.
+    // Whether `worker` was killed, or stopped past its lease, after a command of it started
+    // at `t` on its host (a stopped worker's command may still end there, unrecorded), or
+    // while it was sent: a command starts on its host a little after its worker sent it, so
+    // one sent just before a kill or during a stop starts after the fault (1 s allowed).
     let faulted_after = |worker: &str, t: f64| {
         faults
             .iter()
-            .any(|f| f.worker == worker && f.at >= t && f.what != "short stop")
+            .any(|f| f.worker == worker && f.until + 1.0 >= t && f.what != "short stop")
     };
     // What the workers' logs say about entry (s, e), for a violation's message.
     let trail = |s: usize, e: usize| -> String {
