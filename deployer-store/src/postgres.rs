@@ -51,6 +51,11 @@ pub struct PostgresStore {
     /// How the change watcher connects.
     options: PgConnectOptions,
     watch: Arc<Watch>,
+    /// One transaction that takes a run's row lock (a claim, an entry's end) at a time per
+    /// store: PostgreSQL serializes them anyway, and so a process that is stopped holds or
+    /// waits for that lock in one transaction at most, which `idle_in_transaction_session_timeout`
+    /// then ends (`work.rs`), instead of in one per pooled connection, each taking its turn.
+    pub(crate) run_lock_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -101,6 +106,7 @@ impl PostgresStore {
             location,
             options,
             watch: Watch::new(),
+            run_lock_turn: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 

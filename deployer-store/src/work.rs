@@ -37,6 +37,10 @@ macro_rules! now {
     };
 }
 
+/// How long PostgreSQL lets a work transaction's session sit idle before it ends the session
+/// and so releases its locks (see `begin_work`): well under a third of any useful lease.
+const IDLE_IN_WORK_TX: &str = "2s";
+
 /// Entry states as stored.
 const PENDING: &str = "PENDING";
 const CLAIMED: &str = "CLAIMED";
@@ -135,11 +139,24 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// Begins a work transaction. Its session may sit idle inside it for at most
+    /// [`IDLE_IN_WORK_TX`]: a worker stopped (SIGSTOP, a frozen VM) between two statements of
+    /// a claim or an entry's end keeps its connection open, and without this it would hold
+    /// the run's row lock until it resumed, stalling every other worker of the run (their
+    /// pools full of transactions waiting for the lock, their renewals starved) until their
+    /// own leases lapsed.
     pub(crate) async fn begin_work(&self, doing: &str) -> Result<Tx, StoreError> {
-        self.pool
+        let mut tx = self
+            .pool
             .begin()
             .await
-            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))
+            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))?;
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(IDLE_IN_WORK_TX)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(format!("begin a transaction to {doing}"), e))?;
+        Ok(tx)
     }
 
     /// Sweeps lapsed claims of `run` (whose `run_work` row `tx` holds locked), in one
@@ -335,6 +352,7 @@ impl PostgresStore {
     ) -> Result<Option<Claim>, StoreError> {
         let doing = format!("claim an entry of run {run} for worker {}", worker.id);
         let doing = doing.as_str();
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         // The run's lock. What is counted below is read by later statements, each seeing
         // every claim committed before this lock was granted (READ COMMITTED).
@@ -1139,6 +1157,7 @@ impl WorkQueue for PostgresStore {
                 ));
             }
         }
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         let found = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
             .bind(run)
@@ -1389,6 +1408,7 @@ impl WorkQueue for PostgresStore {
         );
         let doing = doing.as_str();
         let run = claim.run.as_str();
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         // The run's lock: ends of its entries are serialized, so exactly one finishes it.
         let Some(mut locked) = Self::lock_run(&mut tx, run, doing).await? else {

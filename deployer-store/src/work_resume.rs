@@ -22,6 +22,8 @@ impl PostgresStore {
             why,
         };
         let id = run.as_str();
+        // One run-locking transaction at a time per store (see `PostgresStore::run_lock_turn`).
+        let _turn = self.run_lock_turn.lock().await;
         let mut tx = self.begin_work(doing).await?;
         let Some(row) = sqlx::query(
             "SELECT w.stopped, r.state, r.finish_ts FROM run_work w JOIN runs r \
