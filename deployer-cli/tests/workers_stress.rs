@@ -17,7 +17,9 @@
 //! every completion line is recorded DONE by its worker unless that worker was killed or
 //! stopped after the line (a completion lost between the command's end and its record: the
 //! idempotent entry then runs again, reported); exactly one recorded completion per entry when
-//! the run succeeded; the run's state as the entries imply; the submitter's exit status.
+//! the run succeeded; the failure budget of failure rounds (0–2 hosts: only failed hosts
+//! dropped, never more than the budget, a dropped host's entries never run); the run's state as
+//! the entries imply (SUCCEEDED, DEGRADED, FAILED); the submitter's exit status (0, 4, 1).
 //!
 //! The hosts' sshd drop a client that does not answer keepalives (`ClientAliveInterval 1`,
 //! `ClientAliveCountMax 1`): a SIGSTOPped worker keeps its TCP connections open, and without
@@ -43,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deployer_core::{Stage, Task, Tasklist};
+use deployer_core::{FailureBudget, Stage, Task, Tasklist};
 use deployer_remote::testing::TestFleet;
 use sqlx::{Connection, Row};
 
@@ -314,18 +316,24 @@ struct RoundStats {
     stop_to_kill: f64,
     lost_completions: usize,
     stopped: Option<String>,
+    /// The run's failure budget (`max_failures`), in failure rounds.
+    budget: Option<usize>,
+    /// Hosts the run dropped within its budget.
+    dropped_hosts: usize,
     secs: f64,
 }
 
 /// The plan of round `round`: stages with random limits, entries on random hosts, a few not
-/// idempotent (`execute_command`, 0.5 %), some failing in failure rounds.
+/// idempotent (`execute_command`, 0.5 %), some failing in failure rounds, which get a failure
+/// budget of 0 to 2 hosts (so some drop their failed hosts and end DEGRADED, others go past
+/// it and stop).
 fn plan(
     size: &Size,
     round: usize,
     hosts: &[String],
     root: &Path,
     rng: &mut fastrand::Rng,
-) -> (Tasklist, Vec<Limits>, Vec<Vec<Entry>>) {
+) -> (Tasklist, Vec<Limits>, Vec<Vec<Entry>>, Option<usize>) {
     let stages = 4;
     let failing_round = round % size.fail_rounds == size.fail_rounds - 1;
     let mut limits = Vec::new();
@@ -390,7 +398,11 @@ fn plan(
         }
         tasklist = tasklist.stage(stage);
     }
-    (tasklist, limits, entries)
+    let budget = failing_round.then(|| rng.usize(..=2));
+    if let Some(n) = budget {
+        tasklist = tasklist.budget(FailureBudget::max_failures(n));
+    }
+    (tasklist, limits, entries, budget)
 }
 
 /// Every attempt, by (stage, entry), from the hosts' files.
@@ -456,11 +468,12 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
             .unwrap()
             .success()
     );
-    let (tasklist, limits, entries) = plan(size, round, &hosts, &root, &mut rng);
+    let (tasklist, limits, entries, budget) = plan(size, round, &hosts, &root, &mut rng);
     let path = w.dir.path().join(format!("round-{round}.json"));
     tasklist.save(&path).unwrap();
     let mut stats = RoundStats {
         failures_planned: entries.iter().flatten().filter(|e| e.fails).count(),
+        budget,
         ..RoundStats::default()
     };
 
@@ -642,6 +655,16 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
         entry_state.insert(key, row.get("state"));
     }
     stats.outcome = state.clone();
+    let dropped_hosts: HashSet<String> =
+        sqlx::query("SELECT host FROM run_hosts WHERE run_id = $1 AND state = 'DROPPED'")
+            .bind(&run)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("host"))
+            .collect();
+    stats.dropped_hosts = dropped_hosts.len();
 
     let seen = attempts(&hosts, &root);
     let _ = std::fs::remove_dir_all(&root);
@@ -869,15 +892,58 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
             ));
         }
     }
+    // The failure budget: only a host with a failure is dropped, never more than the budget;
+    // a dropped host's entries (DROPPED) never ran.
+    let failed_hosts: HashSet<&str> = entry_state
+        .iter()
+        .filter(|(_, st)| *st == "FAILED")
+        .map(|(&(s, e), _)| entries[s][e].host.as_str())
+        .collect();
+    if dropped_hosts.len() > budget.unwrap_or(0) {
+        bad.push(format!(
+            "{} hosts dropped, the budget is {budget:?}: {dropped_hosts:?}",
+            dropped_hosts.len()
+        ));
+    }
+    for h in &dropped_hosts {
+        if !failed_hosts.contains(h.as_str()) {
+            bad.push(format!("{h} was dropped without a failed entry"));
+        }
+    }
+    for (&(s, e), st) in &entry_state {
+        if st == "DROPPED" {
+            if !dropped_hosts.contains(&entries[s][e].host) {
+                bad.push(format!(
+                    "entry stages[{s}].tasks[{e}] is DROPPED but its host {} is not",
+                    entries[s][e].host
+                ));
+            }
+            if seen.get(&(s, e)).is_some_and(|l| !l.is_empty()) {
+                bad.push(format!(
+                    "entry stages[{s}].tasks[{e}] is DROPPED but ran: {:?}",
+                    seen[&(s, e)]
+                ));
+            }
+        }
+    }
     // The run's state as its entries imply, and the submitter's exit status.
     let all_done = entries.iter().enumerate().all(|(s, l)| {
         (0..l.len()).all(|e| entry_state.get(&(s, e)).map(String::as_str) == Some("DONE"))
     });
-    let any_failed = entry_state.values().any(|st| st == "FAILED");
+    // Failures that count: on hosts not dropped (a dropped host's failure was within budget).
+    let any_failed = failed_hosts.iter().any(|h| !dropped_hosts.contains(*h));
+    let all_done_or_dropped = entries.iter().enumerate().all(|(s, l)| {
+        (0..l.len()).all(|e| {
+            let st = entry_state.get(&(s, e)).map(String::as_str);
+            st == Some("DONE") || dropped_hosts.contains(&l[e].host)
+        })
+    });
     let expected = if all_done {
         "SUCCEEDED"
     } else if any_failed || stats.stopped.is_some() {
         "FAILED"
+    } else if all_done_or_dropped && !dropped_hosts.is_empty() {
+        "DEGRADED"
     } else {
         "CANCELLED"
     };
@@ -893,6 +959,7 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
     let want_code = match state.as_str() {
         "SUCCEEDED" => 0,
         "FAILED" => 1,
+        "DEGRADED" => 4,
         _ => 130,
     };
     if code != want_code {
@@ -943,7 +1010,7 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
             "round {r}: {} in {:.1}s (exit {}), {} workers, {} kills, {} long stops, {} short \
              stops, {} failures planned / {} ran, {} command runs, {} entries run again, {} \
              commands killed on their host ({} of stopped workers, the last {:.1}s after the stop), {} \
-             completions lost to a fault{}",
+             completions lost to a fault{}{}",
             stats.outcome,
             stats.secs,
             stats.exit,
@@ -959,6 +1026,10 @@ async fn workers_under_kills_stops_and_failures_keep_every_property() {
             stats.stopped_killed,
             stats.stop_to_kill,
             stats.lost_completions,
+            stats
+                .budget
+                .map(|b| format!("; budget {b}: {} hosts dropped", stats.dropped_hosts))
+                .unwrap_or_default(),
             stats
                 .stopped
                 .as_deref()
