@@ -25,6 +25,15 @@ fn failing(w: &World, host: &str, key: &str) -> Task {
     )
 }
 
+/// Starts three workers (zone eu, zone us, every zone) and submits `tasklist`: the submitter.
+fn submit_to_three_workers(w: &mut World, tasklist: &Tasklist) -> Child {
+    let path = w.save(tasklist, "tasklist.json");
+    w.worker("w-eu", &["eu"], &[]);
+    w.worker("w-us", &["us"], &[]);
+    w.worker("w-all", &[], &[]);
+    w.submit(&path, "submit")
+}
+
 /// The spans of the lines whose key starts with `prefix`.
 fn spans(lines: &[(String, String, f64, f64)], prefix: &str) -> Vec<(f64, f64)> {
     lines
@@ -73,11 +82,7 @@ async fn a_failure_within_the_budget_drops_its_host_the_run_ends_degraded_and_ex
         .stage(after)
         .stage(unlock)
         .stage(page);
-    let path = w.save(&tasklist, "tasklist.json");
-    w.worker("w-eu", &["eu"], &[]);
-    w.worker("w-us", &["us"], &[]);
-    w.worker("w-all", &[], &[]);
-    let mut submitter = w.submit(&path, "submit");
+    let mut submitter = submit_to_three_workers(&mut w, &tasklist);
     let code = World::wait(&mut submitter, Duration::from_secs(40), "the submitter");
     let (out, err) = w.output("submit");
     assert_eq!(code, 4, "degraded: stdout:\n{out}\nstderr:\n{err}");
@@ -141,11 +146,7 @@ async fn after_a_failure_past_the_budget_the_finally_stage_releases_every_lock_t
         .stage(work)
         .stage(later)
         .stage(unlock);
-    let path = w.save(&tasklist, "tasklist.json");
-    w.worker("w-eu", &["eu"], &[]);
-    w.worker("w-us", &["us"], &[]);
-    w.worker("w-all", &[], &[]);
-    let mut submitter = w.submit(&path, "submit");
+    let mut submitter = submit_to_three_workers(&mut w, &tasklist);
     let code = World::wait(&mut submitter, Duration::from_secs(40), "the submitter");
     let (out, err) = w.output("submit");
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
@@ -188,11 +189,7 @@ async fn a_cancel_stops_ordinary_work_on_every_worker_and_the_finally_stage_stil
         .stage(slow)
         .stage(next)
         .stage(cleanup);
-    let path = w.save(&tasklist, "tasklist.json");
-    w.worker("w-eu", &["eu"], &[]);
-    w.worker("w-us", &["us"], &[]);
-    w.worker("w-all", &[], &[]);
-    let mut submitter = w.submit(&path, "submit");
+    let mut submitter = submit_to_three_workers(&mut w, &tasklist);
     World::until(Duration::from_secs(15), "two slow entries", || {
         w.lines().len() >= 2
     });

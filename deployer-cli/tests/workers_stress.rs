@@ -36,9 +36,8 @@
 //! sshd's keepalive out, to see the overlaps it prevents (with long entries that outlast a
 //! lapse, e.g. `STRESS_LONG_TICKS=240`).
 
-#[allow(dead_code)]
-#[path = "../../deployer-store/tests/common/pg.rs"]
-mod pg;
+#[path = "common/workers.rs"]
+mod workers_common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +47,7 @@ use std::time::{Duration, Instant};
 use deployer_core::{FailureBudget, Stage, Task, Tasklist};
 use deployer_remote::testing::TestFleet;
 use sqlx::{Connection, Row};
+use workers_common::{deploy, max_overlap, pg};
 
 /// A worker's lease: more than sshd takes to drop a stopped client (see the module docs).
 const LEASE: &str = "9s";
@@ -110,12 +110,6 @@ impl Size {
             seed,
         }
     }
-}
-
-fn deploy() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
-    cmd.env_remove("DEPLOYER_STORE").stdin(Stdio::null());
-    cmd
 }
 
 /// One entry of a round's plan.
@@ -270,22 +264,6 @@ impl World {
             .spawn()
             .expect("start deploy worker")
     }
-}
-
-/// The most intervals of `spans` open at once (an end before a start at the same instant).
-fn max_overlap(spans: &[(f64, f64)]) -> usize {
-    let mut points: Vec<(f64, i32)> = Vec::new();
-    for &(s, e) in spans {
-        points.push((s, 1));
-        points.push((e, -1));
-    }
-    points.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in points {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::pg::PgServer;
-use common::work::{Queue, stage, submit, worker};
+use common::work::{Queue, stage, submit, task_of as task, worker};
 use deployer_core::*;
 use deployer_store::PostgresStore;
 
@@ -24,16 +24,6 @@ async fn queue(server: &PgServer) -> Queue {
             .await
             .unwrap(),
     )
-}
-
-async fn task(store: &Queue, run: &RunId, claim: &Claim) -> TaskRecord {
-    store
-        .tasks(run)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.id == claim.tasks[0])
-        .unwrap()
 }
 
 /// Records the claim's task with `state` and ends the entry with `outcome`.

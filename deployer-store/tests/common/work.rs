@@ -131,7 +131,8 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-async fn task_of(store: &Queue, run: &RunId, claim: &Claim) -> TaskRecord {
+/// The record of the claim's (first) task.
+pub async fn task_of(store: &Queue, run: &RunId, claim: &Claim) -> TaskRecord {
     store
         .tasks(run)
         .await
