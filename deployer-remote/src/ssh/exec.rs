@@ -17,6 +17,43 @@ use super::connection::{Conn, Slot};
 use crate::common::LineCollector;
 
 const PID_MARKER: &[u8] = b"\x1edeployer-pid ";
+
+/// The name (`$0`) the orphan watcher runs under: it shows in the host's process list.
+const WATCHER_NAME: &str = "deployer-orphan-watch";
+
+/// The orphan watcher, `sh -c WATCHER deployer-orphan-watch PID PPID`: started beside every
+/// command on a session of its own (detached from it, its stdio on `/dev/null`, so it neither
+/// holds the channel open nor is a child the command could reap), it kills the command's
+/// process group when the command's session ends while it still runs.
+///
+/// sshd sends a command without a pty no signal when its client's connection ends: the
+/// session's sshd process exits and the command runs on, reparented, until it next writes
+/// output or reads its stdin to the end. So every second the watcher reads
+/// `/proc/PID/stat`: once the command is gone (no such file, a zombie, or another process
+/// with its pid: the start time differs) it exits; while the command's parent is still the
+/// session's sshd (`PPID`, `$PPID` of the login shell) it sleeps on; when the parent has
+/// changed, sshd is gone and it kills the group (`$$` of the login shell, kept by `exec`,
+/// leads it: sshd makes the session's child a session leader), else the process alone —
+/// with `kill -s KILL --`, which dash's `kill` reads right (not `kill -KILL --`). With
+/// sudo commands it kills through `sudo -n` first, as `kill_group` does. It is in the
+/// command's group itself, so that killing the group (a cancel, or its own kill) ends it too.
+/// It arms only when the first read shows the parent it was given (no `/proc`, or a login
+/// shell that does not `exec` from sshd: nothing is done, as before).
+const WATCHER: &str = r#"p=$1 q=$2 t=
+while { read -r s </proc/"$p"/stat; } 2>/dev/null; do
+set -- ${s##*) }
+if [ -z "$t" ]; then [ "$2" = "$q" ] || exit 0; t=${20}; fi
+[ "$1" != Z ] && [ "${20}" = "$t" ] || exit 0
+if [ "$2" != "$q" ]; then
+SUDOkill -s KILL -- -"$p" 2>/dev/null || kill -s KILL "$p" 2>/dev/null
+exit 0
+fi
+sleep 1
+done"#;
+
+/// The orphan watcher's kill with sudo: the command may run as root.
+const SUDO_KILL: &str = r#"sudo -n kill -s KILL -- -"$p" 2>/dev/null || sudo -n kill -s KILL "$p" 2>/dev/null
+"#;
 /// The last entry of an uploaded directory's tar: its presence says the tar arrived whole.
 pub(super) const TAR_MARKER: &str = ".deployer-upload-complete";
 
@@ -119,7 +156,15 @@ impl Job {
             host: host.clone(),
             message: e.to_string(),
         })?;
-        let full = format!("printf '\\036deployer-pid %s\\n' \"$$\" >&2; exec sh -c -- {quoted}");
+        let watcher = WATCHER.replace("SUDO", if sudo_kill { SUDO_KILL } else { "" });
+        let watcher = quote(&watcher).expect("the watcher script has no NUL byte");
+        // The subshell forks the watcher and exits at once: the watcher is no child of the
+        // command (which could reap it, or wait for it).
+        let full = format!(
+            "printf '\\036deployer-pid %s\\n' \"$$\" >&2; \
+             (sh -c {watcher} {WATCHER_NAME} \"$$\" \"$PPID\" </dev/null >/dev/null 2>&1 &); \
+             exec sh -c -- {quoted}"
+        );
         Ok(Job {
             host,
             full,
