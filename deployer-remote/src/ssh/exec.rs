@@ -1,7 +1,9 @@
 //! A command on a session of its own: `exec` of `sh -c <line>` behind a line that reports the
 //! shell's pid on stderr, the command's stdin streamed from bytes, a file or a tar of a
 //! directory. Used for commands with stdin data, uploads, long command lines, and every
-//! command when shells are not reused.
+//! command when shells are not reused. Beside each command a watcher ([`WATCHER`]) kills it
+//! once its session's sshd is gone (sshd sends a command without a pty no signal when the
+//! client's connection ends).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -54,6 +56,7 @@ done"#;
 /// The orphan watcher's kill with sudo: the command may run as root.
 const SUDO_KILL: &str = r#"sudo -n kill -s KILL -- -"$p" 2>/dev/null || sudo -n kill -s KILL "$p" 2>/dev/null
 "#;
+
 /// The last entry of an uploaded directory's tar: its presence says the tar arrived whole.
 pub(super) const TAR_MARKER: &str = ".deployer-upload-complete";
 
@@ -333,4 +336,90 @@ fn write_tar(dir: &Path, tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> std::io::Res
     builder.append_data(&mut header, TAR_MARKER, std::io::empty())?;
     let mut writer = builder.into_inner()?;
     writer.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s[s.rfind(") ").unwrap()..].starts_with(") Z"))
+    }
+
+    fn watcher(pid: u32, parent: u32) -> Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(WATCHER.replace("SUDO", ""))
+            .arg(WATCHER_NAME)
+            .arg(pid.to_string())
+            .arg(parent.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits up to `limit` for `child` to exit.
+    fn exits_within(child: &mut Child, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn the_watcher_kills_the_group_once_the_parent_is_gone_and_only_then() {
+        // A "session" process P whose child C leads a group of its own with a child of its
+        // own, as sshd's session child does.
+        let mut p = Command::new("sh")
+            .arg("-c")
+            .arg("setsid sh -c 'sleep 30 & echo $$ $!; exec sleep 30' & exec sleep 30")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(p.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let pids: Vec<u32> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let (c, grandchild) = (pids[0], pids[1]);
+
+        // Given a parent that is not C's: it does nothing and exits at once.
+        let mut wrong = watcher(c, std::process::id());
+        assert!(exits_within(&mut wrong, Duration::from_secs(2)));
+        assert!(running(c) && running(grandchild));
+
+        // Given C's parent: it stays while P lives, kills C's group once P is gone, and exits.
+        let mut w = watcher(c, p.id());
+        assert!(!exits_within(&mut w, Duration::from_millis(1500)));
+        assert!(running(c) && running(grandchild));
+        p.kill().unwrap();
+        p.wait().unwrap();
+        assert!(exits_within(&mut w, Duration::from_secs(3)));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while running(c) || running(grandchild) {
+            assert!(Instant::now() < deadline, "C's group still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_watcher_exits_when_the_command_ends() {
+        let mut c = Command::new("sleep").arg("1").spawn().unwrap();
+        let mut w = watcher(c.id(), std::process::id());
+        assert!(!exits_within(&mut w, Duration::from_millis(500)));
+        c.wait().unwrap();
+        assert!(exits_within(&mut w, Duration::from_secs(2)));
+    }
 }
