@@ -224,18 +224,27 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The command line that kills process group `pgid` (through `sudo -n` with `sudo`): the
+/// group when the command leads one (always on a session of its own, and on a shell where
+/// `setsid` exists), else the process itself. `-s KILL`, not `-KILL`: dash's `kill` (the login
+/// shell of many Debian users) reads `kill -KILL -- -N` as a bad number and kills nothing;
+/// bash, dash and procps' `kill` all read `kill -s KILL -- -N`.
+fn kill_line(pgid: u32, sudo: bool) -> String {
+    let sudo = if sudo { "sudo -n " } else { "" };
+    format!(
+        "{sudo}kill -s KILL -- -{pgid} 2>/dev/null || {sudo}kill -s KILL {pgid} 2>/dev/null; true"
+    )
+}
+
 /// Kills the process group `pgid` through another channel (bounded in time).
 pub(super) async fn kill_group(conn: &Conn, pgid: u32, sudo: bool) {
     let work = async {
         let _permit = conn.kill_slots.acquire().await.ok()?;
         let mut channel = open_channel(conn).await.ok()?;
-        let sudo = if sudo { "sudo -n " } else { "" };
-        // The group when the command leads one (always on a session of its own, and on a
-        // shell where `setsid` exists), else the process itself.
-        let cmd = format!(
-            "{sudo}kill -KILL -- -{pgid} 2>/dev/null || {sudo}kill -KILL {pgid} 2>/dev/null; true"
-        );
-        channel.exec(false, cmd.as_bytes()).await.ok()?;
+        channel
+            .exec(false, kill_line(pgid, sudo).as_bytes())
+            .await
+            .ok()?;
         channel.eof().await.ok()?;
         while let Some(msg) = channel.wait().await {
             if matches!(msg, ChannelMsg::Close) {
@@ -246,5 +255,56 @@ pub(super) async fn kill_group(conn: &Conn, pgid: u32, sudo: bool) {
     };
     if tokio::time::timeout(CLOSE_WAIT, work).await.is_err() {
         tracing::warn!(pgid, "killing a cancelled remote command timed out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The kill line run by dash and by bash (login shells of remote users) kills a whole
+    /// process group: its leader and a child of it.
+    #[test]
+    fn the_kill_line_kills_the_group_under_dash_and_bash() {
+        for shell in ["dash", "bash"] {
+            // A group: `setsid sh` leads it, with a `sleep` child; both pids on stdout.
+            let out = Command::new("setsid")
+                .args(["sh", "-c", "sleep 30 & echo $$ $!; exec sleep 30"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(out.stdout.unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            let pids: Vec<u32> = line
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
+            let status = Command::new(shell)
+                .arg("-c")
+                .arg(super::kill_line(pids[0], false))
+                .status()
+                .unwrap_or_else(|e| panic!("{shell} is not installed: {e}"));
+            assert!(status.success(), "{shell}");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            for pid in &pids {
+                loop {
+                    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| !s[s.rfind(") ").unwrap()..].starts_with(") Z"));
+                    if !alive {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{shell}: {pid} of the group still runs"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
