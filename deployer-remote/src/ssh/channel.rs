@@ -269,14 +269,14 @@ mod tests {
     fn the_kill_line_kills_the_group_under_dash_and_bash() {
         for shell in ["dash", "bash"] {
             // A group: `setsid sh` leads it, with a `sleep` child; both pids on stdout.
-            let out = Command::new("setsid")
+            let mut leader = Command::new("setsid")
                 .args(["sh", "-c", "sleep 30 & echo $$ $!; exec sleep 30"])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
             let mut line = String::new();
             std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(out.stdout.unwrap()),
+                &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
                 &mut line,
             )
             .unwrap();
@@ -305,6 +305,7 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
+            leader.wait().unwrap();
         }
     }
 }
