@@ -10,6 +10,10 @@ use std::process::Command;
 use deployer_core::{Stage, Task, Tasklist};
 use deployer_remote::testing::TestFleet;
 
+#[path = "common/fleet_config.rs"]
+mod fleet_config;
+use fleet_config::ssh_config;
+
 const HOSTS: usize = 100;
 
 fn text(bytes: &[u8]) -> String {
@@ -65,24 +69,6 @@ fn artifact(dir: &Path, version: &str) -> PathBuf {
         .unwrap();
     assert!(status.success(), "tar");
     tarball
-}
-
-/// A config that reaches the fleet's hosts: its port, key, known_hosts (strict) and user.
-fn ssh_config(fleet: &TestFleet, dir: &Path) -> PathBuf {
-    let config = dir.join("deploy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
-             known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
-            fleet.user(),
-            fleet.port(),
-            fleet.client_key().display(),
-            fleet.known_hosts().display(),
-        ),
-    )
-    .unwrap();
-    config
 }
 
 /// W1 as six stages of the standard commands, every host at once.

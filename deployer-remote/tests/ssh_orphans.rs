@@ -17,6 +17,10 @@ use deployer_core::{ExecOptions, PutOptions, RemoteHost};
 use deployer_remote::testing::TestSshd;
 use deployer_remote::{SshConfig, SshHost, SshOptions};
 
+#[path = "common/procs.rs"]
+mod procs;
+use procs::descendants;
+
 /// The watcher's `$0`, as `exec.rs` names it.
 const WATCHER_NAME: &str = "deployer-orphan-watch";
 
@@ -30,22 +34,6 @@ fn stat(pid: u32) -> Option<Vec<String>> {
 /// Whether `pid` still runs (a zombie has ended: its parent has not collected it yet).
 fn running(pid: u32) -> bool {
     stat(pid).is_some_and(|f| f[0] != "Z")
-}
-
-/// Every descendant of `pid`, from `/proc/PID/task/*/children`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            out.push(child);
-            out.extend(descendants(child));
-        }
-    }
-    out
 }
 
 /// The watchers started for the command `pid` (their command line names the watcher and

@@ -9,6 +9,10 @@ use deployer_core::{ExecOptions, PutOptions, RemoteError, RemoteHost};
 use deployer_remote::SshHost;
 use deployer_remote::testing::TestSshd;
 
+#[path = "common/procs.rs"]
+mod procs;
+use procs::descendants;
+
 async fn run(host: &SshHost, line: &str) -> String {
     let out = host.execute(line, &ExecOptions::new()).await.unwrap();
     assert!(out.success(), "{line}: {out:?}");
@@ -295,22 +299,6 @@ async fn uploads_go_through_the_shell_byte_for_byte() {
     assert_eq!(run(&host, "echo ok").await, "ok\n");
     assert_ne!(run(&host, "echo $PPID").await, shell);
     assert_eq!(sessions(), 2);
-}
-
-/// Every descendant of `pid`, from `/proc/PID/task/*/children`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            out.push(child);
-            out.extend(descendants(child));
-        }
-    }
-    out
 }
 
 fn signal(sig: &str, pids: &[u32]) {

@@ -8,6 +8,9 @@
 #[path = "../../../deployer-store/tests/common/pg.rs"]
 pub mod pg;
 
+#[path = "fleet_config.rs"]
+pub mod fleet_config;
+
 pub use std::collections::{BTreeMap, HashMap};
 pub use std::path::{Path, PathBuf};
 pub use std::process::{Child, Command, Stdio};
@@ -55,19 +58,7 @@ impl World {
             .status()
             .unwrap();
         assert!(status.success());
-        let config = dir.path().join("deploy.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "platform: release\nuser: {}\nssh:\n  port: {}\n  identity_file: {}\n  \
-                 known_hosts: {}\n  host_key_policy: strict\n  agent: false\n  config: false\n",
-                fleet.user(),
-                fleet.port(),
-                fleet.client_key().display(),
-                fleet.known_hosts().display(),
-            ),
-        )
-        .unwrap();
+        let config = fleet_config::ssh_config(&fleet, dir.path());
         let mut zones = HashMap::new();
         let mut ini = String::new();
         for (zone, hosts) in [("eu", &fleet.hosts()[..3]), ("us", &fleet.hosts()[3..])] {
