@@ -2,7 +2,7 @@
 # Runs the whole test suite. Installs what the tests need when it is missing:
 # the OpenSSH server (the SSH tests start their own sshd on 127.0.0.x ports), sudo, PostgreSQL
 # (the deployer-store tests start their own throwaway server with initdb on 127.0.0.1), curl,
-# python3, script and prlimit, and Chromium with its WebDriver (the run viewer's end-to-end test
+# python3, script, prlimit, setsid and dash, and Chromium with its WebDriver (the run viewer's end-to-end test
 # drives a headless Chromium through chromedriver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v script >/dev/null 2>&1 || need+=(util-linux)
 # prlimit (util-linux too): the open-files test runs deploy under a low ulimit -n.
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+# setsid (util-linux) and dash: the kill of a cancelled remote command is run under dash and
+# bash, the login shells of remote users (deployer-remote, ssh/channel.rs).
+command -v setsid >/dev/null 2>&1 || need+=(util-linux)
+command -v dash >/dev/null 2>&1 || need+=(dash)
 # chromium + chromium-driver: deployer-cli/tests/web_e2e.rs (fonts-liberation: legible
 # screenshots in docs/screenshots/).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
