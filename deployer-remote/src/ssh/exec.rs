@@ -160,7 +160,10 @@ impl Job {
             message: e.to_string(),
         })?;
         let watcher = WATCHER.replace("SUDO", if sudo_kill { SUDO_KILL } else { "" });
-        let watcher = quote(&watcher).expect("the watcher script has no NUL byte");
+        let watcher = quote(&watcher).map_err(|e| RemoteError::Other {
+            host: host.clone(),
+            message: e.to_string(),
+        })?;
         // The subshell forks the watcher and exits at once: the watcher is no child of the
         // command (which could reap it, or wait for it).
         let full = format!(
