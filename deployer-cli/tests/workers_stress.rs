@@ -383,6 +383,29 @@ fn plan(
     (tasklist, limits, entries, budget)
 }
 
+/// The rows of `sql` (a query of run `run` with `stage` and `entry` columns) by (stage, entry).
+async fn by_entry<T>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'static str,
+    run: &str,
+    value: impl Fn(&sqlx::postgres::PgRow) -> T,
+) -> HashMap<(usize, usize), T> {
+    sqlx::query(sql)
+        .bind(run)
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let key = (
+                row.get::<i64, _>("stage") as usize,
+                row.get::<i64, _>("entry") as usize,
+            );
+            (key, value(row))
+        })
+        .collect()
+}
+
 /// Every attempt, by (stage, entry), from the hosts' files.
 fn attempts(hosts: &[String], root: &Path) -> BTreeMap<(usize, usize), Vec<Attempt>> {
     let mut by_run: HashMap<(String, String, String), Attempt> = HashMap::new();
@@ -606,32 +629,20 @@ async fn round(w: &World, size: &Size, round: usize) -> (RoundStats, Vec<String>
         .await
         .unwrap()
         .get("stopped");
-    let mut store: HashMap<(usize, usize), (String, Option<String>)> = HashMap::new();
-    for row in sqlx::query("SELECT stage, entry, state, worker FROM run_tasks WHERE run_id = $1")
-        .bind(&run)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-    {
-        let key = (
-            row.get::<i64, _>("stage") as usize,
-            row.get::<i64, _>("entry") as usize,
-        );
-        store.insert(key, (row.get("state"), row.get("worker")));
-    }
-    let mut entry_state: HashMap<(usize, usize), String> = HashMap::new();
-    for row in sqlx::query("SELECT stage, entry, state FROM run_entries WHERE run_id = $1")
-        .bind(&run)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-    {
-        let key = (
-            row.get::<i64, _>("stage") as usize,
-            row.get::<i64, _>("entry") as usize,
-        );
-        entry_state.insert(key, row.get("state"));
-    }
+    let store: HashMap<(usize, usize), (String, Option<String>)> = by_entry(
+        &mut conn,
+        "SELECT stage, entry, state, worker FROM run_tasks WHERE run_id = $1",
+        &run,
+        |row| (row.get("state"), row.get("worker")),
+    )
+    .await;
+    let entry_state: HashMap<(usize, usize), String> = by_entry(
+        &mut conn,
+        "SELECT stage, entry, state FROM run_entries WHERE run_id = $1",
+        &run,
+        |row| row.get("state"),
+    )
+    .await;
     stats.outcome = state.clone();
     let dropped_hosts: HashSet<String> =
         sqlx::query("SELECT host FROM run_hosts WHERE run_id = $1 AND state = 'DROPPED'")
