@@ -306,6 +306,9 @@ async fn a_zone_no_worker_serves_is_named_within_10_seconds_and_a_cancel_ends_th
     }
     let path = w.save(&Tasklist::new("zones").stage(s0), "tasklist.json");
     w.worker("w-us", &["us"], &[]);
+    // Submitted before the worker's first heartbeat, the run would rightly warn that zone us
+    // has no live worker either (and eu's warning would say "zones served: none").
+    w.until_registered("w-us");
     let started = Instant::now();
     let mut submitter = w.submit(&path, "submit");
     let warning = "warning: hosts in zone eu have no live worker (zones served: us): start `deploy worker --zone eu`";

@@ -131,6 +131,19 @@ impl World {
         self.children.len() - 1
     }
 
+    /// Waits (bounded) until worker `name` has registered: its first heartbeat is in the
+    /// store, so a follower counts its zones as served.
+    pub fn until_registered(&self, name: &str) {
+        Self::until(
+            Duration::from_secs(20),
+            &format!("worker {name} registered"),
+            || {
+                self.worker_log(name)
+                    .contains(&format!("worker {name} started"))
+            },
+        );
+    }
+
     pub fn worker_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
