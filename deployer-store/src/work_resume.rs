@@ -104,7 +104,7 @@ impl PostgresStore {
         .map(|s| s.as_str())
         .collect();
         sqlx::query(
-            "UPDATE run_tasks t SET state = $5, error = NULL, finish_ts = NULL \
+            "UPDATE run_tasks t SET state = $5, error = NULL \
              WHERE t.run_id = $1 AND EXISTS (SELECT 1 FROM run_entries e \
                WHERE e.run_id = $1 AND e.stage = t.stage AND e.entry = t.entry \
                AND e.state = 'PENDING') \
@@ -122,11 +122,6 @@ impl PostgresStore {
         .await
         .map_err(|e| backend(doing, e))?;
         let now_us = now_micros();
-        sqlx::query("UPDATE run_tasks SET finish_ts = NULL WHERE run_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?;
         // Hosts with work again wait again; the others keep their final state.
         sqlx::query(
             "UPDATE run_hosts SET state = 'PENDING', updated_ts = $3 \
@@ -139,11 +134,18 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| backend(doing, e))?;
-        sqlx::query("UPDATE run_hosts SET finish_ts = NULL WHERE run_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(doing, e))?;
+        // The run is not finished any more: neither are its rows (their copy of its finish
+        // time, which a finish sets on every row).
+        for sql in [
+            "UPDATE run_hosts SET finish_ts = NULL WHERE run_id = $1",
+            "UPDATE run_tasks SET finish_ts = NULL WHERE run_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(doing, e))?;
+        }
         // Claimable again; finally stages are sorted out again, failures counted afresh, and
         // the points reached are those of the tasks still done (as a controller's resume).
         sqlx::query(

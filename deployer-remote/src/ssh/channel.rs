@@ -260,8 +260,10 @@ pub(super) async fn kill_group(conn: &Conn, pgid: u32, sudo: bool) {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::{Duration, Instant};
+
+    use crate::ssh::test_procs::{running, spawn_reporting_pids};
 
     /// The kill line run by dash and by bash (login shells of remote users) kills a whole
     /// process group: its leader and a child of it.
@@ -269,21 +271,11 @@ mod tests {
     fn the_kill_line_kills_the_group_under_dash_and_bash() {
         for shell in ["dash", "bash"] {
             // A group: `setsid sh` leads it, with a `sleep` child; both pids on stdout.
-            let mut leader = Command::new("setsid")
-                .args(["sh", "-c", "sleep 30 & echo $$ $!; exec sleep 30"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(leader.stdout.take().unwrap()),
-                &mut line,
-            )
-            .unwrap();
-            let pids: Vec<u32> = line
-                .split_whitespace()
-                .map(|p| p.parse().unwrap())
-                .collect();
+            let (mut leader, pids) = spawn_reporting_pids(Command::new("setsid").args([
+                "sh",
+                "-c",
+                "sleep 30 & echo $$ $!; exec sleep 30",
+            ]));
             let status = Command::new(shell)
                 .arg("-c")
                 .arg(super::kill_line(pids[0], false))
@@ -292,12 +284,7 @@ mod tests {
             assert!(status.success(), "{shell}");
             let deadline = Instant::now() + Duration::from_secs(3);
             for pid in &pids {
-                loop {
-                    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| !s[s.rfind(") ").unwrap()..].starts_with(") Z"));
-                    if !alive {
-                        break;
-                    }
+                while running(*pid) {
                     assert!(
                         Instant::now() < deadline,
                         "{shell}: {pid} of the group still runs"

@@ -347,10 +347,7 @@ mod tests {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    fn running(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s[s.rfind(") ").unwrap()..].starts_with(") Z"))
-    }
+    use crate::ssh::test_procs::{running, spawn_reporting_pids};
 
     fn watcher(pid: u32, parent: u32) -> Child {
         Command::new("sh")
@@ -380,22 +377,11 @@ mod tests {
     fn the_watcher_kills_the_group_once_the_parent_is_gone_and_only_then() {
         // A "session" process P whose child C leads a group of its own with a child of its
         // own, as sshd's session child does.
-        let mut p = Command::new("sh")
-            .arg("-c")
-            .arg("setsid sh -c 'sleep 30 & echo $$ $!; exec sleep 30' & exec sleep 30")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(p.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let pids: Vec<u32> = line
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let (mut p, pids) = spawn_reporting_pids(
+            Command::new("sh")
+                .arg("-c")
+                .arg("setsid sh -c 'sleep 30 & echo $$ $!; exec sleep 30' & exec sleep 30"),
+        );
         let (c, grandchild) = (pids[0], pids[1]);
 
         // Given a parent that is not C's: it does nothing and exits at once.

@@ -23,6 +23,8 @@ mod host_keys;
 mod options;
 mod shell;
 mod target;
+#[cfg(test)]
+mod test_procs;
 
 pub(crate) use handshake::Shared;
 pub use host::SshHost;

@@ -632,12 +632,8 @@ mod tests {
 
     fn wait_gone(pid: u32) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            // A zombie is gone too: its parent has not collected it yet.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.contains(") Z ") {
-                return;
-            }
+        // A zombie is gone too: its parent has not collected it yet.
+        while crate::ssh::test_procs::running(pid) {
             assert!(std::time::Instant::now() < deadline, "{pid} still runs");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
